@@ -1,0 +1,8 @@
+"""Named, small experiments: a frozen dataclass config in, a ``History`` out.
+
+Notebooks, the command line, tests and benchmarks all call these. Each experiment module in this
+package registers itself under kind ``experiment``; ``run(name, **changes)`` runs one.
+"""
+from lab.experiments._base import (  # noqa: F401
+    config_of, experiment, field_types, parse_value, replace, run, sweep,
+)

@@ -1,0 +1,133 @@
+"""The experiment contract: a frozen dataclass config in, a :class:`~lab.history.History` out.
+
+    @experiment("optimizer_on_surface", SurfaceConfig, paper="...", plot=trajectory_plot)
+    def optimizer_on_surface(cfg: SurfaceConfig) -> History: ...
+
+    run("optimizer_on_surface", lr=0.01)                      # default config with one change
+    run("optimizer_on_surface", SurfaceConfig(surface="beale"))
+    sweep("optimizer_on_surface", "optimizer", ["sgd", "adam"])   # -> Runs, one per value
+
+The decorator registers the function under kind ``experiment`` and attaches ``.config`` (the
+dataclass) and ``.plot`` (a ``History -> go.Figure`` builder used by the CLI's ``--html``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import types
+import typing
+from typing import Any, Callable, Iterable
+
+from lab.history import History, Runs
+from lab.registry import get, register
+
+
+def experiment(name: str, config: type, *, paper: str, arxiv: str | None = None,
+               summary: str | None = None, plot: Callable[..., Any] | None = None):
+    """Register ``fn(cfg) -> History`` as experiment ``name`` with config dataclass ``config``."""
+    if not (dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
+        raise TypeError(f"config of experiment {name!r} must be a frozen dataclass")
+
+    def decorator(fn: Callable[[Any], History]) -> Callable[[Any], History]:
+        fn.config = config
+        fn.plot = plot
+        return register("experiment", name, paper=paper, arxiv=arxiv, summary=summary)(fn)
+
+    return decorator
+
+
+def config_of(name: str) -> type:
+    """The config dataclass of experiment ``name``."""
+    return get("experiment", name).config
+
+
+def field_types(config: type) -> dict[str, Any]:
+    """``{field: resolved type}`` of a config dataclass."""
+    hints = typing.get_type_hints(config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(config)}
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` with an error listing the valid fields for an unknown key."""
+    names = [f.name for f in dataclasses.fields(cfg)]
+    unknown = [k for k in changes if k not in names]
+    if unknown:
+        raise KeyError(f"unknown config field(s) {', '.join(unknown)} for "
+                       f"{type(cfg).__name__}; valid fields: {', '.join(names)}")
+    return dataclasses.replace(cfg, **changes)
+
+
+def run(name: str, cfg: Any = None, **changes: Any) -> History:
+    """Run experiment ``name`` on ``cfg`` (default config if None) with ``changes`` applied.
+
+    The returned History has ``meta['config']``, ``meta['experiment']`` and
+    ``meta['wall_time']`` filled in.
+    """
+    fn = get("experiment", name)
+    cfg = fn.config() if cfg is None else cfg
+    if not isinstance(cfg, fn.config):
+        raise TypeError(f"cfg must be a {fn.config.__name__}, got {type(cfg).__name__}")
+    cfg = replace(cfg, **changes) if changes else cfg
+    start = time.perf_counter()
+    history = fn(cfg)
+    if not isinstance(history, History):
+        raise TypeError(f"experiment {name!r} returned {type(history).__name__}, not a History")
+    history.meta.setdefault("experiment", name)
+    history.meta.setdefault("config", dataclasses.asdict(cfg))
+    history.meta["wall_time"] = time.perf_counter() - start
+    return history
+
+
+def sweep(name: str, field: str, values: Iterable[Any], cfg: Any = None,
+          labels: Iterable[str] | None = None, **changes: Any) -> Runs:
+    """Run experiment ``name`` once per value of config ``field``; returns labelled Runs."""
+    values = list(values)
+    labels = [str(v) for v in values] if labels is None else list(labels)
+    return Runs({label: run(name, cfg, **{**changes, field: value})
+                 for label, value in zip(labels, values)})
+
+
+def parse_value(text: str, annotation: Any) -> Any:
+    """Parse a command-line string into a value of a dataclass field type (never ``eval``).
+
+    Supports bool, int, float, str, ``X | None`` / Optional, ``Literal[...]`` and
+    ``tuple[X, ...]`` / ``tuple[X, Y]`` (comma-separated).
+    """
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if text.strip().lower() == "none" and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return parse_value(text, arg)
+            except (TypeError, ValueError) as exc:
+                errors.append(str(exc))
+        raise ValueError("; ".join(errors))
+    if origin is typing.Literal:
+        for choice in args:
+            if str(choice) == text:
+                return choice
+        raise ValueError(f"expected one of {', '.join(map(str, args))}, got {text!r}")
+    if origin is tuple:
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(parse_value(p, args[0]) for p in parts)
+        if len(parts) != len(args):
+            raise ValueError(f"expected {len(args)} comma-separated values, got {text!r}")
+        return tuple(parse_value(p, a) for p, a in zip(parts, args))
+    if annotation is bool:
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean (true/false), got {text!r}")
+    if annotation is int:
+        return int(text)
+    if annotation is float:
+        return float(text)
+    if annotation is str:
+        return text
+    raise TypeError(f"cannot parse a value of type {annotation!r} from the command line")
