@@ -1,0 +1,157 @@
+"""Pieces shared by the lab's optimizers: one home for state, sparse checks, decay, bias correction.
+
+Every optimizer's ``step`` reads the same way::
+
+    loss = evaluate(closure)
+    for group in self.param_groups:
+        params, grads, states = gather(self, group, init=lambda p: {"exp_avg": zeros(p)})
+        steps = advance_steps(states)                 # t, per parameter (python floats)
+        if group["maximize"]: grads = negate(grads, foreach)
+        decoupled_weight_decay(params, lr, wd, foreach)   # theta <- theta (1 - lr wd)
+        ... the algorithm's own update, one loop per tensor or one torch._foreach_* call ...
+
+- :func:`gather` skips parameters whose ``grad is None`` (no state, no decay), raises
+  :class:`SparseGradientError` for sparse gradients, and creates the state lazily the first time a
+  parameter is seen: ``state["step"]`` (a float32 scalar tensor, as in ``torch.optim``) plus the
+  tensors the optimizer asks for.
+- :func:`by_device_dtype` splits parallel tensor lists into groups sharing a device and a dtype,
+  the unit a ``torch._foreach_*`` call works on.
+- :func:`bias_correction` is ``1 - beta**t``.
+- :func:`decoupled_weight_decay` is ``theta <- theta (1 - lr lambda)`` (AdamW order: on theta_{t-1},
+  before the update); :func:`coupled_weight_decay` returns ``g + lambda theta`` (L2, new tensors,
+  ``p.grad`` is left untouched).
+- :func:`use_foreach` resolves the ``foreach`` flag: ``None`` means the fast path.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+StateInit = Callable[[Tensor], dict[str, Tensor]]
+
+
+class SparseGradientError(RuntimeError):
+    """Raised when an optimizer that has no sparse update meets a sparse gradient."""
+
+
+def zeros(p: Tensor) -> Tensor:
+    """A zero tensor shaped and laid out like ``p`` (the usual initial moment)."""
+    return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def reject_sparse(optimizer: str, grad: Tensor) -> None:
+    """Raise :class:`SparseGradientError` naming ``optimizer`` if ``grad`` is sparse."""
+    if grad.is_sparse:
+        raise SparseGradientError(
+            f"{optimizer} does not support sparse gradients; use a dense embedding "
+            f"(nn.Embedding(sparse=False)) or torch.optim.SGD / torch.optim.SparseAdam")
+
+
+def gather(optimizer: torch.optim.Optimizer, group: dict, init: StateInit | None = None,
+           ) -> tuple[list[Tensor], list[Tensor], list[dict]]:
+    """``(params, grads, states)`` of the parameters of ``group`` that have a gradient.
+
+    A parameter seen for the first time gets ``state["step"] = tensor(0.)`` and the tensors
+    returned by ``init(p)`` (e.g. ``{"exp_avg": zeros(p)}``).
+    """
+    name = type(optimizer).__name__
+    params, grads, states = [], [], []
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        reject_sparse(name, p.grad)
+        state = optimizer.state[p]
+        if len(state) == 0:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            if init is not None:
+                state.update(init(p))
+        params.append(p)
+        grads.append(p.grad)
+        states.append(state)
+    return params, grads, states
+
+
+def advance_steps(states: Sequence[dict]) -> list[float]:
+    """Increment ``state["step"]`` of every parameter; return the new counts t (t = 1 first)."""
+    steps = []
+    for state in states:
+        state["step"] += 1
+        steps.append(state["step"].item())
+    return steps
+
+
+def bias_correction(beta: float, step: float) -> float:
+    """``1 - beta**t``: the mass an EMA started at zero has collected after t steps."""
+    return 1.0 - beta ** step
+
+
+def use_foreach(foreach: bool | None, tensors: Sequence[Tensor] = ()) -> bool:
+    """``foreach=None`` -> True (the fast path), unless a tensor is sparse or not strided."""
+    if foreach is not None:
+        return bool(foreach)
+    return all(t.layout == torch.strided for t in tensors)
+
+
+def by_device_dtype(*tensorlists: Sequence[Tensor]) -> list[tuple[list[Tensor], ...]]:
+    """Split parallel lists into sublists whose first-list tensors share device and dtype.
+
+    ``by_device_dtype(params, grads, exp_avgs)`` -> ``[(params_a, grads_a, exp_avgs_a), ...]``,
+    order preserved inside each group.
+    """
+    if not tensorlists:
+        return []
+    buckets: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], ...]] = {}
+    for i, t in enumerate(tensorlists[0]):
+        key = (t.device, t.dtype)
+        if key not in buckets:
+            buckets[key] = tuple([] for _ in tensorlists)
+        for bucket, tensors in zip(buckets[key], tensorlists):
+            bucket.append(tensors[i])
+    return list(buckets.values())
+
+
+def negate(grads: list[Tensor], foreach: bool) -> list[Tensor]:
+    """``-g`` as new tensors (for ``maximize=True``); the stored gradients are not changed."""
+    if foreach:
+        return list(torch._foreach_neg(grads))
+    return [-g for g in grads]
+
+
+def decoupled_weight_decay(params: list[Tensor], lr: float, weight_decay: float, foreach: bool,
+                           ) -> None:
+    """``theta <- theta (1 - lr lambda)`` in place (AdamW/Lion order: before the update)."""
+    if weight_decay == 0 or not params:
+        return
+    factor = 1.0 - lr * weight_decay
+    if foreach:
+        torch._foreach_mul_(params, factor)
+    else:
+        for p in params:
+            p.mul_(factor)
+
+
+def coupled_weight_decay(grads: list[Tensor], params: list[Tensor], weight_decay: float,
+                         foreach: bool) -> list[Tensor]:
+    """``g + lambda theta`` (L2 regularization folded into the gradient), as new tensors."""
+    if weight_decay == 0 or not params:
+        return grads
+    if foreach:
+        return list(torch._foreach_add(grads, params, alpha=weight_decay))
+    return [g.add(p, alpha=weight_decay) for g, p in zip(grads, params)]
+
+
+def evaluate(closure: Callable[[], Tensor] | None) -> Tensor | None:
+    """Call ``closure`` with gradients enabled (the optimizer's ``step`` runs under no_grad)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+__all__ = [
+    "SparseGradientError", "StateInit", "zeros", "reject_sparse", "gather", "advance_steps",
+    "bias_correction", "use_foreach", "by_device_dtype", "negate", "decoupled_weight_decay",
+    "coupled_weight_decay", "evaluate",
+]
