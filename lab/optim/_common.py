@@ -16,6 +16,8 @@ Every optimizer's ``step`` reads the same way::
   tensors the optimizer asks for.
 - :func:`by_device_dtype` splits parallel tensor lists into groups sharing a device and a dtype,
   the unit a ``torch._foreach_*`` call works on.
+- :func:`by_step` does the same and also splits by step count, so that per-step scalars are one
+  number per bucket.
 - :func:`bias_correction` is ``1 - beta**t``.
 - :func:`decoupled_weight_decay` is ``theta <- theta (1 - lr lambda)`` (AdamW order: on theta_{t-1},
   before the update); :func:`coupled_weight_decay` returns ``g + lambda theta`` (L2, new tensors,
@@ -112,6 +114,24 @@ def by_device_dtype(*tensorlists: Sequence[Tensor]) -> list[tuple[list[Tensor], 
     return list(buckets.values())
 
 
+def by_step(steps: Sequence[float], *tensorlists: Sequence[Tensor],
+            ) -> list[tuple[float, tuple[list[Tensor], ...]]]:
+    """Split parallel lists into ``(t, sublists)`` buckets sharing step count, device and dtype.
+
+    Inside a bucket every per-step scalar (bias corrections, step sizes) is one number, so a
+    ``torch._foreach_*`` call with a single scalar covers the bucket. Usually there is one bucket.
+    """
+    keyed: dict[tuple, tuple[float, tuple[list[Tensor], ...]]] = {}
+    for i, t in enumerate(steps):
+        first = tensorlists[0][i]
+        key = (t, first.device, first.dtype)
+        if key not in keyed:
+            keyed[key] = (t, tuple([] for _ in tensorlists))
+        for bucket, tensors in zip(keyed[key][1], tensorlists):
+            bucket.append(tensors[i])
+    return list(keyed.values())
+
+
 def negate(grads: list[Tensor], foreach: bool) -> list[Tensor]:
     """``-g`` as new tensors (for ``maximize=True``); the stored gradients are not changed."""
     if foreach:
@@ -152,6 +172,6 @@ def evaluate(closure: Callable[[], Tensor] | None) -> Tensor | None:
 
 __all__ = [
     "SparseGradientError", "StateInit", "zeros", "reject_sparse", "gather", "advance_steps",
-    "bias_correction", "use_foreach", "by_device_dtype", "negate", "decoupled_weight_decay",
+    "bias_correction", "use_foreach", "by_device_dtype", "by_step", "negate", "decoupled_weight_decay",
     "coupled_weight_decay", "evaluate",
 ]

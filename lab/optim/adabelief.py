@@ -1,0 +1,175 @@
+"""AdaBelief: Adam whose second moment measures the *surprise* of the gradient.
+
+Paper: "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradients", Zhuang et al.,
+arXiv 2010.07468 (NeurIPS 2020). Defaults and step order follow the authors' package
+``adabelief-pytorch`` 0.2.1.
+
+Per step t (learning rate eta, betas beta1, beta2, eps, weight decay lambda, m_0 = s_0 = 0)::
+
+    theta <- theta (1 - eta lambda)                      weight_decouple (default); fixed_decay: (1 - lambda)
+       or  g <- g + lambda theta                          weight_decouple=False (L2)
+    m <- beta1 m + (1 - beta1) g                          as Adam
+    s <- beta2 s + (1 - beta2) (g - m)^2 + eps            the "belief": EMA of (g - m)^2, m the NEW m
+    rectify=False:  theta <- theta - eta/(1 - beta1^t) * m / (sqrt(s)/sqrt(1 - beta2^t) + eps)
+    rectify=True (RAdam-style, package default):
+        rho_inf = 2/(1 - beta2) - 1,  rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t)
+        rho_t >= 5:  r_t = sqrt((1 - beta2^t)(rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+                     theta <- theta - eta r_t/(1 - beta1^t) * m / (sqrt(s) + eps)
+        rho_t <  5:  theta <- theta - eta m/(1 - beta1^t)  if degenerated_to_sgd, else no step
+
+Intuition: Adam divides by the size of the gradient; AdaBelief divides by how far the gradient
+is from its prediction m. A consistent gradient (small g - m) gives a small s and a large step;
+a noisy one (large g - m) a small step.
+
+Departure from Adam: only the second moment (and eps is added inside s every step, so s >=
+eps/(1 - beta2) and AdaBelief's eps=1e-16 plays the role of Adam's eps=1e-8). With beta2 = 0.999,
+rectify=True makes the first 5 steps SGD-with-momentum steps (rho_t < 5 for t <= 5).
+Choices: the three published peers disagree on defaults (see the spec); this follows the authors'
+package 0.2.1: eps 1e-16, weight_decouple True, rectify True, degenerated_to_sgd True. The rectified
+step size is recomputed each step (the package caches it; same numbers).
+
+State (per parameter): ``step``, ``exp_avg`` (m), ``exp_avg_var`` (s), and ``max_exp_avg_var``
+with amsgrad (the running max of s, used in the denominator).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from lab.checks import check_betas, check_nonneg, check_positive
+from lab.optim._common import (advance_steps, bias_correction, by_step, coupled_weight_decay,
+                               decoupled_weight_decay, evaluate, gather, negate, use_foreach, zeros)
+from lab.registry import register
+
+
+def rectification(beta2: float, step: float) -> float | None:
+    """RAdam's variance rectification r_t, or None while rho_t < 5 (variance not yet tractable)."""
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * step * beta2 ** step / (1.0 - beta2 ** step)
+    if rho_t < 5.0:
+        return None
+    return math.sqrt((1.0 - beta2 ** step) * (rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                     / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+
+
+def adabelief(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+              exp_avg_vars: list[Tensor], max_exp_avg_vars: list[Tensor] | None, steps: list[float],
+              *, lr: float, beta1: float, beta2: float, eps: float, rectify: bool,
+              degenerated_to_sgd: bool, foreach: bool) -> None:
+    """Functional AdaBelief step (weight decay already applied); in place on params and state."""
+    lists = (params, grads, exp_avgs, exp_avg_vars) + ((max_exp_avg_vars,) if max_exp_avg_vars else ())
+    for t, bucket in by_step(steps, *lists):
+        p, g, m, s = bucket[:4]
+        bc1, bc2 = bias_correction(beta1, t), bias_correction(beta2, t)
+        r_t = rectification(beta2, t) if rectify else None
+        if foreach:
+            torch._foreach_lerp_(m, g, 1 - beta1)                # m <- beta1 m + (1-beta1) g
+            diff = torch._foreach_sub(g, m)                      # g - m
+            torch._foreach_mul_(s, beta2)                        # s <- beta2 s + (1-beta2)(g-m)^2 + eps
+            torch._foreach_addcmul_(s, diff, diff, value=1 - beta2)
+            torch._foreach_add_(s, eps)
+            if max_exp_avg_vars:
+                torch._foreach_maximum_(bucket[4], s)            # s_max <- max(s_max, s)
+                s = bucket[4]
+            if rectify and r_t is None:
+                if degenerated_to_sgd:
+                    torch._foreach_add_(p, m, alpha=-lr / bc1)   # SGD-with-momentum step
+                continue
+            denom = torch._foreach_sqrt(s)
+            if not rectify:
+                torch._foreach_div_(denom, math.sqrt(bc2))       # sqrt(s_hat)
+            torch._foreach_add_(denom, eps)
+            step_size = lr * (r_t if rectify else 1.0) / bc1
+            torch._foreach_addcdiv_(p, m, denom, value=-step_size)
+            continue
+        for i, (pi, gi, mi, si) in enumerate(zip(p, g, m, s)):
+            mi.lerp_(gi, 1 - beta1)
+            diff = gi - mi
+            si.mul_(beta2).addcmul_(diff, diff, value=1 - beta2).add_(eps)
+            if max_exp_avg_vars:
+                si = torch.maximum(bucket[4][i], si, out=bucket[4][i])
+            if rectify and r_t is None:
+                if degenerated_to_sgd:
+                    pi.add_(mi, alpha=-lr / bc1)
+                continue
+            denom = si.sqrt()
+            if not rectify:
+                denom.div_(math.sqrt(bc2))
+            denom.add_(eps)
+            pi.addcdiv_(mi, denom, value=-lr * (r_t if rectify else 1.0) / bc1)
+
+
+@register("optimizer", "adabelief",
+          paper="AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradients",
+          arxiv="2010.07468")
+class AdaBelief(torch.optim.Optimizer):
+    """AdaBelief: Adam with s = EMA of (g - m)^2 (+ eps) in place of the EMA of g^2.
+
+    Args:
+        params: parameters or parameter groups.
+        lr (eta): learning rate, default 1e-3.
+        betas (beta1, beta2): EMA coefficients of m and s, default (0.9, 0.999).
+        eps: added to s every step and to the denominator, default 1e-16 (1e-8 for CNNs).
+        weight_decay (lambda): default 0.
+        amsgrad: use the running max of s in the denominator.
+        weight_decouple: decoupled decay theta (1 - eta lambda) (True) or L2 in the gradient.
+        fixed_decay: with weight_decouple, decay by (1 - lambda), not scaled by eta.
+        rectify: RAdam-style rectification of the early steps (package default True).
+        degenerated_to_sgd: while rectification is undefined (rho_t < 5) take SGD-momentum steps.
+        maximize: ascend instead of descend.
+        foreach: use the ``torch._foreach_*`` path (None = yes).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-16, weight_decay: float = 0.0, amsgrad: bool = False,
+                 weight_decouple: bool = True, fixed_decay: bool = False, rectify: bool = True,
+                 degenerated_to_sgd: bool = True, *, maximize: bool = False,
+                 foreach: bool | None = None):
+        check_positive("lr", lr)
+        check_betas(betas)
+        check_nonneg("eps", eps)
+        check_nonneg("weight_decay", weight_decay)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        amsgrad=amsgrad, weight_decouple=weight_decouple, fixed_decay=fixed_decay,
+                        rectify=rectify, degenerated_to_sgd=degenerated_to_sgd, maximize=maximize,
+                        foreach=foreach)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One AdaBelief step; ``closure`` (optional) re-evaluates the loss and returns it."""
+        loss = evaluate(closure)
+        for group in self.param_groups:
+            amsgrad = group["amsgrad"]
+
+            def init(p: Tensor) -> dict[str, Tensor]:
+                state = {"exp_avg": zeros(p), "exp_avg_var": zeros(p)}
+                if amsgrad:
+                    state["max_exp_avg_var"] = zeros(p)
+                return state
+
+            params, grads, states = gather(self, group, init)
+            if not params:
+                continue
+            steps = advance_steps(states)
+            foreach = use_foreach(group["foreach"], params)
+            if group["maximize"]:
+                grads = negate(grads, foreach)
+            lr, wd = group["lr"], group["weight_decay"]
+            if group["weight_decouple"]:
+                decoupled_weight_decay(params, 1.0 if group["fixed_decay"] else lr, wd, foreach)
+            else:
+                grads = coupled_weight_decay(grads, params, wd, foreach)
+            beta1, beta2 = group["betas"]
+            adabelief(params, grads, [s["exp_avg"] for s in states],
+                      [s["exp_avg_var"] for s in states],
+                      [s["max_exp_avg_var"] for s in states] if amsgrad else None, steps,
+                      lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"], rectify=group["rectify"],
+                      degenerated_to_sgd=group["degenerated_to_sgd"], foreach=foreach)
+        return loss
+
+
+__all__ = ["AdaBelief", "adabelief", "rectification"]

@@ -1,0 +1,122 @@
+"""diffGrad: Adam with a friction coefficient from the change of the gradient.
+
+Paper: "diffGrad: An Optimization Method for Convolutional Neural Networks", Dubey et al.,
+arXiv 1909.11015. Equations follow the authors' ``diffGrad_v2.py`` (their ``diffGrad.py`` keeps a
+reference to ``p.grad`` instead of a copy, so with in-place zeroing the change is always 0).
+
+Per step t (learning rate eta, betas beta1, beta2, eps, L2 coefficient lambda, g_prev = 0 at t=1)::
+
+    g  <- g + lambda theta                              coupled (L2) weight decay
+    m  <- beta1 m + (1 - beta1) g
+    v  <- beta2 v + (1 - beta2) g^2
+    xi  = sigmoid(|g_prev - g|) = 1 / (1 + exp(-|g_prev - g|))     in [0.5, 1)
+    g_prev <- g                                         (a copy; includes the L2 term)
+    theta <- theta - eta sqrt(1 - beta2^t)/(1 - beta1^t) * xi m / (sqrt(v) + eps)
+
+Intuition: where the gradient barely changes between steps (flat region or near an optimum)
+xi -> 0.5 and the step is halved ("friction"); where it changes fast xi -> 1 and the step is
+Adam's. diffGrad never steps further than Adam, and at most a factor 2 shorter.
+
+Departure from Adam: the factor xi on the momentum. Adam's eps is in the legacy place (Form B:
+``sqrt(v) + eps`` with the bias corrections in the step size), so with eps = 0 a diffGrad step
+is exactly xi times a torch.optim.Adam step from the same moments. Choice: the L2 term is added
+to a *new* gradient tensor; ``p.grad`` is left untouched (the reference adds it in place).
+
+State (per parameter): ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v), ``previous_grad`` (3 x p).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from lab.checks import check_betas, check_nonneg, check_positive
+from lab.optim._common import (advance_steps, bias_correction, by_step, coupled_weight_decay,
+                               evaluate, gather, negate, use_foreach, zeros)
+from lab.registry import register
+
+
+def friction(previous_grad: Tensor, grad: Tensor) -> Tensor:
+    """``xi = sigmoid(|g_prev - g|)``, elementwise, in [0.5, 1)."""
+    return torch.sigmoid((previous_grad - grad).abs_())
+
+
+def diffgrad(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+             exp_avg_sqs: list[Tensor], previous_grads: list[Tensor], steps: list[float], *,
+             lr: float, beta1: float, beta2: float, eps: float, foreach: bool) -> None:
+    """Functional diffGrad step (L2 term already in ``grads``); in place on params and state."""
+    for t, (p, g, m, v, prev) in by_step(steps, params, grads, exp_avgs, exp_avg_sqs, previous_grads):
+        # eta sqrt(1 - beta2^t) / (1 - beta1^t)
+        step_size = lr * math.sqrt(bias_correction(beta2, t)) / bias_correction(beta1, t)
+        if foreach:
+            torch._foreach_lerp_(m, g, 1 - beta1)                 # m <- beta1 m + (1-beta1) g
+            torch._foreach_mul_(v, beta2)                         # v <- beta2 v + (1-beta2) g^2
+            torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+            xi = torch._foreach_sub(prev, g)                      # xi = sigmoid(|g_prev - g|)
+            torch._foreach_abs_(xi)
+            torch._foreach_sigmoid_(xi)
+            torch._foreach_copy_(prev, g)                         # g_prev <- g
+            torch._foreach_mul_(xi, m)                            # xi m
+            denom = torch._foreach_sqrt(v)                        # sqrt(v) + eps
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(p, xi, denom, value=-step_size)
+            continue
+        for pi, gi, mi, vi, previ in zip(p, g, m, v, prev):
+            mi.lerp_(gi, 1 - beta1)
+            vi.mul_(beta2).addcmul_(gi, gi, value=1 - beta2)
+            xi = friction(previ, gi)
+            previ.copy_(gi)
+            pi.addcdiv_(xi.mul_(mi), vi.sqrt().add_(eps), value=-step_size)
+
+
+@register("optimizer", "diffgrad",
+          paper="diffGrad: An Optimization Method for Convolutional Neural Networks",
+          arxiv="1909.11015")
+class DiffGrad(torch.optim.Optimizer):
+    """diffGrad: Adam whose momentum is scaled by xi = sigmoid(|g_prev - g|).
+
+    Args:
+        params: parameters or parameter groups.
+        lr (eta): learning rate, default 1e-3.
+        betas (beta1, beta2): EMA coefficients, default (0.9, 0.999).
+        eps: denominator term (Form B, added to sqrt(v)), default 1e-8.
+        weight_decay (lambda): L2 coefficient added to the gradient, default 0.
+        maximize: ascend instead of descend.
+        foreach: use the ``torch._foreach_*`` path (None = yes).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
+                 foreach: bool | None = None):
+        check_positive("lr", lr)
+        check_betas(betas)
+        check_nonneg("eps", eps)
+        check_nonneg("weight_decay", weight_decay)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One diffGrad step; ``closure`` (optional) re-evaluates the loss and returns it."""
+        loss = evaluate(closure)
+        for group in self.param_groups:
+            params, grads, states = gather(self, group, lambda p: {
+                "exp_avg": zeros(p), "exp_avg_sq": zeros(p), "previous_grad": zeros(p)})
+            if not params:
+                continue
+            steps = advance_steps(states)
+            foreach = use_foreach(group["foreach"], params)
+            if group["maximize"]:
+                grads = negate(grads, foreach)
+            grads = coupled_weight_decay(grads, params, group["weight_decay"], foreach)
+            beta1, beta2 = group["betas"]
+            diffgrad(params, grads, [s["exp_avg"] for s in states],
+                     [s["exp_avg_sq"] for s in states], [s["previous_grad"] for s in states], steps,
+                     lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], foreach=foreach)
+        return loss
+
+
+__all__ = ["DiffGrad", "diffgrad", "friction"]

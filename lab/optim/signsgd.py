@@ -1,0 +1,104 @@
+"""signSGD and Signum: step along the sign of the gradient (or of its momentum).
+
+Paper: "signSGD: Compressed Optimisation for Non-Convex Problems", Bernstein, Wang,
+Azizzadenesheli and Anandkumar, arXiv 1802.04434. The catalog lists it as the state-free baseline
+of "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable Training"
+(arXiv 2411.07837), which uses signSGD for the state-free part of the gradient.
+
+Per step, learning rate eta, momentum beta, decoupled weight decay lambda::
+
+    theta <- theta (1 - eta lambda)
+    signSGD  (beta = 0):  theta <- theta - eta sign(g_t)                          no state
+    Signum   (beta > 0):  m <- beta m + (1 - beta) g_t;  theta <- theta - eta sign(m)   m_0 = 0
+
+Intuition: one bit per coordinate carries the direction; the step length is eta for every
+coordinate that has a non-zero gradient, whatever the gradient's scale.
+
+Choices: ``sign(0) = 0`` (no random tie-breaking); the default is the state-free signSGD
+(``momentum=0``), Signum is ``momentum=0.9`` (``"signsgd(momentum=0.9)"``); weight decay is
+decoupled (multiplies theta, like the peer ``pytorch_optimizer.SignSGD``), so it is not fed through
+the sign. Relative to Lion, Signum uses one beta for the update and the state.
+
+State (per parameter): ``step``; ``momentum_buffer`` (m, 1 x p) only when ``momentum > 0``.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from lab.checks import check_nonneg, check_positive, check_range
+from lab.optim._common import (advance_steps, by_device_dtype, decoupled_weight_decay, evaluate,
+                               gather, negate, use_foreach, zeros)
+from lab.registry import register
+
+
+def signsgd(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor] | None, *,
+            lr: float, momentum: float, weight_decay: float, foreach: bool) -> None:
+    """Functional signSGD / Signum step (in place on ``params`` and ``momentum_buffers``)."""
+    decoupled_weight_decay(params, lr, weight_decay, foreach)
+    if foreach:
+        if momentum_buffers is None:
+            for p, g in by_device_dtype(params, grads):
+                torch._foreach_add_(p, torch._foreach_sign(g), alpha=-lr)  # theta -= eta sign(g)
+            return
+        for p, g, m in by_device_dtype(params, grads, momentum_buffers):
+            torch._foreach_lerp_(m, g, 1 - momentum)                      # m <- beta m + (1-beta) g
+            torch._foreach_add_(p, torch._foreach_sign(m), alpha=-lr)     # theta -= eta sign(m)
+        return
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if momentum_buffers is not None:
+            g = momentum_buffers[i].lerp_(g, 1 - momentum)
+        p.add_(g.sign(), alpha=-lr)
+
+
+@register("optimizer", "signsgd",
+          paper="FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable Training",
+          arxiv="2411.07837",
+          summary="signSGD (Bernstein et al., arXiv 1802.04434; state-free) and Signum (momentum > 0)")
+class SignSGD(torch.optim.Optimizer):
+    """signSGD (``momentum=0``) and Signum (``momentum>0``), decoupled weight decay.
+
+    Args:
+        params: parameters or parameter groups.
+        lr (eta): learning rate, default 1e-3.
+        momentum (beta): EMA coefficient of Signum in [0, 1); 0 (default) = signSGD, no state.
+        weight_decay (lambda): decoupled weight decay, default 0.
+        maximize: ascend instead of descend.
+        foreach: use the ``torch._foreach_*`` path (None = yes).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0,
+                 weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None):
+        check_positive("lr", lr)
+        check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
+        check_nonneg("weight_decay", weight_decay)
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize,
+                        foreach=foreach)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One signSGD / Signum step; ``closure`` (optional) re-evaluates the loss."""
+        loss = evaluate(closure)
+        for group in self.param_groups:
+            momentum = group["momentum"]
+            init = (lambda p: {"momentum_buffer": zeros(p)}) if momentum > 0 else None
+            params, grads, states = gather(self, group, init)
+            if not params:
+                continue
+            advance_steps(states)
+            foreach = use_foreach(group["foreach"], params)
+            if group["maximize"]:
+                grads = negate(grads, foreach)
+            buffers = None
+            if momentum > 0:
+                # a group switched to momentum after some steps gets its buffer now
+                buffers = [s.setdefault("momentum_buffer", zeros(p)) for s, p in zip(states, params)]
+            signsgd(params, grads, buffers, lr=group["lr"], momentum=momentum,
+                    weight_decay=group["weight_decay"], foreach=foreach)
+        return loss
+
+
+__all__ = ["SignSGD", "signsgd"]
