@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -63,7 +64,7 @@ def _check_kind(kind: str) -> None:
 
 
 def register(kind: str, name: str, *, paper: str, arxiv: str | None = None,
-             summary: str | None = None) -> Callable[[Any], Any]:
+             summary: str | None = None, module: str | None = None) -> Callable[[Any], Any]:
     """Decorator registering a class or function under ``(kind, name)``.
 
     Args:
@@ -72,6 +73,8 @@ def register(kind: str, name: str, *, paper: str, arxiv: str | None = None,
         paper: title of the paper the algorithm comes from (required).
         arxiv: arXiv identifier such as ``"2302.06675"``, when the paper has one.
         summary: one line saying what the algorithm does; defaults to the first docstring line.
+        module: the module to report; defaults to the module that calls ``register`` (so a
+            wrapped ``torch.optim`` class reports the lab module that registered it).
     """
     _check_kind(kind)
     if not isinstance(name, str) or not name or name != name.lower() or " " in name:
@@ -79,8 +82,11 @@ def register(kind: str, name: str, *, paper: str, arxiv: str | None = None,
     if not isinstance(paper, str) or not paper.strip():
         raise ValueError(f"paper must be a non-empty title for {kind}/{name}, got {paper!r}")
 
+    # The module that registers (for a wrapped torch class, the lab module, not torch's).
+    caller = module or sys._getframe(1).f_globals.get("__name__", "?")
+
     def decorator(obj: Any) -> Any:
-        module = getattr(obj, "__module__", "?")
+        module = caller
         existing = _REGISTRY[kind].get(name)
         if existing is not None and (existing.module, getattr(existing.obj, "__qualname__", None)) != (
             module, getattr(obj, "__qualname__", None)

@@ -31,7 +31,8 @@ def experiment(name: str, config: type, *, paper: str, arxiv: str | None = None,
     def decorator(fn: Callable[[Any], History]) -> Callable[[Any], History]:
         fn.config = config
         fn.plot = plot
-        return register("experiment", name, paper=paper, arxiv=arxiv, summary=summary)(fn)
+        return register("experiment", name, paper=paper, arxiv=arxiv, summary=summary,
+                        module=fn.__module__)(fn)
 
     return decorator
 
