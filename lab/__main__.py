@@ -81,7 +81,7 @@ def _parse_sets(experiment: str, pairs: list[str]) -> dict:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     changes = _parse_sets(args.experiment, args.set or [])
-    with progress.enabled(delay=1.0):
+    with progress.enabled(delay=args.progress_delay):
         history = run(args.experiment, **changes)
     print(f"{args.experiment}: {len(history)} rows in {history.meta['wall_time']:.2f} s")
     for key in history.keys:
@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a config field")
     p.add_argument("--json", metavar="PATH", help="write the History as JSON")
     p.add_argument("--html", metavar="PATH", help="write the experiment's plot as HTML")
+    p.add_argument("--progress-delay", type=float, default=1.0, metavar="SECONDS",
+                   help="show a progress bar once a run takes longer than this (default 1)")
     p.set_defaults(fn=_cmd_run)
     return parser
 

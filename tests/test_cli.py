@@ -52,6 +52,8 @@ def test_run_errors(args, message):
     assert proc.returncode != 0 and message in proc.stderr
 
 
-def test_long_runs_show_a_progress_bar():
-    proc = _lab("run", "optimizer_on_surface", "--set", "steps=40000")
+def test_progress_bar_appears_only_past_the_delay():
+    proc = _lab("run", "optimizer_on_surface", "--set", "steps=200", "--progress-delay", "0")
     assert "it/s" in proc.stderr or "%|" in proc.stderr
+    proc = _lab("run", "optimizer_on_surface", "--set", "steps=5", "--progress-delay", "60")
+    assert "%|" not in proc.stderr
