@@ -1,0 +1,76 @@
+"""GRPO-D: the dynamic KL schedule and the GRPO loss it drives."""
+import math
+
+import pytest
+import torch
+
+from lab.registry import get
+from lab.rl.grpo_d import grpo_d, kl_schedule
+
+
+def test_schedule_matches_the_spec_example():
+    # Prepare: t = 100, w = 30, beta in [0, 0.02] (the paper's geometry setting)
+    steps = (0, 15, 30, 65, 100)
+    # Execute
+    betas = [kl_schedule(s, 100, beta_min=0.0, beta_max=0.02, warm_frac=0.3) for s in steps]
+    # Assert: beta_mid at 0, halfway down at 15, beta_min at w, halfway up at 65, beta_max at t
+    assert betas == pytest.approx([0.01, 0.005, 0.0, 0.01, 0.02], abs=1e-12)
+
+
+def test_schedule_falls_then_rises_and_is_clamped_after_the_run():
+    betas = [kl_schedule(s, 50, beta_min=0.04, beta_max=0.1) for s in range(61)]
+    w = 15  # 0.3 * 50
+    assert all(b1 < b0 for b0, b1 in zip(betas[:w], betas[1:w + 1]))
+    assert all(b1 > b0 for b0, b1 in zip(betas[w:50], betas[w + 1:51]))
+    assert betas[0] == pytest.approx(0.07) and betas[w] == pytest.approx(0.04)
+    assert betas[50:] == pytest.approx([0.1] * 11)
+
+
+def test_loss_is_grpo_with_the_scheduled_beta():
+    # Prepare: on-policy (ratio 1), two responses of lengths 2 and 1, A = (+1, -1)
+    logprobs = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -2.0], [-0.5, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv = torch.tensor([1.0, -1.0])
+    # Execute at s = 0 of t = 10 (beta = beta_mid = 0.01)
+    loss, metrics = grpo_d(logprobs, None, adv, mask, step=0, total_steps=10, ref_logprobs=ref)
+    # Assert: seq-mean-token-mean of (-rho A + beta k3); k3(0.5) = e^-0.5 - 1 + 0.5 on one token
+    k3 = math.exp(-0.5) - 0.5
+    expected = 0.5 * ((-1.0 + 0.01 * k3 - 1.0) / 2 + 1.0)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert metrics["grpo_d/beta"] == pytest.approx(0.01)
+    loss.backward()
+    # d/d l_{0,0}: -A/(2*2) + beta (1 - e^{-0.5})/(2*2)
+    assert logprobs.grad[0, 0].item() == pytest.approx((-1 + 0.01 * (1 - math.exp(-0.5))) / 4, rel=1e-5)
+
+
+def test_kl_term_vanishes_at_the_bottom_of_the_schedule():
+    logprobs = torch.randn(3, 4, requires_grad=True)
+    ref = torch.randn(3, 4)
+    mask = torch.ones(3, 4)
+    adv = torch.tensor([0.5, -0.5, 0.0])
+    at_w, _ = grpo_d(logprobs, None, adv, mask, step=3, total_steps=10, ref_logprobs=ref)
+    no_kl, _ = get("policy_loss", "grpo_d")(logprobs, None, adv, mask, step=3, total_steps=10,
+                                            ref_logprobs=None, beta_max=0.0)
+    assert at_w.item() == pytest.approx(no_kl.item(), abs=1e-7)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(warm_frac=0.0), "warm_frac"), (dict(warm_frac=1.0), "warm_frac"),
+    (dict(beta_min=0.1, beta_max=0.01), "beta_max"), (dict(beta_min=-0.1), "beta_min"),
+])
+def test_bad_schedule_arguments_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        kl_schedule(1, 10, **kwargs)
+
+
+def test_bad_step_and_missing_reference():
+    with pytest.raises(ValueError, match="step"):
+        kl_schedule(-1, 10)
+    with pytest.raises(ValueError, match="total_steps"):
+        kl_schedule(0, 0)
+    with pytest.raises(TypeError, match="step"):
+        kl_schedule(1.5, 10)
+    lp = torch.zeros(2, 2, requires_grad=True)
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        grpo_d(lp, None, torch.ones(2), torch.ones(2, 2), step=0, total_steps=10)
