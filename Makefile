@@ -32,7 +32,8 @@ install-dev: torch
 
 lab: install-notebooks
 	$(PY) -m jupyter lab notebooks/00_tour.ipynb --port=$(PORT) \
-		$(if $(NO_BROWSER),--no-browser,) --ServerApp.root_dir="$(CURDIR)"
+		$(if $(NO_BROWSER),--no-browser,) $(if $(filter 0,$(shell id -u)),--allow-root,) \
+		--ServerApp.root_dir="$(CURDIR)"
 
 test: install-dev
 	$(PY) -m pytest -n $(JOBS) $(PYTEST_ARGS)
