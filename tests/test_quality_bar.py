@@ -1,0 +1,35 @@
+"""The quality bar, checked across the whole registry: every algorithm's module is a lesson
+(a docstring naming its paper's arXiv id), names are lower_snake_case, experiments run."""
+import csv
+import pathlib
+import re
+import sys
+
+import pytest
+
+from lab import registry
+
+CATALOG = pathlib.Path(__file__).resolve().parents[2] / "shared" / "catalog.tsv"
+ENTRIES = [e for e in registry.entries() if not e.module.startswith("lab.optim.baselines")]
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: f"{e.kind}/{e.name}")
+def test_module_docstring_is_a_lesson(entry):
+    module = sys.modules[entry.module]
+    doc = module.__doc__ or ""
+    assert len(doc.strip()) >= 200, f"{entry.module}: the module docstring must teach the algorithm"
+    if entry.arxiv and entry.kind != "experiment":
+        assert entry.arxiv in doc, f"{entry.module}: docstring must name arXiv {entry.arxiv}"
+    assert re.fullmatch(r"[a-z][a-z0-9_]*", entry.name)
+
+
+@pytest.mark.skipif(not CATALOG.exists(), reason="catalog.tsv lives beside the project")
+def test_registered_catalog_names_use_the_catalog_kind():
+    rows = list(csv.DictReader(open(CATALOG), delimiter="\t"))
+    kind_of = {}
+    for row in rows:
+        kind_of.setdefault(row["name"], set()).add(row["kind"])
+    for entry in registry.entries():
+        if entry.name in kind_of and entry.kind not in kind_of[entry.name]:
+            # the same name may exist under another kind (grpo is an advantage and a loss)
+            assert any(entry.name in registry.available(k) for k in kind_of[entry.name]), entry
