@@ -1,0 +1,230 @@
+"""Optimizer experiments: a small network on digits, and side-by-side comparisons.
+
+- ``digits_mlp`` (registered experiment): any optimizer spec trains :class:`lab.models.MLP` on
+  scikit-learn's 8x8 digits for a fixed number of minibatch steps. Per step the History holds the
+  minibatch ``loss`` and ``accuracy``, the ``test_accuracy`` on the held-out split and the
+  cumulative training ``wall_time`` (seconds spent in forward, backward and the optimizer step;
+  evaluation is not counted). Optimizers with ``requires_closure = True`` (SAM, WSAM) get
+  ``step(closure)``; the reported loss and accuracy are those of the closure's first call.
+- :func:`compare_on_surface`: several optimizers on one 2-D surface (``optimizer_on_surface`` per
+  spec) with shared lr, betas and weight decay; returns :class:`~lab.history.Runs`.
+- :func:`compare_on_digits`: several optimizers on ``digits_mlp`` with the same budget; returns
+  Runs, ready for a time-to-target table (:func:`time_to_target`), in the spirit of AlgoPerf
+  ("Benchmarking Neural Network Training Algorithms", arXiv 2306.07179): the score of an
+  optimizer is the time it needs to reach a fixed validation target.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lab import progress
+from lab.checks import check_int, check_nonneg, check_positive
+from lab.experiments._base import experiment, run
+from lab.history import History, Runs
+from lab.models import MLP
+from lab.registry import get, make, parse_spec
+from toy_envs.datasets import digits
+
+
+@dataclass(frozen=True)
+class DigitsConfig:
+    """Config of ``digits_mlp``."""
+
+    optimizer: str = "adam"  # registry name or spec with literal kwargs, "lion(lr=3e-4)"
+    lr: float = 3e-3  # learning rate (a spec's own lr= wins)
+    weight_decay: float = 0.0  # passed to the optimizer when non-zero
+    steps: int = 150  # optimizer steps (the fixed budget)
+    batch_size: int = 64  # minibatch size
+    hidden: tuple[int, ...] = (64,)  # hidden layer sizes of the MLP
+    seed: int = 0  # seed of the split, the initialization and the batch order
+
+
+def seeded_init_(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Re-draw every parameter ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from ``generator``.
+
+    The same distribution family as torch's default ``nn.Linear`` init, but reproducible without
+    touching the global random state. ``fan_in`` of a bias is that of its layer's weight.
+    """
+    fan_in = 1
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                fan_in = p[0].numel()
+            bound = 1.0 / math.sqrt(fan_in)
+            p.copy_(torch.rand(p.shape, generator=generator, dtype=p.dtype) * 2 * bound - bound)
+
+
+def build_optimizer(spec: str, params, *, lr: float, weight_decay: float = 0.0,
+                    betas: tuple[float, float] | None = None) -> torch.optim.Optimizer:
+    """``make("optimizer", spec, params, ...)`` with shared settings; the spec's own kwargs win.
+
+    ``betas`` goes to optimizers whose constructor takes ``betas``; for those that take
+    ``momentum`` instead (SGD, Signum, SGDP) its first entry becomes the momentum.
+    """
+    name, spec_kwargs = parse_spec(spec)
+    accepted = inspect.signature(get("optimizer", name)).parameters
+    shared: dict = {"lr": lr}
+    if weight_decay:
+        shared["weight_decay"] = weight_decay
+    if betas is not None and "betas" in accepted:
+        shared["betas"] = tuple(betas)
+    elif betas is not None and "momentum" in accepted:
+        shared["momentum"] = betas[0]
+    return make("optimizer", name, params, **{**shared, **spec_kwargs})
+
+
+def _plot_digits(history: History):
+    from lab.viz import curves
+
+    return curves(history, ["loss", "test_accuracy"])
+
+
+@experiment("digits_mlp", DigitsConfig, paper="Benchmarking Neural Network Training Algorithms",
+            arxiv="2306.07179", plot=_plot_digits,
+            summary="Any optimizer trains an MLP on the digits data with a fixed step budget")
+def digits_mlp(cfg: DigitsConfig) -> History:
+    check_positive("lr", cfg.lr)
+    check_nonneg("weight_decay", cfg.weight_decay)
+    check_int("steps", cfg.steps, minimum=1)
+    check_int("batch_size", cfg.batch_size, minimum=1)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    x_train, y_train, x_test, y_test = digits(seed=cfg.seed)
+    model = MLP(x_train.shape[1], cfg.hidden, 10)
+    seeded_init_(model, generator)
+    opt = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if getattr(opt, "requires_fitness", False):
+        raise TypeError(f"digits_mlp trains with gradients; {cfg.optimizer!r} takes a fitness "
+                        f"closure (use the evolution-strategies experiments)")
+    needs_closure = bool(getattr(opt, "requires_closure", False))
+    history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
+    order = torch.randperm(len(y_train), generator=generator)
+    cursor, wall = 0, 0.0
+    for step in progress.steps(cfg.steps, desc=cfg.optimizer):
+        if cursor + cfg.batch_size > len(order):
+            order, cursor = torch.randperm(len(y_train), generator=generator), 0
+        idx = order[cursor:cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        xb, yb = x_train[idx], y_train[idx]                  # (B, 64), (B,)
+        first_logits: list[torch.Tensor] = []
+
+        def closure():
+            opt.zero_grad()
+            logits = model(xb)                               # (B, 10)
+            if not first_logits:
+                first_logits.append(logits.detach())
+            loss = F.cross_entropy(logits, yb)
+            loss.backward()
+            return loss
+
+        start = time.perf_counter()
+        if needs_closure:
+            loss = opt.step(closure)
+        else:
+            loss = closure()
+            opt.step()
+        wall += time.perf_counter() - start
+        with torch.no_grad():
+            accuracy = (first_logits[0].argmax(1) == yb).float().mean().item()
+            test_accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
+        history.append(step, loss=loss.item(), accuracy=accuracy, test_accuracy=test_accuracy,
+                       wall_time=wall)
+        if not math.isfinite(history["loss"][-1]):
+            history.meta["diverged"] = step
+            break
+    return history
+
+
+def time_to_target(history: History, metric: str = "test_accuracy", target: float = 0.9, *,
+                   x: str = "wall_time", higher_is_better: bool = True) -> float | None:
+    """The first value of ``x`` (``"step"`` or a metric such as ``wall_time``) at which
+    ``metric`` reaches ``target``; None if it never does."""
+    steps, values = history.series(metric)
+    reached = values >= target if higher_is_better else values <= target
+    if not reached.any():
+        return None
+    i = int(reached.argmax())
+    if x == "step":
+        return float(steps[i])
+    return float(history[x][i])
+
+
+# --------------------------------------------------------------------------------------------
+# Comparisons (callables for panels: a config in, Runs out)
+
+@dataclass(frozen=True)
+class SurfaceCompareConfig:
+    """Config of :func:`compare_on_surface`."""
+
+    optimizers: tuple[str, ...] = ("adam", "adabelief(rectify=False)", "diffgrad", "lion", "agd(delta=1e-5)")  # specs
+    surface: str = "rosenbrock"  # one of toy_envs.surfaces.SURFACES
+    lr: float = 0.05  # shared learning rate (a spec's own lr= wins)
+    beta1: float | None = None  # betas[0] (momentum for SGD-like ones); None = each default
+    beta2: float | None = None  # betas[1]; None = each optimizer's default
+    weight_decay: float = 0.0  # shared weight decay
+    steps: int = 300  # optimizer steps
+    x0: float | None = None  # start x; None = the surface's default start
+    y0: float | None = None  # start y; None = the surface's default start
+
+
+def _with_betas(spec: str, cfg: SurfaceCompareConfig) -> str:
+    """The spec with ``betas=(beta1, beta2)`` (or ``momentum=beta1``) added where accepted."""
+    if cfg.beta1 is None and cfg.beta2 is None:
+        return spec
+    name, kwargs = parse_spec(spec)
+    accepted = inspect.signature(get("optimizer", name)).parameters
+    if "betas" in accepted and "betas" not in kwargs:
+        default = accepted["betas"].default
+        kwargs["betas"] = (default[0] if cfg.beta1 is None else cfg.beta1,
+                           default[1] if cfg.beta2 is None else cfg.beta2)
+    elif "momentum" in accepted and "momentum" not in kwargs and cfg.beta1 is not None:
+        kwargs["momentum"] = cfg.beta1
+    return name + "(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")" if kwargs else name
+
+
+def compare_on_surface(cfg: SurfaceCompareConfig) -> Runs:
+    """Each optimizer of ``cfg.optimizers`` on ``cfg.surface``; Runs labelled by spec."""
+    if not cfg.optimizers:
+        raise ValueError("optimizers must name at least one optimizer spec")
+    return Runs({spec: run("optimizer_on_surface", optimizer=_with_betas(spec, cfg),
+                           surface=cfg.surface, lr=cfg.lr, steps=cfg.steps, x0=cfg.x0, y0=cfg.y0,
+                           weight_decay=cfg.weight_decay)
+                 for spec in cfg.optimizers})
+
+
+DIGITS_SPECS: tuple[str, ...] = (
+    "sgd(lr=0.1, momentum=0.9)", "adam(lr=1e-2)", "adamw(lr=1e-2, weight_decay=0.01)",
+    "signsgd(lr=1e-2, momentum=0.9)", "adabelief(lr=3e-2)", "diffgrad(lr=1e-2)",
+    "adamp(lr=1e-2)", "sgdp(lr=0.1, momentum=0.9)", "lion(lr=3e-3)",
+    "lion_kappa(lr=0.3, kappa='l2')", "agd(lr=3e-3, delta=1e-5)",
+)
+"""Default digits line-up: each optimizer at a learning rate that suits it (a short tuning run)."""
+
+
+@dataclass(frozen=True)
+class DigitsCompareConfig:
+    """Config of :func:`compare_on_digits`."""
+
+    optimizers: tuple[str, ...] = DIGITS_SPECS  # specs, each with its own lr
+    steps: int = 60  # the shared budget of optimizer steps
+    batch_size: int = 64  # minibatch size
+    seed: int = 0  # split, initialization and batch order (identical for every optimizer)
+
+
+def compare_on_digits(cfg: DigitsCompareConfig) -> Runs:
+    """Each optimizer of ``cfg.optimizers`` on ``digits_mlp`` with the same budget and seed."""
+    if not cfg.optimizers:
+        raise ValueError("optimizers must name at least one optimizer spec")
+    return Runs({spec: run("digits_mlp", optimizer=spec, steps=cfg.steps,
+                           batch_size=cfg.batch_size, seed=cfg.seed)
+                 for spec in cfg.optimizers})
+
+
+__all__ = ["DigitsConfig", "digits_mlp", "seeded_init_", "build_optimizer", "time_to_target",
+           "SurfaceCompareConfig", "compare_on_surface", "DigitsCompareConfig",
+           "compare_on_digits", "DIGITS_SPECS"]

@@ -1,0 +1,125 @@
+"""Figures for the optimizer lessons (``go.Figure`` out).
+
+- :func:`effective_step_figure`: per-coordinate effective step ``|x_{t+1} - x_t| / |g_t|`` of
+  surface runs: how far a coordinate moved per unit of gradient. Plain SGD is a flat line at lr;
+  adaptive methods (Adam, AdaBelief, AGD) and sign methods (Lion, signSGD) reshape it.
+- :func:`time_to_target_table`: AlgoPerf-style table of the time (and steps) each run needed to
+  reach a target, e.g. test accuracy 0.9, with the final and best values.
+- :func:`surface_figures` and :func:`digits_figures`: the figure sets of notebooks 01 and 03.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from lab.history import History, Runs
+from lab.viz.figures import color, curves, trajectory_figure
+
+
+def _as_runs(runs: History | Mapping[str, History]) -> Runs:
+    if isinstance(runs, History):
+        return Runs({str(runs.meta.get("algorithm", "run")): runs})
+    return runs if isinstance(runs, Runs) else Runs(runs)
+
+
+def effective_step_figure(runs: History | Mapping[str, History], *, title: str | None = None
+                          ) -> go.Figure:
+    """One subplot per coordinate: ``|dx_i| / |g_i|`` against step for each run (log scale).
+
+    Reads ``artifacts['effective_step']`` (a list of per-step lists), as written by the
+    ``optimizer_on_surface`` experiment.
+    """
+    runs = _as_runs(runs)
+    series = {label: np.asarray(h.artifacts.get("effective_step", []), dtype=float)
+              for label, h in runs.items()}
+    dims = max((s.shape[1] for s in series.values() if s.ndim == 2 and len(s)), default=0)
+    if dims == 0:
+        raise ValueError("no run has artifacts['effective_step'] to plot")
+    names = "xyzw"
+    fig = make_subplots(rows=dims, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=[f"coordinate {names[d] if d < 4 else d}: |dx| / |g|"
+                                        for d in range(dims)])
+    for i, (label, s) in enumerate(series.items()):
+        if s.ndim != 2 or not len(s):
+            continue
+        for d in range(min(dims, s.shape[1])):
+            values = np.where(s[:, d] > 0, s[:, d], np.nan)  # zero moves cannot sit on a log axis
+            fig.add_trace(go.Scatter(x=np.arange(len(s)), y=values, mode="lines", name=label,
+                                     legendgroup=label, showlegend=d == 0,
+                                     line=dict(color=color(i))), row=d + 1, col=1)
+        for d in range(dims):
+            fig.update_yaxes(type="log", row=d + 1, col=1)
+    fig.update_xaxes(title_text="step", row=dims, col=1)
+    fig.update_layout(title=title or "effective step size per coordinate", template="plotly_white",
+                      height=240 * dims + 80, margin=dict(l=50, r=20, t=60, b=40))
+    return fig
+
+
+def target_rows(runs: History | Mapping[str, History], metric: str = "test_accuracy",
+                target: float = 0.9, *, higher_is_better: bool = True) -> list[dict]:
+    """Per run: steps and seconds (``wall_time``) to reach ``target``, final and best value.
+
+    Sorted by time to target (runs that never reach it last).
+    """
+    from lab.experiments.optimizers import time_to_target
+
+    rows = []
+    for label, h in _as_runs(runs).items():
+        values = h[metric]
+        best = float(values.max() if higher_is_better else values.min())
+        rows.append({
+            "optimizer": label,
+            "steps": time_to_target(h, metric, target, x="step", higher_is_better=higher_is_better),
+            "seconds": (time_to_target(h, metric, target, x="wall_time",
+                                       higher_is_better=higher_is_better)
+                        if "wall_time" in h else None),
+            "final": float(values[-1]),
+            "best": best,
+        })
+    rows.sort(key=lambda r: (r["seconds"] is None and r["steps"] is None,
+                             r["seconds"] if r["seconds"] is not None else
+                             (r["steps"] if r["steps"] is not None else np.inf)))
+    return rows
+
+
+def time_to_target_table(runs: History | Mapping[str, History], metric: str = "test_accuracy",
+                         target: float = 0.9, *, higher_is_better: bool = True) -> go.Figure:
+    """A table: optimizer, steps and seconds to reach ``metric`` = ``target``, final, best."""
+    rows = target_rows(runs, metric, target, higher_is_better=higher_is_better)
+
+    def fmt(v, spec):
+        return "not reached" if v is None else format(v, spec)
+
+    cells = [[r["optimizer"] for r in rows], [fmt(r["steps"], ".0f") for r in rows],
+             [fmt(r["seconds"], ".3f") for r in rows], [f"{r['final']:.3f}" for r in rows],
+             [f"{r['best']:.3f}" for r in rows]]
+    header = ["optimizer", f"steps to {metric} {'>=' if higher_is_better else '<='} {target:g}",
+              "seconds to target", f"final {metric}", f"best {metric}"]
+    fig = go.Figure(go.Table(header=dict(values=header, align="left", fill_color="#eeeeee"),
+                             cells=dict(values=cells, align="left")))
+    fig.update_layout(title=f"time to target ({metric} {target:g})", template="plotly_white",
+                      height=80 + 28 * (len(rows) + 1), margin=dict(l=20, r=20, t=50, b=10))
+    return fig
+
+
+def surface_figures(runs: Runs) -> list[go.Figure]:
+    """Notebook 01: trajectories over contours, loss curves, per-coordinate effective steps."""
+    from toy_envs.surfaces import get_surface
+
+    surface = get_surface(next(iter(runs.values())).meta["surface"])
+    return [trajectory_figure(runs), curves(runs, "loss", log_y=surface.minimum >= 0),
+            effective_step_figure(runs)]
+
+
+def digits_figures(runs: Runs, target: float = 0.9) -> list[go.Figure]:
+    """Notebook 03: loss and test accuracy against step, accuracy against wall time, the table."""
+    return [curves(runs, ["loss", "test_accuracy"], log_y=[True, False]),
+            curves(runs, "test_accuracy", x="wall_time", title="test accuracy against seconds"),
+            time_to_target_table(runs, "test_accuracy", target)]
+
+
+__all__ = ["effective_step_figure", "target_rows", "time_to_target_table", "surface_figures",
+           "digits_figures"]
