@@ -1,0 +1,88 @@
+"""FedAvg: local SGD on the clients, a weighted average of their updates on the server.
+
+McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
+arXiv:1602.05629; the catalog lists it as the baseline of Wang & Ji, "A Lightweight Method for
+Tackling Unknown Participation Statistics in Federated Averaging" (arXiv:2306.03401).
+
+Round r, participating set S_r, server model x^r:
+
+    client i in S_r:  y <- x^r; K steps y <- y - eta_l grad f_i(y; xi);  Delta_i = y - x^r
+    server:           x^{r+1} = x^r + eta_g sum_{i in S_r} w_i Delta_i
+
+with the weights w_i (``weighting``):
+
+- ``"samples"`` (default, the paper): ``w_i = n_i / sum_{j in S_r} n_j`` (= Flower's FedAvg);
+- ``"participating"``: ``w_i = 1 / |S_r|``;
+- ``"all"``: ``w_i = 1 / N`` (FedAU's ``average_all`` baseline);
+- ``"known_prob"``: ``w_i = alpha_i / p_i`` with the *true* participation probabilities p_i
+  (an oracle; unbiased for ``sum_i alpha_i F_i``; FedStale with beta = 0).
+
+Under heterogeneous participation the first three converge near ``argmin sum_i p_i F_i`` rather
+than ``argmin sum_i alpha_i F_i``; FedAU (``fedau``) removes that bias without knowing p_i.
+With many local steps on non-IID data the fixed point also moves away from x* (client drift;
+see ``scaffold`` and ``fedavg_m``). Here ``n_i`` is the count the client reports.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from lab.checks import check_choice, check_tensor
+from lab.federated.base import Aggregator, stack_updates, weighted_step
+from lab.registry import register
+
+WEIGHTINGS = ("samples", "participating", "all", "known_prob")
+
+
+def fedavg_weights(n: torch.Tensor, ids: torch.Tensor, weighting: str, num_clients: int,
+                   alpha: torch.Tensor | None = None, probabilities: torch.Tensor | None = None) -> torch.Tensor:
+    """The weights ``w_i`` (M,) of the participating clients ``ids`` with sample counts ``n``."""
+    if n.numel() == 0:
+        return n
+    if weighting == "samples":
+        return n / n.sum()
+    if weighting == "participating":
+        return torch.full_like(n, 1.0 / n.numel())
+    if weighting == "all":
+        return torch.full_like(n, 1.0 / num_clients)
+    return (alpha[ids] / probabilities[ids]).to(n.dtype)
+
+
+@register("aggregator", "fedavg", paper="A Lightweight Method for Tackling Unknown Participation "
+          "Statistics in Federated Averaging", arxiv="2306.03401",
+          summary="FedAvg (McMahan et al., arXiv:1602.05629): weighted average of local-SGD updates")
+class FedAvg(Aggregator):
+    """FedAvg.
+
+    Args:
+        weighting: ``"samples"``, ``"participating"``, ``"all"`` or ``"known_prob"``.
+        probabilities: (N,) true participation probabilities, required for ``"known_prob"``.
+        server_lr: eta_g (1.0 = plain averaging of client models).
+        batch_size: local minibatch size B (None = full local batch).
+    """
+
+    def __init__(self, *, weighting: str = "samples", probabilities: torch.Tensor | None = None,
+                 server_lr: float = 1.0, batch_size: int | None = None):
+        super().__init__(server_lr=server_lr, batch_size=batch_size)
+        self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
+        if weighting == "known_prob":
+            if probabilities is None:
+                raise ValueError("probabilities must be given for weighting='known_prob'")
+            probabilities = check_tensor("probabilities", torch.as_tensor(probabilities, dtype=torch.float64),
+                                         ndim=1, finite=True)
+            if (probabilities <= 0).any() or (probabilities > 1).any():
+                raise ValueError("probabilities must lie in (0, 1]")
+        self.probabilities = probabilities
+
+    def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
+                  num_samples: Mapping[int, int], round: int, *,
+                  staleness: Mapping[int, int] | None = None) -> torch.Tensor:
+        self._require_setup()
+        ids, deltas, n = stack_updates(x, updates, num_samples)
+        w = fedavg_weights(n, ids, self.weighting, self.num_clients, self.alpha, self.probabilities)
+        self._record(ids, w)
+        return weighted_step(x, deltas, w, self.server_lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "weighting": self.weighting, "probabilities": self.probabilities}

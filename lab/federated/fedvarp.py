@@ -1,0 +1,53 @@
+"""FedVARP: stand in for absent clients with their last update (variance reduction over sampling).
+
+Jhunjhunwala, Sharma, Nagarkatti, Joshi, "FedVARP: Tackling the Variance Due to Partial Client
+Participation in Federated Learning", arXiv:2207.14130 (the catalog lists it as the baseline of
+FedStale). Ordering as in IBM/fedau ``main.py`` (branch ``fedvarp``).
+
+Server state: x and ``y_j`` = the last update received from each client j (init 0); clients are
+stateless. With ``ybar = (1/N) sum_j y_j``:
+
+    v = ybar + (1/|S|) sum_{i in S} (Delta_i - y_i)        (SAGA-style: memory + fresh correction)
+    y_i <- Delta_i for i in S
+    x <- x + eta_g v
+
+Intuition: every round uses *some* update of every client (the stored one for absent clients), so
+the noise from who happened to be sampled cancels; the price is O(N d) server memory and, when
+some clients come rarely, very stale memories (which FedStale tempers). FedStale with beta = 1
+and uniform sampling is exactly this.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from lab.federated.base import Aggregator, stack_updates
+from lab.registry import register
+
+
+@register("aggregator", "fedvarp", paper="FedStale: leveraging stale client updates in federated learning",
+          arxiv="2405.04171",
+          summary="FedVARP (Jhunjhunwala et al., arXiv:2207.14130): stored updates of absent clients reduce variance")
+class FedVARP(Aggregator):
+    """FedVARP. Args: server_lr (eta_g), batch_size (local minibatch, None = full batch)."""
+
+    def _init_state(self, dtype: torch.dtype) -> None:
+        self.memory = torch.zeros(self.num_clients, self.dim, dtype=dtype)  # (N, d) y_j
+
+    def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
+                  num_samples: Mapping[int, int], round: int, *,
+                  staleness: Mapping[int, int] | None = None) -> torch.Tensor:
+        self._require_setup()
+        ids, deltas, _ = stack_updates(x, updates, num_samples)
+        if len(ids) == 0:
+            self.last_weights = {}
+            return x + self.server_lr * self.memory.mean(0)
+        # v = ybar + (1/|S|) sum_{i in S} (Delta_i - y_i)
+        v = self.memory.mean(0) + (deltas - self.memory[ids]).mean(0)
+        self.memory[ids] = deltas
+        self._record(ids, torch.full((len(ids),), 1.0 / len(ids), dtype=x.dtype))
+        return x + self.server_lr * v
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "memory": self.memory.clone()}
