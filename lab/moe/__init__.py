@@ -1,1 +1,28 @@
-"""lab.moe"""
+"""Mixture-of-Experts routing and load balancing.
+
+- :class:`TopKRouter` (``lab.moe.router``): indices, gate weights, router logits, per-expert load
+  and the auxiliary loss (zero for loss-free balancers).
+- :class:`MoELayer` (``lab.moe.layer``): small MLP experts, optional capacity factor with token
+  dropping, vectorized dispatch.
+- Balancers (registry kind ``balancer``): ``switch_aux``, ``z_loss``, ``seq_aux`` (losses);
+  ``aux_free_bias``, ``stochastic_balance`` (bias controllers with ``update(load)``).
+- ``lab.moe.metrics``: max violation, idle experts, load entropy, dropped tokens, gate distortion,
+  the Lagrangian of the primal-dual view.
+- ``lab.moe.transformer``: a tiny MoE transformer language model.
+"""
+from lab.moe.aux_free import AuxFreeBias  # noqa: F401
+from lab.moe.layer import MoELayer, capacity_keep, expert_capacity  # noqa: F401
+from lab.moe.router import RouterOutput, TopKRouter, is_controller, select_topk  # noqa: F401
+from lab.moe.seq_aux import SeqAux  # noqa: F401
+from lab.moe.stochastic_balance import StochasticBalance  # noqa: F401
+from lab.moe.switch_aux import SwitchAux  # noqa: F401
+from lab.moe.z_loss import ZLoss  # noqa: F401
+
+
+def make_balancer(spec: str | None, n_experts: int):
+    """A balancer from a registry spec (``"switch_aux(coef=0.01)"``); ``None``/``"none"`` = no balancing."""
+    if spec is None or spec == "none":
+        return None
+    from lab.registry import make
+
+    return make("balancer", spec, n_experts)

@@ -1,0 +1,79 @@
+"""DeepSeek-V3's complementary sequence-wise balance loss.
+
+"DeepSeek-V3 Technical Report" (arXiv 2412.19437). For one sequence of T tokens, E routed experts,
+k experts per token, scores ``s_{t,i}`` (sigmoid in DeepSeek-V3, softmax here by default)::
+
+    s'_{t,i} = s_{t,i} / sum_j s_{t,j}                      normalized affinity
+    P_i      = (1/T) sum_t s'_{t,i}
+    f_i      = E / (k T) * sum_t 1[i in S_t]                 dispatch share, 1 when balanced
+    L_Bal    = alpha * sum_i f_i P_i                         averaged over the sequences of a batch
+
+Balanced routing (f_i = 1, P_i = 1/E) gives ``L_Bal = alpha``. Where it departs from the Switch loss
+(``switch_aux``): the statistics are per *sequence*, not per batch, so one sequence that sends all
+its tokens to one expert is penalized even when the batch as a whole is balanced; and alpha is tiny
+(1e-4), because DeepSeek-V3 balances the batch with the loss-free bias (``aux_free_bias``) and only
+wants to stop extreme sequences. ``indices`` are the actual (bias-selected) choices, so f counts
+the real dispatch (the report does not say otherwise; an [unverified] reading).
+
+Shapes: ``router_logits (B, S, E)`` is B sequences of S tokens; ``(T, E)`` is one sequence.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lab.checks import check_choice, check_int, check_nonneg
+from lab.moe.router import SCORE_FNS, check_routing, scores_from_logits
+from lab.registry import register
+
+
+def seq_aux_loss(router_logits: torch.Tensor, indices: torch.Tensor,
+                 score_fn: str = "softmax") -> tuple[torch.Tensor, dict[str, Any]]:
+    """``mean_b sum_i f_{b,i} P_{b,i}`` (no coefficient) and the per-sequence stats."""
+    e = check_routing(router_logits, indices, None)
+    if router_logits.dim() == 2:
+        router_logits, indices = router_logits.unsqueeze(0), indices.unsqueeze(0)
+    if router_logits.dim() != 3:
+        raise ValueError(f"router_logits must have shape (B, S, E) or (T, E), got {tuple(router_logits.shape)}")
+    b, t, k = indices.shape
+    scores = scores_from_logits(router_logits, score_fn)  # (B, S, E)
+    # s' = s / sum_j s_j ;  P_{b,i} = mean_t s'_{t,i}
+    p_seq = (scores / scores.sum(-1, keepdim=True)).mean(1)  # (B, E)
+    # f_{b,i} = E / (k S) * #{t : i in S_t}
+    counts = torch.zeros(b, e, dtype=scores.dtype, device=scores.device)
+    counts.scatter_add_(1, indices.reshape(b, t * k), torch.ones(b, t * k, dtype=scores.dtype, device=scores.device))
+    f_seq = counts * (e / (k * t))  # (B, E)
+    # L_Bal (per sequence) = sum_i f_i P_i ; averaged over sequences
+    loss = (f_seq * p_seq).sum(-1).mean()
+    return loss, {"f_seq": f_seq.detach(), "P_seq": p_seq.detach()}
+
+
+@register("balancer", "seq_aux", paper="DeepSeek-V3 Technical Report", arxiv="2412.19437",
+          summary="Sequence-wise balance loss alpha * sum_i f_i P_i per sequence")
+class SeqAux:
+    """DeepSeek-V3 sequence-wise balance loss ``coef * mean_seq sum_i f_i P_i``.
+
+    Args:
+        n_experts: E, checked against the router logits.
+        coef: alpha, the loss coefficient (DeepSeek-V3: 1e-4).
+        score_fn: how the router turns logits into scores, ``"softmax"`` or ``"sigmoid"``
+            (DeepSeek-V3); s' is the scores renormalized over all experts.
+    """
+
+    def __init__(self, n_experts: int, *, coef: float = 1e-4, score_fn: str = "softmax"):
+        self.n_experts = check_int("n_experts", n_experts, minimum=1)
+        self.coef = check_nonneg("coef", coef)
+        self.score_fn = check_choice("score_fn", score_fn, SCORE_FNS)
+
+    def loss(self, router_logits: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        check_routing(router_logits, indices, self.n_experts)
+        raw, stats = seq_aux_loss(router_logits, indices, self.score_fn)
+        seq_vio = (stats["f_seq"].max(-1).values - 1.0).mean()  # f_i = load_i / mean load per sequence
+        return self.coef * raw, {"seq_aux": raw.detach(), "seq_max_violation": seq_vio}
+
+    def __repr__(self) -> str:
+        return f"SeqAux(n_experts={self.n_experts}, coef={self.coef}, score_fn={self.score_fn!r})"
+
+
+__all__ = ["SeqAux", "seq_aux_loss"]
