@@ -1,0 +1,169 @@
+"""Aggregators: hand-checked rounds on tiny arrays, the spec's limiting cases, invariants, bad input."""
+import pytest
+import torch
+
+from lab.federated import Bernoulli, Uniform, simulate
+from lab.federated.fedau import FedAU
+from lab.federated.fedavg import FedAvg
+from lab.federated.fedstale import FedStale
+from lab.federated.fedvarp import FedVARP
+from lab.federated.momentum import FedAvgM, ScaffoldM
+from lab.federated.scaffold import Scaffold
+from lab.registry import available, make
+
+T = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+X0 = torch.zeros(2, dtype=torch.float64)
+
+
+def test_fedavg_hand_checked_weightings():
+    # Prepare: two updates, n = 1 and 3, of N = 4 clients
+    updates, n = {0: T(1.0, 0.0), 2: T(0.0, 2.0)}, {0: 1, 2: 3}
+    # Execute / Assert: samples -> (1/4, 3/4); participating -> (1/2, 1/2); all -> (1/4, 1/4)
+    assert FedAvg().setup(4, 2).aggregate(X0, updates, n, 0).tolist() == [0.25, 1.5]
+    assert FedAvg(weighting="participating").setup(4, 2).aggregate(X0, updates, n, 0).tolist() == [0.5, 1.0]
+    assert FedAvg(weighting="all").setup(4, 2).aggregate(X0, updates, n, 0).tolist() == [0.25, 0.5]
+    known = FedAvg(weighting="known_prob", probabilities=T(0.5, 1.0, 0.25, 1.0), server_lr=0.5).setup(4, 2)
+    # alpha = 1/4: w = (1/4)/0.5 = 0.5 and (1/4)/0.25 = 1; eta_g = 0.5
+    assert known.aggregate(X0, updates, n, 0).tolist() == [0.25, 1.0]
+    assert known.last_weights == {0: 0.5, 2: 1.0}
+
+
+def test_fedvarp_hand_checked_two_rounds():
+    alg = FedVARP().setup(3, 2)
+    # round 0: memory 0, v = mean((1,0), (0,1)) = (0.5, 0.5)
+    x1 = alg.aggregate(X0, {0: T(1, 0), 1: T(0, 1)}, {0: 1, 1: 1}, 0)
+    assert x1.tolist() == [0.5, 0.5]
+    # round 1: ybar = ((1,0) + (0,1) + 0)/3; v = ybar + (3,3) - 0
+    x2 = alg.aggregate(x1, {2: T(3, 3)}, {2: 1}, 1)
+    torch.testing.assert_close(x2, T(0.5 + 1 / 3 + 3, 0.5 + 1 / 3 + 3))
+    assert alg.state_dict()["memory"].tolist() == [[1, 0], [0, 1], [3, 3]]
+
+
+def test_fedstale_hand_checked():
+    # N = 2, alpha = 1/2, known p = (0.5, 1.0), beta = 0.5
+    alg = FedStale(beta=0.5, probabilities=T(0.5, 1.0)).setup(2, 2)
+    x1 = alg.aggregate(X0, {0: T(2, 0)}, {0: 1}, 0)  # fresh (1/2)/0.5 * (2,0); memory 0
+    assert x1.tolist() == [2.0, 0.0]
+    # round 1: client 1 only: fresh (1/2)/1 * (0,4) = (0,2);
+    # stale = beta * [ (1/2)(2,0) + (1/2)(0,0) - (1/2)/1 * h_1 (=0) ] = 0.5 * (1, 0)
+    x2 = alg.aggregate(x1, {1: T(0, 4)}, {1: 1}, 1)
+    assert x2.tolist() == [2.5, 2.0]
+
+
+def test_fedau_weights_follow_recorded_intervals():
+    # client 1 joins at rounds 0, 3, 4: intervals 1, 3, 1; at round 4 its weight is the mean of the
+    # intervals recorded before it, (1 + 3) / 2 = 2, times alpha_1 = 1/2
+    alg = FedAU().setup(2, 2)
+    x = X0
+    for r, ids in enumerate([(0, 1), (0,), (0,), (1,), (1,)]):
+        x = alg.aggregate(x, {i: T(1.0, 1.0) for i in ids}, {i: 1 for i in ids}, r)
+    assert alg.last_weights == {1: 0.5 * 2.0}  # alpha_1 * omega_1 = 1/2 * 2
+    torch.testing.assert_close(alg.estimator.omega, T(1.0, 5 / 3))  # after round 4: mean(1, 3, 1)
+
+
+def test_scaffold_control_variate_invariant(ls_small):
+    alg = Scaffold()
+    h = simulate(ls_small, alg, Bernoulli(torch.full((8,), 0.5)), rounds=6, local_steps=3, lr=0.05, seed=0)
+    assert h["accepted"].sum() > 0
+    torch.testing.assert_close(alg.c, alg.c_clients.mean(0))
+
+
+# ---- limiting cases ------------------------------------------------------------------------
+def _final(problem, alg, participation, **kw):
+    h = simulate(problem, alg, participation, rounds=kw.pop("rounds", 8), local_steps=3, lr=0.05, seed=3, **kw)
+    return torch.tensor(h.artifacts["x_final"], dtype=torch.float64)
+
+
+def test_fedstale_beta0_is_fedavg_with_inverse_p_weights(ls_small):
+    p = torch.linspace(0.2, 0.9, 8, dtype=torch.float64)
+    a = _final(ls_small, FedStale(beta=0.0, probabilities=p), Bernoulli(p))
+    b = _final(ls_small, FedAvg(weighting="known_prob", probabilities=p), Bernoulli(p))
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_fedstale_beta1_is_fedvarp(ls_small):
+    p = torch.full((8,), 3 / 8, dtype=torch.float64)
+    a = _final(ls_small, FedStale(beta=1.0, probabilities=p), Uniform(8, 3))
+    b = _final(ls_small, FedVARP(), Uniform(8, 3))
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_momentum_variants_at_beta1(ls_small):
+    p = torch.full((8,), 0.5, dtype=torch.float64)
+    # FedAvg-M, beta = 1, gamma = eta K  ==  FedAvg averaging the participants
+    torch.testing.assert_close(_final(ls_small, FedAvgM(beta=1.0), Bernoulli(p)),
+                               _final(ls_small, FedAvg(weighting="participating"), Bernoulli(p)), rtol=1e-12, atol=1e-12)
+    # SCAFFOLD-M, beta = 1, gamma = eta K eta_g  ==  SCAFFOLD option II with eta_g
+    torch.testing.assert_close(_final(ls_small, ScaffoldM(beta=1.0, server_lr=0.05 * 3 * 0.7), Bernoulli(p)),
+                               _final(ls_small, Scaffold(server_lr=0.7), Bernoulli(p)), rtol=1e-12, atol=1e-12)
+
+
+def test_fedau_with_full_participation_is_fedavg(ls_small):
+    full = torch.ones(8, dtype=torch.float64)
+    torch.testing.assert_close(_final(ls_small, FedAU(), Bernoulli(full)),
+                               _final(ls_small, FedAvg(weighting="participating"), Bernoulli(full)),
+                               rtol=1e-12, atol=1e-12)
+
+
+# ---- table-driven over every registered aggregator -----------------------------------------
+CONVERGING = ["fedavg", "fedavg_m", "scaffold", "scaffold_m", "fedvarp", "fedstale", "fedau", "admm_robust",
+              "knowledge_fusion", "async_inversion"]
+
+
+def test_catalog_names_registered():
+    assert sorted(CONVERGING) == available("aggregator")
+
+
+@pytest.mark.parametrize("name", CONVERGING)
+def test_every_aggregator_converges_on_iid_full_participation(name):
+    from toy_envs.federated import least_squares
+
+    # one group: every client has the same optimum, so every method should reach x*
+    problem = least_squares(num_clients=6, dim=3, samples_per_client=30, heterogeneity=1.0, groups=1, seed=4)
+    alg = make("aggregator", name)
+    h = simulate(problem, alg, Bernoulli(torch.ones(6, dtype=torch.float64)), rounds=40, local_steps=2, lr=0.2,
+                 seed=0, record_clients=False)
+    start = problem.distance(problem.x0)
+    assert h["distance"][-1] < 0.2 * start
+    state = alg.state_dict()
+    assert state["num_clients"] == 6 and state["dim"] == 3
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedau", "fedvarp", "fedstale", "scaffold", "fedavg_m"])
+def test_empty_round_keeps_a_finite_model(name):
+    alg = make("aggregator", name).setup(3, 2)
+    alg.local_steps, alg.local_lr = 1, 0.1
+    x = alg.aggregate(T(1.0, 2.0), {}, {}, 0)
+    assert torch.isfinite(x).all()
+
+
+# ---- bad input -----------------------------------------------------------------------------
+def test_bad_updates_are_refused_naming_the_client():
+    alg = FedAvg().setup(3, 2)
+    with pytest.raises(ValueError, match=r"updates\[1\].*NaN"):
+        alg.aggregate(X0, {1: T(float("nan"), 0.0)}, {1: 1}, 0)
+    with pytest.raises(ValueError, match=r"updates\[0\].*shape"):
+        alg.aggregate(X0, {0: T(1.0, 2.0, 3.0)}, {0: 1}, 0)
+    with pytest.raises(ValueError, match=r"num_samples\[0\]"):
+        alg.aggregate(X0, {0: T(1.0, 2.0)}, {}, 0)
+    with pytest.raises(TypeError, match="updates"):
+        alg.aggregate(X0, [T(1.0, 2.0)], {0: 1}, 0)
+
+
+def test_bad_hyperparameters():
+    with pytest.raises(ValueError, match="weighting"):
+        FedAvg(weighting="median")
+    with pytest.raises(ValueError, match="probabilities"):
+        FedAvg(weighting="known_prob")
+    with pytest.raises(ValueError, match="beta"):
+        FedStale(beta=1.5)
+    with pytest.raises(ValueError, match="beta"):
+        FedAvgM(beta=0.0)
+    with pytest.raises(ValueError, match="server_lr"):
+        FedAvg(server_lr=-1.0)
+    with pytest.raises(ValueError, match="cutoff"):
+        FedAU(cutoff=0)
+    with pytest.raises(RuntimeError, match="setup"):
+        FedAvg().aggregate(X0, {}, {}, 0)
+    with pytest.raises(KeyError, match="fedavg"):
+        make("aggregator", "fedmedian")
