@@ -117,3 +117,25 @@ def test_tppo_with_no_finished_row_has_no_value_gradient():
     assert torch.isfinite(loss) and torch.all(values.grad == 0)
     with pytest.raises(ValueError, match="window"):
         tppo(logprobs, old, adv, torch.ones(3, 4), window=0)
+
+
+# ---- behaviour on the toy tasks -------------------------------------------------------------
+def test_truncated_advantages_approach_full_gae_as_the_window_grows():
+    from lab.experiments import run
+
+    h = run("truncation_window", seed=0)
+    egae_err, naive_err = h["egae_error"], h["naive_error"]
+    assert h["finished_frac"][-1] == 1.0 and egae_err[-1] == 0.0 and naive_err[-1] == 0.0
+    assert egae_err[-2] < 0.6 * egae_err[0]           # closer with a longer window
+    assert egae_err[:-1].mean() < naive_err[:-1].mean()  # better than treating the cut as terminal
+
+
+def test_egae_and_tppo_run_in_policy_optimization_by_name():
+    from lab.experiments import run
+
+    h = run("policy_optimization", advantage="egae", loss="tppo", steps=3)
+    ref = run("policy_optimization", advantage="gae", loss="ppo", steps=3)
+    assert "value_loss" in h.keys
+    # complete episodes: EGAE is GAE and T-PPO without a window is PPO, step for step
+    assert h["reward"].tolist() == ref["reward"].tolist()
+    assert h["loss"] == pytest.approx(ref["loss"], rel=1e-5)

@@ -125,3 +125,50 @@ def test_bad_inputs_name_the_argument():
         spo_tree(torch.ones(2), node_ids=torch.tensor([[0], [1]]),
                  segment_ids=torch.zeros(2, 2, dtype=torch.long), mask=torch.ones(2, 2),
                  group_size=2, adv_method="gae")
+
+
+# ---- behaviour on the toy tasks -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def segment_run():
+    from lab.experiments import run
+
+    return run("segment_advantages", seed=0)
+
+
+def test_segment_advantages_have_lower_variance_than_token_level_mc(segment_run):
+    # equal budget of K completions per response: coarser segments get more samples per state
+    var = segment_run["adv_var"]
+    assert segment_run.steps.tolist() == [1, 2, 3, 6]
+    assert all(b < a for a, b in zip(var[:-1], var[1:]))
+    assert var[-1] < 0.5 * var[0]
+    assert all(b > a for a, b in zip(segment_run["samples_per_state"][:-1], segment_run["samples_per_state"][1:]))
+
+
+def test_tree_generates_far_fewer_tokens_per_trajectory_than_chain(segment_run):
+    tree = segment_run.artifacts["tree"]
+    chain = segment_run.artifacts["chain_response_tokens"] + segment_run["mc_tokens_per_response"][0]
+    assert tree["leaves"] == 8
+    assert tree["tokens_per_leaf"] < chain / 5
+
+
+def test_spo_loss_runs_in_policy_optimization_by_name():
+    from lab.experiments import run
+
+    h = run("policy_optimization", loss="spo", steps=3)
+    assert len(h["loss"]) == 3 and all(abs(x) < 10 for x in h["loss"])
+
+
+def test_spo_chain_needs_mc_values_the_loop_cannot_give():
+    from lab.experiments import run
+
+    with pytest.raises(TypeError, match="cut_values"):
+        run("policy_optimization", advantage="spo_chain", loss="spo", steps=1)
+
+
+def test_segment_panel_shows_the_spo_view():
+    from lab.viz.segments import segment_panel
+
+    p = segment_panel("spo")
+    assert p.last_error is None and len(p.figures) == 4
+    with pytest.raises(ValueError, match="view"):
+        segment_panel("nope")

@@ -1,0 +1,140 @@
+"""Figures and one panel for SPO, EGAE/T-PPO, HPT, PSR/NSR, COPO and GRPO-D.
+
+- :func:`segment_figure`: SPO's advantage variance and MC cost against the cut interval, the
+  per-token advantages at the finest and coarsest interval, and tree vs chain tokens.
+- :func:`truncation_figure`: EGAE and the naive terminal cut against full-episode GAE, per window.
+- :func:`kl_schedule_figure`: GRPO-D's β(s).
+- :func:`sign_figure`: PSR vs NSR (and other modes): entropy over training and the distinct
+  correct answers left in the last batch.
+- :func:`segment_panel`: a live panel for one of these views (``"spo"``, ``"egae"``, ``"hpt"``,
+  ``"sign"``, ``"copo"``, ``"grpo_d"``), usable from the GRPO-zoo notebook.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from lab.history import History, Runs
+from lab.viz.figures import _as_runs, bar, color, curves, heatmap
+from lab.viz.panel import Panel, panel
+
+VIEWS = ("spo", "egae", "hpt", "sign", "copo", "grpo_d")
+SIGN_MODES = ("psr", "nsr", "w_reinforce", "grpo_n")
+
+
+def segment_figure(history: History) -> list[go.Figure]:
+    """SPO: variance/cost vs interval, per-token advantages (finest, coarsest), tree vs chain."""
+    k = history.steps
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("advantage variance across re-estimates",
+                                                        "MC samples per state"))
+    fig.add_trace(go.Scatter(x=k, y=history["adv_var"], mode="lines+markers", name="Var(Â)",
+                             line=dict(color=color(0))), row=1, col=1)
+    fig.add_trace(go.Bar(x=k, y=history["samples_per_state"], name="samples / state",
+                         marker_color=color(1)), row=1, col=2)
+    fig.update_xaxes(title_text="cut interval (1 = token-level MC)")
+    fig.update_layout(template="plotly_white", height=320, margin=dict(l=50, r=20, t=50, b=40))
+    figs = [fig]
+    examples = history.artifacts.get("advantages", {})
+    texts = history.artifacts.get("texts")
+    for key in (list(examples)[:1] + list(examples)[-1:]) if examples else []:
+        figs.append(heatmap(examples[key], y=texts, title=f"segment advantages, interval {key}",
+                            x_title="token", y_title="response"))
+    tree = history.artifacts.get("tree")
+    if tree is not None:
+        chain = history.artifacts["chain_response_tokens"] + float(history["mc_tokens_per_response"][-1])
+        figs.append(bar({"chain (response + MC)": chain, "tree (shared prefixes)": tree["tokens_per_leaf"]},
+                        title="generated tokens per trajectory", y_title="tokens"))
+    return figs
+
+
+def truncation_figure(history: History) -> go.Figure:
+    """Mean |Â − Â_full| over the window's tokens: EGAE vs the naive terminal cut."""
+    fig = curves(history, ["egae_error", "naive_error", "finished_frac"])
+    fig.update_xaxes(title_text="window w (tokens generated)")
+    return fig
+
+
+def kl_schedule_figure(total_steps: int = 100, beta_min: float = 0.0, beta_max: float = 0.02,
+                       warm_frac: float = 0.3) -> go.Figure:
+    """β(s) of GRPO-D over a run."""
+    from lab.rl.grpo_d import kl_schedule
+
+    s = np.arange(total_steps + 1)
+    beta = [kl_schedule(int(x), total_steps, beta_min=beta_min, beta_max=beta_max, warm_frac=warm_frac)
+            for x in s]
+    fig = go.Figure(go.Scatter(x=s, y=beta, mode="lines", line=dict(color=color(0)), name="β(s)"))
+    fig.update_layout(template="plotly_white", title="GRPO-D KL coefficient", xaxis_title="step",
+                      yaxis_title="β", height=300, margin=dict(l=50, r=20, t=50, b=40))
+    return fig
+
+
+def sign_figure(runs: Mapping[str, History]) -> list[go.Figure]:
+    """Entropy and reward per mode; distinct correct answers in each run's last batch."""
+    from lab.experiments.segments import distinct_correct
+
+    runs = _as_runs(runs)
+    return [curves(runs, ["reward", "entropy"]),
+            bar({label: distinct_correct(h) for label, h in runs.items()},
+                title="distinct correct answers in the last batch", y_title="count")]
+
+
+def _sign_runs(cfg) -> Runs:
+    from lab.experiments import run
+
+    return Runs({mode: run("policy_optimization", cfg, loss=f"psr_nsr(mode='{mode}')")
+                 for mode in ("psr", "nsr")})
+
+
+def _copo_runs(cfg) -> Runs:
+    from lab.experiments import run
+
+    return Runs({"grpo": run("policy_optimization", cfg),
+                 "copo": run("policy_optimization", cfg, loss="copo")})
+
+
+def _grpo_d_run(cfg) -> History:
+    from lab.experiments import run
+
+    return run("policy_optimization", cfg, loss="grpo_d(beta_min=0.0, beta_max=0.2)")
+
+
+def _grpo_d_plot(history: History) -> list[go.Figure]:
+    steps = int(history.meta["config"]["steps"])
+    return [curves(history, ["reward", "kl"]), kl_schedule_figure(steps, 0.0, 0.2)]
+
+
+def segment_panel(view: str = "spo") -> Panel:
+    """A live panel for one view (see :data:`VIEWS`); each re-runs in about a second or two."""
+    from lab.experiments.policy import PolicyConfig
+
+    bandit = "token_bandit(probs=(1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0))"
+    if view == "spo":
+        return panel("segment_advantages", {"rollouts": (4, 24, 2), "prob_threshold": (0.3, 1.0, 0.05),
+                                             "seed": (0, 20, 1)})
+    if view == "egae":
+        return panel("truncation_window", {"lam": (0.5, 1.0, 0.05), "value_rollouts": (1, 16, 1),
+                                            "seed": (0, 20, 1)})
+    if view == "hpt":
+        return panel("hybrid_post_training", {"gate": (-1, 8, 1), "sft_coef": (0.0, 2.0, 0.1),
+                                               "seed": (0, 20, 1)})
+    if view == "sign":
+        cfg = PolicyConfig(task=bandit, lr=0.5, steps=40)
+        return panel(_sign_runs, {"lr": (0.05, 1.0, 0.05), "steps": (10, 80, 10), "seed": (0, 20, 1)},
+                     sign_figure, config=cfg)
+    if view == "copo":
+        cfg = PolicyConfig(task="arithmetic(max_operand=4, partial_credit=False)", steps=25)
+        return panel(_copo_runs, {"lr": (0.05, 1.0, 0.05), "steps": (10, 60, 5), "seed": (0, 20, 1)},
+                     lambda runs: curves(runs, ["reward", "entropy"]), config=cfg)
+    if view == "grpo_d":
+        cfg = dataclasses.replace(PolicyConfig(), steps=30, lr=0.3)
+        return panel(_grpo_d_run, {"steps": (10, 80, 10), "lr": (0.05, 1.0, 0.05)}, _grpo_d_plot,
+                     config=cfg)
+    raise ValueError(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
+
+
+__all__ = ["VIEWS", "segment_figure", "truncation_figure", "kl_schedule_figure", "sign_figure",
+           "segment_panel"]
