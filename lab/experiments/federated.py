@@ -1,0 +1,117 @@
+"""Experiment ``federated``: one aggregator on a federated problem under a participation model.
+
+The config builds a problem from ``toy_envs.federated`` (least squares with a known optimum by
+default), data-correlated participation rates p_i (``p_mean``, ``p_spread``; unknown to the
+algorithm), a participation model, optional faults (link noise, stragglers with a deadline,
+drop-outs, corrupted uploads), and runs :func:`lab.federated.simulate`. :func:`compare` runs
+several algorithms on the same draw (a panel callable returning ``Runs``).
+
+Data heterogeneity is one knob, ``alpha``: the Dirichlet concentration of the label split for the
+classification problems; for least squares the spread of the client optima is
+``heterogeneity = 1 / sqrt(alpha)`` (alpha -> inf: every client has the same optimum).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import torch
+
+from lab.checks import check_int, check_nonneg, check_positive
+from lab.experiments._base import experiment, replace
+from lab.federated import Faults, heterogeneous_rates, make_participation, simulate
+from lab.history import History, Runs
+from lab.registry import make, parse_spec
+from toy_envs.federated import FederatedProblem, digits_mlp, least_squares, logistic_regression
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """Config of ``federated``."""
+
+    algorithm: str = "fedau"  # aggregator registry spec, e.g. "fedstale(beta=0.5)"
+    problem: Literal["least_squares", "logistic_regression", "digits_mlp"] = "least_squares"  # client problem
+    num_clients: int = 20  # N
+    alpha: float = 0.3  # data heterogeneity: Dirichlet alpha (classification) / 1/heterogeneity^2 (least squares)
+    participation: str = "bernoulli"  # participation spec: bernoulli, markov(q=0.05), cyclic(period=100), uniform
+    p_mean: float = 0.3  # typical participation probability
+    p_spread: float = 1.0  # spread of the data-correlated rates p_i (0 = all equal)
+    rounds: int = 80  # communication rounds R
+    local_steps: int = 5  # local steps K per round
+    lr: float = 0.05  # local learning rate eta_l
+    batch_size: int | None = None  # local minibatch (None = full local batch)
+    noise: float = 0.0  # std of additive Gaussian noise on the uplink and downlink
+    staleness: float = 0.0  # mean straggler delay in rounds (> 0 switches to the stragglers model)
+    deadline: int = 3  # rounds a late upload may still be aggregated
+    drop_prob: float = 0.0  # chance a participant drops mid-round
+    corrupt_prob: float = 0.0  # chance an upload arrives as NaN/Inf
+    seed: int = 0  # seeds problem, rates, participation, minibatches and faults
+
+
+@dataclass(frozen=True)
+class CompareConfig(FederatedConfig):
+    """Config of :func:`compare`: the ``federated`` config plus the algorithms to run side by side."""
+
+    algorithms: tuple[str, ...] = ("fedavg", "fedau", "scaffold", "fedvarp")  # aggregator specs
+
+
+@lru_cache(maxsize=8)
+def build_problem(problem: str, num_clients: int, alpha: float, seed: int) -> FederatedProblem:
+    """The problem of a config (cached: the same draw for every algorithm and slider move)."""
+    check_int("num_clients", num_clients, minimum=2)
+    check_positive("alpha", alpha)
+    if problem == "least_squares":
+        return least_squares(num_clients=num_clients, heterogeneity=alpha**-0.5, seed=seed)
+    if problem == "logistic_regression":
+        return logistic_regression(num_clients=num_clients, alpha=alpha, seed=seed)
+    if problem == "digits_mlp":
+        return digits_mlp(num_clients=num_clients, alpha=alpha, seed=seed)
+    raise ValueError(f"problem must be least_squares, logistic_regression or digits_mlp, got {problem!r}")
+
+
+def rates_of(cfg: FederatedConfig, problem: FederatedProblem) -> torch.Tensor:
+    """The true participation rates p_i of a config (data-correlated, drawn from the seed)."""
+    g = torch.Generator().manual_seed(cfg.seed + 7919)
+    return heterogeneous_rates(problem.label_dist, cfg.p_mean, cfg.p_spread, generator=g)
+
+
+def _plot(history: History):
+    from lab.viz.federated import dashboard
+
+    return dashboard(Runs({history.meta.get("algorithm", "run"): history}))
+
+
+@experiment("federated", FederatedConfig, paper="A Lightweight Method for Tackling Unknown Participation "
+            "Statistics in Federated Averaging", arxiv="2306.03401", plot=_plot,
+            summary="One aggregator on a federated problem: loss, distance to x*, weights, participation")
+def federated(cfg: FederatedConfig) -> History:
+    check_nonneg("noise", cfg.noise)
+    check_nonneg("staleness", cfg.staleness)
+    problem = build_problem(cfg.problem, cfg.num_clients, cfg.alpha, cfg.seed)
+    rates = rates_of(cfg, problem)
+    if cfg.staleness > 0:
+        participation = make("participation", "stragglers", rates, slowness=cfg.staleness)
+    else:
+        participation = make_participation(cfg.participation, rates)
+    name, kwargs = parse_spec(cfg.algorithm)
+    if cfg.batch_size is not None:
+        kwargs.setdefault("batch_size", cfg.batch_size)
+    algorithm = make("aggregator", name, **kwargs)
+    faults = Faults(drop_prob=cfg.drop_prob, corrupt_prob=cfg.corrupt_prob, deadline=cfg.deadline,
+                    uplink_noise=cfg.noise, downlink_noise=cfg.noise)
+    history = simulate(problem, algorithm, participation, cfg.rounds, cfg.local_steps, cfg.lr, cfg.seed,
+                       faults=faults)
+    history.meta["algorithm"] = cfg.algorithm
+    return history
+
+
+def compare(cfg: CompareConfig) -> Runs:
+    """``federated`` once per algorithm of ``cfg.algorithms``, on the same problem and participation draw."""
+    if not cfg.algorithms:
+        raise ValueError("algorithms must name at least one aggregator")
+    base = FederatedConfig(**{k: getattr(cfg, k) for k in FederatedConfig.__dataclass_fields__})
+    return Runs({name: federated(replace(base, algorithm=name)) for name in cfg.algorithms})
+
+
+__all__ = ["FederatedConfig", "CompareConfig", "federated", "compare", "build_problem", "rates_of"]
