@@ -1,6 +1,7 @@
 """COPO: consistency entropy, global advantage, blending and its limits."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,3 +120,19 @@ def test_bad_inputs_name_the_argument():
         copo_advantage(torch.tensor([1.0, float("nan")]), group_size=2)
     with pytest.raises(ValueError, match="group_size"):
         copo_advantage(REWARDS, group_size=5, answers=ANSWERS)
+
+
+# ---- in the training loop -------------------------------------------------------------------
+def test_copo_runs_in_policy_optimization_as_estimator_and_as_loss():
+    # a two-arm bandit with one right arm, groups of 4: a quarter to a half of the groups are
+    # all-equal, where GRPO's advantage is zero; COPO's forced blend gives them the global signal
+    from lab.experiments import run
+
+    task = "token_bandit(probs=(1.0, 0.0))"
+    as_loss = run("policy_optimization", task=task, loss="copo", group_size=4, steps=3)
+    forced = run("policy_optimization", task=task, advantage="copo(blend='soft_forced')", group_size=4,
+                 steps=3)
+    grpo = run("policy_optimization", task=task, group_size=4, steps=3)
+    assert len(as_loss["loss"]) == 3
+    assert np.all(grpo["frac_zero_std_groups"] > 0) and np.all(grpo["adv_zero_frac"] > 0)
+    assert np.all(forced["adv_zero_frac"] == 0)

@@ -1,6 +1,7 @@
 """GRPO-D: the dynamic KL schedule and the GRPO loss it drives."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,3 +75,23 @@ def test_bad_step_and_missing_reference():
     lp = torch.zeros(2, 2, requires_grad=True)
     with pytest.raises(ValueError, match="ref_logprobs"):
         grpo_d(lp, None, torch.ones(2), torch.ones(2, 2), step=0, total_steps=10)
+
+
+# ---- in the training loop -------------------------------------------------------------------
+def test_the_loop_hands_grpo_d_the_step_so_beta_follows_the_schedule():
+    # the batch the loop builds carries step and total_steps; call_with passes them by name
+    from lab.rl.core import call_with, make_fn
+
+    loss_fn = make_fn("policy_loss", "grpo_d(beta_min=0.0, beta_max=0.02)")
+    logprobs = torch.randn(4, 3, requires_grad=True)
+    batch = {"logprobs": logprobs, "old_logprobs": logprobs.detach(), "advantages": torch.zeros(4),
+             "mask": torch.ones(4, 3), "ref_logprobs": torch.zeros(4, 3), "total_steps": 100}
+    betas = [call_with(loss_fn, {**batch, "step": s})[1]["grpo_d/beta"] for s in (0, 15, 30, 65, 100)]
+    assert betas == pytest.approx([0.01, 0.005, 0.0, 0.01, 0.02])
+
+
+def test_grpo_d_runs_in_policy_optimization_by_name():
+    from lab.experiments import run
+
+    h = run("policy_optimization", loss="grpo_d(beta_min=0.0, beta_max=0.02)", steps=3)
+    assert len(h["kl"]) == 3 and np.isfinite(h["loss"]).all()

@@ -88,3 +88,26 @@ def test_bad_inputs_name_the_argument():
         hpt(logprobs, None, adv, mask, gate=0.5)
     with pytest.raises(ValueError, match="sft_coef"):
         hpt(logprobs, None, adv, mask, sft_coef=-1.0)
+
+
+# ---- behaviour on the toy tasks -------------------------------------------------------------
+@pytest.mark.slow
+def test_hpt_switches_from_sft_to_rl_and_its_limits_are_pure_rl_and_pure_sft():
+    # exact-match reverse task: a fresh policy almost never solves a prompt, so RL alone gets no
+    # signal; HPT imitates the demonstrations and hands prompts to RL as it starts to solve them
+    from lab.experiments import run
+
+    hybrid = run("hybrid_post_training", gate=0)
+    pure_rl = run("hybrid_post_training", gate=-1)
+    pure_sft = run("hybrid_post_training", gate=8)
+    assert hybrid["sft_frac"][0] == 1.0 and hybrid["sft_frac"][-5:].mean() < 0.6
+    assert set(pure_rl["sft_frac"].tolist()) == {0.0} and set(pure_sft["sft_frac"].tolist()) == {1.0}
+    assert pure_rl["accuracy"][-5:].mean() < 0.02
+    assert hybrid["accuracy"][-5:].mean() > 0.1 and pure_sft["accuracy"][-5:].mean() > 0.1
+
+
+def test_hpt_runs_in_policy_optimization_as_rl_when_no_demonstrations():
+    from lab.experiments import run
+
+    h = run("policy_optimization", advantage="dr_grpo", loss="hpt", steps=2)
+    assert len(h["loss"]) == 2

@@ -1,4 +1,5 @@
 """PSR / NSR / W-REINFORCE / GRPO-N: advantages, kept tokens, gradients."""
+import numpy as np
 import pytest
 import torch
 
@@ -87,3 +88,41 @@ def test_bad_inputs_name_the_argument():
         psr_nsr(lp, None, torch.zeros(4), MASK, rewards=torch.tensor([1.0, float("nan"), 0, 0]), mode="psr")
     with pytest.raises(ValueError, match="lam"):
         psr_nsr(lp, None, torch.zeros(4), MASK, rewards=REWARDS, mode="w_reinforce", lam=-1.0)
+
+
+# ---- behaviour on the toy tasks -------------------------------------------------------------
+THREE_CORRECT = "token_bandit(probs=(1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0))"
+
+
+def test_pass_at_k_by_hand():
+    from lab.experiments.segments import pass_at_k
+
+    # groups of 4 with 0, 1 and 4 correct: pass@2 = 0, 1 - C(3,2)/C(4,2) = 1/2, 1
+    rewards = [0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1]
+    assert pass_at_k(rewards, 4, 2) == pytest.approx((0 + 0.5 + 1) / 3)
+    assert pass_at_k(rewards, 4, 1) == pytest.approx((0 + 0.25 + 1) / 3)
+    with pytest.raises(ValueError, match="k"):
+        pass_at_k(rewards, 4, 5)
+
+
+@pytest.mark.slow
+def test_nsr_keeps_the_diversity_of_correct_answers_that_psr_collapses():
+    # three equally correct arms: PSR's rich-get-richer updates sharpen onto one of them, NSR only
+    # pushes wrong arms down, so the mass stays spread over all correct answers
+    from lab.experiments import run
+    from lab.experiments.segments import distinct_correct
+
+    runs = {mode: run("policy_optimization", task=THREE_CORRECT, lr=0.5, steps=40,
+                      loss=f"psr_nsr(mode='{mode}')") for mode in ("psr", "nsr")}
+    assert runs["nsr"]["reward"][-5:].mean() > 0.95 and runs["psr"]["reward"][-5:].mean() > 0.95
+    assert runs["nsr"]["entropy"][-1] > runs["psr"]["entropy"][-1] + 0.3
+    assert runs["nsr"]["entropy"][-1] == pytest.approx(np.log(3), abs=0.05)
+    assert distinct_correct(runs["nsr"]) == 3
+
+
+def test_every_mode_runs_in_policy_optimization_by_name():
+    from lab.experiments import run
+
+    for mode in ("w_reinforce", "grpo_n"):
+        h = run("policy_optimization", loss=f"psr_nsr(mode='{mode}')", steps=2)
+        assert np.isfinite(h["loss"]).all()
