@@ -122,7 +122,7 @@ def composite_objective(kappa: str, f_value: float, params: Iterable[Tensor], we
         else:
             dual = float(torch.linalg.matrix_norm(x.reshape(x.shape[0], -1) if x.dim() > 1
                                                   else x.reshape(1, -1), ord=2))
-        if dual * weight_decay > 1 + 1e-9:
+        if dual * weight_decay > 1 + 1e-12:
             return float("inf")
     return total
 
