@@ -46,10 +46,15 @@ SWITCH_MODES = ("descending", "ascending", "random", "fixed")
 
 
 def module_blocks(model: nn.Module) -> list[dict[str, Any]]:
-    """One param group per module that directly owns parameters, in definition order."""
-    groups = []
+    """One param group per module that directly owns parameters, in definition order.
+
+    A parameter shared by several modules (tied embeddings and output layer) joins the block of
+    the first module that owns it.
+    """
+    groups, seen = [], set()
     for _, module in model.named_modules():
-        own = [p for p in module.parameters(recurse=False)]
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
         if own:
             groups.append({"params": own})
     return groups

@@ -367,6 +367,34 @@ def test_gradnorm_lorp_radial_gradient_only_changes_row_norms():
     assert torch.all(w.detach().norm(dim=1) < start.norm(dim=1))
 
 
+# ---------------------------------------------------------------- the papers' claimed effect
+def _least_squares(make, seed=0, steps=100):
+    """Fit a full-rank 16 x 16 map: a low-rank update cannot get there within a projector window."""
+    g = _gen(seed)
+    target = torch.randn(16, 16, generator=g, dtype=D64)
+    x = torch.randn(16, 128, generator=g, dtype=D64)
+    w = nn.Parameter(torch.zeros(16, 16, dtype=D64))
+    opt = make([w])
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ((w @ x - target @ x) ** 2).mean()
+        loss.backward()
+        opt.step()
+    return float(((w.detach() @ x - target @ x) ** 2).mean())
+
+
+def test_full_rank_updates_beat_galore_at_the_same_state_size():
+    # Fira and FRUGAL keep Adam state for r = 2 directions like GaLore but also move the rest
+    galore = _least_squares(lambda ps: GaLore(ps, lr=0.05, rank=2, update_proj_gap=10))
+    fira = _least_squares(lambda ps: Fira(ps, lr=0.05, rank=2, update_proj_gap=10))
+    frugal = _least_squares(lambda ps: FRUGAL(ps, lr=0.05, weight_decay=0.0, density=2 / 16, update_proj_gap=10,
+                                              state_free_lr_scale=0.2))
+    frugal_none = _least_squares(lambda ps: FRUGAL(ps, lr=0.05, weight_decay=0.0, density=2 / 16,
+                                                   update_proj_gap=10, state_free_rule="none"))
+    assert fira < 0.5 * galore and frugal < 0.5 * galore
+    assert frugal < 0.5 * frugal_none  # dropping the state-free part loses the gain
+
+
 # ---------------------------------------------------------------- all methods
 @pytest.mark.parametrize("name", list(METHODS))
 def test_loss_falls_on_a_small_network(name):
@@ -465,3 +493,24 @@ def test_params_without_gradients_are_skipped():
         opt.step()
         assert b not in opt.state or len(opt.state[b]) == 0
         assert torch.equal(b.detach(), torch.ones(4, 3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["galore", "fira", "frugal", "badam", "gradnorm_lorp"])
+def test_trains_a_hugging_face_model(name):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=16))
+    groups = module_blocks(model) if name == "badam" else model.parameters()
+    kwargs = dict(lr=1e-2, switch_block_every=2) if name == "badam" else dict(lr=1e-2)
+    opt = make("optimizer", name, groups, **kwargs)
+    ids = torch.randint(0, 64, (4, 16), generator=_gen(20))
+    losses = []
+    for _ in range(12):
+        opt.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
