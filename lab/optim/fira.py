@@ -30,7 +30,8 @@ projection is not offered (its R is r x r and has no per-row gain). Pitfall kept
 rows whose projected gradient is zero get phi = 0 and lose their residual.
 
 Defaults: those of the reference's ``FiraAdamW`` and ``divide_params`` (lr 1e-3, eps 1e-6,
-weight_decay 0, rank 8, update_proj_gap 200, alpha 1.0); gamma = 1.01 is hard-coded there.
+weight_decay 0, rank 8, update_proj_gap 200, alpha 1.0); gamma = 1.01 is hard-coded there. The
+repository's LLaMA pre-training scripts use lr 0.01, alpha 0.25, rank 128-256.
 Memory: GaLore's plus one scalar per matrix. Full-rank path: as GaLore (Form-B AdamW).
 """
 from __future__ import annotations

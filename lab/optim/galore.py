@@ -29,6 +29,10 @@ Full-rank path: parameters that are not 2-D (biases, norms), and every parameter
 ``rank=None``, get the same Form-B AdamW step on their full gradient (as galore-torch's non-GaLore
 groups). A rank larger than the projected dimension is clamped to it.
 
+Defaults: galore-torch's (lr 1e-3, eps 1e-6, weight_decay 0, ``update_proj_gap`` 200, ``scale`` 1.0
+-- the projector's own default); rank 128 is the repository's LLaMA pre-training recipe, whose
+scripts pair it with ``scale`` 0.25 and lr 0.01.
+
 Choices where the reference leaves room: ``projection="random"`` (a random orthonormal P from
 ``seed``) and ``"coordinates"`` are offered beside the paper's SVD; the SVD runs in the weight's
 dtype (float32 for half precision); the refresh counter is per parameter, read before increment
