@@ -71,12 +71,13 @@ def sharp_flat_grad(w: torch.Tensor) -> torch.Tensor:
     return grad
 
 
-def make_optimizer(spec: str, params, *, lr: float, rho: float, gamma: float):
-    """Registry spec -> optimizer; ``rho``/``gamma`` only where the class takes them."""
+def make_optimizer(spec: str, params, lr: float, options: dict[str, object]):
+    """Registry spec -> optimizer with ``lr``; each entry of ``options`` (rho, gamma, sigma,
+    rank, ...) is passed only to classes that take it, and a spec's own values win."""
     name, spec_kwargs = parse_spec(spec)
     cls = get("optimizer", name)
     accepted = inspect.signature(cls).parameters
-    extra = {k: v for k, v in (("rho", rho), ("gamma", gamma)) if k in accepted}
+    extra = {k: v for k, v in options.items() if k in accepted}
     return cls(params, **{"lr": lr, **extra, **spec_kwargs})
 
 
@@ -119,7 +120,7 @@ def sharp_flat(cfg: SharpFlatConfig) -> History:
     hi = torch.tensor([BOX[0][1], BOX[1][1]], dtype=torch.float64)
     starts = lo + (hi - lo) * torch.rand(cfg.starts, 2, generator=g, dtype=torch.float64)
     points = [s.clone().requires_grad_(True) for s in starts]
-    opts = [make_optimizer(cfg.optimizer, [w], lr=cfg.lr, rho=cfg.rho, gamma=cfg.gamma) for w in points]
+    opts = [make_optimizer(cfg.optimizer, [w], cfg.lr, {"rho": cfg.rho, "gamma": cfg.gamma}) for w in points]
     noises = torch.zeros(cfg.starts, 2, dtype=torch.float64)  # this step's minibatch-like noise
     closures = [_closure(w, noises[k]) for k, w in enumerate(points)]
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
@@ -200,7 +201,8 @@ def sharpness_digits(cfg: SharpnessDigitsConfig) -> History:
     g = torch.Generator().manual_seed(cfg.seed)
     model = MLP(64, (cfg.hidden,), 10, batchnorm=cfg.batchnorm)
     _init_linear_layers(model, g)
-    opt = make_optimizer(cfg.optimizer, list(model.parameters()), lr=cfg.lr, rho=cfg.rho, gamma=cfg.gamma)
+    opt = make_optimizer(cfg.optimizer, list(model.parameters()), cfg.lr,
+                         {"rho": cfg.rho, "gamma": cfg.gamma})
     probe = x_train[:256], y_train[:256]  # fixed subset for the Hessian
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer):
