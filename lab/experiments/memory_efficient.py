@@ -49,7 +49,7 @@ class MemoryConfig:
     state_free_rule: Literal["signsgd", "sgd", "none"] = "signsgd"  # FRUGAL's rule off the subspace
     projection: Literal["svd", "random", "coordinates", "blockwise"] = "svd"  # FRUGAL's subspace
     state_free_lr_scale: float = 0.1  # FRUGAL's eta_f / eta (sign steps are large)
-    switch_block_every: int = 20  # K of BAdam
+    switch_block_every: int = 10  # K of BAdam
     lr: float = 3e-3  # learning rate of every method
     steps: int = 80  # optimizer steps
     batch_size: int = 64  # minibatch size
