@@ -1,2 +1,4 @@
 """Tiny models: MLP, tiny causal transformer, tabular policy, 2-D velocity field (plain nn.Modules)."""
 from lab.models.mlp import MLP  # noqa: F401
+from lab.models.policy import Generation, Scored, TabularPolicy, generate  # noqa: F401
+from lab.models.transformer import TinyTransformer  # noqa: F401

@@ -17,3 +17,5 @@ from lab.rl.core import (  # noqa: F401
     group_index, group_normalize, group_stats, kl, make_fn, masked_mean, masked_sum, masked_var,
     masked_whiten, policy_metrics, ratio, sequence_logprobs, wants,
 )
+from lab.rl.rollout import Rollout, pad_responses, rollout, token_rewards  # noqa: F401
+from lab.rl.token_logprobs import logprobs, naive_logprobs  # noqa: F401

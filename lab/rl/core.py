@@ -238,22 +238,30 @@ class GroupStats:
 
 def group_index(n: int, *, group_size: int | None = None,
                 group_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """``(index (n,), n_groups)`` from exactly one of ``group_size`` (contiguous) or ``group_ids``."""
-    if (group_size is None) == (group_ids is None):
-        raise ValueError("give exactly one of group_size (contiguous groups) or group_ids")
-    if group_ids is not None:
-        check_tensor("group_ids", group_ids, ndim=1)
-        if group_ids.is_floating_point():
-            raise TypeError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
-        if group_ids.shape[0] != n:
-            raise ValueError(f"group_ids must have shape ({n},) like rewards, got {tuple(group_ids.shape)}")
-        uniq, index = torch.unique(group_ids, return_inverse=True)
-        return index, int(uniq.numel())
-    if isinstance(group_size, bool) or not isinstance(group_size, int):
-        raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
-    if group_size < 1 or n % group_size:
-        raise ValueError(f"group_size must be >= 1 and divide the batch size {n}, got {group_size}")
-    return torch.arange(n) // group_size, n // group_size
+    """``(index (n,), n_groups)`` from ``group_size`` (contiguous groups) or ``group_ids`` (any labels).
+
+    A training loop may pass both (its batch holds both); they must then describe the same groups.
+    """
+    if group_size is None and group_ids is None:
+        raise ValueError("give group_size (contiguous groups) or group_ids")
+    if group_size is not None:
+        if isinstance(group_size, bool) or not isinstance(group_size, int):
+            raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
+        if group_size < 1 or n % group_size:
+            raise ValueError(f"group_size must be >= 1 and divide the batch size {n}, got {group_size}")
+    if group_ids is None:
+        return torch.arange(n) // group_size, n // group_size
+    check_tensor("group_ids", group_ids, ndim=1)
+    if group_ids.is_floating_point():
+        raise TypeError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
+    if group_ids.shape[0] != n:
+        raise ValueError(f"group_ids must have shape ({n},) like rewards, got {tuple(group_ids.shape)}")
+    uniq, index = torch.unique(group_ids, return_inverse=True)
+    if group_size is not None:
+        rows = group_ids.view(-1, group_size)
+        if not (rows == rows[:, :1]).all() or torch.unique(rows[:, 0]).numel() != rows.shape[0]:
+            raise ValueError(f"group_ids do not form contiguous groups of group_size={group_size}")
+    return index, int(uniq.numel())
 
 
 def group_stats(rewards: torch.Tensor, *, group_size: int | None = None,

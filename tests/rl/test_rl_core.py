@@ -168,8 +168,12 @@ def test_group_bad_inputs():
         core.group_normalize(rewards, group_size=2)
     with pytest.raises(ValueError, match="group_size"):
         core.group_normalize(torch.zeros(5), group_size=2)
-    with pytest.raises(ValueError, match="exactly one"):
-        core.group_normalize(torch.zeros(4), group_size=2, group_ids=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="group_size"):
+        core.group_normalize(torch.zeros(4))
+    with pytest.raises(ValueError, match="contiguous"):
+        core.group_normalize(torch.zeros(4), group_size=2, group_ids=torch.tensor([0, 1, 0, 1]))
+    same, _ = core.group_normalize(torch.arange(4.0), group_size=2, group_ids=torch.tensor([5, 5, 2, 2]))
+    assert same.tolist() == pytest.approx([-0.7071, 0.7071, -0.7071, 0.7071], abs=1e-4)
     with pytest.raises(ValueError, match="group_ids"):
         core.group_normalize(torch.zeros(4), group_ids=torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="std"):

@@ -1,0 +1,210 @@
+"""Experiment ``policy_optimization``: one RL loop for any (advantage estimator, policy loss) pair.
+
+Each step, read top to bottom::
+
+    rollout     N prompts × G responses from π_old (temperature τ), rewards R, masks, log-probs ℓ^old
+    reference   ℓ^ref from a frozen copy of the initial policy (for β·KL and the ``kl`` curve)
+    advantages  A = estimator(batch)                     e.g. "grpo", "rloo", "gae(lam=0.9)"
+    update      K epochs × M minibatches: ℓ = score(π_θ); loss = policy_loss(batch); Adam step
+    log         reward, accuracy, entropy, clip_frac, kl, adv_mean, adv_std, response_length, ...
+
+Methods are picked by registry spec strings and called through :func:`lab.rl.core.call_with`, which
+hands each one exactly the batch tensors its signature names, so the loop has no per-method
+branch. A class registered as an estimator or loss is instantiated once per run (its state
+persists across steps). Conventions the loop relies on:
+
+- the batch holds the Part F.1 names: ``rewards``, ``group_size``, ``group_ids``, ``mask``,
+  ``logprobs``, ``old_logprobs``, ``ref_logprobs``, ``entropy``, ``token_ids``, ``token_rewards``,
+  ``lengths``, ``values``/``old_values`` (critic), ``advantages``, ``step``, ``total_steps``, plus
+  the config's loss overrides ``clip_eps_low``, ``clip_eps_high``, ``beta`` when set (a spec's own
+  arguments win);
+- a tensor in an estimator's metrics (GAE's ``returns``) joins the batch; numbers are logged;
+- a critic (value head) is built when the estimator asks for ``values`` (GAE).
+
+``kl`` in the History is the k3 estimate of KL(π_old ‖ π_ref) on the sampled tokens, whatever the
+loss; ``clip_frac`` and ``loss`` are means over the step's minibatch updates.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from lab import progress
+from lab.checks import check_int, check_positive
+from lab.experiments._base import experiment
+from lab.history import History
+from lab.registry import make, parse_spec
+from lab.rl.core import call_with, kl, make_fn, masked_mean, wants
+from lab.rl.rollout import rollout
+from toy_envs.token_tasks import make_task
+
+MODELS = ("tabular", "transformer")
+LOSS_OVERRIDES = ("clip_eps_low", "clip_eps_high", "beta")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Config of ``policy_optimization``."""
+
+    task: str = "token_bandit"  # token task spec: "arithmetic(max_operand=4)", "reverse(difficulty=3)", ...
+    model: str = "tabular"  # "tabular" (softmax table) or "transformer" (tiny causal LM)
+    advantage: str = "grpo"  # advantage estimator spec, e.g. "rloo", "gae(lam=0.9)"
+    loss: str = "grpo"  # policy loss spec, e.g. "ppo", "dapo", "reinforce"
+    optimizer: str = "adam"  # optimizer spec
+    lr: float = 0.1  # learning rate (a spec's own lr= wins)
+    steps: int = 40  # rollout + update iterations
+    n_prompts: int = 8  # prompts per rollout
+    group_size: int = 8  # G responses per prompt
+    epochs: int = 1  # K passes over each rollout
+    minibatches: int = 1  # updates per epoch
+    temperature: float = 1.0  # sampling temperature τ (also used when scoring)
+    clip_eps_low: float | None = None  # override the loss's ε_low (None = its default)
+    clip_eps_high: float | None = None  # override the loss's ε_high (None = its default)
+    beta: float | None = None  # override the loss's KL weight β (None = its default)
+    max_grad_norm: float | None = 1.0  # gradient clipping (None = off)
+    d_model: int = 64  # transformer width
+    n_layers: int = 2  # transformer blocks
+    eval_every: int = 0  # log greedy_accuracy every this many steps (0 = only after the last step)
+    eval_prompts: int = 64  # prompts in each greedy evaluation
+    seed: int = 0  # seed of prompts, sampling and initialization
+
+
+def _plot(history: History):
+    from lab.viz.rl import training_figure
+
+    return training_figure(history)
+
+
+def build_model(name: str, task: Any, *, value_head: bool, d_model: int = 64, n_layers: int = 2,
+                generator: torch.Generator | None = None) -> torch.nn.Module:
+    """A policy for ``task``: ``"tabular"`` or ``"transformer"`` (seeded by ``generator``)."""
+    from lab.models.policy import TabularPolicy
+    from lab.models.transformer import TinyTransformer
+
+    if name == "tabular":
+        return TabularPolicy.for_task(task, value_head=value_head)
+    if name == "transformer":
+        if generator is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator)))
+                return TinyTransformer.for_task(task, d_model=d_model, n_layers=n_layers, value_head=value_head)
+        return TinyTransformer.for_task(task, d_model=d_model, n_layers=n_layers, value_head=value_head)
+    raise KeyError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+
+
+def _subset(batch: dict[str, Any], idx: torch.Tensor, n: int) -> dict[str, Any]:
+    """Rows ``idx`` of every per-response tensor; ``group_size`` no longer holds after shuffling."""
+    out = {k: (v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v)
+           for k, v in batch.items()}
+    out["group_size"] = None
+    return out
+
+
+def _split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
+    numbers = {k: float(v) for k, v in metrics.items() if k not in tensors and isinstance(v, (int, float))}
+    return tensors, numbers
+
+
+@experiment("policy_optimization", PolicyConfig,
+            paper="DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
+            arxiv="2402.03300", plot=_plot,
+            summary="Group rollouts on a token task, any advantage estimator x any policy loss")
+def policy_optimization(cfg: PolicyConfig) -> History:
+    for name in ("steps", "n_prompts", "group_size", "epochs", "minibatches", "eval_prompts"):
+        check_int(name, getattr(cfg, name), minimum=1)
+    check_positive("lr", cfg.lr)
+    check_positive("temperature", cfg.temperature)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    task_name, task_kwargs = parse_spec(cfg.task)
+    task = make_task(task_name, **task_kwargs)
+    estimator = make_fn("advantage", cfg.advantage)
+    loss_fn = make_fn("policy_loss", cfg.loss)
+    critic = "values" in wants(estimator)
+    model = build_model(cfg.model, task, value_head=critic, d_model=cfg.d_model, n_layers=cfg.n_layers,
+                        generator=generator)
+    reference = copy.deepcopy(model).requires_grad_(False)
+    opt_name, opt_kwargs = parse_spec(cfg.optimizer)
+    optimizer = make("optimizer", opt_name, model.parameters(), **{"lr": cfg.lr, **opt_kwargs})
+    overrides = {k: getattr(cfg, k) for k in LOSS_OVERRIDES if getattr(cfg, k) is not None}
+    history = History(meta={"algorithm": f"{cfg.advantage} + {cfg.loss}", "task": cfg.task,
+                            "model": cfg.model, "seed": cfg.seed})
+    tau = cfg.temperature
+    eval_generator = torch.Generator().manual_seed(cfg.seed + 1)
+
+    for step in progress.steps(cfg.steps, desc=f"{cfg.advantage}+{cfg.loss}"):
+        # ---- rollout: G responses per prompt from the current (old) policy -------------------
+        model.eval()
+        ro = rollout(model, task, cfg.n_prompts, cfg.group_size, temperature=tau, generator=generator)
+        B = ro.tokens.shape[0]
+        with torch.no_grad():
+            ref_logprobs = reference.score(ro.prompts, ro.tokens, tau).logprobs      # (B, T)
+            old_values = model.score(ro.prompts, ro.tokens, tau).values if critic else None
+        batch = {**ro.batch(), **overrides, "ref_logprobs": ref_logprobs, "logprobs": ro.logprobs,
+                 "values": old_values, "old_values": old_values, "step": step, "total_steps": cfg.steps}
+        # ---- advantages ------------------------------------------------------------------------
+        advantages, adv_metrics = call_with(estimator, batch)
+        extra, adv_numbers = _split_metrics(adv_metrics)
+        batch.update(extra, advantages=advantages.detach())
+        # ---- K epochs of minibatch updates against old_logprobs --------------------------------
+        model.train()
+        update_metrics: list[dict[str, float]] = []
+        grad_norms = []
+        for _ in range(cfg.epochs):
+            order = torch.randperm(B, generator=generator)
+            for idx in order.chunk(cfg.minibatches):
+                mb = _subset(batch, idx, B)
+                scored = model.score(ro.prompts[idx], mb["token_ids"], tau)           # ℓ with grad
+                mb.update(logprobs=scored.logprobs, entropy=scored.entropy, values=scored.values)
+                loss, metrics = call_with(loss_fn, mb)
+                optimizer.zero_grad()
+                loss.backward()
+                limit = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), limit)))
+                optimizer.step()
+                update_metrics.append(_split_metrics(metrics)[1])
+        # ---- log -------------------------------------------------------------------------------
+        mask = ro.mask
+        row = {"reward": ro.rewards.mean(), "accuracy": ro.correct.float().mean(),
+               "entropy": masked_mean(ro.entropy, mask),
+               "kl": masked_mean(kl(ro.logprobs, ref_logprobs, "k3"), mask),
+               "response_length": ro.lengths.float().mean(), "grad_norm": float(np.mean(grad_norms))}
+        row.update({k: v for k, v in adv_numbers.items() if k.startswith(("adv_", "frac_"))})
+        for key in ("loss", "pg_loss", "clip_frac", "clip_frac_low", "clip_frac_high", "ratio_mean",
+                    "value_loss"):
+            values = [m[key] for m in update_metrics if key in m]
+            if values:
+                row[key] = float(np.mean(values))
+        row.setdefault("clip_frac", 0.0)
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            row["greedy_accuracy"] = greedy_accuracy(model, task, cfg.eval_prompts, eval_generator)
+        history.append(step, **row)
+    history.append(cfg.steps, greedy_accuracy=greedy_accuracy(model, task, cfg.eval_prompts, eval_generator))
+
+    history.artifacts["last_batch"] = _batch_artifact(task, ro, batch["advantages"])
+    return history
+
+
+@torch.no_grad()
+def greedy_accuracy(model: Any, task: Any, n_prompts: int, generator: torch.Generator) -> float:
+    """Share of ``n_prompts`` fresh prompts answered exactly with greedy decoding (τ = 0)."""
+    model.eval()
+    prompts = task.sample_prompts(n_prompts, generator)
+    gen = model.generate(prompts, task.max_new_tokens, 0.0, generator, eos_id=task.eos_id, pad_id=task.pad_id)
+    return float(task.correct(prompts, gen.tokens).float().mean())
+
+
+def _batch_artifact(task: Any, ro: Any, advantages: torch.Tensor) -> dict[str, Any]:
+    """The last rollout for plots: per-token advantages (NaN on padding), texts, rewards."""
+    adv = advantages if advantages.dim() == 2 else advantages[:, None].expand(ro.mask.shape)
+    adv = torch.where(ro.mask, adv.float(), torch.full(adv.shape, float("nan")))
+    texts = [f"{task.decode(p)}{task.decode(t[m])}" for p, t, m in zip(ro.prompts, ro.tokens, ro.mask)]
+    return {"advantages": adv.tolist(), "texts": texts, "rewards": ro.rewards.tolist(),
+            "group_size": ro.group_size}
+
+
+__all__ = ["PolicyConfig", "policy_optimization", "build_model", "greedy_accuracy", "MODELS"]

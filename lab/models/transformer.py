@@ -1,0 +1,130 @@
+"""A tiny causal transformer (GPT-style, pre-LayerNorm), small enough to train with RL on a CPU.
+
+    h_0 = E_tok[x] + E_pos[0..L)                         (B, L, d)
+    h_l = h_{l−1} + Attn(LN(h_{l−1})) ; h_l = h_l + MLP(LN(h_l))      l = 1..n_layers
+    z   = W_out · LN(h_n)                                 (B, L, V) next-token logits
+
+Attention is causal multi-head self-attention (``F.scaled_dot_product_attention``), the MLP is
+``d -> 4d -> d`` with GELU. An optional value head ``v = w_v · LN(h_n)`` (B, L) is the critic for
+PPO/GAE. The model exposes ``forward_hidden`` and ``get_output_embeddings`` so
+:func:`lab.rl.logprobs` can compute log-probs chunk by chunk from hidden states without ever
+holding the (B, L, V) logits; ``generate`` and ``score`` follow :mod:`lab.models.policy`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lab.checks import check_int
+from lab.models.policy import Generation, Scored, generate
+
+
+class _Block(nn.Module):
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+
+    def forward(self, h: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, L, d = h.shape
+        q, k, v = self.qkv(self.ln1(h)).view(B, L, 3, self.n_heads, d // self.n_heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))                        # (B, H, L, d/H)
+        if attn_mask is None:
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        h = h + self.proj(a.transpose(1, 2).reshape(B, L, d))
+        return h + self.mlp(self.ln2(h))
+
+
+class TinyTransformer(nn.Module):
+    """Causal transformer LM.
+
+    Args:
+        vocab_size: V.
+        d_model: width d (64).
+        n_layers: transformer blocks (2).
+        n_heads: attention heads (4); must divide ``d_model``.
+        max_len: longest input (prompt + response).
+        value_head: add a scalar value head (critic).
+    """
+
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
+                 max_len: int = 64, value_head: bool = False):
+        super().__init__()
+        check_int("vocab_size", vocab_size, minimum=2)
+        check_int("d_model", d_model, minimum=1)
+        check_int("n_layers", n_layers, minimum=1)
+        check_int("n_heads", n_heads, minimum=1)
+        check_int("max_len", max_len, minimum=1)
+        if d_model % n_heads:
+            raise ValueError(f"n_heads ({n_heads}) must divide d_model ({d_model})")
+        self.vocab_size, self.max_len = vocab_size, max_len
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.pos_emb = nn.Embedding(max_len, d_model)
+        self.blocks = nn.ModuleList(_Block(d_model, n_heads) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        self.value_head = nn.Linear(d_model, 1) if value_head else None
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    @classmethod
+    def for_task(cls, task, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
+                 value_head: bool = False) -> "TinyTransformer":
+        """A model sized for a ``toy_envs`` token task."""
+        return cls(task.vocab_size, d_model, n_layers, n_heads,
+                   max_len=task.prompt_len + task.max_new_tokens, value_head=value_head)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def forward_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) token ids -> (B, L, d) final hidden states (after the last LayerNorm)."""
+        B, L = input_ids.shape
+        if L > self.max_len:
+            raise ValueError(f"input_ids has {L} tokens, more than max_len={self.max_len}")
+        h = self.tok_emb(input_ids) + self.pos_emb(torch.arange(L))
+        attn_mask = None
+        if attention_mask is not None:
+            causal = torch.ones(L, L, dtype=torch.bool).tril()
+            keys = attention_mask.bool()[:, None, None, :]                     # (B, 1, 1, L)
+            attn_mask = causal & (keys | torch.eye(L, dtype=torch.bool))       # a row always sees itself
+        for block in self.blocks:
+            h = block(h, attn_mask)
+        return self.ln_f(h)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) -> (B, L, V) next-token logits."""
+        return self.lm_head(self.forward_hidden(input_ids, attention_mask))
+
+    def next_logits(self, prompts: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """(B, V) logits of the token after ``prompts`` + ``prefix``."""
+        h = self.forward_hidden(torch.cat([prompts, prefix], dim=1))
+        return self.lm_head(h[:, -1])
+
+    def generate(self, prompts: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 generator: torch.Generator | None = None, eos_id: int | None = None,
+                 pad_id: int = 0) -> Generation:
+        """Sample responses; see :func:`lab.models.policy.generate`."""
+        return generate(self, prompts, max_new_tokens, temperature, generator, eos_id, pad_id)
+
+    def score(self, prompts: torch.Tensor, responses: torch.Tensor, temperature: float = 1.0) -> Scored:
+        """Log-probs (with grad), entropies and values (if a value head) of ``responses`` (B, T)."""
+        from lab.rl.token_logprobs import logprobs
+
+        P, T = prompts.shape[1], responses.shape[1]
+        input_ids = torch.cat([prompts, responses], dim=1)                   # (B, P+T)
+        logp, entropy = logprobs(self, input_ids, temperature=temperature)   # (B, P+T−1)
+        values = None
+        if self.value_head is not None:
+            h = self.forward_hidden(input_ids)
+            values = self.value_head(h[:, P - 1:P + T - 1])[..., 0]          # value of each state
+        return Scored(logp[:, P - 1:], entropy[:, P - 1:], values)

@@ -1,0 +1,53 @@
+"""Dr. GRPO: GRPO without its two normalization biases.
+
+"Understanding R1-Zero-Like Training: A Critical Perspective", arXiv 2503.20783.
+
+GRPO divides each advantage by the group's reward std (prompts that are nearly always solved or
+nearly always failed get blown-up advantages: a question-difficulty bias) and each response's loss
+by its own length |y_i| (a short wrong answer is punished more per token than a long wrong one: a
+length bias that lets wrong answers grow). Dr. GRPO removes both::
+
+    A_i = R_i − mean_g R
+    L   = Σ_{i,t} m_{i,t} max(−ρ A_i, −clip(ρ, 1−ε, 1+ε) A_i) / (B · C)       (agg "seq_mean_token_sum_norm")
+
+with C a constant, the maximum response length (``norm=GlobalNorm(norm_const=C)``; default: the
+padded width T of the batch). β = 0 as in the paper. With std = 1 and every |y_i| = C it equals
+GRPO. Peers scale differently: verl divides by C only, TRL by B_local·C.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lab.registry import register
+from lab.rl.core import GlobalNorm, advantage_metrics, clipped_policy_loss, group_normalize
+
+PAPER = "Understanding R1-Zero-Like Training: A Critical Perspective"
+
+
+@register("advantage", "dr_grpo", paper=PAPER, arxiv="2503.20783")
+def dr_grpo_advantages(rewards: torch.Tensor, *, group_size: int | None = None,
+                       group_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A_i = R_i − mean_g R, (B,)."""
+    advantages, stats = group_normalize(rewards, group_size=group_size, group_ids=group_ids, std="none")
+    return advantages, advantage_metrics(advantages, stats=stats)
+
+
+@register("policy_loss", "dr_grpo", paper=PAPER, arxiv="2503.20783")
+def dr_grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: torch.Tensor,
+                 mask: torch.Tensor, *, ref_logprobs: torch.Tensor | None = None,
+                 entropy: torch.Tensor | None = None, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
+                 beta: float = 0.0, kl_estimator: str = "k3", norm_const: float | None = None,
+                 norm: GlobalNorm | None = None,
+                 return_per_token: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The shared clipped loss summed over tokens and divided by B·C (C = ``norm_const`` or T)."""
+    if norm_const is not None:
+        if norm_const < logprobs.shape[-1]:
+            raise ValueError(f"norm_const (C = {norm_const}) must be >= the response width {logprobs.shape[-1]}")
+        norm = GlobalNorm(*(norm.num_tokens, norm.num_seqs, norm.num_rows) if norm else (None,) * 3,
+                          norm_const=norm_const)
+    return clipped_policy_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs=ref_logprobs,
+                               entropy=entropy, clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high,
+                               beta=beta, kl_estimator=kl_estimator, agg="seq_mean_token_sum_norm",
+                               norm=norm, return_per_token=return_per_token)

@@ -1,0 +1,102 @@
+"""PPO for language models: clipped surrogate, clipped value loss, and GAE advantages.
+
+"Proximal Policy Optimization Algorithms", arXiv 1707.06347; GAE from "High-Dimensional Continuous
+Control Using Generalized Advantage Estimation", arXiv 1506.02438; the RLHF form (one action per
+token, outcome reward on the last token) from Ziegler et al., arXiv 1909.08593.
+
+GAE (``advantage/gae``), per response, backwards over its valid tokens, V after the last token = 0::
+
+    δ_t = r_t + γ V_{t+1} − V_t,     Â_t = δ_t + γλ Â_{t+1},     R̂_t = Â_t + V_t   (returns)
+
+then Â is whitened over the valid tokens of the batch (``whiten=True``). ``r_{i,t}`` are the
+``token_rewards`` (the outcome reward on the last token, optionally minus a per-token KL penalty),
+``V = values`` the critic's predictions at sampling time. The returns R̂ are handed to the loss
+through the batch (the estimator's metrics carry the tensor ``returns``). Masks are assumed to be
+prefixes (the response tokens of a row are contiguous from position 0).
+
+Loss (``policy_loss/ppo``), ρ = π_θ/π_old per token::
+
+    pg_t = max(−Â_t ρ_t, −Â_t clip(ρ_t, 1−ε_low, 1+ε_high))        (dual clip: min(pg, −c Â) for Â<0)
+    V^clip = V_old + clip(V − V_old, −ε_v, ε_v)
+    L = agg(pg) + c_v · ½ agg(max((V − R̂)², (V^clip − R̂)²)) + β·agg(KL_est(ℓ, ℓ^ref))
+
+With no critic (``values=None``) only the policy part is used. Lab defaults: ε = 0.2, ε_v = 0.2,
+c_v = 0.1, γ = 1, λ = 0.95, no dual clip, β = 0 (TRL puts the KL penalty into the reward instead).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lab.checks import check_positive, check_range
+from lab.registry import register
+from lab.rl.core import (
+    GlobalNorm, advantage_metrics, aggregate, as_mask, check_detached, check_per_token,
+    clipped_policy_loss, masked_mean, masked_whiten,
+)
+
+
+@register("advantage", "gae", paper="High-Dimensional Continuous Control Using Generalized Advantage "
+          "Estimation", arxiv="1506.02438")
+def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float = 1.0,
+        lam: float = 0.95, whiten: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Generalized advantage estimates (B, T); ``metrics["returns"]`` holds R̂ = Â + V (B, T)."""
+    check_range("gamma", gamma, 0.0, 1.0)
+    check_range("lam", lam, 0.0, 1.0)
+    token_rewards = check_per_token("token_rewards", token_rewards, tuple(token_rewards.shape))
+    values = check_per_token("values", values, tuple(token_rewards.shape)).detach()
+    m = as_mask(mask, token_rewards)
+    r, v = token_rewards * m, values * m
+    B, T = r.shape
+    advantages = torch.zeros_like(r)
+    last = torch.zeros(B, dtype=r.dtype)                                         # Â_{t+1}
+    for t in reversed(range(T)):
+        next_value = v[:, t + 1] if t + 1 < T else torch.zeros(B, dtype=r.dtype)  # 0 after the end
+        delta = r[:, t] + gamma * next_value - v[:, t]                          # δ_t
+        last = (delta + gamma * lam * last) * m[:, t]                            # Â_t (0 on padding)
+        advantages[:, t] = last
+    returns = (advantages + v) * m                                               # R̂_t
+    if whiten:
+        advantages = masked_whiten(advantages, m)
+    metrics = advantage_metrics(advantages, m)
+    metrics["returns"] = returns
+    metrics["returns_mean"] = float(masked_mean(returns, m))
+    return advantages, metrics
+
+
+@register("policy_loss", "ppo", paper="Proximal Policy Optimization Algorithms", arxiv="1707.06347")
+def ppo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: torch.Tensor,
+        mask: torch.Tensor, *, values: torch.Tensor | None = None, old_values: torch.Tensor | None = None,
+        returns: torch.Tensor | None = None, ref_logprobs: torch.Tensor | None = None,
+        entropy: torch.Tensor | None = None, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
+        dual_clip: float | None = None, clip_eps_value: float = 0.2, vf_coef: float = 0.1,
+        beta: float = 0.0, kl_estimator: str = "k1", agg: str = "token_mean", norm: GlobalNorm | None = None,
+        return_per_token: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """PPO-clip policy loss plus the clipped value loss (when ``values`` are given)."""
+    loss, metrics = clipped_policy_loss(
+        logprobs, old_logprobs, advantages, mask, ref_logprobs=ref_logprobs, entropy=entropy,
+        clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high, dual_clip=dual_clip, beta=beta,
+        kl_estimator=kl_estimator, agg=agg, norm=norm, return_per_token=return_per_token)
+    if values is None:
+        return loss, metrics
+    check_positive("clip_eps_value", clip_eps_value)
+    check_positive("vf_coef", vf_coef, allow_zero=True)
+    if returns is None:
+        raise ValueError("returns are required with values (use advantage/gae, which provides them)")
+    shape = tuple(logprobs.shape)
+    values = check_per_token("values", values, shape)
+    returns = check_per_token("returns", returns, shape)
+    check_detached("returns", returns)
+    old_values = values.detach() if old_values is None else check_per_token("old_values", old_values, shape)
+    check_detached("old_values", old_values)
+    m = as_mask(mask, values)
+    # V^clip = V_old + clip(V − V_old, −ε_v, ε_v); loss = ½ max((V − R̂)², (V^clip − R̂)²)
+    clipped = old_values + (values - old_values).clamp(-clip_eps_value, clip_eps_value)
+    vf_unclipped, vf_clipped = (values - returns) ** 2, (clipped - returns) ** 2
+    value_loss = 0.5 * aggregate(torch.maximum(vf_unclipped, vf_clipped), m, agg, norm)
+    loss = loss + vf_coef * value_loss
+    metrics.update(loss=float(loss.detach()), value_loss=float(value_loss.detach()),
+                   value_clip_frac=float(masked_mean((vf_clipped > vf_unclipped).float(), m)),
+                   value_mean=float(masked_mean(values.detach(), m)))
+    return loss, metrics

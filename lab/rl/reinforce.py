@@ -1,0 +1,97 @@
+"""REINFORCE and REINFORCE with a baseline: the plain policy gradient.
+
+"Simple Statistical Gradient-Following Algorithms for Connectionist Reinforcement Learning"
+(Williams, 1992; no arXiv id).
+
+Loss (``policy_loss/reinforce``), with A the (detached) advantage of each response or token::
+
+    L = −agg( sg[w_{i,t}] · sg[A_{i,t}] · ℓ_{i,t} ),      ∇L = −E[A ∇ log π(y|x)]
+
+``agg`` defaults to ``seq_mean_token_sum`` (L = −(1/B') Σ_i A_i Σ_t ℓ_{i,t}: the score-function
+gradient of the sequence reward). ``w = min(exp(ℓ − ℓ^old), is_cap)`` is an optional truncated
+importance weight for updates on stale samples (off by default: pure on-policy REINFORCE). There is
+no ratio clipping; an optional KL loss term ``β·agg(KL_est(ℓ, ℓ^ref))`` is shared with the PPO family.
+
+Baseline (``advantage/reinforce_baseline``): ``A_i = R_i − b_i`` with ``b_i`` the mean reward of the
+group of response i (``baseline="group_mean"``, default), of the whole batch (``"batch_mean"``), or
+``b = 0`` (``"none"``: plain REINFORCE with the raw rewards). ``whiten=True`` then normalizes A over
+all valid tokens of the batch, ``(A − mean)/sqrt(var + 1e-8)`` (REINFORCE++-baseline, arXiv
+2501.03262), which returns per-token advantages (B, T). Any baseline that does not depend on the
+sampled response leaves the gradient unbiased and lowers its variance. Singleton groups get A = 0
+(verl keeps A = R there).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lab.checks import check_choice, check_positive
+from lab.registry import register
+from lab.rl.core import (
+    GlobalNorm, advantage_metrics, aggregate, as_mask, check_detached, check_rewards,
+    expand_advantages, group_stats, kl, masked_whiten, policy_metrics, prepare_policy_inputs,
+)
+
+BASELINES = ("group_mean", "batch_mean", "none")
+
+
+@register("advantage", "reinforce_baseline", paper="Simple Statistical Gradient-Following Algorithms for "
+          "Connectionist Reinforcement Learning")
+def reinforce_baseline(rewards: torch.Tensor, *, group_size: int | None = None,
+                       group_ids: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                       baseline: str = "group_mean", whiten: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A = R − b (b: group mean, batch mean or 0); optionally whitened over valid tokens."""
+    rewards = check_rewards(rewards)
+    check_choice("baseline", baseline, BASELINES)
+    stats = None
+    if group_size is not None or group_ids is not None:
+        stats = group_stats(rewards, group_size=group_size, group_ids=group_ids)
+    if baseline == "group_mean":
+        if stats is None:
+            raise ValueError("baseline='group_mean' needs group_size or group_ids")
+        advantages = rewards - stats.mean                                        # (B,)
+    elif baseline == "batch_mean":
+        advantages = rewards - rewards.mean()
+    else:
+        advantages = rewards.clone()
+    if whiten:
+        if mask is None:
+            raise ValueError("whiten=True needs the token mask")
+        m = as_mask(mask).bool()
+        advantages = masked_whiten(expand_advantages(advantages, m), m)          # (B, T)
+    return advantages, advantage_metrics(advantages, mask if whiten else None, stats)
+
+
+@register("policy_loss", "reinforce", paper="Simple Statistical Gradient-Following Algorithms for "
+          "Connectionist Reinforcement Learning")
+def reinforce(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: torch.Tensor,
+              mask: torch.Tensor, *, ref_logprobs: torch.Tensor | None = None,
+              entropy: torch.Tensor | None = None, beta: float = 0.0, kl_estimator: str = "k3",
+              is_cap: float | None = None, agg: str = "seq_mean_token_sum", norm: GlobalNorm | None = None,
+              return_per_token: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """L = −agg(w · A · ℓ) (+ β·agg(KL)); see the module docstring."""
+    logprobs, mask_f, advantages, old_logprobs = prepare_policy_inputs(logprobs, old_logprobs, advantages, mask)
+    check_positive("beta", beta, allow_zero=True)
+    adv = expand_advantages(advantages, mask_f)                                  # (B, T)
+    per_token = -adv * logprobs
+    if is_cap is not None:
+        check_positive("is_cap", is_cap)
+        # w = min(π/π_old, C), detached: corrects (and bounds) updates on stale samples
+        weight = torch.exp((logprobs - old_logprobs).clamp(max=20.0)).clamp(max=is_cap).detach()
+        per_token = per_token * weight
+    pg_loss = aggregate(per_token, mask_f, agg, norm)
+    loss, kl_values = pg_loss, None
+    if ref_logprobs is not None:
+        check_detached("ref_logprobs", ref_logprobs)
+        kl_values = kl(logprobs, ref_logprobs, kl_estimator)
+    if beta > 0:
+        if kl_values is None:
+            raise ValueError("ref_logprobs is required when beta > 0")
+        loss = pg_loss + beta * aggregate(kl_values, mask_f, agg, norm)
+        per_token = per_token + beta * kl_values
+    metrics = policy_metrics(mask_f, loss=loss, pg_loss=pg_loss, advantages=adv, logprobs=logprobs,
+                             old_logprobs=old_logprobs, kl=kl_values, entropy=entropy)
+    if return_per_token:
+        metrics["per_token_loss"] = per_token.detach()
+    return loss, metrics
