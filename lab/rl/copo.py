@@ -41,6 +41,10 @@ Choices (the paper's text is not specific; the public code is the reference):
   answer); else the rewards (equal reward = equal outcome).
 - Batch std is unbiased with eps 1e-6 (as the code's ``torch.std``); a batch of one prompt has
   std 0, so A^glob = 0 there.
+
+In ``policy_optimization``: ``loss="copo"`` (with GRPO's advantages) is the paper's loss blend;
+``advantage="copo"`` works with any loss. A batch where *every* prompt fails alike has no global
+signal either (all c_q equal).
 """
 from __future__ import annotations
 

@@ -25,6 +25,11 @@ no ``token_rewards`` the outcome reward is placed on the last token of *finished
 unfinished response has not been scored); ``is_finished=None`` means every row is finished (GAE).
 The recursion is the lab's ``advantage/gae`` itself (see :func:`extended_gae`), so masks are
 prefixes as there.
+
+Where to run it: in ``policy_optimization`` (``advantage="egae"``) every response is a complete,
+scored episode, so EGAE equals GAE there; the experiment ``truncation_window``
+(``lab.experiments.segments``) cuts responses at a window w and shows EGAE approaching the
+full-episode GAE as w grows, closer than treating the cut as the end of the episode.
 """
 from __future__ import annotations
 

@@ -25,6 +25,10 @@ Choices where the paper is silent:
 - Defaults β_min = 0.0, β_max = 0.02 are the paper's geometry-reasoning setting (its visual
   counting setting is β_min = 0.04, β_max = 0.1); ``warm_frac`` = w/t = 0.3 as in the paper.
 - The schedule is exposed on its own as :func:`kl_schedule` so a panel can plot it.
+
+``policy_optimization`` hands every loss the batch entries ``step`` and ``total_steps``, so
+``loss="grpo_d(beta_min=..., beta_max=...)"`` follows the schedule over the run (metric
+``grpo_d/beta``).
 """
 from __future__ import annotations
 
@@ -55,10 +59,10 @@ def kl_schedule(step: int, total_steps: int, *, beta_min: float = 0.0, beta_max:
     w = warm_frac * total_steps
     beta_mid = 0.5 * (beta_min + beta_max)
     if s <= w:
-        # β(s) = β_mid − (β_mid − β_min)·s/w
-        return beta_mid - (beta_mid - beta_min) * s / w
+        # β(s) = β_mid − (β_mid − β_min)·s/w   (clamped: rounding must not go below β_min)
+        return max(beta_min, beta_mid - (beta_mid - beta_min) * s / w)
     # β(s) = β_min + (β_max − β_min)·(s − w)/(t − w)
-    return beta_min + (beta_max - beta_min) * (s - w) / (total_steps - w)
+    return min(beta_max, beta_min + (beta_max - beta_min) * (s - w) / (total_steps - w))
 
 
 @register("policy_loss", "grpo_d", paper=PAPER, arxiv="2503.16081",

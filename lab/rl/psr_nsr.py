@@ -33,6 +33,10 @@ Choices where the public material is ambiguous:
 - psr/nsr/w_reinforce ignore the ``advantages`` argument (the method defines its own); grpo_n
   ignores ``rewards``.
 - A batch with nothing kept (e.g. nsr with every answer correct) gives loss 0 with the graph kept.
+
+On the toy tasks (``policy_optimization`` with ``loss="psr_nsr(mode='nsr')"``): on a bandit with
+three equally correct arms PSR sharpens onto one of them (entropy towards 0) while NSR stops once
+the wrong arms are gone and keeps all three correct answers (entropy log 3): pass@k diversity.
 """
 from __future__ import annotations
 

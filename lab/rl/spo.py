@@ -40,6 +40,12 @@ given, otherwise dropped; the probability mask uses the strict p < ρ in both th
 the loss; the tree's sibling std is unbiased with eps 1e-8 [unverified]; zero-advantage tree edges
 are kept with A = 0 (the code drops them, which only changes denominators); a segment shared by
 several leaves appears in each leaf's row (use :func:`first_visit_mask` to train it once).
+
+Where to run it: ``policy_loss/spo`` runs in ``policy_optimization`` by name (with any estimator).
+The segment advantages need MC values from response *prefixes*, which that loop does not sample
+(``advantage/spo_chain`` there raises a TypeError naming ``cut_values``); the experiment
+``segment_advantages`` (``lab.experiments.segments``) samples them, compares the variance of
+segment and token-level MC advantages at an equal rollout budget, and counts tree vs chain tokens.
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ Choices ([unverified]: the paper's window length and loss details come from a su
 ``window=None`` keeps every valid token (then, with all rows finished, T-PPO is PPO);
 ``is_finished=None`` means every row finished; the policy and value parts are the two halves of
 ``policy_loss/ppo`` (the value half is ``ppo`` with zero advantages on the finished tokens, which
-contributes exactly c_v·L_v); PPO's defaults ε = 0.2, ε_v = 0.2, c_v = 0.1.
+contributes exactly c_v·L_v); PPO's defaults ε = 0.2, ε_v = 0.2, c_v = 0.1. In
+``policy_optimization`` (``advantage="egae", loss="tppo"``) it reproduces PPO + GAE step for step.
 """
 from __future__ import annotations
 

@@ -107,32 +107,35 @@ def _grpo_d_plot(history: History) -> list[go.Figure]:
     return [curves(history, ["reward", "kl"]), kl_schedule_figure(steps, 0.0, 0.2)]
 
 
-def segment_panel(view: str = "spo") -> Panel:
-    """A live panel for one view (see :data:`VIEWS`); each re-runs in about a second or two."""
+def segment_panel(view: str = "spo", run: bool = True) -> Panel:
+    """A live panel for one view (see :data:`VIEWS`); each re-runs in about a second or two.
+
+    ``run=False`` builds the controls without the first run (it starts on the first change).
+    """
     from lab.experiments.policy import PolicyConfig
 
     bandit = "token_bandit(probs=(1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0))"
     if view == "spo":
         return panel("segment_advantages", {"rollouts": (4, 24, 2), "prob_threshold": (0.3, 1.0, 0.05),
-                                             "seed": (0, 20, 1)})
+                                             "seed": (0, 20, 1)}, run=run)
     if view == "egae":
         return panel("truncation_window", {"lam": (0.5, 1.0, 0.05), "value_rollouts": (1, 16, 1),
-                                            "seed": (0, 20, 1)})
+                                            "seed": (0, 20, 1)}, run=run)
     if view == "hpt":
         return panel("hybrid_post_training", {"gate": (-1, 8, 1), "sft_coef": (0.0, 2.0, 0.1),
-                                               "seed": (0, 20, 1)})
+                                               "steps": (5, 60, 5), "seed": (0, 20, 1)}, run=run)
     if view == "sign":
         cfg = PolicyConfig(task=bandit, lr=0.5, steps=40)
         return panel(_sign_runs, {"lr": (0.05, 1.0, 0.05), "steps": (10, 80, 10), "seed": (0, 20, 1)},
-                     sign_figure, config=cfg)
+                     sign_figure, config=cfg, run=run)
     if view == "copo":
-        cfg = PolicyConfig(task="arithmetic(max_operand=4, partial_credit=False)", steps=25)
+        cfg = PolicyConfig(task="token_bandit(probs=(1.0, 0.0))", group_size=4, steps=25)
         return panel(_copo_runs, {"lr": (0.05, 1.0, 0.05), "steps": (10, 60, 5), "seed": (0, 20, 1)},
-                     lambda runs: curves(runs, ["reward", "entropy"]), config=cfg)
+                     lambda runs: curves(runs, ["reward", "entropy"]), config=cfg, run=run)
     if view == "grpo_d":
         cfg = dataclasses.replace(PolicyConfig(), steps=30, lr=0.3)
         return panel(_grpo_d_run, {"steps": (10, 80, 10), "lr": (0.05, 1.0, 0.05)}, _grpo_d_plot,
-                     config=cfg)
+                     config=cfg, run=run)
     raise ValueError(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
 
 

@@ -136,3 +136,11 @@ def test_copo_runs_in_policy_optimization_as_estimator_and_as_loss():
     assert len(as_loss["loss"]) == 3
     assert np.all(grpo["frac_zero_std_groups"] > 0) and np.all(grpo["adv_zero_frac"] > 0)
     assert np.all(forced["adv_zero_frac"] == 0)
+
+
+def test_segment_panel_copo_view():
+    from lab.viz.segments import segment_panel
+
+    p = segment_panel("copo", run=False)
+    p.controls["steps"].value = 10
+    assert p.last_error is None and set(p.result) == {"grpo", "copo"}

@@ -139,3 +139,12 @@ def test_egae_and_tppo_run_in_policy_optimization_by_name():
     # complete episodes: EGAE is GAE and T-PPO without a window is PPO, step for step
     assert h["reward"].tolist() == ref["reward"].tolist()
     assert h["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+
+
+def test_segment_panel_egae_view():
+    from lab.viz.segments import segment_panel
+
+    p = segment_panel("egae")
+    assert p.last_error is None and len(p.figures) == 1
+    p.controls["lam"].value = 0.8
+    assert p.last_error is None and p.config.lam == 0.8

@@ -95,3 +95,19 @@ def test_grpo_d_runs_in_policy_optimization_by_name():
 
     h = run("policy_optimization", loss="grpo_d(beta_min=0.0, beta_max=0.02)", steps=3)
     assert len(h["kl"]) == 3 and np.isfinite(h["loss"]).all()
+
+
+def test_segment_panel_grpo_d_view_plots_the_schedule():
+    from lab.viz.segments import kl_schedule_figure, segment_panel
+
+    fig = kl_schedule_figure(100, 0.0, 0.02)
+    assert min(fig.data[0].y) == 0.0 and fig.data[0].y[30] == 0.0 and fig.data[0].y[-1] == 0.02
+    p = segment_panel("grpo_d", run=False)
+    p.controls["steps"].value = 10
+    assert p.last_error is None and len(p.figures) == 2
+
+
+def test_schedule_never_leaves_its_range_by_rounding():
+    for t in (7, 10, 33, 101):
+        betas = [kl_schedule(s, t, beta_min=0.0, beta_max=0.2) for s in range(t + 1)]
+        assert min(betas) >= 0.0 and 0.2 >= max(betas) == pytest.approx(0.2)

@@ -111,3 +111,11 @@ def test_hpt_runs_in_policy_optimization_as_rl_when_no_demonstrations():
 
     h = run("policy_optimization", advantage="dr_grpo", loss="hpt", steps=2)
     assert len(h["loss"]) == 2
+
+
+def test_segment_panel_hpt_view():
+    from lab.viz.segments import segment_panel
+
+    p = segment_panel("hpt", run=False)
+    p.controls["steps"].value = 5
+    assert p.last_error is None and p.result["sft_frac"][0] == 1.0

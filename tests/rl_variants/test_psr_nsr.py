@@ -126,3 +126,11 @@ def test_every_mode_runs_in_policy_optimization_by_name():
     for mode in ("w_reinforce", "grpo_n"):
         h = run("policy_optimization", loss=f"psr_nsr(mode='{mode}')", steps=2)
         assert np.isfinite(h["loss"]).all()
+
+
+def test_segment_panel_sign_view():
+    from lab.viz.segments import segment_panel
+
+    p = segment_panel("sign", run=False)
+    p.controls["steps"].value = 10
+    assert p.last_error is None and set(p.result) == {"psr", "nsr"} and len(p.figures) == 2
