@@ -22,8 +22,8 @@ follows the changing distribution of difficulty ("dynamically updated parameters
 
 Limiting cases (the paper's): α = β = 1 gives f ≡ 1, A = R̃ − p, REINFORCE with a group-mean
 baseline; α = β = 3/2 gives f(p) = sqrt(p(1−p))/B(3/2, 3/2) = (8/π)·σ_pop(p), so
-A = (π/8)·(R − p)/σ_pop: GRPO with population std (a constant factor π/8 aside). Pass ``alpha`` and
-``beta`` to fix them.
+A = (π/8)·(R − p)/σ_pop: GRPO with population std (a constant factor π/8 aside). Pass
+``norm_alpha`` and ``norm_beta`` to fix them.
 
 Advantage decomposition (several rewards, e.g. accuracy and format): rewards (B, K) are normalized
 column by column, each with its own (α_k, β_k), and averaged: A_i = (1/K) Σ_k A_i^{(k)}. A sum of
@@ -106,7 +106,7 @@ def _bnpo_column(rewards: torch.Tensor, index: torch.Tensor, alpha: float | None
 def bnpo_advantages(rewards: torch.Tensor, *, group_size: int | None = None,
                     group_ids: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                     r_min: float = 0.0, r_max: float = 1.0, weight_max: float = 1e6,
-                    alpha: float | None = None, beta: float | None = None
+                    norm_alpha: float | None = None, norm_beta: float | None = None
                     ) -> tuple[torch.Tensor, dict[str, Any]]:
     """BNPO advantages ``A_i = (R̃_i − p_g) / f(p_g; α, β)``, averaged over reward columns.
 
@@ -116,8 +116,10 @@ def bnpo_advantages(rewards: torch.Tensor, *, group_size: int | None = None,
         mask: (B, T) response mask, only used for the metrics.
         r_min, r_max: the reward range mapped onto [0, 1].
         weight_max: upper clamp of the weight 1/f (1e6 as the reference code).
-        alpha, beta: fix the normalizing Beta(α, β) instead of fitting it (α = β = 1: REINFORCE
-            with group-mean baseline; α = β = 3/2: GRPO up to the factor π/8). None = fitted.
+        norm_alpha, norm_beta: fix the normalizing Beta(α, β) instead of fitting it (α = β = 1:
+            REINFORCE with group-mean baseline; α = β = 3/2: GRPO up to the factor π/8).
+            None = fitted on the batch. (Named apart from the KL weight ``beta`` of the losses,
+            which a training loop may pass around.)
 
     Returns:
         ``(advantages (B,), metrics)`` with ``bnpo/alpha``, ``bnpo/beta`` (mean over components)
@@ -128,7 +130,7 @@ def bnpo_advantages(rewards: torch.Tensor, *, group_size: int | None = None,
     if r_max <= r_min:
         raise ValueError(f"r_max must be > r_min, got r_min={r_min}, r_max={r_max}")
     check_positive("weight_max", weight_max)
-    for name, value in (("alpha", alpha), ("beta", beta)):
+    for name, value in (("norm_alpha", norm_alpha), ("norm_beta", norm_beta)):
         if value is not None and check_number(name, value) <= 0:
             raise ValueError(f"{name} must be > 0 (a Beta parameter), got {value}")
     if (rewards < r_min).any() or (rewards > r_max).any():
@@ -139,7 +141,7 @@ def bnpo_advantages(rewards: torch.Tensor, *, group_size: int | None = None,
     columns = scaled[:, None] if scaled.dim() == 1 else scaled                   # (B, K)
     per_column, alphas, betas = [], [], []
     for k in range(columns.shape[1]):
-        adv_k, alpha_k, beta_k = _bnpo_column(columns[:, k], index, alpha, beta, weight_max)
+        adv_k, alpha_k, beta_k = _bnpo_column(columns[:, k], index, norm_alpha, norm_beta, weight_max)
         per_column.append(adv_k)
         alphas.append(alpha_k)
         betas.append(beta_k)

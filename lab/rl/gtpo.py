@@ -37,8 +37,11 @@ Choices where the public material is ambiguous:
 - A token both in the forward and the backward run of a P completion gets W² (λ^fwd·λ^bwd, code).
 - The code divides each completion's loss by its number of conflict tokens; that is not in the
   paper's formula and is off by default (``divide_by_conflicts``).
-- The entropy rule uses the code's fixed threshold 0.7 instead of the paper's δ_i relative to the
-  initial model's entropy (ln 2); ``entropy=None`` switches the filter off.
+- The entropy rule: by default the code's (filter every completion with ⟨H⟩_i > 0.7). The paper's
+  δ_i only filters when the *initial* model was confident (⟨H⟩_ini < ln 2 ≈ 0.7): pass
+  ``initial_entropy``. A toy policy starting uniform (⟨H⟩_ini = ln V > 0.7) is filtered away entirely
+  by the code's rule and learns nothing; with the paper's rule it is never filtered.
+  ``entropy=None`` switches filter and penalty off.
 - Off-policy epochs use the unclipped ratio ρ (the paper's objective has no clipping); pass
   ``clip_eps_low``/``clip_eps_high`` to clip anyway.
 - Backward positions count valid tokens from the end, so padding (and holes in the mask) do not
@@ -114,12 +117,19 @@ def conflict_weights(forward: torch.Tensor, backward: torch.Tensor, advantages: 
 
 def entropy_adjusted_advantages(advantages: torch.Tensor, entropy: torch.Tensor,
                                 mask: torch.Tensor, *, entropy_threshold: float = 0.7,
-                                entropy_coef: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A', filtered (B,) bool)``: A' = 0 if ⟨H⟩_i > threshold else A − γ⟨H⟩_i."""
+                                entropy_coef: float = 0.1, initial_entropy: float | None = None
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A', filtered (B,) bool)``: A' = 0 on filtered completions, else A − γ⟨H⟩_i.
+
+    Filtered: ⟨H⟩_i > threshold (code rule, ``initial_entropy=None``); with the paper's rule,
+    only when the initial model was confident (⟨H⟩_ini ≤ threshold) — δ_i of the README.
+    """
     check_nonneg("entropy_threshold", entropy_threshold)
     check_nonneg("entropy_coef", entropy_coef)
     mean_h = masked_mean(entropy.detach(), mask, dim=-1)                        # (B,) ⟨H⟩_i
     filtered = (mean_h > entropy_threshold) & mask.bool().any(-1)
+    if initial_entropy is not None and check_nonneg("initial_entropy", initial_entropy) > entropy_threshold:
+        filtered = torch.zeros_like(filtered)                                   # δ_i = 1: no filter
     penalty = (entropy_coef * mean_h)[:, None] if advantages.dim() == 2 else entropy_coef * mean_h
     adjusted = advantages - penalty
     keep = ~filtered if advantages.dim() == 1 else ~filtered[:, None]
@@ -133,7 +143,7 @@ def gtpo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
          group_ids: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
          ref_logprobs: torch.Tensor | None = None, conflict_weight: float = 2.0,
          entropy_threshold: float = 0.7, entropy_coef: float = 0.1,
-         divide_by_conflicts: bool = False, clip_eps_low: float | None = None,
+         initial_entropy: float | None = None, divide_by_conflicts: bool = False, clip_eps_low: float | None = None,
          clip_eps_high: float | None = None, beta: float = 0.0, kl_estimator: str = "k3",
          agg: str = "seq_mean_token_mean", norm: GlobalNorm | None = None,
          return_per_token: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -148,6 +158,8 @@ def gtpo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
         conflict_weight: W, the amplification of conflict tokens in positive completions (2.0).
         entropy_threshold: completions with mean entropy above it are dropped (0.7 ≈ ln 2).
         entropy_coef: γ of A − γ⟨H⟩ (0.1).
+        initial_entropy: ⟨H⟩_ini of the initial model for the paper's δ_i rule (no filtering at
+            all when it exceeds the threshold); None = the code's rule (always filter).
         divide_by_conflicts: divide each completion's loss by max(#conflicts, 1) (code only).
         clip_eps_low, clip_eps_high: None (paper: no clipping) or a PPO clip range.
         agg, norm, return_per_token: aggregation (``seq_mean_token_mean`` as the paper's 1/|o_i|).
@@ -171,7 +183,7 @@ def gtpo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
         entropy = check_per_token("entropy", entropy, logprobs.shape)
         adjusted, filtered = entropy_adjusted_advantages(
             advantages, entropy, mask_f, entropy_threshold=entropy_threshold,
-            entropy_coef=entropy_coef)
+            entropy_coef=entropy_coef, initial_entropy=initial_entropy)
     coef = expand_advantages(adjusted, mask_f) * lam                            # c = A'·λ (B, T)
     coef = torch.where(conflict, coef.clamp_min(0.0), coef)                     # never push conflicts down
     if divide_by_conflicts:

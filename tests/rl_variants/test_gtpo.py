@@ -1,0 +1,153 @@
+"""GTPO: conflict-token protection and the entropy filter."""
+import math
+
+import pytest
+import torch
+
+from lab.rl.gtpo import conflict_masks, conflict_weights, entropy_adjusted_advantages, gtpo
+
+
+# ---------------------------------------------------------------- hand-computed values
+def test_spec_example_forward_conflicts():
+    # Prepare: o_1 = [5, 9, 7] (A = +1), o_2 = [5, 9, 8] (A = −1)
+    tokens = torch.tensor([[5, 9, 7], [5, 9, 8]])
+    adv = torch.tensor([1.0, -1.0])
+    # Execute
+    fwd, bwd = conflict_masks(tokens, adv, torch.ones(2, 3), group_size=2)
+    lam = conflict_weights(fwd, bwd, adv)
+    # Assert
+    assert fwd.tolist() == [[True, True, False], [True, True, False]]
+    assert not bwd.any()
+    assert lam.tolist() == [[2.0, 2.0, 1.0], [0.0, 0.0, 1.0]]
+
+
+def test_backward_conflicts_align_at_the_last_valid_token():
+    tokens = torch.tensor([[5, 9, 7, 0], [3, 4, 9, 7]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    fwd, bwd = conflict_masks(tokens, torch.tensor([1.0, -1.0]), mask, group_size=2)
+    assert not fwd.any()
+    assert bwd.tolist() == [[False, True, True, False], [False, False, True, True]]
+
+
+def test_run_stops_at_first_non_conflict_and_groups_are_separate():
+    # position 1 differs, so position 2's shared token is not part of the leading run
+    tokens = torch.tensor([[5, 1, 7, 2], [5, 3, 7, 4], [5, 1, 7, 2], [6, 6, 6, 6]])
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    fwd, _ = conflict_masks(tokens, adv, torch.ones(4, 4), group_ids=torch.tensor([0, 0, 1, 1]))
+    assert fwd[:2].tolist() == [[True, False, False, False]] * 2
+    assert not fwd[2:].any()          # group 1: no shared tokens between its P and N
+
+
+def test_no_conflicts_without_both_signs():
+    tokens = torch.tensor([[5, 9], [5, 9]])
+    for adv in (torch.tensor([1.0, 1.0]), torch.tensor([-1.0, 0.0])):
+        fwd, bwd = conflict_masks(tokens, adv, torch.ones(2, 2), group_size=2)
+        assert not fwd.any() and not bwd.any()
+
+
+def test_entropy_filter_and_penalty():
+    adv = torch.tensor([1.0, -1.0, 0.5])
+    entropy = torch.tensor([[0.2, 0.4], [1.0, 1.0], [0.6, 0.6]])
+    out, filtered = entropy_adjusted_advantages(adv, entropy, torch.ones(3, 2))
+    # ⟨H⟩ = [0.3, 1.0, 0.6]: row 1 filtered (> 0.7); others A − 0.1⟨H⟩
+    assert filtered.tolist() == [False, True, False]
+    assert out.tolist() == pytest.approx([0.97, 0.0, 0.44])
+    # the paper's rule: an uncertain initial model (⟨H⟩_ini > 0.7) is never filtered
+    out2, filtered2 = entropy_adjusted_advantages(adv, entropy, torch.ones(3, 2), initial_entropy=2.0)
+    assert not filtered2.any() and out2[1].item() == pytest.approx(-1.1)
+
+
+def test_loss_hand_computed_on_policy():
+    # Prepare: the spec group, uniform entropy 0.5 (penalty 0.05), on-policy
+    tokens = torch.tensor([[5, 9, 7], [5, 9, 8]])
+    lp = torch.zeros(2, 3, requires_grad=True)
+    # Execute
+    loss, m = gtpo(lp, None, torch.tensor([1.0, -1.0]), torch.ones(2, 3), token_ids=tokens,
+                   group_size=2, entropy=torch.full((2, 3), 0.5), return_per_token=True)
+    loss.backward()
+    # Assert: c = A'·λ = [[0.95·2, 0.95·2, 0.95], [0, 0, −1.05]]; seq_mean_token_mean
+    expected_c = torch.tensor([[1.9, 1.9, 0.95], [0.0, 0.0, -1.05]])
+    assert loss.item() == pytest.approx(-(expected_c.sum(1) / 3).mean().item(), abs=1e-6)
+    assert torch.allclose(lp.grad, -expected_c / 6, atol=1e-6)
+    assert m["gtpo/conflict_frac"] == pytest.approx(4 / 6)
+    assert m["gtpo/protected_frac"] == pytest.approx(2 / 6)
+
+
+# ---------------------------------------------------------------- behaviour: protection
+def test_conflict_tokens_never_get_a_negative_update():
+    # random groups with shared prefixes; any entropy; the gradient on every conflict token pushes up
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        tokens = torch.randint(2, 5, (8, 6), generator=g)
+        tokens[:, :2] = 3                                      # a shared "format" prefix
+        adv = torch.rand(8, generator=g) * torch.tensor([1.0, -1.0] * 4)     # both signs per group
+        entropy = torch.rand(8, 6, generator=g)
+        lp = torch.log(torch.rand(8, 6, generator=g)).requires_grad_()
+        loss, m = gtpo(lp, None, adv, torch.ones(8, 6), token_ids=tokens, group_size=4,
+                       entropy=entropy, return_per_token=True)
+        loss.backward()
+        conflict = m["conflict"]
+        assert conflict.any()
+        assert (lp.grad[conflict] <= 0).all()                 # ∂L/∂ℓ ≤ 0: never pushed down
+
+
+def test_gtpo_keeps_the_shared_token_where_grpo_lowers_it():
+    # one right answer, three wrong ones, all starting with the same token; one SGD step on a
+    # softmax over that first position
+    from lab.rl import clipped_policy_loss
+    tokens = torch.tensor([[3, 4], [3, 5], [3, 6], [3, 7]])
+    adv = torch.tensor([1.5, -0.5, -0.5, -0.5])
+    lengths = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 1]])
+    probs = {}
+    for name in ("grpo", "gtpo"):
+        logits = torch.zeros(2, 8, requires_grad=True)                 # position -> logits
+        logp = torch.log_softmax(logits, -1)
+        lp = torch.stack([logp[0, tokens[:, 0]], logp[1, tokens[:, 1]]], 1)   # (4, 2)
+        if name == "grpo":
+            # wrong answers are longer in the mean: weight them more (token mean over a batch
+            # where the wrong answers repeat the shared token)
+            loss, _ = clipped_policy_loss(lp, None, adv * torch.tensor([1.0, 2.0, 2.0, 2.0]), lengths)
+        else:
+            loss, _ = gtpo(lp, None, adv, lengths, token_ids=tokens, group_size=4)
+        loss.backward()
+        with torch.no_grad():
+            after = torch.softmax(logits - 1.0 * logits.grad, -1)[0, 3]
+        probs[name] = after.item()
+    start = 1 / 8
+    assert probs["grpo"] < start <= probs["gtpo"]
+
+
+# ---------------------------------------------------------------- edge cases and bad input
+def test_all_filtered_gives_zero_loss_and_divide_by_conflicts():
+    tokens = torch.tensor([[5, 9, 7], [5, 9, 8]])
+    lp = torch.zeros(2, 3, requires_grad=True)
+    loss, m = gtpo(lp, None, torch.tensor([1.0, -1.0]), torch.ones(2, 3), token_ids=tokens,
+                   group_size=2, entropy=torch.full((2, 3), 2.0))
+    assert loss.item() == 0.0 and m["gtpo/filtered_frac"] == 1.0
+    plain, _ = gtpo(lp, None, torch.tensor([1.0, -1.0]), torch.ones(2, 3), token_ids=tokens, group_size=2)
+    divided, _ = gtpo(lp, None, torch.tensor([1.0, -1.0]), torch.ones(2, 3), token_ids=tokens,
+                      group_size=2, divide_by_conflicts=True)
+    # row 0: (2 + 2 + 1)/3 -> /2 conflicts; row 1: (0 + 0 − 1)/3 -> /2
+    assert plain.item() == pytest.approx(-(5 / 3 - 1 / 3) / 2)
+    assert divided.item() == pytest.approx(-(5 / 6 - 1 / 6) / 2)
+
+
+def test_empty_mask_is_finite():
+    lp = torch.zeros(2, 3, requires_grad=True)
+    loss, m = gtpo(lp, None, torch.tensor([1.0, -1.0]), torch.zeros(2, 3),
+                   token_ids=torch.ones(2, 3, dtype=torch.long), group_size=2)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(lp.grad).all() and m["num_tokens"] == 0.0
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"token_ids": torch.ones(2, 3)}, TypeError, "token_ids"),
+    ({"token_ids": torch.ones(2, 2, dtype=torch.long)}, ValueError, "token_ids"),
+    ({"conflict_weight": 0.0}, ValueError, "conflict_weight"),
+    ({"entropy_coef": -1.0, "entropy": torch.ones(2, 3)}, ValueError, "entropy_coef"),
+])
+def test_bad_input_names_the_argument(kwargs, exc, match):
+    kwargs.setdefault("token_ids", torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(exc, match=match):
+        gtpo(torch.zeros(2, 3, requires_grad=True), None, torch.tensor([1.0, -1.0]), torch.ones(2, 3),
+             group_size=2, **kwargs)
