@@ -213,7 +213,7 @@ class MoETransformerConfig:
     steps: int = 60  # optimizer steps
     lr: float = 3e-3  # AdamW learning rate
     aux_coef: float = 1e-2  # coef of switch_aux / z_loss / seq_aux
-    u: float = 1e-2  # bias speed of aux_free_bias
+    u: float = 1e-3  # bias speed of aux_free_bias
     schedule: str = "sign"  # step-size schedule of aux_free_bias
     capacity_factor: float | None = None  # None = no token dropping
     seed: int = 0  # seed of the model, the corpus and the batches

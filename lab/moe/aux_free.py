@@ -57,9 +57,12 @@ SCHEDULES = ("sign", "linear", "inv_n", "inv_sqrt_n")
 
 
 def dual_step(load: torch.Tensor, n: int, u: float, schedule: str) -> torch.Tensor:
-    """``eps^n (L - A)``: the change of the biases after step n (n >= 1) with load A, shape (E,)."""
+    """``eps^n (L - A)``: the change of the biases after step n (n >= 1) with load A (..., E).
+
+    Leading axes are independent runs (the regret test simulates several side by side).
+    """
     check_choice("schedule", schedule, SCHEDULES)
-    target = load.mean()  # L = kT / E
+    target = load.mean(-1, keepdim=True)  # L = kT / E
     violation = target - load  # (E,)  L - A_i
     if schedule == "sign":
         # eps_i = u / |L - A_i|  =>  u * sign(L - A_i)

@@ -1,0 +1,51 @@
+"""Balance metrics: hand-checked values and limits."""
+import math
+
+import pytest
+import torch
+
+from lab.moe.metrics import (assignment_lp, dense_gates, dropped_fraction, gate_distortion, idle_experts,
+                             lagrangian, load_entropy, max_violation)
+
+
+def test_load_metrics_hand_checked():
+    load = torch.tensor([6.0, 2.0, 0.0, 0.0])  # mean 2
+    assert max_violation(load) == pytest.approx(2.0)  # 6 / 2 - 1
+    assert idle_experts(load) == 2
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) / math.log(4)
+    assert load_entropy(load) == pytest.approx(h)
+    assert max_violation(torch.ones(5)) == 0.0 and load_entropy(torch.ones(5)) == pytest.approx(1.0)
+    assert max_violation(torch.zeros(3)) == 0.0
+
+
+def test_dropped_and_gate_distortion():
+    assert dropped_fraction(torch.tensor([[True, False], [False, False]])) == 0.25
+    idx, gates = torch.tensor([[0, 1]]), torch.tensor([[0.75, 0.25]])
+    assert dense_gates(idx, gates, 3).tolist() == [[0.75, 0.25, 0.0]]
+    assert gate_distortion(idx, gates, idx, gates, 3) == 0.0
+    # moving the 0.25 from expert 1 to expert 2: total variation 0.25
+    assert gate_distortion(torch.tensor([[0, 2]]), gates, idx, gates, 3) == pytest.approx(0.25)
+
+
+def test_lagrangian_hand_checked_and_weak_duality():
+    gamma = torch.tensor([[3.0, 1.0], [2.0, 0.0]], dtype=torch.float64)  # both tokens prefer expert 0
+    # p = 0: sum of row maxima = 5 ; L = 1
+    assert lagrangian(gamma, torch.zeros(2), 1) == pytest.approx(5.0)
+    # p = (0, 1.5): token 0 stays (3 > 2.5), token 1 moves (1.5 > 2? no: 2 > 1.5) -> 3 + 2 - 1.5 = 3.5
+    assert lagrangian(gamma, torch.tensor([0.0, 1.5]), 1) == pytest.approx(3.5)
+    # LP optimum: balanced assignment, token 0 -> 0 and token 1 -> 1 gives 3 (or 1 + 2 = 3)
+    lp = assignment_lp(gamma, 1)
+    assert lp == pytest.approx(3.0)
+    for p in (torch.zeros(2), torch.tensor([0.0, 1.5]), torch.tensor([-1.0, 1.0])):
+        assert lagrangian(gamma, p, 1) >= lp - 1e-9
+
+
+def test_metric_errors():
+    with pytest.raises(ValueError, match="non-negative"):
+        max_violation(torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="load"):
+        idle_experts(torch.ones(2, 2))
+    with pytest.raises(ValueError, match="k must be"):
+        lagrangian(torch.zeros(3, 2), torch.zeros(2), 3)
+    with pytest.raises(ValueError, match="bias"):
+        lagrangian(torch.zeros(3, 2), torch.zeros(3), 1)
