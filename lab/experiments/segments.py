@@ -40,6 +40,11 @@ from lab.rl.spo import spo_chain, spo_cut_points, spo_tree
 from toy_envs.token_tasks import make_task
 
 
+def _nan_padded(x: torch.Tensor, mask: torch.Tensor) -> list:
+    """``x`` with NaN on padding, as nested lists (plots leave NaN cells blank)."""
+    return torch.where(mask.bool(), x.float(), torch.full(x.shape, float("nan"))).tolist()
+
+
 # ---------------------------------------------------------------------------------------------
 # Monte Carlo completions from response prefixes
 # ---------------------------------------------------------------------------------------------
@@ -158,8 +163,9 @@ def segment_advantages(cfg: SegmentConfig) -> History:
                         prompt_values[i] = v
                     else:
                         cut_values[i, c] = v
-            adv, _ = spo_chain(ro.rewards, old_logprobs=ro.logprobs, mask=ro.mask, cut_values=cut_values,
-                               prompt_values=prompt_values, prob_threshold=cfg.prob_threshold, interval=k)
+            adv, _ = spo_chain(ro.rewards, old_logprobs=ro.logprobs, mask=ro.mask,
+                               cut_values=cut_values, prompt_values=prompt_values,
+                               prob_threshold=cfg.prob_threshold, interval=k)
             estimates.append(adv)
         est = torch.stack(estimates)                                            # (R, B, T)
         credited = ro.mask & (ro.logprobs.exp() < cfg.prob_threshold)
@@ -171,7 +177,7 @@ def segment_advantages(cfg: SegmentConfig) -> History:
         history.append(k, adv_var=float(masked_mean(var, credited)), states_per_response=n_states,
                        mc_tokens_per_response=mc_tokens,
                        samples_per_state=cfg.rollouts / max(n_states, 1.0))
-        examples[str(k)] = torch.where(ro.mask, est[0], torch.full_like(est[0], float("nan"))).tolist()
+        examples[str(k)] = _nan_padded(est[0], ro.mask)
     history.artifacts["advantages"] = examples
     history.artifacts["texts"] = [task.decode(t[m]) for t, m in zip(ro.tokens, ro.mask)]
     history.artifacts["tree"] = tree_cost(policy, task, ro.prompts[:1], cfg.branch,
@@ -221,7 +227,7 @@ def tree_cost(policy: Any, task: Any, prompt: torch.Tensor, branch: tuple[int, .
                       mask=tree["mask"], group_size=tree["tokens"].shape[0])
     leaves = tree["tokens"].shape[0]
     return {"leaves": leaves, "tokens_per_leaf": tree["generated"] / leaves, "seg_len": tree["seg_len"],
-            "advantages": torch.where(tree["mask"], adv, torch.full_like(adv, float("nan"))).tolist()}
+            "advantages": _nan_padded(adv, tree["mask"])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,13 +276,14 @@ def truncation_window(cfg: TruncationConfig) -> History:
         window = ro.mask & (torch.arange(ro.tokens.shape[1]) < w)                # tokens generated so far
         finished = lengths <= w
         tok = outcome_token_rewards(ro.rewards, window, finished)
-        egae_adv, _ = extended_gae(values, tok, window, is_finished=finished, gamma=cfg.gamma, lam=cfg.lam)
+        egae_adv, _ = extended_gae(values, tok, window, is_finished=finished, gamma=cfg.gamma,
+                                   lam=cfg.lam)
         naive, _ = extended_gae(values, tok, window, gamma=cfg.gamma, lam=cfg.lam)  # cut = terminal
         history.append(w, egae_error=float(masked_mean((egae_adv - full).abs(), window)),
                        naive_error=float(masked_mean((naive - full).abs(), window)),
                        finished_frac=float(finished.float().mean()))
-        examples[str(w)] = torch.where(window, egae_adv, torch.full_like(egae_adv, float("nan")))[0].tolist()
-    history.artifacts["full_gae"] = torch.where(ro.mask, full, torch.full_like(full, float("nan")))[0].tolist()
+        examples[str(w)] = _nan_padded(egae_adv, window)[0]
+    history.artifacts["full_gae"] = _nan_padded(full, ro.mask)[0]
     history.artifacts["egae_by_window"] = examples
     return history
 

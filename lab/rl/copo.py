@@ -55,7 +55,7 @@ import torch
 
 from lab.checks import check_choice, check_number, check_tensor
 from lab.registry import register
-from lab.rl.core import (GlobalNorm, advantage_metrics, aggregate, as_mask, check_rewards,
+from lab.rl.core import (GlobalNorm, advantage_metrics, aggregate, check_rewards,
                          clipped_surrogate, expand_advantages, group_normalize,
                          policy_metrics, prepare_policy_inputs, ratio)
 
