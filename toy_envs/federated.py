@@ -59,29 +59,39 @@ def logistic_loss(x: torch.Tensor, X: torch.Tensor, y: torch.Tensor, mask: torch
     return (mask * bce).sum() / mask.sum().clamp_min(1.0) + 0.5 * l2 * (x * x).sum()
 
 
+def _matvec(X: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``X_m x_m`` for each client: X (M, n, d), x (M, d) -> (M, n) (a batched matmul)."""
+    return torch.bmm(X, x.unsqueeze(-1)).squeeze(-1)
+
+
+def _rmatvec(X: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``X_m^T r_m`` for each client: X (M, n, d), r (M, n) -> (M, d)."""
+    return torch.bmm(r.unsqueeze(1), X).squeeze(1)
+
+
 def squared_loss_batch(x, X, y, mask):
     """``squared_loss`` of M clients at once: x (M, d), X (M, n, d), y and mask (M, n) -> (M,)."""
-    residual = torch.einsum("mnd,md->mn", X, x) - y
+    residual = _matvec(X, x) - y
     return 0.5 * (mask * residual**2).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
 def squared_grad_batch(x, X, y, mask):
     """Gradient of ``squared_loss`` for M clients at once, (M, d): ``X^T (mask * (X x - y)) / n``."""
-    residual = torch.einsum("mnd,md->mn", X, x) - y
-    return torch.einsum("mnd,mn->md", X, mask * residual) / mask.sum(1).clamp_min(1.0)[:, None]
+    residual = _matvec(X, x) - y
+    return _rmatvec(X, mask * residual) / mask.sum(1).clamp_min(1.0)[:, None]
 
 
 def logistic_loss_batch(x, X, y, mask, *, l2: float):
     """``logistic_loss`` of M clients at once, (M,)."""
-    logits = torch.einsum("mnd,md->mn", X, x)
+    logits = _matvec(X, x)
     bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
     return (mask * bce).sum(1) / mask.sum(1).clamp_min(1.0) + 0.5 * l2 * (x * x).sum(1)
 
 
 def logistic_grad_batch(x, X, y, mask, *, l2: float):
     """Gradient of ``logistic_loss`` for M clients at once, (M, d): ``X^T (mask (sigmoid(X x) - y)) / n + l2 x``."""
-    err = torch.sigmoid(torch.einsum("mnd,md->mn", X, x)) - y
-    return torch.einsum("mnd,mn->md", X, mask * err) / mask.sum(1).clamp_min(1.0)[:, None] + l2 * x
+    err = torch.sigmoid(_matvec(X, x)) - y
+    return _rmatvec(X, mask * err) / mask.sum(1).clamp_min(1.0)[:, None] + l2 * x
 
 
 def _unflatten(x: torch.Tensor, shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[str, torch.Tensor]:
@@ -189,6 +199,9 @@ class FederatedProblem:
     def clients(self, ids) -> ClientData:
         """The data of clients ``ids`` (a list or a long tensor)."""
         ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if ids.numel() == self.num_clients and bool((ids == torch.arange(self.num_clients)).all()):
+            return ClientData(ids, self.X, self.y, self.mask, self.num_samples, self.loss_fn, self.kind,
+                              self.grad_batch)  # everyone: views, no copy
         return ClientData(ids, self.X[ids], self.y[ids], self.mask[ids], self.num_samples[ids],
                           self.loss_fn, self.kind, self.grad_batch)
 

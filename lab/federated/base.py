@@ -84,19 +84,19 @@ def stack_updates(x: torch.Tensor, updates: Mapping[int, torch.Tensor],
     if not isinstance(updates, Mapping):
         raise TypeError(f"updates must be a dict {{client id: update}}, got {type(updates).__name__}")
     ids = sorted(int(i) for i in updates)
-    rows = []
     for i in ids:
         delta = updates[i]
         if not isinstance(delta, torch.Tensor):
             raise TypeError(f"updates[{i}] must be a torch.Tensor, got {type(delta).__name__}")
         if delta.shape != x.shape:
             raise ValueError(f"updates[{i}] must have the model's shape {tuple(x.shape)}, got {tuple(delta.shape)}")
-        if not torch.isfinite(delta).all():
-            raise ValueError(f"updates[{i}] contains NaN or Inf")
         if i not in num_samples or num_samples[i] <= 0:
             raise ValueError(f"num_samples[{i}] must be a positive count")
-        rows.append(delta.to(x.dtype))
-    deltas = torch.stack(rows) if rows else x.new_zeros(0, x.numel())
+    deltas = torch.stack([updates[i] for i in ids]).to(x.dtype) if ids else x.new_zeros(0, x.numel())
+    finite = torch.isfinite(deltas).all(1)  # (M,) one check for all updates
+    if not bool(finite.all()):
+        bad = ids[int((~finite).nonzero()[0])]
+        raise ValueError(f"updates[{bad}] contains NaN or Inf")
     n = torch.tensor([float(num_samples[i]) for i in ids], dtype=x.dtype)
     return torch.tensor(ids, dtype=torch.long), deltas, n
 
@@ -176,7 +176,7 @@ class Aggregator:
         return {"server_lr": self.server_lr, "num_clients": self.num_clients, "dim": self.dim}
 
     def _record(self, ids: torch.Tensor, weights: torch.Tensor) -> None:
-        self.last_weights = {int(i): float(w) for i, w in zip(ids, weights)}
+        self.last_weights = dict(zip(ids.tolist(), weights.tolist()))
 
 
 def weighted_step(x: torch.Tensor, deltas: torch.Tensor, weights: torch.Tensor,

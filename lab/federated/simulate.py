@@ -138,25 +138,28 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
             if faults.uplink_noise:
                 deltas = deltas + faults.uplink_noise * torch.randn(M, d, generator=g_noise, dtype=x.dtype)
             finite = torch.isfinite(deltas).all(1)
-            norms = torch.where(finite, deltas.norm(dim=1), torch.zeros(M, dtype=deltas.dtype))
-            for k, cid in enumerate(ids.tolist()):
+            norms = torch.where(finite, deltas.norm(dim=1), torch.zeros(M, dtype=deltas.dtype)).tolist()
+            bound = faults.max_update_norm
+            rows = deltas.unbind(0)
+            for k, (cid, quit, ok, lag) in enumerate(zip(ids.tolist(), quit_mid.tolist(), finite.tolist(),
+                                                         delay[ids].tolist())):
                 reason = None
-                if quit_mid[k]:
+                if quit:
                     reason = "dropped mid-round"
-                elif not finite[k]:
+                elif not ok:
                     reason = "non-finite update (NaN/Inf)"
-                elif faults.max_update_norm is not None and norms[k] > faults.max_update_norm:
-                    reason = f"update norm {float(norms[k]):.3g} above bound {faults.max_update_norm}"
-                elif delay[cid] > faults.deadline:
-                    reason = f"straggler past deadline (delay {int(delay[cid])} > {faults.deadline})"
+                elif bound is not None and norms[k] > bound:
+                    reason = f"update norm {norms[k]:.3g} above bound {bound}"
+                elif lag > faults.deadline:
+                    reason = f"straggler past deadline (delay {lag} > {faults.deadline})"
                 if reason is not None:
                     dropped.append({"round": r, "client": cid, "reason": reason})
                     dropped_now += 1
-                elif delay[cid] > 0:
-                    pending.append((r + int(delay[cid]), cid, deltas[k], r))
+                elif lag > 0:
+                    pending.append((r + lag, cid, rows[k], r))
                     busy[cid] = True
                 else:
-                    fresh[cid] = deltas[k]
+                    fresh[cid] = rows[k]
         arrived = [p for p in pending if p[0] == r]
         pending = [p for p in pending if p[0] != r]
         updates = dict(fresh)
@@ -182,8 +185,9 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
             row["drift"] = float((stacked - stacked.mean(0)).norm(dim=1).mean())
             row["staleness"] = float(np.mean(list(staleness.values())))
         weights = torch.zeros(N, dtype=torch.float64)
-        for cid, w in algorithm.last_weights.items():
-            weights[cid] = w
+        if algorithm.last_weights:
+            weights[list(algorithm.last_weights)] = torch.tensor(list(algorithm.last_weights.values()),
+                                                                 dtype=torch.float64)
         weight_sum += weights
         if record_clients:
             row["participation"] = active.to(torch.float64)
