@@ -31,6 +31,8 @@ Choices where the public material is ambiguous (all [unverified] in the spec):
 - At least one token is kept in every selected row that has a valid token; ties keep index order.
 - All A equal (e.g. 0): every subset has variance 0 and the first N_t rows are returned.
 - Selection is deterministic: ``generator`` is accepted for the sampler contract and unused.
+- ``lab.experiments.policy_optimization`` has no sampler hook; the sampler is used on batches
+  directly (``token_view``, the tests) — a loop applies it by replacing the loss mask.
 """
 from __future__ import annotations
 

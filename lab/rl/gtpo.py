@@ -46,6 +46,8 @@ Choices where the public material is ambiguous:
   ``clip_eps_low``/``clip_eps_high`` to clip anyway.
 - Backward positions count valid tokens from the end, so padding (and holes in the mask) do not
   break the alignment.
+- Conflicts are found among the rows of one call: a minibatch that splits a group sees only the
+  completions it holds.
 """
 from __future__ import annotations
 

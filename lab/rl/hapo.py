@@ -43,6 +43,8 @@ Choices where the public material is ambiguous:
 - The redistribution is applied inside the loss (it needs ρ, which changes between epochs), the
   token-level group average in the estimator. Responses with no valid token get A = 0.
 - The temperature sampler needs a previous batch; before its first ``update`` it samples at T.
+  ``lab.experiments.policy_optimization`` samples at one fixed temperature (it has no sampler
+  hook), so there HAPO runs with its estimator and loss only; ``token_view`` shows T_t per token.
 """
 from __future__ import annotations
 

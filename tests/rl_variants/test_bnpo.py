@@ -120,3 +120,9 @@ def test_parameters_follow_the_changing_difficulty():
     a_easy, b_easy = fit_beta_parameters(1 - rates)
     assert a_hard < b_hard and a_easy > b_easy
     assert (a_hard, b_hard) == pytest.approx((b_easy, a_easy))
+
+
+def test_runs_through_the_training_loop_by_name():
+    from lab.experiments import run
+    h = run("policy_optimization", advantage="bnpo", loss="dapo", task="token_bandit", steps=3)
+    assert len(h["loss"]) == 3 and torch.isfinite(torch.tensor(h["adv_std"])).all()

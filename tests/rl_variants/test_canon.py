@@ -97,3 +97,11 @@ def test_equal_rewards_and_singletons_give_zero():
 def test_bad_input_names_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         canon_advantages(torch.tensor([1., 0, 1, 0]), group_size=4, **kwargs)
+
+
+def test_runs_through_the_training_loop_by_name():
+    # the loop's batch carries token entropies and the mask: CANON regroups by mean entropy
+    from lab.experiments import run
+    h = run("policy_optimization", advantage="canon(mu=0.5)", loss="dr_grpo", task="reverse(difficulty=2)",
+            steps=3)
+    assert len(h["loss"]) == 3 and torch.isfinite(torch.tensor(h["adv_mean"])).all()

@@ -114,3 +114,13 @@ def test_selected_subset_has_larger_variance_and_gradient_than_random_subsets():
     assert rows.sum() == n and metrics["d3s/var_selected"] == pytest.approx(var_d3s, rel=1e-5)
     assert var_d3s > max(var_rand)
     assert grad_d3s > max(grad_rand)
+
+
+def test_token_view_reports_the_d3s_selection():
+    from lab.experiments import run
+    h = run("token_view", d3s_rows=0.5, d3s_keep=0.25, seed=1)
+    keep = torch.tensor([[v if v is not None else 0.0 for v in row] for row in h.artifacts["d3s_keep"]])
+    rows = keep.sum(-1) > 0
+    assert rows.sum() == len(keep) // 2                       # N_t = 50% of the rollouts
+    assert h.last("d3s/token_frac") == pytest.approx(keep.sum().item() / sum(
+        v is not None for row in h.artifacts["d3s_keep"] for v in row))

@@ -97,3 +97,11 @@ def test_bad_input_names_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         grao(torch.zeros(3, 1, requires_grad=True), None, torch.zeros(3), torch.ones(3, 1),
              group_size=3, **kwargs)
+
+
+def test_runs_through_the_training_loop_by_name():
+    # the loop provides no reference answers: GRAO keeps its exploration term (R(y) = 1 in the stats)
+    from lab.experiments import run
+    h = run("policy_optimization", advantage="grpo", loss="grao", task="token_bandit", steps=3)
+    assert len(h["loss"]) == 3 and all(map(lambda v: v == v, h["loss"]))
+    assert (h["clip_frac"] == 0).all()

@@ -151,3 +151,14 @@ def test_bad_input_names_the_argument(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         gtpo(torch.zeros(2, 3, requires_grad=True), None, torch.tensor([1.0, -1.0]), torch.ones(2, 3),
              group_size=2, **kwargs)
+
+
+def test_through_the_loop_code_rule_filters_a_uniform_policy_paper_rule_does_not():
+    # a uniform start has mean entropy ln V > 0.7: the code's fixed threshold drops every answer,
+    # the paper's δ rule (relative to the initial entropy) keeps training
+    from lab.experiments import run
+    kwargs = dict(advantage="grpo", task="token_bandit", steps=4)
+    code_rule = run("policy_optimization", loss="gtpo", **kwargs)
+    paper_rule = run("policy_optimization", loss=f"gtpo(initial_entropy={math.log(11):.4f})", **kwargs)
+    assert (code_rule["grad_norm"] == 0).all()
+    assert (paper_rule["grad_norm"] > 0).all()

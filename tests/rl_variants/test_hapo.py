@@ -177,3 +177,18 @@ def test_entropy_stays_higher_than_grpo_on_the_same_seed():
     assert hapo_run["entropy"][-10:].mean() > grpo["entropy"][-10:].mean() + 0.2
     assert hapo_run["entropy"].mean() > grpo["entropy"].mean()
     assert hapo_run["reward"][-10:].mean() > 0.6            # and it still learns
+
+
+def test_head_to_head_runs_each_method_on_the_same_seed():
+    from lab.experiments.zoo import HeadToHeadConfig, head_to_head, split_method
+    from lab.viz.zoo import head_to_head_figure
+    runs = head_to_head(HeadToHeadConfig(methods=("grpo + grpo(beta=0.0)", "hapo_token + hapo"), steps=2,
+                                         task="token_bandit"))
+    assert list(runs) == ["grpo + grpo(beta=0.0)", "hapo_token + hapo"]
+    # same seed: the first rollout (before any update) is identical
+    assert runs["grpo + grpo(beta=0.0)"]["reward"][0] == runs["hapo_token + hapo"]["reward"][0]
+    assert len(head_to_head_figure(runs).data) > 0
+    with pytest.raises(KeyError, match="policy_loss"):
+        split_method("grpo + nonexistent")
+    with pytest.raises(ValueError, match="advantage \\+ loss"):
+        split_method("grpo")

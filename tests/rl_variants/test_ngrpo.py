@@ -141,3 +141,18 @@ def test_through_the_training_loop_grpo_stalls_on_all_wrong_batches_ngrpo_does_n
     assert (grpo["grad_norm"][stalled] == 0).all()          # no signal at all on those steps
     assert (ngrpo["grad_norm"] > 0).all()                   # every all-wrong group still teaches
     assert (ngrpo["adv_mean"][stalled] < 0).all()
+
+
+def test_advantage_calculator_shows_every_estimator_and_the_all_wrong_group():
+    from lab.experiments import run
+    from lab.registry import available
+    h = run("advantage_zoo", rewards="1, 0, 0, 1", lengths="2, 4, 3, 1", metric="0.1, 0.2, 0.9, 0.8")
+    table, skipped = h.artifacts["advantages"], h.artifacts["skipped"]
+    assert set(table) | set(skipped) == set(available("advantage"))
+    assert {"grpo", "ngrpo", "bnpo", "canon", "hapo_token"} <= set(table)
+    all_wrong = slice(8, 12)
+    assert table["grpo"][all_wrong] == [0.0] * 4
+    assert table["ngrpo"][all_wrong] == pytest.approx([-0.4472] * 4, abs=1e-4)
+    assert table["ngrpo"][:4] == pytest.approx([0.7303, -1.0954, -1.0954, 0.7303], abs=1e-4)
+    with pytest.raises(ValueError, match="rewards"):
+        run("advantage_zoo", rewards="1, x")

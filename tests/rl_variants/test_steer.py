@@ -114,3 +114,9 @@ def test_reweighting_moderates_the_predicted_entropy_change_of_a_batch():
         weighted = (w * omega)[m].sum() / w[m].sum()
         assert weighted < omega[m].mean()
         assert torch.corrcoef(torch.stack([w[m], omega[m]]))[0, 1] < -0.9
+
+
+def test_runs_through_the_training_loop_by_name():
+    from lab.experiments import run
+    h = run("policy_optimization", advantage="grpo", loss="steer", task="token_bandit", steps=3, epochs=2)
+    assert len(h["loss"]) == 3 and (h["grad_norm"] > 0).any()
