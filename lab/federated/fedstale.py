@@ -33,6 +33,20 @@ from lab.federated.fedau import IntervalEstimator
 from lab.registry import register
 
 
+def fedstale_step(deltas: torch.Tensor, ids: torch.Tensor, memory: torch.Tensor, alpha: torch.Tensor,
+                  inverse_p: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure FedStale step: ``(Delta (d,), new memory (N, d))``.
+
+    deltas (M, d) of clients ``ids``; memory (N, d) = h; alpha (N,); inverse_p (M,) = 1/p of ``ids``.
+    """
+    w = alpha[ids] * inverse_p  # (M,) alpha_k / p_k
+    fresh = (w[:, None] * deltas).sum(0)
+    stale = (alpha[:, None] * memory).sum(0) - (w[:, None] * memory[ids]).sum(0)
+    new_memory = memory.clone()
+    new_memory[ids] = deltas  # h_k <- Delta_k
+    return fresh + beta * stale, new_memory
+
+
 @register("aggregator", "fedstale", paper="FedStale: leveraging stale client updates in federated learning",
           arxiv="2405.04171")
 class FedStale(Aggregator):
@@ -73,15 +87,12 @@ class FedStale(Aggregator):
         self._require_setup()
         ids, deltas, _ = stack_updates(x, updates, num_samples)
         alpha = self.alpha.to(x.dtype)
-        w = alpha[ids] * self.inverse_p(ids).to(x.dtype)  # (M,) alpha_k / p_k
+        inverse_p = self.inverse_p(ids).to(x.dtype)  # from intervals recorded before this round
         participated = torch.zeros(self.num_clients, dtype=torch.bool)
         participated[ids] = True
         self.estimator.update(participated)
-        fresh = (w[:, None] * deltas).sum(0)
-        stale = (alpha[:, None] * self.memory).sum(0) - (w[:, None] * self.memory[ids]).sum(0)
-        delta = fresh + self.beta * stale
-        self.memory[ids] = deltas
-        self._record(ids, w)
+        delta, self.memory = fedstale_step(deltas, ids, self.memory, alpha, inverse_p, self.beta)
+        self._record(ids, alpha[ids] * inverse_p)
         return x + self.server_lr * delta
 
     def state_dict(self) -> dict[str, Any]:

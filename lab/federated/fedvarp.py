@@ -26,6 +26,17 @@ from lab.federated.base import Aggregator, stack_updates
 from lab.registry import register
 
 
+def fedvarp_step(deltas: torch.Tensor, ids: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure FedVARP step: ``(v (d,), new memory (N, d))`` from this round's updates (M, d) of clients ``ids``."""
+    if len(ids) == 0:
+        return memory.mean(0), memory
+    # v = ybar + (1/|S|) sum_{i in S} (Delta_i - y_i)
+    v = memory.mean(0) + (deltas - memory[ids]).mean(0)
+    new_memory = memory.clone()
+    new_memory[ids] = deltas  # y_i <- Delta_i
+    return v, new_memory
+
+
 @register("aggregator", "fedvarp", paper="FedStale: leveraging stale client updates in federated learning",
           arxiv="2405.04171",
           summary="FedVARP (Jhunjhunwala et al., arXiv:2207.14130): stored updates of absent clients reduce variance")
@@ -40,13 +51,8 @@ class FedVARP(Aggregator):
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
         ids, deltas, _ = stack_updates(x, updates, num_samples)
-        if len(ids) == 0:
-            self.last_weights = {}
-            return x + self.server_lr * self.memory.mean(0)
-        # v = ybar + (1/|S|) sum_{i in S} (Delta_i - y_i)
-        v = self.memory.mean(0) + (deltas - self.memory[ids]).mean(0)
-        self.memory[ids] = deltas
-        self._record(ids, torch.full((len(ids),), 1.0 / len(ids), dtype=x.dtype))
+        v, self.memory = fedvarp_step(deltas, ids, self.memory)
+        self._record(ids, torch.full((len(ids),), 1.0 / max(len(ids), 1), dtype=x.dtype))
         return x + self.server_lr * v
 
     def state_dict(self) -> dict[str, Any]:
