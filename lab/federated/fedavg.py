@@ -17,6 +17,13 @@ with the weights w_i (``weighting``):
 - ``"known_prob"``: ``w_i = alpha_i / p_i`` with the *true* participation probabilities p_i
   (an oracle; unbiased for ``sum_i alpha_i F_i``; FedStale with beta = 0).
 
+Server momentum (``server_momentum`` beta > 0; FedAvgM of Hsu, Qi, Brown, "Measuring the Effects of
+Non-Identical Data Distribution for Federated Visual Classification", arXiv:1909.06335, as in
+Flower's ``FedAvgM``): with the pseudo-gradient ``g = -sum_i w_i Delta_i``, ``v = g`` in the first
+round and ``v <- beta v + g`` after, ``x <- x - eta_g v`` (no Nesterov, no dampening; the
+effective server step is about eta_g / (1 - beta)). This is *server* momentum; the catalog's
+``fedavg_m`` is Cheng et al.'s momentum inside the local steps.
+
 Under heterogeneous participation the first three converge near ``argmin sum_i p_i F_i`` rather
 than ``argmin sum_i alpha_i F_i``; FedAU (``fedau``) removes that bias without knowing p_i.
 With many local steps on non-IID data the fixed point also moves away from x* (client drift;
@@ -28,7 +35,7 @@ from typing import Any, Mapping
 
 import torch
 
-from lab.checks import check_choice, check_tensor
+from lab.checks import check_choice, check_range, check_tensor
 from lab.federated.base import Aggregator, stack_updates, weighted_step
 from lab.registry import register
 
@@ -59,12 +66,15 @@ class FedAvg(Aggregator):
         weighting: ``"samples"``, ``"participating"``, ``"all"`` or ``"known_prob"``.
         probabilities: (N,) true participation probabilities, required for ``"known_prob"``.
         server_lr: eta_g (1.0 = plain averaging of client models).
+        server_momentum: beta of FedAvgM's server momentum (0 = none, Flower's default).
         batch_size: local minibatch size B (None = full local batch).
     """
 
     def __init__(self, *, weighting: str = "samples", probabilities: torch.Tensor | None = None,
-                 server_lr: float = 1.0, batch_size: int | None = None):
+                 server_lr: float = 1.0, server_momentum: float = 0.0, batch_size: int | None = None):
         super().__init__(server_lr=server_lr, batch_size=batch_size)
+        self.server_momentum = check_range("server_momentum", server_momentum, 0.0, 1.0, hi_open=True)
+        self.momentum: torch.Tensor | None = None
         self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
         if weighting == "known_prob":
             if probabilities is None:
@@ -82,7 +92,14 @@ class FedAvg(Aggregator):
         ids, deltas, n = stack_updates(x, updates, num_samples)
         w = fedavg_weights(n, ids, self.weighting, self.num_clients, self.alpha, self.probabilities)
         self._record(ids, w)
-        return weighted_step(x, deltas, w, self.server_lr)
+        if not self.server_momentum:
+            return weighted_step(x, deltas, w, self.server_lr)
+        # g = -sum_i w_i Delta_i;  v = g (first round) or beta v + g;  x <- x - eta_g v
+        g = -(w[:, None] * deltas).sum(0)
+        self.momentum = g if self.momentum is None else self.server_momentum * self.momentum + g
+        return x - self.server_lr * self.momentum
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "weighting": self.weighting, "probabilities": self.probabilities}
+        return {**super().state_dict(), "weighting": self.weighting, "probabilities": self.probabilities,
+                "server_momentum": self.server_momentum,
+                "momentum": None if self.momentum is None else self.momentum.clone()}

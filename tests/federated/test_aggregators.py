@@ -161,6 +161,8 @@ def test_bad_hyperparameters():
         FedAvgM(beta=0.0)
     with pytest.raises(ValueError, match="server_lr"):
         FedAvg(server_lr=-1.0)
+    with pytest.raises(ValueError, match="server_momentum"):
+        FedAvg(server_momentum=1.0)
     with pytest.raises(ValueError, match="cutoff"):
         FedAU(cutoff=0)
     with pytest.raises(RuntimeError, match="setup"):

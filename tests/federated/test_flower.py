@@ -85,3 +85,23 @@ def test_non_finite_results_are_refused(ls_small):
     assert metrics == {"accepted": 0, "dropped": 2}
     assert np.isfinite(parameters_to_ndarrays(params)[0]).all()
     assert {d["client"] for d in strategy.dropped} == {None, 0}
+
+
+def test_server_momentum_equals_flowers_fedavgm(ls_small):
+    # FedAvg with server momentum vs Flower's FedAvgM on the same FitRes objects, three rounds
+    from flwr.server.strategy import FedAvgM
+
+    x0 = torch.zeros(4, dtype=torch.float64)
+    theirs = FedAvgM(server_learning_rate=0.7, server_momentum=0.9,
+                     initial_parameters=ndarrays_to_parameters([x0.numpy()]))
+    ours = make_strategy(FedAvg(server_lr=0.7, server_momentum=0.9), x0, 8)
+    g = torch.Generator().manual_seed(2)
+    x = x0
+    for r in range(1, 4):
+        results = [(None, fit_res(x + torch.randn(4, generator=g, dtype=torch.float64), n, i))
+                   for i, n in enumerate([2, 7, 4])]
+        p_theirs, _ = theirs.aggregate_fit(r, results, [])
+        p_ours, _ = ours.aggregate_fit(r, results, [])
+        np.testing.assert_allclose(parameters_to_ndarrays(p_ours)[0], parameters_to_ndarrays(p_theirs)[0],
+                                   rtol=1e-12, atol=1e-12)
+        x = torch.from_numpy(parameters_to_ndarrays(p_ours)[0])
