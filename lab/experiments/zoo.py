@@ -29,7 +29,8 @@ import torch
 from lab.checks import check_int, check_positive
 from lab.experiments._base import experiment, run
 from lab.history import History, Runs
-from lab.registry import available, parse_spec
+from lab.models.policy import TabularPolicy
+from lab.registry import available, get, parse_spec
 from lab.rl.core import call_with, expand_advantages, make_fn, masked_mean
 from lab.rl.d3s import D3S
 from lab.rl.gtpo import conflict_masks, conflict_weights
@@ -213,9 +214,6 @@ def _plot_tokens(history: History):
 @experiment("token_view", TokenViewConfig, paper=PAPER, arxiv="2402.03300", plot=_plot_tokens,
             summary="Per token: STEER weights, GTPO conflicts, HAPO bounds/temperature, D3S selection")
 def token_view(cfg: TokenViewConfig) -> History:
-    from lab.models.policy import TabularPolicy
-    from lab.registry import get
-
     check_positive("init_std", cfg.init_std, allow_zero=True)
     generator = torch.Generator().manual_seed(cfg.seed)
     task_name, task_kwargs = parse_spec(cfg.task)

@@ -65,7 +65,7 @@ def token_view_figure(history: History) -> go.Figure:
     art = history.artifacts
     tokens = art["tokens"]
     G = len(tokens) // max(len(art["prompts"]), 1)
-    labels = [f"{art['prompts'][i // G]}→ R={r:.2f} A={a:+.2f}"
+    labels = [f"{i}: {art['prompts'][i // G]}→ R={r:.2f} A={a:+.2f}"                # unique rows
               for i, (r, a) in enumerate(zip(art["rewards"], art["advantages"]))]
     fig = make_subplots(rows=3, cols=2, subplot_titles=[p[1] for p in TOKEN_PANELS],
                         horizontal_spacing=0.16, vertical_spacing=0.08)

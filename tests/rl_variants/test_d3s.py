@@ -124,3 +124,13 @@ def test_token_view_reports_the_d3s_selection():
     assert rows.sum() == len(keep) // 2                       # N_t = 50% of the rollouts
     assert h.last("d3s/token_frac") == pytest.approx(keep.sum().item() / sum(
         v is not None for row in h.artifacts["d3s_keep"] for v in row))
+
+
+def test_token_view_figure_has_one_panel_per_method_view_and_unique_rows():
+    from lab.experiments import run
+    from lab.viz.zoo import TOKEN_PANELS, token_view_figure
+    h = run("token_view", group_size=4, n_prompts=2)
+    fig = token_view_figure(h)
+    assert len(fig.data) == len(TOKEN_PANELS)
+    rows = fig.data[0].y
+    assert len(rows) == 8 and len(set(rows)) == 8

@@ -156,3 +156,12 @@ def test_advantage_calculator_shows_every_estimator_and_the_all_wrong_group():
     assert table["ngrpo"][:4] == pytest.approx([0.7303, -1.0954, -1.0954, 0.7303], abs=1e-4)
     with pytest.raises(ValueError, match="rewards"):
         run("advantage_zoo", rewards="1, x")
+
+
+def test_advantage_calculator_figure_lists_estimators_as_rows():
+    from lab.experiments import run
+    from lab.viz.zoo import advantage_zoo_figure
+    h = run("advantage_zoo", homogeneous=False)
+    fig = advantage_zoo_figure(h)
+    assert list(fig.data[0].y) == list(h.artifacts["advantages"])
+    assert len(fig.data[0].x) == 4
