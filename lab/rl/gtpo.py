@@ -55,7 +55,7 @@ from typing import Any
 
 import torch
 
-from lab.checks import check_nonneg, check_number, check_positive, check_tensor
+from lab.checks import check_nonneg, check_positive, check_tensor
 from lab.registry import register
 from lab.rl.core import (
     GlobalNorm, aggregate, check_detached, check_per_token, clipped_surrogate, expand_advantages,
