@@ -43,6 +43,7 @@ class FederatedConfig:
     batch_size: int | None = None  # local minibatch (None = full local batch)
     noise: float = 0.0  # std of additive Gaussian noise on the uplink and downlink
     staleness: float = 0.0  # mean straggler delay in rounds (> 0 switches to the stragglers model)
+    slow_data: bool = True  # stragglers are the clients holding the upper half of the labels (slowness tied to data)
     deadline: int = 3  # rounds a late upload may still be aggregated
     drop_prob: float = 0.0  # chance a participant drops mid-round
     corrupt_prob: float = 0.0  # chance an upload arrives as NaN/Inf
@@ -76,6 +77,16 @@ def rates_of(cfg: FederatedConfig, problem: FederatedProblem) -> torch.Tensor:
     return heterogeneous_rates(problem.label_dist, cfg.p_mean, cfg.p_spread, generator=g)
 
 
+def slowness_of(cfg: FederatedConfig, problem: FederatedProblem) -> torch.Tensor:
+    """Mean delay per client: ``2 * staleness`` for clients whose data lies mostly in the upper half
+    of the labels (or groups) and 0 for the rest when ``slow_data``; ``staleness`` for all otherwise."""
+    if not cfg.slow_data:
+        return torch.full((problem.num_clients,), cfg.staleness, dtype=torch.float64)
+    labels = problem.label_dist.shape[1]
+    upper = problem.label_dist[:, labels // 2:].sum(1) > 0.5  # (N,) bool
+    return 2.0 * cfg.staleness * upper.to(torch.float64)
+
+
 def _plot(history: History):
     from lab.viz.federated import dashboard
 
@@ -91,7 +102,7 @@ def federated(cfg: FederatedConfig) -> History:
     problem = build_problem(cfg.problem, cfg.num_clients, cfg.alpha, cfg.seed)
     rates = rates_of(cfg, problem)
     if cfg.staleness > 0:
-        participation = make("participation", "stragglers", rates, slowness=cfg.staleness)
+        participation = make("participation", "stragglers", rates, slowness=slowness_of(cfg, problem))
     else:
         participation = make_participation(cfg.participation, rates)
     name, kwargs = parse_spec(cfg.algorithm)
@@ -114,4 +125,4 @@ def compare(cfg: CompareConfig) -> Runs:
     return Runs({name: federated(replace(base, algorithm=name)) for name in cfg.algorithms})
 
 
-__all__ = ["FederatedConfig", "CompareConfig", "federated", "compare", "build_problem", "rates_of"]
+__all__ = ["FederatedConfig", "CompareConfig", "federated", "compare", "build_problem", "rates_of", "slowness_of"]

@@ -33,3 +33,13 @@ def test_bad_config():
         run("federated", alpha=0.0)
     with pytest.raises(ValueError, match="algorithms"):
         compare(CompareConfig(algorithms=()))
+
+
+def test_stragglers_follow_the_data_when_slow_data():
+    from lab.experiments.federated import FederatedConfig, build_problem, slowness_of
+
+    cfg = FederatedConfig(staleness=1.5)
+    problem = build_problem(cfg.problem, cfg.num_clients, cfg.alpha, cfg.seed)
+    slow = slowness_of(cfg, problem)
+    assert set(slow.tolist()) == {0.0, 3.0}
+    assert set(slowness_of(FederatedConfig(staleness=1.5, slow_data=False), problem).tolist()) == {1.5}
