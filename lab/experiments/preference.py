@@ -1,0 +1,283 @@
+"""Experiments of the preference lessons: offline preference training, Step-DPO, f-divergence SFT.
+
+``preference_training`` — any pair loss (``dpo``, ``ipo``, ``simpo``, ``alphapo``, ...) on the
+synthetic Bradley–Terry data of :mod:`toy_envs.preferences`, starting from the task's reference
+policy (a tabular softmax, one logit vector per prompt and position). Each step::
+
+    ℓ_w, ℓ_l = π_θ.score(prompts, chosen / rejected)        token log-probs with grad
+    loss     = loss_fn(ℓ_w, ℓ_l, masks, ℓ^ref_w, ℓ^ref_l)    registry spec + config overrides
+    Adam step; log chosen_logps / rejected_logps (mean S), reward_margin, displacement,
+              ranking_accuracy vs idealized_ranking_accuracy, the true reward of fresh samples
+
+Config overrides (``beta``, ``gamma``, ``alpha``, ``label_smoothing``, ``length_normalize``) reach
+the loss only if its signature names them; the others are listed in ``meta['ignored']``.
+``displacement`` is D_t = chosen_logps_t − chosen_logps_0 (< 0: the chosen responses lost
+likelihood while the margin grew). The idealized ranking accuracy uses β = ``ideal_beta`` (None:
+the loss's β when it has a reference, else 0.1). ``ranking_accuracy_ref_wrong`` is the ranking
+accuracy on the pairs the reference misranks but the idealized optimum ranks correctly (whose
+idealized accuracy is 1 by definition): the paper's gap.
+
+``step_dpo_chains`` — Step-DPO on step pairs (state = problem + correct steps; chosen = the correct
+next step, rejected = a wrong one) from a random reference; logs greedy step and chain accuracy.
+
+``sft_divergences`` — SFT on the best responses of the preference task with
+:func:`lab.rl.fdiv_sft.fdiv_sft` (``divergence``) and a learning rate scaled by ``lr_factor``
+(the paper's learning-rate reduction); logs the data NLL, KL(π‖π_ref) and the true reward.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lab import progress
+from lab.checks import check_int, check_positive
+from lab.experiments._base import experiment
+from lab.history import History
+from lab.rl.core import call_with, make_fn, masked_sum
+from lab.rl.fdiv_sft import fdiv_sft
+from lab.rl.ranking import ranking_accuracy
+from toy_envs.preferences import EOS, PAD, PreferenceTask, StepTask
+
+OVERRIDES = ("beta", "gamma", "alpha", "label_smoothing", "length_normalize")
+
+
+@dataclass(frozen=True)
+class PreferenceConfig:
+    """Config of ``preference_training``."""
+
+    loss: str = "dpo"  # preference loss spec: "dpo", "ipo", "simpo", "alphapo(alpha=1.0)", ...
+    beta: float | None = None  # override β (None = the loss's default)
+    gamma: float | None = None  # override the target margin γ (SimPO / AlphaPO)
+    alpha: float | None = None  # override AlphaPO's α
+    label_smoothing: float | None = None  # override the label smoothing ε
+    length_normalize: bool | None = None  # override length normalization (None = the loss's default)
+    steps: int = 60  # full-batch optimizer steps
+    lr: float = 0.05  # Adam learning rate
+    n_pairs: int = 64  # preference pairs in the data set
+    noisy_labels: bool = False  # draw labels from Bradley–Terry (True) or give them to the better response
+    n_prompts: int = 4  # distinct prompts
+    max_len: int = 4  # longest response (content tokens)
+    ref_noise: float = 1.0  # noise of the reference's logits (more: more misranked pairs)
+    ideal_beta: float | None = None  # β of the idealized optimum (None: the loss's β if it uses a reference)
+    n_samples: int = 64  # fresh samples per step for the true reward
+    seed: int = 0  # seed of the task, data and sampling
+
+
+def _plot(history: History):
+    from lab.viz.preference import training_figure
+
+    return training_figure(history)
+
+
+def _loss_default(fn: Any, name: str) -> Any:
+    bound = getattr(fn, "keywords", None) or {}
+    if name in bound:
+        return bound[name]
+    param = inspect.signature(fn).parameters.get(name)
+    return None if param is None else param.default
+
+
+def _score(policy: Any, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+    return policy.score(prompts, responses).logprobs                               # (N, T)
+
+
+@experiment("preference_training", PreferenceConfig,
+            paper="Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
+            arxiv="2305.18290", plot=_plot,
+            summary="A pair loss on Bradley–Terry toy data: displacement, margins, ranking accuracy")
+def preference_training(cfg: PreferenceConfig) -> History:
+    for name in ("steps", "n_pairs", "n_prompts", "max_len", "n_samples"):
+        check_int(name, getattr(cfg, name), minimum=1)
+    check_positive("lr", cfg.lr)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    task = PreferenceTask(n_prompts=cfg.n_prompts, max_len=cfg.max_len, ref_noise=cfg.ref_noise, seed=cfg.seed)
+    data = task.sample_pairs(cfg.n_pairs, generator, noisy_labels=cfg.noisy_labels)
+    loss_fn = make_fn("preference_loss", cfg.loss)
+    params = set(inspect.signature(loss_fn).parameters)
+    overrides = {k: getattr(cfg, k) for k in OVERRIDES if getattr(cfg, k) is not None}
+    ignored = sorted(k for k in overrides if k not in params)
+    reference = task.reference_policy().requires_grad_(False)
+    policy = task.reference_policy()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    with torch.no_grad():
+        ref_w, ref_l = _score(reference, data.prompts, data.chosen), _score(reference, data.prompts, data.rejected)
+    beta = overrides.get("beta", _loss_default(loss_fn, "beta"))
+    ideal_beta = cfg.ideal_beta if cfg.ideal_beta is not None else (
+        beta if "ref_chosen_logprobs" in params and beta is not None else 0.1)
+    history = History(meta={"algorithm": cfg.loss, "seed": cfg.seed, "ignored": ignored,
+                            "loss_hparams": {k: overrides.get(k, _loss_default(loss_fn, k)) for k in OVERRIDES
+                                             if k in params},
+                            "ideal_beta": ideal_beta})
+    sample_generator = torch.Generator().manual_seed(cfg.seed + 1)
+    ref_s_w, ref_s_l = masked_sum(ref_w, data.chosen_mask, dim=-1), masked_sum(ref_l, data.rejected_mask, dim=-1)
+    start, hard = None, None
+    for step in progress.steps(cfg.steps + 1, desc=cfg.loss):
+        logp_w, logp_l = _score(policy, data.prompts, data.chosen), _score(policy, data.prompts, data.rejected)
+        batch = {"chosen_logprobs": logp_w, "rejected_logprobs": logp_l, "chosen_mask": data.chosen_mask,
+                 "rejected_mask": data.rejected_mask, "ref_chosen_logprobs": ref_w,
+                 "ref_rejected_logprobs": ref_l, **{k: v for k, v in overrides.items() if k in params}}
+        loss, metrics = call_with(loss_fn, batch)
+        _, ranks = ranking_accuracy(logp_w, logp_l, chosen_mask=data.chosen_mask, rejected_mask=data.rejected_mask,
+                                    ref_chosen_logprobs=ref_w, ref_rejected_logprobs=ref_l,
+                                    pref_prob=data.pref_prob, beta=ideal_beta)
+        s_w = masked_sum(logp_w.detach(), data.chosen_mask, dim=-1)
+        s_l = masked_sum(logp_l.detach(), data.rejected_mask, dim=-1)
+        start = s_w.mean() if start is None else start
+        if hard is None:   # pairs the reference misranks but the idealized optimum ranks correctly
+            hard = (ref_s_w <= ref_s_l) & ranks["idealized_correct"]
+        with torch.no_grad():
+            prompts = task.sample_prompts(cfg.n_samples, sample_generator)
+            sample = policy.generate(prompts, generator=sample_generator, eos_id=EOS, pad_id=PAD)
+            reward = task.reward(prompts, sample.tokens).mean()
+        history.append(step, loss=loss, chosen_logps=s_w.mean(), rejected_logps=s_l.mean(),
+                       margin=(s_w - s_l).mean(), reward_margin=metrics["reward_margin"],
+                       reward_acc=metrics["reward_acc"], displacement=s_w.mean() - start,
+                       ranking_accuracy=ranks["ranking_accuracy"],
+                       idealized_ranking_accuracy=ranks["idealized_ranking_accuracy"],
+                       ref_ranking_accuracy=ranks["ref_ranking_accuracy"],
+                       ranking_accuracy_ref_wrong=ranks["ranking_correct"][hard].float().mean() if hard.any() else 1.0,
+                       reward=reward,
+                       response_length=sample.lengths.float().mean())
+        if step == cfg.steps:
+            history.artifacts["final_correct"] = ranks["ranking_correct"].tolist()
+            history.artifacts["idealized_correct"] = ranks["idealized_correct"].tolist()
+            history.artifacts["chosen_logps"] = s_w.tolist()
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    history.artifacts["ref_margin"] = (ref_s_w - ref_s_l).tolist()
+    history.artifacts["pref_prob"] = data.pref_prob.tolist()
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepConfig:
+    """Config of ``step_dpo_chains``."""
+
+    loss: str = "step_dpo"  # preference loss spec used on the step pairs
+    steps: int = 40  # optimizer steps (a fresh batch of step pairs each step)
+    lr: float = 0.1  # Adam learning rate
+    n_pairs: int = 32  # step pairs per batch
+    n_problems: int = 4  # problems
+    n_steps: int = 3  # steps per solution
+    init_std: float = 1.0  # standard deviation of the random reference's logits
+    seed: int = 0  # seed of the task, the reference and the pairs
+
+
+def _plot_steps(history: History):
+    from lab.viz.figures import curves
+
+    return curves(history, ["chain_accuracy", "step_accuracy", "loss"])
+
+
+@experiment("step_dpo_chains", StepConfig,
+            paper="Step-DPO: Step-wise Preference Optimization for Long-chain Reasoning of LLMs",
+            arxiv="2406.18629", plot=_plot_steps, summary="Step-DPO on step pairs: greedy chain accuracy")
+def step_dpo_chains(cfg: StepConfig) -> History:
+    from lab.models.policy import TabularPolicy
+
+    for name in ("steps", "n_pairs", "n_problems", "n_steps"):
+        check_int(name, getattr(cfg, name), minimum=1)
+    check_positive("lr", cfg.lr)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    task = StepTask(n_problems=cfg.n_problems, n_steps=cfg.n_steps, seed=cfg.seed)
+    policy = TabularPolicy(task.vocab_size, task.prompt_len, task.max_new_tokens, init_std=cfg.init_std,
+                           generator=generator)
+    reference = TabularPolicy(task.vocab_size, task.prompt_len, task.max_new_tokens).requires_grad_(False)
+    reference.load_state_dict(policy.state_dict())
+    loss_fn = make_fn("preference_loss", cfg.loss)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    history = History(meta={"algorithm": cfg.loss, "seed": cfg.seed})
+    for step in progress.steps(cfg.steps + 1, desc=cfg.loss):
+        step_acc, chain_acc = task.chain_accuracy(policy)
+        if step == cfg.steps:
+            history.append(step, step_accuracy=step_acc, chain_accuracy=chain_acc)
+            break
+        pairs = task.step_pairs(cfg.n_pairs, generator)
+        with torch.no_grad():
+            ref_w, ref_l = _score(reference, pairs.prompts, pairs.chosen), _score(reference, pairs.prompts,
+                                                                                  pairs.rejected)
+        batch = {"chosen_logprobs": _score(policy, pairs.prompts, pairs.chosen),
+                 "rejected_logprobs": _score(policy, pairs.prompts, pairs.rejected),
+                 "chosen_mask": pairs.chosen_mask, "rejected_mask": pairs.rejected_mask,
+                 "ref_chosen_logprobs": ref_w, "ref_rejected_logprobs": ref_l}
+        loss, metrics = call_with(loss_fn, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(step, loss=loss, step_accuracy=step_acc, chain_accuracy=chain_acc,
+                       reward_margin=metrics["reward_margin"], chosen_logps=metrics["chosen_logps"])
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SFTConfig:
+    """Config of ``sft_divergences``."""
+
+    divergence: str = "kl"  # f of fdiv_sft: "kl" (plain SFT), "reverse_kl", "pearson", "hellinger", "js"
+    lr: float = 0.1  # base Adam learning rate
+    lr_factor: float = 1.0  # learning-rate reduction: the run uses lr · lr_factor (the paper's remedy: < 1)
+    steps: int = 60  # full-batch optimizer steps
+    n_demos: int = 64  # demonstrations (the better response of each pair)
+    n_ref_samples: int = 128  # responses sampled from the reference for the E_ref term
+    n_samples: int = 64  # fresh policy samples per step (KL and true reward)
+    seed: int = 0  # seed of the task, data and sampling
+
+
+def _plot_sft(history: History):
+    from lab.viz.figures import curves
+
+    return curves(history, ["nll", "kl", "reward"])
+
+
+@experiment("sft_divergences", SFTConfig,
+            paper="Implicit Reward as the Bridge: A Unified View of SFT and DPO Connections", arxiv="2507.00018",
+            plot=_plot_sft, summary="SFT vs f-divergence SFT and a reduced learning rate: drift from the reference")
+def sft_divergences(cfg: SFTConfig) -> History:
+    for name in ("steps", "n_demos", "n_ref_samples", "n_samples"):
+        check_int(name, getattr(cfg, name), minimum=1)
+    check_positive("lr", cfg.lr)
+    check_positive("lr_factor", cfg.lr_factor)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    task = PreferenceTask(seed=cfg.seed)
+    demos = task.sample_pairs(cfg.n_demos, generator, noisy_labels=False)
+    ref_prompts = task.sample_prompts(cfg.n_ref_samples, generator)
+    ref_tokens, ref_mask = task.sample_responses(ref_prompts, generator)
+    reference = task.reference_policy().requires_grad_(False)
+    policy = task.reference_policy()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr * cfg.lr_factor)
+    with torch.no_grad():
+        ref_demo = _score(reference, demos.prompts, demos.chosen)
+        ref_sample_ref = _score(reference, ref_prompts, ref_tokens)
+    history = History(meta={"algorithm": f"{cfg.divergence} (lr x{cfg.lr_factor:g})", "seed": cfg.seed})
+    sample_generator = torch.Generator().manual_seed(cfg.seed + 1)
+    for step in progress.steps(cfg.steps + 1, desc=cfg.divergence):
+        logp = _score(policy, demos.prompts, demos.chosen)
+        loss, metrics = fdiv_sft(logp, demos.chosen_mask, ref_logprobs=ref_demo, divergence=cfg.divergence,
+                                 ref_sample_logprobs=_score(policy, ref_prompts, ref_tokens),
+                                 ref_sample_ref_logprobs=ref_sample_ref, ref_sample_mask=ref_mask)
+        with torch.no_grad():
+            prompts = task.sample_prompts(cfg.n_samples, sample_generator)
+            sample = policy.generate(prompts, generator=sample_generator, eos_id=EOS, pad_id=PAD)
+            ref_logp = _score(reference, prompts, sample.tokens)
+            # KL(π‖π_ref) ≈ mean over samples of S − S^ref (k1 on whole sequences)
+            kl = masked_sum(sample.logprobs - ref_logp, sample.mask, dim=-1).mean()
+            reward = task.reward(prompts, sample.tokens).mean()
+        nll = -masked_sum(logp.detach(), demos.chosen_mask, dim=-1).mean()
+        history.append(step, loss=loss, nll=nll, kl=kl, reward=reward, implicit_reward=metrics["implicit_reward"])
+        if step == cfg.steps:
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return history
+
+
+__all__ = ["PreferenceConfig", "preference_training", "StepConfig", "step_dpo_chains", "SFTConfig",
+           "sft_divergences"]
