@@ -21,6 +21,13 @@ the policy less per step than the positive signal. Aggregation is ``token_mean``
 Example: rewards [1, 0, 0, 1] -> μ' = 0.6, σ' = 0.5477, A = [0.7303, −1.0954, −1.0954, 0.7303];
 [0, 0, 0, 0] -> A = −0.4472 each; [1, 1, 1, 1] -> 0.
 
+A caveat worth seeing on a toy: on an all-wrong group every answer gets the same A < 0, so the
+update is −|A|·Σ_i ∇log π(y_i). For answers sampled from π itself E[∇log π(y)] = 0: the push is
+zero-mean — it lowers what was tried and raises what was not, but does not move the policy in
+expectation. It has a direction only when sampling differs from π (temperature < 1, top-p, a
+finite vocabulary of answers the model keeps repeating). On the lab's tabular toys NGRPO therefore
+learns from every batch (GRPO's gradient is exactly 0 on all-wrong batches) without learning faster.
+
 Where it departs from GRPO: the group statistics include K virtual R_max samples (K = 0 is GRPO
 exactly), and the clip range is asymmetric (GRPO: ε = 0.2 both sides) with ``token_mean``
 aggregation (GRPO paper: ``seq_mean_token_mean``).
