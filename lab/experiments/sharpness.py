@@ -19,7 +19,8 @@ Gaussian noise (one draw per step, the same in SAM's two passes, like a minibatc
 
 ``sharpness_digits``: the MLP (with BatchNorm, so SAM's pass-2 statistics matter) on
 scikit-learn's digits, minibatch training; loss, train and test accuracy, and the top Hessian
-eigenvalue of the training loss (eval mode, fixed subset) over training.
+eigenvalue of the training loss (eval mode, a fixed subset of 128 examples, power iteration to
+1% relative change) over training.
 
 Both take the optimizer as a registry spec; ``rho`` and ``gamma`` go to optimizers that accept
 them (SAM, WSAM), a spec's own values win. :func:`compare` runs several optimizers on one config.
@@ -161,7 +162,7 @@ def _closure(w: torch.Tensor, noise: torch.Tensor):
 
 def _eigen_range(w: torch.Tensor) -> tuple[float, float]:
     x = w.detach().clone().requires_grad_(True)
-    return hessian_eigen_range(lambda: sharp_flat_loss(x), [x], iters=20, tol=1e-5)
+    return hessian_eigen_range(lambda: sharp_flat_loss(x), [x], iters=15, tol=1e-4)
 
 
 # ---- digits ------------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def sharpness_digits(cfg: SharpnessDigitsConfig) -> History:
     _init_linear_layers(model, g)
     opt = make_optimizer(cfg.optimizer, list(model.parameters()), cfg.lr,
                          {"rho": cfg.rho, "gamma": cfg.gamma})
-    probe = x_train[:256], y_train[:256]  # fixed subset for the Hessian
+    probe = x_train[:128], y_train[:128]  # fixed subset for the Hessian
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer):
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -246,7 +247,7 @@ def _evaluate(model, x_train, y_train, x_test, y_test, probe, cfg, g) -> dict[st
         test_acc = (model(x_test).argmax(-1) == y_test).float().mean().item()
     params = list(model.parameters())
     eig = top_hessian_eigenvalue(lambda: F.cross_entropy(model(probe[0]), probe[1]), params,
-                                 iters=cfg.eigen_iters, tol=1e-3, generator=g)
+                                 iters=cfg.eigen_iters, tol=1e-2, generator=g)
     model.train()
     return {"accuracy": test_acc, "train_accuracy": train_acc, "top_eigenvalue": eig}
 
