@@ -205,6 +205,20 @@ DIGITS_SPECS: tuple[str, ...] = (
 )
 """Default digits line-up: each optimizer at a learning rate that suits it (a short tuning run)."""
 
+OTHER_DIGITS_SPECS: tuple[str, ...] = (
+    "sam(lr=0.1, base_kwargs={'momentum': 0.9})", "wsam(lr=0.1, base_kwargs={'momentum': 0.9})",
+    "galore(lr=1e-2)", "fira(lr=1e-2)",
+)
+"""Optimizers of the other lessons (sharpness, memory-efficient training) on the same task."""
+
+
+def digits_lineup() -> tuple[str, ...]:
+    """:data:`DIGITS_SPECS` plus those of :data:`OTHER_DIGITS_SPECS` that are registered."""
+    from lab.registry import available
+
+    names = set(available("optimizer"))
+    return DIGITS_SPECS + tuple(s for s in OTHER_DIGITS_SPECS if parse_spec(s)[0] in names)
+
 
 @dataclass(frozen=True)
 class DigitsCompareConfig:
@@ -214,17 +228,21 @@ class DigitsCompareConfig:
     steps: int = 60  # the shared budget of optimizer steps
     batch_size: int = 64  # minibatch size
     seed: int = 0  # split, initialization and batch order (identical for every optimizer)
+    target: float = 0.9  # test accuracy of the time-to-target table (kept in each run's meta)
 
 
 def compare_on_digits(cfg: DigitsCompareConfig) -> Runs:
     """Each optimizer of ``cfg.optimizers`` on ``digits_mlp`` with the same budget and seed."""
     if not cfg.optimizers:
         raise ValueError("optimizers must name at least one optimizer spec")
-    return Runs({spec: run("digits_mlp", optimizer=spec, steps=cfg.steps,
+    runs = Runs({spec: run("digits_mlp", optimizer=spec, steps=cfg.steps,
                            batch_size=cfg.batch_size, seed=cfg.seed)
                  for spec in cfg.optimizers})
+    for history in runs.values():
+        history.meta["target"] = cfg.target
+    return runs
 
 
 __all__ = ["DigitsConfig", "digits_mlp", "seeded_init_", "build_optimizer", "time_to_target",
            "SurfaceCompareConfig", "compare_on_surface", "DigitsCompareConfig",
-           "compare_on_digits", "DIGITS_SPECS"]
+           "compare_on_digits", "DIGITS_SPECS", "OTHER_DIGITS_SPECS", "digits_lineup"]

@@ -65,6 +65,8 @@ def adabelief(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
         p, g, m, s = bucket[:4]
         bc1, bc2 = bias_correction(beta1, t), bias_correction(beta2, t)
         r_t = rectification(beta2, t) if rectify else None
+        scale = 1.0 if rectify else math.sqrt(bc2)
+        step_size = lr * ((r_t or 0.0) if rectify else scale) / bc1
         if foreach:
             torch._foreach_lerp_(m, g, 1 - beta1)                # m <- beta1 m + (1-beta1) g
             diff = torch._foreach_sub(g, m)                      # g - m
@@ -78,11 +80,9 @@ def adabelief(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
                 if degenerated_to_sgd:
                     torch._foreach_add_(p, m, alpha=-lr / bc1)   # SGD-with-momentum step
                 continue
+            # m/(sqrt(s)/sqrt(bc2) + eps) = sqrt(bc2) m/(sqrt(s) + eps sqrt(bc2))
             denom = torch._foreach_sqrt(s)
-            if not rectify:
-                torch._foreach_div_(denom, math.sqrt(bc2))       # sqrt(s_hat)
-            torch._foreach_add_(denom, eps)
-            step_size = lr * (r_t if rectify else 1.0) / bc1
+            torch._foreach_add_(denom, eps * scale)
             torch._foreach_addcdiv_(p, m, denom, value=-step_size)
             continue
         for i, (pi, gi, mi, si) in enumerate(zip(p, g, m, s)):
@@ -95,11 +95,7 @@ def adabelief(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
                 if degenerated_to_sgd:
                     pi.add_(mi, alpha=-lr / bc1)
                 continue
-            denom = si.sqrt()
-            if not rectify:
-                denom.div_(math.sqrt(bc2))
-            denom.add_(eps)
-            pi.addcdiv_(mi, denom, value=-lr * (r_t if rectify else 1.0) / bc1)
+            pi.addcdiv_(mi, si.sqrt().add_(eps * scale), value=-step_size)
 
 
 @register("optimizer", "adabelief",

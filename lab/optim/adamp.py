@@ -33,8 +33,10 @@ SGDP (momentum buffer b starts at 0, unlike torch.optim.SGD)::
 
 Departures: AdamP with ``delta = 0`` never projects and is exactly torch.optim.AdamW; SGDP with
 ``delta = 0``, ``weight_decay = 0`` and ``dampening = 0`` is exactly torch.optim.SGD. Kept for
-parity with the reference: the cosine test uses ``F.cosine_similarity`` on the raw gradient; a zero
-gradient counts as scale-invariant (cos = 0); SGDP divides the decay by (1 - mu).
+parity with the reference: the cosine (as ``F.cosine_similarity``) is taken on the raw gradient; a zero
+gradient counts as scale-invariant (cos = 0); SGDP divides the decay by (1 - mu). The code folds
+1/sqrt(1 - beta2^t) into eps and the step size (same quantity, one op fewer), so the update u it
+projects is sqrt(1 - beta2^t) times the u above (the projection is linear, the result the same).
 The moment updates run through ``torch._foreach_*``; the projection is a per-tensor loop (it
 needs per-row reductions and a data-dependent branch).
 
@@ -46,7 +48,6 @@ import math
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lab.checks import check_betas, check_nonneg, check_positive, check_range
@@ -55,29 +56,47 @@ from lab.optim._common import (advance_steps, bias_correction, by_step, evaluate
 from lab.registry import register
 
 
+def scale_invariant_view(param: Tensor, grad: Tensor, *, delta: float, eps: float) -> int | None:
+    """Rows of the first view in which ``theta`` looks scale-invariant, or None.
+
+    Channel view first (rows = output channels), then layer view (1 row); a view matches when
+    ``max_i |cos(g_i, theta_i)| < delta / sqrt(row length)``. The cosines of both views come from
+    one pass of per-row reductions (the layer view sums the rows): ``cos = <g, theta> /
+    max(||g|| ||theta||, eps)``, the value of ``F.cosine_similarity`` used by the reference.
+    """
+    if param.dim() <= 1:
+        return None
+    p_rows = param.reshape(param.shape[0], -1)                               # (rows, n)
+    g_rows = grad.reshape(param.shape[0], -1)
+    dot = torch.linalg.vecdot(p_rows, g_rows, dim=1)                         # (rows,)
+    p_sq = torch.linalg.vector_norm(p_rows, dim=1).square_()
+    g_sq = torch.linalg.vector_norm(g_rows, dim=1).square_()
+    views = ((dot, p_sq, g_sq, p_rows.shape[1]),                              # channel view
+             (dot.sum(0, keepdim=True), p_sq.sum(0, keepdim=True),            # layer view
+              g_sq.sum(0, keepdim=True), param.numel()))
+    for v_dot, v_p_sq, v_g_sq, length in views:
+        cosine = v_dot.abs() / (v_p_sq.sqrt() * v_g_sq.sqrt()).clamp_min(eps)  # (rows,) or (1,)
+        if cosine.max() < delta / math.sqrt(length):
+            return v_dot.shape[0]
+    return None
+
+
+def remove_radial(param: Tensor, update: Tensor, rows: int, *, eps: float) -> Tensor:
+    """``u_i - theta^_i <theta^_i, u_i>`` per row of the ``rows``-row view, theta^ = theta/||theta||."""
+    p_view = param.reshape(rows, -1)                                            # (rows, n)
+    p_hat = p_view / (torch.linalg.vector_norm(p_view, dim=1, keepdim=True) + eps)
+    u_view = update.reshape(rows, -1)
+    radial = torch.linalg.vecdot(p_hat, u_view, dim=1).unsqueeze(1)             # (rows, 1)
+    return (u_view - p_hat * radial).reshape(update.shape)
+
+
 def project_radial(param: Tensor, grad: Tensor, update: Tensor, *, delta: float, eps: float,
                    wd_ratio: float) -> tuple[Tensor, float]:
     """``Pi``: the update without its radial component, and the weight-decay ratio r."""
-    if param.dim() <= 1:
+    rows = scale_invariant_view(param, grad, delta=delta, eps=eps)
+    if rows is None:
         return update, 1.0
-    for rows in (param.shape[0], 1):                       # channel view, then layer view
-        p_view = param.reshape(rows, -1)                   # (rows, n)
-        g_view = grad.reshape(rows, -1)
-        cosine = F.cosine_similarity(g_view, p_view, dim=1, eps=eps).abs_()    # (rows,)
-        if cosine.max() < delta / math.sqrt(p_view.shape[1]):
-            p_hat = p_view / (p_view.norm(dim=1, keepdim=True) + eps)          # (rows, n)
-            u_view = update.reshape(rows, -1)
-            radial = (p_hat * u_view).sum(dim=1, keepdim=True)                 # (rows, 1)
-            return (u_view - p_hat * radial).reshape(update.shape), wd_ratio
-    return update, 1.0
-
-
-def _project_all(params, grads, updates, delta, eps, wd_ratio):
-    ratios = []
-    for i, (p, g) in enumerate(zip(params, grads)):
-        updates[i], r = project_radial(p, g, updates[i], delta=delta, eps=eps, wd_ratio=wd_ratio)
-        ratios.append(r)
-    return updates, ratios
+    return remove_radial(param, update, rows, eps=eps), wd_ratio
 
 
 def _scale(params: list[Tensor], factors: list[float], foreach: bool) -> None:
@@ -89,6 +108,35 @@ def _scale(params: list[Tensor], factors: list[float], foreach: bool) -> None:
         p.mul_(f)
 
 
+def _apply(params: list[Tensor], numers: list[Tensor], denoms: list[Tensor] | None,
+           views: list[int | None], *, step_size: float, decay: list[float] | None, eps: float,
+           foreach: bool) -> None:
+    """``theta <- theta * decay - step_size * Pi(numer / denom)``; the projection only where a
+    view matched, the others in one ``addcdiv`` (or ``add``) without materializing the update."""
+    updates = {}
+    for i, rows in enumerate(views):                   # projected tensors: u -> Pi(u), before decay
+        if rows is not None:
+            u = numers[i] / denoms[i] if denoms is not None else numers[i]
+            updates[i] = remove_radial(params[i], u, rows, eps=eps)
+    if decay is not None:
+        _scale(params, decay, foreach)
+    plain = [i for i, rows in enumerate(views) if rows is None]
+    if foreach and plain:
+        p, n = [params[i] for i in plain], [numers[i] for i in plain]
+        if denoms is not None:
+            torch._foreach_addcdiv_(p, n, [denoms[i] for i in plain], value=-step_size)
+        else:
+            torch._foreach_add_(p, n, alpha=-step_size)
+    elif plain:
+        for i in plain:
+            if denoms is not None:
+                params[i].addcdiv_(numers[i], denoms[i], value=-step_size)
+            else:
+                params[i].add_(numers[i], alpha=-step_size)
+    for i, u in updates.items():
+        params[i].add_(u, alpha=-step_size)
+
+
 def adamp(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
           exp_avg_sqs: list[Tensor], steps: list[float], *, lr: float, beta1: float, beta2: float,
           eps: float, weight_decay: float, delta: float, wd_ratio: float, nesterov: bool,
@@ -96,36 +144,33 @@ def adamp(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
     """Functional AdamP step; in place on params and state."""
     for t, (p, g, m, v) in by_step(steps, params, grads, exp_avgs, exp_avg_sqs):
         bc1, bc2 = bias_correction(beta1, t), bias_correction(beta2, t)
+        # m_hat/(sqrt(v_hat) + eps) = (sqrt(bc2)/bc1) m/(sqrt(v) + eps sqrt(bc2))
+        step_size = lr * math.sqrt(bc2) / bc1
+        views = [scale_invariant_view(pi, gi, delta=delta, eps=eps) for pi, gi in zip(p, g)]
         if foreach:
             torch._foreach_lerp_(m, g, 1 - beta1)                       # m, v as Adam
             torch._foreach_mul_(v, beta2)
             torch._foreach_addcmul_(v, g, g, value=1 - beta2)
-            denom = torch._foreach_sqrt(v)                              # sqrt(v_hat) + eps
-            torch._foreach_div_(denom, math.sqrt(bc2))
-            torch._foreach_add_(denom, eps)
-            numer = torch._foreach_lerp(m, g, 1 - beta1) if nesterov else m
-            u = list(torch._foreach_div(numer, denom))
+            denom = list(torch._foreach_sqrt(v))                        # sqrt(v) + eps sqrt(bc2)
+            torch._foreach_add_(denom, eps * math.sqrt(bc2))
+            numer = list(torch._foreach_lerp(m, g, 1 - beta1)) if nesterov else m
         else:
-            u = []
+            denom, numer = [], []
             for gi, mi, vi in zip(g, m, v):
                 mi.lerp_(gi, 1 - beta1)
                 vi.mul_(beta2).addcmul_(gi, gi, value=1 - beta2)
-                denom = vi.sqrt().div_(math.sqrt(bc2)).add_(eps)
-                u.append((torch.lerp(mi, gi, 1 - beta1) if nesterov else mi) / denom)
-        u, ratios = _project_all(p, g, u, delta, eps, wd_ratio)
-        if weight_decay > 0:                                            # theta (1 - eta lambda r)
-            _scale(p, [1 - lr * weight_decay * r for r in ratios], foreach)
-        if foreach:
-            torch._foreach_add_(p, u, alpha=-lr / bc1)
-        else:
-            for pi, ui in zip(p, u):
-                pi.add_(ui, alpha=-lr / bc1)
+                denom.append(vi.sqrt().add_(eps * math.sqrt(bc2)))
+                numer.append(torch.lerp(mi, gi, 1 - beta1) if nesterov else mi)
+        decay = ([1 - lr * weight_decay * (1.0 if rows is None else wd_ratio) for rows in views]
+                 if weight_decay > 0 else None)                        # theta (1 - eta lambda r)
+        _apply(p, numer, denom, views, step_size=step_size, decay=decay, eps=eps, foreach=foreach)
 
 
 def sgdp(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], *, lr: float,
          momentum: float, dampening: float, weight_decay: float, delta: float, wd_ratio: float,
          eps: float, nesterov: bool, foreach: bool) -> None:
     """Functional SGDP step; in place on params and momentum buffers."""
+    views = [scale_invariant_view(p, g, delta=delta, eps=eps) for p, g in zip(params, grads)]
     if foreach:
         torch._foreach_mul_(momentum_buffers, momentum)                 # b <- mu b + (1-tau) g
         torch._foreach_add_(momentum_buffers, grads, alpha=1 - dampening)
@@ -136,14 +181,9 @@ def sgdp(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tenso
         for g, b in zip(grads, momentum_buffers):
             b.mul_(momentum).add_(g, alpha=1 - dampening)
             d.append(g.add(b, alpha=momentum) if nesterov else b)
-    d, ratios = _project_all(params, grads, d, delta, eps, wd_ratio)
-    if weight_decay > 0:                                                # theta (1 - eta lambda r/(1-mu))
-        _scale(params, [1 - lr * weight_decay * r / (1 - momentum) for r in ratios], foreach)
-    if foreach:
-        torch._foreach_add_(params, d, alpha=-lr)
-    else:
-        for p, di in zip(params, d):
-            p.add_(di, alpha=-lr)
+    decay = ([1 - lr * weight_decay * (1.0 if rows is None else wd_ratio) / (1 - momentum)
+              for rows in views] if weight_decay > 0 else None)        # theta (1 - eta lambda r/(1-mu))
+    _apply(params, d, None, views, step_size=lr, decay=decay, eps=eps, foreach=foreach)
 
 
 def _check_projection(delta: float, wd_ratio: float, eps: float) -> None:
@@ -258,4 +298,4 @@ class SGDP(torch.optim.Optimizer):
         return loss
 
 
-__all__ = ["AdamP", "SGDP", "adamp", "sgdp", "project_radial"]
+__all__ = ["AdamP", "SGDP", "adamp", "sgdp", "project_radial", "scale_invariant_view", "remove_radial"]

@@ -33,7 +33,9 @@ unstable. The code's ``win`` variant is not implemented. With weight_decouple=Fa
 added to a new gradient tensor; ``p.grad`` is not modified (the reference modifies it).
 
 State (per parameter): ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (b), ``max_exp_avg_sq`` with
-amsgrad; a transient copy of m_{t-1}/(1 - beta1^{t-1}) per step.
+amsgrad. Implementation note: s_t is formed before the momentum update as
+``(beta1/(1 - beta1^t) - 1/(1 - beta1^{t-1})) m_{t-1} + (1 - beta1)/(1 - beta1^t) g_t``, the same
+quantity without a copy of m_{t-1} (one scratch tensor instead of two).
 """
 from __future__ import annotations
 
@@ -59,12 +61,16 @@ def agd(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_a
         bc1, bc2 = bias_correction(beta1, t), bias_correction(beta2, t)
         floor = delta * math.sqrt(bc2)                       # delta sqrt(1 - beta2^t)
         step_size = lr * math.sqrt(bc2) / bc1
+        # s_t = m_t/bc1_t - m_{t-1}/bc1_{t-1} = a m_{t-1} + c g_t   (s_1 = g_1)
+        a = beta1 / bc1 - 1.0 / bias_correction(beta1, t - 1) if t > 1 else 0.0
+        c = (1 - beta1) / bc1
         if foreach:
-            prev = torch._foreach_div(m, bias_correction(beta1, t - 1)) if t > 1 else None
+            if t > 1:
+                s = torch._foreach_mul(m, a)
+                torch._foreach_add_(s, g, alpha=c)
+            else:
+                s = g
             torch._foreach_lerp_(m, g, 1 - beta1)             # m_t
-            s = torch._foreach_div(m, bc1)                    # s_t = m_hat_t - m_hat_{t-1}
-            if prev is not None:
-                torch._foreach_sub_(s, prev)
             torch._foreach_mul_(b, beta2)                     # b_t = beta2 b + (1-beta2) s^2
             torch._foreach_addcmul_(b, s, s, value=1 - beta2)
             if max_exp_avg_sqs:
@@ -81,11 +87,8 @@ def agd(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_a
             torch._foreach_add_(p, u, alpha=-step_size)
             continue
         for i, (pi, gi, mi, bi) in enumerate(zip(p, g, m, b)):
-            prev = mi / bias_correction(beta1, t - 1) if t > 1 else None
+            s = mi.mul(a).add_(gi, alpha=c) if t > 1 else gi
             mi.lerp_(gi, 1 - beta1)
-            s = mi / bc1
-            if prev is not None:
-                s.sub_(prev)
             bi.mul_(beta2).addcmul_(s, s, value=1 - beta2)
             if max_exp_avg_sqs:
                 bi = torch.maximum(bucket[4][i], bi, out=bucket[4][i])

@@ -54,21 +54,21 @@ def diffgrad(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
             torch._foreach_lerp_(m, g, 1 - beta1)                 # m <- beta1 m + (1-beta1) g
             torch._foreach_mul_(v, beta2)                         # v <- beta2 v + (1-beta2) g^2
             torch._foreach_addcmul_(v, g, g, value=1 - beta2)
-            xi = torch._foreach_sub(prev, g)                      # xi = sigmoid(|g_prev - g|)
-            torch._foreach_abs_(xi)
-            torch._foreach_sigmoid_(xi)
-            torch._foreach_copy_(prev, g)                         # g_prev <- g
-            torch._foreach_mul_(xi, m)                            # xi m
+            torch._foreach_sub_(prev, g)                          # xi = sigmoid(|g_prev - g|),
+            torch._foreach_abs_(prev)                             # computed in the g_prev buffer
+            torch._foreach_sigmoid_(prev)
+            torch._foreach_mul_(prev, m)                          # xi m
             denom = torch._foreach_sqrt(v)                        # sqrt(v) + eps
             torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(p, xi, denom, value=-step_size)
+            torch._foreach_addcdiv_(p, prev, denom, value=-step_size)
+            torch._foreach_copy_(prev, g)                         # g_prev <- g
             continue
         for pi, gi, mi, vi, previ in zip(p, g, m, v, prev):
             mi.lerp_(gi, 1 - beta1)
             vi.mul_(beta2).addcmul_(gi, gi, value=1 - beta2)
-            xi = friction(previ, gi)
+            xi_m = previ.sub_(gi).abs_().sigmoid_().mul_(mi)
+            pi.addcdiv_(xi_m, vi.sqrt().add_(eps), value=-step_size)
             previ.copy_(gi)
-            pi.addcdiv_(xi.mul_(mi), vi.sqrt().add_(eps), value=-step_size)
 
 
 @register("optimizer", "diffgrad",

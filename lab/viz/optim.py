@@ -114,8 +114,13 @@ def surface_figures(runs: Runs) -> list[go.Figure]:
             effective_step_figure(runs)]
 
 
-def digits_figures(runs: Runs, target: float = 0.9) -> list[go.Figure]:
-    """Notebook 03: loss and test accuracy against step, accuracy against wall time, the table."""
+def digits_figures(runs: Runs, target: float | None = None) -> list[go.Figure]:
+    """Notebook 03: loss and test accuracy against step, accuracy against wall time, the table.
+
+    ``target`` defaults to the runs' ``meta['target']`` (set by ``compare_on_digits``), else 0.9.
+    """
+    if target is None:
+        target = float(next(iter(runs.values())).meta.get("target", 0.9))
     return [curves(runs, ["loss", "test_accuracy"], log_y=[True, False]),
             curves(runs, "test_accuracy", x="wall_time", title="test accuracy against seconds"),
             time_to_target_table(runs, "test_accuracy", target)]

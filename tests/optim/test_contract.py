@@ -37,21 +37,22 @@ class Row:
 
 
 _DIGITS = {parse_spec(s)[0]: s for s in DIGITS_SPECS}
-_SAM = "{}(base_kwargs={{'momentum': 0.9}})"
+_SAM = "{}(base_kwargs={{'momentum': 0.9}}, rho={})"  # a small rho: SAM's fixed point is near the minimum
 TABLE: dict[str, Row] = {
     "sgd": Row("sgd(momentum=0.9)", (0.01, 1e-3), (1e-3, 1000, 0.05), _DIGITS["sgd"], 0.1),
     "adam": Row("adam", (0.03, 1e-3), (0.1, 1500, 0.05), _DIGITS["adam"], 1e-2),
-    "adamw": Row("adamw", (0.03, 1e-3), (0.1, 1500, 0.05), _DIGITS["adamw"], 1e-2),
-    "signsgd": Row("signsgd(momentum=0.9)", (0.01, 0.05), (0.01, 1500, 0.1), _DIGITS["signsgd"], 1e-3),
+    # AdamW's default weight decay (0.01) moves its fixed point off (1, 1): a looser tolerance
+    "adamw": Row("adamw", (0.03, 1e-3), (0.1, 1500, 0.15), _DIGITS["adamw"], 1e-2),
+    "signsgd": Row("signsgd(momentum=0.9)", (0.01, 0.05), (3e-3, 2000, 0.15), _DIGITS["signsgd"], 1e-3),
     "adabelief": Row("adabelief(rectify=False)", (0.03, 1e-3), (0.1, 1500, 0.05), _DIGITS["adabelief"], 1e-2),
     "diffgrad": Row("diffgrad", (0.1, 1e-3), (0.1, 1500, 0.05), _DIGITS["diffgrad"], 1e-2),
     "adamp": Row("adamp", (0.03, 1e-3), (0.1, 1500, 0.05), _DIGITS["adamp"], 1e-2),
     "sgdp": Row("sgdp(momentum=0.9)", (0.01, 1e-3), (1e-3, 1000, 0.05), _DIGITS["sgdp"], 0.1),
-    "lion": Row("lion", (0.03, 1e-3), (0.01, 1500, 0.1), _DIGITS["lion"], 1e-3),
+    "lion": Row("lion", (0.03, 1e-3), (3e-3, 2000, 0.15), _DIGITS["lion"], 1e-3),
     "lion_kappa": Row("lion_kappa(kappa='l2')", (0.1, 0.06), (0.01, 1500, 0.1), _DIGITS["lion_kappa"], 0.03),
     "agd": Row("agd(delta=1e-5)", (0.01, 1e-3), (0.03, 1500, 0.05), _DIGITS["agd"], 1e-3),
-    "sam": Row(_SAM.format("sam"), (0.003, 0.05), (1e-3, 1000, 0.1), "sam(lr=0.1, base_kwargs={'momentum': 0.9})", 0.1),
-    "wsam": Row(_SAM.format("wsam"), (0.003, 0.05), (1e-3, 1000, 0.1), "wsam(lr=0.1, base_kwargs={'momentum': 0.9})", 0.1),
+    "sam": Row(_SAM.format("sam", 0.01), (0.003, 0.01), (1e-3, 2000, 0.2), "sam(lr=0.1, base_kwargs={'momentum': 0.9})", 0.1),
+    "wsam": Row(_SAM.format("wsam", 0.002), (0.003, 0.01), (1e-3, 2000, 0.2), "wsam(lr=0.1, base_kwargs={'momentum': 0.9})", 0.1),
     "galore": Row("galore", (0.03, 1e-3), (0.1, 1500, 0.05), "galore(lr=1e-2)", 1e-2),
     "fira": Row("fira", (0.03, 1e-3), (0.1, 1500, 0.05), "fira(lr=1e-2)", 1e-2),
 }

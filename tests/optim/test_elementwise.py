@@ -395,3 +395,16 @@ def test_bad_hyperparameter_raises_value_error_naming_it(name, arg, value):
 def test_non_number_lr_raises_type_error(name):
     with pytest.raises(TypeError, match="lr"):
         make("optimizer", name, [torch.ones(2, requires_grad=True)], lr="0.1")
+
+
+def test_cpu_buckets_are_cut_into_cache_sized_chunks():
+    from lab.optim._common import CPU_CHUNK_NUMEL, by_device_dtype, by_step
+
+    big = torch.zeros(CPU_CHUNK_NUMEL // 2 + 1)
+    small = torch.zeros(10)
+    tensors = [big, big.clone(), small, big.clone().double()]
+    chunks = by_device_dtype(tensors)
+    assert [len(c[0]) for c in chunks] == [1, 2, 1]          # float32 split, float64 apart
+    assert sum(sum(t.numel() for t in c[0]) for c in chunks[:2]) == 2 * big.numel() + 10
+    buckets = by_step([1.0, 2.0, 1.0, 1.0], tensors)
+    assert [(t, len(c[0])) for t, c in buckets] == [(1.0, 2), (2.0, 1), (1.0, 1)]
