@@ -3,6 +3,7 @@
     from lab.federated.flower import make_strategy, make_client
     strategy = make_strategy(FedAU(), x0, num_clients=N, problem=problem)   # a flwr.server.strategy.Strategy
     client = make_client(algorithm, problem, client_id=3, local_steps=5, lr=0.05)  # a flwr NumPyClient
+    history, x = run_flower(strategy, [client, ...], rounds=10)    # Flower's own server loop, in-process
 
 The strategy keeps the global model as the lab's flat vector x. ``aggregate_fit`` reads each
 ``FitRes``: its parameters (the client's model, any list of arrays, flattened in order), its
@@ -11,6 +12,10 @@ proxy's ``cid`` is used) and optionally ``metrics["staleness"]``; it forms the u
 ``Delta_i = x_i - x`` and calls ``algorithm.aggregate(x, updates, num_samples, server_round - 1)``,
 exactly what :func:`lab.federated.simulate` does. Results whose parameters are not finite are
 refused and listed in ``strategy.dropped`` (Flower's own ``failures`` too), never aggregated.
+
+:func:`run_flower` drives Flower's own ``flwr.server.Server`` round loop (``configure_fit``, clients
+fitted in Flower's thread pool, ``aggregate_fit``, centralized ``evaluate``) with in-process client
+proxies: a Flower simulation without Flower's Ray-based engine, which needs Ray (not a dependency).
 
 Flower's built-in ``aggregate`` normalizes weights by their sum, so algorithms such as FedAU
 (``1/N`` normalization with learned weights) or FedVARP (stored updates of absent clients) cannot
@@ -136,3 +141,50 @@ def make_client(algorithm: Aggregator, problem: Any, client_id: int, *, local_st
             return _unflatten(x + delta, layout), int(data.num_samples[0]), {"client_id": client_id}
 
     return LabClient()
+
+
+def run_flower(strategy, clients: list, rounds: int, *, max_workers: int | None = 1):
+    """Run Flower's server loop for ``rounds`` rounds over in-process ``clients`` (NumPyClients).
+
+    ``max_workers`` sizes Flower's client thread pool; the default 1 fits the clients one after
+    the other (the lab's clients share one algorithm object, and the run stays deterministic).
+
+    Each client is wrapped in a ``ClientProxy`` that calls it directly (no transport). Returns
+    ``(flower_history, final_parameters_as_flat_numpy)``; the strategy may be a lab strategy
+    (:func:`make_strategy`) or any Flower strategy, e.g. ``flwr.server.strategy.FedAvg``.
+    """
+    from flwr.common import GetPropertiesRes, Status, Code, parameters_to_ndarrays
+    from flwr.server import Server
+    from flwr.server.client_manager import SimpleClientManager
+    from flwr.server.client_proxy import ClientProxy
+
+    class InProcessProxy(ClientProxy):
+        """A ClientProxy that calls a local Flower client object."""
+
+        def __init__(self, cid: str, client):
+            super().__init__(cid)
+            self.client = client.to_client()
+
+        def get_properties(self, ins, timeout, group_id):
+            return GetPropertiesRes(Status(Code.OK, ""), {})
+
+        def get_parameters(self, ins, timeout, group_id):
+            return self.client.get_parameters(ins)
+
+        def fit(self, ins, timeout, group_id):
+            return self.client.fit(ins)
+
+        def evaluate(self, ins, timeout, group_id):
+            return self.client.evaluate(ins)
+
+        def reconnect(self, ins, timeout, group_id):
+            raise NotImplementedError("in-process clients do not reconnect")
+
+    manager = SimpleClientManager()
+    for i, client in enumerate(clients):
+        manager.register(InProcessProxy(str(i), client))
+    server = Server(client_manager=manager, strategy=strategy)
+    server.set_max_workers(max_workers)
+    history, _ = server.fit(num_rounds=rounds, timeout=None)
+    final = np.concatenate([a.reshape(-1) for a in parameters_to_ndarrays(server.parameters)])
+    return history, final

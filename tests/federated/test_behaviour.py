@@ -77,6 +77,7 @@ def test_dual_free_admm_holds_a_lower_error_floor_under_link_noise():
     assert msd["dual_free"] < 0.3 * msd["standard"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [lambda: least_squares(num_clients=3, dim=4, heterogeneity=2.0, seed=0),
                                   lambda: logistic_regression(num_clients=3, dim=4, alpha=0.3, seed=0)])
 def test_inversion_turns_a_stale_update_into_a_fresher_one(make):
