@@ -32,8 +32,7 @@ from lab.checks import check_int, check_positive
 from lab.experiments._base import experiment
 from lab.history import History, Runs
 from lab.moe.layer import capacity_keep, expert_capacity
-from lab.moe.metrics import (assignment_lp, dropped_fraction, gate_distortion, idle_experts, lagrangian,
-                             load_entropy, max_violation)
+from lab.moe.metrics import (assignment_lp, dropped_fraction, gate_distortion, lagrangian, load_metrics)
 from lab.moe.router import TopKRouter, expert_load, is_controller, select_topk
 from lab.moe.transformer import MoETransformer
 from lab.registry import get, make, parse_spec
@@ -55,11 +54,6 @@ def build_balancer(spec: str, n_experts: int, *, aux_coef: float, u: float, sche
     defaults = {"coef": aux_coef, "u": u, "schedule": schedule}
     kwargs = {**{key: value for key, value in defaults.items() if key in params}, **kwargs}
     return make("balancer", name, n_experts, **kwargs)
-
-
-def _step_metrics(load: torch.Tensor) -> dict[str, float]:
-    return {"max_violation": max_violation(load), "idle_experts": idle_experts(load),
-            "load_entropy": load_entropy(load)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,7 +111,7 @@ def moe_routing_sim(cfg: RoutingSimConfig) -> History:
             opt.zero_grad()
             (task + out.aux_loss).backward()
             opt.step()
-        row = _step_metrics(out.load)
+        row = load_metrics(out.load)
         # reference: the unbalanced router that follows the true affinities (the initial router)
         ref_idx, ref_gates = select_topk((cfg.init_scale * gamma).softmax(-1), cfg.k)
         row["gate_distortion"] = gate_distortion(out.indices, out.gates, ref_idx, ref_gates, cfg.n_experts)
@@ -185,7 +179,7 @@ def alf_primal_dual(cfg: PrimalDualConfig) -> History:
         load = expert_load(idx, e)
         row["overloaded"] = int((load > load.mean()).sum())
         controller.update(load)
-        history.append(step, load=load, **_step_metrics(load), **row)
+        history.append(step, load=load, **load_metrics(load), **row)
     if fixed is not None:
         history.artifacts["lagrangian_final"] = lagrangian(fixed, controller.bias, k)
         if cfg.lp_oracle:
@@ -255,13 +249,10 @@ def moe_transformer(cfg: MoETransformerConfig) -> History:
         for r in routes:  # the change the selection bias makes at this step
             ref_idx, ref_gates = select_topk(r.scores, cfg.k)
             dist.append(gate_distortion(r.indices, r.gates, ref_idx, ref_gates, cfg.n_experts))
-        row: dict[str, Any] = {
-            "max_violation": float(sum(max_violation(a) for a in loads) / len(loads)),
-            "idle_experts": float(sum(idle_experts(a) for a in loads) / len(loads)),
-            "load_entropy": float(sum(load_entropy(a) for a in loads) / len(loads)),
-            "dropped": float(sum(dropped_fraction(r.dropped) for r in routes) / len(routes)),
-            "gate_distortion": float(sum(dist) / len(dist)),
-        }
+        per_layer = [load_metrics(a) for a in loads]  # averaged over the layers
+        row: dict[str, Any] = {key: sum(m[key] for m in per_layer) / len(per_layer) for key in per_layer[0]}
+        row["dropped"] = sum(dropped_fraction(r.dropped) for r in routes) / len(routes)
+        row["gate_distortion"] = sum(dist) / len(dist)
         if stats:
             row["bias"] = stats[0]["bias"]
         history.append(step, loss=lm.item(), aux_loss=aux.item(), load=loads[0], **row)

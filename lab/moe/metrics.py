@@ -56,6 +56,17 @@ def load_entropy(load: torch.Tensor) -> float:
     return float(h / math.log(load.numel()))
 
 
+def load_metrics(load: torch.Tensor) -> dict[str, float]:
+    """``{"max_violation", "idle_experts", "load_entropy"}`` of one step's load (validated once)."""
+    load = _check_load(load)
+    mean, e = load.mean(), load.numel()
+    q = load / load.sum().clamp_min(1e-300)
+    h = -(q * torch.log(q.clamp_min(1e-300))).sum()
+    return {"max_violation": 0.0 if mean == 0 else float(load.max() / mean - 1.0),
+            "idle_experts": float((load == 0).sum()),
+            "load_entropy": 1.0 if mean == 0 or e == 1 else float(h / math.log(e))}
+
+
 def dropped_fraction(dropped: torch.Tensor) -> float:
     """Fraction of (token, slot) assignments dropped by the capacity limit."""
     check_tensor("dropped", dropped)
@@ -117,4 +128,4 @@ def assignment_lp(gamma: torch.Tensor, k: int) -> float:
 
 
 __all__ = ["assignment_lp", "dense_gates", "dropped_fraction", "gate_distortion", "idle_experts",
-           "lagrangian", "load_entropy", "max_violation"]
+           "lagrangian", "load_entropy", "load_metrics", "max_violation"]

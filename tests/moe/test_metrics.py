@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lab.moe.metrics import (assignment_lp, dense_gates, dropped_fraction, gate_distortion, idle_experts,
-                             lagrangian, load_entropy, max_violation)
+                             lagrangian, load_entropy, load_metrics, max_violation)
 
 
 def test_load_metrics_hand_checked():
@@ -49,3 +49,11 @@ def test_metric_errors():
         lagrangian(torch.zeros(3, 2), torch.zeros(2), 3)
     with pytest.raises(ValueError, match="bias"):
         lagrangian(torch.zeros(3, 2), torch.zeros(3), 1)
+
+
+def test_load_metrics_agree_with_the_single_metrics():
+    for load in (torch.tensor([6.0, 2.0, 0.0, 0.0]), torch.ones(3), torch.zeros(2), torch.tensor([5.0])):
+        m = load_metrics(load)
+        assert m["max_violation"] == pytest.approx(max_violation(load))
+        assert m["idle_experts"] == idle_experts(load)
+        assert m["load_entropy"] == pytest.approx(load_entropy(load))
