@@ -76,7 +76,7 @@ class EGGROLL(ES):
     Args:
         params: parameters or parameter groups (``sigma`` and ``rank`` may differ per group).
         base_optimizer: outer optimizer (class, instance or registry spec), default SGD.
-        lr: outer learning rate, default 1e-3.
+        lr: outer learning rate; None = 1e-3. With an instance as base_optimizer, its own.
         sigma (sigma): noise scale, default 1e-3.
         rank (r): rank of each matrix perturbation, default 1.
         population (N): members per step (even), default 64.
@@ -86,8 +86,11 @@ class EGGROLL(ES):
         base_kwargs: other keyword arguments of the outer optimizer.
     """
 
+    default_lr = 1e-3  # torch.optim.SGD's; the reference has no default
+    default_weight_decay = None
+
     def __init__(self, params: Iterable, base_optimizer: Any = torch.optim.SGD, *,
-                 lr: float | None = 1e-3, sigma: float = 1e-3, rank: int = 1, population: int = 64,
+                 lr: float | None = None, sigma: float = 1e-3, rank: int = 1, population: int = 64,
                  weight_decay: float | None = None, fitness_shaping: str = "zscore", seed: int = 0,
                  base_kwargs: dict | None = None):
         check_int("rank", rank, minimum=1)

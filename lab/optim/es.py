@@ -189,10 +189,12 @@ class ES(WrapperOptimizer):
     Args:
         params: parameters or parameter groups (``sigma`` may differ per group).
         base_optimizer: outer optimizer (class, instance or registry spec), default Adam.
-        lr: outer learning rate (reference Adam stepsize 0.01).
+        lr: outer learning rate; None = 0.01 (the reference's Adam stepsize). With a
+            base_optimizer instance, lr and weight_decay are the instance's own.
         sigma (sigma): noise scale, default 0.02.
         population (N): members per step, default 64 (even when antithetic).
-        weight_decay: the reference's l2 coefficient, coupled into the outer gradient, 0.005.
+        weight_decay: the reference's l2 coefficient, coupled into the outer gradient;
+            None = 0.005.
         antithetic: mirrored pairs theta +- sigma eps (default True).
         fitness_shaping: ``"centered_rank"`` (default), ``"zscore"`` or ``"none"``.
         seed: seed of the optimizer's noise generator.
@@ -200,10 +202,12 @@ class ES(WrapperOptimizer):
     """
 
     requires_fitness = True
+    default_lr = 0.01  # the reference's Adam stepsize
+    default_weight_decay: float | None = 0.005  # the reference's l2coeff
 
     def __init__(self, params: Iterable, base_optimizer: Any = torch.optim.Adam, *,
-                 lr: float | None = 0.01, sigma: float = 0.02, population: int = 64,
-                 weight_decay: float | None = 0.005, antithetic: bool = True,
+                 lr: float | None = None, sigma: float = 0.02, population: int = 64,
+                 weight_decay: float | None = None, antithetic: bool = True,
                  fitness_shaping: str = "centered_rank", seed: int = 0,
                  base_kwargs: dict | None = None):
         check_positive("sigma", sigma)
@@ -217,6 +221,9 @@ class ES(WrapperOptimizer):
         if base_kwargs is not None and not isinstance(base_kwargs, dict):
             raise TypeError(f"base_kwargs must be a dict, got {type(base_kwargs).__name__}")
         settings = {"lr": lr, "weight_decay": weight_decay, **(base_kwargs or {})}
+        if not isinstance(base_optimizer, torch.optim.Optimizer):  # an instance brings its own
+            settings["lr"] = self.default_lr if lr is None else lr
+            settings["weight_decay"] = self.default_weight_decay if weight_decay is None else weight_decay
         super().__init__(params, base_optimizer, {"sigma": sigma}, settings)
         self.population = population
         self.antithetic = antithetic

@@ -299,3 +299,13 @@ def test_registry_builds_both():
     assert isinstance(make("optimizer", "es(sigma=0.1)", [p]), ES)
     egg = make("optimizer", "eggroll(rank=2)", [p], lr=0.1)
     assert isinstance(egg, EGGROLL) and egg.param_groups[0]["rank"] == 2 and egg.requires_fitness
+
+
+def test_base_optimizer_instance_brings_its_own_settings():
+    # Prepare: an SGD instance on the same parameter
+    theta = torch.zeros(2, requires_grad=True)
+    opt = ES([theta], torch.optim.SGD([theta], lr=0.5), population=4)
+    # Execute / Assert: its lr is used; passing lr as well is an error
+    assert opt.param_groups[0]["lr"] == 0.5 and opt.param_groups[0]["weight_decay"] == 0
+    with pytest.raises(ValueError, match="lr"):
+        ES([theta], torch.optim.SGD([theta], lr=0.5), lr=0.1)
