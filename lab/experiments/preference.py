@@ -20,9 +20,15 @@ idealized accuracy is 1 by definition): the paper's gap.
 ``step_dpo_chains`` — Step-DPO on step pairs (state = problem + correct steps; chosen = the correct
 next step, rejected = a wrong one) from a random reference; logs greedy step and chain accuracy.
 
-``sft_divergences`` — SFT on the best responses of the preference task with
-:func:`lab.rl.fdiv_sft.fdiv_sft` (``divergence``) and a learning rate scaled by ``lr_factor``
-(the paper's learning-rate reduction); logs the data NLL, KL(π‖π_ref) and the true reward.
+``sft_divergences`` — SFT on the best responses of the preference task with :func:`lab.rl.sft.sft`
+(``divergence="sft"``) or :func:`lab.rl.fdiv_sft.fdiv_sft` (``divergence``) and a learning rate
+scaled by ``lr_factor`` (the paper's learning-rate reduction); logs the data NLL, KL(π‖π_ref) and
+the true reward.
+
+``unlearning`` — a tiny causal transformer first fitted (SFT) to responses of every prompt, then
+made to forget the responses of prompt 0 with LoKU's inverted hinge loss (``method="ihl"``) or
+gradient ascent on their NLL (``"ga"``), with an optional retain NLL term; logs the forget tokens'
+probability and their runner-up's, and the retain NLL (fluency on what should be kept).
 """
 from __future__ import annotations
 
@@ -33,11 +39,14 @@ from typing import Any
 import torch
 
 from lab import progress
-from lab.checks import check_int, check_positive
+from lab.checks import check_choice, check_int, check_positive
 from lab.experiments._base import experiment
 from lab.history import History
 from lab.rl.core import call_with, make_fn, masked_sum
-from lab.rl.fdiv_sft import fdiv_sft
+from lab.rl.fdiv_sft import DIVERGENCES, fdiv_sft
+from lab.rl.inverted_hinge import inverted_hinge
+from lab.rl.preference import implicit_reward
+from lab.rl.sft import sft
 from lab.rl.ranking import ranking_accuracy
 from toy_envs.preferences import EOS, PAD, PreferenceTask, StepTask
 
@@ -220,7 +229,7 @@ def step_dpo_chains(cfg: StepConfig) -> History:
 class SFTConfig:
     """Config of ``sft_divergences``."""
 
-    divergence: str = "kl"  # f of fdiv_sft: "kl" (plain SFT), "reverse_kl", "pearson", "hellinger", "js"
+    divergence: str = "kl"  # "sft" (token-mean NLL) or f of fdiv_sft: "kl", "reverse_kl", "pearson", "hellinger", "js"
     lr: float = 0.1  # base Adam learning rate
     lr_factor: float = 1.0  # learning-rate reduction: the run uses lr · lr_factor (the paper's remedy: < 1)
     steps: int = 60  # full-batch optimizer steps
@@ -244,6 +253,7 @@ def sft_divergences(cfg: SFTConfig) -> History:
         check_int(name, getattr(cfg, name), minimum=1)
     check_positive("lr", cfg.lr)
     check_positive("lr_factor", cfg.lr_factor)
+    check_choice("divergence", cfg.divergence, ("sft", *DIVERGENCES))
     generator = torch.Generator().manual_seed(cfg.seed)
     task = PreferenceTask(seed=cfg.seed)
     demos = task.sample_pairs(cfg.n_demos, generator, noisy_labels=False)
@@ -259,9 +269,13 @@ def sft_divergences(cfg: SFTConfig) -> History:
     sample_generator = torch.Generator().manual_seed(cfg.seed + 1)
     for step in progress.steps(cfg.steps + 1, desc=cfg.divergence):
         logp = _score(policy, demos.prompts, demos.chosen)
-        loss, metrics = fdiv_sft(logp, demos.chosen_mask, ref_logprobs=ref_demo, divergence=cfg.divergence,
-                                 ref_sample_logprobs=_score(policy, ref_prompts, ref_tokens),
-                                 ref_sample_ref_logprobs=ref_sample_ref, ref_sample_mask=ref_mask)
+        if cfg.divergence == "sft":
+            loss, metrics = sft(logp, demos.chosen_mask)
+            metrics["implicit_reward"] = float(implicit_reward(logp.detach(), ref_demo, demos.chosen_mask).mean())
+        else:
+            loss, metrics = fdiv_sft(logp, demos.chosen_mask, ref_logprobs=ref_demo, divergence=cfg.divergence,
+                                     ref_sample_logprobs=_score(policy, ref_prompts, ref_tokens),
+                                     ref_sample_ref_logprobs=ref_sample_ref, ref_sample_mask=ref_mask)
         with torch.no_grad():
             prompts = task.sample_prompts(cfg.n_samples, sample_generator)
             sample = policy.generate(prompts, generator=sample_generator, eos_id=EOS, pad_id=PAD)
@@ -279,5 +293,85 @@ def sft_divergences(cfg: SFTConfig) -> History:
     return history
 
 
-__all__ = ["PreferenceConfig", "preference_training", "StepConfig", "step_dpo_chains", "SFTConfig",
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UnlearningConfig:
+    """Config of ``unlearning``."""
+
+    method: str = "ihl"  # "ihl" (inverted hinge) or "ga" (gradient ascent on the forget NLL)
+    retain_coef: float = 0.0  # weight c of the retain NLL added to the unlearning loss
+    lr: float = 0.01  # Adam learning rate of the unlearning phase
+    steps: int = 20  # unlearning steps
+    pretrain_steps: int = 40  # SFT steps before unlearning
+    n_sequences: int = 48  # sequences sampled from the preference task's reference (all prompts)
+    d_model: int = 32  # transformer width
+    seed: int = 0  # seed of the data and the model
+
+
+def _plot_unlearning(history: History):
+    from lab.viz.figures import curves
+
+    return curves(history, ["target_prob", "runner_up_prob", "retain_nll"])
+
+
+def _lm_logits(model: Any, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+    """(N, T, V) logits predicting each response token."""
+    P = prompts.shape[1]
+    return model(torch.cat([prompts, responses], dim=1))[:, P - 1:-1]
+
+
+@experiment("unlearning", UnlearningConfig,
+            paper="Towards Robust and Parameter-Efficient Knowledge Unlearning for LLMs", arxiv="2408.06621",
+            plot=_plot_unlearning, summary="Forget one prompt's responses: inverted hinge vs gradient ascent")
+def unlearning(cfg: UnlearningConfig) -> History:
+    from lab.models.transformer import TinyTransformer
+
+    for name in ("steps", "pretrain_steps", "n_sequences", "d_model"):
+        check_int(name, getattr(cfg, name), minimum=1)
+    check_positive("lr", cfg.lr)
+    if cfg.method not in ("ihl", "ga"):
+        raise ValueError(f"method must be 'ihl' or 'ga', got {cfg.method!r}")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    task = PreferenceTask(seed=cfg.seed)
+    prompts = task.sample_prompts(cfg.n_sequences, generator)
+    tokens, mask = task.sample_responses(prompts, generator)
+    forget = prompts[:, 0] == 2                                                # prompt 0's responses
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = TinyTransformer(task.vocab_size, d_model=cfg.d_model, n_layers=1, n_heads=2,
+                                max_len=1 + task.max_new_tokens)
+    labels = torch.where(mask, tokens, torch.full_like(tokens, -100))
+
+    def forward() -> tuple[torch.Tensor, torch.Tensor]:
+        logits = _lm_logits(model, prompts, tokens)                              # (N, T, V)
+        logp = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]  # (N, T)
+        return logits, logp
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(cfg.pretrain_steps):                                        # fit every prompt (SFT)
+        loss, _ = sft(forward()[1], mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    history = History(meta={"algorithm": cfg.method, "seed": cfg.seed})
+    for step in progress.steps(cfg.steps + 1, desc=cfg.method):
+        logits, logp = forward()
+        retain_nll, _ = sft(logp[~forget], mask[~forget])
+        forget_nll, _ = sft(logp[forget], mask[forget])
+        ihl, m = inverted_hinge(logits[forget], labels[forget])
+        history.append(step, loss=ihl if cfg.method == "ihl" else -forget_nll, target_prob=m["ihl/target_prob"],
+                       runner_up_prob=m["ihl/runner_up_prob"], target_top_frac=m["ihl/target_top_frac"],
+                       forget_nll=forget_nll, retain_nll=retain_nll)
+        if step == cfg.steps:
+            break
+        # unlearning loss: IHL(forget) or −NLL(forget) (gradient ascent), + c · NLL(retain)
+        loss = (ihl if cfg.method == "ihl" else -forget_nll) + cfg.retain_coef * retain_nll
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return history
+
+
+__all__ = ["UnlearningConfig", "unlearning", "PreferenceConfig", "preference_training", "StepConfig", "step_dpo_chains", "SFTConfig",
            "sft_divergences"]

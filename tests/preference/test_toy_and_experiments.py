@@ -115,6 +115,8 @@ def test_sft_learning_rate_reduction_limits_the_drift_from_the_reference():
     reduced = run("sft_divergences", steps=30, lr_factor=0.1)
     assert full["nll"][-1] < full["nll"][0] and reduced["nll"][-1] < reduced["nll"][0]
     assert reduced["kl"][-1] < 0.5 * full["kl"][-1]
+    plain = run("sft_divergences", divergence="sft", steps=5)
+    assert plain["nll"][-1] < plain["nll"][0] and plain["kl"][0] == 0.0
 
 
 @pytest.mark.parametrize("loss", ["ipo", "simpo", "alphapo(alpha=1.0)", "dpo(label_smoothing=0.1)", "step_dpo"])
@@ -136,3 +138,17 @@ def test_bad_configs():
         run("preference_training", loss="kto", steps=1)
     with pytest.raises(ValueError, match="divergence"):
         run("sft_divergences", divergence="tv", steps=1)
+
+
+def test_inverted_hinge_unlearns_with_less_damage_than_gradient_ascent():
+    ihl = run("unlearning", method="ihl")
+    ga = run("unlearning", method="ga")
+    # IHL: the forget tokens lose their top spot to the runner-up ...
+    assert ihl["target_prob"][-1] < 0.5 * ihl["target_prob"][0]
+    assert ihl["runner_up_prob"][-1] > ihl["runner_up_prob"][0]
+    assert ihl["target_top_frac"][-1] < 0.25
+    # ... with a bounded loss, while gradient ascent drives the forget NLL (and the retain NLL) much higher
+    assert ga["forget_nll"][-1] > 2 * ihl["forget_nll"][-1]
+    assert ihl["retain_nll"][-1] < ga["retain_nll"][-1]
+    with pytest.raises(ValueError, match="method"):
+        run("unlearning", method="npo", steps=1)
