@@ -133,7 +133,8 @@ def _lowrank_hook(a: Tensor, b: Tensor):
 
 
 def population_call(model: nn.Module, params: Sequence[Tensor], params_batch: Sequence[Any],
-                    *inputs: Any, batched_inputs: bool = False) -> Any:
+                    *inputs: Any, batched_inputs: bool = False,
+                    model_kwargs: dict[str, Any] | None = None) -> Any:
     """Run ``model(*inputs)`` once per population member; outputs get a leading (N,) dim.
 
     Args:
@@ -142,6 +143,8 @@ def population_call(model: nn.Module, params: Sequence[Tensor], params_batch: Se
             (N, *p.shape) or a :class:`LowRankBatch`.
         inputs: the model's inputs, shared by all members, or with a leading (N,) dim per member
             when ``batched_inputs`` (e.g. one environment observation per member).
+        model_kwargs: keyword arguments of the forward, shared by all members (e.g.
+            ``{"use_cache": False}`` for a Hugging Face model).
 
     Members are batched with ``torch.vmap`` over ``torch.func.functional_call``. A
     :class:`LowRankBatch` on an ``nn.Linear`` weight uses the low-rank forward
@@ -171,7 +174,7 @@ def population_call(model: nn.Module, params: Sequence[Tensor], params_batch: Se
         handles = [m.register_forward_hook(_lowrank_hook(a, b))
                    for m, (a, b) in zip(modules, member_factors)]
         try:
-            return torch.func.functional_call(model, full_params, xs)
+            return torch.func.functional_call(model, full_params, xs, model_kwargs or {})
         finally:
             for handle in handles:
                 handle.remove()

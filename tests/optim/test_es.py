@@ -309,3 +309,27 @@ def test_base_optimizer_instance_brings_its_own_settings():
     assert opt.param_groups[0]["lr"] == 0.5 and opt.param_groups[0]["weight_decay"] == 0
     with pytest.raises(ValueError, match="lr"):
         ES([theta], torch.optim.SGD([theta], lr=0.5), lr=0.1)
+
+
+@pytest.mark.parametrize("cls", [ES, EGGROLL])
+def test_population_of_a_tiny_hugging_face_model(cls):
+    # Prepare: a 2-layer GPT-2 with random weights; fitness = -next-token loss per member
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=64)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(64, (2, 16), generator=torch.Generator().manual_seed(0))
+    opt = cls(model.parameters(), population=4, sigma=0.01, lr=0.01)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def fitness(batch):
+        logits = population_call(model, opt.params, batch, ids, model_kwargs={"use_cache": False}).logits
+        targets = ids[:, 1:].repeat(4, 1).reshape(-1)  # (N * 2 * 15,)
+        nll = nn.functional.cross_entropy(logits[:, :, :-1].reshape(-1, 64), targets, reduction="none")
+        return -nll.view(4, -1).mean(1)  # (N,)
+
+    # Execute
+    values = [opt.step(fitness) for _ in range(2)]
+    # Assert
+    assert all(v.shape == (4,) and torch.isfinite(v).all() for v in values)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
