@@ -37,7 +37,9 @@ Choices where the reference is silent or differs:
 - Defaults follow the reference humanoid config: sigma 0.02, Adam lr 0.01, l2 coefficient 0.005
   (``weight_decay`` of the base optimizer), centered ranks, antithetic pairs. The reference
   evaluates about 10,000 episodes per step; the lab's default population is 64 (a laptop).
-- Ties in the centered ranks are broken by position (``argsort`` order), as in the reference.
+- Ties in the centered ranks are broken by position (stable argsort; the reference's argsort
+  leaves ties in an unspecified order). So a constant fitness still gives a tiny update under
+  centered ranks (each pair differs by 1/(N-1)); z-scores give exactly zero.
 - ``fitness_shaping`` may also be ``"zscore"`` (EGGROLL's) or ``"none"`` (raw fitness, the
   unbiased estimator used by the tests).
 - Noise is drawn from the optimizer's own ``torch.Generator`` (``seed``); its state is part of
