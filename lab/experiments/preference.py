@@ -10,7 +10,8 @@ policy (a tabular softmax, one logit vector per prompt and position). Each step:
               ranking_accuracy vs idealized_ranking_accuracy, the true reward of fresh samples
 
 Config overrides (``beta``, ``gamma``, ``alpha``, ``label_smoothing``, ``length_normalize``) reach
-the loss only if its signature names them; the others are listed in ``meta['ignored']``.
+the loss only if its signature names them and the spec does not set them itself; the others are
+listed in ``meta['ignored']``.
 ``displacement`` is D_t = chosen_logps_t − chosen_logps_0 (< 0: the chosen responses lost
 likelihood while the margin grew). The idealized ranking accuracy uses β = ``ideal_beta`` (None:
 the loss's β when it has a reference, else 0.1). ``ranking_accuracy_ref_wrong`` is the ranking
@@ -106,8 +107,10 @@ def preference_training(cfg: PreferenceConfig) -> History:
     data = task.sample_pairs(cfg.n_pairs, generator, noisy_labels=cfg.noisy_labels)
     loss_fn = make_fn("preference_loss", cfg.loss)
     params = set(inspect.signature(loss_fn).parameters)
+    bound = getattr(loss_fn, "keywords", None) or {}           # a spec's own arguments win (call_with)
     overrides = {k: getattr(cfg, k) for k in OVERRIDES if getattr(cfg, k) is not None}
-    ignored = sorted(k for k in overrides if k not in params)
+    ignored = sorted(k for k in overrides if k not in params or k in bound)
+    overrides = {k: v for k, v in overrides.items() if k not in ignored}
     reference = task.reference_policy().requires_grad_(False)
     policy = task.reference_policy()
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
@@ -127,7 +130,7 @@ def preference_training(cfg: PreferenceConfig) -> History:
         logp_w, logp_l = _score(policy, data.prompts, data.chosen), _score(policy, data.prompts, data.rejected)
         batch = {"chosen_logprobs": logp_w, "rejected_logprobs": logp_l, "chosen_mask": data.chosen_mask,
                  "rejected_mask": data.rejected_mask, "ref_chosen_logprobs": ref_w,
-                 "ref_rejected_logprobs": ref_l, **{k: v for k, v in overrides.items() if k in params}}
+                 "ref_rejected_logprobs": ref_l, **overrides}
         loss, metrics = call_with(loss_fn, batch)
         _, ranks = ranking_accuracy(logp_w, logp_l, chosen_mask=data.chosen_mask, rejected_mask=data.rejected_mask,
                                     ref_chosen_logprobs=ref_w, ref_rejected_logprobs=ref_l,

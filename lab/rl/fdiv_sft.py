@@ -38,7 +38,8 @@ weight ∂f'(u)/∂log u (u^{−1/2}/2, σ(−log u)) *decays* once a demonstrat
 Choices: sequence-level ratios (not per token); log u clamped to ±20 before exp (as
 :func:`lab.rl.core.ratio`); β only scales the reported implicit reward (the bound is β-free);
 the learning-rate reduction is a training choice, exposed as ``lr_factor`` of the experiment
-``sft_divergences`` (the paper's factor is not public; our default 0.1 is a choice).
+``sft_divergences`` (default 1 = no reduction; the paper's factor is not public, the notebook
+suggests 0.1).
 """
 from __future__ import annotations
 

@@ -129,6 +129,8 @@ def test_overrides_reach_the_loss_or_are_reported():
     h = run("preference_training", loss="dpo", gamma=1.0, beta=0.5, steps=2, n_samples=4)
     assert h.meta["ignored"] == ["gamma"] and h.meta["loss_hparams"]["beta"] == 0.5
     assert h.meta["ideal_beta"] == 0.5
+    h = run("preference_training", loss="alphapo(alpha=1.0)", alpha=0.5, steps=1, n_samples=4)
+    assert h.meta["ignored"] == ["alpha"] and h.meta["loss_hparams"]["alpha"] == 1.0
 
 
 def test_bad_configs():
