@@ -77,6 +77,8 @@ class PreferenceTask:
         check_int("max_len", max_len, minimum=min_len)
         check_positive("scale", scale)
         check_nonneg("ref_noise", ref_noise)
+        if n_prompts > n_tokens:
+            raise ValueError(f"n_prompts ({n_prompts}) must be <= n_tokens ({n_tokens}): prompts are content tokens")
         self.n_prompts, self.n_tokens, self.min_len, self.max_len = n_prompts, n_tokens, min_len, max_len
         self.scale, self.ref_alignment, self.ref_noise = float(scale), float(ref_alignment), float(ref_noise)
         self.eos_logit = float(eos_logit)

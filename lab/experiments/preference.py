@@ -1,4 +1,4 @@
-"""Experiments of the preference lessons: offline preference training, Step-DPO, f-divergence SFT.
+"""Experiments of the preference lessons: preference training, Step-DPO, f-divergence SFT, unlearning.
 
 ``preference_training`` — any pair loss (``dpo``, ``ipo``, ``simpo``, ``alphapo``, ...) on the
 synthetic Bradley–Terry data of :mod:`toy_envs.preferences`, starting from the task's reference
@@ -376,5 +376,5 @@ def unlearning(cfg: UnlearningConfig) -> History:
     return history
 
 
-__all__ = ["UnlearningConfig", "unlearning", "PreferenceConfig", "preference_training", "StepConfig", "step_dpo_chains", "SFTConfig",
-           "sft_divergences"]
+__all__ = ["PreferenceConfig", "preference_training", "StepConfig", "step_dpo_chains", "SFTConfig",
+           "sft_divergences", "UnlearningConfig", "unlearning"]

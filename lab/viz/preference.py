@@ -26,7 +26,8 @@ def reward_shape_figure(alpha: float = 0.25, beta: float = 2.5, gamma: float = 0
                         alphas: tuple[float, ...] = (-1.0, 0.0, 1.0)) -> go.Figure:
     """r_α(S̄)/β for the chosen α and a few others (left) and the gradient weight π̄^{−α} (right)."""
     s = torch.linspace(-4.0, 0.0, 200, dtype=torch.float64)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("reward r(S̄) = β·u_α(S̄)", "gradient weight dr/dS̄ / β = π̄^(−α)"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("reward r(S̄) = β·u_α(S̄)",
+                                                        "gradient weight dr/dS̄ / β = π̄^(−α)"))
     shown = list(dict.fromkeys([float(alpha), *alphas]))
     for i, a in enumerate(shown):
         label = f"α = {a:g}" + (" (SimPO: log)" if a == 0 else "") + (" ◀" if a == float(alpha) else "")

@@ -64,6 +64,8 @@ def test_step_pairs_hold_the_correct_prefix(generator):
 def test_bad_toy_arguments():
     with pytest.raises(ValueError, match="max_len"):
         PreferenceTask(min_len=3, max_len=2)
+    with pytest.raises(ValueError, match="n_prompts"):
+        PreferenceTask(n_prompts=9, n_tokens=4)
     with pytest.raises(TypeError, match="n_steps"):
         StepTask(n_steps=2.5)
 
