@@ -135,8 +135,9 @@ class TopicMarkovCorpus:
         return tokens, topics
 
     def entropy_rate(self, step: int = 0) -> float:
-        """A lower bound on the achievable LM loss (nats/token): the mean conditional entropy of the
-        next token given the current one *and the topic* (a model must first infer the topic)."""
+        """Reference LM loss (nats/token): the entropy of the next token given the current one *and
+        the topic*, averaged over topics and (uniformly) over current tokens - roughly the floor a
+        model reaches once it has inferred the topic from the context."""
         t = self.transitions.to(torch.float64)
         h_rows = -(t * torch.log(t.clamp_min(1e-300))).sum(-1)  # (M, V)
         return float((self.topic_probs(step).to(torch.float64) @ h_rows.mean(-1)))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -32,11 +32,14 @@ from lab.checks import check_int, check_positive
 from lab.experiments._base import experiment
 from lab.history import History, Runs
 from lab.moe.layer import capacity_keep, expert_capacity
-from lab.moe.metrics import (assignment_lp, dropped_fraction, gate_distortion, lagrangian, load_metrics)
-from lab.moe.router import TopKRouter, expert_load, is_controller, select_topk
+from lab.moe.metrics import (assignment_lp, dropped_fraction, expert_load, gate_distortion, lagrangian,
+                             load_metrics)
+from lab.moe.router import TopKRouter, is_controller, select_topk
 from lab.moe.transformer import MoETransformer
 from lab.registry import get, make, parse_spec
 from toy_envs.routing import RoutingStream, TopicMarkovCorpus, gumbel_affinities, gumbel_expected_dual
+
+Schedule = Literal["sign", "linear", "inv_n", "inv_sqrt_n"]  # the step sizes of lab.moe.aux_free.SCHEDULES
 
 BALANCERS = ("none", "switch_aux", "z_loss", "seq_aux", "aux_free_bias", "stochastic_balance")
 """Every choice of the ``balancer`` field, in the order the comparison plots use."""
@@ -73,7 +76,7 @@ class RoutingSimConfig:
     lr: float = 0.5  # SGD learning rate of the router (0 = frozen router)
     aux_coef: float = 0.5  # coef of switch_aux / z_loss / seq_aux (the task gradient here is strong)
     u: float = 2e-3  # bias speed of aux_free_bias
-    schedule: str = "sign"  # step-size schedule of aux_free_bias
+    schedule: Schedule = "sign"  # step-size schedule of aux_free_bias
     capacity_factor: float | None = None  # count drops with capacity C = ceil(CF k T / E)
     init_scale: float = 4.0  # router starts as init_scale * centroids (it follows the affinities)
     seed: int = 0  # seed of the stream and the token draws
@@ -130,8 +133,8 @@ def moe_routing_sim(cfg: RoutingSimConfig) -> History:
 class PrimalDualConfig:
     """Config of ``alf_primal_dual``."""
 
-    mode: str = "online"  # "deterministic" (one fixed batch) or "online" (fresh tokens each step)
-    schedule: str = "inv_n"  # step-size schedule: sign, linear, inv_n, inv_sqrt_n
+    mode: Literal["deterministic", "online"] = "online"  # one fixed batch, or fresh tokens each step
+    schedule: Schedule = "inv_n"  # step-size schedule of the dual (bias) update
     u: float = 1.0  # speed u of the schedule
     n_experts: int = 8  # E
     k: int = 1  # experts per token (online regret needs k = 1)
@@ -208,7 +211,7 @@ class MoETransformerConfig:
     lr: float = 3e-3  # AdamW learning rate
     aux_coef: float = 1e-2  # coef of switch_aux / z_loss / seq_aux
     u: float = 1e-3  # bias speed of aux_free_bias
-    schedule: str = "sign"  # step-size schedule of aux_free_bias
+    schedule: Schedule = "sign"  # step-size schedule of aux_free_bias
     capacity_factor: float | None = None  # None = no token dropping
     seed: int = 0  # seed of the model, the corpus and the batches
 

@@ -12,17 +12,10 @@
 """
 from lab.moe.aux_free import AuxFreeBias  # noqa: F401
 from lab.moe.layer import MoELayer, capacity_keep, expert_capacity  # noqa: F401
+from lab.moe.metrics import expert_load  # noqa: F401
 from lab.moe.router import RouterOutput, TopKRouter, is_controller, select_topk  # noqa: F401
 from lab.moe.seq_aux import SeqAux  # noqa: F401
 from lab.moe.stochastic_balance import StochasticBalance  # noqa: F401
 from lab.moe.switch_aux import SwitchAux  # noqa: F401
 from lab.moe.z_loss import ZLoss  # noqa: F401
 
-
-def make_balancer(spec: str | None, n_experts: int):
-    """A balancer from a registry spec (``"switch_aux(coef=0.01)"``); ``None``/``"none"`` = no balancing."""
-    if spec is None or spec == "none":
-        return None
-    from lab.registry import make
-
-    return make("balancer", spec, n_experts)

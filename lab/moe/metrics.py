@@ -1,6 +1,6 @@
 """Balance metrics of one routing step, and the Lagrangian of the primal-dual view.
 
-Symbols: load ``A_i`` (assignments to expert i), mean load ``L = (1/E) sum_i A_i`` (= kT/E before
+Symbols: load ``A_i`` (assignments to expert i, :func:`expert_load`), mean load ``L = (1/E) sum_i A_i`` (= kT/E before
 dropping), scores ``s_{t,i}``, gates ``g_{t,i}`` (zero off the chosen experts).
 
     max_violation   MaxVio = max_i A_i / L - 1            (Wang et al., arXiv 2408.15664); 0 = balanced
@@ -22,6 +22,11 @@ import math
 import torch
 
 from lab.checks import check_int, check_tensor
+
+
+def expert_load(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """``A_i``: float count of (token, slot) assignments per expert, shape (E,)."""
+    return torch.bincount(indices.reshape(-1), minlength=n_experts).to(torch.get_default_dtype())
 
 
 def _check_load(load: torch.Tensor) -> torch.Tensor:
@@ -127,5 +132,5 @@ def assignment_lp(gamma: torch.Tensor, k: int) -> float:
     return float(-res.fun)
 
 
-__all__ = ["assignment_lp", "dense_gates", "dropped_fraction", "gate_distortion", "idle_experts",
+__all__ = ["assignment_lp", "dense_gates", "dropped_fraction", "expert_load", "gate_distortion", "idle_experts",
            "lagrangian", "load_entropy", "load_metrics", "max_violation"]

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from lab.checks import check_choice, check_int, check_tensor
+from lab.moe.metrics import expert_load
 
 SCORE_FNS = ("softmax", "sigmoid")
 
@@ -81,11 +82,6 @@ def select_topk(scores: torch.Tensor, k: int, selection: torch.Tensor | None = N
     if norm_topk if norm_topk is not None else k > 1:
         gates = gates / gates.sum(-1, keepdim=True).clamp_min(torch.finfo(gates.dtype).tiny)
     return indices, gates
-
-
-def expert_load(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
-    """``A_i``: float count of (token, slot) assignments per expert, shape (E,)."""
-    return torch.bincount(indices.reshape(-1), minlength=n_experts).to(torch.get_default_dtype())
 
 
 def check_routing(router_logits: torch.Tensor, indices: torch.Tensor, n_experts: int | None) -> int:
@@ -167,5 +163,5 @@ class TopKRouter(nn.Module):
                 f"score_fn={self.score_fn!r}, balancer={name}")
 
 
-__all__ = ["RouterOutput", "TopKRouter", "check_routing", "expert_load", "is_controller", "scores_from_logits",
+__all__ = ["RouterOutput", "TopKRouter", "check_routing", "is_controller", "scores_from_logits",
            "select_topk", "SCORE_FNS"]

@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lab.history import History, Runs
+from lab.history import History
 from lab.viz.figures import _as_runs, color, curves
 
 

@@ -7,7 +7,7 @@ import torch
 from lab.moe import AuxFreeBias, TopKRouter
 from lab.moe.aux_free import SCHEDULES, dual_step
 from lab.moe.metrics import assignment_lp, lagrangian, max_violation
-from lab.moe.router import expert_load
+from lab.moe.metrics import expert_load
 from toy_envs.routing import RoutingStream, gumbel_affinities, gumbel_expected_dual
 
 

@@ -20,6 +20,7 @@ def test_every_catalog_balancer_is_registered_and_buildable():
     assert isinstance(af, AuxFreeBias) and af.u == 0.05 and af.schedule == "linear"  # spec wins
 
 
+@pytest.mark.slow
 def test_routing_sim_bias_balances_where_no_balancing_does_not():
     none = run("moe_routing_sim", balancer="none")
     free = run("moe_routing_sim", balancer="aux_free_bias")
@@ -94,3 +95,12 @@ def test_compare_balancers_and_figures():
     assert len(bias_figure(runs).data) == 2 * 8  # two controllers, eight experts each
     pd = Runs({s: run("alf_primal_dual", schedule=s, steps=30) for s in ("sign", "inv_n")})
     assert len(primal_dual_figure(pd).data) == 4
+
+
+def test_schedule_field_lists_the_controller_schedules():
+    import typing
+
+    from lab.experiments.moe import Schedule
+    from lab.moe.aux_free import SCHEDULES
+
+    assert typing.get_args(Schedule) == SCHEDULES

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lab.moe import AuxFreeBias, SwitchAux, TopKRouter, select_topk
-from lab.moe.router import expert_load
+from lab.moe.metrics import expert_load
 
 
 def _router(balancer=None, **kw):
