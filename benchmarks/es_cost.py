@@ -12,6 +12,11 @@ parameters built beforehand) and one whole ``step`` (noise, forward, update). Re
 EGGROLL / ES, with the perturbation memory per matrix (bytes of the population's perturbed
 weights: N*m*n for ES, N*r*(m+n) for EGGROLL's factors).
 
+Reading the numbers: both forwards do the same multiply-adds (N * rows * m * n per matrix); ES
+must also stream N distinct weight matrices from memory, EGGROLL one. On a CPU with few rows per
+member the forward gain is therefore modest; the large gain is in the step, where ES draws and
+adds N/2 full noise matrices and builds N perturbed copies, EGGROLL N/2 thin factor pairs.
+
 Run: ``python benchmarks/es_cost.py`` (writes ``benchmarks/results/es_cost.md``).
 """
 from __future__ import annotations
