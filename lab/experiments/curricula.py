@@ -191,8 +191,7 @@ def curriculum(cfg: CurriculumConfig) -> History:
     loss_fn = make_fn("policy_loss", cfg.loss)
     widest = max(tasks, key=lambda t: t.max_new_tokens)
     model = build_model(cfg.model, widest, value_head=False, generator=generator)
-    # fused: one kernel per step over the whole (mostly untouched) tabular logit table
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
+    opt = make("optimizer", "adam", model.parameters(), lr=cfg.lr)
     history = History(meta={"algorithm": cfg.sampler, "sources": list(cfg.sources), "seed": cfg.seed})
     eval_generator = torch.Generator().manual_seed(cfg.seed + 1)
     rollouts = 0
@@ -291,8 +290,9 @@ class VASConfig:
     steps: int = 40  # value-model regression steps on π_0's samples
     n_prompts: int = 16  # prompts per value-training batch
     group_size: int = 4  # responses per prompt
-    value_lr: float = 0.01  # Adam learning rate of the value model
-    d_model: int = 32  # value model width
+    value_model: str = "tabular"  # "tabular" (Q[c(x), t, token]) or "transformer" (tiny LM + value head)
+    value_lr: float = 0.05  # Adam learning rate of the value model
+    d_model: int = 32  # transformer value model width
     k: int = 20  # top-k candidates re-scored by the value model
     betas: tuple[float, ...] = (0.0, 2.0, 8.0)  # guidance strengths β evaluated after training
     eval_prompts: int = 16  # prompts of the evaluation (each sampled group_size times)
@@ -311,7 +311,7 @@ def _plot_vas(history: History):
             summary="Fit a small value model on a frozen policy's samples; decode with top-k + beta*V")
 def value_augmented_sampling(cfg: VASConfig) -> History:
     from lab.models.policy import TabularPolicy
-    from lab.rl.vas import VAS, TokenValueModel, ValueGuidedPolicy
+    from lab.rl.vas import VAS, TabularValue, TokenValueModel, ValueGuidedPolicy
 
     for name in ("steps", "n_prompts", "group_size", "eval_prompts", "k", "d_model"):
         check_int(name, getattr(cfg, name), minimum=1)
@@ -325,9 +325,14 @@ def value_augmented_sampling(cfg: VASConfig) -> History:
     task = make_task(name, **kwargs)
     base = TabularPolicy.for_task(task, init_std=cfg.init_std, generator=generator).requires_grad_(False)
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        value_model = TokenValueModel.for_task(task, d_model=cfg.d_model)
+    if cfg.value_model == "tabular":
+        value_model = TabularValue.for_task(task)
+    elif cfg.value_model == "transformer":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            value_model = TokenValueModel.for_task(task, d_model=cfg.d_model)
+    else:
+        raise KeyError(f"unknown value_model {cfg.value_model!r}; valid: tabular, transformer")
     sampler = VAS(value_model, k=cfg.k, beta=cfg.betas[-1], lr=cfg.value_lr)
     history = History(meta={"algorithm": "vas", "task": cfg.task, "seed": cfg.seed})
     for step in progress.steps(cfg.steps, desc="vas value model"):

@@ -30,9 +30,11 @@ Choices:
   uses every token. Tokens outside the top-k keep their logits (they are not masked).
 - The λ-returns reuse ``advantage/gae`` (R̂ = Â + q with the value *after* each token), with
   ``token_rewards`` holding the outcome reward on the last valid token.
-- The value model is any module mapping token ids (N, L) to values (N, L);
+- The value model is any module mapping token ids (N, L) to values (N, L):
   :class:`TokenValueModel` is a tiny causal transformer with a scalar head (the paper's value
-  model is a small LM with a value head). ``update`` takes one Adam step on L_V.
+  model is a small LM with a value head); :class:`TabularValue` is the table
+  Q[c(x), t, y_t] that matches the lab's open-loop tabular policies (fast, for the lessons).
+  ``update`` takes one Adam step on L_V.
 - :class:`ValueGuidedPolicy` wraps π_0 and the sampler into a policy with ``next_logits`` /
   ``generate``, so ``lab.rl.rollout`` samples from it unchanged.
 """
@@ -86,6 +88,39 @@ class TokenValueModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.body.value_head(self.body.forward_hidden(input_ids))[..., 0]   # (N, L)
+
+
+class TabularValue(nn.Module):
+    """Open-loop value table: the value after token y_t of prompt x is ``Q[c(x), t, y_t]``.
+
+    ``c(x)`` is the mixed-radix index of the prompt (as :class:`lab.models.policy.TabularPolicy`);
+    earlier response tokens are not read, which is exact (up to a constant shared by the top-k
+    candidates, removed by the centring) for an open-loop policy and a per-position reward.
+
+    Args: ``vocab_size``, ``prompt_len``, ``max_new_tokens``.
+    """
+
+    def __init__(self, vocab_size: int, prompt_len: int, max_new_tokens: int):
+        super().__init__()
+        check_int("vocab_size", vocab_size, minimum=2)
+        self.prompt_len = check_int("prompt_len", prompt_len, minimum=1)
+        self.max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
+        self.table = nn.Parameter(torch.zeros(vocab_size ** prompt_len, max_new_tokens, vocab_size))
+        self.register_buffer("radix", vocab_size ** torch.arange(prompt_len - 1, -1, -1), persistent=False)
+
+    @classmethod
+    def for_task(cls, task: Any) -> "TabularValue":
+        return cls(task.vocab_size, task.prompt_len, task.max_new_tokens)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        P = self.prompt_len
+        T = input_ids.shape[1] - P
+        if not 0 <= T <= self.max_new_tokens:
+            raise ValueError(f"input_ids must hold the {P} prompt tokens and at most "
+                             f"{self.max_new_tokens} response tokens, got {input_ids.shape[1]} tokens")
+        c = (input_ids[:, :P].long() * self.radix).sum(-1)                           # (N,)
+        q = self.table[c[:, None], torch.arange(T)[None, :], input_ids[:, P:].long()]  # (N, T)
+        return torch.cat([torch.zeros(input_ids.shape[0], P, dtype=q.dtype), q], dim=1)
 
 
 @register("sampler", "vas", paper=PAPER, arxiv=ARXIV,
@@ -206,4 +241,4 @@ class ValueGuidedPolicy(nn.Module):
         return generate(self, prompts, max_new_tokens, temperature, generator, eos_id, pad_id)
 
 
-__all__ = ["TokenValueModel", "VAS", "ValueGuidedPolicy", "vas_logits"]
+__all__ = ["TabularValue", "TokenValueModel", "VAS", "ValueGuidedPolicy", "vas_logits"]
