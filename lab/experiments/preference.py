@@ -48,7 +48,7 @@ from lab.rl.fdiv_sft import DIVERGENCES, fdiv_sft
 from lab.rl.inverted_hinge import inverted_hinge
 from lab.rl.preference import implicit_reward
 from lab.rl.sft import sft
-from lab.rl.ranking import ranking_accuracy
+from lab.rl.ranking import likelihood_displacement, ranking_accuracy
 from toy_envs.preferences import EOS, PAD, PreferenceTask, StepTask
 
 OVERRIDES = ("beta", "gamma", "alpha", "label_smoothing", "length_normalize")
@@ -125,7 +125,7 @@ def preference_training(cfg: PreferenceConfig) -> History:
                             "ideal_beta": ideal_beta})
     sample_generator = torch.Generator().manual_seed(cfg.seed + 1)
     ref_s_w, ref_s_l = masked_sum(ref_w, data.chosen_mask, dim=-1), masked_sum(ref_l, data.rejected_mask, dim=-1)
-    start, hard = None, None
+    chosen_means, hard = [], None
     for step in progress.steps(cfg.steps + 1, desc=cfg.loss):
         logp_w, logp_l = _score(policy, data.prompts, data.chosen), _score(policy, data.prompts, data.rejected)
         batch = {"chosen_logprobs": logp_w, "rejected_logprobs": logp_l, "chosen_mask": data.chosen_mask,
@@ -137,7 +137,7 @@ def preference_training(cfg: PreferenceConfig) -> History:
                                     pref_prob=data.pref_prob, beta=ideal_beta)
         s_w = masked_sum(logp_w.detach(), data.chosen_mask, dim=-1)
         s_l = masked_sum(logp_l.detach(), data.rejected_mask, dim=-1)
-        start = s_w.mean() if start is None else start
+        chosen_means.append(float(s_w.mean()))
         if hard is None:   # pairs the reference misranks but the idealized optimum ranks correctly
             hard = (ref_s_w <= ref_s_l) & ranks["idealized_correct"]
         with torch.no_grad():
@@ -146,7 +146,7 @@ def preference_training(cfg: PreferenceConfig) -> History:
             reward = task.reward(prompts, sample.tokens).mean()
         history.append(step, loss=loss, chosen_logps=s_w.mean(), rejected_logps=s_l.mean(),
                        margin=(s_w - s_l).mean(), reward_margin=metrics["reward_margin"],
-                       reward_acc=metrics["reward_acc"], displacement=s_w.mean() - start,
+                       reward_acc=metrics["reward_acc"], displacement=likelihood_displacement(chosen_means)[-1],
                        ranking_accuracy=ranks["ranking_accuracy"],
                        idealized_ranking_accuracy=ranks["idealized_ranking_accuracy"],
                        ref_ranking_accuracy=ranks["ref_ranking_accuracy"],

@@ -32,9 +32,9 @@ def reward_shape_figure(alpha: float = 0.25, beta: float = 2.5, gamma: float = 0
     for i, a in enumerate(shown):
         label = f"α = {a:g}" + (" (SimPO: log)" if a == 0 else "") + (" ◀" if a == float(alpha) else "")
         width = 3 if a == float(alpha) else 1.5
-        fig.add_trace(go.Scatter(x=s, y=beta * alpha_reward(s, a).numpy(), name=label, legendgroup=label,
+        fig.add_trace(go.Scatter(x=s.numpy(), y=beta * alpha_reward(s, a).numpy(), name=label, legendgroup=label,
                                  line=dict(color=color(i), width=width)), row=1, col=1)
-        fig.add_trace(go.Scatter(x=s, y=torch.exp(-a * s).numpy(), name=label, legendgroup=label, showlegend=False,
+        fig.add_trace(go.Scatter(x=s.numpy(), y=torch.exp(-a * s).numpy(), name=label, legendgroup=label, showlegend=False,
                                  line=dict(color=color(i), width=width)), row=1, col=2)
     fig.update_xaxes(title_text="S̄ = mean token log-prob")
     fig.update_yaxes(type="log", row=1, col=2)
