@@ -15,10 +15,11 @@ Bradley–Terry reward whose preference probability is α_n = P(y_w ≻ y_l) (th
     R* = (1/N) Σ_n 1[ S^ref_w − S^ref_l + (1/β) log(α_n/(1−α_n)) > 0 ]
 
 (α clipped to [1e-3, 1 − 1e-3]). A reference that misranks a pair by a wide margin stays wrong
-even at the optimum unless (1/β)·logit(α) beats it; and a trained model usually ends far *below*
-R*: DPO ranks a pair correctly iff L_DPO(pair) < −log σ(β(S^ref_l − S^ref_w))
-(:func:`ranking_loss_threshold`), a low loss that a misranked pair reaches only after long
-training. Example (spec): β = 0.1, α = 0.8, S^ref_w − S^ref_l = −15 → −15 + 10 ln 4 = −1.137 < 0;
+even at the optimum unless (1/β)·logit(α) beats it; and a trained model falls short of R* on the
+pairs its reference misranks: DPO ranks a pair correctly iff L_DPO(pair) < −log σ(β(S^ref_l − S^ref_w))
+(:func:`ranking_loss_threshold`), a low loss that a badly misranked pair reaches only after long
+training (the paper reports real DPO models far below R*; on the lab's toy, whose responses are
+short, the gap shows on the misranked pairs, see ``preference_training``). Example (spec): β = 0.1, α = 0.8, S^ref_w − S^ref_l = −15 → −15 + 10 ln 4 = −1.137 < 0;
 the pair needs L_DPO < −log σ(1.5) = 0.20141.
 
 Likelihood displacement — "Unintentional Unalignment: Likelihood Displacement in Direct Preference
