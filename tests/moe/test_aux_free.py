@@ -201,3 +201,29 @@ def test_decaying_steps_give_log_regret_constant_sign_step_linear():
 
 def test_schedules_listed():
     assert set(SCHEDULES) == {"sign", "linear", "inv_n", "inv_sqrt_n"}
+
+
+def test_selection_matches_hugging_face_deepseek_v3_router():
+    ds = pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
+    from transformers import DeepseekV3Config
+
+    cfg = DeepseekV3Config(hidden_size=8, n_routed_experts=6, num_experts_per_tok=2, n_group=1, topk_group=1,
+                           norm_topk_prob=True, routed_scaling_factor=1.0)
+    hf = ds.DeepseekV3TopkRouter(cfg)
+    g = torch.Generator().manual_seed(0)
+    bal = AuxFreeBias(hf.num_experts)
+    bal.bias = 0.3 * torch.randn(hf.num_experts, generator=g, dtype=torch.float64)
+    ours = TopKRouter(8, hf.num_experts, 2, bal, score_fn="sigmoid")
+    with torch.no_grad():
+        w = torch.randn(hf.num_experts, 8, generator=g)
+        hf.weight.copy_(w)
+        ours.gate.weight.copy_(w)
+        hf.e_score_correction_bias.copy_(bal.bias.float())
+    x = torch.randn(40, 8, generator=g)
+    _, hf_weights, hf_idx = hf(x)
+    out = ours(x)
+    hf_order, our_order = hf_idx.sort(-1), out.indices.sort(-1)
+    assert not torch.equal(our_order.values, out.scores.topk(2, -1).indices.sort(-1).values)  # bias mattered
+    assert torch.equal(hf_order.values, our_order.values)  # same experts chosen with the bias
+    assert torch.allclose(hf_weights.gather(-1, hf_order.indices), out.gates.gather(-1, our_order.indices),
+                          atol=1e-6)  # same gates, from the unbiased sigmoid scores
