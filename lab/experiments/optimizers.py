@@ -6,6 +6,9 @@
   cumulative training ``wall_time`` (seconds spent in forward, backward and the optimizer step;
   evaluation is not counted). Optimizers with ``requires_closure = True`` (SAM, WSAM) get
   ``step(closure)``; the reported loss and accuracy are those of the closure's first call.
+  Gradient-free ones (``requires_fitness = True``: ES, EGGROLL) get ``step(fitness)`` with the
+  fitness of each population member = minus its minibatch loss (the MLP's members run batched
+  through ``lab.optim.es.population_call``).
 - :func:`compare_on_surface`: several optimizers on one 2-D surface (``optimizer_on_surface`` per
   spec) with shared lr, betas and weight decay; returns :class:`~lab.history.Runs`.
 - :func:`compare_on_digits`: several optimizers on ``digits_mlp`` with the same budget; returns
@@ -98,10 +101,8 @@ def digits_mlp(cfg: DigitsConfig) -> History:
     model = MLP(x_train.shape[1], cfg.hidden, 10)
     seeded_init_(model, generator)
     opt = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if getattr(opt, "requires_fitness", False):
-        raise TypeError(f"digits_mlp trains with gradients; {cfg.optimizer!r} takes a fitness "
-                        f"closure (use the evolution-strategies experiments)")
     needs_closure = bool(getattr(opt, "requires_closure", False))
+    needs_fitness = bool(getattr(opt, "requires_fitness", False))
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     order = torch.randperm(len(y_train), generator=generator)
     cursor, wall = 0, 0.0
@@ -123,7 +124,9 @@ def digits_mlp(cfg: DigitsConfig) -> History:
             return loss
 
         start = time.perf_counter()
-        if needs_closure:
+        if needs_fitness:
+            loss = _fitness_step(opt, model, xb, yb, first_logits)
+        elif needs_closure:
             loss = opt.step(closure)
         else:
             loss = closure()
@@ -138,6 +141,28 @@ def digits_mlp(cfg: DigitsConfig) -> History:
             history.meta["diverged"] = step
             break
     return history
+
+
+def _fitness_step(opt, model, xb, yb, first_logits) -> torch.Tensor:
+    """One step of a gradient-free optimizer (ES, EGGROLL): fitness = -minibatch loss per member.
+
+    Returns the loss at the current parameters (one plain forward, logged like the others).
+    """
+    from lab.optim.es import population_call
+
+    def fitness(params_batch):
+        logits = population_call(model, opt.params, params_batch, xb)        # (N, B, 10)
+        n = logits.shape[0]
+        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.repeat(n),
+                                 reduction="none")                           # (N * B,)
+        return -losses.reshape(n, -1).mean(dim=1)                            # (N,)
+
+    with torch.no_grad():
+        logits = model(xb)
+        first_logits.append(logits)
+        loss = F.cross_entropy(logits, yb)
+        opt.step(fitness)
+    return loss
 
 
 def time_to_target(history: History, metric: str = "test_accuracy", target: float = 0.9, *,
@@ -161,7 +186,8 @@ def time_to_target(history: History, metric: str = "test_accuracy", target: floa
 class SurfaceCompareConfig:
     """Config of :func:`compare_on_surface`."""
 
-    optimizers: tuple[str, ...] = ("adam", "adabelief(rectify=False)", "diffgrad", "lion", "agd(delta=1e-5)")  # specs
+    optimizers: tuple[str, ...] = (  # specs, compared on one surface
+        "adam", "adabelief(rectify=False)", "diffgrad", "lion", "agd(delta=1e-5)")
     surface: str = "rosenbrock"  # one of toy_envs.surfaces.SURFACES
     lr: float = 0.05  # shared learning rate (a spec's own lr= wins)
     beta1: float | None = None  # betas[0] (momentum for SGD-like ones); None = each default
@@ -207,9 +233,9 @@ DIGITS_SPECS: tuple[str, ...] = (
 
 OTHER_DIGITS_SPECS: tuple[str, ...] = (
     "sam(lr=0.1, base_kwargs={'momentum': 0.9})", "wsam(lr=0.1, base_kwargs={'momentum': 0.9})",
-    "galore(lr=1e-2)", "fira(lr=1e-2)",
+    "galore(lr=1e-2)", "fira(lr=1e-2)", "es", "eggroll",
 )
-"""Optimizers of the other lessons (sharpness, memory-efficient training) on the same task."""
+"""Optimizers of the other lessons (sharpness, memory-efficient training, evolution strategies)."""
 
 
 def digits_lineup() -> tuple[str, ...]:

@@ -96,13 +96,14 @@ def use_foreach(foreach: bool | None, tensors: Sequence[Tensor] = ()) -> bool:
     return all(t.layout == torch.strided for t in tensors)
 
 
-CPU_CHUNK_NUMEL = 1 << 19
-"""Largest number of elements in one CPU foreach bucket (2 MiB of float32).
+CPU_CHUNK_NUMEL = 1 << 18
+"""Largest number of elements in one CPU foreach bucket (1 MiB of float32).
 
 On the CPU a ``torch._foreach_*`` op runs its kernel tensor after tensor, so a chain of foreach ops
 over a whole 32 MB parameter list streams every intermediate through main memory. Buckets of at
 most this many elements keep a chain's intermediates in cache (measured in
-``benchmarks/optim_step.py``: AdaBelief's foreach chain ran ~1.6x faster in chunks). GPU buckets
+``benchmarks/optim_step.py``: AdaBelief's foreach chain ran ~1.6x faster in chunks; a larger
+tensor is a chunk of its own). GPU buckets
 are not split: there each op is one multi-tensor kernel launch.
 """
 
@@ -193,6 +194,6 @@ def evaluate(closure: Callable[[], Tensor] | None) -> Tensor | None:
 
 __all__ = [
     "SparseGradientError", "StateInit", "zeros", "reject_sparse", "gather", "advance_steps",
-    "bias_correction", "use_foreach", "by_device_dtype", "by_step", "CPU_CHUNK_NUMEL", "negate", "decoupled_weight_decay",
-    "coupled_weight_decay", "evaluate",
+    "bias_correction", "use_foreach", "by_device_dtype", "by_step", "CPU_CHUNK_NUMEL", "negate",
+    "decoupled_weight_decay", "coupled_weight_decay", "evaluate",
 ]

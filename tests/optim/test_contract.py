@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lab.experiments import run
-from lab.experiments.optimizers import DIGITS_SPECS, seeded_init_
+from lab.experiments.optimizers import DIGITS_SPECS, OTHER_DIGITS_SPECS, seeded_init_
 from lab.registry import available, get, make, parse_spec
 
 F64 = torch.float64
@@ -36,25 +36,28 @@ class Row:
     gpt2_lr: float  # lr for a few steps on a tiny GPT-2
 
 
-_DIGITS = {parse_spec(s)[0]: s for s in DIGITS_SPECS}
-_SAM = "{}(base_kwargs={{'momentum': 0.9}}, rho={})"  # a small rho: SAM's fixed point is near the minimum
+_DIGITS = {parse_spec(s)[0]: s for s in DIGITS_SPECS + OTHER_DIGITS_SPECS}
+_SAM = "{}(base_kwargs={{'momentum': 0.9}}, rho={})"  # small rho: SAM's fixed point near the minimum
 TABLE: dict[str, Row] = {
     "sgd": Row("sgd(momentum=0.9)", (0.01, 1e-3), (1e-3, 1000, 0.05), _DIGITS["sgd"], 0.1),
     "adam": Row("adam", (0.03, 1e-3), (0.1, 1500, 0.05), _DIGITS["adam"], 1e-2),
     # AdamW's default weight decay (0.01) moves its fixed point off (1, 1): a looser tolerance
     "adamw": Row("adamw", (0.03, 1e-3), (0.1, 1500, 0.15), _DIGITS["adamw"], 1e-2),
-    "signsgd": Row("signsgd(momentum=0.9)", (0.01, 0.05), (3e-3, 2000, 0.15), _DIGITS["signsgd"], 1e-3),
-    "adabelief": Row("adabelief(rectify=False)", (0.03, 1e-3), (0.1, 1500, 0.05), _DIGITS["adabelief"], 1e-2),
+    "signsgd": Row("signsgd(momentum=0.9)", (0.01, 0.05), (3e-3, 2000, 0.15), _DIGITS["signsgd"],
+                   1e-3),
+    "adabelief": Row("adabelief(rectify=False)", (0.03, 1e-3), (0.1, 1500, 0.05),
+                     _DIGITS["adabelief"], 1e-2),
     "diffgrad": Row("diffgrad", (0.1, 1e-3), (0.1, 1500, 0.05), _DIGITS["diffgrad"], 1e-2),
     "adamp": Row("adamp", (0.03, 1e-3), (0.1, 1500, 0.05), _DIGITS["adamp"], 1e-2),
     "sgdp": Row("sgdp(momentum=0.9)", (0.01, 1e-3), (1e-3, 1000, 0.05), _DIGITS["sgdp"], 0.1),
     "lion": Row("lion", (0.03, 1e-3), (3e-3, 2000, 0.15), _DIGITS["lion"], 1e-3),
-    "lion_kappa": Row("lion_kappa(kappa='l2')", (0.1, 0.06), (0.01, 1500, 0.1), _DIGITS["lion_kappa"], 0.03),
+    "lion_kappa": Row("lion_kappa(kappa='l2')", (0.1, 0.06), (0.01, 1500, 0.1), _DIGITS["lion_kappa"],
+                      0.03),
     "agd": Row("agd(delta=1e-5)", (0.01, 1e-3), (0.03, 1500, 0.05), _DIGITS["agd"], 1e-3),
-    "sam": Row(_SAM.format("sam", 0.01), (0.003, 0.01), (1e-3, 2000, 0.2), "sam(lr=0.1, base_kwargs={'momentum': 0.9})", 0.1),
-    "wsam": Row(_SAM.format("wsam", 0.002), (0.003, 0.01), (1e-3, 2000, 0.2), "wsam(lr=0.1, base_kwargs={'momentum': 0.9})", 0.1),
-    "galore": Row("galore", (0.03, 1e-3), (0.1, 1500, 0.05), "galore(lr=1e-2)", 1e-2),
-    "fira": Row("fira", (0.03, 1e-3), (0.1, 1500, 0.05), "fira(lr=1e-2)", 1e-2),
+    "sam": Row(_SAM.format("sam", 0.01), (0.003, 0.01), (1e-3, 2000, 0.2), _DIGITS["sam"], 0.1),
+    "wsam": Row(_SAM.format("wsam", 0.002), (0.003, 0.01), (1e-3, 2000, 0.2), _DIGITS["wsam"], 0.1),
+    "galore": Row("galore", (0.03, 1e-3), (0.1, 1500, 0.05), _DIGITS["galore"], 1e-2),
+    "fira": Row("fira", (0.03, 1e-3), (0.1, 1500, 0.05), _DIGITS["fira"], 1e-2),
 }
 TABLED = [name for name in ALL if name in TABLE]
 STRUCTURE_SPECS = {"badam": "badam(freeze_inactive=False)"}
@@ -242,6 +245,13 @@ def test_digits_mlp_reaches_target_accuracy(name):
     assert h["test_accuracy"][-1] >= 0.85
     assert h["loss"][-10:].mean() < h["loss"][:10].mean()
     assert (h["wall_time"][1:] >= h["wall_time"][:-1]).all()
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if getattr(get("optimizer", n), "requires_fitness", False)])
+def test_digits_mlp_gradient_free_path_learns(name):
+    h = run("digits_mlp", optimizer=name, steps=30)
+    assert h["loss"][-5:].mean() < h["loss"][:5].mean()
+    assert len(h["test_accuracy"]) == 30
 
 
 @pytest.fixture(scope="module")
