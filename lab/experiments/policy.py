@@ -44,6 +44,12 @@ from toy_envs.token_tasks import make_task
 
 MODELS = ("tabular", "transformer")
 LOSS_OVERRIDES = ("clip_eps_low", "clip_eps_high", "beta")
+BATCH_KEYS = frozenset({
+    "rewards", "group_size", "group_ids", "mask", "logprobs", "old_logprobs", "ref_logprobs", "entropy",
+    "token_ids", "token_rewards", "lengths", "values", "old_values", "returns", "advantages", "step",
+    "total_steps", *LOSS_OVERRIDES,
+})
+"""Names the loop can put in a batch (``values``/``old_values`` with a critic, ``returns`` from GAE)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,24 @@ def build_model(name: str, task: Any, *, value_head: bool, d_model: int = 64, n_
                 return TinyTransformer.for_task(task, d_model=d_model, n_layers=n_layers, value_head=value_head)
         return TinyTransformer.for_task(task, d_model=d_model, n_layers=n_layers, value_head=value_head)
     raise KeyError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+
+
+def compatible(kind: str) -> list[str]:
+    """Registered ``advantage`` or ``policy_loss`` names whose required arguments the loop provides."""
+    import inspect
+
+    from lab.registry import available, get
+
+    names = []
+    for name in available(kind):
+        obj = get(kind, name)
+        fn = obj.__call__ if inspect.isclass(obj) else obj
+        required = {p.name for p in inspect.signature(fn).parameters.values()
+                    if p.default is inspect.Parameter.empty and p.name != "self"
+                    and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if required <= BATCH_KEYS:
+            names.append(name)
+    return names
 
 
 def _subset(batch: dict[str, Any], idx: torch.Tensor, n: int) -> dict[str, Any]:
@@ -207,4 +231,4 @@ def _batch_artifact(task: Any, ro: Any, advantages: torch.Tensor) -> dict[str, A
             "group_size": ro.group_size}
 
 
-__all__ = ["PolicyConfig", "policy_optimization", "build_model", "greedy_accuracy", "MODELS"]
+__all__ = ["PolicyConfig", "policy_optimization", "build_model", "compatible", "greedy_accuracy", "MODELS"]

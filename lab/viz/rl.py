@@ -5,9 +5,12 @@
 - :func:`advantage_bars`: each estimator's advantages for one group of rewards, side by side.
 - :func:`aggregation_weights`: the gradient weight per token each aggregation mode gives to
   responses of different lengths.
+- :func:`advantage_calculator` (+ :class:`CalculatorConfig`, :func:`calculator_figures`): the
+  notebook's calculator, one group of rewards in, advantages and aggregation weights out.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -78,3 +81,62 @@ def aggregation_weights(weights: Mapping[str, Sequence[float]], lengths: Sequenc
     fig.update_layout(barmode="group", template="plotly_white", title=title, yaxis_title="weight per token",
                       margin=dict(l=50, r=20, t=50, b=40), height=360)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The advantage calculator of the policy-gradient lesson
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CalculatorConfig:
+    """Config of :func:`advantage_calculator`: one group of G responses with 0/1 rewards."""
+
+    r0: bool = True  # response 0 is correct (reward 1)
+    r1: bool = False  # response 1 is correct
+    r2: bool = False  # response 2 is correct
+    r3: bool = True  # response 3 is correct
+    r4: bool = False  # response 4 is correct
+    r5: bool = True  # response 5 is correct
+    r6: bool = False  # response 6 is correct
+    r7: bool = False  # response 7 is correct
+    group_size: int = 6  # G: how many of r0..r7 form the group
+    lengths: tuple[int, ...] = (2, 9, 4, 12, 3, 7, 6, 10)  # response lengths (tokens)
+    estimators: tuple[str, ...] = ("reinforce_baseline", "rloo", "grpo", "grpo(std='population')", "dr_grpo")  # specs
+
+
+def advantage_calculator(cfg: CalculatorConfig) -> dict:
+    """Each estimator's advantages for the group, and each aggregation mode's per-token weight.
+
+    The weight of mode ``agg`` for response i is ``∂ agg(x)/∂ x_{i,t}`` at any valid token: the factor
+    by which the loss scales ``A_i ∇ℓ_{i,t}`` (token_mean: 1/Σ L; seq_mean_token_mean: 1/(G L_i);
+    seq_mean_token_sum: 1/G; seq_mean_token_sum_norm: 1/(G·C) with C = max length).
+    """
+    import torch
+
+    from lab.rl.core import AGG_MODES, GlobalNorm, aggregate, call_with, make_fn
+
+    G = cfg.group_size
+    if not 2 <= G <= 8 or len(cfg.lengths) < G:
+        raise ValueError(f"group_size must lie in [2, 8] with a length per response, got {G}")
+    rewards = torch.tensor([float(getattr(cfg, f"r{i}")) for i in range(G)])
+    lengths = torch.tensor(cfg.lengths[:G])
+    mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]                 # (G, T)
+    batch = {"rewards": rewards, "group_size": G, "mask": mask}
+    advantages = {spec: call_with(make_fn("advantage", spec), batch)[0].tolist() for spec in cfg.estimators}
+    weights = {}
+    for agg in AGG_MODES:
+        x = torch.zeros(mask.shape, dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(aggregate(x, mask, agg, GlobalNorm(norm_const=float(lengths.max()))), x)
+        weights[agg] = grad[:, 0].tolist()
+    return {"rewards": rewards.tolist(), "lengths": lengths.tolist(), "advantages": advantages,
+            "weights": weights}
+
+
+def calculator_figures(result: dict) -> list[go.Figure]:
+    """The two figures of the advantage calculator."""
+    return [advantage_bars(result["advantages"], result["rewards"]),
+            aggregation_weights(result["weights"], result["lengths"])]
+
+
+def policy_figures(history: History) -> list[go.Figure]:
+    """Training curves and the per-token advantage heatmap of the last batch."""
+    return [training_figure(history), advantage_heatmap(history)]

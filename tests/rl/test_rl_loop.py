@@ -99,3 +99,29 @@ def test_default_config_is_small():
     assert {f.name for f in dataclasses.fields(cfg)} >= {"advantage", "loss", "group_size", "clip_eps_low",
                                                         "clip_eps_high", "beta", "temperature", "lr"}
     assert {"grpo", "dr_grpo", "rloo", "gae", "reinforce_baseline"} <= set(available("advantage"))
+
+
+def test_advantage_calculator_and_figures():
+    from lab.viz.rl import CalculatorConfig, advantage_calculator, calculator_figures, policy_figures
+
+    result = advantage_calculator(CalculatorConfig(r0=True, r1=False, r2=False, r3=True, group_size=4,
+                                                   lengths=(2, 4, 3, 1)))
+    assert result["advantages"]["reinforce_baseline"] == [0.5, -0.5, -0.5, 0.5]
+    assert result["advantages"]["rloo"] == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3])
+    # one token of a response of length L: token mean 1/ΣL, per-sequence mean 1/(G·L)
+    assert result["weights"]["token_mean"] == pytest.approx([0.1] * 4)
+    assert result["weights"]["seq_mean_token_mean"] == pytest.approx([1 / 8, 1 / 16, 1 / 12, 1 / 4])
+    assert result["weights"]["seq_mean_token_sum_norm"] == pytest.approx([1 / 16] * 4)
+    assert len(calculator_figures(result)) == 2
+    h = E.run("policy_optimization", steps=2)
+    figs = policy_figures(h)
+    assert len(figs) == 2 and len(figs[1].data[0].z) == 64
+    with pytest.raises(ValueError, match="group_size"):
+        advantage_calculator(CalculatorConfig(group_size=1))
+
+
+def test_compatible_lists_what_the_loop_can_feed():
+    from lab.experiments.policy import compatible
+
+    assert {"grpo", "rloo", "gae", "dr_grpo", "reinforce_baseline"} <= set(compatible("advantage"))
+    assert {"grpo", "ppo", "dapo", "gspo", "reinforce", "dr_grpo"} <= set(compatible("policy_loss"))
