@@ -140,3 +140,20 @@ def test_loss_balancers_reject_bad_input(name):
         bal.loss(good, torch.zeros(5, 1))
     with pytest.raises(ValueError, match="coef"):
         make("balancer", name, 4, coef=-1.0)
+
+
+def test_seq_aux_sees_sequence_imbalance_that_the_batch_loss_cannot():
+    # Prepare: 4 sequences of 4 tokens; every token of sequence b prefers expert b (p = 0.7)
+    probs = torch.full((4, 4, 4), 0.1, dtype=torch.float64)
+    probs[torch.arange(4), :, torch.arange(4)] = 0.7
+    logits = torch.log(probs).requires_grad_()
+    indices = torch.arange(4).reshape(4, 1, 1).expand(4, 4, 1)
+    # Execute
+    batch, _ = switch_aux_loss(logits, indices)
+    seq, _ = seq_aux_loss(logits, indices)
+    # Assert: the batch is perfectly balanced -> the Switch loss sits at its balanced value k = 1
+    # and gives no gradient (f uniform, sum_i P_i = 1); per sequence f = [4, 0, 0, 0] -> 4 * 0.7
+    assert batch.item() == pytest.approx(1.0)
+    assert torch.autograd.grad(batch, logits)[0].abs().max() < 1e-12
+    assert seq.item() == pytest.approx(2.8)
+    assert torch.autograd.grad(seq, logits)[0].abs().max() > 0.01
