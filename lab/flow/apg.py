@@ -1,0 +1,82 @@
+"""Adaptive Projected Guidance (APG): classifier-free guidance without oversaturation.
+
+"Eliminating Oversaturation and Artifacts of High Guidance Scales in Diffusion Models" (Sadat,
+Hilliges, Weber, arXiv 2410.02416). Classifier-free guidance (CFG) with scale w moves the
+conditional prediction D_c further from the unconditional D_u:
+
+    D_CFG = D_c + (w − 1)·Δ,   Δ = D_c − D_u.
+
+At high w the part of Δ *parallel* to D_c mostly scales the prediction up (images: oversaturated
+colours; the 2-D toy: samples pushed radially beyond the mode, ‖x‖ inflation), while the
+orthogonal part sharpens the condition. APG:
+
+1. momentum: ``Δ̄ ← Δ + β·Δ̄`` (buffer per sampling run, starts at 0; the paper uses β < 0);
+2. rescale: ``Δ ← Δ·min(1, r/‖Δ‖)`` (r = ``norm_threshold``, 0 disables; norm over coordinates);
+3. project on D_c: ``Δ_∥ = ⟨Δ, D̂_c⟩D̂_c``, ``Δ_⊥ = Δ − Δ_∥``;
+4. ``D_APG = D_c + (w − 1)·(Δ_⊥ + η·Δ_∥)``, paper default η = 0.
+
+The lab uses this ``D_c + (w − 1)(…)`` form (not diffusers' ``D_u + w(…)`` variant); CFG is exactly
+η = 1, r = 0, β = 0. As in the paper, guidance acts on denoised predictions: for a flow field,
+``x̂_0 = x − t·v`` is guided and converted back, ``v = (x − x̂_0)/t`` (:class:`GuidedVelocity`).
+Momentum β default −0.5 [unverified]; ``guidance_scale`` default 7.5 (a common CFG scale).
+"""
+from __future__ import annotations
+
+import torch
+
+from lab.checks import check_choice, check_nonneg, check_number, check_same_shape
+from lab.registry import register
+
+
+@register("flow_loss", "apg",
+          paper="Eliminating Oversaturation and Artifacts of High Guidance Scales in Diffusion Models",
+          arxiv="2410.02416")
+def apg_guidance(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, *, guidance_scale: float = 7.5,
+                 eta: float = 0.0, norm_threshold: float = 0.0, momentum: float = -0.5,
+                 buffer: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Guided prediction ``(N, d)`` and the new momentum buffer ``Δ̄`` (pass it to the next step)."""
+    check_same_shape(pred_cond=pred_cond, pred_uncond=pred_uncond)
+    w = check_number("guidance_scale", guidance_scale)
+    check_number("eta", eta)
+    check_nonneg("norm_threshold", norm_threshold)
+    beta = check_number("momentum", momentum)
+    delta = pred_cond - pred_uncond                                           # (N, d)
+    if buffer is not None:
+        check_same_shape(pred_cond=pred_cond, buffer=buffer)
+        delta = delta + beta * buffer
+    new_buffer = delta
+    if norm_threshold > 0:
+        norm = delta.norm(dim=-1, keepdim=True)
+        delta = delta * torch.clamp(norm_threshold / norm.clamp_min(1e-12), max=1.0)
+    unit = pred_cond / pred_cond.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # D̂_c
+    parallel = (delta * unit).sum(-1, keepdim=True) * unit
+    orthogonal = delta - parallel
+    return pred_cond + (w - 1.0) * (orthogonal + eta * parallel), new_buffer
+
+
+class GuidedVelocity:
+    """``v(x, t)`` of a class-conditional field under CFG or APG on ``x̂_0`` predictions.
+
+    ``method="cfg"`` is APG with η = 1, r = 0, β = 0. The momentum buffer lives in the object:
+    make a new one per sampling run.
+    """
+
+    def __init__(self, model: torch.nn.Module, cond: torch.Tensor, *, method: str = "apg",
+                 guidance_scale: float = 7.5, eta: float = 0.0, norm_threshold: float = 0.0,
+                 momentum: float = -0.5):
+        check_choice("method", method, ("cfg", "apg"))
+        self.model, self.cond = model, cond
+        if method == "cfg":
+            eta, norm_threshold, momentum = 1.0, 0.0, 0.0
+        self.kwargs = dict(guidance_scale=guidance_scale, eta=eta, norm_threshold=norm_threshold,
+                           momentum=momentum)
+        self.buffer: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        x0_c = x - t * self.model(x, t, self.cond)                           # (N, d)
+        x0_u = x - t * self.model(x, t, None)
+        x0, self.buffer = apg_guidance(x0_c, x0_u, buffer=self.buffer, **self.kwargs)
+        return (x - x0) / t
+
+
+__all__ = ["apg_guidance", "GuidedVelocity"]

@@ -1,0 +1,60 @@
+"""DiffIER: reduce the error accumulated along the sampling trajectory at inference time.
+
+"DiffIER: Optimizing Diffusion Models with Iterative Error Reduction" (Chen, Ding, Xue,
+arXiv 2508.13628). The paper identifies a training–inference gap, measured as the error accumulated
+along the sampling trajectory, links the choice of guidance weight to it, and proposes a
+training-free, plug-and-play procedure: at each inference step, a few iterations of error
+minimisation on the current sample before continuing.
+
+The paper's exact error objective is [unverified]; the lab's concrete reading (spec C.12) uses
+the disagreement of consecutive denoised predictions. With ``x̂_0(x, t) = x − t·v(x, t)``, after an
+Euler step ``x_{j+1} = x_j + v(x_j, σ_j)·dt``, run K gradient steps on the new state
+
+    e_j(x) = ½ ‖x̂_0(x, σ_{j+1}) − x̂_0(x_j, σ_j)‖²,   x ← x − γ ∇_x e_j(x),
+
+and report the accumulated error ``E = Σ_j mean_i e_j``. For an exact flow of a point mass x̂_0 is
+constant along the path and E = 0; a mis-fitted or over-guided field makes x̂_0 jump. K = 0 is the
+plain Euler sampler. Defaults (K = 3, γ = 0.1) are the lab's.
+"""
+from __future__ import annotations
+
+import torch
+
+from lab.checks import check_int, check_positive
+from lab.flow.core import Velocity
+from lab.registry import register
+
+
+@register("flow_loss", "diffier",
+          paper="DiffIER: Optimizing Diffusion Models with Iterative Error Reduction",
+          arxiv="2508.13628")
+def diffier_sample(velocity: Velocity, noise: torch.Tensor, grid: torch.Tensor, *,
+                   iterations: int = 3, step_size: float = 0.1) -> tuple[torch.Tensor, dict]:
+    """Euler sampling with ``iterations`` error-reduction steps per step; returns (samples, metrics).
+
+    ``metrics``: ``accumulated_error`` (after correction) and ``error_per_step`` (a list).
+    """
+    check_int("iterations", iterations, minimum=0)
+    check_positive("step_size", step_size)
+    x = noise.detach()
+    errors = []
+    for j in range(grid.shape[0] - 1):
+        sigma, sigma_next = float(grid[j]), float(grid[j + 1])
+        with torch.no_grad():
+            v = velocity(x, sigma)
+            x0_prev = x - sigma * v                                           # x̂_0(x_j, σ_j)
+            x_next = x + v * (sigma_next - sigma)
+        for _ in range(iterations):
+            x_next = x_next.detach().requires_grad_(True)
+            with torch.enable_grad():
+                err = 0.5 * ((x_next - sigma_next * velocity(x_next, sigma_next) - x0_prev) ** 2).sum()
+                (grad,) = torch.autograd.grad(err, x_next)
+            x_next = x_next.detach() - step_size * grad
+        with torch.no_grad():
+            x0_next = x_next - sigma_next * velocity(x_next, sigma_next)
+            errors.append(float(0.5 * ((x0_next - x0_prev) ** 2).sum(-1).mean()))
+        x = x_next.detach()
+    return x, {"accumulated_error": sum(errors), "error_per_step": errors}
+
+
+__all__ = ["diffier_sample"]
