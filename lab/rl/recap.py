@@ -18,6 +18,18 @@ values and let
 A saturated objective (flat loss: c = 1, i ≈ 0) gets less weight than one still improving (c > 1)
 or one that is volatile (large i).
 
+``rule="level"`` is the lab's second instantiation (``spec/federated_moe_flow.md`` D.7), which
+also looks at how far each loss still is from where it started. Over the last W losses:
+
+    ρ_k  = clamp((mean(first half) − mean(second half)) / mean(window), 0, 1)   convergence rate
+    s_k  = std(window) / mean(window)                                           instability
+    π_k  = s_k + (1 − ρ_k) · L_k^(t) / L_k^(0)                                  priority
+    λ_k  = K · softmax_k(π_k / T)
+
+so an objective that has stopped improving while its loss is still high (under-performing) gains
+weight, and a solved one (loss near 0) loses it: the weights act as a controller that keeps the
+objectives balanced.
+
 Where it departs from plain multi-objective GRPO/SFT: only the per-objective weights.
 
 Choices ([unverified] in the lab's spec; the formula comes from a third-party summary of the paper):
@@ -40,7 +52,7 @@ from typing import Any
 
 import torch
 
-from lab.checks import check_int, check_positive, check_tensor
+from lab.checks import check_choice, check_int, check_positive, check_tensor
 from lab.registry import register
 
 FLOOR = 1e-8
@@ -53,6 +65,17 @@ def recap_scores(recent: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
     c = mu_prev.abs() / mu.abs().clamp_min(FLOOR)                                 # convergence rate
     i = sigma / (mu.abs() + mu_prev.abs()).clamp_min(FLOOR)                       # instability
     return c + i
+
+
+def level_scores(window: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    """π_k = s_k + (1 − ρ_k)·level_k from the last W losses ``window`` (K, W) and the first losses (K,)."""
+    w = window.double()
+    half = w.shape[1] // 2
+    mean = w.mean(1).abs().clamp_min(FLOOR)
+    rho = ((w[:, :half].mean(1) - w[:, half:].mean(1)) / mean).clamp(0.0, 1.0)
+    instability = w.std(1, unbiased=False) / mean
+    level = w[:, -1].abs() / initial.double().abs().clamp_min(FLOOR)
+    return instability + (1.0 - rho) * level
 
 
 def recap_weights(scores: torch.Tensor, temperature: float = 5.0) -> torch.Tensor:
@@ -70,12 +93,17 @@ class RECAP:
         n_objectives: K.
         window: W, the horizon of each mean (5).
         temperature: T of the softmax (5.0).
+        rule: ``"summary"`` (c + i, the paper as summarized) or ``"level"`` (the lab's D.7 rule).
     """
 
-    def __init__(self, n_objectives: int, window: int = 5, temperature: float = 5.0):
+    RULES = ("summary", "level")
+
+    def __init__(self, n_objectives: int, window: int = 5, temperature: float = 5.0, rule: str = "summary"):
         self.n_objectives = check_int("n_objectives", n_objectives, minimum=1)
         self.window = check_int("window", window, minimum=2)
         self.temperature = check_positive("temperature", temperature)
+        self.rule = check_choice("rule", rule, self.RULES)
+        self.initial: list[float] | None = None
         self.history: deque[list[float]] = deque(maxlen=2 * window)
         self.lambdas = torch.ones(n_objectives, dtype=torch.float64)
 
@@ -84,6 +112,13 @@ class RECAP:
         losses = torch.as_tensor(objective_losses, dtype=torch.float64)
         check_tensor("objective_losses", losses, shape=(self.n_objectives,), finite=True)
         self.history.append(losses.tolist())
+        if self.initial is None:
+            self.initial = losses.tolist()
+        if self.rule == "level" and len(self.history) >= self.window:
+            h = torch.tensor(list(self.history)[-self.window:], dtype=torch.float64).T   # (K, W)
+            scores = level_scores(h, torch.tensor(self.initial))
+            self.lambdas = recap_weights(scores, self.temperature)
+            return {"recap/lambda": self.lambdas.tolist(), "recap/score": scores.tolist()}
         if len(self.history) < 2 * self.window:
             self.lambdas = torch.ones(self.n_objectives, dtype=torch.float64)
             return {"recap/lambda": self.lambdas.tolist()}
@@ -101,11 +136,13 @@ class RECAP:
         return combined.to(rewards.dtype), {"recap/lambda": self.lambdas.tolist(), "reward": float(combined.mean())}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [list(h) for h in self.history], "lambdas": self.lambdas.tolist()}
+        return {"history": [list(h) for h in self.history], "lambdas": self.lambdas.tolist(),
+                "initial": self.initial}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = deque((list(h) for h in state["history"]), maxlen=2 * self.window)
         self.lambdas = torch.tensor(state["lambdas"], dtype=torch.float64)
+        self.initial = state["initial"]
 
 
-__all__ = ["RECAP", "recap_scores", "recap_weights"]
+__all__ = ["RECAP", "recap_scores", "level_scores", "recap_weights"]
