@@ -203,6 +203,7 @@ def test_schedules_listed():
     assert set(SCHEDULES) == {"sign", "linear", "inv_n", "inv_sqrt_n"}
 
 
+@pytest.mark.slow  # importing the DeepSeek-V3 modeling code dominates
 def test_selection_matches_hugging_face_deepseek_v3_router():
     ds = pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
     from transformers import DeepseekV3Config
