@@ -179,6 +179,33 @@ def time_to_target(history: History, metric: str = "test_accuracy", target: floa
     return float(history[x][i])
 
 
+def target_rows(runs: Runs, metric: str = "test_accuracy", target: float = 0.9, *,
+                higher_is_better: bool = True) -> list[dict]:
+    """Per run: steps and seconds (``wall_time``) to reach ``target``, final and best value.
+
+    Sorted by seconds to target (by steps where there is no wall time); runs that never reach
+    the target come last.
+    """
+    rows = []
+    for label, h in runs.items():
+        values = h[metric]
+        rows.append({
+            "optimizer": label,
+            "steps": time_to_target(h, metric, target, x="step", higher_is_better=higher_is_better),
+            "seconds": (time_to_target(h, metric, target, x="wall_time",
+                                       higher_is_better=higher_is_better)
+                        if "wall_time" in h else None),
+            "final": float(values[-1]),
+            "best": float(values.max() if higher_is_better else values.min()),
+        })
+
+    def key(row):
+        value = row["seconds"] if row["seconds"] is not None else row["steps"]
+        return (value is None, value if value is not None else 0.0)
+
+    return sorted(rows, key=key)
+
+
 # --------------------------------------------------------------------------------------------
 # Comparisons (callables for panels: a config in, Runs out)
 
@@ -269,6 +296,53 @@ def compare_on_digits(cfg: DigitsCompareConfig) -> Runs:
     return runs
 
 
-__all__ = ["DigitsConfig", "digits_mlp", "seeded_init_", "build_optimizer", "time_to_target",
+@dataclass(frozen=True)
+class AlgoPerfConfig:
+    """Config of ``algoperf``."""
+
+    optimizers: tuple[str, ...] = ("sgd(lr=0.1, momentum=0.9)", "adam(lr=1e-2)", "lion(lr=3e-3)",
+                                   "agd(lr=3e-3, delta=1e-5)")  # specs, each with its tuned lr
+    steps: int = 60  # the fixed budget of optimizer steps
+    batch_size: int = 64  # minibatch size
+    target: float = 0.9  # validation (test-split) accuracy to reach
+    seed: int = 0  # split, initialization and batch order, shared by all optimizers
+
+
+def _plot_algoperf(history: History):
+    from lab.viz.optim import algoperf_figures
+
+    return algoperf_figures(history)[0]
+
+
+@experiment("algoperf", AlgoPerfConfig, paper="Benchmarking Neural Network Training Algorithms",
+            arxiv="2306.07179", plot=_plot_algoperf,
+            summary="Time-to-result benchmark: seconds each optimizer needs to reach a target")
+def algoperf(cfg: AlgoPerfConfig) -> History:
+    """AlgoPerf's time-to-result rule on the digits workload.
+
+    AlgoPerf scores a training algorithm by the wall-clock time it needs to reach a fixed
+    validation target on a fixed workload, with a fixed maximum budget (runs that miss the target
+    get no time). Here the workload is ``digits_mlp``; every optimizer gets the same budget, seed,
+    initialization and batches. One History row per optimizer, in ranking order:
+    ``seconds_to_target`` and ``steps_to_target`` (NaN when not reached) and
+    ``final_test_accuracy``; ``artifacts['table']`` holds the rows with labels and
+    ``artifacts['runs']`` every run's History (as dicts).
+    """
+    check_positive("target", cfg.target)
+    runs = compare_on_digits(DigitsCompareConfig(optimizers=cfg.optimizers, steps=cfg.steps,
+                                                 batch_size=cfg.batch_size, seed=cfg.seed,
+                                                 target=cfg.target))
+    rows = target_rows(runs, "test_accuracy", cfg.target)
+    history = History(meta={"algorithm": "algoperf", "target": cfg.target, "seed": cfg.seed})
+    for rank, row in enumerate(rows):
+        history.append(rank, seconds_to_target=math.nan if row["seconds"] is None else row["seconds"],
+                       steps_to_target=math.nan if row["steps"] is None else row["steps"],
+                       final_test_accuracy=row["final"])
+    history.artifacts["table"] = rows
+    history.artifacts["runs"] = {label: h.to_dict() for label, h in runs.items()}
+    return history
+
+
+__all__ = ["AlgoPerfConfig", "algoperf", "target_rows", "DigitsConfig", "digits_mlp", "seeded_init_", "build_optimizer", "time_to_target",
            "SurfaceCompareConfig", "compare_on_surface", "DigitsCompareConfig",
            "compare_on_digits", "DIGITS_SPECS", "OTHER_DIGITS_SPECS", "digits_lineup"]

@@ -58,37 +58,12 @@ def effective_step_figure(runs: History | Mapping[str, History], *, title: str |
     return fig
 
 
-def target_rows(runs: History | Mapping[str, History], metric: str = "test_accuracy",
-                target: float = 0.9, *, higher_is_better: bool = True) -> list[dict]:
-    """Per run: steps and seconds (``wall_time``) to reach ``target``, final and best value.
-
-    Sorted by time to target (runs that never reach it last).
-    """
-    from lab.experiments.optimizers import time_to_target
-
-    rows = []
-    for label, h in _as_runs(runs).items():
-        values = h[metric]
-        best = float(values.max() if higher_is_better else values.min())
-        rows.append({
-            "optimizer": label,
-            "steps": time_to_target(h, metric, target, x="step", higher_is_better=higher_is_better),
-            "seconds": (time_to_target(h, metric, target, x="wall_time",
-                                       higher_is_better=higher_is_better)
-                        if "wall_time" in h else None),
-            "final": float(values[-1]),
-            "best": best,
-        })
-    rows.sort(key=lambda r: (r["seconds"] is None and r["steps"] is None,
-                             r["seconds"] if r["seconds"] is not None else
-                             (r["steps"] if r["steps"] is not None else np.inf)))
-    return rows
-
-
 def time_to_target_table(runs: History | Mapping[str, History], metric: str = "test_accuracy",
                          target: float = 0.9, *, higher_is_better: bool = True) -> go.Figure:
     """A table: optimizer, steps and seconds to reach ``metric`` = ``target``, final, best."""
-    rows = target_rows(runs, metric, target, higher_is_better=higher_is_better)
+    from lab.experiments.optimizers import target_rows
+
+    rows = target_rows(_as_runs(runs), metric, target, higher_is_better=higher_is_better)
 
     def fmt(v, spec):
         return "not reached" if v is None else format(v, spec)
@@ -126,5 +101,12 @@ def digits_figures(runs: Runs, target: float | None = None) -> list[go.Figure]:
             time_to_target_table(runs, "test_accuracy", target)]
 
 
-__all__ = ["effective_step_figure", "target_rows", "time_to_target_table", "surface_figures",
-           "digits_figures"]
+def algoperf_figures(history: History) -> list[go.Figure]:
+    """The ``algoperf`` experiment: its time-to-target table and the test-accuracy curves."""
+    runs = Runs({label: History.from_dict(d) for label, d in history.artifacts["runs"].items()})
+    return [time_to_target_table(runs, "test_accuracy", history.meta["target"]),
+            curves(runs, "test_accuracy", x="wall_time", title="test accuracy against seconds")]
+
+
+__all__ = ["effective_step_figure", "time_to_target_table", "surface_figures", "digits_figures",
+           "algoperf_figures"]
