@@ -37,9 +37,10 @@ def fedvarp_step(deltas: torch.Tensor, ids: torch.Tensor, memory: torch.Tensor) 
     return v, new_memory
 
 
-@register("aggregator", "fedvarp", paper="FedStale: leveraging stale client updates in federated learning",
-          arxiv="2405.04171",
-          summary="FedVARP (Jhunjhunwala et al., arXiv:2207.14130): stored updates of absent clients reduce variance")
+@register("aggregator", "fedvarp",
+          paper="FedVARP: Tackling the Variance Due to Partial Client Participation in Federated Learning",
+          arxiv="2207.14130",
+          summary="FedVARP (the FedStale paper's baseline): stored updates of absent clients reduce variance")
 class FedVARP(Aggregator):
     """FedVARP. Args: server_lr (eta_g), batch_size (local minibatch, None = full batch)."""
 

@@ -1,5 +1,11 @@
 """Participation models: who takes part in each round (the server never sees the rates p_i).
 
+Papers: ``bernoulli``, ``markov``, ``cyclic`` from "A Lightweight Method for Tackling Unknown
+Participation Statistics in Federated Averaging" (FedAU, arXiv 2306.03401); ``uniform`` from
+"Communication-Efficient Learning of Deep Networks from Decentralized Data" (FedAvg, arXiv
+1602.05629); ``stragglers`` from "Tackling the Unlimited Staleness in Federated Learning with
+Intertwined Data and Device Heterogeneities" (arXiv 2309.13536).
+
 Semantics of ``bernoulli``, ``markov`` and ``cyclic`` follow IBM/fedau ``util/util.py``
 (``WorkerSampler``); all three have long-run participation frequency p_i and mean interval 1/p_i.
 
