@@ -14,6 +14,7 @@ import gymnasium
 # (id, "module:Class", default kwargs). Add a row to register a new environment.
 ENVS: list[tuple[str, str, dict]] = [
     ("toy_envs/Arithmetic-v0", "toy_envs.arithmetic:ArithmeticEnv", {}),
+    ("toy_envs/MultiObjective-v0", "toy_envs.multi_objective:MultiObjectiveEnv", {}),
     ("toy_envs/StringReverse-v0", "toy_envs.strings:StringEnv", {"mode": "reverse"}),
     ("toy_envs/TokenBandit-v0", "toy_envs.token_bandit:TokenBanditEnv", {}),
 ]

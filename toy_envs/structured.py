@@ -96,6 +96,20 @@ class StructuredTask(TokenTask):
             out.append([index[c] for c in text] + [self.eos_id])
         return out
 
+    def template_prior(self) -> torch.Tensor:
+        """(max_new_tokens, V) 0/1: the structural token of the reference at each position
+        (``{ a : , b : } <eos>``; every digit at the two value slots) — a "pretrained" prior that
+        knows the syntax but not which value goes where."""
+        index = {s: i for i, s in enumerate(self.vocab)}
+        template = ["{", "a", ":", None, ",", "b", ":", None, "}", "<eos>"]
+        prior = torch.zeros(self.max_new_tokens, self.vocab_size)
+        for t, tok in enumerate(template):
+            if tok is not None:
+                prior[t, index[tok]] = 1.0
+            else:
+                prior[t, self.digit0:self.digit0 + self.n_digits] = 1.0
+        return prior
+
     def texts(self, responses: torch.Tensor) -> list[str]:
         """Decoded content of each response (up to the first ``<eos>``)."""
         out = []

@@ -78,6 +78,7 @@ class MultiObjectiveConfig:
     recap_rule: Literal["summary", "level"] = "level"  # recap: c + i (summary) or the lab's level rule
     thresholds: tuple[float, ...] = (0.25, 1.0)  # constrained_lagrangian: proxy points θ_k
     lagrange_lr: float = 2.0  # constrained_lagrangian: multiplier step (the paper's 1e-2 is for long runs)
+    prior: float = 0.0  # logit bonus on the task's template tokens at init (structured: a "pretrained" policy)
     eval_prompts: int = 16  # prompts of each greedy evaluation
     hv_reference: float = -0.1  # every coordinate of the hypervolume reference point
     seed: int = 0  # seed of prompts, sampling and initialization
@@ -226,6 +227,9 @@ def multi_objective(cfg: MultiObjectiveConfig) -> History:
                          f"({', '.join(task.objective_names)}), got {len(cfg.weights)}")
     method = METHODS[cfg.method](cfg, task, generator)
     model = build_model("tabular", task, value_head=False)
+    if cfg.prior and hasattr(task, "template_prior"):
+        with torch.no_grad():
+            model.logits += cfg.prior * task.template_prior()                  # (C, T, V) += (T, V)
     reference = copy.deepcopy(model).requires_grad_(False)
     optimizer = make("optimizer", "adam", model.parameters(), lr=cfg.lr)
     estimator = make_fn("advantage", cfg.advantage)
