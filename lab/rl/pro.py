@@ -95,7 +95,7 @@ class PreferenceOrchestrator(nn.Module):
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
-        return {"pro/loss": float(loss)}
+        return {"pro/loss": float(loss.detach())}
 
     def __call__(self, rewards: torch.Tensor, *, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """R_i = Σ_k f_φ(x_i)_k r_{i,k} for ``rewards`` (B, K) and prompt ``features`` (B, D)."""

@@ -36,8 +36,9 @@ Examples: ΔHV = 0.1 → meta = 0.5 + 1.5·tanh(0.1) = 0.64950; ΔHV = 0 → 0.5
 w = (0.5, 0.5), η·s/λ_reg = (0.2, −0.2) → w = softmax(log 0.5 + (0.2, −0.2)) = (0.59869, 0.40131).
 
 Choices: the code stores maximized objectives (negating minimized ones) — so do we: every v and r
-here is "higher is better". A negative ΔHV (possible when v dominates nothing and the buffer holds
-several points — it cannot be, HV is monotone) is clipped to 0; the code's raise is not kept.
+here is "higher is better". ΔHV is never negative here (HV is monotone in the point set); the
+clip at 0 only guards rounding. The first evaluation fed to :meth:`HypervolumeWeighting.update`
+is the reference point.
 """
 from __future__ import annotations
 
@@ -53,6 +54,19 @@ from lab.rl.multi_objective import (check_objectives, check_weights, hypervolume
 
 PAPER = "Learning to Optimize Multi-Objective Alignment Through Dynamic Reward Weighting"
 ARXIV = "2509.11452"
+
+
+def initial_weights(weights: Any, n_objectives: int | None) -> torch.Tensor:
+    """The given weights (K,) normalized to sum 1, or 1/K each when only ``n_objectives`` is given."""
+    if weights is None:
+        if n_objectives is None:
+            raise ValueError("give weights or n_objectives")
+        n = check_int("n_objectives", n_objectives, minimum=1)
+        return torch.full((n,), 1.0 / n, dtype=torch.float64)
+    w = check_weights(weights, len(weights) if not isinstance(weights, torch.Tensor) else weights.shape[-1])
+    if w.dim() != 1:
+        raise ValueError(f"weights must be one vector (K,), got shape {tuple(w.shape)}")
+    return w / w.sum()
 
 
 def hypervolume_meta(delta_hv: float) -> float:
@@ -73,19 +87,12 @@ class HypervolumeWeighting:
     """Fixed weights w times a meta factor from the hypervolume gain of each evaluation.
 
     Args:
-        weights: w (K,), the user's preference (default 1/K each).
+        weights: w (K,), the user's preference (normalized to sum 1; default 1/K each).
+        n_objectives: K, when ``weights`` is not given.
     """
 
     def __init__(self, weights: Any = None, n_objectives: int | None = None):
-        if weights is None:
-            n = check_int("n_objectives", n_objectives, minimum=1) if n_objectives is not None else None
-            if n is None:
-                raise ValueError("give weights or n_objectives")
-            weights = [1.0 / n] * n
-        self.weights = check_weights(weights, len(weights) if not isinstance(weights, torch.Tensor)
-                                     else weights.shape[-1])
-        if self.weights.dim() != 1:
-            raise ValueError("weights must be one vector (K,)")
+        self.weights = initial_weights(weights, n_objectives)
         self.buffer: list[list[float]] = []        # buffer[0] is the reference point z
         self.meta = 1.0
 
@@ -134,7 +141,8 @@ class GradientWeighting:
     """Mirror ascent of the weights on the row sums of the per-objective gradient Gram matrix.
 
     Args:
-        weights: initial w (K,) (default 1/K each; needs ``n_objectives`` then).
+        weights: initial w (K,) (normalized; default 1/K each).
+        n_objectives: K, when ``weights`` is not given.
         lr: η, the step on log w.
         reg: λ_reg (1e-5).
         accumulation: steps whose scores are averaged before one weight update (1).
@@ -142,15 +150,7 @@ class GradientWeighting:
 
     def __init__(self, weights: Any = None, n_objectives: int | None = None, lr: float = 1e-6,
                  reg: float = 1e-5, accumulation: int = 1):
-        if weights is None:
-            if n_objectives is None:
-                raise ValueError("give weights or n_objectives")
-            n = check_int("n_objectives", n_objectives, minimum=1)
-            weights = [1.0 / n] * n
-        w = check_weights(weights, len(weights) if not isinstance(weights, torch.Tensor) else weights.shape[-1])
-        if w.dim() != 1:
-            raise ValueError("weights must be one vector (K,)")
-        self.weights = w / w.sum()
+        self.weights = initial_weights(weights, n_objectives)
         self.lr = check_positive("lr", lr, allow_zero=True)
         self.reg = check_positive("reg", reg)
         self.accumulation = check_int("accumulation", accumulation, minimum=1)
