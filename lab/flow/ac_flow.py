@@ -74,7 +74,7 @@ def ac_flow_loss(v_pred: torch.Tensor, v_ref: torch.Tensor, x0: torch.Tensor, no
     fm = (w * ((v_pred - (noise - x0)) ** 2).sum(-1)).mean()
     w2 = ((v_pred - v_ref.detach()) ** 2).sum(-1).mean()
     loss = fm + alpha * w2
-    return loss, {"loss": float(loss), "kl": float(w2), "weight_max": float(w.max())}
+    return loss, {"loss": float(loss.detach()), "kl": float(w2.detach()), "weight_max": float(w.max())}
 
 
 __all__ = ["ac_flow_loss", "Critic", "critic_weights", "shape_rewards"]

@@ -48,7 +48,7 @@ def alignprop_loss(velocity: Velocity, noise: torch.Tensor, grid: torch.Tensor,
     samples = rollout(velocity, noise, grid, grad_steps=k).samples             # (N, d), graph in last k steps
     rewards = reward_fn(samples)
     loss = -loss_coeff * rewards.mean()
-    return loss, {"loss": float(loss), "reward": float(rewards.mean()), "backprop_steps": k,
+    return loss, {"loss": float(loss.detach()), "reward": float(rewards.detach().mean()), "backprop_steps": k,
                   "samples": samples.detach()}
 
 

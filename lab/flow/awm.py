@@ -51,14 +51,14 @@ def awm_loss(v_pred: torch.Tensor, v_old: torch.Tensor, x0: torch.Tensor, noise:
                        matching_loglik(v_old.detach(), x0, noise))             # (N,)
     pg, _ = clipped_surrogate(rho, adv, clip_range, clip_range)
     loss = pg.mean()
-    metrics = {"clip_frac": float(((rho - 1).abs() > clip_range).float().mean()),
-               "ratio_mean": float(rho.mean()), "adv_mean": float(adv.mean())}
+    metrics = {"clip_frac": float(((rho.detach() - 1).abs() > clip_range).float().mean()),
+               "ratio_mean": float(rho.detach().mean()), "adv_mean": float(adv.mean())}
     if v_ref is not None:
         check_same_shape(v_pred=v_pred, v_ref=v_ref)
         kl = ((v_pred - v_ref.detach()) ** 2).mean()
         loss = loss + beta * kl
-        metrics["kl"] = float(kl)
-    metrics["loss"] = float(loss)
+        metrics["kl"] = float(kl.detach())
+    metrics["loss"] = float(loss.detach())
     return loss, metrics
 
 

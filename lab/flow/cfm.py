@@ -41,7 +41,7 @@ def _per_sample_error(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tenso
 def cfm_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """``mean_i ‖v_pred_i − (noise_i − x0_i)‖²`` for ``v_pred = v_θ(x_t, t)``; returns (loss, metrics)."""
     loss = _per_sample_error(v_pred, x0, noise).mean()
-    return loss, {"loss": float(loss)}
+    return loss, {"loss": float(loss.detach())}
 
 
 def wcfm_weights(x0: torch.Tensor, noise: torch.Tensor, epsilon: float = 1.0) -> torch.Tensor:
@@ -63,7 +63,7 @@ def wcfm_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, *,
     err = _per_sample_error(v_pred, x0, noise)
     w = wcfm_weights(x0, noise, epsilon).detach()
     loss = (w * err).mean()
-    return loss, {"loss": float(loss), "weight_max": float(w.max()),
+    return loss, {"loss": float(loss.detach()), "weight_max": float(w.max()),
                   "ess": float(w.sum() ** 2 / (w ** 2).sum() / w.numel())}
 
 

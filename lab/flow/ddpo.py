@@ -59,8 +59,8 @@ def clipped_step_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
     pg, regions = clipped_surrogate(rho, adv, clip_range, clip_range)
     clipped = (rho - 1).abs() > clip_range
     loss = pg.mean()
-    return loss, {"loss": float(loss), "clip_frac": float(clipped.float().mean()),
-                  "ratio_mean": float(rho.mean()), "adv_mean": float(adv.mean()),
+    return loss, {"loss": float(loss.detach()), "clip_frac": float(clipped.float().mean()),
+                  "ratio_mean": float(rho.detach().mean()), "adv_mean": float(adv.mean()),
                   "adv_std": float(adv.std()) if adv.numel() > 1 else 0.0}
 
 
@@ -75,7 +75,7 @@ def ddpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: to
     check_step_inputs(logprobs, old_logprobs, advantages)
     adv = advantages.clamp(-adv_clip_max, adv_clip_max)
     loss = -(adv[:, None] * logprobs).mean()
-    return loss, {"loss": float(loss), "adv_mean": float(adv.mean())}
+    return loss, {"loss": float(loss.detach()), "adv_mean": float(adv.mean())}
 
 
 __all__ = ["ddpo_loss", "ddpo_advantages", "clipped_step_loss", "check_step_inputs"]

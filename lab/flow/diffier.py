@@ -25,6 +25,36 @@ from lab.flow.core import Velocity
 from lab.registry import register
 
 
+def _x0(velocity: Velocity, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``x̂_0 = x − σ·v(x, σ)``; at σ = 0 the point itself (no field call: guided fields divide by σ)."""
+    return x if sigma == 0 else x - sigma * velocity(x, sigma)
+
+
+def _error(velocity: Velocity, x: torch.Tensor, sigma: float, x0_prev: torch.Tensor) -> torch.Tensor:
+    """``e(x) = ½‖x̂_0(x, σ) − x̂_0^prev‖²`` per point: ``(N,)``."""
+    return 0.5 * ((_x0(velocity, x, sigma) - x0_prev) ** 2).sum(-1)
+
+
+def _descend(velocity: Velocity, x: torch.Tensor, sigma: float, x0_prev: torch.Tensor,
+             step_size: float, halvings: int = 6) -> torch.Tensor:
+    """One gradient step on e per point, halving the step (per point) until e does not increase."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        err = _error(velocity, x, sigma, x0_prev)                            # (N,)
+        (grad,) = torch.autograd.grad(err.sum(), x)
+    x, err, gamma = x.detach(), err.detach(), torch.full((x.shape[0], 1), step_size)
+    with torch.no_grad():
+        for _ in range(halvings):
+            trial = x - gamma * grad
+            worse = (_error(velocity, trial, sigma, x0_prev) > err)[:, None]  # (N, 1)
+            if not worse.any():
+                break
+            gamma = torch.where(worse, gamma / 2, gamma)
+        trial = x - gamma * grad
+        keep = (_error(velocity, trial, sigma, x0_prev) <= err)[:, None]
+    return torch.where(keep, trial, x)
+
+
 @register("flow_loss", "diffier",
           paper="DiffIER: Optimizing Diffusion Models with Iterative Error Reduction",
           arxiv="2508.13628")
@@ -45,13 +75,9 @@ def diffier_sample(velocity: Velocity, noise: torch.Tensor, grid: torch.Tensor, 
             x0_prev = x - sigma * v                                           # x̂_0(x_j, σ_j)
             x_next = x + v * (sigma_next - sigma)
         for _ in range(iterations):
-            x_next = x_next.detach().requires_grad_(True)
-            with torch.enable_grad():
-                err = 0.5 * ((x_next - sigma_next * velocity(x_next, sigma_next) - x0_prev) ** 2).sum()
-                (grad,) = torch.autograd.grad(err, x_next)
-            x_next = x_next.detach() - step_size * grad
+            x_next = _descend(velocity, x_next, sigma_next, x0_prev, step_size)
         with torch.no_grad():
-            x0_next = x_next - sigma_next * velocity(x_next, sigma_next)
+            x0_next = _x0(velocity, x_next, sigma_next)
             errors.append(float(0.5 * ((x0_next - x0_prev) ** 2).sum(-1).mean()))
         x = x_next.detach()
     return x, {"accumulated_error": sum(errors), "error_per_step": errors}

@@ -72,7 +72,7 @@ def flow_grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
             raise ValueError("mean and std are required with ref_mean")
         kl = gaussian_mean_kl(mean, ref_mean, std).mean()
         loss = loss + beta * kl
-        metrics.update(loss=float(loss), kl=float(kl))
+        metrics.update(loss=float(loss.detach()), kl=float(kl.detach()))
     return loss, metrics
 
 
