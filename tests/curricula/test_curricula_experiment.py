@@ -71,3 +71,18 @@ def test_compare_curricula_and_figures():
 def test_bad_config_is_rejected(changes, error, match):
     with pytest.raises(error, match=match):
         run("curriculum", **changes)
+
+
+def test_filter_that_keeps_nothing_skips_the_update_without_failing():
+    h = run("curriculum", sampler="difficulty_filter(low=0.99, high=1.0)", max_rounds=2, **FAST)
+    assert (h["groups"] == 0).all() and (h["keep_frac"] == 0).all()
+    assert h["rollouts"][-1] > 0
+
+
+def test_dump_moves_weight_off_the_zero_advantage_source_and_keeps_exploring_it():
+    # the strict-verifier source (index 2) starts all-wrong: |A| = 0 there
+    h = run("curriculum", sampler="dump")
+    late = h["dump_weights"][-10:].mean(0)
+    assert late[2] < 0.15 < min(late[0], late[1])
+    assert h.artifacts["sampler_state"]["counts"][2] > 0
+    assert h["frac_zero_std_groups"].mean() < run("curriculum", sampler="uniform")["frac_zero_std_groups"].mean()
