@@ -327,7 +327,7 @@ def value_augmented_sampling(cfg: VASConfig) -> History:
     generator = torch.Generator().manual_seed(cfg.seed)
     name, kwargs = parse_spec(cfg.task)
     task = make_task(name, **kwargs)
-    base = TabularPolicy.for_task(task, init_std=cfg.init_std, generator=generator).requires_grad_(False)
+    base = TabularPolicy.for_task(task, init_std=cfg.init_std, generator=generator)   # π_0, never trained
     before = {k: v.clone() for k, v in base.state_dict().items()}
     if cfg.value_model == "tabular":
         value_model = TabularValue.for_task(task)

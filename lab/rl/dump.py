@@ -1,7 +1,7 @@
 """DUMP: a bandit over data distributions whose payoff is the mean absolute advantage.
 
-Paper: "DUMP: Automated Distribution-Level Curriculum Learning for RL-based LLM Post-training"
-(Wang et al.), arXiv 2504.09710 (reference code: ZhentingWang/DUMP, ``CurriculumController``).
+Paper: "DUMP: Automated Distribution-Level Curriculum Learning for RL-based LLM Post-training",
+arXiv 2504.09710 (reference code: ZhentingWang/DUMP, ``CurriculumController``).
 
 Each data distribution (source) j is an arm. After every batch, each sample i from source j adds
 its sequence-level advantage magnitude to the source's sliding window of the last W samples:

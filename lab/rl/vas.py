@@ -1,6 +1,6 @@
 """VAS: steer a frozen policy at decoding time with a small learned value model.
 
-Paper: "Value Augmented Sampling for Language Model Alignment and Personalization" (Han et al.),
+Paper: "Value Augmented Sampling for Language Model Alignment and Personalization",
 arXiv 2405.06639 (reference code: idanshen/Value-Augmented-Sampling, ``VASLogitsProcessor``).
 
 The base policy π_0 is never updated. A small value model V learns, on π_0's own samples, how much
@@ -219,15 +219,17 @@ class VAS:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-class ValueGuidedPolicy(nn.Module):
+class ValueGuidedPolicy:
     """π_0 with VAS logits: ``next_logits`` = the guided logits; ``generate`` as any lab policy.
 
-    The base policy is held, never trained (its parameters are not this module's to optimize).
+    A plain object, not an ``nn.Module``: π_0's parameters are not exposed to any optimizer and
+    are left exactly as they were (flags included).
     """
 
     def __init__(self, base: nn.Module, sampler: VAS):
-        super().__init__()
-        self.base = base.requires_grad_(False)
+        if not hasattr(base, "next_logits"):
+            raise TypeError(f"base must have next_logits(prompts, prefix), got {type(base).__name__}")
+        self.base = base
         self.sampler = sampler
 
     @torch.no_grad()

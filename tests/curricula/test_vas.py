@@ -94,7 +94,7 @@ def test_guided_policy_with_beta_zero_samples_like_the_base():
     a = base.generate(prompts, 2, 1.0, torch.Generator().manual_seed(2), eos_id=1)
     b = guided.generate(prompts, 2, 1.0, torch.Generator().manual_seed(2), eos_id=1)
     assert torch.equal(a.tokens, b.tokens)
-    assert not any(p.requires_grad for p in base.parameters())
+    assert all(p.requires_grad for p in base.parameters())             # π_0 is left as it was
 
 
 # ---------------------------------------------------------------- bad input
@@ -111,6 +111,7 @@ def test_guided_policy_with_beta_zero_samples_like_the_base():
                                               torch.ones(2, 3), torch.ones(3)), ValueError, "rewards"),
     (lambda: TabularValue(4, 1, 2)(torch.ones(1, 5, dtype=torch.long)), ValueError, "input_ids"),
     (lambda: run("value_augmented_sampling", value_model="mlp", steps=1), KeyError, "value_model"),
+    (lambda: ValueGuidedPolicy(nn.Linear(2, 2), VAS(LastTokenValue())), TypeError, "base"),
 ])
 def test_bad_input_names_the_argument(call, error, match):
     with pytest.raises(error, match=match):
