@@ -1,0 +1,62 @@
+"""A-EDiT: asynchronous EDiT for heterogeneous workers (time-based synchronization).
+
+Paper: "EDiT: A Local-SGD-Based Efficient Distributed Training Method for Large Language Models"
+(arXiv 2412.07210), its asynchronous variant.
+
+EDiT (``lab.distributed.edit``) synchronizes every H inner steps, so every round waits for the
+slowest worker: wall-clock per round = H * max_k t_k (t_k = seconds per step of worker k).
+A-EDiT synchronizes every ``sync_time`` seconds instead: in a round worker k takes as many steps
+as it can, s_k = floor(sync_time / t_k), and nobody waits. Since a fast worker's pseudo-gradient
+covers more steps, the reduction mixes step weights into EDiT's norm weights:
+
+    w_k <- (1 - rho) * softmax_k(-n_k / T) + rho * s_k / sum_j s_j          (rho = step_weight_ratio)
+    w_k  = s_k / sum_j s_j                                                   (no temperature)
+
+Everything else (per-layer anomaly elimination, clipping, outer step) is EDiT's. Choices: a worker
+that finished no step in a window (s_k = 0) has Delta_k = 0 and only keeps the norm-weight part;
+the simulation's clock is ideal (no communication time).
+"""
+from __future__ import annotations
+
+import torch
+
+from lab.checks import check_positive, check_range
+from lab.distributed.edit import PAPER, EDiT
+from lab.registry import register
+
+
+@register("distributed", "a_edit", paper=PAPER, arxiv="2412.07210")
+class AEDiT(EDiT):
+    """A-EDiT: EDiT synchronized every ``sync_time`` seconds, weights mixed with step counts.
+
+    Args:
+        sync_time: seconds between synchronizations (the simulation's clock).
+        step_weight_ratio: rho, the share of the step-count weights in w_k.
+        the rest: as :class:`~lab.distributed.edit.EDiT`.
+    """
+
+    def __init__(self, *, sync_time: float = 1.0, step_weight_ratio: float = 0.5,
+                 outer_lr: float = 0.7, outer_momentum: float = 0.9, nesterov: bool = True,
+                 temperature: float | None = 1.0, clip: float | None = None, skip_anomaly: bool = True,
+                 ewma_alpha: float = 0.02, ewma_warmup: int = 120, ewma_threshold: float = 3.0,
+                 layer_sizes: tuple[int, ...] | None = None):
+        super().__init__(outer_lr=outer_lr, outer_momentum=outer_momentum, nesterov=nesterov,
+                         temperature=temperature, clip=clip, skip_anomaly=skip_anomaly, ewma_alpha=ewma_alpha,
+                         ewma_warmup=ewma_warmup, ewma_threshold=ewma_threshold, layer_sizes=layer_sizes)
+        self.sync_time = check_positive("sync_time", sync_time)
+        self.step_weight_ratio = check_range("step_weight_ratio", step_weight_ratio, 0.0, 1.0)
+
+    def steps_per_round(self, step_times: torch.Tensor) -> torch.Tensor:
+        """s_k = floor(sync_time / t_k) for per-step times ``step_times`` (K,) in seconds."""
+        if not (step_times > 0).all():
+            raise ValueError("step_times must be > 0")
+        return torch.floor(self.sync_time / step_times).long()  # (K,)
+
+    def base_weights(self, norms: torch.Tensor, steps: torch.Tensor | None) -> torch.Tensor:
+        if steps is None or float(steps.sum()) == 0.0:
+            return super().base_weights(norms, steps)
+        share = steps.to(norms.dtype) / steps.sum()  # (K,)
+        if self.temperature is None:
+            return share
+        rho = self.step_weight_ratio
+        return (1 - rho) * super().base_weights(norms, steps) + rho * share
