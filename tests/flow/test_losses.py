@@ -1,0 +1,165 @@
+"""Hand-checked values, invariants, limits and errors of every flow_loss."""
+import math
+
+import pytest
+import torch
+
+from lab import registry
+from lab.flow.ac_flow import ac_flow_loss, critic_weights, shape_rewards
+from lab.flow.apg import apg_guidance
+from lab.flow.awm import awm_loss
+from lab.flow.b2_diffurl import b2_diffurl_loss, branch_advantages, window_steps
+from lab.flow.cfm import cfm_loss, wcfm_loss, wcfm_weights
+from lab.flow.curriculum import DifficultyCurriculum
+from lab.flow.ddpo import ddpo_advantages, ddpo_loss
+from lab.flow.flow_grpo import flow_grpo_advantages, flow_grpo_loss, gaussian_mean_kl
+
+CATALOG = ["cfm", "wcfm", "ddpo", "flow_grpo", "awm", "ac_flow", "alignprop", "b2_diffurl", "apg",
+           "difficulty_curriculum", "diffier"]
+
+
+def test_every_catalog_name_is_registered_with_a_paper():
+    for name in CATALOG:
+        entry = registry.info("flow_loss", name)
+        assert entry.paper and entry.arxiv
+
+
+def test_cfm_by_hand():
+    # v = (1, 0), target ε − x0 = (0, 1): error 1 + 1 = 2
+    loss, _ = cfm_loss(torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2), torch.tensor([[0.0, 1.0]]))
+    assert float(loss) == pytest.approx(2.0)
+
+
+def test_wcfm_gibbs_weights_by_hand_and_infinite_temperature_is_cfm():
+    x0, noise = torch.zeros(2, 2), torch.tensor([[0.0, 0.0], [1.0, 0.0]])  # costs 0, 1; median 0.5
+    w = wcfm_weights(x0, noise, epsilon=1.0)
+    raw = torch.tensor([1.0, math.exp(-1 / 0.5)])
+    torch.testing.assert_close(w, raw / raw.mean())
+    gen = torch.Generator().manual_seed(0)
+    v, x0, noise = (torch.randn(16, 2, generator=gen) for _ in range(3))
+    torch.testing.assert_close(wcfm_loss(v, x0, noise, epsilon=math.inf)[0], cfm_loss(v, x0, noise)[0])
+    near = wcfm_loss(v, x0, noise, epsilon=1e6)[0]
+    assert float(near) == pytest.approx(float(cfm_loss(v, x0, noise)[0]), rel=1e-4)
+    ess = [wcfm_loss(v, x0, noise, epsilon=e)[1]["ess"] for e in (10.0, 1.0, 0.1)]
+    assert ess[0] > ess[1] > ess[2]   # colder kernel -> fewer effective pairs
+    with pytest.raises(ValueError, match="epsilon"):
+        wcfm_weights(x0, noise, epsilon=-1.0)
+
+
+def test_ddpo_on_policy_gradient_is_reinforce_and_clipped_steps_have_none():
+    adv = torch.tensor([1.0, -2.0])
+    logp = torch.zeros(2, 3, requires_grad=True)
+    loss, metrics = ddpo_loss(logp, logp.detach(), adv)
+    loss.backward()
+    # ρ = 1: d/dℓ_ij of mean(−A_i ρ_ij) = −A_i / (B·S)
+    torch.testing.assert_close(logp.grad, -adv[:, None].expand(2, 3) / 6)
+    assert metrics["clip_frac"] == 0.0 and metrics["ratio_mean"] == pytest.approx(1.0)
+    moved = torch.full((2, 3), 0.1, requires_grad=True)        # ρ = e^0.1 outside 1 ± 1e-4
+    loss, metrics = ddpo_loss(moved, torch.zeros(2, 3), torch.tensor([1.0, 1.0]))
+    loss.backward()
+    assert metrics["clip_frac"] == 1.0 and moved.grad.abs().max() == 0
+    sf, _ = ddpo_loss(torch.ones(2, 3), torch.zeros(2, 3), adv, mode="sf")
+    assert float(sf) == pytest.approx(-float(adv.mean()))
+
+
+def test_ddpo_advantages_invariant_to_a_constant_clipped_and_finite_for_equal_rewards():
+    r = torch.tensor([0.0, 1.0, 3.0, 2.0])
+    torch.testing.assert_close(ddpo_advantages(r), ddpo_advantages(r + 10.0))
+    assert ddpo_advantages(torch.tensor([0.0] * 99 + [1.0])).max() == 5.0
+    assert torch.equal(ddpo_advantages(torch.ones(4)), torch.zeros(4))
+
+
+def test_flow_grpo_group_advantages_and_kl_by_hand():
+    adv = flow_grpo_advantages(torch.tensor([1.0, 3.0, 0.0, 0.0]), group_size=2)
+    s = math.sqrt(2.0)  # unbiased std of (1, 3)
+    torch.testing.assert_close(adv, torch.tensor([-1 / s, 1 / s, 0.0, 0.0]), atol=1e-5, rtol=0)
+    glob = flow_grpo_advantages(torch.tensor([1.0, 3.0, 0.0, 0.0]), group_size=2, global_std=True)
+    torch.testing.assert_close(glob, torch.tensor([-1.0, 1.0, 0.0, 0.0]) / torch.tensor([1.0, 3.0, 0.0, 0.0]).std(),
+                               atol=1e-5, rtol=0)
+    mean = torch.ones(1, 2, 2)                                 # (S, B, d), ref 0, std 0.5
+    kl = gaussian_mean_kl(mean, torch.zeros(1, 2, 2), torch.tensor([0.5]))
+    torch.testing.assert_close(kl, torch.full((2, 1), 2.0))   # 1 / (2·0.25)
+    logp = torch.zeros(2, 1)
+    loss, metrics = flow_grpo_loss(logp, logp, torch.zeros(2), mean=mean, ref_mean=torch.zeros(1, 2, 2),
+                                   std=torch.tensor([0.5]), beta=0.1)
+    assert float(loss) == pytest.approx(0.2) and metrics["kl"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="mean and std"):
+        flow_grpo_loss(logp, logp, torch.zeros(2), ref_mean=torch.zeros(1, 2, 2))
+
+
+def test_awm_on_policy_gradient_is_advantage_weighted_flow_matching():
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(6, 2, generator=gen, requires_grad=True)
+    x0, noise = torch.randn(6, 2, generator=gen), torch.randn(6, 2, generator=gen)
+    adv = torch.randn(6, generator=gen)
+    loss, metrics = awm_loss(v, v.detach(), x0, noise, adv)
+    (g_awm,) = torch.autograd.grad(loss, v)
+    weighted = (adv * ((v - (noise - x0)) ** 2).mean(-1)).mean()
+    (g_fm,) = torch.autograd.grad(weighted, v)
+    torch.testing.assert_close(g_awm, g_fm)
+    assert metrics["ratio_mean"] == pytest.approx(1.0)
+    loss_kl, m = awm_loss(v, v.detach(), x0, noise, adv, v_ref=v.detach() + 1.0, beta=0.5)
+    assert m["kl"] == pytest.approx(1.0) and float((loss_kl - loss).detach()) == pytest.approx(0.5)
+
+
+def test_ac_flow_weights_clip_and_reduce_to_cfm():
+    w = critic_weights(torch.tensor([100.0, 0.0, 0.0, 0.0]), adv_clip=2.0)
+    e2 = math.exp(2.0)
+    torch.testing.assert_close(w, 4 * torch.tensor([e2, 1, 1, 1]) / (e2 + 3))
+    assert float(critic_weights(torch.tensor([100.0, 0.0, 0.0, 0.0]), adv_clip=None)[0]) == pytest.approx(4.0)
+    gen = torch.Generator().manual_seed(1)
+    v, x0, noise = (torch.randn(5, 2, generator=gen) for _ in range(3))
+    loss, _ = ac_flow_loss(v, v, x0, noise, torch.zeros(5), alpha=3.0)   # equal A, v = v_ref
+    torch.testing.assert_close(loss, cfm_loss(v, x0, noise)[0])
+    torch.testing.assert_close(shape_rewards(torch.tensor([3.0, 1.0, 2.0]), "rank"), torch.tensor([0.5, -0.5, 0.0]))
+    with pytest.raises(ValueError, match="tau"):
+        critic_weights(torch.zeros(3), tau=0.0)
+    with pytest.raises(ValueError, match="rewards"):
+        shape_rewards(torch.tensor([1.0, float("nan")]))
+
+
+def test_b2_diffurl_windows_grow_backward_and_branch_advantages_by_hand():
+    assert window_steps(1, 10, 2).tolist() == [False] * 5 + [True] * 5
+    assert window_steps(2, 10, 2).all() and window_steps(1, 3, 3).tolist() == [False, False, True]
+    adv = branch_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0, 0, 1, 1]))
+    torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, 0.0, 0.0]))
+    loss, metrics = b2_diffurl_loss(torch.zeros(4, 2), torch.zeros(4, 2), torch.tensor([1.0, 0.0, 0.0, 0.0]),
+                                    torch.tensor([0, 0, 1, 1]))
+    assert metrics["informative_frac"] == 0.5 and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="stage"):
+        window_steps(3, 10, 2)
+
+
+def test_apg_limits_projection_rescale_and_momentum():
+    gen = torch.Generator().manual_seed(2)
+    d_c, d_u = torch.randn(8, 2, generator=gen), torch.randn(8, 2, generator=gen)
+    cfg, _ = apg_guidance(d_c, d_u, guidance_scale=5.0, eta=1.0, momentum=0.0)
+    torch.testing.assert_close(cfg, d_u + 5.0 * (d_c - d_u))              # CFG limit
+    out, _ = apg_guidance(d_c, d_u, guidance_scale=5.0, eta=0.0, momentum=0.0)
+    torch.testing.assert_close(((out - d_c) * d_c).sum(-1), torch.zeros(8), atol=1e-5, rtol=0)  # no parallel part
+    big, _ = apg_guidance(d_c, d_u + 100.0, guidance_scale=50.0, norm_threshold=0.5, momentum=0.0)
+    assert ((big - d_c).norm(dim=-1) <= 49.0 * 0.5 + 1e-4).all()            # bounded update
+    _, buf = apg_guidance(d_c, d_u, momentum=-0.5, buffer=torch.ones(8, 2))
+    torch.testing.assert_close(buf, d_c - d_u - 0.5)
+    with pytest.raises(ValueError, match="norm_threshold"):
+        apg_guidance(d_c, d_u, norm_threshold=-1.0)
+    with pytest.raises(TypeError, match="guidance_scale"):
+        apg_guidance(d_c, d_u, guidance_scale="high")
+
+
+def test_curriculum_orders_timesteps_easy_first_and_ends_uniform():
+    cur = DifficultyCurriculum(n_clusters=4, patience=3, max_stage_steps=100)
+    gen = torch.Generator().manual_seed(0)
+    assert cur.t_range() == (0.75, 1.0) and (cur.sample_t(100, gen) >= 0.75).all()
+    means = []
+    while not cur.done:
+        means.append(float(cur.sample_t(2000, gen).mean()))
+        for _ in range(10):
+            if cur.update(1.0):              # a flat loss plateaus at once
+                break
+    assert means == sorted(means, reverse=True) and len(means) == 3
+    assert cur.t_range() == (0.0, 1.0) and cur.update(1.0) is False
+    improving = DifficultyCurriculum(n_clusters=3, patience=3, max_stage_steps=50)
+    assert not any(improving.update(10.0 * 0.5 ** k) for k in range(20))   # still learning: stays
+    with pytest.raises(ValueError, match="n_clusters"):
+        DifficultyCurriculum(n_clusters=0)
