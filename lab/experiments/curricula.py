@@ -33,7 +33,6 @@ reward rises with β while π_0's weights stay bit-for-bit the same.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -154,6 +153,28 @@ def pool_accuracy(model: Any, tasks: list[Any], pool: torch.Tensor, pool_source:
     return out
 
 
+def grpo_update(model: Any, optimizer: Any, estimator: Any, loss_fn: Any, ro: Rollout, *, step: int,
+                total_steps: int, temperature: float, max_grad_norm: float = 1.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One on-policy update on a rollout: A = estimator(batch), loss = loss_fn(batch), one step.
+
+    Both are called through :func:`lab.rl.core.call_with` with the Part F.1 batch, as in
+    ``policy_optimization``. Returns ``(advantages, loss)``.
+    """
+    batch = {**ro.batch(), "logprobs": ro.logprobs, "step": step, "total_steps": total_steps}
+    advantages, _ = call_with(estimator, batch)
+    batch["advantages"] = advantages.detach()
+    model.train()
+    scored = model.score(ro.prompts, ro.tokens, temperature)                       # ℓ with grad
+    batch.update(logprobs=scored.logprobs, entropy=scored.entropy)
+    loss, _ = call_with(loss_fn, batch)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return advantages.detach(), loss.detach()
+
+
 def _group_sums(ro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
     """(successes, failures) per group: Σ R and Σ (1 − R)."""
     r = ro.rewards.view(-1, ro.group_size)
@@ -222,10 +243,8 @@ def curriculum(cfg: CurriculumConfig) -> History:
                 if n_kept >= cfg.n_prompts:
                     break
             row["keep_frac"] = fmetrics["difficulty_filter/keep_frac"]
-            if not kept_parts:        # nothing passed the filter: no update this step
-                history.append(step, rollouts=rollouts, groups=0.0, **row)
-                continue
-            ro, ids = concat_rollouts(kept_parts), torch.cat(kept_ids)
+            # nothing passed the filter: no update this step
+            ro, ids = (concat_rollouts(kept_parts), torch.cat(kept_ids)) if kept_parts else (None, None)
         else:
             if sampler_name == "uniform":
                 ids = torch.randperm(N, generator=generator)[:cfg.n_prompts]
@@ -239,33 +258,26 @@ def curriculum(cfg: CurriculumConfig) -> History:
             ro, ids = mixture_rollout(model, tasks, pool, pool_source, ids, cfg.group_size,
                                       temperature=cfg.temperature, generator=generator)
             rollouts += ro.rewards.numel()
-        # ---- GRPO update -----------------------------------------------------------------------
-        batch = {**ro.batch(), "logprobs": ro.logprobs, "step": step, "total_steps": cfg.steps}
-        advantages, _ = call_with(estimator, batch)
-        batch["advantages"] = advantages.detach()
-        model.train()
-        scored = model.score(ro.prompts, ro.tokens, cfg.temperature)
-        batch.update(logprobs=scored.logprobs, entropy=scored.entropy)
-        loss, _ = call_with(loss_fn, batch)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        # ---- feedback to the sampler -----------------------------------------------------------
-        group_source = pool_source[ids]                                                   # (n,)
-        if sampler_name == "dump":
-            sampler.update(advantages, group_source.repeat_interleave(cfg.group_size), ro.mask)
-        elif sampler_name == "vade":
-            unique, inverse = torch.unique(ids, return_inverse=True)
-            succ, fail = _group_sums(ro)
-            sampler.update(unique, torch.zeros(len(unique), dtype=succ.dtype).index_add_(0, inverse, succ),
-                           torch.zeros(len(unique), dtype=fail.dtype).index_add_(0, inverse, fail))
-        # ---- log -------------------------------------------------------------------------------
-        share = torch.bincount(group_source, minlength=J).float() / len(ids)
-        row.update(reward=ro.rewards.mean(), accuracy=ro.correct.float().mean(), loss=float(loss.detach()),
-                   frac_zero_std_groups=_zero_std_frac(ro), weights=share.tolist(), rollouts=rollouts,
-                   groups=float(len(ids)))
-        history.append(step, **row)
+        if ro is None:
+            history.append(step, rollouts=rollouts, groups=0.0, **row)
+        else:
+            advantages, loss = grpo_update(model, opt, estimator, loss_fn, ro, step=step,
+                                           total_steps=cfg.steps, temperature=cfg.temperature)
+            # ---- feedback to the sampler ------------------------------------------------------
+            group_source = pool_source[ids]                                                   # (n,)
+            if sampler_name == "dump":
+                sampler.update(advantages, group_source.repeat_interleave(cfg.group_size), ro.mask)
+            elif sampler_name == "vade":
+                unique, inverse = torch.unique(ids, return_inverse=True)
+                succ, fail = _group_sums(ro)
+                sampler.update(unique, torch.zeros(len(unique), dtype=succ.dtype).index_add_(0, inverse, succ),
+                               torch.zeros(len(unique), dtype=fail.dtype).index_add_(0, inverse, fail))
+            # ---- log ----------------------------------------------------------------------------
+            share = torch.bincount(group_source, minlength=J).float() / len(ids)
+            row.update(reward=ro.rewards.mean(), accuracy=ro.correct.float().mean(), loss=float(loss),
+                       frac_zero_std_groups=_zero_std_frac(ro), weights=share.tolist(), rollouts=rollouts,
+                       groups=float(len(ids)))
+            history.append(step, **row)
         if step % 5 == 4 or step == cfg.steps - 1:
             per_source = pool_accuracy(model, tasks, pool, pool_source, eval_generator)
             history.append(step, source_accuracy=per_source, eval_accuracy=float(np.mean(per_source)))
@@ -359,5 +371,5 @@ def value_augmented_sampling(cfg: VASConfig) -> History:
 
 
 __all__ = ["CurriculumConfig", "SAMPLERS", "VASConfig", "compare_curricula", "concat_rollouts",
-           "curriculum", "load_sources", "mixture_rollout", "pool_accuracy", "take_groups",
+           "curriculum", "grpo_update", "load_sources", "mixture_rollout", "pool_accuracy", "take_groups",
            "value_augmented_sampling"]
