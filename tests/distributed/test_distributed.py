@@ -51,6 +51,7 @@ def test_local_sgd_h1_matches_sgd_on_the_simulator():
     assert h["loss"][-1] == pytest.approx(problem.loss(theta), rel=1e-5)
 
 
+@pytest.mark.slow  # first torch.func call compiles for several seconds
 def test_batched_gradient_equals_torch_func():
     g = torch.Generator().manual_seed(0)
     theta, X, y = torch.randn(3, 4, generator=g), torch.randn(3, 5, 4, generator=g), torch.randn(3, 5, generator=g)
