@@ -273,7 +273,7 @@ def _ac_flow_update(run: _Run, step: int) -> tuple[torch.Tensor, dict, torch.Ten
     with torch.no_grad():
         v_ref = run.ref(x_t, t)
     loss, metrics = ac_flow_loss(v, v_ref, x0, noise, adv, tau=run.cfg.tau, alpha=run.cfg.alpha)
-    metrics["critic_loss"] = float(critic_loss)
+    metrics["critic_loss"] = float(critic_loss.detach())
     return loss, metrics, rewards
 
 
