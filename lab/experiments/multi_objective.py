@@ -153,7 +153,8 @@ class _Recap(_Method):
         # rewards in [0, 1] -> positive losses 1 + δ − mean r_k, so RECAP's ratio μ̃/μ reads "falling"
         self.shaper.update(1.0 + RECAP_OFFSET - ctx["objectives"].double().mean(0))
         r, _ = self.shaper(ctx["objectives"] * self.weights.to(ctx["objectives"].dtype))
-        return r, {"weights": (self.shaper.lambdas * self.weights).tolist()}
+        K = self.weights.shape[0]
+        return r, {"weights": (self.shaper.lambdas * self.weights / K).tolist()}      # effective λ_k w_k / K
 
 
 class _Pro(_Method):
