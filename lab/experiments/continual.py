@@ -1,0 +1,302 @@
+"""Continual-learning experiments: the stability gap, continual pre-training, USEFUL, IBCL.
+
+- ``stability_gap_digits``: class-incremental (or permuted) digits, two tasks, an MLP trained with
+  SGD and experience replay; the accuracy on every task is evaluated after *every* iteration, so
+  the dip of task 1 right after the switch (the stability gap, arXiv 2205.13452) is visible, and
+  min-ACC / WC-ACC (``lab.continual.metrics``) are logged per step.
+- ``cpt_digits``: continual pre-training of a digits model on a new domain (inverted images) whose
+  corpus has label noise; the strategies of ``lab.continual.cpt`` (subset for several epochs,
+  high-quality subset, pre-training-like mixture) against a single pass (arXiv 2406.14833).
+- ``useful_simplicity``: simplicity bias on data with a simple and a complex feature; plain training
+  against USEFUL's retraining on the upsampled hard cluster (arXiv 2404.17768).
+- ``ibcl_tradeoffs``: IBCL's zero-shot preference models on three rotated logistic-regression
+  tasks against training one model per preference (arXiv 2305.14782).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lab import progress
+from lab.checks import check_int, check_positive, check_range
+from lab.continual.cpt import cpt_batches
+from lab.continual.ibcl import IBCL, laplace_logistic, logistic_loss
+from lab.continual.metrics import continual_metrics, min_acc, wc_acc
+from lab.continual.useful import useful_upsample
+from lab.experiments._base import experiment
+from lab.experiments.optimizers import seeded_init_
+from lab.history import History
+from lab.models import MLP
+from toy_envs.tasks import permuted_digits, rotated_logistic_tasks, simple_and_complex, split_digits
+from toy_envs.datasets import digits
+
+
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def _sgd_step(model, opt, x, y) -> float:
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StabilityGapConfig:
+    """Config of ``stability_gap_digits``."""
+
+    split: Literal["class", "permuted"] = "class"  # class-incremental {0-4},{5-9} or permuted pixels
+    steps_per_task: int = 150  # SGD iterations per task
+    replay: int = 200  # experience-replay buffer of task-1 examples (0 = no replay)
+    batch_size: int = 32  # new-task examples per step
+    replay_batch: int = 32  # replayed buffer examples added to each step's batch
+    lr: float = 0.05  # SGD learning rate
+    hidden: tuple[int, ...] = (128,)  # hidden layers of the MLP
+    window: int = 50  # window w of the windowed forgetting WF^w
+    seed: int = 0  # split, initialization, batch order and buffer
+
+
+def _plot_gap(history: History):
+    from lab.viz.phenomena import stability_gap_figure
+
+    return stability_gap_figure(history)
+
+
+@experiment("stability_gap_digits", StabilityGapConfig,
+            paper="Continual evaluation for lifelong learning: Identifying the stability gap",
+            arxiv="2205.13452", plot=_plot_gap,
+            summary="Per-iteration evaluation shows task-1 accuracy dip after the switch to task 2")
+def stability_gap_digits(cfg: StabilityGapConfig) -> History:
+    check_int("steps_per_task", cfg.steps_per_task, minimum=1)
+    check_int("replay", cfg.replay, minimum=0)
+    check_int("batch_size", cfg.batch_size, minimum=1)
+    check_int("replay_batch", cfg.replay_batch, minimum=0)
+    check_positive("lr", cfg.lr)
+    g = torch.Generator().manual_seed(cfg.seed)
+    tasks = split_digits(seed=cfg.seed) if cfg.split == "class" else permuted_digits(2, seed=cfg.seed)
+    model = MLP(64, cfg.hidden, 10)
+    seeded_init_(model, g)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    buffer_x = torch.empty(0, 64)
+    buffer_y = torch.empty(0, dtype=torch.long)
+    history = History(meta={"algorithm": f"sgd+replay{cfg.replay}", "seed": cfg.seed})
+    all_ends = [(i + 1) * cfg.steps_per_task - 1 for i in range(len(tasks))]   # |T_i|
+    acc_rows, task_ends, step = [], [], 0
+    for t, (x_tr, y_tr, _, _) in enumerate(tasks):
+        for _ in progress.steps(cfg.steps_per_task, desc=f"task {t + 1}"):
+            idx = torch.randint(0, len(y_tr), (cfg.batch_size,), generator=g)
+            xb, yb = x_tr[idx], y_tr[idx]                                   # (B, 64), (B,)
+            if len(buffer_y):
+                r = torch.randint(0, len(buffer_y), (cfg.replay_batch,), generator=g)
+                xb, yb = torch.cat([xb, buffer_x[r]]), torch.cat([yb, buffer_y[r]])
+            loss = _sgd_step(model, opt, xb, yb)
+            acc_rows.append([_accuracy(model, x_te, y_te) for _, _, x_te, y_te in tasks])
+            row = {"loss": loss, **{f"acc_task{i + 1}": a for i, a in enumerate(acc_rows[-1])}}
+            if t > 0:
+                row["min_acc"] = min_acc(np.array(acc_rows), all_ends)
+                row["wc_acc"] = wc_acc(np.array(acc_rows), all_ends)
+            history.append(step, **row)
+            step += 1
+        task_ends.append(step - 1)
+        if cfg.replay and t == 0:
+            keep = torch.randperm(len(y_tr), generator=g)[:cfg.replay]
+            buffer_x, buffer_y = x_tr[keep], y_tr[keep]
+    history.artifacts["task_ends"] = task_ends
+    history.artifacts["metrics"] = continual_metrics(np.array(acc_rows), task_ends, window=cfg.window)
+    history.artifacts["end_of_task_acc"] = [acc_rows[e] for e in task_ends]
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CPTConfig:
+    """Config of ``cpt_digits``."""
+
+    subset: Literal["all", "random", "quality"] = "all"  # new-domain data: single pass or a subset
+    subset_fraction: float = 0.3  # rho: fraction of the new corpus kept by a subset strategy
+    mix: float = 0.0  # m: fraction of each batch drawn from the pre-training data
+    label_noise: float = 0.4  # fraction of the new corpus with a random label (low quality)
+    pretrain_steps: int = 150  # SGD steps of pre-training on the original digits
+    steps: int = 150  # SGD steps of continual pre-training on the new domain
+    batch_size: int = 32  # examples per step
+    lr: float = 0.1  # SGD learning rate (both phases)
+    hidden: tuple[int, ...] = (128,)  # hidden layers of the MLP
+    seed: int = 0  # split, initialization, label noise and batch order
+
+
+def _plot_cpt(history: History):
+    from lab.viz import curves
+
+    return curves(history, ["old_accuracy", "new_accuracy"])
+
+
+@experiment("cpt_digits", CPTConfig,
+            paper="Efficient Continual Pre-training by Mitigating the Stability Gap", arxiv="2406.14833",
+            plot=_plot_cpt,
+            summary="Continual pre-training on a noisy new domain with subset, quality and mixture strategies")
+def cpt_digits(cfg: CPTConfig) -> History:
+    check_int("pretrain_steps", cfg.pretrain_steps, minimum=0)
+    check_int("steps", cfg.steps, minimum=1)
+    check_range("label_noise", cfg.label_noise, 0.0, 1.0)
+    check_positive("lr", cfg.lr)
+    g = torch.Generator().manual_seed(cfg.seed)
+    x_old, y_old, x_old_te, y_old_te = digits(seed=cfg.seed)
+    x_new, x_new_te = 1.0 - x_old, 1.0 - x_old_te                       # new domain: inverted images
+    noisy = torch.rand(len(y_old), generator=g) < cfg.label_noise
+    y_new = torch.where(noisy, torch.randint(0, 10, (len(y_old),), generator=g), y_old)
+    quality = (~noisy).double() + 0.1 * torch.rand(len(y_old), generator=g, dtype=torch.float64)
+    model = MLP(64, cfg.hidden, 10)
+    seeded_init_(model, g)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    for _ in progress.steps(cfg.pretrain_steps, desc="pre-train"):
+        idx = torch.randint(0, len(y_old), (cfg.batch_size,), generator=g)
+        _sgd_step(model, opt, x_old[idx], y_old[idx])
+    plan = cpt_batches(len(y_new), len(y_old), cfg.steps, cfg.batch_size, subset=cfg.subset,
+                       subset_fraction=cfg.subset_fraction, mix=cfg.mix, quality=quality, generator=g)
+    history = History(meta={"algorithm": f"{cfg.subset}, mix {cfg.mix:g}", "seed": cfg.seed})
+    history.append(0, old_accuracy=_accuracy(model, x_old_te, y_old_te),
+                   new_accuracy=_accuracy(model, x_new_te, y_old_te))
+    for step in progress.steps(cfg.steps, desc="continual pre-train"):
+        new_idx, old_idx = plan[step]
+        xb = torch.cat([x_new[new_idx], x_old[old_idx]])                  # (B, 64)
+        yb = torch.cat([y_new[new_idx], y_old[old_idx]])                  # (B,)
+        loss = _sgd_step(model, opt, xb, yb)
+        history.append(step + 1, loss=loss, old_accuracy=_accuracy(model, x_old_te, y_old_te),
+                       new_accuracy=_accuracy(model, x_new_te, y_old_te))
+    old = history["old_accuracy"]
+    history.artifacts["summary"] = {"old_before": float(old[0]), "old_min": float(old.min()),
+                                    "old_final": float(old[-1]),
+                                    "new_final": float(history["new_accuracy"][-1])}
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UsefulConfig:
+    """Config of ``useful_simplicity``."""
+
+    n_train: int = 600  # training points (the test set has 2000 with the same mix)
+    simple_fraction: float = 0.7  # fraction of points that carry the simple feature
+    early_epochs: int = 2  # epochs of the short first run whose outputs are clustered
+    epochs: int = 12  # epochs of the final training run (plain and USEFUL alike)
+    factor: int = 2  # copies of each hard-cluster example in USEFUL's data
+    batch_size: int = 32  # minibatch size
+    lr: float = 0.05  # SGD learning rate
+    hidden: tuple[int, ...] = (32,)  # hidden layers of the MLP
+    seed: int = 0  # data, initialization and batch order
+
+
+def _train_epochs(x, y, order_source, epochs: int, cfg: UsefulConfig, g: torch.Generator,
+                  init_state: dict) -> torch.nn.Module:
+    model = MLP(x.shape[1], cfg.hidden, 2)
+    model.load_state_dict(init_state)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    for _ in range(epochs):
+        order = order_source[torch.randperm(len(order_source), generator=g)]
+        for batch in order.split(cfg.batch_size):
+            _sgd_step(model, opt, x[batch], y[batch])
+    return model
+
+
+def _plot_useful(history: History):
+    from lab.viz.phenomena import useful_figure
+
+    return useful_figure(history)
+
+
+@experiment("useful_simplicity", UsefulConfig,
+            paper="Changing the Training Data Distribution to Reduce Simplicity Bias Improves "
+                  "In-distribution Generalization", arxiv="2404.17768", plot=_plot_useful,
+            summary="Upsampling the early network's hard cluster raises accuracy on complex-only points")
+def useful_simplicity(cfg: UsefulConfig) -> History:
+    check_int("early_epochs", cfg.early_epochs, minimum=1)
+    check_int("epochs", cfg.epochs, minimum=1)
+    check_positive("lr", cfg.lr)
+    g = torch.Generator().manual_seed(cfg.seed)
+    x, y, simple = simple_and_complex(cfg.n_train, simple_fraction=cfg.simple_fraction, seed=cfg.seed)
+    x_te, y_te, simple_te = simple_and_complex(2000, simple_fraction=cfg.simple_fraction,
+                                               seed=cfg.seed + 1000)
+    init = MLP(x.shape[1], cfg.hidden, 2)
+    seeded_init_(init, g)
+    init_state = {k: v.clone() for k, v in init.state_dict().items()}
+    everyone = torch.arange(len(y))
+    early = _train_epochs(x, y, everyone, cfg.early_epochs, cfg, g, init_state)
+    with torch.no_grad():
+        indices, hard = useful_upsample(early(x), y, factor=cfg.factor)
+    history = History(meta={"algorithm": "useful", "seed": cfg.seed})
+    results = {}
+    for label, source in (("plain", everyone), ("useful", indices)):
+        model = _train_epochs(x, y, source, cfg.epochs, cfg, torch.Generator().manual_seed(cfg.seed + 1),
+                              init_state)
+        results[label] = {"accuracy": _accuracy(model, x_te, y_te),
+                          "hard_accuracy": _accuracy(model, x_te[~simple_te], y_te[~simple_te]),
+                          "easy_accuracy": _accuracy(model, x_te[simple_te], y_te[simple_te])}
+    for i, label in enumerate(results):
+        history.append(i, **results[label])
+    # purity: how much of the hard cluster is complex-only, against the base rate
+    history.artifacts.update(
+        methods=list(results), results=results, hard_fraction=float(hard.float().mean()),
+        hard_purity=float((~simple[hard]).float().mean()) if hard.any() else float("nan"),
+        complex_only_rate=float((~simple).float().mean()))
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IBCLConfig:
+    """Config of ``ibcl_tradeoffs``."""
+
+    n_tasks: int = 3  # rotated 2-D logistic-regression tasks
+    n: int = 200  # points per task
+    angle: float = 60.0  # rotation between neighbouring tasks' boundaries (degrees)
+    d: float = 0.1  # IBCL's distance threshold for adding an extreme point
+    prior_var: float = 10.0  # prior variance around the previous task's posterior mean
+    grid: int = 6  # preference grid resolution: w_i in {0, 1/grid, ..., 1}
+    seed: int = 0  # data
+
+
+def _plot_ibcl(history: History):
+    from lab.viz.phenomena import ibcl_figure
+
+    return ibcl_figure(history)
+
+
+@experiment("ibcl_tradeoffs", IBCLConfig,
+            paper="IBCL: Zero-shot Model Generation for Task Trade-offs in Continual Learning",
+            arxiv="2305.14782", plot=_plot_ibcl,
+            summary="IBCL's zero-shot preference models against one trained model per preference")
+def ibcl_tradeoffs(cfg: IBCLConfig) -> History:
+    check_int("n_tasks", cfg.n_tasks, minimum=2)
+    check_int("grid", cfg.grid, minimum=1)
+    tasks = rotated_logistic_tasks(cfg.n_tasks, cfg.n, angle=cfg.angle, seed=cfg.seed)
+    kb = IBCL(d=cfg.d, prior_var=cfg.prior_var)
+    for x, y in tasks:
+        kb.add_task(x, y)
+    # every preference on the simplex grid (compositions of `grid` into n_tasks parts)
+    prefs = [p for p in np.ndindex(*([cfg.grid + 1] * cfg.n_tasks)) if sum(p) == cfg.grid]
+    history = History(meta={"algorithm": "ibcl", "seed": cfg.seed})
+    xs = torch.cat([x for x, _ in tasks])
+    for i, p in enumerate(prefs):
+        w = torch.tensor(p, dtype=torch.float64) / cfg.grid
+        theta = kb.model_for(w)
+        # baseline: a model trained on the w-weighted loss (one fit per preference)
+        weights = torch.cat([torch.full((len(y),), float(wi)) for wi, (_, y) in zip(w, tasks)])
+        keep = weights > 0
+        ys = torch.cat([y for _, y in tasks])
+        rep = (weights[keep] * cfg.grid).round().long()
+        base, _ = laplace_logistic(xs[keep].repeat_interleave(rep, 0), ys[keep].repeat_interleave(rep, 0),
+                                   torch.zeros(3, dtype=torch.float64), cfg.prior_var)
+        history.append(i, w=w.tolist(),
+                       ibcl_loss=[logistic_loss(theta, x, y) for x, y in tasks],
+                       baseline_loss=[logistic_loss(base, x, y) for x, y in tasks])
+    history.artifacts["extreme_points"] = [q.mean.tolist() for q in kb.extremes]
+    history.artifacts["task_to_extreme"] = kb.task_to_extreme
+    return history
