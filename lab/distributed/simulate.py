@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lab import progress
 from lab.checks import check_choice, check_int, check_nonneg, check_positive
 from lab.distributed.a_edit import AEDiT
 from lab.distributed.local_sgd import LocalSGD
@@ -116,7 +117,8 @@ def train(problem: Problem, algorithm: LocalSGD, *, rounds: int = 30, sync_inter
     history.append(0, loss=problem.loss(anchor), wall_clock=0.0, inner_steps=0.0,
                    dist_to_opt=float((anchor - problem.w_opt).norm()))
     clock, total = 0.0, 0
-    for r in range(1, rounds + 1):
+    for r in progress.steps(rounds, desc=type(algorithm).__name__):
+        r += 1
         theta = anchor.expand(K, d).clone()  # (K, p)
         scale = torch.where(torch.rand(K, generator=g) < outlier_prob, 20.0, 1.0)  # (K,)
         for s in range(int(steps.max())):

@@ -1,0 +1,100 @@
+"""Experiments on Local SGD / DiLoCo, EDiT and A-EDiT with K simulated workers.
+
+``distributed_training`` trains one algorithm (a registry spec of kind ``distributed``, e.g.
+``"edit(temperature=0.5)"``) on a least-squares problem split over K workers, some of them slow;
+``compare_distributed`` runs several algorithms on the same draw (a panel callable returning Runs).
+Step-synchronous algorithms sync every H inner steps and wait for the slowest worker; A-EDiT syncs
+every H seconds of a fast worker's clock (sync_time = H).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+
+from lab import progress
+from lab.checks import check_int, check_positive
+from lab.distributed import make_problem, train
+from lab.experiments._base import experiment
+from lab.history import History, Runs
+from lab.registry import make, parse_spec
+
+EDIT_PAPER = "EDiT: A Local-SGD-Based Efficient Distributed Training Method for Large Language Models"
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """Config of ``distributed_training``."""
+
+    algorithm: str = "edit"  # registry spec of kind distributed: local_sgd, edit, a_edit(...)
+    workers: int = 8  # K simulated workers
+    sync_interval: int = 8  # H inner steps per round (A-EDiT: sync_time = H seconds)
+    rounds: int = 30  # communication rounds
+    heterogeneity: float = 0.3  # std of the shifts of the workers' optima (0 = IID)
+    slow_workers: int = 1  # how many workers are slow
+    slow_factor: float = 4.0  # seconds per step of a slow worker (fast workers: 1 s)
+    outlier_prob: float = 0.02  # chance per round and worker of a bad shard (labels x20)
+    inner: Literal["sgd", "adamw"] = "sgd"  # inner optimizer of every worker
+    inner_lr: float = 0.05  # inner learning rate
+    outer_lr: float = 0.7  # eta_out of the outer Nesterov step
+    outer_momentum: float = 0.9  # mu of the outer step (0 with outer_lr 1 = model averaging)
+    ewma_warmup: int = 5  # syncs before EDiT's anomaly detector may flag (atorch: 120)
+    dim: int = 10  # parameters of the linear model
+    samples: int = 64  # examples per worker
+    batch_size: int = 16  # minibatch per inner step
+    seed: int = 0  # seed of data, minibatches and outliers
+
+
+@dataclass(frozen=True)
+class CompareDistributedConfig(DistributedConfig):
+    """Config of ``compare_distributed``: the algorithms to run on one draw."""
+
+    algorithms: tuple[str, ...] = ("local_sgd", "edit", "a_edit")  # registry specs
+
+
+def build(spec: str, cfg: DistributedConfig):
+    """The algorithm of ``spec`` with the config's outer step, EDiT's detector warm-up and A-EDiT's
+    sync_time = H, unless the spec sets them."""
+    name, kwargs = parse_spec(spec)
+    defaults = {"outer_lr": cfg.outer_lr, "outer_momentum": cfg.outer_momentum,
+                "nesterov": cfg.outer_momentum > 0}
+    if name in ("edit", "a_edit"):
+        defaults["ewma_warmup"] = cfg.ewma_warmup
+    if name == "a_edit":
+        defaults["sync_time"] = float(cfg.sync_interval)
+    return make("distributed", name, **{**defaults, **kwargs})
+
+
+def plot(result):
+    from lab.viz.distributed import distributed_figure
+
+    return distributed_figure(result)
+
+
+@experiment("distributed_training", DistributedConfig, paper=EDIT_PAPER, arxiv="2412.07210", plot=plot)
+def distributed_training(cfg: DistributedConfig) -> History:
+    """Train K simulated workers with one Local-SGD-family algorithm; loss per communication round."""
+    check_int("workers", cfg.workers, minimum=1)
+    check_int("slow_workers", cfg.slow_workers, minimum=0)
+    check_positive("slow_factor", cfg.slow_factor)
+    if cfg.slow_workers > cfg.workers:
+        raise ValueError(f"slow_workers must be <= workers ({cfg.workers}), got {cfg.slow_workers}")
+    g = torch.Generator().manual_seed(cfg.seed)
+    problem = make_problem(cfg.workers, cfg.dim, cfg.samples, cfg.heterogeneity, generator=g)
+    step_times = torch.ones(cfg.workers)
+    step_times[cfg.workers - cfg.slow_workers:] = cfg.slow_factor
+    history = train(problem, build(cfg.algorithm, cfg), rounds=cfg.rounds, sync_interval=cfg.sync_interval,
+                    inner=cfg.inner, inner_lr=cfg.inner_lr, batch_size=cfg.batch_size, step_times=step_times,
+                    outlier_prob=cfg.outlier_prob, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    history.meta["algorithm"] = cfg.algorithm
+    history.artifacts["optimum_loss"] = problem.loss(problem.w_opt)
+    return history
+
+
+def compare_distributed(cfg: CompareDistributedConfig) -> Runs:
+    """``distributed_training`` for every algorithm of ``cfg.algorithms`` on the same draw."""
+    runs = Runs()
+    for spec in progress.track(cfg.algorithms, desc="algorithms"):
+        runs[spec] = distributed_training(replace(cfg, algorithm=spec))
+    return runs

@@ -1,0 +1,44 @@
+"""Figures of the Local SGD / EDiT / A-EDiT experiments: loss against communication rounds and
+against simulated wall-clock time, and the pseudo-gradient norms EDiT's penalty acts on."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from lab.history import History
+from lab.viz.figures import color
+
+
+def distributed_figure(runs: History | Mapping[str, History]) -> go.Figure:
+    """Three panels: loss vs communication round (log y), loss vs wall-clock, mean ||Delta_k||."""
+    if isinstance(runs, History):
+        runs = {str(runs.meta.get("algorithm", "run")): runs}
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("loss vs communication rounds", "loss vs wall-clock (s)",
+                                                        "mean pseudo-gradient norm"))
+    optimum = None
+    for i, (label, h) in enumerate(runs.items()):
+        style = dict(color=color(i))
+        fig.add_trace(go.Scatter(x=h.steps, y=h["loss"], name=label, legendgroup=label, line=style), 1, 1)
+        fig.add_trace(go.Scatter(x=h["wall_clock"], y=h["loss"], name=label, legendgroup=label,
+                                 showlegend=False, line=style), 1, 2)
+        steps, norms = h.series("pseudo_grad_norm")
+        fig.add_trace(go.Scatter(x=steps, y=norms, name=label, legendgroup=label, showlegend=False,
+                                 line=style), 1, 3)
+        if "flagged" in h:
+            flag_steps, flagged = h.series("flagged")
+            hit = flagged > 0
+            fig.add_trace(go.Scatter(x=flag_steps[hit], y=norms[hit], mode="markers", name=f"{label}: flagged",
+                                     legendgroup=label, marker=dict(color=color(i), symbol="x", size=9)), 1, 3)
+        optimum = h.artifacts.get("optimum_loss", optimum)
+    if optimum is not None:
+        for col in (1, 2):
+            fig.add_hline(y=optimum, line=dict(dash="dot", color="gray"), row=1, col=col)
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_xaxes(title_text="round", row=1, col=1)
+    fig.update_xaxes(title_text="seconds", row=1, col=2)
+    fig.update_xaxes(title_text="round", row=1, col=3)
+    fig.update_layout(height=360, template="plotly_white", margin=dict(l=50, r=20, t=50, b=40))
+    return fig
