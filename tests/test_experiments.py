@@ -60,7 +60,8 @@ def test_bad_config_is_rejected():
 @pytest.mark.parametrize("text,annotation,expected", [
     ("3", int, 3), ("0.5", float, 0.5), ("true", bool, True), ("off", bool, False),
     ("none", float | None, None), ("1.5", float | None, 1.5), ("a,b", tuple[str, ...], ("a", "b")),
-    ("1, 2", tuple[int, int], (1, 2)), ("adam", str, "adam"), ("b", Literal["a", "b"], "b"),
+    ("1, 2", tuple[int, int], (1, 2)),
+    ("a(x=1, y=2), b", tuple[str, ...], ("a(x=1, y=2)", "b")), ("adam", str, "adam"), ("b", Literal["a", "b"], "b"),
 ])
 def test_parse_value_from_field_types(text, annotation, expected):
     assert parse_value(text, annotation) == expected

@@ -88,11 +88,27 @@ def sweep(name: str, field: str, values: Iterable[Any], cfg: Any = None,
                  for label, value in zip(labels, values)})
 
 
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside brackets: ``"a(x=1, y=2), b"`` -> two parts."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
 def parse_value(text: str, annotation: Any) -> Any:
     """Parse a command-line string into a value of a dataclass field type (never ``eval``).
 
     Supports bool, int, float, str, ``X | None`` / Optional, ``Literal[...]`` and
-    ``tuple[X, ...]`` / ``tuple[X, Y]`` (comma-separated).
+    ``tuple[X, ...]`` / ``tuple[X, Y]`` (comma-separated; commas inside brackets, as in
+    ``"arithmetic(max_operand=9, partial_credit=False), strings"``, do not split).
     """
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -112,7 +128,7 @@ def parse_value(text: str, annotation: Any) -> Any:
                 return choice
         raise ValueError(f"expected one of {', '.join(map(str, args))}, got {text!r}")
     if origin is tuple:
-        parts = [p.strip() for p in text.split(",") if p.strip()]
+        parts = [p.strip() for p in _split_top_level(text) if p.strip()]
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(parse_value(p, args[0]) for p in parts)
         if len(parts) != len(args):
