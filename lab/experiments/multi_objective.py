@@ -160,6 +160,9 @@ class _Recap(_Method):
 class _Pro(_Method):
     def __init__(self, cfg, task, generator):
         super().__init__(cfg, task, generator)
+        if not (hasattr(task, "prompt_features") and hasattr(task, "preferred_objectives")):
+            raise ValueError(f"method 'pro' needs a task with prompt features and preferred responses "
+                             f"(task 'multi_objective'), got {cfg.task!r}")
         self.shaper = PreferenceOrchestrator(2, len(cfg.weights), lr=0.2)
 
     def combine(self, ctx):

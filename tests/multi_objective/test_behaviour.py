@@ -73,5 +73,7 @@ def test_experiment_bad_input():
         run("multi_objective", method="pcgrad")
     with pytest.raises(ValueError, match="weights"):
         run("multi_objective", weights=(1.0, 0.0, 0.0), steps=1)
+    with pytest.raises(ValueError, match="pro"):
+        run("multi_objective", method="pro", task="proxy_reward", steps=1)
     with pytest.raises(KeyError, match="valid tasks"):
         run("multi_objective", task="chess", steps=1)
