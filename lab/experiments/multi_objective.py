@@ -9,7 +9,8 @@
                multi_label            per-head group normalization, then Σ w_k (reward/multi_label)
                hypervolume_weighting  R = meta · Σ w_k r_k, meta from the HV gain of the last evaluation
                gradient_weighting     w moved by the Gram row sums of per-objective policy gradients
-               recap                  λ from the convergence/instability of each objective's −reward
+               recap                  λ from each objective's loss 1.1 − mean r_k (default: the lab's level
+                                      rule, which favours objectives that stalled while still behind)
                pro                    w(x) from an adapter fitted on preferred responses' scores
                constrained_lagrangian A = mix of per-RM and −KL advantages with multipliers σ(λ)
                structured_output      RL-Struct's gated sum of five verifier scores
@@ -25,7 +26,16 @@ greedy vector (``eval/<name>``), the weights or multipliers (``weights``, ``lamb
 and on the proxy task the hidden ``true_reward`` next to the proxy ``reward``.
 
 ``pareto_sweep`` runs one method for several initial weight vectors and collects the final greedy
-points (the method's Pareto front) and its hypervolume.
+points (the method's Pareto front) and its hypervolume; ``compare_fronts`` does it per method.
+On the default task (correctness (k/L)² against brevity) fixed weights end at the two ends of the
+front, RECAP's balancing weights reach points between them (``tests/multi_objective``). The
+paper's gradient rule, on this two-objective toy, moves weight to the objective that is already
+ahead (its gradient is the larger one), so it ends at an end too.
+
+Choices: the policy is the tabular softmax of ``lab.models.policy``; ``prior`` adds a logit bonus
+on a task's template (the JSON-like task: the syntax but not the values), standing in for the
+instruction-tuned model RL-Struct starts from; the constrained method's KL advantage is the
+group-normalized −Σ_t (ℓ^old − ℓ^ref) of each response.
 """
 from __future__ import annotations
 
@@ -33,7 +43,6 @@ import copy
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
-import numpy as np
 import torch
 
 from lab import progress
@@ -63,7 +72,7 @@ TASKS = {"multi_objective": "toy_envs.multi_objective:MultiObjectiveTask",
 class MultiObjectiveConfig:
     """Config of ``multi_objective``."""
 
-    method: str = "gradient_weighting"  # fixed, multi_label, hypervolume_weighting, gradient_weighting, recap, pro, constrained_lagrangian, structured_output
+    method: str = "recap"  # fixed, multi_label, hypervolume_weighting, gradient_weighting, recap, pro, constrained_lagrangian, structured_output
     task: str = "multi_objective"  # task spec: "multi_objective(power=2.0)", "proxy_reward", "structured"
     weights: tuple[float, ...] = (0.5, 0.5)  # initial / fixed objective weights w (one per objective)
     advantage: str = "grpo"  # advantage estimator spec for the combined reward
