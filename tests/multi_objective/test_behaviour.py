@@ -25,7 +25,8 @@ def test_fixed_weights_miss_the_non_convex_gap_that_dynamic_reweighting_reaches(
 def test_lagrange_multipliers_keep_the_true_reward_from_collapsing():
     # Prepare: the proxy task pays 1.5 per keyword density, 1 per answer density; keywords are
     # useful only up to θ = 0.25
-    base = MultiObjectiveConfig(task="proxy_reward", weights=(1.5, 1.0), thresholds=(0.25, 1.0), steps=40)
+    base = MultiObjectiveConfig(method="fixed", task="proxy_reward", weights=(1.5, 1.0), thresholds=(0.25, 1.0),
+                                steps=40)
     # Execute
     fixed = multi_objective(base)
     constrained = multi_objective(MultiObjectiveConfig(**{**base.__dict__, "method": "constrained_lagrangian"}))
