@@ -24,6 +24,7 @@ arXiv 2306.07179) lives with the optimizer experiments (``lab.experiments.optimi
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -33,9 +34,9 @@ import torch.nn.functional as F
 
 from lab import progress
 from lab.checks import check_int, check_nonneg, check_positive
-from lab.experiments._base import experiment
+from lab.experiments._base import experiment, run
 from lab.experiments.optimizers import seeded_init_
-from lab.history import History
+from lab.history import History, Runs
 from lab.models import MLP
 from lab.models.ghost_bn import ghost_batchnorm, regime_adaptation
 from lab.optim.sharpness import top_hessian_eigenvalue
@@ -220,6 +221,16 @@ def large_batch_gap(cfg: LargeBatchConfig) -> History:
         history.append(step - 1, test_error=err, epoch=epoch + 1)
     history.artifacts.update(lr=lr, epochs=epochs, updates=step, final_test_error=err)
     return history
+
+
+def compare_large_batch(cfg: LargeBatchConfig) -> Runs:
+    """Panel callable: the small-batch reference (B_S, same epochs) beside ``cfg``'s large-batch run."""
+    reference = dataclasses.replace(cfg, batch_size=cfg.base_batch_size, ghost_batch_size=0,
+                                    scale_lr=False, adapt_regime=False)
+    fixes = [name for name, on in (("GBN", cfg.ghost_batch_size), ("sqrt lr", cfg.scale_lr),
+                                   ("regime", cfg.adapt_regime)) if on]
+    label = f"B={cfg.batch_size}" + (" + " + " + ".join(fixes) if fixes else "")
+    return Runs({f"B={cfg.base_batch_size}": run("large_batch_gap", reference), label: run("large_batch_gap", cfg)})
 
 
 # ---------------------------------------------------------------------------------------------
