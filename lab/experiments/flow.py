@@ -183,10 +183,12 @@ class FlowFinetuneConfig:
     schedule: Literal["flow_grpo", "dance"] = "flow_grpo"  # SDE diffusion schedule
     noise_level: float = 0.7  # a (flow_grpo) or eta (dance)
     beta: float = 0.0  # KL weight to the pretrained model (flow_grpo, awm)
+    shared_noise: bool = False  # flow_grpo: one initial noise per group (DanceGRPO)
     clip_range: float = 1e-4  # PPO clip range of the ratio
     alpha: float = 0.1  # AC-Flow W2 regulariser weight
     tau: float = 1.0  # AC-Flow weight temperature
     warmup: int = 5  # AC-Flow critic warm-up updates
+    adv_clip: float | None = 2.0  # AC-Flow advantage clip c (None = no clipping)
     backprop_steps: int = 10  # AlignProp: steps that keep gradients (truncation K)
     n_stages: int = 2  # B2-DiffuRL backward stages
     eval_every: int = 10  # steps between divergence / diversity evaluations
@@ -224,7 +226,12 @@ def _ddpo_update(run: _Run, step: int) -> tuple[torch.Tensor, dict, torch.Tensor
 
 
 def _flow_grpo_update(run: _Run, step: int) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    traj = _sde_rollout(run, torch.randn(run.cfg.batch, 2, generator=run.gen))
+    cfg = run.cfg
+    if cfg.shared_noise:   # DanceGRPO: the G samples of a group start from the same noise
+        noise = torch.randn(cfg.batch // cfg.group_size, 2, generator=run.gen).repeat_interleave(cfg.group_size, 0)
+    else:
+        noise = torch.randn(cfg.batch, 2, generator=run.gen)
+    traj = _sde_rollout(run, noise)
     rewards = run.reward_fn(traj.samples)
     adv = flow_grpo_advantages(rewards, group_size=run.cfg.group_size)
     logp, means = transition_logprobs(unconditional(run.model), traj)
@@ -272,7 +279,8 @@ def _ac_flow_update(run: _Run, step: int) -> tuple[torch.Tensor, dict, torch.Ten
     v = run.model(x_t, t)
     with torch.no_grad():
         v_ref = run.ref(x_t, t)
-    loss, metrics = ac_flow_loss(v, v_ref, x0, noise, adv, tau=run.cfg.tau, alpha=run.cfg.alpha)
+    loss, metrics = ac_flow_loss(v, v_ref, x0, noise, adv, tau=run.cfg.tau, alpha=run.cfg.alpha,
+                                 adv_clip=run.cfg.adv_clip)
     metrics["critic_loss"] = float(critic_loss.detach())
     return loss, metrics, rewards
 
@@ -319,7 +327,7 @@ def flow_finetune(cfg: FlowFinetuneConfig) -> History:
     if cfg.batch % cfg.group_size:
         raise ValueError(f"batch must be a multiple of group_size={cfg.group_size}, got {cfg.batch}")
     check_positive("lr", cfg.lr)
-    check_range("target_mode", cfg.target_mode, 0, 7)
+    check_range("target_mode", check_int("target_mode", cfg.target_mode), 0, 7)
     check_int("eval_every", cfg.eval_every, minimum=1)
     centers = mode_centers("gaussians8")
     center = centers[cfg.target_mode]
@@ -394,7 +402,7 @@ def _guidance_plot(history: History):
             arxiv="2410.02416", plot=_guidance_plot,
             summary="CFG vs APG (and DiffIER correction) on a class-conditional 2-D flow")
 def flow_guidance(cfg: FlowGuidanceConfig) -> History:
-    check_range("target_class", cfg.target_class, 0, 7)
+    check_range("target_class", check_int("target_class", cfg.target_class), 0, 7)
     check_int("n_samples", cfg.n_samples, minimum=1)
     check_int("n_sample_steps", cfg.n_sample_steps, minimum=1)
     model = pretrained_velocity(steps=cfg.pretrain_steps).requires_grad_(False)

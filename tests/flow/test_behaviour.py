@@ -87,3 +87,25 @@ def test_experiment_configs_reject_bad_values():
         run("flow_finetune", target_mode=9, steps=1)
     with pytest.raises(ValueError, match="steps"):
         run("flow_pretrain", steps=0)
+
+
+def test_dancegrpo_shared_noise_runs_and_figures_build():
+    from lab.experiments.flow import flow_finetune, flow_guidance
+
+    h = run("flow_finetune", method="flow_grpo", schedule="dance", noise_level=0.5, shared_noise=True,
+            steps=3, eval_every=3)
+    assert len(h["reward"]) == 3 and all(k in h for k in ("kl", "clip_frac", "divergence"))
+    figs = flow_finetune.plot(h)
+    assert len(figs) == 3 and len(figs[0].data) == 3          # before, after, target marker
+    figs = flow_guidance.plot(run("flow_guidance", n_samples=16, n_sample_steps=5))
+    assert len(figs) == 2 and "mean ‖x‖" in figs[0].layout.title.text
+    with pytest.raises(ValueError, match="target_class"):
+        run("flow_guidance", target_class=8)
+
+
+@pytest.mark.slow
+def test_b2_diffurl_keeps_more_modes_than_ddpo_under_a_sparse_reward():
+    ddpo = run("flow_finetune", method="ddpo", reward="sparse", eval_every=40)
+    b2 = run("flow_finetune", method="b2_diffurl", reward="sparse", eval_every=40)
+    assert b2["ode_reward"][-1] > 2 * b2["ode_reward"][0]       # it still learns
+    assert b2["modes"][-1] > ddpo["modes"][-1]                   # ... with more diversity left

@@ -60,8 +60,8 @@ def _gaussian_velocity(m, s):
 def test_sde_and_ode_samplers_share_the_data_marginal(schedule):
     m, s = torch.tensor([2.0, -1.0]), 0.5
     gen = torch.Generator().manual_seed(1)
-    noise = torch.randn(4000, 2, generator=gen)
-    out = rollout(_gaussian_velocity(m, s), noise, sigmas(60), schedule=schedule, noise_level=0.5,
+    noise = torch.randn(2000, 2, generator=gen)
+    out = rollout(_gaussian_velocity(m, s), noise, sigmas(40), schedule=schedule, noise_level=0.5,
                   generator=gen).samples
     torch.testing.assert_close(out.mean(0), m, atol=0.05, rtol=0)
     torch.testing.assert_close(out.std(0), torch.full((2,), s), atol=0.05, rtol=0)
