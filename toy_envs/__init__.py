@@ -17,6 +17,7 @@ ENVS: list[tuple[str, str, dict]] = [
     ("toy_envs/MultiObjective-v0", "toy_envs.multi_objective:MultiObjectiveEnv", {}),
     ("toy_envs/StringReverse-v0", "toy_envs.strings:StringEnv", {"mode": "reverse"}),
     ("toy_envs/TokenBandit-v0", "toy_envs.token_bandit:TokenBanditEnv", {}),
+    ("toy_envs/WeightedTallyingBandit-v0", "toy_envs.tallying_bandit:WeightedTallyingBanditEnv", {}),
 ]
 
 
