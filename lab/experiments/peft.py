@@ -120,7 +120,7 @@ def peft_finetune(cfg: PeftConfig) -> History:
         # FILA: weight the init toward what task B needs more than task A (B = "forget", A = "retain")
         with torch.no_grad():
             y_a = model(x)
-        fila_initialize(model, [(x, y)], [(x, y_a)], lambda m, b: F.mse_loss(m(b[0]), b[1]), seed=cfg.seed)
+        fila_initialize(model, [(x, y)], [(x, y_a)], lambda m, b: F.mse_loss(m(b[0]), b[1]))
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = trainable_count(model)
     history = History(meta={"algorithm": cfg.method, "seed": cfg.seed})

@@ -11,7 +11,7 @@ IHL(forget batch) + NLL(retain batch). This module adds the initialization, FILA
     F_r = the same on the retain set
     Imp = F_f / (F_r + 1e-5)              how much more W matters to forgetting than to retaining
     w_i = sqrt(Σ_j Imp_ij)                one weight per output row
-    U, S, V = svd_lowrank(diag(w)·W, q = r)          (randomized; seeded)
+    U, S, V = rank-r truncated SVD of diag(w)·W
     S ← S / s                                        s = α/r, the LoRA scale
     A = (V·sqrt(S))ᵀ,   B = diag(1/(w + 1e-5))·U·sqrt(S)
     W_res = W − s·B·A                                the base weight is replaced by the residual
@@ -19,6 +19,9 @@ IHL(forget batch) + NLL(retain batch). This module adds the initialization, FILA
 so the adapted model computes exactly what the original computed, while the adapter starts on
 the directions of W that carry the forget set (a weighted low-rank approximation). Departure from
 LoRA: B ≠ 0 at init and the *base weight changes* (save the merged model, not only the adapter).
+Departure from the released code: it calls the randomized ``torch.svd_lowrank(·, q=r)``; the lab
+takes the exact SVD and keeps the top r triplets (deterministic, and exactly the truncation that
+the randomized routine approximates; at q = r the approximation can be loose on small matrices).
 """
 from __future__ import annotations
 
@@ -40,10 +43,9 @@ __all__ = ["FILALinear", "fisher_diagonal", "fila_init", "fila_initialize", "inv
 class FILALinear(LoRALinear):
     """A LoRA layer that :func:`fila_init` can start from a Fisher-weighted low-rank factorization."""
 
-    def fila_init(self, fisher_forget: torch.Tensor, fisher_retain: torch.Tensor, *,
-                  generator_seed: int = 0) -> None:
+    def fila_init(self, fisher_forget: torch.Tensor, fisher_retain: torch.Tensor) -> None:
         """Apply FILA with Fisher diagonals (d, k) of this layer's weight; output is unchanged."""
-        fila_init(self, fisher_forget, fisher_retain, generator_seed=generator_seed)
+        fila_init(self, fisher_forget, fisher_retain)
 
 
 def fisher_diagonal(model: nn.Module, weights: Iterable[nn.Parameter],
@@ -65,8 +67,7 @@ def fisher_diagonal(model: nn.Module, weights: Iterable[nn.Parameter],
 
 
 @torch.no_grad()
-def fila_init(layer: LoRALinear, fisher_forget: torch.Tensor, fisher_retain: torch.Tensor, *,
-              generator_seed: int = 0) -> None:
+def fila_init(layer: LoRALinear, fisher_forget: torch.Tensor, fisher_retain: torch.Tensor) -> None:
     """Set A, B from the Fisher-weighted rank-r SVD of W and replace W by W − s·B·A (in place)."""
     w0 = layer.base.weight                                                     # (d, k)
     for name, f in (("fisher_forget", fisher_forget), ("fisher_retain", fisher_retain)):
@@ -79,12 +80,8 @@ def fila_init(layer: LoRALinear, fisher_forget: torch.Tensor, fisher_retain: tor
         raise ValueError(f"rank {r} exceeds min(d, k) = {min(w0.shape)}")
     imp = fisher_forget / (fisher_retain + 1e-5)                               # Imp = F_f/(F_r+ε)
     row_w = imp.sum(1).sqrt()                                                  # w_i, (d,)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(generator_seed)          # svd_lowrank draws from the global generator
-    try:
-        u, sv, v = torch.svd_lowrank(row_w[:, None] * w0.float(), q=r, niter=4)   # (d,r), (r,), (k,r)
-    finally:
-        torch.random.set_rng_state(state)
+    u, sv, vh = torch.linalg.svd(row_w[:, None] * w0.float(), full_matrices=False)
+    u, sv, v = u[:, :r], sv[:r], vh[:r].T                                      # (d,r), (r,), (k,r)
     sv = sv / s                                                                # S ← S/s
     root = sv.sqrt()
     layer.lora_A.copy_((v * root).T.to(w0.dtype))                              # A = (V√S)ᵀ, (r, k)
@@ -93,7 +90,7 @@ def fila_init(layer: LoRALinear, fisher_forget: torch.Tensor, fisher_retain: tor
 
 
 def fila_initialize(model: nn.Module, forget_batches: Iterable, retain_batches: Iterable,
-                    loss_fn: Callable[[nn.Module, object], torch.Tensor], *, seed: int = 0) -> None:
+                    loss_fn: Callable[[nn.Module, object], torch.Tensor]) -> None:
     """FILA on every LoRA layer of ``model`` (after ``lab.peft.apply(model, "loku")``)."""
     layers = [m for m in adapters(model).values() if isinstance(m, LoRALinear)]
     if not layers:
@@ -107,5 +104,5 @@ def fila_initialize(model: nn.Module, forget_batches: Iterable, retain_batches: 
     finally:
         for w in weights:
             w.requires_grad_(False)
-    for i, (m, ff, fr) in enumerate(zip(layers, f_forget, f_retain)):
-        fila_init(m, ff, fr, generator_seed=seed + i)
+    for m, ff, fr in zip(layers, f_forget, f_retain):
+        fila_init(m, ff, fr)
