@@ -86,5 +86,5 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor, *, ste
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses

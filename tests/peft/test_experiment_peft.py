@@ -1,0 +1,40 @@
+"""The fine-tuning experiment: every method runs, merges exactly, and the figures build."""
+import pytest
+
+from lab.experiments.peft import METHODS, PeftConfig, peft_finetune, peft_sweep
+from lab.viz.peft import finetune_figure, loss_vs_params, merging_figure, rank_allocation
+
+
+def test_sweep_runs_every_method_with_expected_parameter_counts():
+    runs = peft_sweep(PeftConfig(steps=20, rank=2))
+    assert set(runs) == set(METHODS)
+    counts = {m: h.artifacts["trainable"] for m, h in runs.items()}
+    # LoRA: r (d + k) over 8->32, 32->32, 32->4 = 2 * (40 + 64 + 36)
+    assert counts["lora"] == counts["hut"] == counts["ist"] == counts["glad"] == counts["loku"] == 280
+    assert counts["adalora"] == 280 + 2 * 3 and counts["frozen"] == 0
+    assert counts["full"] == 8 * 32 + 32 + 32 * 32 + 32 + 32 * 4 + 4
+    for m, h in runs.items():
+        if m not in ("frozen", "full"):
+            assert h.artifacts["merge_max_diff"] < 1e-5, m
+    assert len(loss_vs_params(runs).data) == len(METHODS)
+
+
+def test_adalora_run_records_rank_history_and_figures():
+    h = peft_finetune(PeftConfig(method="adalora", steps=30, rank=4, target_r=2))
+    ranks = h.artifacts["rank_history"]
+    assert len(ranks) == 30 and sum(ranks[-1]) == 2 * 3       # final budget = target_r x layers
+    assert len(finetune_figure(h)) == 3 and rank_allocation(h).data
+
+
+def test_merging_figure_builds():
+    import lab.experiments as E
+
+    h = E.run("checkpoint_merging", steps=20, checkpoint_every=2, n_models=2, ensemble_steps=5)
+    assert len(merging_figure(h)) == 3
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="lr"):
+        peft_finetune(PeftConfig(lr=-1.0))
+    with pytest.raises(ValueError, match="shift_layer"):
+        peft_finetune(PeftConfig(shift_layer=5))
