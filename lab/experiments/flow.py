@@ -11,7 +11,12 @@ VelocityField` trained by CFM with 20 % label dropout on 8 Gaussians, cached per
   ``kl`` where it has one, and every ``eval_every`` steps ``divergence`` (energy distance of the ODE
   samples to those of the frozen pretrained model), ``target_frac`` and ``modes`` (diversity).
 - ``flow_guidance``: CFG vs APG (optionally with DiffIER's per-step correction) on the conditional
-  field; per sampler step the mean ``norm`` of the chain and of its x̂_0 predictions.
+  field; per sampler step the ``error`` (jump of the x̂_0 prediction), and as artifacts the samples,
+  their mean norm against the mode's (4), the on-mode fraction and the accumulated error.
+  Measured with the default field (20 Euler steps): CFG keeps its final samples on the mode up to
+  w ≈ 20 but its x̂_0 predictions overshoot on the way (accumulated error 506 at w = 12 vs 9.5 for
+  APG with r = 1); at w = 30 CFG samples fly out to ‖x‖ ≈ 27, APG's stay near ‖x‖ ≈ 6. APG's
+  negative momentum (β = −0.5) makes things worse on this toy, so the default is β = 0.
 """
 from __future__ import annotations
 
@@ -380,8 +385,8 @@ class FlowGuidanceConfig:
     guidance: Literal["cfg", "apg"] = "apg"  # classifier-free or adaptive projected guidance
     guidance_scale: float = 30.0  # w (1 = conditional model alone)
     eta: float = 0.0  # APG weight of the parallel component
-    norm_threshold: float = 0.0  # APG rescale radius r (0 = off)
-    momentum: float = -0.5  # APG momentum beta
+    norm_threshold: float = 1.0  # APG rescale radius r (0 = off)
+    momentum: float = 0.0  # APG momentum beta (the paper's negative values over-steer on this toy)
     diffier_iterations: int = 0  # DiffIER correction iterations per step (0 = plain Euler)
     diffier_step_size: float = 0.1  # DiffIER gradient step size
     target_class: int = 0  # conditioning mode

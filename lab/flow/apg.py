@@ -58,7 +58,8 @@ class GuidedVelocity:
     """``v(x, t)`` of a class-conditional field under CFG or APG on ``x̂_0`` predictions.
 
     ``method="cfg"`` is APG with η = 1, r = 0, β = 0. The momentum buffer lives in the object:
-    make a new one per sampling run.
+    make a new one per sampling run. It advances once per sampler time ``t``: repeated calls at
+    the same ``t`` (e.g. DiffIER's corrections) all start from the buffer of the previous time.
     """
 
     def __init__(self, model: torch.nn.Module, cond: torch.Tensor, *, method: str = "apg",
@@ -70,12 +71,17 @@ class GuidedVelocity:
             eta, norm_threshold, momentum = 1.0, 0.0, 0.0
         self.kwargs = dict(guidance_scale=guidance_scale, eta=eta, norm_threshold=norm_threshold,
                            momentum=momentum)
-        self.buffer: torch.Tensor | None = None
+        self.buffer: torch.Tensor | None = None     # Δ̄ after the latest call
+        self._base: torch.Tensor | None = None      # Δ̄ of the previous sampler time
+        self._t: float | None = None
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        if t != self._t:
+            self._base, self._t = self.buffer, t
         x0_c = x - t * self.model(x, t, self.cond)                           # (N, d)
         x0_u = x - t * self.model(x, t, None)
-        x0, self.buffer = apg_guidance(x0_c, x0_u, buffer=self.buffer, **self.kwargs)
+        x0, buffer = apg_guidance(x0_c, x0_u, buffer=self._base, **self.kwargs)
+        self.buffer = buffer.detach()
         return (x - x0) / t
 
 

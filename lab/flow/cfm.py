@@ -50,7 +50,7 @@ def wcfm_weights(x0: torch.Tensor, noise: torch.Tensor, epsilon: float = 1.0) ->
     if isinstance(epsilon, float) and epsilon == math.inf:
         return torch.ones_like(cost)
     check_positive("epsilon", epsilon)
-    scale = epsilon * cost.median().clamp_min(1e-12)
+    scale = epsilon * cost.quantile(0.5).clamp_min(1e-12)
     # subtract the min cost before exp (the batch normalisation cancels it) for stability
     w = torch.exp(-(cost - cost.min()) / scale)
     return w / w.mean()

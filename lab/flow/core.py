@@ -113,8 +113,7 @@ class Trajectory:
 
 def rollout(velocity: Velocity, noise: torch.Tensor, grid: torch.Tensor, *, schedule: str = "ode",
             noise_level: float = 0.7, generator: torch.Generator | None = None,
-            grad_steps: int = 0, sde_steps: torch.Tensor | None = None,
-            correct: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> Trajectory:
+            grad_steps: int = 0, sde_steps: torch.Tensor | None = None) -> Trajectory:
     """Integrate ``velocity`` from ``noise`` (t = 1) along ``grid`` to t = 0.
 
     Args:
@@ -127,7 +126,6 @@ def rollout(velocity: Velocity, noise: torch.Tensor, grid: torch.Tensor, *, sche
             states are detached): 0 = no gradients, ``S`` = full backpropagation.
         sde_steps: optional ``(S,)`` bool: which steps are stochastic (others deterministic);
             default all steps when ``schedule != "ode"``.
-        correct: optional ``correct(x_next, j) -> x_next`` applied after each step (DiffIER).
     """
     check_int("grad_steps", grad_steps, minimum=0)
     n_steps = grid.shape[0] - 1
@@ -151,8 +149,6 @@ def rollout(velocity: Velocity, noise: torch.Tensor, grid: torch.Tensor, *, sche
             else:
                 x_next = mean
                 logps.append(torch.zeros(mean.shape[0]))
-            if correct is not None:
-                x_next = correct(x_next, j)
         x = x_next
         xs.append(x)
         means.append(mean)

@@ -67,19 +67,19 @@ def diffier_sample(velocity: Velocity, noise: torch.Tensor, grid: torch.Tensor, 
     check_int("iterations", iterations, minimum=0)
     check_positive("step_size", step_size)
     x = noise.detach()
-    errors = []
+    errors, x0_prev = [], None
     for j in range(grid.shape[0] - 1):
         sigma, sigma_next = float(grid[j]), float(grid[j + 1])
         with torch.no_grad():
             v = velocity(x, sigma)
-            x0_prev = x - sigma * v                                           # x̂_0(x_j, σ_j)
+            x0 = x - sigma * v                                                # x̂_0(x_j, σ_j)
+            if x0_prev is not None:                                           # e_{j−1} after correction
+                errors.append(float(0.5 * ((x0 - x0_prev) ** 2).sum(-1).mean()))
             x_next = x + v * (sigma_next - sigma)
         for _ in range(iterations):
-            x_next = _descend(velocity, x_next, sigma_next, x0_prev, step_size)
-        with torch.no_grad():
-            x0_next = _x0(velocity, x_next, sigma_next)
-            errors.append(float(0.5 * ((x0_next - x0_prev) ** 2).sum(-1).mean()))
-        x = x_next.detach()
+            x_next = _descend(velocity, x_next, sigma_next, x0, step_size)
+        x, x0_prev = x_next.detach(), x0
+    errors.append(float(0.5 * ((x - x0_prev) ** 2).sum(-1).mean()))        # x̂_0(x, 0) = x
     return x, {"accumulated_error": sum(errors), "error_per_step": errors}
 
 
