@@ -55,7 +55,8 @@ def make_problem(workers: int = 4, dim: int = 10, samples: int = 64, heterogenei
     w_star = torch.randn(dim, generator=g)  # (d,)
     shifts = heterogeneity * torch.randn(workers, dim, generator=g)  # (K, d)
     y = torch.einsum("knd,kd->kn", X, w_star + shifts) + noise * torch.randn(workers, samples, generator=g)
-    w_opt = torch.linalg.lstsq(X.reshape(-1, dim), y.reshape(-1)).solution  # (d,)
+    A, b = X.reshape(-1, dim), y.reshape(-1)
+    w_opt = torch.linalg.solve(A.T @ A, A.T @ b)  # (d,) normal equations of the pooled problem
     return Problem(X, y, w_opt)
 
 

@@ -41,13 +41,13 @@ class BanditConfig:
     seed: int = 0  # seed of the loss noise
 
 
-def _plot(result):
+def plot(result):
     from lab.viz.figures import curves
 
     return curves(result, ["cpr", "loss"], title="complete policy regret and mean loss per round")
 
 
-@experiment("tallying_bandit", BanditConfig, paper=PAPER, arxiv="2305.02955", plot=_plot)
+@experiment("tallying_bandit", BanditConfig, paper=PAPER, arxiv="2305.02955", plot=plot)
 def tallying_bandit(cfg: BanditConfig) -> History:
     """Successive elimination on a Weighted Tallying Bandit; CPR against always-a*."""
     check_int("max_memory", cfg.max_memory, minimum=0)
