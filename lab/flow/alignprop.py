@@ -7,8 +7,8 @@ function ``x_0 = Φ_θ(ε)`` of the parameters, so for a differentiable reward
     L(θ) = −loss_coeff · mean_i r(Φ_θ(ε_i)),   ∇_θ L by backpropagation through all S steps.
 
 To save memory and variance the paper truncates: only the last K steps keep the graph (earlier
-states are detached); with ``randomize=True`` K is drawn uniformly from ``[k_min, k_max]`` each
-call (the paper's ``truncated_backprop_rand`` over (0, 50) with 50 steps). Here the sampler is the
+states are detached); the paper's ``truncated_backprop_rand`` draws K at random each call (range
+(0, 50) with 50 steps); here ``randomize=True`` draws K uniformly from {1, …, backprop_steps}. Here the sampler is the
 deterministic Euler ODE of :mod:`lab.flow.core` (the paper: DDIM with guidance; LoRA params and
 gradient checkpointing are not needed on the toy). Defaults: ``loss_coeff`` 0.01 (the paper's),
 K = all steps. Expected on the toy: the fastest reward ascent of all methods, and with the
