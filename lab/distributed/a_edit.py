@@ -13,7 +13,10 @@ covers more steps, the reduction mixes step weights into EDiT's norm weights:
     w_k  = s_k / sum_j s_j                                                   (no temperature)
 
 Everything else (per-layer anomaly elimination, clipping, outer step) is EDiT's. Choices: a worker
-that finished no step in a window (s_k = 0) has Delta_k = 0 and only keeps the norm-weight part;
+that finished no step in a window (s_k = 0) has Delta_k = 0 and only keeps the norm-weight part; a
+flagged worker (Delta_k <- 0) keeps its step share, as in the spec's order of operations, which
+shrinks that round's step by up to rho * s_k / sum_j s_j (the panel shows A-EDiT absorbing bad shards
+less well than EDiT for this reason);
 the simulation's clock is ideal (no communication time).
 """
 from __future__ import annotations

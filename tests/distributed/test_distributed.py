@@ -182,3 +182,25 @@ def test_finite_with_zero_pseudo_gradients():
     new = edit.sync(torch.ones(3), torch.ones(2, 3))
     assert torch.isfinite(new).all()
     assert math.isfinite(norm_weights(torch.zeros(2), 1.0).sum().item())
+
+
+def test_local_sgd_equals_fedavg_with_full_participation():
+    # The spec's cross-check: plain Local SGD is FedAvg with every client present and equal data sizes.
+    from lab.federated import FedAvg
+
+    g = torch.Generator().manual_seed(0)
+    anchor = torch.randn(5, generator=g, dtype=torch.float64)
+    workers = anchor + 0.1 * torch.randn(3, 5, generator=g, dtype=torch.float64)
+    fedavg = FedAvg().setup(3, 5)
+    updates = {k: workers[k] - anchor for k in range(3)}  # federated sign: after - before
+    expected = fedavg.aggregate(anchor, updates, {k: 10 for k in range(3)}, 0)
+    ours = LocalSGD(outer_lr=1.0, outer_momentum=0.0, nesterov=False).sync(anchor, workers)
+    assert torch.allclose(ours, expected)
+
+
+def test_state_dict_exposes_outer_momentum_and_detectors():
+    edit = EDiT(layer_sizes=(2, 1))
+    edit.sync(torch.zeros(3), -torch.ones(2, 3))
+    state = edit.state_dict()
+    assert torch.equal(state["outer"]["momentum_buffer"], torch.ones(3))
+    assert len(state["detectors"]) == 2 and state["detectors"][0]["count"] == [1, 1]
