@@ -191,6 +191,7 @@ class MergingConfig:
     n_models: int = 4  # ensemble members trained from scratch
     ensemble_train: int = 64  # training examples for the ensemble members (few: variance dominates)
     ensemble_steps: int = 150  # steps per ensemble member
+    member_weight_decay: float = 0.0  # AdamW decoupled weight decay of each member (the paper: ~30x the usual)
     seed: int = 0  # seeds everything
 
 
@@ -249,13 +250,15 @@ def checkpoint_merging(cfg: MergingConfig) -> History:
         test_loss_uniform=loss_of(mwa(checkpoints, metrics, penalty=0.0, metric=cfg.metric)),
         test_loss_mwa=loss_of(mwa(checkpoints, metrics, penalty=cfg.penalty, metric=cfg.metric)),
         weights=weights.tolist(), ckpt_steps=ckpt_steps, ckpt_losses=ckpt_losses)
-    history.artifacts.update(ensemble_comparison(cfg.n_models, cfg.ensemble_train, cfg.ensemble_steps, cfg.seed))
+    history.artifacts.update(ensemble_comparison(cfg.n_models, cfg.ensemble_train, cfg.ensemble_steps, cfg.seed,
+                                                 weight_decay=cfg.member_weight_decay))
     return history
 
 
-def ensemble_comparison(n_models: int, n_train: int, steps: int, seed: int) -> dict:
+def ensemble_comparison(n_models: int, n_train: int, steps: int, seed: int, weight_decay: float = 0.0) -> dict:
     """Train ``n_models`` small MLPs from scratch (different seeds, same few noisy examples of
-    task B); return their single and ensemble held-out losses."""
+    task B; AdamW with ``weight_decay``); return their single and ensemble held-out losses."""
+    check_positive("weight_decay", weight_decay, allow_zero=True)
     _, _, (x, y), (x_test, y_test) = make_task(2, 3.0, n_train, 0.3, seed)
     members, single = [], []
     for k in range(n_models):
@@ -265,7 +268,7 @@ def ensemble_comparison(n_models: int, n_train: int, steps: int, seed: int) -> d
             net = MLP(8, (64,), 4, activation="tanh")
         finally:
             torch.random.set_rng_state(torch_state)
-        opt = torch.optim.Adam(net.parameters(), lr=0.01)
+        opt = torch.optim.AdamW(net.parameters(), lr=0.01, weight_decay=weight_decay)
         for _ in range(steps):
             loss = F.mse_loss(net(x), y)
             opt.zero_grad()

@@ -17,6 +17,15 @@ def test_sweep_runs_every_method_with_expected_parameter_counts():
         if m not in ("frozen", "full"):
             assert h.artifacts["merge_max_diff"] < 1e-5, m
     assert len(loss_vs_params(runs).data) == len(METHODS)
+    frozen = runs["frozen"]["test_loss"][-1]
+    for m in ("lora", "hut", "glad", "loku", "ist", "adalora", "full"):   # every method learns the shift
+        assert runs[m]["test_loss"][-1] < frozen, m
+
+
+def test_hut_beats_frozen_base_clearly():
+    frozen = peft_finetune(PeftConfig(method="frozen", steps=80))
+    hut = peft_finetune(PeftConfig(method="hut", steps=80))
+    assert hut["test_loss"][-1] < 0.3 * frozen["test_loss"][-1]
 
 
 def test_adalora_run_records_rank_history_and_figures():

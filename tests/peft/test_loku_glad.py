@@ -101,3 +101,33 @@ def test_glad_bad_inputs():
         GLAD([theta], lam=-0.1)
     with pytest.raises(ValueError, match="params"):
         GLAD([nn.Parameter(torch.zeros(2), requires_grad=False)])
+
+
+def test_loku_unlearns_the_forget_class_and_keeps_the_rest():
+    # a 3-class linear-softmax classifier on separable blobs; forget class 0 with FILA-LoRA + IHL + retain NLL
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[3.0, 0.0], [0.0, 3.0], [-3.0, -3.0]])
+    labels = torch.arange(3).repeat_interleave(60)
+    x = centers[labels] + 0.7 * torch.randn(180, 2, generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(150):
+        opt.zero_grad()
+        F.cross_entropy(model(x), labels).backward()
+        opt.step()
+    forget, retain = labels == 0, labels != 0
+    acc = lambda m: (m(x).argmax(-1) == labels).float()        # noqa: E731
+    assert acc(model)[forget].mean() > 0.95
+    apply(model, "loku", rank=2)
+    nll = lambda m, b: F.cross_entropy(m(b[0]), b[1])          # noqa: E731
+    fila_initialize(model, [(x[forget], labels[forget])], [(x[retain], labels[retain])], nll)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.02)
+    for _ in range(100):
+        opt.zero_grad()
+        ihl, _ = inverted_hinge(model(x[forget])[:, None, :], labels[forget][:, None])
+        (ihl + F.cross_entropy(model(x[retain]), labels[retain])).backward()
+        opt.step()
+    with torch.no_grad():
+        a = acc(model)
+    assert a[forget].mean() < 0.2 and a[retain].mean() > 0.9
