@@ -22,9 +22,9 @@ active arm is played for M + n_l consecutive rounds (n_l = 2^l); the first M los
 (the tally is still filling up) and the other n_l, all at the saturated tally W, enter the arm's
 mean. After the phase every arm with LCB_a > min_b UCB_b is eliminated (losses; radius
 sigma sqrt(2 log(2 K T / delta) / N_a), sigma = the sub-Gaussian scale of the observed losses: 1/2
-for any loss in [0, 1], the noise std when the noise is Gaussian). Once one arm is left it is played to the end. Standard SE
-(``interleave=True``) plays the active arms round-robin and discards nothing: it only ever sees
-fresh-arm losses and keeps the wrong arm.
+for any loss in [0, 1], the noise std when the noise is Gaussian). Once one arm is left it is played
+to the end. Standard SE (``interleave=True``) plays the active arms round-robin and discards
+nothing: it only ever sees fresh-arm losses and keeps the wrong arm.
 """
 from __future__ import annotations
 

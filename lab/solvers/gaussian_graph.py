@@ -19,7 +19,8 @@ reconstruction from standard pieces, and says so; every choice below is ours.
        Theta <- soft_{t lambda}(Theta - t (S - Theta^{-1}))      (off-diagonal soft threshold)
 
    with a Barzilai-Borwein first guess of t and backtracking (halve until Theta stays positive
-   definite and the usual quadratic upper bound holds), which makes F decrease monotonically. Stop when the relative change is < tol.
+   definite and the usual quadratic upper bound holds), which makes F decrease monotonically.
+   Stop when the relative change is < tol.
 
 Limits: lambda = 0 gives Theta = S^{-1} (needs S invertible); lambda >= max_{i != j} |S_ij| gives the
 empty graph, Theta = diag(1 / S_ii). Both are checked in the tests.

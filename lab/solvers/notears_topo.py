@@ -127,7 +127,8 @@ def notears_topo(X: torch.Tensor, *, lambda2: float = 0.0, w_threshold: float = 
     return result
 
 
-def linear_sem(W: torch.Tensor, n: int, *, noise: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def linear_sem(W: torch.Tensor, n: int, *, noise: float = 1.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
     """Samples (n, d) of X = X W + E with E ~ N(0, noise^2 I); W must be a DAG (it is checked)."""
     check_tensor("W", W, ndim=2)
     d = W.shape[0]

@@ -2,7 +2,6 @@
 import itertools
 
 import gymnasium
-import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from lab.registry import make
 from lab.solvers.ips import fit_table, ips, poisson_nll, table_design
 
 
