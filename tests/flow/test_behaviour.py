@@ -113,3 +113,13 @@ def test_b2_diffurl_keeps_more_modes_than_ddpo_under_a_sparse_reward():
     b2 = run("flow_finetune", method="b2_diffurl", reward="sparse", eval_every=40)
     assert b2["ode_reward"][-1] > 2 * b2["ode_reward"][0]       # it still learns
     assert b2["modes"][-1] > ddpo["modes"][-1]                   # ... with more diversity left
+
+
+@pytest.mark.slow
+def test_ac_flow_ablations_clipping_warmup_and_w2_term():
+    full = run("flow_finetune", method="ac_flow", tau=0.1, eval_every=40)
+    ablated = run("flow_finetune", method="ac_flow", tau=0.1, adv_clip=None, warmup=0, eval_every=40)
+    assert full["ode_reward"][-1] > 2 * ablated["ode_reward"][-1]   # sharp weights on a cold critic stall
+    free = run("flow_finetune", method="ac_flow", alpha=0.0, eval_every=40)
+    tied = run("flow_finetune", method="ac_flow", alpha=0.1, eval_every=40)
+    assert tied["divergence"][-1] < free["divergence"][-1]          # the W2 term holds the model near the reference
