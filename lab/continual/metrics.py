@@ -112,13 +112,14 @@ def continual_metrics(acc, task_ends: Sequence[int], *, window: int = 100,
     """
     a, ends, t = _check_inputs(acc, task_ends, t)
     k = current_task(ends, t)
-    ended = [i for i in range(k - 1)]
+    ended = range(k - 1)                                  # tasks 1..k-1 (0-based 0..k-2)
     return {
         "acc": float(a[t, :k].mean()),
         "min_acc": min_acc(a, ends, t),
         "wc_acc": wc_acc(a, ends, t),
         "wf": windowed_forgetting(a, ends, window, t),
-        "forgetting": float(np.mean([a[ends[i], i] - a[t, i] for i in ended])) if ended else float("nan"),
+        "forgetting": (float(np.mean([a[ends[i], i] - a[t, i] for i in ended])) if k > 1
+                       else float("nan")),
     }
 
 

@@ -9,7 +9,8 @@
   corpus has label noise; the strategies of ``lab.continual.cpt`` (subset for several epochs,
   high-quality subset, pre-training-like mixture) against a single pass (arXiv 2406.14833).
 - ``useful_simplicity``: simplicity bias on data with a simple and a complex feature; plain training
-  against USEFUL's retraining on the upsampled hard cluster (arXiv 2404.17768).
+  against USEFUL's retraining on the upsampled hard cluster (arXiv 2404.17768), with SGD or any
+  registered optimizer spec (``"sam"``: SAM learns features more uniformly on its own).
 - ``ibcl_tradeoffs``: IBCL's zero-shot preference models on three rotated logistic-regression
   tasks against training one model per preference (arXiv 2305.14782).
 """
@@ -29,7 +30,7 @@ from lab.continual.ibcl import IBCL, laplace_logistic, logistic_loss
 from lab.continual.metrics import continual_metrics, min_acc, wc_acc
 from lab.continual.useful import useful_upsample
 from lab.experiments._base import experiment
-from lab.experiments.optimizers import seeded_init_
+from lab.experiments.optimizers import build_optimizer, seeded_init_
 from lab.history import History
 from lab.models import MLP
 from toy_envs.tasks import permuted_digits, rotated_logistic_tasks, simple_and_complex, split_digits
@@ -190,7 +191,8 @@ class UsefulConfig:
     epochs: int = 12  # epochs of the final training run (plain and USEFUL alike)
     factor: int = 2  # copies of each hard-cluster example in USEFUL's data
     batch_size: int = 32  # minibatch size
-    lr: float = 0.05  # SGD learning rate
+    lr: float = 0.05  # learning rate
+    optimizer: str = "sgd"  # optimizer spec of both runs, e.g. "sam(rho=0.05)" (SGD base)
     hidden: tuple[int, ...] = (32,)  # hidden layers of the MLP
     seed: int = 0  # data, initialization and batch order
 
@@ -199,11 +201,20 @@ def _train_epochs(x, y, order_source, epochs: int, cfg: UsefulConfig, g: torch.G
                   init_state: dict) -> torch.nn.Module:
     model = MLP(x.shape[1], cfg.hidden, 2)
     model.load_state_dict(init_state)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    opt = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr)
+    two_pass = bool(getattr(opt, "requires_closure", False))
     for _ in range(epochs):
         order = order_source[torch.randperm(len(order_source), generator=g)]
         for batch in order.split(cfg.batch_size):
-            _sgd_step(model, opt, x[batch], y[batch])
+            if two_pass:                                  # SAM: step(closure) runs both passes
+                def closure(xb=x[batch], yb=y[batch]):
+                    opt.zero_grad()
+                    loss = F.cross_entropy(model(xb), yb)
+                    loss.backward()
+                    return loss
+                opt.step(closure)
+            else:
+                _sgd_step(model, opt, x[batch], y[batch])
     return model
 
 
@@ -232,7 +243,7 @@ def useful_simplicity(cfg: UsefulConfig) -> History:
     early = _train_epochs(x, y, everyone, cfg.early_epochs, cfg, g, init_state)
     with torch.no_grad():
         indices, hard = useful_upsample(early(x), y, factor=cfg.factor)
-    history = History(meta={"algorithm": "useful", "seed": cfg.seed})
+    history = History(meta={"algorithm": f"useful ({cfg.optimizer})", "seed": cfg.seed})
     results = {}
     for label, source in (("plain", everyone), ("useful", indices)):
         model = _train_epochs(x, y, source, cfg.epochs, cfg, torch.Generator().manual_seed(cfg.seed + 1),

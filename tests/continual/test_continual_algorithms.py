@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lab.continual.cpt import cpt_batches
-from lab.continual.ibcl import IBCL, laplace_logistic, logistic_loss
+from lab.continual.ibcl import IBCL, Gaussian, laplace_logistic, logistic_loss
 from lab.continual.useful import hard_examples, kmeans, useful_upsample
 from lab.experiments import run
 from toy_envs.tasks import rotated_logistic_tasks
@@ -21,8 +21,6 @@ def _kb(d=0.1):
 
 def test_ibcl_hand_computed_preference_combination():
     kb = IBCL()
-    kb.extremes = [type("G", (), {})(), type("G", (), {})()]
-    from lab.continual.ibcl import Gaussian
     kb.extremes = [Gaussian(torch.tensor([1.0, 0.0], dtype=torch.float64), torch.eye(2, dtype=torch.float64)),
                    Gaussian(torch.tensor([0.0, 2.0], dtype=torch.float64), 3 * torch.eye(2, dtype=torch.float64))]
     kb.task_to_extreme = [0, 1]
@@ -121,6 +119,8 @@ def test_useful_raises_accuracy_on_complex_only_points():
         purity.append(h.artifacts["hard_purity"] - h.artifacts["complex_only_rate"])
     assert np.mean(gains) > 0.003 and min(gains) >= 0.0
     assert np.mean(purity) > 0.1        # the early clustering finds complex-only points
+    sam = run("useful_simplicity", optimizer="sam(rho=0.05)", epochs=4).artifacts["results"]
+    assert sam["useful"]["hard_accuracy"] > 0.8 and sam["plain"]["accuracy"] > 0.9
 
 
 # ---- continual pre-training ----------------------------------------------------------------
