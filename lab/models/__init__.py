@@ -2,3 +2,5 @@
 from lab.models.mlp import MLP  # noqa: F401
 from lab.models.policy import Generation, Scored, TabularPolicy, generate  # noqa: F401
 from lab.models.transformer import TinyTransformer  # noqa: F401
+from lab.models.velocity import VelocityField  # noqa: F401
+from lab.models.ghost_bn import GhostBatchNorm1d  # noqa: F401
