@@ -144,6 +144,7 @@ def peft_finetune(cfg: PeftConfig) -> History:
             loss = glad.regularized_gradient(loss_fn)
         else:
             loss = loss_fn()
+            # AdaLoRA: + γ·orthogonality penalty (γ = 0.1 here: the toy matrices are tiny; peft default 0.5)
             total = loss + orthogonal_regularizer(model, 0.1) if allocator is not None else loss
             total.backward()
         opt.step()
