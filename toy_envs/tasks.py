@@ -92,7 +92,8 @@ def simple_and_complex(n: int = 600, *, simple_fraction: float = 0.7, d_complex:
     With ``s = 2y - 1``: coordinate 0 is ``s * simple_margin + 0.1 N(0,1)`` for the
     ``simple_fraction`` of points that carry the simple feature and pure noise ``N(0, 1)``
     otherwise; coordinates ``1..d_complex`` are ``s * complex_margin + noise * N(0, 1)`` each
-    (margin ``sqrt(d_complex) * complex_margin`` along the diagonal, small per coordinate). Only the complex feature labels every point.
+    (margin ``sqrt(d_complex) * complex_margin`` along the diagonal, small per coordinate).
+    Only the complex feature labels every point.
     """
     _check_fraction("simple_fraction", simple_fraction)
     if n < 2 or d_complex < 1:

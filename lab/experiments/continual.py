@@ -2,9 +2,10 @@
 
 - ``stability_gap_digits``: class-incremental (or permuted) digits, two tasks, an MLP trained with
   SGD and experience replay (a small replay share, 8 buffer examples beside 32 new ones: with a
-  half-replay batch the dip on digits is only a few points); the accuracy on every task is evaluated after *every* iteration, so
-  the dip of task 1 right after the switch (the stability gap, arXiv 2205.13452) is visible, and
-  min-ACC / WC-ACC (``lab.continual.metrics``) are logged per step.
+  half-replay batch the dip on digits is only a few points); the accuracy on every task is
+  evaluated after *every* iteration, so the dip of task 1 right after the switch (the stability
+  gap, arXiv 2205.13452) is visible, and min-ACC / WC-ACC (``lab.continual.metrics``) are logged
+  per step.
 - ``cpt_digits``: continual pre-training of a digits model on a new domain (inverted images) whose
   corpus has label noise; the strategies of ``lab.continual.cpt`` (subset for several epochs,
   high-quality subset, pre-training-like mixture) against a single pass (arXiv 2406.14833).
@@ -143,7 +144,8 @@ def _plot_cpt(history: History):
 @experiment("cpt_digits", CPTConfig,
             paper="Efficient Continual Pre-training by Mitigating the Stability Gap", arxiv="2406.14833",
             plot=_plot_cpt,
-            summary="Continual pre-training on a noisy new domain with subset, quality and mixture strategies")
+            summary="Continual pre-training on a noisy new domain: subset, quality and mixture "
+                    "strategies")
 def cpt_digits(cfg: CPTConfig) -> History:
     check_int("pretrain_steps", cfg.pretrain_steps, minimum=0)
     check_int("steps", cfg.steps, minimum=1)

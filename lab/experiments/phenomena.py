@@ -230,7 +230,8 @@ def compare_large_batch(cfg: LargeBatchConfig) -> Runs:
     fixes = [name for name, on in (("GBN", cfg.ghost_batch_size), ("sqrt lr", cfg.scale_lr),
                                    ("regime", cfg.adapt_regime)) if on]
     label = f"B={cfg.batch_size}" + (" + " + " + ".join(fixes) if fixes else "")
-    return Runs({f"B={cfg.base_batch_size}": run("large_batch_gap", reference), label: run("large_batch_gap", cfg)})
+    return Runs({f"B={cfg.base_batch_size}": run("large_batch_gap", reference),
+                 label: run("large_batch_gap", cfg)})
 
 
 # ---------------------------------------------------------------------------------------------

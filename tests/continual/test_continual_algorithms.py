@@ -20,11 +20,15 @@ def _kb(d=0.1):
 
 
 def test_ibcl_hand_computed_preference_combination():
+    # Prepare: two extreme points N((1, 0), I) and N((0, 2), 3 I), one per task
     kb = IBCL()
-    kb.extremes = [Gaussian(torch.tensor([1.0, 0.0], dtype=torch.float64), torch.eye(2, dtype=torch.float64)),
-                   Gaussian(torch.tensor([0.0, 2.0], dtype=torch.float64), 3 * torch.eye(2, dtype=torch.float64))]
+    eye = torch.eye(2, dtype=torch.float64)
+    kb.extremes = [Gaussian(torch.tensor([1.0, 0.0], dtype=torch.float64), eye),
+                   Gaussian(torch.tensor([0.0, 2.0], dtype=torch.float64), 3 * eye)]
     kb.task_to_extreme = [0, 1]
+    # Execute
     q = kb.preference_distribution([0.25, 0.75])
+    # Assert: mean 0.25 (1, 0) + 0.75 (0, 2), covariance 0.25 I + 0.75 * 3 I
     torch.testing.assert_close(q.mean, torch.tensor([0.25, 1.5], dtype=torch.float64))
     torch.testing.assert_close(q.cov, 2.5 * torch.eye(2, dtype=torch.float64))
 
