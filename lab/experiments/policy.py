@@ -94,11 +94,8 @@ def build_model(name: str, task: Any, *, value_head: bool, d_model: int = 64, n_
     if name == "tabular":
         return TabularPolicy.for_task(task, value_head=value_head)
     if name == "transformer":
-        if generator is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator)))
-                return TinyTransformer.for_task(task, d_model=d_model, n_layers=n_layers, value_head=value_head)
-        return TinyTransformer.for_task(task, d_model=d_model, n_layers=n_layers, value_head=value_head)
+        return TinyTransformer.for_task(task, d_model=d_model, n_layers=n_layers, value_head=value_head,
+                                        generator=generator)
     raise KeyError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
 
 

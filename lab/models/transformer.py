@@ -51,10 +51,11 @@ class TinyTransformer(nn.Module):
         n_heads: attention heads (4); must divide ``d_model``.
         max_len: longest input (prompt + response).
         value_head: add a scalar value head (critic).
+        generator: draws the initial weights (normal, std 0.02); None = the global generator.
     """
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
-                 max_len: int = 64, value_head: bool = False):
+                 max_len: int = 64, value_head: bool = False, generator: torch.Generator | None = None):
         super().__init__()
         check_int("vocab_size", vocab_size, minimum=2)
         check_int("d_model", d_model, minimum=1)
@@ -72,16 +73,16 @@ class TinyTransformer(nn.Module):
         self.value_head = nn.Linear(d_model, 1) if value_head else None
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=0.02)
+                nn.init.normal_(module.weight, std=0.02, generator=generator)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
     @classmethod
-    def for_task(cls, task, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
-                 value_head: bool = False) -> "TinyTransformer":
+    def for_task(cls, task, d_model: int = 64, n_layers: int = 2, n_heads: int = 4, value_head: bool = False,
+                 generator: torch.Generator | None = None) -> "TinyTransformer":
         """A model sized for a ``toy_envs`` token task."""
-        return cls(task.vocab_size, d_model, n_layers, n_heads,
-                   max_len=task.prompt_len + task.max_new_tokens, value_head=value_head)
+        return cls(task.vocab_size, d_model, n_layers, n_heads, max_len=task.prompt_len + task.max_new_tokens,
+                   value_head=value_head, generator=generator)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
