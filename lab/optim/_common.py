@@ -84,6 +84,25 @@ def advance_steps(states: Sequence[dict]) -> list[float]:
     return steps
 
 
+def prepare(optimizer: torch.optim.Optimizer, group: dict, init: StateInit | None = None,
+            ) -> tuple[list[Tensor], list[Tensor], list[dict], list[float], bool] | None:
+    """The shell every elementwise ``step`` starts a group with, in one place.
+
+    Gathers the parameters that have a gradient (:func:`gather`), advances their step counts,
+    picks the foreach path (:func:`use_foreach`) and negates the gradients when the group
+    maximizes. Returns ``(params, grads, states, steps, foreach)``, or None when no parameter of
+    the group has a gradient.
+    """
+    params, grads, states = gather(optimizer, group, init)
+    if not params:
+        return None
+    steps = advance_steps(states)
+    foreach = use_foreach(group["foreach"], params)
+    if group["maximize"]:
+        grads = negate(grads, foreach)
+    return params, grads, states, steps, foreach
+
+
 def bias_correction(beta: float, step: float) -> float:
     """``1 - beta**t``: the mass an EMA started at zero has collected after t steps."""
     return 1.0 - beta ** step

@@ -51,8 +51,7 @@ import torch
 from torch import Tensor
 
 from lab.checks import check_betas, check_nonneg, check_positive, check_range
-from lab.optim._common import (advance_steps, bias_correction, by_step, evaluate, gather, negate,
-                               use_foreach, zeros)
+from lab.optim._common import (bias_correction, by_step, evaluate, prepare, zeros)
 from lab.registry import register
 
 
@@ -228,14 +227,11 @@ class AdamP(torch.optim.Optimizer):
         """One AdamP step; ``closure`` (optional) re-evaluates the loss and returns it."""
         loss = evaluate(closure)
         for group in self.param_groups:
-            params, grads, states = gather(self, group, lambda p: {
+            prepared = prepare(self, group, lambda p: {
                 "exp_avg": zeros(p), "exp_avg_sq": zeros(p)})
-            if not params:
+            if prepared is None:
                 continue
-            steps = advance_steps(states)
-            foreach = use_foreach(group["foreach"], params)
-            if group["maximize"]:
-                grads = negate(grads, foreach)
+            params, grads, states, steps, foreach = prepared
             beta1, beta2 = group["betas"]
             adamp(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                   steps, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
@@ -283,13 +279,10 @@ class SGDP(torch.optim.Optimizer):
         """One SGDP step; ``closure`` (optional) re-evaluates the loss and returns it."""
         loss = evaluate(closure)
         for group in self.param_groups:
-            params, grads, states = gather(self, group, lambda p: {"momentum": zeros(p)})
-            if not params:
+            prepared = prepare(self, group, lambda p: {"momentum": zeros(p)})
+            if prepared is None:
                 continue
-            advance_steps(states)
-            foreach = use_foreach(group["foreach"], params)
-            if group["maximize"]:
-                grads = negate(grads, foreach)
+            params, grads, states, _, foreach = prepared
             sgdp(params, grads, [s["momentum"] for s in states], lr=group["lr"],
                  momentum=group["momentum"], dampening=group["dampening"],
                  weight_decay=group["weight_decay"], delta=group["delta"],

@@ -46,8 +46,8 @@ import torch
 from torch import Tensor
 
 from lab.checks import check_betas, check_nonneg, check_positive
-from lab.optim._common import (advance_steps, bias_correction, by_step, coupled_weight_decay,
-                               decoupled_weight_decay, evaluate, gather, negate, use_foreach, zeros)
+from lab.optim._common import (bias_correction, by_step, coupled_weight_decay,
+                               decoupled_weight_decay, evaluate, prepare, zeros)
 from lab.registry import register
 
 
@@ -164,13 +164,10 @@ class AGD(torch.optim.Optimizer):
                     state["max_exp_avg_sq"] = zeros(p)
                 return state
 
-            params, grads, states = gather(self, group, init)
-            if not params:
+            prepared = prepare(self, group, init)
+            if prepared is None:
                 continue
-            steps = advance_steps(states)
-            foreach = use_foreach(group["foreach"], params)
-            if group["maximize"]:
-                grads = negate(grads, foreach)
+            params, grads, states, steps, foreach = prepared
             lr, wd = group["lr"], group["weight_decay"]
             if group["weight_decouple"]:
                 decoupled_weight_decay(params, 1.0 if group["fixed_decay"] else lr, wd, foreach)

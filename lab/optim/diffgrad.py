@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from lab.checks import check_betas, check_nonneg, check_positive
-from lab.optim._common import (advance_steps, bias_correction, by_step, coupled_weight_decay,
-                               evaluate, gather, negate, use_foreach, zeros)
+from lab.optim._common import (bias_correction, by_step, coupled_weight_decay, evaluate, prepare,
+                               zeros)
 from lab.registry import register
 
 
@@ -103,14 +103,11 @@ class DiffGrad(torch.optim.Optimizer):
         """One diffGrad step; ``closure`` (optional) re-evaluates the loss and returns it."""
         loss = evaluate(closure)
         for group in self.param_groups:
-            params, grads, states = gather(self, group, lambda p: {
+            prepared = prepare(self, group, lambda p: {
                 "exp_avg": zeros(p), "exp_avg_sq": zeros(p), "previous_grad": zeros(p)})
-            if not params:
+            if prepared is None:
                 continue
-            steps = advance_steps(states)
-            foreach = use_foreach(group["foreach"], params)
-            if group["maximize"]:
-                grads = negate(grads, foreach)
+            params, grads, states, steps, foreach = prepared
             grads = coupled_weight_decay(grads, params, group["weight_decay"], foreach)
             beta1, beta2 = group["betas"]
             diffgrad(params, grads, [s["exp_avg"] for s in states],

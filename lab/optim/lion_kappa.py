@@ -43,8 +43,7 @@ import torch
 from torch import Tensor
 
 from lab.checks import check_betas, check_choice, check_nonneg, check_positive
-from lab.optim._common import (advance_steps, by_device_dtype, decoupled_weight_decay, evaluate,
-                               gather, negate, use_foreach, zeros)
+from lab.optim._common import (by_device_dtype, decoupled_weight_decay, evaluate, prepare, zeros)
 from lab.registry import register
 
 KAPPAS = ("l1", "l2", "half_l2", "nuclear")
@@ -160,13 +159,10 @@ class LionKappa(torch.optim.Optimizer):
         """One Lion-kappa step; ``closure`` (optional) re-evaluates the loss and returns it."""
         loss = evaluate(closure)
         for group in self.param_groups:
-            params, grads, states = gather(self, group, lambda p: {"exp_avg": zeros(p)})
-            if not params:
+            prepared = prepare(self, group, lambda p: {"exp_avg": zeros(p)})
+            if prepared is None:
                 continue
-            advance_steps(states)
-            foreach = use_foreach(group["foreach"], params)
-            if group["maximize"]:
-                grads = negate(grads, foreach)
+            params, grads, states, _, foreach = prepared
             beta1, beta2 = group["betas"]
             lion_kappa(params, grads, [s["exp_avg"] for s in states], kappa=group["kappa"],
                        lr=group["lr"], beta1=beta1, beta2=beta2,

@@ -29,8 +29,7 @@ import torch
 from torch import Tensor
 
 from lab.checks import check_nonneg, check_positive, check_range
-from lab.optim._common import (advance_steps, by_device_dtype, decoupled_weight_decay, evaluate,
-                               gather, negate, use_foreach, zeros)
+from lab.optim._common import (by_device_dtype, decoupled_weight_decay, evaluate, prepare, zeros)
 from lab.registry import register
 
 
@@ -85,13 +84,10 @@ class SignSGD(torch.optim.Optimizer):
         for group in self.param_groups:
             momentum = group["momentum"]
             init = (lambda p: {"momentum_buffer": zeros(p)}) if momentum > 0 else None
-            params, grads, states = gather(self, group, init)
-            if not params:
+            prepared = prepare(self, group, init)
+            if prepared is None:
                 continue
-            advance_steps(states)
-            foreach = use_foreach(group["foreach"], params)
-            if group["maximize"]:
-                grads = negate(grads, foreach)
+            params, grads, states, _, foreach = prepared
             buffers = None
             if momentum > 0:
                 # a group switched to momentum after some steps gets its buffer now
