@@ -104,7 +104,7 @@ class GradNormLoRP(LowRankBase):
         """One GradNormLoRP step; ``closure`` (optional) re-evaluates the loss."""
         loss = evaluate(closure)
         for group in self.param_groups:
-            lr, (beta1, beta2), wd, eps = group["lr"], group["betas"], group["weight_decay"], group["eps"]
+            lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
             for p, grad, state in zip(*gather(self, group)):
                 state["step"] += 1
                 t = state["step"].item()

@@ -366,6 +366,29 @@ def kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k3"
 # ---------------------------------------------------------------------------------------------
 # The PPO-clip policy loss shared by PPO, GRPO, Dr. GRPO, DAPO and their variants
 # ---------------------------------------------------------------------------------------------
+def kl_penalty(pg: torch.Tensor, pg_loss: torch.Tensor, logprobs: torch.Tensor,
+               ref_logprobs: torch.Tensor | None, mask: torch.Tensor, *, beta: float,
+               kl_estimator: str, agg: str, norm: "GlobalNorm | None" = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Add ``β · agg(KL)`` to a policy-gradient loss: one home for the reference penalty.
+
+    Given the per-token surrogate ``pg`` (B, T) and its aggregate ``pg_loss``, returns
+    ``(loss, per_token, kl_values)``: ``loss = pg_loss + β agg(KL)``, ``per_token = pg + β KL``,
+    and the per-token KL estimate (None without ``ref_logprobs``; it is still reported as a metric
+    when β = 0). ``β > 0`` without ``ref_logprobs`` is a ``ValueError``.
+    """
+    kl_values = None
+    if ref_logprobs is not None:
+        ref_logprobs = check_per_token("ref_logprobs", ref_logprobs, logprobs.shape)
+        check_detached("ref_logprobs", ref_logprobs)
+        kl_values = kl(logprobs, ref_logprobs, kl_estimator)
+    if beta > 0:
+        if kl_values is None:
+            raise ValueError("ref_logprobs is required when beta > 0")
+        return pg_loss + beta * aggregate(kl_values, mask, agg, norm), pg + beta * kl_values, kl_values
+    return pg_loss, pg, kl_values
+
+
 def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None,
                         advantages: torch.Tensor, mask: torch.Tensor, *,
                         ref_logprobs: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
@@ -402,19 +425,9 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | Non
         check_detached("token_weights", token_weights)
         pg = pg * token_weights
     pg_loss = aggregate(pg, mask_f, agg, norm)
-    per_token = pg
-    kl_values = None
-    if ref_logprobs is not None:
-        ref_logprobs = check_per_token("ref_logprobs", ref_logprobs, logprobs.shape)
-        check_detached("ref_logprobs", ref_logprobs)
-        kl_values = kl(logprobs, ref_logprobs, kl_estimator)
-    if beta > 0:
-        if kl_values is None:
-            raise ValueError("ref_logprobs is required when beta > 0")
-        per_token = pg + beta * kl_values
-        loss = pg_loss + beta * aggregate(kl_values, mask_f, agg, norm)
-    else:
-        loss = pg_loss
+    # L = agg(pg) + β · agg(KL(π ‖ π_ref))
+    loss, per_token, kl_values = kl_penalty(pg, pg_loss, logprobs, ref_logprobs, mask_f, beta=beta,
+                                            kl_estimator=kl_estimator, agg=agg, norm=norm)
     metrics = policy_metrics(mask_f, loss=loss, pg_loss=pg_loss, ratio=rho, advantages=adv,
                              regions=regions, logprobs=logprobs, old_logprobs=old_logprobs,
                              kl=kl_values, entropy=entropy)

@@ -58,8 +58,9 @@ import torch
 from lab.checks import check_nonneg, check_positive, check_tensor
 from lab.registry import register
 from lab.rl.core import (
-    GlobalNorm, aggregate, check_detached, check_per_token, clipped_surrogate, expand_advantages,
-    group_index, kl, masked_mean, masked_sum, policy_metrics, prepare_policy_inputs, ratio,
+    kl_penalty,
+    GlobalNorm, aggregate, check_per_token, clipped_surrogate, expand_advantages,
+    group_index, masked_mean, masked_sum, policy_metrics, prepare_policy_inputs, ratio,
 )
 
 PAPER = "GTPO: Trajectory-Based Policy Optimization in Large Language Models"
@@ -198,16 +199,8 @@ def gtpo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
         pg, regions = clipped_surrogate(rho, coef, 0.2 if clip_eps_low is None else clip_eps_low,
                                         0.2 if clip_eps_high is None else clip_eps_high)
     pg_loss = aggregate(pg, mask_f, agg, norm)
-    loss, per_token, kl_values = pg_loss, pg, None
-    if ref_logprobs is not None:
-        ref_logprobs = check_per_token("ref_logprobs", ref_logprobs, logprobs.shape)
-        check_detached("ref_logprobs", ref_logprobs)
-        kl_values = kl(logprobs, ref_logprobs, kl_estimator)
-    if beta > 0:
-        if kl_values is None:
-            raise ValueError("ref_logprobs is required when beta > 0")
-        loss = pg_loss + beta * aggregate(kl_values, mask_f, agg, norm)
-        per_token = pg + beta * kl_values
+    loss, per_token, kl_values = kl_penalty(pg, pg_loss, logprobs, ref_logprobs, mask_f, beta=beta,
+                                            kl_estimator=kl_estimator, agg=agg, norm=norm)
     if regions is None:
         regions = {"low": torch.zeros_like(valid), "high": torch.zeros_like(valid)}
     metrics = policy_metrics(mask_f, loss=loss, pg_loss=pg_loss, ratio=rho,

@@ -56,9 +56,9 @@ import torch
 from lab.checks import check_int, check_number, check_positive, check_range, check_tensor
 from lab.registry import register
 from lab.rl.core import (
-    GlobalNorm, advantage_metrics, aggregate, as_mask, check_clip_eps, check_detached,
-    check_per_token, check_rewards, expand_advantages, group_index, group_normalize, group_stats,
-    kl, masked_mean, policy_metrics, prepare_policy_inputs, ratio,
+    kl_penalty,
+    GlobalNorm, advantage_metrics, aggregate, as_mask, check_clip_eps, check_per_token, check_rewards, expand_advantages, group_index, group_normalize, group_stats,
+    masked_mean, policy_metrics, prepare_policy_inputs, ratio,
 )
 
 PAPER = "From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature"
@@ -257,16 +257,8 @@ def hapo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
              if adaptive_advantage else adv)
     pg, regions = adaptive_clipped_surrogate(rho, final, eps_low, eps_high, dual_clip)
     pg_loss = aggregate(pg, mask_f, agg, norm)
-    loss, per_token, kl_values = pg_loss, pg, None
-    if ref_logprobs is not None:
-        ref_logprobs = check_per_token("ref_logprobs", ref_logprobs, logprobs.shape)
-        check_detached("ref_logprobs", ref_logprobs)
-        kl_values = kl(logprobs, ref_logprobs, kl_estimator)
-    if beta > 0:
-        if kl_values is None:
-            raise ValueError("ref_logprobs is required when beta > 0")
-        loss = pg_loss + beta * aggregate(kl_values, mask_f, agg, norm)
-        per_token = pg + beta * kl_values
+    loss, per_token, kl_values = kl_penalty(pg, pg_loss, logprobs, ref_logprobs, mask_f, beta=beta,
+                                            kl_estimator=kl_estimator, agg=agg, norm=norm)
     metrics = policy_metrics(mask_f, loss=loss, pg_loss=pg_loss, ratio=rho, advantages=adv,
                              regions=regions, logprobs=logprobs, old_logprobs=old_logprobs,
                              kl=kl_values, entropy=entropy)

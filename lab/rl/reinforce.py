@@ -29,8 +29,9 @@ import torch
 from lab.checks import check_choice, check_positive
 from lab.registry import register
 from lab.rl.core import (
-    GlobalNorm, advantage_metrics, aggregate, as_mask, check_detached, check_rewards,
-    expand_advantages, group_stats, kl, masked_whiten, policy_metrics, prepare_policy_inputs,
+    kl_penalty,
+    GlobalNorm, advantage_metrics, aggregate, as_mask, check_rewards,
+    expand_advantages, group_stats, masked_whiten, policy_metrics, prepare_policy_inputs,
 )
 
 BASELINES = ("group_mean", "batch_mean", "none")
@@ -81,15 +82,8 @@ def reinforce(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advanta
         weight = torch.exp((logprobs - old_logprobs).clamp(max=20.0)).clamp(max=is_cap).detach()
         per_token = per_token * weight
     pg_loss = aggregate(per_token, mask_f, agg, norm)
-    loss, kl_values = pg_loss, None
-    if ref_logprobs is not None:
-        check_detached("ref_logprobs", ref_logprobs)
-        kl_values = kl(logprobs, ref_logprobs, kl_estimator)
-    if beta > 0:
-        if kl_values is None:
-            raise ValueError("ref_logprobs is required when beta > 0")
-        loss = pg_loss + beta * aggregate(kl_values, mask_f, agg, norm)
-        per_token = per_token + beta * kl_values
+    loss, per_token, kl_values = kl_penalty(per_token, pg_loss, logprobs, ref_logprobs, mask_f,
+                                            beta=beta, kl_estimator=kl_estimator, agg=agg, norm=norm)
     metrics = policy_metrics(mask_f, loss=loss, pg_loss=pg_loss, advantages=adv, logprobs=logprobs,
                              old_logprobs=old_logprobs, kl=kl_values, entropy=entropy)
     if return_per_token:
