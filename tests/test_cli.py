@@ -1,5 +1,4 @@
 """The command line, run as a subprocess: list, info, config, run (+ --json/--html), errors."""
-import json
 import subprocess
 import sys
 

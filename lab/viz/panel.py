@@ -21,7 +21,6 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from lab.experiments._base import field_types, replace, run as run_experiment
-from lab.history import History
 from lab.registry import get
 
 Plot = Callable[..., "go.Figure | Sequence[go.Figure]"]

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from lab.continual.metrics import continual_metrics, current_task, min_acc, wc_acc, windowed_forgetting
+from lab.continual.metrics import continual_metrics, current_task, min_acc, windowed_forgetting
 from lab.experiments import run
 from lab.registry import get
 
