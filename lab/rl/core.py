@@ -318,18 +318,25 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_eps_lo
     """Per-token PPO-clip loss and the boolean clip regions.
 
     ``pg = max(−ρA, −clip(ρ, 1−ε_low, 1+ε_high)·A)``; with ``dual_clip = c > 1``,
-    ``pg ← min(pg, −c·A)`` where ``A < 0``. Regions (TRL definitions): ``low`` = ρ < 1−ε_low and
+    ``pg ← min(pg, −c·A)`` where ``A < 0``. The bounds are numbers, or tensors broadcastable to
+    ``ratio`` for per-token clipping (HAPO). Regions (TRL definitions): ``low`` = ρ < 1−ε_low and
     A < 0; ``high`` = ρ > 1+ε_high and A > 0; ``dual`` = A < 0 and ρ > c.
     """
-    check_clip_eps(clip_eps_low, clip_eps_high)
+    if isinstance(clip_eps_low, torch.Tensor) or isinstance(clip_eps_high, torch.Tensor):
+        # per-token bounds (HAPO's adaptive clipping): tensors broadcastable to ratio
+        lower = 1.0 - torch.as_tensor(clip_eps_low, dtype=ratio.dtype)
+        upper = 1.0 + torch.as_tensor(clip_eps_high, dtype=ratio.dtype)
+    else:
+        check_clip_eps(clip_eps_low, clip_eps_high)
+        lower = torch.tensor(1.0 - clip_eps_low, dtype=ratio.dtype)
+        upper = torch.tensor(1.0 + clip_eps_high, dtype=ratio.dtype)
     if advantages.dim() == 1 and ratio.dim() == 2:
         advantages = advantages[:, None]
     pg_unclipped = -advantages * ratio                                          # (B, T)
-    pg_clipped = -advantages * ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high)
+    pg_clipped = -advantages * torch.clamp(ratio, lower, upper)
     pg = torch.maximum(pg_unclipped, pg_clipped)
     neg = advantages < 0
-    regions = {"low": (ratio < 1.0 - clip_eps_low) & neg,
-               "high": (ratio > 1.0 + clip_eps_high) & (advantages > 0)}
+    regions = {"low": (ratio < lower) & neg, "high": (ratio > upper) & (advantages > 0)}
     if dual_clip is not None:
         c = check_number("dual_clip", dual_clip)
         if c <= 1.0:

@@ -53,9 +53,10 @@ from typing import Any
 
 import torch
 
-from lab.checks import check_int, check_number, check_positive, check_range, check_tensor
+from lab.checks import check_int, check_positive, check_range, check_tensor
 from lab.registry import register
 from lab.rl.core import (
+    clipped_surrogate,
     kl_penalty,
     GlobalNorm, advantage_metrics, aggregate, as_mask, check_clip_eps, check_per_token, check_rewards, expand_advantages, group_index, group_normalize, group_stats,
     masked_mean, policy_metrics, prepare_policy_inputs, ratio,
@@ -146,21 +147,9 @@ def adaptive_clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor,
                                eps_low: torch.Tensor, eps_high: torch.Tensor,
                                dual_clip: float | None = None
                                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``max(−ρA, −clip(ρ, 1−ε_low,t, 1+ε_high,t)A)`` with per-token bounds, optional dual clip.
-
-    Regions as ``lab.rl.core.clipped_surrogate`` (TRL definitions), with per-token bounds.
-    """
-    lower, upper = 1.0 - eps_low, 1.0 + eps_high
-    pg = torch.maximum(-advantages * ratio, -advantages * torch.clamp(ratio, lower, upper))
-    neg = advantages < 0
-    regions = {"low": (ratio < lower) & neg, "high": (ratio > upper) & (advantages > 0)}
-    if dual_clip is not None:
-        c = check_number("dual_clip", dual_clip)
-        if c <= 1.0:
-            raise ValueError(f"dual_clip must be > 1, got {c}")
-        pg = torch.where(neg, torch.minimum(pg, -c * advantages), pg)
-        regions["dual"] = neg & (ratio > c)
-    return pg, regions
+    """``max(−ρA, −clip(ρ, 1−ε_low,t, 1+ε_high,t)A)`` with per-token bounds, optional dual clip:
+    ``lab.rl.core.clipped_surrogate`` given tensor bounds (same TRL clip regions)."""
+    return clipped_surrogate(ratio, advantages, eps_low, eps_high, dual_clip)
 
 
 # ---------------------------------------------------------------------------------------------
