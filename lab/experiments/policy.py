@@ -194,12 +194,12 @@ def policy_optimization(cfg: PolicyConfig) -> History:
                "entropy": masked_mean(ro.entropy, mask),
                "kl": masked_mean(kl(ro.logprobs, ref_logprobs, "k3"), mask),
                "response_length": ro.lengths.float().mean(), "grad_norm": float(np.mean(grad_norms))}
-        row.update({k: v for k, v in adv_numbers.items() if k.startswith(("adv_", "frac_"))})
-        for key in ("loss", "pg_loss", "clip_frac", "clip_frac_low", "clip_frac_high", "ratio_mean",
-                    "value_loss"):
-            values = [m[key] for m in update_metrics if key in m]
-            if values:
-                row[key] = float(np.mean(values))
+        # every number the estimator reports (adv_mean, adv_std, frac_*, method-specific keys such
+        # as "bnpo/alpha"), then the loss's metrics averaged over the updates ("grpo_d/beta", ...);
+        # the rollout-level values above win over a minibatch's
+        row.update({k: v for k, v in adv_numbers.items() if k not in row})
+        for key in sorted({k for m in update_metrics for k in m} - set(row)):
+            row[key] = float(np.mean([m[key] for m in update_metrics if key in m]))
         row.setdefault("clip_frac", 0.0)
         if cfg.eval_every and step % cfg.eval_every == 0:
             row["greedy_accuracy"] = greedy_accuracy(model, task, cfg.eval_prompts, eval_generator)

@@ -1,6 +1,6 @@
 """Rollouts and the policy_optimization loop: one loop for every (estimator, loss) pair."""
 import dataclasses
-
+import numpy as np
 import pytest
 import torch
 
@@ -125,3 +125,12 @@ def test_compatible_lists_what_the_loop_can_feed():
 
     assert {"grpo", "rloo", "gae", "dr_grpo", "reinforce_baseline"} <= set(compatible("advantage"))
     assert {"grpo", "ppo", "dapo", "gspo", "reinforce", "dr_grpo"} <= set(compatible("policy_loss"))
+
+
+def test_method_specific_metrics_reach_the_history():
+    # GRPO-D reports its KL coefficient as "grpo_d/beta"; the loop logs every number a loss or an
+    # estimator reports, so the schedule is visible without a per-method branch.
+    h = E.run("policy_optimization", loss="grpo_d", steps=4)
+    beta = h["grpo_d/beta"]
+    assert len(beta) == 4 and np.all(np.isfinite(beta))
+    assert "adv_mean" in h and "clip_frac" in h and "pg_loss" in h
