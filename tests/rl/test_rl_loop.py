@@ -1,5 +1,6 @@
 """Rollouts and the policy_optimization loop: one loop for every (estimator, loss) pair."""
 import dataclasses
+
 import numpy as np
 import pytest
 import torch
