@@ -107,3 +107,12 @@ def test_panel_with_a_callable_and_several_figures():
         panel(experiment, {"n": (1, 10)})
     with pytest.raises(KeyError, match="valid fields: n, scale"):
         panel(experiment, {"m": (1, 10)}, config=Cfg())
+
+
+def test_grouped_bars_one_series_per_name_in_palette_order():
+    from lab.viz import color, grouped_bars
+
+    fig = grouped_bars({"grpo": [1.0, -1.0], "rloo": [2.0, -2.0]}, ["y0", "y1"], y_title="A")
+    assert [t.name for t in fig.data] == ["grpo", "rloo"]
+    assert list(fig.data[1].y) == [2.0, -2.0] and list(fig.data[0].x) == ["y0", "y1"]
+    assert fig.data[1].marker.color == color(1) and fig.layout.barmode == "group"

@@ -140,3 +140,13 @@ def bar(values: Mapping[str, float], *, title: str | None = None, y_title: str |
     if log_y:
         fig.update_yaxes(type="log")
     return fig
+
+
+def grouped_bars(series: Mapping[str, Sequence[float]], x: Sequence[str], *, title: str | None = None,
+                 y_title: str | None = None, height: int = 360) -> go.Figure:
+    """Grouped bars: categories on x, one colored bar series per name (e.g. per estimator)."""
+    fig = go.Figure([go.Bar(x=list(x), y=list(values), name=name, marker_color=color(k))
+                     for k, (name, values) in enumerate(series.items())])
+    fig.update_layout(barmode="group", template="plotly_white", title=title, yaxis_title=y_title,
+                      margin=dict(l=50, r=20, t=50, b=40), height=height)
+    return fig

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from lab.history import History, Runs
-from lab.viz.figures import _as_runs, color, heatmap
+from lab.viz.figures import _as_runs, color, grouped_bars, heatmap
 
 PANELS = (("reward", "accuracy"), ("entropy",), ("clip_frac",), ("kl",))
 
@@ -65,22 +65,14 @@ def advantage_bars(advantages: Mapping[str, Sequence[float]], rewards: Sequence[
                    title: str = "advantages of one group") -> go.Figure:
     """Grouped bars: one group of responses on x (labelled by reward), one color per estimator."""
     x = [f"y{i} (R={r:g})" for i, r in enumerate(rewards)]
-    fig = go.Figure([go.Bar(x=x, y=list(values), name=name, marker_color=color(k))
-                     for k, (name, values) in enumerate(advantages.items())])
-    fig.update_layout(barmode="group", template="plotly_white", title=title, yaxis_title="advantage A_i",
-                      margin=dict(l=50, r=20, t=50, b=40), height=360)
-    return fig
+    return grouped_bars(advantages, x, title=title, y_title="advantage A_i")
 
 
 def aggregation_weights(weights: Mapping[str, Sequence[float]], lengths: Sequence[int],
                         title: str = "gradient weight per token by aggregation mode") -> go.Figure:
     """Bars: for each response (labelled by length), the weight ∂L/∂(A·ℓ_t) of each of its tokens."""
     x = [f"y{i} (|y|={n})" for i, n in enumerate(lengths)]
-    fig = go.Figure([go.Bar(x=x, y=list(w), name=name, marker_color=color(k))
-                     for k, (name, w) in enumerate(weights.items())])
-    fig.update_layout(barmode="group", template="plotly_white", title=title, yaxis_title="weight per token",
-                      margin=dict(l=50, r=20, t=50, b=40), height=360)
-    return fig
+    return grouped_bars(weights, x, title=title, y_title="weight per token")
 
 
 # ---------------------------------------------------------------------------------------------
