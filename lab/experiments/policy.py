@@ -4,6 +4,7 @@ Each step, read top to bottom::
 
     rollout     N prompts × G responses from π_old (temperature τ), rewards R, masks, log-probs ℓ^old
     reference   ℓ^ref from a frozen copy of the initial policy (for β·KL and the ``kl`` curve)
+    shaping     optional: R ← shaping(batch)                 e.g. "kl_penalty(beta=0.05)" (KL in reward)
     advantages  A = estimator(batch)                     e.g. "grpo", "rloo", "gae(lam=0.9)"
     update      K epochs × M minibatches: ℓ = score(π_θ); loss = policy_loss(batch); Adam step
     log         reward, accuracy, entropy, clip_frac, kl, adv_mean, adv_std, response_length, ...
@@ -19,7 +20,9 @@ persists across steps). Conventions the loop relies on:
   the config's loss overrides ``clip_eps_low``, ``clip_eps_high``, ``beta`` when set (a spec's own
   arguments win);
 - a tensor in an estimator's metrics (GAE's ``returns``) joins the batch; numbers are logged;
-- a critic (value head) is built when the estimator asks for ``values`` (GAE).
+- a critic (value head) is built when the estimator asks for ``values`` (GAE);
+- ``reward_shaping`` returns rewards (B,) or per-token rewards (B, T); the batch then holds both
+  views, ``rewards = Σ_t token_rewards`` (the task reward is still what ``reward`` logs).
 
 ``kl`` in the History is the k3 estimate of KL(π_old ‖ π_ref) on the sampled tokens, whatever the
 loss; ``clip_frac`` and ``loss`` are means over the step's minibatch updates.
@@ -39,7 +42,7 @@ from lab.experiments._base import experiment
 from lab.history import History
 from lab.registry import make, parse_spec
 from lab.rl.core import call_with, kl, make_fn, masked_mean, wants
-from lab.rl.rollout import rollout
+from lab.rl.rollout import rollout, token_rewards
 from toy_envs.token_tasks import make_task
 
 MODELS = ("tabular", "transformer")
@@ -71,6 +74,7 @@ class PolicyConfig:
     clip_eps_low: float | None = None  # override the loss's ε_low (None = its default)
     clip_eps_high: float | None = None  # override the loss's ε_high (None = its default)
     beta: float | None = None  # override the loss's KL weight β (None = its default)
+    reward_shaping: str | None = None  # a "reward" spec applied before the advantages, e.g. "kl_penalty(beta=0.05)"
     max_grad_norm: float | None = 1.0  # gradient clipping (None = off)
     d_model: int = 64  # transformer width
     n_layers: int = 2  # transformer blocks
@@ -125,6 +129,13 @@ def _subset(batch: dict[str, Any], idx: torch.Tensor, n: int) -> dict[str, Any]:
     return out
 
 
+def _both_reward_views(shaped: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Shaped rewards as both batch entries: (B,) on the last valid token, or (B, T) summed per row."""
+    if shaped.dim() == 1:
+        return {"rewards": shaped, "token_rewards": token_rewards(shaped, mask)}
+    return {"rewards": (shaped * mask).sum(-1), "token_rewards": shaped}
+
+
 def _split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
     numbers = {k: float(v) for k, v in metrics.items() if k not in tensors and isinstance(v, (int, float))}
@@ -145,6 +156,7 @@ def policy_optimization(cfg: PolicyConfig) -> History:
     task = make_task(task_name, **task_kwargs)
     estimator = make_fn("advantage", cfg.advantage)
     loss_fn = make_fn("policy_loss", cfg.loss)
+    shaping = make_fn("reward", cfg.reward_shaping) if cfg.reward_shaping else None
     critic = "values" in wants(estimator)
     model = build_model(cfg.model, task, value_head=critic, d_model=cfg.d_model, n_layers=cfg.n_layers,
                         generator=generator)
@@ -167,6 +179,11 @@ def policy_optimization(cfg: PolicyConfig) -> History:
             old_values = model.score(ro.prompts, ro.tokens, tau).values if critic else None
         batch = {**ro.batch(), **overrides, "ref_logprobs": ref_logprobs, "logprobs": ro.logprobs,
                  "values": old_values, "old_values": old_values, "step": step, "total_steps": cfg.steps}
+        shaping_numbers: dict[str, float] = {}
+        if shaping is not None:
+            shaped, shaping_metrics = call_with(shaping, batch)
+            batch.update(_both_reward_views(shaped, ro.mask))
+            shaping_numbers = _split_metrics(shaping_metrics)[1]
         # ---- advantages ------------------------------------------------------------------------
         advantages, adv_metrics = call_with(estimator, batch)
         extra, adv_numbers = _split_metrics(adv_metrics)
@@ -197,7 +214,7 @@ def policy_optimization(cfg: PolicyConfig) -> History:
         # every number the estimator reports (adv_mean, adv_std, frac_*, method-specific keys such
         # as "bnpo/alpha"), then the loss's metrics averaged over the updates ("grpo_d/beta", ...);
         # the rollout-level values above win over a minibatch's
-        row.update({k: v for k, v in adv_numbers.items() if k not in row})
+        row.update({k: v for k, v in {**shaping_numbers, **adv_numbers}.items() if k not in row})
         for key in sorted({k for m in update_metrics for k in m} - set(row)):
             row[key] = float(np.mean([m[key] for m in update_metrics if key in m]))
         row.setdefault("clip_frac", 0.0)

@@ -123,9 +123,9 @@ class TinyTransformer(nn.Module):
 
         P, T = prompts.shape[1], responses.shape[1]
         input_ids = torch.cat([prompts, responses], dim=1)                   # (B, P+T)
-        logp, entropy = logprobs(self, input_ids, temperature=temperature)   # (B, P+T−1)
+        h = self.forward_hidden(input_ids)                                   # one pass for both heads
+        logp, entropy = logprobs(self, input_ids, temperature=temperature, hidden=h)   # (B, P+T−1)
         values = None
         if self.value_head is not None:
-            h = self.forward_hidden(input_ids)
             values = self.value_head(h[:, P - 1:P + T - 1])[..., 0]          # value of each state
         return Scored(logp[:, P - 1:], entropy[:, P - 1:], values)

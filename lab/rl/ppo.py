@@ -20,8 +20,13 @@ Loss (``policy_loss/ppo``), ρ = π_θ/π_old per token::
     V^clip = V_old + clip(V − V_old, −ε_v, ε_v)
     L = agg(pg) + c_v · ½ agg(max((V − R̂)², (V^clip − R̂)²)) + β·agg(KL_est(ℓ, ℓ^ref))
 
-With no critic (``values=None``) only the policy part is used. Lab defaults: ε = 0.2, ε_v = 0.2,
-c_v = 0.1, γ = 1, λ = 0.95, no dual clip, β = 0 (TRL puts the KL penalty into the reward instead).
+With no critic (``values=None``) only the policy part is used. The PPO paper's entropy bonus is
+left out: the lab's log-probs return detached entropies (the chunked computation never keeps the
+full softmax). Lab defaults: ε = 0.2, ε_v = 0.2, c_v = 0.1, γ = 1, λ = 0.95, no dual clip, β = 0.
+RLHF-PPO puts the KL penalty into the *reward* instead (``reward/kl_penalty``: k1, β = 0.05; in the
+loop ``policy_optimization(reward_shaping="kl_penalty")``). A KL *loss* term uses k3 by default,
+as GRPO does: k1 as a loss term has zero expected gradient on-policy (E_π[∇ℓ] = 0), so it would
+not hold the policy near the reference.
 """
 from __future__ import annotations
 
@@ -71,7 +76,7 @@ def ppo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: t
         returns: torch.Tensor | None = None, ref_logprobs: torch.Tensor | None = None,
         entropy: torch.Tensor | None = None, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
         dual_clip: float | None = None, clip_eps_value: float = 0.2, vf_coef: float = 0.1,
-        beta: float = 0.0, kl_estimator: str = "k1", agg: str = "token_mean", norm: GlobalNorm | None = None,
+        beta: float = 0.0, kl_estimator: str = "k3", agg: str = "token_mean", norm: GlobalNorm | None = None,
         return_per_token: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """PPO-clip policy loss plus the clipped value loss (when ``values`` are given)."""
     loss, metrics = clipped_policy_loss(

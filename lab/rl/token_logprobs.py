@@ -106,7 +106,7 @@ def _logits_of(model: Callable[..., Any], input_ids: torch.Tensor,
 
 def logprobs(model: Callable[..., Any], input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
              response_mask: torch.Tensor | None = None, chunk_size: int | None = None,
-             temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+             temperature: float = 1.0, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logprobs (B, L−1), entropy (B, L−1))`` of ``input_ids[:, 1:]`` under ``model``.
 
     Args:
@@ -117,6 +117,8 @@ def logprobs(model: Callable[..., Any], input_ids: torch.Tensor, attention_mask:
         response_mask: (B, L) 1 on response tokens; other positions of the outputs are 0.
         chunk_size: positions per chunk (default: about 2**24 logits per chunk).
         temperature: τ, logits are divided by it (use the sampling temperature).
+        hidden: the model's final hidden states (B, L, d) when the caller already has them (e.g. to
+            share one forward pass with a value head); needs ``get_output_embeddings()``.
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
         raise ValueError("input_ids must be a (B, L) integer tensor")
@@ -133,7 +135,15 @@ def logprobs(model: Callable[..., Any], input_ids: torch.Tensor, attention_mask:
     if valid is not None:
         cols = valid.any(0).nonzero()
         start = int(cols[0]) if len(cols) else L - 1
-    found = _hidden_and_head(model, input_ids, attention_mask)
+    if hidden is not None:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if not isinstance(head, nn.Linear):
+            raise TypeError("hidden needs a model whose get_output_embeddings() is an nn.Linear")
+        if hidden.dim() != 3 or tuple(hidden.shape[:2]) != (B, L) or hidden.shape[-1] != head.in_features:
+            raise ValueError(f"hidden must have shape {(B, L, head.in_features)}, got {tuple(hidden.shape)}")
+        found = hidden, head
+    else:
+        found = _hidden_and_head(model, input_ids, attention_mask)
     if found is not None:
         source, head = found
         weight, bias = head.weight, head.bias

@@ -57,6 +57,24 @@ def test_response_mask_zeroes_prompt_positions():
     assert (lp[~valid] == 0).all() and (ent[~valid] == 0).all()
 
 
+def test_precomputed_hidden_states_give_the_same_logprobs_and_gradients():
+    # a value head and the LM head can share one forward pass: logprobs(..., hidden=h)
+    torch.manual_seed(0)
+    model = TinyTransformer(11, d_model=16, max_len=10)
+    ids = _inputs(11, L=7)
+    h = model.forward_hidden(ids)
+    lp, ent = lab.rl.logprobs(model, ids, chunk_size=2, hidden=h)
+    lp_ref, ent_ref = naive_logprobs(model, ids)
+    assert torch.allclose(lp, lp_ref, atol=1e-5) and torch.allclose(ent, ent_ref, atol=1e-5)
+    g = torch.autograd.grad(lp.sum(), list(model.parameters()))
+    g_ref = torch.autograd.grad(lp_ref.sum(), list(model.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g, g_ref))
+    with pytest.raises(ValueError, match="hidden"):
+        lab.rl.logprobs(model, ids, hidden=h[:, :-1])
+    with pytest.raises(TypeError, match="hidden"):
+        lab.rl.logprobs(_LogitsOnly(), _inputs(13), hidden=torch.zeros(3, 9, 8))
+
+
 def test_bad_inputs():
     model = TinyTransformer(11, d_model=16, max_len=10)
     with pytest.raises(ValueError, match="input_ids"):

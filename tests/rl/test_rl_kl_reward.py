@@ -1,0 +1,117 @@
+"""reward/kl_penalty: the KL penalty in the reward (RLHF-PPO), and why PPO's KL *loss* term uses k3."""
+import math
+
+import pytest
+import torch
+
+import lab.experiments as E
+from lab.registry import info
+from lab.rl.core import aggregate, kl
+from lab.rl.kl_reward import kl_reward_penalty
+from lab.rl.ppo import ppo
+
+
+def test_registered_with_paper():
+    entry = info("reward", "kl_penalty")
+    assert entry.arxiv == "1909.08593" and entry.module == "lab.rl.kl_reward"
+
+
+def test_hand_computed_spec_example():
+    # spec: ℓ = −1.0, ℓ^ref = −1.5 -> k1 = 0.5, k3 = e^{−0.5} − 1 + 0.5 = 0.10653
+    r = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    old = torch.tensor([[-1.0, -1.0, -3.0], [-1.0, -2.0, -2.0]])
+    ref = torch.tensor([[-1.5, -1.0, -1.0], [-1.5, -2.0, -2.0]])
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]], dtype=torch.bool)     # row 1 empty, one padded token
+    shaped, m = kl_reward_penalty(r, old, ref, mask, beta=0.1)
+    assert torch.allclose(shaped, torch.tensor([[-0.05, 1.0, 0.0], [0.0, 0.0, 0.0]]))
+    assert m["kl_reward/kl"] == pytest.approx(0.25) and m["kl_reward/penalty"] == pytest.approx(0.025)
+    shaped3, _ = kl_reward_penalty(r, old, ref, mask, beta=0.1, kl_estimator="k3")
+    assert shaped3[0, 0].item() == pytest.approx(-0.1 * (math.exp(-0.5) - 0.5))
+    # summed over a response: R − β Σ_t KL (TRL RLOO's sequence-level penalty)
+    assert shaped.sum(-1).tolist() == pytest.approx([1.0 - 0.1 * 0.5, 0.0])
+
+
+def test_beta_zero_and_equal_policies_leave_rewards_unchanged():
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(4, 5, generator=g)
+    lp = -torch.rand(4, 5, generator=g)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    assert torch.equal(kl_reward_penalty(r, lp, lp - 1.0, mask, beta=0.0)[0], r)
+    assert torch.allclose(kl_reward_penalty(r, lp, lp, mask)[0], r)
+
+
+def test_bad_input_names_the_argument():
+    r, lp, mask = torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3)
+    with pytest.raises(ValueError, match="beta"):
+        kl_reward_penalty(r, lp, lp, mask, beta=-0.1)
+    with pytest.raises(ValueError, match="kl_estimator"):
+        kl_reward_penalty(r, lp, lp, mask, kl_estimator="k4")
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        kl_reward_penalty(r, lp, lp[:, :2], mask)
+    with pytest.raises(ValueError, match="token_rewards"):
+        kl_reward_penalty(torch.zeros(2), lp, lp, mask)
+    with pytest.raises(ValueError, match="token_rewards"):
+        kl_reward_penalty(torch.full((2, 3), float("nan")), lp, lp, mask)
+    with pytest.raises(TypeError, match="token_rewards"):
+        kl_reward_penalty([[0.0]], lp, lp, mask)
+    with pytest.raises(ValueError, match="old_logprobs"):
+        kl_reward_penalty(r, lp.clone().requires_grad_(True), lp, mask)
+
+
+def _exact_policy_gradient(theta, ref_logp, reward_fn):
+    """Σ_a π(a) r(a) ∇log π(a) for a one-step softmax policy (the exact REINFORCE expectation)."""
+    logp = torch.log_softmax(theta, -1)
+    r = reward_fn(logp.detach())
+    return torch.autograd.grad((logp.exp().detach() * r * logp).sum(), theta)[0]
+
+
+def test_k1_in_the_reward_is_the_kl_gradient_and_k1_in_the_loss_is_not():
+    # one step, K actions: with the penalty in the reward, the exact policy gradient of the shaped
+    # reward equals ∇[−β KL(π‖π_ref)]; a k1 *loss* term has zero expected gradient (E_π[∇ℓ] = 0),
+    # which is why policy_loss/ppo defaults to k3 for its loss term
+    g = torch.Generator().manual_seed(3)
+    theta = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    ref_logp = torch.log_softmax(torch.randn(6, generator=g, dtype=torch.float64), -1)
+    beta = 0.3
+
+    def shaped(logp):
+        return kl_reward_penalty(torch.zeros(1, 6, dtype=torch.float64), logp[None], ref_logp[None],
+                                 torch.ones(1, 6), beta=beta)[0][0]
+
+    grad_reward = _exact_policy_gradient(theta, ref_logp, shaped)
+    logp = torch.log_softmax(theta, -1)
+    true_kl = (logp.exp() * (logp - ref_logp)).sum()
+    grad_kl = torch.autograd.grad(-beta * true_kl, theta)[0]
+    assert torch.allclose(grad_reward, grad_kl, atol=1e-12)
+    # expected gradient of the k1 loss term β·(ℓ − ℓ^ref) under samples from π
+    logp = torch.log_softmax(theta, -1)
+    k1_loss = (logp.exp().detach() * beta * kl(logp, ref_logp, "k1")).sum()
+    assert torch.autograd.grad(k1_loss, theta)[0].abs().max() < 1e-12
+    assert grad_kl.abs().max() > 1e-2
+
+
+def test_ppo_kl_loss_term_defaults_to_k3():
+    lp = torch.tensor([[-1.0, -2.0]], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([[-1.5, -2.5]], dtype=torch.float64)
+    mask = torch.ones(1, 2)
+    loss, _ = ppo(lp, lp.detach(), torch.zeros(1, dtype=torch.float64), mask, ref_logprobs=ref, beta=0.1)
+    assert loss.item() == pytest.approx(0.1 * (math.exp(-0.5) - 0.5))
+    assert loss.item() == pytest.approx(0.1 * aggregate(kl(lp, ref, "k3"), mask).item())
+
+
+def test_loop_applies_the_shaping_and_keeps_both_reward_views():
+    h = E.run("policy_optimization", reward_shaping="kl_penalty(beta=0.2)", advantage="gae", loss="ppo",
+              steps=3, n_prompts=4, group_size=4)
+    assert {"kl_reward/kl", "kl_reward/penalty", "kl_reward/beta"} <= set(h.keys)
+    assert h["kl_reward/beta"].tolist() == [0.2] * 3
+    with pytest.raises(KeyError, match="kl_penalty"):
+        E.run("policy_optimization", reward_shaping="no_such_shaping", steps=1)
+
+
+def test_kl_in_the_reward_holds_the_policy_near_the_reference():
+    # token bandit, tabular policy: a strong penalty keeps KL(π‖π_ref) far below the unpenalized run
+    common = dict(advantage="rloo", loss="reinforce", steps=40, lr=0.2, seed=0)
+    free = E.run("policy_optimization", **common)
+    held = E.run("policy_optimization", reward_shaping="kl_penalty(beta=1.0)", **common)
+    assert held["kl"][-10:].mean() < 0.5 * free["kl"][-10:].mean()
+    assert free["kl"][-10:].mean() > 0.2
