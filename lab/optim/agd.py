@@ -29,11 +29,24 @@ Choices and warnings: ``delta`` defaults to the code's 1e-5; the authors' README
 delta must be > 0 (delta = 0 turns a zero gradient into 0/0). Under a *constant* gradient s_t = 0
 after t = 1, so b_hat ~ 1/t shrinks and the step grows ~ sqrt(t) until sqrt(b_hat) < delta, when it
 jumps to ``eta m_hat/delta`` (huge for tiny delta): use ``clip`` (e.g. 5) if training is
-unstable. The code's ``win`` variant is not implemented. With weight_decouple=False the L2 term is
-added to a new gradient tensor; ``p.grad`` is not modified (the reference modifies it).
+unstable. With weight_decouple=False the L2 term is added to a new gradient tensor; ``p.grad`` is
+not modified (the reference modifies it).
+
+``win=True``: the authors' code also offers Win acceleration ("Win: Weight-Decay-Integrated Nesterov
+Acceleration for Adaptive Gradient Algorithms", Zhou, Xie and Yan, ICLR 2023, OpenReview
+CPdc77SQfQ5). With eta' = eta sqrt(1 - beta2^t)/(1 - beta1^t) and u = m_t/D as above, a second
+sequence z (started at theta_0) takes the conservative proximal step and theta combines it with a
+reckless double step::
+
+    z     <- (z - eta' u) / (1 + lambda eta')
+    tau   =  1 / (3 + 2 eta' lambda)
+    theta <- tau (theta - 2 eta' u) + 2 tau z
+
+Weight decay lives inside these two updates (there is no separate decay step), so ``win`` needs
+``weight_decouple=True`` and ``fixed_decay=False``. It keeps one more state tensor, ``z``.
 
 State (per parameter): ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (b), ``max_exp_avg_sq`` with
-amsgrad. Implementation note: s_t is formed before the momentum update as
+amsgrad, ``z`` with win. Implementation note: s_t is formed before the momentum update as
 ``(beta1/(1 - beta1^t) - 1/(1 - beta1^{t-1})) m_{t-1} + (1 - beta1)/(1 - beta1^t) g_t``, the same
 quantity without a copy of m_{t-1} (one scratch tensor instead of two).
 """
@@ -53,11 +66,19 @@ from lab.registry import register
 
 def agd(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
         max_exp_avg_sqs: list[Tensor] | None, steps: list[float], *, lr: float, beta1: float,
-        beta2: float, delta: float, clip: float | None, foreach: bool) -> None:
-    """Functional AGD step (weight decay already applied); in place on params and state."""
-    lists = (params, grads, exp_avgs, exp_avg_sqs) + ((max_exp_avg_sqs,) if max_exp_avg_sqs else ())
+        beta2: float, delta: float, clip: float | None, foreach: bool, zs: list[Tensor] | None = None,
+        weight_decay: float = 0.0) -> None:
+    """Functional AGD step; in place on params and state.
+
+    Without ``zs`` weight decay has already been applied by the caller; with ``zs`` (the Win
+    sequence) ``weight_decay`` enters the Win updates instead.
+    """
+    absent = [None] * len(params)
+    lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs or absent, zs or absent)
     for t, bucket in by_step(steps, *lists):
-        p, g, m, b = bucket[:4]
+        p, g, m, b, b_max, z = bucket
+        b_max = b_max if max_exp_avg_sqs else None
+        z = z if zs else None
         bc1, bc2 = bias_correction(beta1, t), bias_correction(beta2, t)
         floor = delta * math.sqrt(bc2)                       # delta sqrt(1 - beta2^t)
         step_size = lr * math.sqrt(bc2) / bc1
@@ -73,30 +94,47 @@ def agd(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_a
             torch._foreach_lerp_(m, g, 1 - beta1)             # m_t
             torch._foreach_mul_(b, beta2)                     # b_t = beta2 b + (1-beta2) s^2
             torch._foreach_addcmul_(b, s, s, value=1 - beta2)
-            if max_exp_avg_sqs:
-                torch._foreach_maximum_(bucket[4], b)
-                b = bucket[4]
+            if b_max is not None:
+                torch._foreach_maximum_(b_max, b)
+                b = b_max
             denom = torch._foreach_sqrt(b)                    # D = max(sqrt(b), delta sqrt(bc2))
             torch._foreach_clamp_min_(denom, floor)
-            if clip is None:
+            if clip is None and z is None:
                 torch._foreach_addcdiv_(p, m, denom, value=-step_size)
                 continue
             u = torch._foreach_div(m, denom)                  # u = clamp(m/D, -clip, clip)
-            torch._foreach_clamp_min_(u, -clip)
-            torch._foreach_clamp_max_(u, clip)
-            torch._foreach_add_(p, u, alpha=-step_size)
+            if clip is not None:
+                torch._foreach_clamp_min_(u, -clip)
+                torch._foreach_clamp_max_(u, clip)
+            if z is None:
+                torch._foreach_add_(p, u, alpha=-step_size)
+                continue
+            tau = 1.0 / (3.0 + 2.0 * step_size * weight_decay)
+            torch._foreach_add_(z, u, alpha=-step_size)       # z <- (z - eta' u)/(1 + lambda eta')
+            torch._foreach_mul_(z, 1.0 / (1.0 + weight_decay * step_size))
+            torch._foreach_mul_(p, tau)                       # theta <- tau(theta - 2 eta' u) + 2 tau z
+            torch._foreach_add_(p, u, alpha=-2.0 * tau * step_size)
+            torch._foreach_add_(p, z, alpha=2.0 * tau)
             continue
         for i, (pi, gi, mi, bi) in enumerate(zip(p, g, m, b)):
             s = mi.mul(a).add_(gi, alpha=c) if t > 1 else gi
             mi.lerp_(gi, 1 - beta1)
             bi.mul_(beta2).addcmul_(s, s, value=1 - beta2)
-            if max_exp_avg_sqs:
-                bi = torch.maximum(bucket[4][i], bi, out=bucket[4][i])
+            if b_max is not None:
+                bi = torch.maximum(b_max[i], bi, out=b_max[i])
             denom = bi.sqrt().clamp_min_(floor)
-            if clip is None:
+            if clip is None and z is None:
                 pi.addcdiv_(mi, denom, value=-step_size)
-            else:
-                pi.add_((mi / denom).clamp_min_(-clip).clamp_max_(clip), alpha=-step_size)
+                continue
+            u = mi / denom
+            if clip is not None:
+                u.clamp_min_(-clip).clamp_max_(clip)
+            if z is None:
+                pi.add_(u, alpha=-step_size)
+                continue
+            tau = 1.0 / (3.0 + 2.0 * step_size * weight_decay)
+            z[i].add_(u, alpha=-step_size).mul_(1.0 / (1.0 + weight_decay * step_size))
+            pi.mul_(tau).add_(u, alpha=-2.0 * tau * step_size).add_(z[i], alpha=2.0 * tau)
 
 
 def sgd_fraction(optimizer: torch.optim.Optimizer) -> float:
@@ -132,6 +170,7 @@ class AGD(torch.optim.Optimizer):
         weight_decouple: decoupled decay (True) or L2 in the gradient.
         fixed_decay: with weight_decouple, decay by (1 - lambda), not scaled by eta.
         clip: clamp each coordinate of u = m/D to [-clip, clip]; None = no clipping.
+        win: Win acceleration (the authors' code option; see the module docstring).
         maximize: ascend instead of descend.
         foreach: use the ``torch._foreach_*`` path (None = yes).
     """
@@ -139,16 +178,19 @@ class AGD(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  delta: float = 1e-5, weight_decay: float = 0.0, amsgrad: bool = False,
                  weight_decouple: bool = True, fixed_decay: bool = False, clip: float | None = None,
-                 *, maximize: bool = False, foreach: bool | None = None):
+                 win: bool = False, *, maximize: bool = False, foreach: bool | None = None):
         check_positive("lr", lr)
         check_betas(betas)
         check_positive("delta", delta)
         check_nonneg("weight_decay", weight_decay)
         if clip is not None:
             check_positive("clip", clip)
+        if win and (not weight_decouple or fixed_decay):
+            raise ValueError("win integrates decoupled weight decay into its updates: it needs "
+                             f"weight_decouple=True and fixed_decay=False, got {weight_decouple} and {fixed_decay}")
         defaults = dict(lr=lr, betas=tuple(betas), delta=delta, weight_decay=weight_decay,
                         amsgrad=amsgrad, weight_decouple=weight_decouple, fixed_decay=fixed_decay,
-                        clip=clip, maximize=maximize, foreach=foreach)
+                        clip=clip, win=win, maximize=maximize, foreach=foreach)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -156,12 +198,14 @@ class AGD(torch.optim.Optimizer):
         """One AGD step; ``closure`` (optional) re-evaluates the loss and returns it."""
         loss = evaluate(closure)
         for group in self.param_groups:
-            amsgrad = group["amsgrad"]
+            amsgrad, win = group["amsgrad"], group.get("win", False)
 
             def init(p: Tensor) -> dict[str, Tensor]:
                 state = {"exp_avg": zeros(p), "exp_avg_sq": zeros(p)}
                 if amsgrad:
                     state["max_exp_avg_sq"] = zeros(p)
+                if win:
+                    state["z"] = p.detach().clone(memory_format=torch.preserve_format)   # z_0 = theta_0
                 return state
 
             prepared = prepare(self, group, init)
@@ -169,14 +213,17 @@ class AGD(torch.optim.Optimizer):
                 continue
             params, grads, states, steps, foreach = prepared
             lr, wd = group["lr"], group["weight_decay"]
-            if group["weight_decouple"]:
+            if win:
+                pass                                          # the Win updates carry the decay
+            elif group["weight_decouple"]:
                 decoupled_weight_decay(params, 1.0 if group["fixed_decay"] else lr, wd, foreach)
             else:
                 grads = coupled_weight_decay(grads, params, wd, foreach)
             beta1, beta2 = group["betas"]
             agd(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                 [s["max_exp_avg_sq"] for s in states] if amsgrad else None, steps, lr=lr,
-                beta1=beta1, beta2=beta2, delta=group["delta"], clip=group["clip"], foreach=foreach)
+                beta1=beta1, beta2=beta2, delta=group["delta"], clip=group["clip"], foreach=foreach,
+                zs=[s["z"] for s in states] if win else None, weight_decay=wd)
         return loss
 
 

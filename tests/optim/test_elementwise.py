@@ -2,6 +2,7 @@
 to torch.optim, foreach == per-tensor in float64, invariants, edge cases, bad input."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -173,6 +174,37 @@ def test_agd_worked_examples():
     assert [m.item() for m in moves] == pytest.approx([-1.0e-3, 5.1265e-5, -3.8705e-4], rel=2e-4)
 
 
+def test_agd_win_worked_example():
+    # theta_0 = 1, g = 0.5, eta = 0.1, t = 1: eta' = eta sqrt(1 - 0.999)/(1 - 0.9) = 0.0316228 and
+    # u = m/D = 0.05/sqrt(0.00025) = 3.16228, so eta' u = 0.1 (Adam's first step)
+    for lam, z_expected, theta_expected in [
+        (0.0, 0.9, (0.8 + 2 * 0.9) / 3),                               # tau = 1/3
+        (0.1, 0.9 / (1 + 0.1 * 0.0316228), 0.8629560),                 # tau = 1/(3 + 2 eta' lambda)
+    ]:
+        p = scalar_param(1.0)
+        opt = AGD([p], lr=0.1, delta=1e-5, weight_decay=lam, win=True)
+        feed(opt, p, [[0.5]])
+        assert opt.state[p]["z"].item() == pytest.approx(z_expected, rel=1e-6)
+        assert p.item() == pytest.approx(theta_expected, rel=1e-6)
+
+
+def test_agd_win_needs_decoupled_decay_and_keeps_z_in_the_state():
+    p = scalar_param(1.0)
+    with pytest.raises(ValueError, match="weight_decouple"):
+        AGD([p], win=True, weight_decouple=False)
+    with pytest.raises(ValueError, match="fixed_decay"):
+        AGD([p], win=True, fixed_decay=True)
+    opt = AGD([p], lr=0.1, win=True)
+    feed(opt, p, [[0.5], [0.2]])
+    q = scalar_param(p.item())
+    clone = AGD([q], lr=0.1, win=True)
+    clone.load_state_dict(copy.deepcopy(opt.state_dict()))   # load_state_dict shares same-dtype tensors
+    assert torch.equal(clone.state[q]["z"], opt.state[p]["z"])
+    feed(opt, p, [[0.3]])
+    feed(clone, q, [[0.3]])
+    assert torch.equal(p.detach(), q.detach())
+
+
 def test_agd_large_delta_is_sgd_with_momentum():
     # delta above every sqrt(b_hat): theta <- theta - (eta/delta) m_hat
     gen = torch.Generator().manual_seed(1)
@@ -302,6 +334,8 @@ CASES = [
     ("sgdp", dict(lr=1e-2, momentum=0.9, dampening=0.1)),
     ("agd", dict(lr=1e-2, delta=1e-5, weight_decay=0.1)),
     ("agd", dict(lr=1e-2, delta=1e-2, amsgrad=True, clip=1.0, weight_decouple=False, weight_decay=0.1)),
+    ("agd", dict(lr=1e-2, delta=1e-5, weight_decay=0.1, win=True)),
+    ("agd", dict(lr=1e-2, delta=1e-2, amsgrad=True, clip=1.0, weight_decay=0.1, win=True)),
 ]
 
 
