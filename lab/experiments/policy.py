@@ -22,7 +22,11 @@ persists across steps). Conventions the loop relies on:
 - a tensor in an estimator's metrics (GAE's ``returns``) joins the batch; numbers are logged;
 - a critic (value head) is built when the estimator asks for ``values`` (GAE);
 - ``reward_shaping`` returns rewards (B,) or per-token rewards (B, T); the batch then holds both
-  views, ``rewards = Σ_t token_rewards`` (the task reward is still what ``reward`` logs).
+  views, ``rewards = Σ_t token_rewards`` (the task reward is still what ``reward`` logs);
+- with ``demonstrations=True`` every minibatch also holds ``demo_logprobs`` / ``demo_mask``: the
+  current policy's log-probs (with grad) of the task's reference answer, one row per group present
+  in the minibatch in ascending ``group_ids`` order (the order :func:`lab.rl.core.group_index`
+  numbers groups in). Losses that imitate demonstrations (``grao``, ``hpt``) use them.
 
 ``kl`` in the History is the k3 estimate of KL(π_old ‖ π_ref) on the sampled tokens, whatever the
 loss; ``clip_frac`` and ``loss`` are means over the step's minibatch updates.
@@ -42,15 +46,15 @@ from lab.experiments._base import experiment
 from lab.history import History
 from lab.registry import make, parse_spec
 from lab.rl.core import call_with, kl, make_fn, masked_mean, wants
-from lab.rl.rollout import rollout, token_rewards
-from toy_envs.token_tasks import make_task
+from lab.rl.rollout import pad_responses, rollout, token_rewards
+from toy_envs.token_tasks import TokenTask, make_task
 
 MODELS = ("tabular", "transformer")
 LOSS_OVERRIDES = ("clip_eps_low", "clip_eps_high", "beta")
 BATCH_KEYS = frozenset({
     "rewards", "group_size", "group_ids", "mask", "logprobs", "old_logprobs", "ref_logprobs", "entropy",
     "token_ids", "token_rewards", "lengths", "values", "old_values", "returns", "advantages", "step",
-    "total_steps", *LOSS_OVERRIDES,
+    "total_steps", "demo_logprobs", "demo_mask", *LOSS_OVERRIDES,
 })
 """Names the loop can put in a batch (``values``/``old_values`` with a critic, ``returns`` from GAE)."""
 
@@ -75,6 +79,7 @@ class PolicyConfig:
     clip_eps_high: float | None = None  # override the loss's ε_high (None = its default)
     beta: float | None = None  # override the loss's KL weight β (None = its default)
     reward_shaping: str | None = None  # a "reward" spec applied before the advantages, e.g. "kl_penalty(beta=0.05)"
+    demonstrations: bool = False  # score the task's reference answers (demo_logprobs) for GRAO, HPT
     max_grad_norm: float | None = 1.0  # gradient clipping (None = off)
     d_model: int = 64  # transformer width
     n_layers: int = 2  # transformer blocks
@@ -157,6 +162,8 @@ def policy_optimization(cfg: PolicyConfig) -> History:
     estimator = make_fn("advantage", cfg.advantage)
     loss_fn = make_fn("policy_loss", cfg.loss)
     shaping = make_fn("reward", cfg.reward_shaping) if cfg.reward_shaping else None
+    if cfg.demonstrations and type(task).targets is TokenTask.targets:
+        raise ValueError(f"demonstrations=True needs a task with reference answers; {cfg.task!r} has none")
     critic = "values" in wants(estimator)
     model = build_model(cfg.model, task, value_head=critic, d_model=cfg.d_model, n_layers=cfg.n_layers,
                         generator=generator)
@@ -188,6 +195,9 @@ def policy_optimization(cfg: PolicyConfig) -> History:
         advantages, adv_metrics = call_with(estimator, batch)
         extra, adv_numbers = _split_metrics(adv_metrics)
         batch.update(extra, advantages=advantages.detach())
+        if cfg.demonstrations:                                                  # one answer per group
+            group_prompts = ro.prompts[::ro.group_size]
+            demo_tokens, demo_mask = pad_responses(task.targets(group_prompts), task.pad_id)
         # ---- K epochs of minibatch updates against old_logprobs --------------------------------
         model.train()
         update_metrics: list[dict[str, float]] = []
@@ -198,6 +208,10 @@ def policy_optimization(cfg: PolicyConfig) -> History:
                 mb = _subset(batch, idx, B)
                 scored = model.score(ro.prompts[idx], mb["token_ids"], tau)           # ℓ with grad
                 mb.update(logprobs=scored.logprobs, entropy=scored.entropy, values=scored.values)
+                if cfg.demonstrations:
+                    groups = torch.unique(mb["group_ids"])                            # ascending ids
+                    demo = model.score(group_prompts[groups], demo_tokens[groups], tau)
+                    mb.update(demo_logprobs=demo.logprobs, demo_mask=demo_mask[groups])
                 loss, metrics = call_with(loss_fn, mb)
                 optimizer.zero_grad()
                 loss.backward()

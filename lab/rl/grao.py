@@ -46,9 +46,9 @@ Choices where the paper is ambiguous:
 - The ``advantages`` argument of the loss convention is not used: GRAO needs its own statistics
   over {samples, reference}; ``old_logprobs`` only feed the ``ratio_*`` metrics (no ratio in the
   objective). Without ``demo_logprobs`` the β and λ terms vanish (pure exploration term).
-- ``lab.experiments.policy_optimization`` runs GRAO by name but builds no demonstrations, so there it
-  trains the exploration term only (with R(y) = 1 still in the statistics); the imitation and
-  alignment terms need a loop that scores each prompt's reference answer (``task.targets``).
+- ``lab.experiments.policy_optimization`` runs GRAO by name; with ``demonstrations=True`` it scores
+  each prompt's reference answer (``task.targets``) and all three terms train, without it only the
+  exploration term does (with R(y) = 1 still in the statistics).
 """
 from __future__ import annotations
 

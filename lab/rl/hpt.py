@@ -34,9 +34,10 @@ the recipe's second threshold ``switch_gate_off`` has unclear semantics and is n
 "Correct" is R > ``threshold`` (0.5) when ``correct_counts`` is not given. Limits: ``gate=-1`` is
 pure RL; ``gate >= n`` is pure SFT (where demonstrations exist).
 
-Where to run it: in ``policy_optimization`` (no demonstrations in that batch) ``hpt`` is its RL
-part alone; the experiment ``hybrid_post_training`` (``lab.experiments.segments``) adds the task's
-target answers as demonstrations and shows the switch from SFT to RL and both limits.
+Where to run it: ``policy_optimization(loss="hpt", demonstrations=True)`` feeds the task's target
+answers as demonstrations (without ``demonstrations`` it is the RL part alone); the experiment
+``hybrid_post_training`` (``lab.experiments.segments``) shows the switch from SFT to RL and both
+limits.
 """
 from __future__ import annotations
 

@@ -135,3 +135,23 @@ def test_method_specific_metrics_reach_the_history():
     beta = h["grpo_d/beta"]
     assert len(beta) == 4 and np.all(np.isfinite(beta))
     assert "adv_mean" in h and "clip_frac" in h and "pg_loss" in h
+
+
+@pytest.mark.parametrize("loss,advantage", [("grao", "grpo"), ("hpt", "dr_grpo")])
+def test_demonstrations_reach_the_imitating_losses(loss, advantage):
+    # demonstrations=True scores the task's reference answers, one row per group of the minibatch;
+    # GRAO's imitation/alignment terms and HPT's SFT branch then learn from them, so the sampled
+    # policy improves much faster than the same loss on its own rollouts (30 steps, tabular policy)
+    common = dict(task="arithmetic(max_operand=4)", loss=loss, advantage=advantage, steps=30, n_prompts=8,
+                  group_size=8, lr=0.1, eval_prompts=200, minibatches=2)
+    alone = E.run("policy_optimization", **common)
+    taught = E.run("policy_optimization", demonstrations=True, **common)
+    assert taught["greedy_accuracy"][-1] == 1.0
+    assert taught["accuracy"][-5:].mean() > alone["accuracy"][-5:].mean() + 0.08
+    key = "grao/imitation_logprob" if loss == "grao" else "hpt/sft_frac"
+    assert taught[key][0] != alone[key][0]          # the demonstrations reached the loss
+
+
+def test_demonstrations_need_reference_answers():
+    with pytest.raises(ValueError, match="reference answers"):
+        E.run("policy_optimization", task="token_bandit", demonstrations=True, steps=1)
