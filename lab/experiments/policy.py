@@ -6,7 +6,7 @@ Each step, read top to bottom::
     reference   ℓ^ref from a frozen copy of the initial policy (for β·KL and the ``kl`` curve)
     shaping     optional: R ← shaping(batch)                 e.g. "kl_penalty(beta=0.05)" (KL in reward)
     advantages  A = estimator(batch)                     e.g. "grpo", "rloo", "gae(lam=0.9)"
-    update      K epochs × M minibatches: ℓ = score(π_θ); loss = policy_loss(batch); Adam step
+    update      K epochs × M minibatches: ℓ = score(π_θ); loss = policy_loss(batch) − c_H·mean(H); Adam step
     log         reward, accuracy, entropy, clip_frac, kl, adv_mean, adv_std, response_length, ...
 
 Methods are picked by registry spec strings and called through :func:`lab.rl.core.call_with`, which
@@ -21,6 +21,9 @@ persists across steps). Conventions the loop relies on:
   arguments win);
 - a tensor in an estimator's metrics (GAE's ``returns``) joins the batch; numbers are logged;
 - a critic (value head) is built when the estimator asks for ``values`` (GAE);
+- the entropy bonus ``entropy_coef`` (PPO paper eq. 9; verl's ``entropy_coeff``) lives in the loop,
+  so it applies to every loss alike: ``c_H`` times the token mean of the scored entropies
+  (which carry a gradient) is subtracted from each minibatch loss;
 - ``reward_shaping`` returns rewards (B,) or per-token rewards (B, T); the batch then holds both
   views, ``rewards = Σ_t token_rewards`` (the task reward is still what ``reward`` logs);
 - with ``demonstrations=True`` every minibatch also holds ``demo_logprobs`` / ``demo_mask``: the
@@ -78,6 +81,7 @@ class PolicyConfig:
     clip_eps_low: float | None = None  # override the loss's ε_low (None = its default)
     clip_eps_high: float | None = None  # override the loss's ε_high (None = its default)
     beta: float | None = None  # override the loss's KL weight β (None = its default)
+    entropy_coef: float = 0.0  # entropy bonus c_H: each update minimizes loss − c_H · (token mean of H)
     reward_shaping: str | None = None  # a "reward" spec applied before the advantages, e.g. "kl_penalty(beta=0.05)"
     demonstrations: bool = False  # score the task's reference answers (demo_logprobs) for GRAO, HPT
     max_grad_norm: float | None = 1.0  # gradient clipping (None = off)
@@ -156,6 +160,7 @@ def policy_optimization(cfg: PolicyConfig) -> History:
         check_int(name, getattr(cfg, name), minimum=1)
     check_positive("lr", cfg.lr)
     check_positive("temperature", cfg.temperature)
+    check_positive("entropy_coef", cfg.entropy_coef, allow_zero=True)
     generator = torch.Generator().manual_seed(cfg.seed)
     task_name, task_kwargs = parse_spec(cfg.task)
     task = make_task(task_name, **task_kwargs)
@@ -213,6 +218,8 @@ def policy_optimization(cfg: PolicyConfig) -> History:
                     demo = model.score(group_prompts[groups], demo_tokens[groups], tau)
                     mb.update(demo_logprobs=demo.logprobs, demo_mask=demo_mask[groups])
                 loss, metrics = call_with(loss_fn, mb)
+                if cfg.entropy_coef > 0:                                              # − c_H · mean H
+                    loss = loss - cfg.entropy_coef * masked_mean(scored.entropy, mb["mask"])
                 optimizer.zero_grad()
                 loss.backward()
                 limit = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")

@@ -7,6 +7,7 @@ policy with a ``next_logits(prompts, prefix)`` method and returns a :class:`Gene
     tokens   (B, T) long   sampled tokens, ``pad_id`` after the first ``eos_id``
     logprobs (B, T) float  log π_τ(y_t | x, y_<t) of the sampled tokens (0 on padding), detached
     entropy  (B, T) float  H(π_τ(· | x, y_<t)) = −Σ_v π_τ(v) log π_τ(v), exact, detached
+                           (``score`` returns it with grad, for an entropy bonus)
     mask     (B, T) bool   response tokens, up to and including ``<eos>``
 
 ``score(prompts, responses, temperature)`` recomputes log-probs (with grad) and entropies of given
@@ -45,7 +46,7 @@ class Generation:
 
 @dataclass
 class Scored:
-    """Per-token log-probs (with grad), entropies (detached) and optional values (B, T)."""
+    """Per-token log-probs, entropies (both with grad) and optional values (B, T)."""
 
     logprobs: torch.Tensor
     entropy: torch.Tensor
@@ -150,13 +151,12 @@ class TabularPolicy(nn.Module):
         return generate(self, prompts, n, temperature, generator, eos_id, pad_id)
 
     def score(self, prompts: torch.Tensor, responses: torch.Tensor, temperature: float = 1.0) -> Scored:
-        """Log-probs (with grad), exact entropies and values of ``responses`` (B, T)."""
+        """Log-probs and exact entropies (both with grad) and values of ``responses`` (B, T)."""
         T = responses.shape[1]
         c = self.context_index(prompts)
         logits = self.logits[c, :T] / (temperature if temperature > 0 else 1.0)   # (B, T, V)
         logp = torch.log_softmax(logits, dim=-1)
         token_logp = logp.gather(-1, responses.long()[..., None])[..., 0]          # (B, T)
-        with torch.no_grad():
-            entropy = -(logp.exp() * logp).sum(-1)
+        entropy = -(logp.exp() * logp).sum(-1)
         values = self.values[c, :T] if self.values is not None else None
         return Scored(token_logp, entropy, values)

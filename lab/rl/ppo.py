@@ -20,9 +20,9 @@ Loss (``policy_loss/ppo``), ρ = π_θ/π_old per token::
     V^clip = V_old + clip(V − V_old, −ε_v, ε_v)
     L = agg(pg) + c_v · ½ agg(max((V − R̂)², (V^clip − R̂)²)) + β·agg(KL_est(ℓ, ℓ^ref))
 
-With no critic (``values=None``) only the policy part is used. The PPO paper's entropy bonus is
-left out: the lab's log-probs return detached entropies (the chunked computation never keeps the
-full softmax). Lab defaults: ε = 0.2, ε_v = 0.2, c_v = 0.1, γ = 1, λ = 0.95, no dual clip, β = 0.
+With no critic (``values=None``) only the policy part is used. The PPO paper's entropy bonus
+``− c_H·mean(H)`` is applied by the training loop for every loss alike
+(``policy_optimization(entropy_coef=...)``, as verl's ``entropy_coeff``). Lab defaults: ε = 0.2, ε_v = 0.2, c_v = 0.1, γ = 1, λ = 0.95, no dual clip, β = 0.
 RLHF-PPO puts the KL penalty into the *reward* instead (``reward/kl_penalty``: k1, β = 0.05; in the
 loop ``policy_optimization(reward_shaping="kl_penalty")``). A KL *loss* term uses k3 by default,
 as GRPO does: k1 as a loss term has zero expected gradient on-policy (E_π[∇ℓ] = 0), so it would

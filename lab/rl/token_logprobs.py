@@ -18,8 +18,9 @@ V = 32k each is 0.5 GB. Here the sequence is cut into chunks of ``chunk_size`` p
 
 Under autograd each chunk is a small ``autograd.Function`` that keeps only its inputs and recomputes
 its (B, C, V) logits in backward (∂ℓ/∂z = onehot(y) − softmax(z)), so training holds no more than
-one chunk of logits at a time either. Entropies are returned detached (a diagnostic; the
-gradient flows through ``logprobs`` only). ``response_mask`` (B, L) restricts the work to the
+one chunk of logits at a time either. Entropies carry a gradient as well (∂H/∂z = −p ⊙ (log p + H),
+for an entropy bonus); it is computed only when something downstream uses it, and losses that
+merely weight tokens by their entropy detach it. ``response_mask`` (B, L) restricts the work to the
 columns from the first response token on and zeroes positions that predict non-response tokens.
 Models with a final logit transform inside ``forward`` (e.g. soft-capping) should use the logits path
 (pass a wrapper that returns logits).
@@ -39,10 +40,11 @@ DEFAULT_CHUNK_ELEMENTS = 2 ** 24
 class _ChunkLogprobs(torch.autograd.Function):
     """Token log-probs of one chunk, z = (x Wᵀ + b)/τ (or z = x/τ for logits), recomputed in backward.
 
-    forward: ℓ = z[y] − logsumexp(z) (B, C) and the entropy (B, C); saves only x (and W, b).
-    backward: ∂ℓ/∂z = onehot(y) − softmax(z), so with upstream g (B, C):
-        g_z = g·(onehot(y) − softmax(z))/τ,  g_x = g_z W (or g_z),  g_W = Σ g_zᵀ x,  g_b = Σ g_z.
-    Nothing of size (B, C, V) is kept between forward and backward.
+    forward: ℓ = z[y] − logsumexp(z) (B, C) and the entropy H (B, C); saves only x (and W, b).
+    backward: ∂ℓ/∂z = onehot(y) − p and ∂H/∂z = −p ⊙ (log p + H), p = softmax(z), so with upstream
+    g (B, C) for ℓ and h (B, C) for H:
+        g_z = [g·(onehot(y) − p) − h·p ⊙ (log p + H)]/τ,  g_x = g_z W (or g_z),  g_W = Σ g_zᵀ x,  g_b = Σ g_z.
+    Nothing of size (B, C, V) is kept between forward and backward; an unused output's term is skipped.
     """
 
     @staticmethod
@@ -53,16 +55,27 @@ class _ChunkLogprobs(torch.autograd.Function):
         entropy = -(logp.exp() * logp).sum(-1)                                   # (B, C)
         ctx.save_for_backward(x, weight, bias, targets)
         ctx.temperature = temperature
-        ctx.mark_non_differentiable(entropy)
+        ctx.set_materialize_grads(False)                                         # None for unused outputs
         return token_logp, entropy
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
         x, weight, bias, targets = ctx.saved_tensors
         z = _chunk_logits(x, weight, bias, ctx.temperature)
-        grad_z = -torch.softmax(z, dim=-1)                                       # −softmax(z)
-        grad_z.scatter_add_(-1, targets[..., None], torch.ones_like(targets[..., None], dtype=grad_z.dtype))
-        grad_z *= (grad_logp / ctx.temperature)[..., None]                       # (B, C, V)
+        g = None if grad_logp is None else grad_logp[..., None] / ctx.temperature          # g/τ
+        if grad_entropy is None:                                                 # the usual case
+            grad_z = torch.softmax(z, dim=-1)                                    # (B, C, V)
+            grad_z *= -g                                                         # − g p / τ
+        else:
+            logp = torch.log_softmax(z, dim=-1)
+            p = logp.exp()
+            entropy = -(p * logp).sum(-1, keepdim=True)
+            h = grad_entropy[..., None] / ctx.temperature
+            grad_z = (logp + entropy).mul_(p).mul_(-h)                           # − h p (log p + H) / τ
+            if g is not None:
+                grad_z.addcmul_(p, g, value=-1.0)                                # − g p / τ
+        if g is not None:                                                        # + g onehot(y) / τ
+            grad_z.scatter_add_(-1, targets[..., None], g.to(grad_z.dtype))
         if weight is None:
             return grad_z.to(x.dtype), None, None, None, None
         grad_x = (grad_z @ weight.float()).to(x.dtype) if ctx.needs_input_grad[0] else None
@@ -163,7 +176,7 @@ def logprobs(model: Callable[..., Any], input_ids: torch.Tensor, attention_mask:
     dtype = lp_chunks[0].dtype if lp_chunks else torch.float32
     pad = torch.zeros(B, start, dtype=dtype)
     token_logp = torch.cat([pad, *lp_chunks], dim=1)                              # (B, L−1)
-    entropy = torch.cat([pad, *ent_chunks], dim=1).detach()
+    entropy = torch.cat([pad, *ent_chunks], dim=1)
     if valid is not None:
         token_logp = torch.where(valid, token_logp, torch.zeros((), dtype=dtype))
         entropy = torch.where(valid, entropy, torch.zeros((), dtype=dtype))
@@ -178,4 +191,4 @@ def naive_logprobs(model: Callable[..., Any], input_ids: torch.Tensor,
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     token_logp = logp.gather(-1, input_ids[:, 1:, None])[..., 0]
     entropy = -(logp.exp() * logp).sum(-1)
-    return token_logp, entropy.detach()
+    return token_logp, entropy

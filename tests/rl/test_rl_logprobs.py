@@ -33,14 +33,22 @@ def test_chunked_equals_naive_values_and_gradients(chunk_size, make_model):
     ids = _inputs(vocab)
     lp, ent = lab.rl.logprobs(model, ids, chunk_size=chunk_size, temperature=0.7)
     lp_ref, ent_ref = naive_logprobs(model, ids, temperature=0.7)
+    assert ent.requires_grad
     assert lp.shape == (3, 8) and ent.shape == (3, 8)
     assert torch.allclose(lp, lp_ref, atol=1e-5) and torch.allclose(ent, ent_ref, atol=1e-5)
     w = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
-    grads = torch.autograd.grad((lp * w).sum(), list(model.parameters()))
-    grads_ref = torch.autograd.grad((lp_ref * w).sum(), list(model.parameters()))
+    grads = torch.autograd.grad((lp * w).sum(), list(model.parameters()), retain_graph=True)
+    grads_ref = torch.autograd.grad((lp_ref * w).sum(), list(model.parameters()), retain_graph=True)
     for g, g_ref in zip(grads, grads_ref):
         assert torch.allclose(g, g_ref, atol=1e-5)
-    assert not ent.requires_grad
+    # the entropy's gradient (∂H/∂z = −p (log p + H)), alone and together with the log-probs'
+    v = torch.randn(3, 8, generator=torch.Generator().manual_seed(2))
+    for objective, objective_ref in [((ent * v).sum(), (ent_ref * v).sum()),
+                                     ((lp * w + ent * v).sum(), (lp_ref * w + ent_ref * v).sum())]:
+        grads = torch.autograd.grad(objective, list(model.parameters()), retain_graph=True)
+        grads_ref = torch.autograd.grad(objective_ref, list(model.parameters()), retain_graph=True)
+        for g, g_ref in zip(grads, grads_ref):
+            assert torch.allclose(g, g_ref, atol=1e-5)
 
 
 def test_response_mask_zeroes_prompt_positions():
