@@ -6,6 +6,7 @@ Each step, read top to bottom::
     reference   ℓ^ref from a frozen copy of the initial policy (for β·KL and the ``kl`` curve)
     shaping     optional: R ← shaping(batch)                 e.g. "kl_penalty(beta=0.05)" (KL in reward)
     advantages  A = estimator(batch)                     e.g. "grpo", "rloo", "gae(lam=0.9)"
+    selection   optional: mask ← selector.select(batch)  which tokens enter the loss, e.g. "d3s"
     update      K epochs × M minibatches: ℓ = score(π_θ); loss = policy_loss(batch) − c_H·mean(H); Adam step
     log         reward, accuracy, entropy, clip_frac, kl, adv_mean, adv_std, response_length, ...
 
@@ -26,6 +27,10 @@ persists across steps). Conventions the loop relies on:
   (which carry a gradient) is subtracted from each minibatch loss;
 - ``reward_shaping`` returns rewards (B,) or per-token rewards (B, T); the batch then holds both
   views, ``rewards = Σ_t token_rewards`` (the task reward is still what ``reward`` logs);
+- ``token_selector`` names a registered ``sampler`` whose ``select`` returns a loss mask (B, T) from
+  the full batch (after the advantages, which stay as computed); the updates then train on the
+  selected tokens only. A selector with a schedule over ``total_steps`` gets the run's ``steps``
+  unless its spec sets it;
 - with ``demonstrations=True`` every minibatch also holds ``demo_logprobs`` / ``demo_mask``: the
   current policy's log-probs (with grad) of the task's reference answer, one row per group present
   in the minibatch in ascending ``group_ids`` order (the order :func:`lab.rl.core.group_index`
@@ -84,6 +89,7 @@ class PolicyConfig:
     entropy_coef: float = 0.0  # entropy bonus c_H: each update minimizes loss − c_H · (token mean of H)
     reward_shaping: str | None = None  # a "reward" spec applied before the advantages, e.g. "kl_penalty(beta=0.05)"
     demonstrations: bool = False  # score the task's reference answers (demo_logprobs) for GRAO, HPT
+    token_selector: str | None = None  # a "sampler" spec returning a reduced loss mask, e.g. "d3s"
     max_grad_norm: float | None = 1.0  # gradient clipping (None = off)
     d_model: int = 64  # transformer width
     n_layers: int = 2  # transformer blocks
@@ -138,6 +144,21 @@ def _subset(batch: dict[str, Any], idx: torch.Tensor, n: int) -> dict[str, Any]:
     return out
 
 
+def _make_selector(spec: str, steps: int) -> Any:
+    """The ``sampler`` of ``spec`` (instantiated once), with ``total_steps = steps`` unless set."""
+    import inspect
+
+    from lab.registry import get
+
+    name, kwargs = parse_spec(spec)
+    cls = get("sampler", name)
+    if not hasattr(cls, "select"):
+        raise TypeError(f"sampler {name!r} has no select(); a token_selector must return a loss mask")
+    if "total_steps" in inspect.signature(cls).parameters:
+        kwargs.setdefault("total_steps", steps)
+    return cls(**kwargs)
+
+
 def _both_reward_views(shaped: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Shaped rewards as both batch entries: (B,) on the last valid token, or (B, T) summed per row."""
     if shaped.dim() == 1:
@@ -167,6 +188,7 @@ def policy_optimization(cfg: PolicyConfig) -> History:
     estimator = make_fn("advantage", cfg.advantage)
     loss_fn = make_fn("policy_loss", cfg.loss)
     shaping = make_fn("reward", cfg.reward_shaping) if cfg.reward_shaping else None
+    selector = _make_selector(cfg.token_selector, cfg.steps) if cfg.token_selector else None
     if cfg.demonstrations and type(task).targets is TokenTask.targets:
         raise ValueError(f"demonstrations=True needs a task with reference answers; {cfg.task!r} has none")
     critic = "values" in wants(estimator)
@@ -200,6 +222,14 @@ def policy_optimization(cfg: PolicyConfig) -> History:
         advantages, adv_metrics = call_with(estimator, batch)
         extra, adv_numbers = _split_metrics(adv_metrics)
         batch.update(extra, advantages=advantages.detach())
+        selector_numbers: dict[str, float] = {}
+        if selector is not None:                                                # tokens of the loss
+            selected, selector_metrics = call_with(selector.select, batch)
+            if not (isinstance(selected, torch.Tensor) and selected.shape == ro.mask.shape):
+                raise TypeError(f"token_selector {cfg.token_selector!r} must return a loss mask of shape "
+                                f"{tuple(ro.mask.shape)}")
+            batch["mask"] = selected.bool() & ro.mask
+            selector_numbers = _split_metrics(selector_metrics)[1]
         if cfg.demonstrations:                                                  # one answer per group
             group_prompts = ro.prompts[::ro.group_size]
             demo_tokens, demo_mask = pad_responses(task.targets(group_prompts), task.pad_id)
@@ -235,7 +265,8 @@ def policy_optimization(cfg: PolicyConfig) -> History:
         # every number the estimator reports (adv_mean, adv_std, frac_*, method-specific keys such
         # as "bnpo/alpha"), then the loss's metrics averaged over the updates ("grpo_d/beta", ...);
         # the rollout-level values above win over a minibatch's
-        row.update({k: v for k, v in {**shaping_numbers, **adv_numbers}.items() if k not in row})
+        row.update({k: v for k, v in {**shaping_numbers, **adv_numbers, **selector_numbers}.items()
+                    if k not in row})
         for key in sorted({k for m in update_metrics for k in m} - set(row)):
             row[key] = float(np.mean([m[key] for m in update_metrics if key in m]))
         row.setdefault("clip_frac", 0.0)

@@ -31,8 +31,8 @@ Choices where the public material is ambiguous (all [unverified] in the spec):
 - At least one token is kept in every selected row that has a valid token; ties keep index order.
 - All A equal (e.g. 0): every subset has variance 0 and the first N_t rows are returned.
 - Selection is deterministic: ``generator`` is accepted for the sampler contract and unused.
-- ``lab.experiments.policy_optimization`` has no sampler hook; the sampler is used on batches
-  directly (``token_view``, the tests) — a loop applies it by replacing the loss mask.
+- A loop applies it by replacing the loss mask: ``policy_optimization(token_selector="d3s")``
+  (the schedule then spans the run's ``steps``); ``token_view`` uses it on one batch.
 """
 from __future__ import annotations
 

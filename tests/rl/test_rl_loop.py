@@ -167,3 +167,15 @@ def test_entropy_bonus_keeps_the_policy_spread_out():
     assert all(h["greedy_accuracy"][-1] == 1.0 for h in runs)
     with pytest.raises(ValueError, match="entropy_coef"):
         E.run("policy_optimization", entropy_coef=-0.1, steps=1)
+
+
+def test_token_selector_reduces_the_loss_mask_on_its_schedule():
+    # D³S keeps N_t of the rollouts (50% -> 100% over the run's steps); on the one-token bandit each
+    # kept rollout keeps its single token, so the loss sees 32 of 64 tokens first and all at the end
+    h = E.run("policy_optimization", token_selector="d3s", steps=40, lr=0.1)
+    assert h["num_tokens"][0] == 32 and h["num_tokens"][-1] >= 62
+    assert h["d3s/n_frac"][0] == 0.5 and h["d3s/n_frac"][-1] == pytest.approx(0.5 + 0.5 * 39 / 40)
+    assert np.all(np.diff(h["num_tokens"]) >= 0)
+    assert h["greedy_accuracy"][-1] == 1.0                                  # it still learns
+    with pytest.raises(TypeError, match="logits"):                         # not a mask selector
+        E.run("policy_optimization", token_selector="adaptive_temperature", steps=1)
