@@ -42,6 +42,7 @@ loss; ``clip_frac`` and ``loss`` are means over the step's minibatch updates.
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,7 @@ from lab import progress
 from lab.checks import check_int, check_positive
 from lab.experiments._base import experiment
 from lab.history import History
-from lab.registry import make, parse_spec
+from lab.registry import available, get, make, parse_spec
 from lab.rl.core import call_with, kl, make_fn, masked_mean, wants
 from lab.rl.rollout import pad_responses, rollout, token_rewards
 from toy_envs.token_tasks import TokenTask, make_task
@@ -120,10 +121,6 @@ def build_model(name: str, task: Any, *, value_head: bool, d_model: int = 64, n_
 
 def compatible(kind: str) -> list[str]:
     """Registered ``advantage`` or ``policy_loss`` names whose required arguments the loop provides."""
-    import inspect
-
-    from lab.registry import available, get
-
     names = []
     for name in available(kind):
         obj = get(kind, name)
@@ -146,10 +143,6 @@ def _subset(batch: dict[str, Any], idx: torch.Tensor, n: int) -> dict[str, Any]:
 
 def _make_selector(spec: str, steps: int) -> Any:
     """The ``sampler`` of ``spec`` (instantiated once), with ``total_steps = steps`` unless set."""
-    import inspect
-
-    from lab.registry import get
-
     name, kwargs = parse_spec(spec)
     cls = get("sampler", name)
     if not hasattr(cls, "select"):
