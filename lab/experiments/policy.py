@@ -51,8 +51,8 @@ import torch
 
 from lab import progress
 from lab.checks import check_int, check_positive
-from lab.experiments._base import experiment
-from lab.history import History
+from lab.experiments._base import experiment, run
+from lab.history import History, Runs
 from lab.registry import available, get, make, parse_spec
 from lab.rl.core import call_with, kl, make_fn, masked_mean, wants
 from lab.rl.rollout import pad_responses, rollout, token_rewards
@@ -272,6 +272,26 @@ def policy_optimization(cfg: PolicyConfig) -> History:
     return history
 
 
+def kl_placements(beta: float = 0.3, **changes: Any) -> Runs:
+    """One PPO run on the token bandit with the KL to the reference in four places.
+
+    ``"no KL"`` (β = 0); ``"k1 in the loss"``, ``L + β·mean(ℓ − ℓ^ref)``: its expected gradient is
+    zero on-policy (E_π[∇ℓ] = 0), so it behaves like no KL at all; ``"k3 in the loss"`` (GRPO's
+    estimator, ``policy_loss/ppo``'s default); ``"k1 in the reward"``, ``r_t − β(ℓ^old − ℓ^ref)``
+    (``reward/kl_penalty``, RLHF-PPO). ``changes`` go to every run (e.g. ``steps``, ``seed``); the
+    defaults are 60 steps at lr 0.1 with GRPO advantages, about 2 s per run. Plot the ``kl`` curves.
+    """
+    check_positive("beta", beta, allow_zero=True)
+    base = {"advantage": "grpo", "steps": 60, "lr": 0.1, **changes}
+    variants = {
+        "no KL": {"loss": "ppo", "beta": 0.0},
+        "k1 in the loss": {"loss": "ppo(kl_estimator='k1')", "beta": beta},
+        "k3 in the loss": {"loss": "ppo(kl_estimator='k3')", "beta": beta},
+        "k1 in the reward": {"loss": "ppo", "beta": 0.0, "reward_shaping": f"kl_penalty(beta={beta!r})"},
+    }
+    return Runs({label: run("policy_optimization", **{**base, **v}) for label, v in variants.items()})
+
+
 @torch.no_grad()
 def greedy_accuracy(model: Any, task: Any, n_prompts: int, generator: torch.Generator) -> float:
     """Share of ``n_prompts`` fresh prompts answered exactly with greedy decoding (τ = 0)."""
@@ -290,4 +310,5 @@ def _batch_artifact(task: Any, ro: Any, advantages: torch.Tensor) -> dict[str, A
             "group_size": ro.group_size}
 
 
-__all__ = ["PolicyConfig", "policy_optimization", "build_model", "compatible", "greedy_accuracy", "MODELS"]
+__all__ = ["PolicyConfig", "policy_optimization", "build_model", "compatible", "greedy_accuracy", "kl_placements",
+           "MODELS"]

@@ -115,3 +115,19 @@ def test_kl_in_the_reward_holds_the_policy_near_the_reference():
     held = E.run("policy_optimization", reward_shaping="kl_penalty(beta=1.0)", **common)
     assert held["kl"][-10:].mean() < 0.5 * free["kl"][-10:].mean()
     assert free["kl"][-10:].mean() > 0.2
+
+
+def test_where_the_kl_goes_k1_in_the_loss_is_no_penalty_at_all():
+    # the four placements of lab.experiments.policy.kl_placements on the token bandit (β = 0.3,
+    # 60 steps): KL(π_old‖π_ref) over the last 10 steps is 2.39 without a penalty, 2.26 with k1 in
+    # the loss, 0.79 with k3 in the loss and 0.42 with k1 in the reward
+    from lab.experiments.policy import kl_placements
+
+    runs = kl_placements(beta=0.3)
+    assert list(runs) == ["no KL", "k1 in the loss", "k3 in the loss", "k1 in the reward"]
+    final = {label: h["kl"][-10:].mean() for label, h in runs.items()}
+    assert abs(final["k1 in the loss"] - final["no KL"]) < 0.2 * final["no KL"]
+    assert final["k3 in the loss"] < 0.7 * final["no KL"]
+    assert final["k1 in the reward"] < 0.7 * final["no KL"]
+    with pytest.raises(ValueError, match="beta"):
+        kl_placements(beta=-1.0)
