@@ -8,7 +8,8 @@ GAE (``advantage/gae``), per response, backwards over its valid tokens, V after 
 
     δ_t = r_t + γ V_{t+1} − V_t,     Â_t = δ_t + γλ Â_{t+1},     R̂_t = Â_t + V_t   (returns)
 
-then Â is whitened over the valid tokens of the batch (``whiten=True``). ``r_{i,t}`` are the
+then Â is whitened over the valid tokens of the batch (``whiten=True``). The metric
+``explained_variance`` = 1 − Var(R̂ − V)/Var(R̂) says how much of the returns the critic predicts. ``r_{i,t}`` are the
 ``token_rewards`` (the outcome reward on the last token, optionally minus a per-token KL penalty),
 ``V = values`` the critic's predictions at sampling time. The returns R̂ are handed to the loss
 through the batch (the estimator's metrics carry the tensor ``returns``). Masks are assumed to be
@@ -38,7 +39,7 @@ from lab.checks import check_positive, check_range
 from lab.registry import register
 from lab.rl.core import (
     GlobalNorm, advantage_metrics, aggregate, as_mask, check_detached, check_per_token,
-    clipped_policy_loss, masked_mean, masked_whiten,
+    clipped_policy_loss, masked_mean, masked_var, masked_whiten,
 )
 
 
@@ -67,7 +68,21 @@ def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *
     metrics = advantage_metrics(advantages, m)
     metrics["returns"] = returns
     metrics["returns_mean"] = float(masked_mean(returns, m))
+    metrics["explained_variance"] = explained_variance(v, returns, m)
     return advantages, metrics
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """``1 − Var(R̂ − V) / Var(R̂)`` over valid tokens: how much of the returns the critic predicts.
+
+    1 for a perfect critic, 0 for one that predicts the mean return, negative for one worse than
+    that; NaN when the returns do not vary (fewer than 2 valid tokens or all equal).
+    """
+    m = as_mask(mask, returns)
+    var_returns = masked_var(returns, m, unbiased=False)
+    if m.sum() < 2 or var_returns <= 0:
+        return float("nan")
+    return float(1.0 - masked_var(returns - values, m, unbiased=False) / var_returns)
 
 
 @register("policy_loss", "ppo", paper="Proximal Policy Optimization Algorithms", arxiv="1707.06347")

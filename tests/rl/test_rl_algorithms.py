@@ -118,6 +118,23 @@ def test_gae_lambda_one_gamma_one_is_monte_carlo_minus_value():
     assert m["returns"].tolist()[0] == pytest.approx([1.0, 1.0, 1.0])
 
 
+def test_gae_explained_variance():
+    # R̂ = Â + V with λ = γ = 1 is the Monte Carlo return [1, 1, 1 | 0, 0]
+    r = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    returns = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    perfect = gae(r, returns, mask, lam=1.0)[1]["explained_variance"]
+    mean_only = gae(r, torch.full((2, 3), 0.6, dtype=torch.float64), mask, lam=1.0)[1]["explained_variance"]
+    # an anti-correlated critic V = [0, 0, 0 | 1, 1]: R̂ − V = [1, 1, 1, −1, −1], Var = 0.96, while
+    # Var(R̂) = 0.24 -> 1 − 0.96/0.24 = −3 (worse than predicting the mean)
+    wrong = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    off = gae(r, wrong, mask, lam=1.0)[1]["explained_variance"]
+    assert perfect == pytest.approx(1.0) and mean_only == pytest.approx(0.0, abs=1e-12)
+    assert off == pytest.approx(-3.0)
+    flat = gae(torch.zeros(1, 3), torch.zeros(1, 3), torch.ones(1, 3))[1]["explained_variance"]
+    assert math.isnan(flat)                                             # returns do not vary
+
+
 def test_estimators_reject_nan_and_bad_shapes():
     bad = torch.tensor([1.0, float("nan"), 0.0, 1.0])
     for estimator in (grpo_advantages, dr_grpo_advantages, rloo, reinforce_baseline):
