@@ -2,7 +2,7 @@
 
 Each step, read top to bottom::
 
-    rollout     N prompts × G responses from π_old (temperature τ), rewards R, masks, log-probs ℓ^old
+    rollout     N prompts × G responses from π_old (temperature τ, or a token sampler), rewards R, masks, ℓ^old
     reference   ℓ^ref from a frozen copy of the initial policy (for β·KL and the ``kl`` curve)
     shaping     optional: R ← shaping(batch)                 e.g. "kl_penalty(beta=0.05)" (KL in reward)
     advantages  A = estimator(batch)                     e.g. "grpo", "rloo", "gae(lam=0.9)"
@@ -31,6 +31,9 @@ persists across steps). Conventions the loop relies on:
   the full batch (after the advantages, which stay as computed); the updates then train on the
   selected tokens only. A selector with a schedule over ``total_steps`` gets the run's ``steps``
   unless its spec sets it;
+- ``token_sampler`` names a ``sampler`` with ``select(logits, generator=...)`` that picks each rollout
+  token from the raw logits (HAPO's per-token temperature); ``ℓ^old`` stays that of π_τ, so the
+  first epoch has ratio 1. After each rollout its ``update`` (if any) sees the batch's entropies;
 - with ``demonstrations=True`` every minibatch also holds ``demo_logprobs`` / ``demo_mask``: the
   current policy's log-probs (with grad) of the task's reference answer, one row per group present
   in the minibatch in ascending ``group_ids`` order (the order :func:`lab.rl.core.group_index`
@@ -91,6 +94,7 @@ class PolicyConfig:
     reward_shaping: str | None = None  # a "reward" spec applied before the advantages, e.g. "kl_penalty(beta=0.05)"
     demonstrations: bool = False  # score the task's reference answers (demo_logprobs) for GRAO, HPT
     token_selector: str | None = None  # a "sampler" spec returning a reduced loss mask, e.g. "d3s"
+    token_sampler: str | None = None  # a "sampler" spec that picks each rollout token, e.g. "adaptive_temperature"
     max_grad_norm: float | None = 1.0  # gradient clipping (None = off)
     d_model: int = 64  # transformer width
     n_layers: int = 2  # transformer blocks
@@ -152,6 +156,17 @@ def _make_selector(spec: str, steps: int) -> Any:
     return cls(**kwargs)
 
 
+def _make_token_sampler(spec: str, temperature: float) -> Any:
+    """The ``sampler`` of ``spec`` for generation, with the run's ``temperature`` unless set."""
+    name, kwargs = parse_spec(spec)
+    cls = get("sampler", name)
+    if "logits" not in inspect.signature(getattr(cls, "select", lambda: None)).parameters:
+        raise TypeError(f"sampler {name!r} cannot pick tokens: a token_sampler needs select(logits, ...)")
+    if "temperature" in inspect.signature(cls).parameters:
+        kwargs.setdefault("temperature", temperature)
+    return cls(**kwargs)
+
+
 def _both_reward_views(shaped: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Shaped rewards as both batch entries: (B,) on the last valid token, or (B, T) summed per row."""
     if shaped.dim() == 1:
@@ -182,6 +197,7 @@ def policy_optimization(cfg: PolicyConfig) -> History:
     loss_fn = make_fn("policy_loss", cfg.loss)
     shaping = make_fn("reward", cfg.reward_shaping) if cfg.reward_shaping else None
     selector = _make_selector(cfg.token_selector, cfg.steps) if cfg.token_selector else None
+    token_sampler = _make_token_sampler(cfg.token_sampler, cfg.temperature) if cfg.token_sampler else None
     if cfg.demonstrations and type(task).targets is TokenTask.targets:
         raise ValueError(f"demonstrations=True needs a task with reference answers; {cfg.task!r} has none")
     critic = "values" in wants(estimator)
@@ -199,8 +215,12 @@ def policy_optimization(cfg: PolicyConfig) -> History:
     for step in progress.steps(cfg.steps, desc=f"{cfg.advantage}+{cfg.loss}"):
         # ---- rollout: G responses per prompt from the current (old) policy -------------------
         model.eval()
-        ro = rollout(model, task, cfg.n_prompts, cfg.group_size, temperature=tau, generator=generator)
+        ro = rollout(model, task, cfg.n_prompts, cfg.group_size, temperature=tau, generator=generator,
+                     token_sampler=token_sampler)
         B = ro.tokens.shape[0]
+        sampler_numbers: dict[str, float] = {}
+        if token_sampler is not None and hasattr(token_sampler, "update"):      # fit on this batch
+            sampler_numbers = _split_metrics(call_with(token_sampler.update, ro.batch()) or {})[1]
         with torch.no_grad():
             ref_logprobs = reference.score(ro.prompts, ro.tokens, tau).logprobs      # (B, T)
             old_values = model.score(ro.prompts, ro.tokens, tau).values if critic else None
@@ -258,8 +278,8 @@ def policy_optimization(cfg: PolicyConfig) -> History:
         # every number the estimator reports (adv_mean, adv_std, frac_*, method-specific keys such
         # as "bnpo/alpha"), then the loss's metrics averaged over the updates ("grpo_d/beta", ...);
         # the rollout-level values above win over a minibatch's
-        row.update({k: v for k, v in {**shaping_numbers, **adv_numbers, **selector_numbers}.items()
-                    if k not in row})
+        numbers = {**sampler_numbers, **shaping_numbers, **adv_numbers, **selector_numbers}
+        row.update({k: v for k, v in numbers.items() if k not in row})
         for key in sorted({k for m in update_metrics for k in m} - set(row)):
             row[key] = float(np.mean([m[key] for m in update_metrics if key in m]))
         row.setdefault("clip_frac", 0.0)

@@ -22,6 +22,7 @@ answer per prompt. An optional value table ``V[c(x), t]`` is the critic for PPO/
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,11 +63,15 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def generate(policy: nn.Module, prompts: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              generator: torch.Generator | None = None, eos_id: int | None = None,
-             pad_id: int = 0) -> Generation:
+             pad_id: int = 0, token_sampler: Any = None) -> Generation:
     """Sample up to ``max_new_tokens`` tokens per prompt from ``policy.next_logits``.
 
     Stops a row after ``eos_id`` (when given); stops early when every row has stopped.
     ``temperature = 0`` is greedy decoding (log-probs and entropies then refer to τ = 1).
+    ``token_sampler`` (an object with ``select(logits, generator=...) -> (tokens, metrics)``, e.g.
+    HAPO's adaptive temperature) picks each token from the raw logits instead of sampling π_τ; the
+    recorded log-probs and entropies are still those of π_τ, so the first PPO epoch keeps ratio 1
+    (as in verl, whose trainer recomputes the old log-probs at the base temperature).
     """
     check_int("max_new_tokens", max_new_tokens, minimum=1)
     check_positive("temperature", temperature, allow_zero=True)
@@ -82,7 +87,9 @@ def generate(policy: nn.Module, prompts: torch.Tensor, max_new_tokens: int, temp
         logits = policy.next_logits(prompts, tokens[:, :t]).float()             # (B, V)
         scaled = logits / temperature if temperature > 0 else logits
         logp = torch.log_softmax(scaled, dim=-1)                                 # (B, V)
-        if temperature > 0:
+        if temperature > 0 and token_sampler is not None:
+            token = token_sampler.select(logits, generator=generator)[0].long()  # (B,)
+        elif temperature > 0:
             token = torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]  # (B,)
         else:
             token = logits.argmax(-1)
@@ -145,10 +152,10 @@ class TabularPolicy(nn.Module):
 
     def generate(self, prompts: torch.Tensor, max_new_tokens: int | None = None, temperature: float = 1.0,
                  generator: torch.Generator | None = None, eos_id: int | None = None,
-                 pad_id: int = 0) -> Generation:
+                 pad_id: int = 0, token_sampler: Any = None) -> Generation:
         """Sample responses; see :func:`generate`."""
         n = self.max_new_tokens if max_new_tokens is None else min(max_new_tokens, self.max_new_tokens)
-        return generate(self, prompts, n, temperature, generator, eos_id, pad_id)
+        return generate(self, prompts, n, temperature, generator, eos_id, pad_id, token_sampler)
 
     def score(self, prompts: torch.Tensor, responses: torch.Tensor, temperature: float = 1.0) -> Scored:
         """Log-probs and exact entropies (both with grad) and values of ``responses`` (B, T)."""

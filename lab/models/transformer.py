@@ -12,6 +12,8 @@ holding the (B, L, V) logits; ``generate`` and ``score`` follow :mod:`lab.models
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -113,9 +115,9 @@ class TinyTransformer(nn.Module):
 
     def generate(self, prompts: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  generator: torch.Generator | None = None, eos_id: int | None = None,
-                 pad_id: int = 0) -> Generation:
+                 pad_id: int = 0, token_sampler: Any = None) -> Generation:
         """Sample responses; see :func:`lab.models.policy.generate`."""
-        return generate(self, prompts, max_new_tokens, temperature, generator, eos_id, pad_id)
+        return generate(self, prompts, max_new_tokens, temperature, generator, eos_id, pad_id, token_sampler)
 
     def score(self, prompts: torch.Tensor, responses: torch.Tensor, temperature: float = 1.0) -> Scored:
         """Log-probs (with grad), entropies and values (if a value head) of ``responses`` (B, T)."""

@@ -37,14 +37,14 @@ Choices where the public material is ambiguous:
 - Sign: the released code scales negative h by 1/min(h) (a negative number), mapping confident
   tokens to *positive* h̃; the lab implements the paper's h̃ ∈ [−1, 1] and offers
   ``replicate_code_sign_bug=True`` for differential tests against the code.
-- Per-token clip bounds are not a piece of ``lab.rl.core`` (its ``clipped_surrogate`` takes
-  scalar ε): :func:`adaptive_clipped_surrogate` here is the per-token version, built on the same
-  region definitions.
+- Per-token clip bounds: :func:`adaptive_clipped_surrogate` is ``lab.rl.core.clipped_surrogate``
+  given tensor bounds (the same clip regions).
 - The redistribution is applied inside the loss (it needs ρ, which changes between epochs), the
   token-level group average in the estimator. Responses with no valid token get A = 0.
 - The temperature sampler needs a previous batch; before its first ``update`` it samples at T.
-  ``lab.experiments.policy_optimization`` samples at one fixed temperature (it has no sampler
-  hook), so there HAPO runs with its estimator and loss only; ``token_view`` shows T_t per token.
+  ``policy_optimization(token_sampler="adaptive_temperature")`` draws the rollout tokens with it
+  (refitting after each batch; ``ℓ^old`` stays π_T's, as verl recomputes it at the base
+  temperature); ``token_view`` shows T_t per token.
 """
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ def pad_responses(responses: list[list[int]], pad_id: int = 0,
 
 def rollout(policy: Any, task: Any, n_prompts: int, group_size: int, *, temperature: float = 1.0,
             generator: torch.Generator, max_new_tokens: int | None = None,
-            prompts: torch.Tensor | None = None) -> Rollout:
+            prompts: torch.Tensor | None = None, token_sampler: Any = None) -> Rollout:
     """Sample ``group_size`` responses for each of ``n_prompts`` prompts and score them.
 
     Args:
@@ -85,6 +85,8 @@ def rollout(policy: Any, task: Any, n_prompts: int, group_size: int, *, temperat
         generator: drives prompts, sampling and stochastic rewards.
         max_new_tokens: response budget (default: the task's).
         prompts: (N, P) prompts to use instead of sampling them.
+        token_sampler: picks each token from the logits (see :func:`lab.models.policy.generate`);
+            passed to ``generate`` only when given.
     """
     check_int("group_size", group_size, minimum=1)
     if prompts is None:
@@ -92,8 +94,9 @@ def rollout(policy: Any, task: Any, n_prompts: int, group_size: int, *, temperat
         prompts = task.sample_prompts(n_prompts, generator)
     n = prompts.shape[0]
     batch_prompts = prompts.repeat_interleave(group_size, dim=0)                # (B, P)
+    extra = {} if token_sampler is None else {"token_sampler": token_sampler}
     gen = policy.generate(batch_prompts, max_new_tokens or task.max_new_tokens, temperature,
-                          generator, eos_id=task.eos_id, pad_id=task.pad_id)
+                          generator, eos_id=task.eos_id, pad_id=task.pad_id, **extra)
     with torch.no_grad():
         rewards = task.reward(batch_prompts, gen.tokens, generator).float()    # (B,)
         correct = task.correct(batch_prompts, gen.tokens)

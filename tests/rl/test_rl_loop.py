@@ -179,3 +179,17 @@ def test_token_selector_reduces_the_loss_mask_on_its_schedule():
     assert h["greedy_accuracy"][-1] == 1.0                                  # it still learns
     with pytest.raises(TypeError, match="logits"):                         # not a mask selector
         E.run("policy_optimization", token_selector="adaptive_temperature", steps=1)
+
+
+def test_token_sampler_picks_rollout_tokens_and_keeps_the_first_ratio_at_one():
+    # HAPO's adaptive temperature with τ = 0 is plain sampling at T: the same run, token for token
+    plain = E.run("policy_optimization", steps=20, lr=0.1)
+    same = E.run("policy_optimization", steps=20, lr=0.1, token_sampler="adaptive_temperature(tau=0.0)")
+    assert plain["reward"].tolist() == same["reward"].tolist() and plain["loss"].tolist() == same["loss"].tolist()
+    # τ = 0.5 changes which tokens are drawn, but ℓ^old is π_T's: one on-policy update has ratio 1
+    hot = E.run("policy_optimization", task="arithmetic(max_operand=4)", steps=10, lr=0.1,
+                token_sampler="adaptive_temperature(tau=0.5)")
+    assert "adaptive_temperature/pivot" in hot                              # update() ran on each batch
+    assert np.allclose(hot["ratio_max"], 1.0, atol=1e-5) and np.allclose(hot["ratio_min"], 1.0, atol=1e-5)
+    with pytest.raises(TypeError, match="select"):
+        E.run("policy_optimization", token_sampler="d3s", steps=1)
