@@ -17,7 +17,7 @@ import sys
 import textwrap
 
 from lab import progress, registry
-from lab.experiments import config_of, field_types, parse_value, run
+from lab.experiments import config_of, field_docs, field_types, parse_value, run
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -52,11 +52,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_config(args: argparse.Namespace) -> int:
     config = config_of(args.experiment)
     types = field_types(config)
+    docs = field_docs(config)
     default = config()
     for f in dataclasses.fields(config):
         t = types[f.name]
         tname = getattr(t, "__name__", None) or str(t).replace("typing.", "")
-        print(f"{f.name:<24} {tname:<22} = {getattr(default, f.name)!r}")
+        value = f"= {getattr(default, f.name)!r}"
+        print(f"{f.name:<24} {tname:<22} {value:<24} {docs[f.name]}".rstrip())
     return 0
 
 

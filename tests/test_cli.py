@@ -27,6 +27,10 @@ def test_list_and_info():
 def test_config_lists_fields_with_types():
     out = _lab("config", "optimizer_on_surface").stdout
     assert "lr" in out and "float" in out and "rosenbrock" in out
+    # with each field's comment from the config's source
+    line = next(line for line in _lab("config", "policy_optimization").stdout.splitlines()
+                if line.startswith("entropy_coef"))
+    assert "= 0.0" in line and "entropy bonus" in line
 
 
 def test_run_parses_values_by_field_type_and_writes_json_and_html(tmp_path):

@@ -74,3 +74,20 @@ def test_parse_value_from_field_types(text, annotation, expected):
 def test_parse_value_rejects_bad_text(text, annotation):
     with pytest.raises(ValueError):
         parse_value(text, annotation)
+
+
+def test_field_docs_reads_trailing_comments_including_multiline_fields():
+    import dataclasses
+
+    from lab.experiments import field_docs
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        a: int = 1  # the first
+        b: tuple[str, ...] = ("x",
+                              "y")  # spans two lines
+        c: float = 0.5
+        # a comment line of its own belongs to no field
+        d: str = "#not a comment"  # the real one
+
+    assert field_docs(Config) == {"a": "the first", "b": "spans two lines", "c": "", "d": "the real one"}

@@ -33,3 +33,12 @@ def test_registered_catalog_names_use_the_catalog_kind():
         if entry.name in kind_of and entry.kind not in kind_of[entry.name]:
             # the same name may exist under another kind (grpo is an advantage and a loss)
             assert any(entry.name in registry.available(k) for k in kind_of[entry.name]), entry
+
+
+@pytest.mark.parametrize("name", registry.available("experiment"))
+def test_every_config_field_is_documented(name):
+    # each field carries a trailing "# comment" that `python -m lab config` prints beside it
+    from lab.experiments import config_of, field_docs
+
+    undocumented = [field for field, doc in field_docs(config_of(name)).items() if not doc]
+    assert not undocumented, f"{name}: fields without a comment: {undocumented}"

@@ -68,6 +68,7 @@ def test_panel_reruns_on_change_and_updates_the_same_figure_widget():
     p.controls["surface"].value = "beale"
     assert fig.layout.title.text == "beale"
     assert p.result.meta["surface"] == "beale"
+    assert p.controls["lr"].tooltip and "learning rate" in p.controls["lr"].tooltip   # the field's comment
 
 
 def test_panel_survives_a_failing_run():

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from lab.experiments._base import field_types, replace, run as run_experiment
+from lab.experiments._base import field_docs, field_types, replace, run as run_experiment
 from lab.registry import get
 
 Plot = Callable[..., "go.Figure | Sequence[go.Figure]"]
@@ -93,8 +93,12 @@ class Panel(widgets.VBox):
         if unknown:
             raise KeyError(f"controls for unknown config field(s) {', '.join(unknown)}; "
                            f"valid fields: {', '.join(types)}")
+        docs = field_docs(type(config))
         self.controls = {k: _make_control(k, spec, getattr(config, k), types[k])
                          for k, spec in controls.items()}
+        for k, widget in self.controls.items():                   # hover text: the field's comment
+            if docs.get(k) and not widget.tooltip:
+                widget.tooltip = docs[k]
         self.status = widgets.HTML(value="")
         self.figures: list[go.FigureWidget] = []
         self.result: Any = None
