@@ -33,7 +33,7 @@ ARITHMETIC = dict(task="arithmetic(max_operand=4)", model="transformer", lr=0.00
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", [
-    # seeds 0 and 1 end at 0.96 and 0.94 greedy accuracy. These runs are chaotic: reordering
+    # seeds 0 and 1 end at 0.96 and 0.93 greedy accuracy. These runs are chaotic: reordering
     # float operations (e.g. in the log-probs' backward) moves a seed's result by several points
     dict(advantage="grpo", loss="grpo", seed=1),
     # GAE with λ = 1 (Monte Carlo return minus the critic) and a value head trained with c_v = 0.5;
