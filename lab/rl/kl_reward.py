@@ -18,6 +18,16 @@ gradient of −β·KL(π‖π_ref) (the same fact that makes GRPO use k3 as a lo
 Shape: unlike the sequence-level reward functions of Part F.2 this one maps per-token rewards to
 per-token rewards (B, T); :func:`lab.experiments.policy_optimization` then sets
 ``rewards = Σ_t token_rewards`` so the two views of the batch stay equal.
+
+``reward/adaptive_kl_penalty`` is the same penalty with Ziegler et al.'s adaptive coefficient: after
+each batch of n responses whose mean sequence KL is KL = mean_i Σ_t KL_{i,t},
+
+    e = clip(KL / KL_target − 1, −0.2, 0.2),      β ← β · (1 + e · n / horizon)
+
+so β grows while the policy drifts further than the target and shrinks while it stays closer. The
+batch is penalized with the β from before its own update. Defaults as TRL's classic ``PPOConfig``
+(β₀ = 0.2, KL_target = 6 nats, horizon = 10000); the toys drift far less, so pass a smaller
+target there. "Current KL" is the mean *sequence* KL (TRL); verl uses the mean per-token KL.
 """
 from __future__ import annotations
 
@@ -25,9 +35,9 @@ from typing import Any
 
 import torch
 
-from lab.checks import check_positive, check_tensor
+from lab.checks import check_choice, check_int, check_positive, check_tensor
 from lab.registry import register
-from lab.rl.core import as_mask, check_detached, check_per_token, kl, masked_mean
+from lab.rl.core import KL_ESTIMATORS, as_mask, check_detached, check_per_token, kl, masked_mean
 
 
 @register("reward", "kl_penalty", paper="Fine-Tuning Language Models from Human Preferences",
@@ -57,4 +67,52 @@ def kl_reward_penalty(token_rewards: torch.Tensor, old_logprobs: torch.Tensor, r
     return shaped, metrics
 
 
-__all__ = ["kl_reward_penalty"]
+@register("reward", "adaptive_kl_penalty", paper="Fine-Tuning Language Models from Human Preferences",
+          arxiv="1909.08593")
+class AdaptiveKLPenalty:
+    """:func:`kl_reward_penalty` with β adapted towards a KL target after every batch.
+
+    Args:
+        beta: β₀, the initial coefficient (0.2).
+        target: KL_target, the wanted mean sequence KL in nats (6.0).
+        horizon: the adaptation horizon in responses (10000).
+        kl_estimator: ``"k1"`` (default), ``"k2"`` or ``"k3"``.
+
+    Metrics: those of :func:`kl_reward_penalty` (with the β used on this batch), plus
+    ``kl_reward/seq_kl`` (the observed mean sequence KL) and ``kl_reward/next_beta``.
+    """
+
+    def __init__(self, beta: float = 0.2, target: float = 6.0, horizon: int = 10000,
+                 kl_estimator: str = "k1"):
+        self.beta = check_positive("beta", beta)
+        self.target = check_positive("target", target)
+        self.horizon = check_int("horizon", horizon, minimum=1)
+        check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
+        self.kl_estimator = kl_estimator
+
+    def __call__(self, token_rewards: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                 mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        shaped, metrics = kl_reward_penalty(token_rewards, old_logprobs, ref_logprobs, mask, beta=self.beta,
+                                            kl_estimator=self.kl_estimator)
+        m = as_mask(mask, shaped)
+        seq_kl = float((kl(old_logprobs.float(), ref_logprobs.float(), self.kl_estimator) * m).sum(-1).mean()) \
+            if shaped.shape[0] else 0.0
+        self.update(seq_kl, shaped.shape[0])
+        metrics.update({"kl_reward/seq_kl": seq_kl, "kl_reward/next_beta": self.beta})
+        return shaped, metrics
+
+    def update(self, seq_kl: float, n: int) -> float:
+        """β ← β (1 + clip(KL/KL_target − 1, ±0.2) · n / horizon); returns the new β."""
+        error = min(max(seq_kl / self.target - 1.0, -0.2), 0.2)
+        self.beta *= 1.0 + error * n / self.horizon
+        return self.beta
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"beta": self.beta, "target": self.target, "horizon": self.horizon,
+                "kl_estimator": self.kl_estimator}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+
+__all__ = ["AdaptiveKLPenalty", "kl_reward_penalty"]

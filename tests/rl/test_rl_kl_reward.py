@@ -131,3 +131,40 @@ def test_where_the_kl_goes_k1_in_the_loss_is_no_penalty_at_all():
     assert final["k1 in the reward"] < 0.7 * final["no KL"]
     with pytest.raises(ValueError, match="beta"):
         kl_placements(beta=-1.0)
+
+
+def test_adaptive_kl_penalty_hand_computed():
+    from lab.rl.kl_reward import AdaptiveKLPenalty
+
+    # e = clip(KL/target − 1, ±0.2): KL = 2 with target 1 -> +0.2, so β ← 0.1 (1 + 0.2 · 4/100)
+    ctrl = AdaptiveKLPenalty(beta=0.1, target=1.0, horizon=100)
+    assert ctrl.update(2.0, 4) == pytest.approx(0.1008)
+    assert ctrl.update(0.5, 4) == pytest.approx(0.1008 * (1 - 0.2 * 4 / 100))       # e = −0.5 -> −0.2
+    assert ctrl.update(1.1, 100) == pytest.approx(0.1008 * 0.992 * 1.1)              # e = 0.1 unclipped
+    # in a batch: the penalty uses the β from before the update; the sequence KL drives the update
+    ctrl = AdaptiveKLPenalty(beta=0.1, target=1.0, horizon=100)
+    r = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    old = torch.tensor([[-1.0, -1.0], [-1.0, -1.0]])
+    ref = torch.tensor([[-2.0, -2.0], [-1.0, -1.0]])            # sequence k1 KL: 2 and 0 -> mean 1
+    shaped, m = ctrl(r, old, ref, torch.ones(2, 2))
+    assert torch.allclose(shaped, torch.tensor([[-0.1, 0.9], [0.0, 1.0]]))
+    assert m["kl_reward/beta"] == 0.1 and m["kl_reward/seq_kl"] == pytest.approx(1.0)
+    assert m["kl_reward/next_beta"] == pytest.approx(0.1) == ctrl.beta               # e = 0
+    clone = AdaptiveKLPenalty()
+    clone.load_state_dict(ctrl.state_dict())
+    assert clone.state_dict() == ctrl.state_dict()
+    for kwargs, name in [(dict(beta=0.0), "beta"), (dict(target=-1.0), "target"), (dict(horizon=0), "horizon"),
+                         (dict(kl_estimator="k9"), "kl_estimator")]:
+        with pytest.raises(ValueError, match=name):
+            AdaptiveKLPenalty(**kwargs)
+
+
+def test_adaptive_kl_penalty_raises_beta_until_the_kl_comes_down():
+    # token bandit, 80 steps: a fixed β = 0.05 lets KL(π‖π_ref) drift to about 1.0; the adaptive
+    # controller (target 0.3) raises β from 0.05 to about 0.8 and brings the KL back to about 0.5
+    fixed = E.run("policy_optimization", reward_shaping="kl_penalty(beta=0.05)", steps=80, lr=0.1)
+    adaptive = E.run("policy_optimization", steps=80, lr=0.1,
+                     reward_shaping="adaptive_kl_penalty(beta=0.05, target=0.3, horizon=200)")
+    beta = adaptive["kl_reward/beta"]
+    assert beta[-1] > 5 * beta[0]
+    assert adaptive["kl"][-20:].mean() < 0.75 * fixed["kl"][-20:].mean()
