@@ -145,26 +145,17 @@ def _subset(batch: dict[str, Any], idx: torch.Tensor, n: int) -> dict[str, Any]:
     return out
 
 
-def _make_selector(spec: str, steps: int) -> Any:
-    """The ``sampler`` of ``spec`` (instantiated once), with ``total_steps = steps`` unless set."""
+def _make_sampler(spec: str, role: str, needs: str, **defaults: Any) -> Any:
+    """The ``sampler`` of ``spec`` (instantiated once) for ``role``; its ``select`` must take
+    ``needs``. Each of ``defaults`` its constructor accepts is filled in unless the spec sets it."""
     name, kwargs = parse_spec(spec)
     cls = get("sampler", name)
-    if not hasattr(cls, "select"):
-        raise TypeError(f"sampler {name!r} has no select(); a token_selector must return a loss mask")
-    if "total_steps" in inspect.signature(cls).parameters:
-        kwargs.setdefault("total_steps", steps)
-    return cls(**kwargs)
-
-
-def _make_token_sampler(spec: str, temperature: float) -> Any:
-    """The ``sampler`` of ``spec`` for generation, with the run's ``temperature`` unless set."""
-    name, kwargs = parse_spec(spec)
-    cls = get("sampler", name)
-    if "logits" not in inspect.signature(getattr(cls, "select", lambda: None)).parameters:
-        raise TypeError(f"sampler {name!r} cannot pick tokens: a token_sampler needs select(logits, ...)")
-    if "temperature" in inspect.signature(cls).parameters:
-        kwargs.setdefault("temperature", temperature)
-    return cls(**kwargs)
+    takes = list(inspect.signature(cls.select).parameters) if hasattr(cls, "select") else []
+    if needs not in takes:
+        raise TypeError(f"sampler {name!r} cannot serve as {role}: that needs select({needs}, ...), "
+                        f"its select takes ({', '.join(p for p in takes if p != 'self')})")
+    accepted = inspect.signature(cls).parameters
+    return cls(**{**{k: v for k, v in defaults.items() if k in accepted}, **kwargs})
 
 
 def _both_reward_views(shaped: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -196,8 +187,10 @@ def policy_optimization(cfg: PolicyConfig) -> History:
     estimator = make_fn("advantage", cfg.advantage)
     loss_fn = make_fn("policy_loss", cfg.loss)
     shaping = make_fn("reward", cfg.reward_shaping) if cfg.reward_shaping else None
-    selector = _make_selector(cfg.token_selector, cfg.steps) if cfg.token_selector else None
-    token_sampler = _make_token_sampler(cfg.token_sampler, cfg.temperature) if cfg.token_sampler else None
+    selector = (_make_sampler(cfg.token_selector, "token_selector", "mask", total_steps=cfg.steps)
+                if cfg.token_selector else None)
+    token_sampler = (_make_sampler(cfg.token_sampler, "token_sampler", "logits", temperature=cfg.temperature)
+                     if cfg.token_sampler else None)
     if cfg.demonstrations and type(task).targets is TokenTask.targets:
         raise ValueError(f"demonstrations=True needs a task with reference answers; {cfg.task!r} has none")
     critic = "values" in wants(estimator)

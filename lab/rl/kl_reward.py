@@ -47,8 +47,8 @@ def kl_reward_penalty(token_rewards: torch.Tensor, old_logprobs: torch.Tensor, r
                       ) -> tuple[torch.Tensor, dict[str, Any]]:
     """``token_rewards − β·KL(ℓ^old, ℓ^ref)`` on valid tokens (B, T); padding stays 0.
 
-    Metrics: ``kl_reward/kl`` (mean per-token KL estimate), ``kl_reward/penalty`` (mean per-response
-    penalty β Σ_t KL) and ``kl_reward/beta``.
+    Metrics: ``kl_reward/kl`` (mean per-token KL estimate), ``kl_reward/seq_kl`` (mean per-response
+    KL Σ_t KL), ``kl_reward/penalty`` (β times it) and ``kl_reward/beta``.
     """
     check_positive("beta", beta, allow_zero=True)
     check_tensor("token_rewards", token_rewards, ndim=2, finite=True, dtype_kind="float")
@@ -61,9 +61,9 @@ def kl_reward_penalty(token_rewards: torch.Tensor, old_logprobs: torch.Tensor, r
     m = as_mask(mask, token_rewards)
     kl_values = kl(old_logprobs.to(token_rewards.dtype), ref_logprobs.to(token_rewards.dtype), kl_estimator) * m
     shaped = (token_rewards - beta * kl_values) * m
-    metrics = {"kl_reward/kl": float(masked_mean(kl_values, m)),
-               "kl_reward/penalty": float(beta * kl_values.sum(-1).mean()) if shape[0] else 0.0,
-               "kl_reward/beta": float(beta)}
+    seq_kl = float(kl_values.sum(-1).mean()) if shape[0] else 0.0
+    metrics = {"kl_reward/kl": float(masked_mean(kl_values, m)), "kl_reward/seq_kl": seq_kl,
+               "kl_reward/penalty": beta * seq_kl, "kl_reward/beta": float(beta)}
     return shaped, metrics
 
 
@@ -94,11 +94,7 @@ class AdaptiveKLPenalty:
                  mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         shaped, metrics = kl_reward_penalty(token_rewards, old_logprobs, ref_logprobs, mask, beta=self.beta,
                                             kl_estimator=self.kl_estimator)
-        m = as_mask(mask, shaped)
-        seq_kl = float((kl(old_logprobs.float(), ref_logprobs.float(), self.kl_estimator) * m).sum(-1).mean()) \
-            if shaped.shape[0] else 0.0
-        self.update(seq_kl, shaped.shape[0])
-        metrics.update({"kl_reward/seq_kl": seq_kl, "kl_reward/next_beta": self.beta})
+        metrics["kl_reward/next_beta"] = self.update(metrics["kl_reward/seq_kl"], shaped.shape[0])
         return shaped, metrics
 
     def update(self, seq_kl: float, n: int) -> float:
