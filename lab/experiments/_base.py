@@ -23,18 +23,48 @@ from lab.registry import get, register
 
 
 def experiment(name: str, config: type, *, paper: str, arxiv: str | None = None,
-               summary: str | None = None, plot: Callable[..., Any] | None = None):
-    """Register ``fn(cfg) -> History`` as experiment ``name`` with config dataclass ``config``."""
+               summary: str | None = None, plot: Callable[..., Any] | None = None,
+               smoke: dict[str, Any] | None = None):
+    """Register ``fn(cfg) -> History`` as experiment ``name`` with config dataclass ``config``.
+
+    ``smoke`` is the experiment's smallest meaningful config, as overrides of the default (a few
+    steps, a tiny model): the device tests and quick checks run it.
+    """
     if not (dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
         raise TypeError(f"config of experiment {name!r} must be a frozen dataclass")
 
     def decorator(fn: Callable[[Any], History]) -> Callable[[Any], History]:
         fn.config = config
         fn.plot = plot
+        fn.smoke = dict(smoke or {})
         return register("experiment", name, paper=paper, arxiv=arxiv, summary=summary,
                         module=fn.__module__)(fn)
 
     return decorator
+
+
+def resolve_device(device: Any) -> "torch.device":
+    """The ``torch.device`` of a config's ``device`` field: ``"auto"`` is CUDA when available,
+    else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"meta"`` ... are taken as they are.
+
+    Raises ``ValueError`` naming ``device`` for an unknown name or a CUDA device that is absent.
+    """
+    import torch
+
+    if isinstance(device, torch.device):
+        dev = device
+    elif not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
+    elif device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here; use 'auto' or 'cpu'")
+    return dev
 
 
 def config_of(name: str) -> type:

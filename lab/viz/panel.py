@@ -71,7 +71,8 @@ class Panel(widgets.VBox):
 
     def __init__(self, experiment: str | Callable[[Any], Any], controls: Mapping[str, Any],
                  plot: Plot | None = None, *, config: Any = None, run: bool = True,
-                 columns: int = 2):
+                 columns: int = 2, claims: Sequence[Any] = (),
+                 presets: Mapping[str, Mapping[str, Any]] | None = None):
         if isinstance(experiment, str):
             fn = get("experiment", experiment)
             self._runner = lambda cfg, _name=experiment: run_experiment(_name, cfg)
@@ -100,6 +101,25 @@ class Panel(widgets.VBox):
             if docs.get(k) and not widget.tooltip:
                 widget.tooltip = docs[k]
         self.status = widgets.HTML(value="")
+        self._applying = False
+        from lab.claims import markdown as claims_markdown, presets as claims_presets
+
+        self.claims = list(claims)
+        self.presets = claims_presets(self.claims, presets) if (self.claims or presets) else {}
+        for name, overrides in self.presets.items():
+            bad = [k for k in overrides if k not in types]
+            if bad:
+                raise KeyError(f"preset {name!r} sets unknown config field(s) {', '.join(bad)}; "
+                               f"valid fields: {', '.join(types)}")
+        self.preset = widgets.Dropdown(options=["(custom)", *self.presets], value="(custom)",
+                                       description="preset", style={"description_width": "initial"},
+                                       layout=widgets.Layout(width="320px"))
+        self.preset.observe(self._on_preset, names="value")
+        header = []
+        if self.claims:
+            header.append(widgets.HTMLMath(value=_markdown_to_html(claims_markdown(self.claims))))
+        if self.presets:
+            header.append(self.preset)
         self.figures: list[go.FigureWidget] = []
         self.result: Any = None
         self.last_error: BaseException | None = None
@@ -107,7 +127,7 @@ class Panel(widgets.VBox):
         boxes = list(self.controls.values())
         rows = [widgets.HBox(boxes[i:i + columns]) for i in range(0, len(boxes), columns)]
         self._figure_box = widgets.VBox([])
-        super().__init__(rows + [self.status, self._figure_box])
+        super().__init__(header + rows + [self.status, self._figure_box])
         for widget in self.controls.values():
             widget.observe(self._on_change, names="value")
         if run:
@@ -119,7 +139,37 @@ class Panel(widgets.VBox):
         return replace(self.config, **{k: w.value for k, w in self.controls.items()})
 
     def _on_change(self, change: Mapping[str, Any]) -> None:
+        if self._applying:
+            return
+        if self.presets and self.preset.value != "(custom)":
+            self._applying = True
+            self.preset.value = "(custom)"
+            self._applying = False
         self.update()
+
+    def _on_preset(self, change: Mapping[str, Any]) -> None:
+        if self._applying or change["new"] == "(custom)":
+            return
+        self.apply_preset(change["new"])
+
+    def apply_preset(self, name: str) -> bool:
+        """Set every control (and config field) the preset names at once, then run once."""
+        if name not in self.presets:
+            raise KeyError(f"unknown preset {name!r}; valid presets: {', '.join(self.presets)}")
+        overrides = self.presets[name]
+        self._applying = True
+        try:
+            others = {k: v for k, v in overrides.items() if k not in self.controls}
+            if others:
+                self.config = replace(self.config, **others)
+            for k, v in overrides.items():
+                if k in self.controls:
+                    self.controls[k].value = v
+            if self.preset.value != name:
+                self.preset.value = name
+        finally:
+            self._applying = False
+        return self.update()
 
     def update(self) -> bool:
         """Re-run the experiment with the controls' values and redraw; False if it failed."""
@@ -162,9 +212,23 @@ class Panel(widgets.VBox):
                 widget.layout = fig.layout
 
 
+def _markdown_to_html(text: str) -> str:
+    """The claims' Markdown list as HTML (bold, italics and list items only)."""
+    import re
+
+    items = []
+    for line in text.splitlines():
+        line = html.escape(line.removeprefix("- "))
+        line = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", line)
+        line = re.sub(r"\*(.+?)\*", r"<i>\1</i>", line)
+        items.append(f"<li>{line}</li>")
+    return "<ul style='margin:0 0 4px 0'>" + "".join(items) + "</ul>"
+
+
 def panel(experiment: str | Callable[[Any], Any], controls: Mapping[str, Any],
           plot: Plot | None = None, *, config: Any = None, run: bool = True,
-          columns: int = 2) -> Panel:
+          columns: int = 2, claims: Sequence[Any] = (),
+          presets: Mapping[str, Mapping[str, Any]] | None = None) -> Panel:
     """Build a :class:`Panel`; see the module docstring for the control shorthands.
 
     Args:
@@ -175,5 +239,11 @@ def panel(experiment: str | Callable[[Any], Any], controls: Mapping[str, Any],
         config: the base config (defaults to the experiment's default config).
         run: run once immediately so the panel opens with a plot.
         columns: controls per row.
+        claims: :class:`lab.claims.Claim` objects of this panel: their sentences are shown above
+            the controls, and their config/control become the presets "the paper's effect" and
+            "the control".
+        presets: further named scenarios ``{name: {field: value}}``; choosing one sets all its
+            fields at once and runs once.
     """
-    return Panel(experiment, controls, plot, config=config, run=run, columns=columns)
+    return Panel(experiment, controls, plot, config=config, run=run, columns=columns,
+                 claims=claims, presets=presets)
