@@ -327,7 +327,7 @@ def _plot_vas(history: History):
             summary="Fit a small value model on a frozen policy's samples; decode with top-k + beta*V")
 def value_augmented_sampling(cfg: VASConfig) -> History:
     from lab.models.policy import TabularPolicy
-    from lab.rl.vas import VAS, TabularValue, TokenValueModel, ValueGuidedPolicy
+    from lab.sampling.vas import VAS, TabularValue, TokenValueModel, ValueGuidedPolicy
 
     for name in ("steps", "n_prompts", "group_size", "eval_prompts", "k", "d_model"):
         check_int(name, getattr(cfg, name), minimum=1)

@@ -51,15 +51,15 @@ from lab.experiments._base import experiment
 from lab.experiments.policy import build_model
 from lab.history import History, Runs
 from lab.registry import make, parse_spec
-from lab.rl.constrained import ConstrainedLagrangian
+from lab.rewards.constrained import ConstrainedLagrangian
 from lab.rl.core import call_with, group_normalize, make_fn
-from lab.rl.multi_label import multi_label
-from lab.rl.multi_objective import hypervolume, pareto_front, weighted_sum
-from lab.rl.pro import PreferenceOrchestrator
-from lab.rl.recap import RECAP
-from lab.rl.reward_weighting import GradientWeighting, HypervolumeWeighting
+from lab.rewards.multi_label import multi_label
+from lab.rewards.multi_objective import hypervolume, pareto_front, weighted_sum
+from lab.rewards.pro import PreferenceOrchestrator
+from lab.rewards.recap import RECAP
+from lab.rewards.reward_weighting import GradientWeighting, HypervolumeWeighting
 from lab.rl.rollout import rollout
-from lab.rl.structured_output import structured_output
+from lab.rewards.structured_output import structured_output
 
 RECAP_OFFSET = 0.1
 PAPER = "Learning to Optimize Multi-Objective Alignment Through Dynamic Reward Weighting"

@@ -21,8 +21,8 @@ idealized accuracy is 1 by definition): the paper's gap.
 ``step_dpo_chains`` — Step-DPO on step pairs (state = problem + correct steps; chosen = the correct
 next step, rejected = a wrong one) from a random reference; logs greedy step and chain accuracy.
 
-``sft_divergences`` — SFT on the best responses of the preference task with :func:`lab.rl.sft.sft`
-(``divergence="sft"``) or :func:`lab.rl.fdiv_sft.fdiv_sft` (``divergence``) and a learning rate
+``sft_divergences`` — SFT on the best responses of the preference task with :func:`lab.preference.sft.sft`
+(``divergence="sft"``) or :func:`lab.preference.fdiv_sft.fdiv_sft` (``divergence``) and a learning rate
 scaled by ``lr_factor`` (the paper's learning-rate reduction); logs the data NLL, KL(π‖π_ref) and
 the true reward.
 
@@ -44,11 +44,11 @@ from lab.checks import check_choice, check_int, check_positive
 from lab.experiments._base import experiment
 from lab.history import History
 from lab.rl.core import call_with, make_fn, masked_sum
-from lab.rl.fdiv_sft import DIVERGENCES, fdiv_sft
-from lab.rl.inverted_hinge import inverted_hinge
-from lab.rl.preference import implicit_reward
-from lab.rl.sft import sft
-from lab.rl.ranking import likelihood_displacement, ranking_accuracy
+from lab.preference.fdiv_sft import DIVERGENCES, fdiv_sft
+from lab.preference.inverted_hinge import inverted_hinge
+from lab.preference.core import implicit_reward
+from lab.preference.sft import sft
+from lab.preference.ranking import likelihood_displacement, ranking_accuracy
 from toy_envs.preferences import EOS, PAD, PreferenceTask, StepTask
 
 OVERRIDES = ("beta", "gamma", "alpha", "label_smoothing", "length_normalize")
