@@ -9,7 +9,8 @@
   vectorized CartPole, one environment per member; fitness = episode return (capped at
   ``max_steps``). The policy is applied to all members at once; for EGGROLL the matrix is used in
   factored form, ``obs W^T + (obs B_i) A_i^T``. The History holds the mean population ``reward``
-  and the ``reward`` of the current (unperturbed) policy as ``eval_reward``.
+  and, as ``eval_reward``, the mean return of the generation's current (unperturbed) policy over
+  ``EVAL_EPISODES`` episodes run in the same vector env as its population (before its update).
 - ``es_rank_sweep``: at fixed weights of the regression MLP, repeated gradient estimates of
   EGGROLL for each rank and of full-rank ES (same z-score shaping): cosine with the backprop
   gradient, relative variance ``E||g - mean g||^2 / ||mean g||^2`` and wall time per estimate.
@@ -37,6 +38,7 @@ from lab import progress
 from lab.checks import check_int, check_positive
 from lab.claims import Claim
 from lab.experiments._base import experiment, resolve_device, sweep
+from lab.experiments.optimizers import settings
 from lab.experiments.sharpness import make_optimizer
 from lab.history import History, Runs
 from lab.models import MLP
@@ -97,7 +99,7 @@ class ESRegressionConfig:
     sigma: float = 0.05  # ES/EGGROLL noise scale
     rank: int = 4  # EGGROLL rank per weight matrix
     lr: float | None = None  # learning rate; None = DEFAULT_LR of the method
-    steps: int = 100  # optimizer steps
+    steps: int = 60  # optimizer steps
     hidden: int = 32  # hidden units of student and teacher
     seed: int = 0  # seed of teacher, data, student init and noise
     device: str = "auto"  # "auto" = CUDA when available, else CPU
@@ -214,18 +216,38 @@ def es_cartpole(cfg: ESCartPoleConfig) -> History:
     rewards_by_gen = []
     for gen in progress.steps(cfg.generations, desc=cfg.optimizer):
         env_seed = cfg.seed * 100_003 + gen
+        current: list[torch.Tensor] = []
 
         def fitness(batch):  # batch = [weight (N, 2, 4) or LowRankBatch, bias (N, 2)]
-            return _episode_returns(batch[0], batch[1], cfg.population, cfg.max_steps, env_seed)
+            # the population and EVAL_EPISODES copies of the current policy in one vector env
+            weight, bias = _with_current(batch, policy)
+            returns = _episode_returns(weight, bias, cfg.population + EVAL_EPISODES, cfg.max_steps,
+                                       env_seed)
+            current.append(returns[cfg.population:])
+            return returns[:cfg.population]
 
         rewards = opt.step(fitness)
-        with torch.no_grad():
-            current = _episode_returns(policy.weight.expand(8, 2, 4), policy.bias, 8, cfg.max_steps,
-                                       env_seed + 7)
-        rewards_by_gen.append(torch.stack([rewards.mean(), current.mean()]))
+        rewards_by_gen.append(torch.stack([rewards.mean(), current[0].mean()]))
     for gen, (reward, eval_reward) in enumerate(torch.stack(rewards_by_gen).cpu().tolist()):
         history.append(gen, reward=reward, eval_reward=eval_reward)
     return history
+
+
+EVAL_EPISODES = 8
+"""Episodes of the current (unperturbed) policy per generation, run beside the population."""
+
+
+def _with_current(batch, policy: nn.Linear):
+    """``(weight, bias)`` of the population followed by ``EVAL_EPISODES`` copies of ``policy``."""
+    weight, bias = batch
+    k = EVAL_EPISODES
+    bias = torch.cat([bias, policy.bias.detach().expand(k, -1)])                       # (N + k, 2)
+    if isinstance(weight, LowRankBatch):                                               # A = B = 0
+        zeros_a = weight.A.new_zeros((k, *weight.A.shape[1:]))
+        zeros_b = weight.B.new_zeros((k, *weight.B.shape[1:]))
+        return LowRankBatch(weight=weight.weight, A=torch.cat([weight.A, zeros_a]),
+                            B=torch.cat([weight.B, zeros_b])), bias
+    return torch.cat([weight, policy.weight.detach().expand(k, -1, -1)]), bias       # (N + k, 2, 4)
 
 
 # ---- gradient-estimate quality against rank -----------------------------------------------------------
@@ -311,9 +333,15 @@ def compare(cfg, optimizers: tuple[str, ...] = ("es", "eggroll", "adam")) -> Run
 
 
 # ---- the lesson's claims (notebook 05) ----------------------------------------------------------
+REGRESSION_CONTROLS = ("population", "sigma", "rank", "steps", "seed")
+CARTPOLE_CONTROLS = ("population", "sigma", "rank", "lr", "generations", "seed")
+RANK_CONTROLS = ("population", "sigma", "repeats", "seed")
+"""The fields notebook 05's panels expose; each claim's config names all of them."""
+
 def _es_learns(runs: Runs) -> bool:
-    es, egg = runs["es"]["loss"], runs["eggroll"]["loss"]
-    return es[-1] < es[0] / 5 and egg[-1] < egg[0] / 5 and egg[-1] <= 2 * es[-1]
+    es, egg, adam = runs["es"]["loss"], runs["eggroll"]["loss"], runs["adam"]["loss"]
+    return (es[-1] < es[0] / 5 and egg[-1] < egg[0] / 5 and egg[-1] <= 2 * es[-1]
+            and adam[-1] < min(es[-1], egg[-1]) / 5)
 
 
 def _returns_rise(runs: Runs) -> bool:
@@ -329,10 +357,12 @@ CLAIMS = [
     Claim(
         notebook="05_evolution_strategies", panel="regression", name="no_gradient",
         text="Without a single gradient, ES and EGGROLL (rank-4 perturbations) cut the loss of "
-             "fitting the teacher network more than 5x in 100 steps from 32 members per step, "
-             "EGGROLL about as far as full-rank ES; backprop (Adam) goes further in fewer seconds.",
+             "fitting the teacher network more than 5x in 60 steps from 32 members per step, "
+             "EGGROLL about as far as full-rank ES; backprop (Adam) goes more than 5x further still.",
         experiment="es_regression", seeds=3,
-        variants={"es": {"optimizer": "es"}, "eggroll": {"optimizer": "eggroll"}},
+        config=settings(ESRegressionConfig(), REGRESSION_CONTROLS),
+        variants={"es": {"optimizer": "es"}, "eggroll": {"optimizer": "eggroll"},
+                  "adam": {"optimizer": "adam"}},
         holds=_es_learns,
         control={"population": 4},
         control_text="4 members (two antithetic pairs) per step: the estimate is mostly noise and "
@@ -344,6 +374,7 @@ CLAIMS = [
              "population's mean return over the last 3 of 10 generations is at least 1.5x the "
              "first generation's.",
         experiment="es_cartpole", seeds=3,
+        config=settings(ESCartPoleConfig(), CARTPOLE_CONTROLS),
         variants={"es": {"optimizer": "es"}, "eggroll": {"optimizer": "eggroll"}},
         holds=_returns_rise,
         control={"lr": 1e-4},
@@ -356,6 +387,7 @@ CLAIMS = [
              "members, EGGROLL's estimate has a cosine of about 0.19 with the backprop gradient at "
              "every rank from 1 to 16, as full-rank ES has.",
         experiment="es_rank_sweep", seeds=3,
+        config=settings(ESRankSweepConfig(), RANK_CONTROLS),
         holds=_population_not_rank,
         control={"population": 16},
         control_text="16 members: the cosine falls to about 0.1 at every rank and for ES alike "
@@ -365,4 +397,5 @@ CLAIMS = [
 
 
 __all__ = ["ESRegressionConfig", "ESCartPoleConfig", "ESRankSweepConfig", "es_regression",
-           "es_cartpole", "es_rank_sweep", "compare", "DEFAULT_LR", "CARTPOLE_LR", "CLAIMS"]
+           "es_cartpole", "es_rank_sweep", "compare", "DEFAULT_LR", "CARTPOLE_LR",
+           "REGRESSION_CONTROLS", "CARTPOLE_CONTROLS", "RANK_CONTROLS", "CLAIMS"]

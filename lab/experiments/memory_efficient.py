@@ -27,7 +27,7 @@ from lab import progress
 from lab.checks import check_int, check_positive, check_range
 from lab.claims import Claim
 from lab.experiments._base import experiment, replace, resolve_device
-from lab.experiments.optimizers import seeded_init_
+from lab.experiments.optimizers import seeded_init_, settings
 from lab.history import History, Runs
 from lab.models import MLP
 from lab.optim.badam import module_blocks
@@ -141,6 +141,10 @@ def compare(cfg: MemoryConfig, methods: tuple[str, ...] = METHODS) -> Runs:
 
 
 # ---- the lesson's claims (notebook 04) ----------------------------------------------------------
+CONTROLS = ("rank", "density", "update_proj_gap", "state_free_rule", "projection",
+            "switch_block_every", "steps", "seed")
+"""The fields notebook 04's panel exposes; each claim's config names all of them."""
+
 def _bytes_per_param(history: History) -> float:
     return history.artifacts["memory"]["bytes_per_param"]
 
@@ -150,7 +154,7 @@ CLAIMS = [
         notebook="04_memory_efficient", panel="memory", name="state",
         text="At rank 4, GaLore and Fira keep about 1 byte of optimizer state per parameter "
              "(measured in optimizer.state) where AdamW keeps 8.",
-        experiment="memory_efficient", seed_field=None,
+        experiment="memory_efficient", seed_field=None, config=settings(MemoryConfig(), CONTROLS),
         variants={"adamw": {"optimizer": "adamw"}, "galore": {"optimizer": "galore"},
                   "fira": {"optimizer": "fira"}},
         holds=lambda runs: all(_bytes_per_param(runs[k]) <= 0.25 * _bytes_per_param(runs["adamw"])
@@ -164,7 +168,7 @@ CLAIMS = [
         text="With the same 1 byte per parameter, Fira trains better than GaLore: it adds back the "
              "part of the gradient outside the rank-4 subspace that GaLore drops (test accuracy "
              "after 50 steps at least 5 points higher).",
-        experiment="memory_efficient", seeds=3,
+        experiment="memory_efficient", seeds=3, config=settings(MemoryConfig(), CONTROLS),
         variants={"galore": {"optimizer": "galore"}, "fira": {"optimizer": "fira"}},
         holds=lambda runs: runs["fira"].last("test_accuracy") >= runs["galore"].last("test_accuracy") + 0.05,
         control={"rank": 64},
@@ -174,4 +178,4 @@ CLAIMS = [
 ]
 
 
-__all__ = ["MemoryConfig", "memory_efficient", "compare", "build", "KNOBS", "METHODS", "CLAIMS"]
+__all__ = ["MemoryConfig", "memory_efficient", "compare", "build", "KNOBS", "METHODS", "CONTROLS", "CLAIMS"]

@@ -357,6 +357,18 @@ SURFACE_LESSON = SurfaceCompareConfig(surface="quadratic", lr=0.01, steps=150, b
                                       beta2=0.999, x0=1.5, y0=1.8)
 """Notebook 01 opens on this: the papers' adaptive optimizers on the quadratic, eta = 0.01."""
 
+TOUR_CONTROLS = ("lr", "steps", "surface", "x0", "y0")
+SURFACE_CONTROLS = ("optimizers", "surface", "lr", "steps", "beta1", "beta2", "weight_decay", "x0", "y0")
+DIGITS_CONTROLS = ("optimizers", "steps", "batch_size", "target", "seed")
+"""The fields notebooks 00, 01 and 03 expose as controls: a claim's config names all of them, so
+its presets set every control at once."""
+
+
+def settings(cfg, fields) -> dict:
+    """``{field: value}`` of ``cfg`` for ``fields`` (a claim's config = a panel's full settings)."""
+    return {f: getattr(cfg, f) for f in fields}
+
+
 LION_BOX_DECAY = 2.0
 """Weight decay lambda of the Lion-box claim: the box is ||x||_inf <= 1 / lambda = 0.5."""
 
@@ -387,6 +399,7 @@ CLAIMS = [
              "2(1+μ)/κ ≈ 0.076) and Adam (steps of about η whatever the curvature) reach the "
              "minimum within 100 steps.",
         experiment=compare_on_surface, base=TOUR, seed_field=None,
+        config=settings(TOUR, TOUR_CONTROLS),
         holds=lambda runs: (runs["sgd"].meta.get("diverged") is not None
                             and runs["sgd(momentum=0.9)"]["distance"][-1] < 0.05
                             and runs["adam"]["distance"][-1] < 0.05),
@@ -400,11 +413,13 @@ CLAIMS = [
              "AdaBelief divides by how much the gradient changes, which is tiny along the smooth "
              "flat axis: it takes steps of several η there and arrives, as AGD does.",
         experiment=compare_on_surface, base=SURFACE_LESSON, seed_field=None,
+        config=settings(SURFACE_LESSON, SURFACE_CONTROLS),
         holds=lambda runs: (runs["adabelief(rectify=False)"]["distance"][-1] < 0.05
                             and runs["agd(delta=1e-5)"]["distance"][-1] < 0.05
                             and runs["adam"]["distance"][-1] > 0.3
                             and _max_step(runs["adabelief(rectify=False)"]) > 2 * 0.01
-                            and _max_step(runs["adam"]) <= 1.05 * 0.01),
+                            and all(_max_step(runs[k]) <= 1.05 * 0.01
+                                    for k in ("adam", "diffgrad", "lion"))),
         control={"lr": 0.05},
         control_text="η = 0.05: steps of about η are long enough for Adam to arrive in 150 steps too",
     ),
@@ -414,8 +429,9 @@ CLAIMS = [
              "optimization\", arXiv 2310.05898): with λ = 2 Lion ends inside the box "
              "‖x‖∞ ≤ 1/λ = 0.5 on Rosenbrock, although the minimum (1, 1) lies outside it.",
         experiment=compare_on_surface, base=SURFACE_LESSON, seed_field=None,
-        config={"optimizers": ("lion", "adamw"), "surface": "rosenbrock", "lr": 0.05,
-                "weight_decay": LION_BOX_DECAY, "x0": -1.5, "y0": 2.0},
+        config={**settings(SURFACE_LESSON, SURFACE_CONTROLS), "optimizers": ("lion", "adamw"),
+                "surface": "rosenbrock", "lr": 0.05, "weight_decay": LION_BOX_DECAY, "x0": -1.5,
+                "y0": 2.0},
         holds=_lion_in_box,
         control={"weight_decay": 0.0},
         control_text="λ = 0: no box, and Lion heads for (1, 1)",
@@ -423,9 +439,9 @@ CLAIMS = [
     Claim(
         notebook="03_training_small_nets", panel="digits", name="agd_steps",
         text="Counted in steps to 90 % test accuracy, AGD (δ = 1e-5) comes first, ahead of Adam "
-             "and SGD with momentum at their tuned learning rates; the same runs ranked by seconds "
-             "on a shared CPU change order from one run to the next.",
+             "and SGD with momentum at their tuned learning rates.",
         experiment=compare_on_digits, base=DigitsCompareConfig(), seeds=3,
+        config=settings(DigitsCompareConfig(), DIGITS_CONTROLS),
         holds=_agd_first,
         control={"optimizers": tuple(s if not s.startswith("agd") else "agd(lr=3e-3, delta=1.0)"
                                      for s in LESSON_DIGITS_SPECS)},
@@ -438,4 +454,5 @@ CLAIMS = [
 __all__ = ["AlgoPerfConfig", "algoperf", "target_rows", "DigitsConfig", "digits_mlp", "seeded_init_", "build_optimizer", "time_to_target",
            "SurfaceCompareConfig", "compare_on_surface", "DigitsCompareConfig",
            "compare_on_digits", "DIGITS_SPECS", "OTHER_DIGITS_SPECS", "LESSON_DIGITS_SPECS",
-           "digits_lineup", "TOUR", "SURFACE_LESSON", "CLAIMS"]
+           "digits_lineup", "TOUR", "SURFACE_LESSON", "TOUR_CONTROLS", "SURFACE_CONTROLS",
+           "DIGITS_CONTROLS", "settings", "CLAIMS"]

@@ -45,6 +45,7 @@ from lab import progress
 from lab.claims import Claim
 from lab.checks import check_int, check_nonneg, check_positive
 from lab.experiments._base import experiment, resolve_device, sweep
+from lab.experiments.optimizers import settings
 from lab.history import History, Runs
 from lab.models import MLP
 from lab.optim.sam import build_base_optimizer, perturbation
@@ -327,6 +328,10 @@ def compare_digits(cfg: SharpnessDigitsConfig) -> Runs:
 
 
 # ---- the lesson's claims (notebook 02) ----------------------------------------------------------
+TOY_CONTROLS = ("rho", "gamma", "lr", "noise", "seed")
+DIGITS_CONTROLS = ("rho", "gamma", "lr", "steps", "seed")
+"""The fields notebook 02's panels expose; each claim's config names all of them."""
+
 def _leaves_sharp_minimum(runs: Runs) -> bool:
     sgd, sam, wsam = (runs[k]["sharp_frac"][-1] for k in ("sgd", "sam", "wsam"))
     return sgd >= 0.1 and sam <= sgd / 3 and wsam <= sgd / 3
@@ -344,6 +349,7 @@ CLAIMS = [
              "about one SGD run in five ends there, at most a third as many SAM or WSAM runs do "
              "(same 32 starts, same gradient noise).",
         experiment=compare_toy, base=SharpFlatConfig(), seeds=3,
+        config=settings(SharpFlatConfig(), TOY_CONTROLS),
         holds=_leaves_sharp_minimum,
         control={"rho": 0.05},
         control_text="ρ = 0.05, narrower than the well: the ball fits inside it, SAM ends where SGD "
@@ -356,6 +362,7 @@ CLAIMS = [
              "lower) and WSAM (γ = 0.9: nine times the weight on sharpness) much flatter (30-65 % "
              "lower); test accuracy does not improve in so short a run (WSAM's drops).",
         experiment=compare_digits, base=SharpnessDigitsConfig(), seeds=3,
+        config=settings(SharpnessDigitsConfig(), DIGITS_CONTROLS),
         holds=_flatter,
         control={"rho": 0.005},
         control_text="ρ = 0.005: the ball is too small to feel the curvature, SAM ends as sharp "
@@ -365,4 +372,5 @@ CLAIMS = [
 
 
 __all__ = ["SharpFlatConfig", "SharpnessDigitsConfig", "sharp_flat", "sharpness_digits", "compare",
-           "compare_toy", "compare_digits", "make_optimizer", "CLAIMS"]
+           "compare_toy", "compare_digits", "make_optimizer", "TOY_CONTROLS", "DIGITS_CONTROLS",
+           "CLAIMS"]
