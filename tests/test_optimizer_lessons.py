@@ -183,11 +183,15 @@ def test_every_panel_has_a_claim_and_the_notebook_renders_it(notebook):
 
 @pytest.mark.parametrize("notebook", sorted(PANELS))
 def test_every_lesson_opens_with_what_to_see_what_to_move_and_a_question(notebook):
+    # after the first cell (how to start) and before the first panel
     cells = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
-    second = "".join(cells[1]["source"])
-    assert cells[1]["cell_type"] == "markdown"
-    for heading in ("What you will see", "Move first", "Check yourself"):
-        assert heading in second, (notebook, heading)
+    texts = ["".join(c["source"]) for c in cells]
+    opening = next(i for i, t in enumerate(texts) if "**What you will see.**" in t)
+    first_code = next(i for i, c in enumerate(cells) if c["cell_type"] == "code")
+    assert 0 < opening < first_code and cells[opening]["cell_type"] == "markdown"
+    for heading in ("**Move first.**", "**Check yourself.**"):
+        assert heading in texts[opening], (notebook, heading)
+    assert texts[opening].rstrip().endswith("?"), "the check-yourself question ends the opening"
 
 
 @pytest.mark.parametrize("notebook", sorted(PANELS))

@@ -6,8 +6,7 @@
 - :func:`time_to_target_table`: AlgoPerf-style table of the steps (and gradient evaluations, and,
   as a noisy secondary column, seconds) each run needed to reach a target, e.g. test accuracy 0.9,
   ranked by steps (by evaluations where the methods differ in cost per step).
-- :func:`tour_figures`, :func:`surface_figures` and :func:`digits_figures`: the figure sets of
-  notebooks 00, 01 and 03.
+- :func:`surface_figures` and :func:`digits_figures`: the figure sets of notebooks 01 and 03.
 """
 from __future__ import annotations
 
@@ -93,14 +92,6 @@ def time_to_target_table(runs: History | Mapping[str, History], metric: str = "t
     return fig
 
 
-def tour_figures(runs: Runs) -> list[go.Figure]:
-    """Notebook 00: trajectories over contours (start, minimum, where a run diverged) and loss."""
-    from toy_envs.surfaces import get_surface
-
-    surface = get_surface(next(iter(runs.values())).meta["surface"])
-    return [trajectory_figure(runs), curves(runs, "loss", log_y=surface.minimum >= 0)]
-
-
 def surface_figures(runs: Runs) -> list[go.Figure]:
     """Notebook 01: trajectories over contours, loss curves, per-coordinate effective steps."""
     from toy_envs.surfaces import get_surface
@@ -132,5 +123,5 @@ def algoperf_figures(history: History) -> list[go.Figure]:
             curves(runs, "test_accuracy", title="test accuracy against step")]
 
 
-__all__ = ["effective_step_figure", "time_to_target_table", "tour_figures", "surface_figures",
-           "digits_figures", "algoperf_figures"]
+__all__ = ["effective_step_figure", "time_to_target_table", "surface_figures", "digits_figures",
+           "algoperf_figures"]
