@@ -396,8 +396,8 @@ CLAIMS = [
         notebook="00_tour", panel="tour", name="lr_cap",
         text="On the quadratic with condition number κ = 50, plain SGD is stable only for "
              "η < 2/κ = 0.04: at η = 0.045 it diverges, while heavy-ball momentum (stable up to "
-             "2(1+μ)/κ ≈ 0.076) and Adam (steps of about η whatever the curvature) reach the "
-             "minimum within 100 steps.",
+             "2(1+μ)/κ ≈ 0.076) and Adam (steps of about η whatever the curvature) get within "
+             "0.05 of the minimum in 100 steps.",
         experiment=compare_on_surface, base=TOUR, seed_field=None,
         config=settings(TOUR, TOUR_CONTROLS),
         holds=lambda runs: (runs["sgd"].meta.get("diverged") is not None

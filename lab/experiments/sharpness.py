@@ -339,7 +339,9 @@ def _leaves_sharp_minimum(runs: Runs) -> bool:
 
 def _flatter(runs: Runs) -> bool:
     sgd, sam, wsam = (runs[k]["top_eigenvalue"][-1] for k in ("sgd", "sam", "wsam"))
-    return sam <= 0.95 * sgd and wsam <= 0.7 * sgd
+    acc = {k: runs[k]["accuracy"][-1] for k in ("sgd", "sam", "wsam")}
+    no_gain = acc["sam"] <= acc["sgd"] + 0.01 and acc["wsam"] < acc["sgd"]
+    return sam <= 0.95 * sgd and wsam <= 0.7 * sgd and no_gain
 
 
 CLAIMS = [
