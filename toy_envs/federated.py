@@ -23,6 +23,12 @@ FedAvg's). Three generators:
   Dirichlet(alpha), an MLP (``lab.models.mlp.MLP``) evaluated on the flat parameter vector with
   ``torch.func.functional_call``; no known optimum, test accuracy instead.
 
+Held-out data comes in two disjoint splits from the same global mixture: ``validation``, which a
+server may use to make choices (``knowledge_fusion`` scores and weights its sources on it), and
+``test``, which is only reported (``accuracy``). Selecting on the split one reports would make
+the report optimistic. The validation draws come from their own random stream, so adding them
+left every client's data and the test split unchanged.
+
 Partitions: :func:`iid_partition` (client sizes skewed log-normally by ``size_skew``) and
 :func:`dirichlet_partition` (Hsu et al., "Measuring the Effects of Non-Identical Data
 Distribution for Federated Visual Classification", arXiv:1909.06335: for each class, the shares
@@ -182,7 +188,8 @@ class FederatedProblem:
     x0: torch.Tensor  # (d,)
     label_dist: torch.Tensor  # (N, L) label (or group) histogram of each client, rows sum to 1
     x_star: torch.Tensor | None = None
-    test: tuple[torch.Tensor, torch.Tensor] | None = None  # (X_test, y_test) from the global mixture
+    test: tuple[torch.Tensor, torch.Tensor] | None = None  # (X_test, y_test) from the global mixture: reported only
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None  # (X_val, y_val), disjoint from test: for server-side choices
     logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     info: dict = field(default_factory=dict)
     loss_batch: Callable | None = None  # closed-form losses of M clients at once (linear models)
@@ -317,19 +324,26 @@ def least_squares(num_clients: int = 20, dim: int = 10, samples_per_client: int 
                          min_size=max(2, min(dim, samples_per_client)))
     centers = heterogeneity * rng.standard_normal((groups, dim))
     group = np.arange(num_clients) % groups
-    Xs, ys, Xt, yt = [], [], [], []
+    Xs, ys, Xt, yt, Xv, yv, models = [], [], [], [], [], [], []
     for i, n in enumerate(sizes):
         scale = rng.uniform(0.7, 1.4, size=dim)
         w = centers[group[i]] + 0.1 * heterogeneity * rng.standard_normal(dim)
+        models.append((scale, w))
         for out_X, out_y, m in ((Xs, ys, n), (Xt, yt, 20)):
             X = rng.standard_normal((m, dim)) * scale
             out_X.append(torch.tensor(X, dtype=dtype))
             out_y.append(torch.tensor(X @ w + noise * rng.standard_normal(m), dtype=dtype))
+    val_rng = np.random.default_rng([seed, 1])  # its own stream: the splits above are unchanged
+    for scale, w in models:
+        X = val_rng.standard_normal((20, dim)) * scale
+        Xv.append(torch.tensor(X, dtype=dtype))
+        yv.append(torch.tensor(X @ w + noise * val_rng.standard_normal(20), dtype=dtype))
     X, y, mask, n = _pad(Xs, ys)
     alpha = _weights(n, weighting, dtype)
     problem = FederatedProblem(
         "least_squares", "least_squares", X, y, mask, n, alpha, squared_loss, torch.zeros(dim, dtype=dtype),
         _histograms([np.array([g]) for g in group], groups), test=(torch.cat(Xt), torch.cat(yt)),
+        validation=(torch.cat(Xv), torch.cat(yv)),
         info={"heterogeneity": heterogeneity, "groups": groups, "group": group.tolist()},
         loss_batch=squared_loss_batch, grad_batch=squared_grad_batch)
     A, b = problem.clients(range(num_clients)).normal_equations()
@@ -356,6 +370,12 @@ def logistic_regression(num_clients: int = 20, dim: int = 10, samples_per_client
     Z += 0.5 * (2 * labels[:, None] - 1) * teacher / np.linalg.norm(teacher)
     Zt, yt = Z[total:], labels[total:]
     Z, labels = Z[:total], labels[:total]
+    val_rng = np.random.default_rng([seed, 1])  # its own stream: the splits above are unchanged
+    Zv = val_rng.standard_normal((400, dim))
+    yv = (Zv @ teacher > 0).astype(np.int64)
+    flip_v = val_rng.random(len(yv)) < 0.1
+    yv[flip_v] = 1 - yv[flip_v]
+    Zv += 0.5 * (2 * yv[:, None] - 1) * teacher / np.linalg.norm(teacher)
     parts = (iid_partition(total, num_clients, rng, size_skew) if alpha is None
              else dirichlet_partition(labels, num_clients, alpha, rng))
     X, y, mask, n = _pad([torch.tensor(Z[p], dtype=dtype) for p in parts],
@@ -365,6 +385,7 @@ def logistic_regression(num_clients: int = 20, dim: int = 10, samples_per_client
         "logistic_regression", "logistic", X, y, mask, n, _weights(n, weighting, dtype), loss,
         torch.zeros(dim, dtype=dtype), _histograms([labels[p] for p in parts], 2),
         test=(torch.tensor(Zt, dtype=dtype), torch.tensor(yt, dtype=dtype)),
+        validation=(torch.tensor(Zv, dtype=dtype), torch.tensor(yv, dtype=dtype)),
         info={"alpha": alpha, "l2": l2},
         loss_batch=partial(logistic_loss_batch, l2=l2), grad_batch=partial(logistic_grad_batch, l2=l2))
     problem.x_star = _newton(problem)
@@ -394,7 +415,8 @@ def digits_mlp(num_clients: int = 10, *, alpha: float | None = 0.5, hidden: tupl
                size_skew: float = 0.0, weighting: str = "samples", seed: int = 0,
                dtype: torch.dtype = torch.float32) -> FederatedProblem:
     """scikit-learn digits over ``num_clients`` clients (IID for ``alpha=None``, else Dirichlet),
-    with an MLP ``64 -> hidden -> 10`` (``hidden=()`` = softmax regression)."""
+    with an MLP ``64 -> hidden -> 10`` (``hidden=()`` = softmax regression). The held-out quarter
+    of the data is split in two halves: ``validation`` (first) and ``test`` (second)."""
     from lab.models.mlp import MLP
     from toy_envs.datasets import digits
 
@@ -414,7 +436,9 @@ def digits_mlp(num_clients: int = 10, *, alpha: float | None = 0.5, hidden: tupl
     return FederatedProblem(
         "digits_mlp", "classification", X, y, mask.to(dtype), n, _weights(n, weighting, dtype),
         partial(mlp_loss, model=model, shapes=shapes), x0, _histograms([labels[p] for p in parts], 10),
-        test=(x_test, y_test), logits_fn=partial(mlp_logits, model=model, shapes=shapes),
+        test=(x_test[len(y_test) // 2:], y_test[len(y_test) // 2:]),
+        validation=(x_test[:len(y_test) // 2], y_test[:len(y_test) // 2]),
+        logits_fn=partial(mlp_logits, model=model, shapes=shapes),
         info={"alpha": alpha, "hidden": list(hidden)})
 
 

@@ -153,7 +153,7 @@ class AsyncInversion(Aggregator):
         self.versions[round] = x.clone()
         for old in [r for r in self.versions if r < round - self.max_versions]:
             del self.versions[old]
-        ids, deltas, n = stack_updates(x, updates, num_samples)
+        ids, deltas, n = self._stack(x, updates, num_samples)
         w = n / n.sum() if len(ids) else n
         rows = []
         for cid, delta in zip(ids.tolist(), deltas):

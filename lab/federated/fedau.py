@@ -95,7 +95,7 @@ class FedAU(Aggregator):
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
-        ids, deltas, _ = stack_updates(x, updates, num_samples)
+        ids, deltas, _ = self._stack(x, updates, num_samples)
         # w_i from intervals recorded before this round, times alpha_i (= 1/N by default)
         w = self.estimator.weights(ids) * self.alpha[ids].to(x.dtype)
         participated = torch.zeros(self.num_clients, dtype=torch.bool)

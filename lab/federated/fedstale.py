@@ -18,7 +18,8 @@ participation heterogeneity increases (the least-participating client's stale me
 error), so the best beta moves from near 1 (non-IID data, even participation) toward 0 (IID-ish
 data, very uneven participation).
 
-Lab choice: with ``probabilities=None`` the estimate 1/p_k is FedAU's omega_k, taken from the
+Lab choices: a round with no update is skipped (model and memory unchanged; the participation
+estimator still counts the round); with ``probabilities=None`` the estimate 1/p_k is FedAU's omega_k, taken from the
 intervals recorded before the current round (1 for a client never seen twice).
 """
 from __future__ import annotations
@@ -85,12 +86,15 @@ class FedStale(Aggregator):
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
-        ids, deltas, _ = stack_updates(x, updates, num_samples)
+        ids, deltas, _ = self._stack(x, updates, num_samples)
         alpha = self.alpha.to(x.dtype)
         inverse_p = self.inverse_p(ids).to(x.dtype)  # from intervals recorded before this round
         participated = torch.zeros(self.num_clients, dtype=torch.bool)
         participated[ids] = True
         self.estimator.update(participated)
+        if len(ids) == 0:  # empty round: no step on stale memories alone
+            self.last_weights = {}
+            return x.clone()
         delta, self.memory = fedstale_step(deltas, ids, self.memory, alpha, inverse_p, self.beta)
         self._record(ids, alpha[ids] * inverse_p)
         return x + self.server_lr * delta

@@ -8,7 +8,9 @@ and (3) a *feedback-driven loss* that keeps the selector from collapsing onto on
 
 Transplanted to federated aggregation (the lab's construction; the catalog asks for it to be
 built on the federated problems). Each round the sources are the client models ``m_i = x + Delta_i``
-of the participants S. The server holds a small probe set (the problem's held-out split).
+of the participants S. The server holds a small probe set: the problem's *validation* split,
+never the test split that ``simulate`` reports (choosing and weighting sources on the data the
+accuracy is reported on would make the report optimistic).
 
     selector:   p_i = softmax_{j in S}(theta_j)                 (theta: one learned logit per client)
     strength:   q_i = exp(-(L(m_i) - min_j L(m_j)) / T)          (L = probe loss of the source model)
@@ -64,8 +66,9 @@ class KnowledgeFusion(Aggregator):
         self.problem = None
 
     def setup(self, num_clients, dim, problem=None, *, dtype=torch.float64):
-        if problem is None or problem.test is None:
-            raise ValueError("knowledge_fusion needs a problem with a held-out probe set (problem.test)")
+        if problem is None or getattr(problem, "validation", None) is None:
+            raise ValueError("knowledge_fusion needs a problem with a validation split (problem.validation) "
+                             "to score its sources on; the test split is only for reporting")
         self.problem = problem
         return super().setup(num_clients, dim, problem, dtype=dtype)
 
@@ -75,8 +78,8 @@ class KnowledgeFusion(Aggregator):
         self.selections = torch.zeros(self.num_clients, dtype=torch.long)  # (N,) times fused
 
     def probe_loss(self, models: torch.Tensor) -> torch.Tensor:
-        """Probe-set loss of each model in ``models`` (M, d) -> (M,)."""
-        X, y = self.problem.test
+        """Validation-split loss of each model in ``models`` (M, d) -> (M,)."""
+        X, y = self.problem.validation
         mask = torch.ones(X.shape[0], dtype=X.dtype)
         return torch.func.vmap(self.problem.loss_fn, in_dims=(0, None, None, None))(models, X, y, mask)
 
@@ -84,7 +87,7 @@ class KnowledgeFusion(Aggregator):
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
-        ids, deltas, _ = stack_updates(x, updates, num_samples)
+        ids, deltas, _ = self._stack(x, updates, num_samples)
         M = len(ids)
         if M == 0:
             self.last_weights = {}

@@ -67,7 +67,7 @@ class MomentumFL(Aggregator):
 
     def local_updates(self, x: torch.Tensor, client_ids: torch.Tensor, data: Any, *, steps: int,
                       lr: float, generator: torch.Generator) -> torch.Tensor:
-        self._require_setup()
+        client_ids = self._client_ids(client_ids, data)
         self.local_steps, self.local_lr = steps, lr
         beta = self.beta
         correction = self.c - self.c_clients[client_ids] if self.control_variates else None  # (M, d)
@@ -92,7 +92,7 @@ class MomentumFL(Aggregator):
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
-        ids, deltas, _ = stack_updates(x, updates, num_samples)
+        ids, deltas, _ = self._stack(x, updates, num_samples)
         if len(ids) == 0:
             self.last_weights = {}
             return x.clone()

@@ -60,7 +60,7 @@ class Scaffold(Aggregator):
 
     def local_updates(self, x: torch.Tensor, client_ids: torch.Tensor, data: Any, *, steps: int,
                       lr: float, generator: torch.Generator) -> torch.Tensor:
-        self._require_setup()
+        client_ids = self._client_ids(client_ids, data)
         self.local_steps, self.local_lr = steps, lr
         c_i = self.c_clients[client_ids]  # (M, d)
         result = local_sgd(data, x, steps=steps, lr=lr, generator=generator, batch_size=self.batch_size,
@@ -78,7 +78,7 @@ class Scaffold(Aggregator):
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
-        ids, deltas, _ = stack_updates(x, updates, num_samples)
+        ids, deltas, _ = self._stack(x, updates, num_samples)
         w = torch.full((len(ids),), 1.0 / max(len(ids), 1), dtype=x.dtype)
         self._record(ids, w)
         for i in ids.tolist():
