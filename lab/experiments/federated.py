@@ -93,10 +93,9 @@ def _plot(history: History):
     return dashboard(Runs({history.meta.get("algorithm", "run"): history}))
 
 
-@experiment("federated", FederatedConfig, paper="A Lightweight Method for Tackling Unknown Participation "
-            "Statistics in Federated Averaging", arxiv="2306.03401", plot=_plot,
-            summary="One aggregator on a federated problem: loss, distance to x*, weights, participation")
-def federated(cfg: FederatedConfig) -> History:
+def components(cfg: FederatedConfig):
+    """``(problem, algorithm, participation, faults)`` of a config: what :func:`federated` runs, and
+    what ``lab.federated.flower``'s ServerApp runs with Flower clients (same specs, same seeds)."""
     check_nonneg("noise", cfg.noise)
     check_nonneg("staleness", cfg.staleness)
     problem = build_problem(cfg.problem, cfg.num_clients, cfg.alpha, cfg.seed)
@@ -105,12 +104,27 @@ def federated(cfg: FederatedConfig) -> History:
         participation = make("participation", "stragglers", rates, slowness=slowness_of(cfg, problem))
     else:
         participation = make_participation(cfg.participation, rates)
-    name, kwargs = parse_spec(cfg.algorithm)
-    if cfg.batch_size is not None:
-        kwargs.setdefault("batch_size", cfg.batch_size)
-    algorithm = make("aggregator", name, **kwargs)
+    algorithm = make("aggregator", algorithm_spec(cfg))
     faults = Faults(drop_prob=cfg.drop_prob, corrupt_prob=cfg.corrupt_prob, deadline=cfg.deadline,
                     uplink_noise=cfg.noise, downlink_noise=cfg.noise)
+    return problem, algorithm, participation, faults
+
+
+def algorithm_spec(cfg: FederatedConfig) -> str:
+    """The aggregator spec of a config, with ``batch_size`` added unless the spec sets it."""
+    name, kwargs = parse_spec(cfg.algorithm)
+    if cfg.batch_size is not None and "batch_size" not in kwargs:
+        kwargs["batch_size"] = cfg.batch_size
+    if not kwargs:
+        return name
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+
+
+@experiment("federated", FederatedConfig, paper="A Lightweight Method for Tackling Unknown Participation "
+            "Statistics in Federated Averaging", arxiv="2306.03401", plot=_plot,
+            summary="One aggregator on a federated problem: loss, distance to x*, weights, participation")
+def federated(cfg: FederatedConfig) -> History:
+    problem, algorithm, participation, faults = components(cfg)
     history = simulate(problem, algorithm, participation, cfg.rounds, cfg.local_steps, cfg.lr, cfg.seed,
                        faults=faults)
     history.meta["algorithm"] = cfg.algorithm
@@ -125,4 +139,5 @@ def compare(cfg: CompareConfig) -> Runs:
     return Runs({name: federated(replace(base, algorithm=name)) for name in cfg.algorithms})
 
 
-__all__ = ["FederatedConfig", "CompareConfig", "federated", "compare", "build_problem", "rates_of", "slowness_of"]
+__all__ = ["FederatedConfig", "CompareConfig", "federated", "compare", "build_problem", "rates_of", "slowness_of",
+           "components", "algorithm_spec"]

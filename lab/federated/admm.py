@@ -152,6 +152,21 @@ class RobustADMM(Aggregator):
         u = w if not self.dual_free else w + lam / self.rho
         return u - z
 
+    # ---- the wire: the client keeps w_k, lambda_k, its last received model --------------
+    @property
+    def wants_idle_updates(self) -> bool:
+        """Whether unselected clients do anything (only the dual-free update changes without a new model)."""
+        return self.continue_when_idle and self.dual_free
+
+    def client_state(self, client_id):
+        return {"w": self.w[client_id], "lam": self.lam[client_id], "z_recv": self.z_recv[client_id],
+                "seen": self.seen[client_id].to(self.w.dtype).reshape(1)}
+
+    def load_client_state(self, client_id, state):
+        if "w" in state:
+            self.w[client_id], self.lam[client_id] = state["w"], state["lam"]
+            self.z_recv[client_id], self.seen[client_id] = state["z_recv"], bool(state["seen"][0] > 0)
+
     def idle_updates(self, client_ids: torch.Tensor, data: Any, *, steps: int, lr: float,
                      generator: torch.Generator) -> None:
         """Unselected clients keep solving with their last received model (no upload)."""

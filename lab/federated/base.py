@@ -226,6 +226,32 @@ class Aggregator:
         ids = torch.tensor([int(client_id)])
         return self.local_updates(x, ids, data, steps=steps, lr=lr, generator=generator)[0]
 
+    # ---- the wire: what crosses between a server and separate clients --------------------
+    # In a deployment the server's object and each client's object are different objects. These
+    # hooks name everything the client side needs from the server each round, what a client
+    # keeps between rounds, and what it sends besides its update (lab.federated.wire uses them).
+    def downlink_state(self) -> dict[str, torch.Tensor]:
+        """Server state every participating client needs for its local steps (sent with x)."""
+        return {}
+
+    def load_downlink_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Client side: install the server state received in this round's message."""
+
+    def client_state(self, client_id: int) -> dict[str, torch.Tensor]:
+        """What client ``client_id`` keeps between rounds (its own memory, never the server's)."""
+        return {}
+
+    def load_client_state(self, client_id: int, state: Mapping[str, torch.Tensor]) -> None:
+        """Client side: restore client ``client_id``'s memory before its local steps."""
+
+    def client_upload(self, client_id: int) -> dict[str, torch.Tensor]:
+        """Client side, after :meth:`local_updates`: vectors sent besides the update (commits the
+        client's own new state, as a real client does when it sends)."""
+        return {}
+
+    def server_receive(self, client_id: int, extras: Mapping[str, torch.Tensor]) -> None:
+        """Server side: take in the extra vectors of client ``client_id`` before :meth:`aggregate`."""
+
     # ---- server side ---------------------------------------------------------------------
     def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
                   num_samples: Mapping[int, int], round: int, *,

@@ -88,6 +88,44 @@ class MomentumFL(Aggregator):
                 self._proposed[i] = row
         return result.delta
 
+    # ---- the wire: g (and c, x^{r-1}) down; Delta c_i up; c_i stays on the client --------
+    def downlink_state(self):
+        state = {"g": self.g}
+        if self.control_variates:
+            state["c"] = self.c
+        if self.variance_reduction and self.x_prev is not None:
+            state["x_prev"] = self.x_prev
+        return state
+
+    def load_downlink_state(self, state):
+        self.g = state["g"].to(self.g.dtype).clone()
+        if self.control_variates:
+            self.c = state["c"].to(self.g.dtype).clone()
+        if self.variance_reduction:
+            self.x_prev = state["x_prev"].clone() if "x_prev" in state else None
+
+    def client_state(self, client_id):
+        return {"c_i": self.c_clients[client_id]} if self.control_variates else {}
+
+    def load_client_state(self, client_id, state):
+        if self.control_variates and "c_i" in state:
+            self.c_clients[client_id] = state["c_i"]
+
+    def client_upload(self, client_id):
+        if not self.control_variates:
+            return {}
+        c_new = self._proposed.pop(client_id)
+        delta_c = c_new - self.c_clients[client_id]
+        self.c_clients[client_id] = c_new
+        return {"delta_c": delta_c}
+
+    def server_receive(self, client_id, extras):
+        if self.control_variates and "delta_c" not in extras:
+            raise ValueError(f"client {client_id}'s reply has no delta_c (Delta c_i): was it trained with "
+                             f"{type(self).__name__}'s client side?")
+        if self.control_variates:
+            self._proposed[client_id] = self.c_clients[client_id] + extras["delta_c"].to(self.g.dtype)
+
     def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:

@@ -74,6 +74,33 @@ class Scaffold(Aggregator):
             self._proposed[i] = row
         return result.delta
 
+    # ---- the wire: c down; Delta c_i up; c_i stays on the client ---------------------------
+    def downlink_state(self):
+        return {"c": self.c}
+
+    def load_downlink_state(self, state):
+        self.c = state["c"].to(self.c.dtype).clone()
+
+    def client_state(self, client_id):
+        return {"c_i": self.c_clients[client_id]}
+
+    def load_client_state(self, client_id, state):
+        if "c_i" in state:
+            self.c_clients[client_id] = state["c_i"]
+
+    def client_upload(self, client_id):
+        c_new = self._proposed.pop(client_id)
+        delta_c = c_new - self.c_clients[client_id]  # Delta c_i = c_i^+ - c_i
+        self.c_clients[client_id] = c_new
+        return {"delta_c": delta_c}
+
+    def server_receive(self, client_id, extras):
+        if "delta_c" not in extras:
+            raise ValueError(f"client {client_id}'s reply has no delta_c (Delta c_i): was it trained with "
+                             f"{type(self).__name__}'s client side?")
+        # the server's mirror of c_i plus the received Delta c_i: aggregate adds Delta c_i / N to c
+        self._proposed[client_id] = self.c_clients[client_id] + extras["delta_c"].to(self.c.dtype)
+
     def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:

@@ -26,6 +26,13 @@ each client's update received). Artifacts: ``dropped`` (every refused upload wit
 per client over the run, participation included) and, where the algorithm estimates them,
 ``inverse_p_estimate``.
 
+Where the clients train is pluggable (``local_training``): by default all active clients train at
+once in this process (:class:`Vectorized`); :class:`PerClientLoop` trains them one at a time
+through :func:`lab.federated.wire.client_round`, the function a Flower ``ClientApp`` runs; and
+``lab.federated.flower`` plugs in real Flower clients that receive the model and the algorithm's
+server state in messages. The rest of the round (participation, faults, deadlines, aggregation,
+records) is this one loop for all three, so their Histories are comparable number for number.
+
 Reproducibility: ``seed`` spawns four independent generators (participation, local minibatches,
 faults, link noise), so switching faults on does not change who participates.
 """
@@ -65,6 +72,26 @@ class Faults:
             check_positive("max_update_norm", self.max_update_norm)
 
 
+class Vectorized:
+    """Local training of all active clients at once, in this process (the simulator's default)."""
+
+    def __init__(self, problem: Any):
+        self.problem = problem
+
+    def train(self, algorithm: Aggregator, x: torch.Tensor, ids: torch.Tensor, round: int, *, steps: int,
+              lr: float, generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
+        """``(deltas (M, d), base rounds (M,))``: each client's update and the round of the model it used."""
+        deltas = algorithm.local_updates(x, ids, self.problem.clients(ids), steps=steps, lr=lr, generator=generator)
+        return deltas, [round] * len(ids)
+
+    def idle(self, algorithm: Aggregator, ids: torch.Tensor, round: int, *, steps: int, lr: float,
+             generator: torch.Generator) -> None:
+        """Let the unselected clients ``ids`` update locally (algorithms with ``idle_updates``)."""
+        hook = getattr(algorithm, "idle_updates", None)
+        if hook is not None:
+            hook(ids, self.problem.clients(ids), steps=steps, lr=lr, generator=generator)
+
+
 def _generators(seed: int) -> list[torch.Generator]:
     seeds = np.random.SeedSequence(seed).generate_state(4)
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -72,7 +99,7 @@ def _generators(seed: int) -> list[torch.Generator]:
 
 def simulate(problem: Any, algorithm: Aggregator | str, participation: Participation, rounds: int,
              local_steps: int, lr: float, seed: int = 0, *, faults: Faults | None = None,
-             record_clients: bool = True, eval_every: int = 1) -> History:
+             record_clients: bool = True, eval_every: int = 1, local_training: Any = None) -> History:
     """Run ``rounds`` rounds of federated training; see the module docstring.
 
     Args:
@@ -84,6 +111,10 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
         faults: :class:`Faults` (None = none).
         record_clients: store the (N,) participation and weight vectors of every round.
         eval_every: evaluate loss/distance/accuracy every this many rounds (and the last).
+        local_training: where clients train: ``None`` = :class:`Vectorized` (all at once, here),
+            :class:`PerClientLoop`, or Flower clients (``lab.federated.flower``); any object with
+            ``train(algorithm, x, ids, round, *, steps, lr, generator) -> (deltas, base_rounds)``
+            and ``idle(algorithm, ids, round, *, steps, lr, generator)``.
     """
     from lab.registry import make
 
@@ -103,7 +134,8 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
     g_part, g_local, g_fault, g_noise = _generators(seed)
     x = problem.x0.clone()
     algorithm.setup(N, d, problem, dtype=x.dtype)
-    idle_hook = getattr(algorithm, "idle_updates", None)
+    trainer = Vectorized(problem) if local_training is None else local_training
+    wants_idle = bool(getattr(algorithm, "wants_idle_updates", False))
     elem = x.element_size()
     n_all = problem.num_samples.tolist()
     pending: list[tuple[int, int, torch.Tensor, int]] = []  # (arrival round, client, delta, base round)
@@ -128,8 +160,8 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
             x_recv = x
             if faults.downlink_noise:
                 x_recv = x + faults.downlink_noise * torch.randn(M, d, generator=g_noise, dtype=x.dtype)
-            deltas = algorithm.local_updates(x_recv, ids, problem.clients(ids), steps=local_steps, lr=lr,
-                                             generator=g_local).clone()  # (M, d)
+            deltas, bases = trainer.train(algorithm, x_recv, ids, r, steps=local_steps, lr=lr, generator=g_local)
+            deltas = deltas.clone()  # (M, d)
             quit_mid = torch.rand(M, generator=g_fault) < faults.drop_prob
             corrupt = (torch.rand(M, generator=g_fault) < faults.corrupt_prob) & ~quit_mid
             for k in corrupt.nonzero().squeeze(1).tolist():
@@ -141,8 +173,8 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
             norms = torch.where(finite, deltas.norm(dim=1), torch.zeros(M, dtype=deltas.dtype)).tolist()
             bound = faults.max_update_norm
             rows = deltas.unbind(0)
-            for k, (cid, quit, ok, lag) in enumerate(zip(ids.tolist(), quit_mid.tolist(), finite.tolist(),
-                                                         delay[ids].tolist())):
+            for k, (cid, quit, ok, lag, base) in enumerate(zip(ids.tolist(), quit_mid.tolist(), finite.tolist(),
+                                                               delay[ids].tolist(), bases)):
                 reason = None
                 if quit:
                     reason = "dropped mid-round"
@@ -156,8 +188,10 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
                     dropped.append({"round": r, "client": cid, "reason": reason})
                     dropped_now += 1
                 elif lag > 0:
-                    pending.append((r + lag, cid, rows[k], r))
+                    pending.append((r + lag, cid, rows[k], base))
                     busy[cid] = True
+                elif base != r:
+                    pending.append((r, cid, rows[k], base))  # trained on an older model: stale now
                 else:
                     fresh[cid] = rows[k]
         arrived = [p for p in pending if p[0] == r]
@@ -173,10 +207,10 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
                            for cid in updates)
             history.meta["diverged"] = r
             break
-        if idle_hook is not None:
+        if wants_idle:
             idle = (~active & ~busy).nonzero().squeeze(1)
             if idle.numel():
-                idle_hook(idle, problem.clients(idle), steps=local_steps, lr=lr, generator=g_local)
+                trainer.idle(algorithm, idle, r, steps=local_steps, lr=lr, generator=g_local)
         x = x_new
         row: dict[str, Any] = {"participants": M, "accepted": len(updates), "dropped": dropped_now,
                                "bytes": float(total_bytes)}
