@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import typing
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
@@ -271,11 +272,11 @@ class FlowerClients:
 
     def discover(self, num_clients: int) -> dict[int, int]:
         """Ask every node for its partition id; returns {partition id: node id}."""
-        from flwr.app import ConfigRecord, MessageType, RecordDict
+        from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
         node_ids = list(self.grid.get_node_ids())
-        msgs = [self.grid.create_message(RecordDict({"config": ConfigRecord({"action": "identify"})}),
-                                         MessageType.QUERY, node, "identify") for node in node_ids]
+        msgs = [Message(RecordDict({"config": ConfigRecord({"action": "identify"})}), node, MessageType.QUERY,
+                        group_id="identify") for node in node_ids]
         nodes: dict[int, int] = {}
         for reply in self._exchange(msgs):
             pid = int(reply.content["metrics"]["partition-id"])
@@ -291,7 +292,7 @@ class FlowerClients:
 
     def train(self, server: Aggregator, x: torch.Tensor, ids: torch.Tensor, round: int, *, steps: int,
               lr: float, generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
-        from flwr.app import ArrayRecord, MessageType, RecordDict
+        from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
         problem = _problem(self.cfg.problem, self.cfg.num_clients, self.cfg.alpha, self.cfg.seed)
         if self.nodes is None:
@@ -304,7 +305,7 @@ class FlowerClients:
             content = RecordDict({"model": to_arrays(x, names), "config": config})
             if downlink:
                 content["downlink"] = ArrayRecord(dict(downlink))
-            msgs.append(self.grid.create_message(content, MessageType.TRAIN, self.nodes[cid], str(round)))
+            msgs.append(Message(content, self.nodes[cid], MessageType.TRAIN, group_id=str(round)))
         by_client: dict[int, Any] = {}
         for reply in self._exchange(msgs):
             metrics = reply.content["metrics"]
@@ -320,11 +321,11 @@ class FlowerClients:
 
     def idle(self, server: Aggregator, ids: torch.Tensor, round: int, *, steps: int, lr: float,
              generator: torch.Generator) -> None:
-        from flwr.app import MessageType, RecordDict
+        from flwr.app import Message, MessageType, RecordDict
 
         config = self._config(round, steps, lr, action="idle")
-        msgs = [self.grid.create_message(RecordDict({"config": config}), MessageType.QUERY, self.nodes[cid],
-                                         f"idle-{round}") for cid in ids.tolist() if self.nodes is not None]
+        msgs = [Message(RecordDict({"config": config}), self.nodes[cid], MessageType.QUERY, group_id=f"idle-{round}")
+                for cid in ids.tolist() if self.nodes is not None]
         if msgs:
             self._exchange(msgs)
 
@@ -336,10 +337,11 @@ def run_on_grid(grid: Any, cfg: Any, *, client_model: str = "vector", run_key: s
 
     problem, algorithm, participation, faults = components(cfg)
     clients = FlowerClients(grid, cfg, client_model=client_model, run_key=run_key)
+    start = time.perf_counter()
     history = simulate(problem, algorithm, participation, cfg.rounds, cfg.local_steps, cfg.lr, cfg.seed,
                        faults=faults, local_training=clients)
     history.meta.update(algorithm=cfg.algorithm, engine="flower", client_model=client_model,
-                        messages=clients.messages)
+                        messages=clients.messages, rounds_wall_time=time.perf_counter() - start)
     return history
 
 
@@ -376,6 +378,43 @@ def server_app(config: Any = None, *, configs: Sequence[Any] = (), client_model:
     return app
 
 
+def run_flower_simulation(configs: Sequence[Any], *, client_model: str = "vector", num_supernodes: int | None = None,
+                          num_cpus: int = 2, attempts: int = 3) -> list:
+    """Run ``configs`` on Flower's simulation engine (Ray) with the lab's apps; returns the Histories.
+
+    One ``run_simulation`` call (one Ray start-up) runs every config in turn; all configs need the
+    same ``num_clients`` (one virtual SuperNode per client). Ray's node start-up has a fixed 30 s
+    limit that a loaded machine can miss; such a failure ("timed out during startup") is retried
+    up to ``attempts`` times, any other error is raised at once.
+    """
+    import os
+
+    from flwr.simulation import run_simulation
+
+    configs = list(configs)
+    sizes = {cfg.num_clients for cfg in configs}
+    if len(sizes) != 1:
+        raise ValueError(f"configs must share num_clients (one SuperNode per client), got {sorted(sizes)}")
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")  # the raylet's 15 s wait for its agent
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    nodes = num_supernodes or sizes.pop()
+    for attempt in range(attempts):
+        histories: list = []
+        try:
+            run_simulation(server_app(configs=configs, client_model=client_model, results=histories), client_app(),
+                           num_supernodes=nodes,
+                           backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": num_cpus}})
+        except RuntimeError as exc:
+            cause = repr(exc.__cause__) + repr(getattr(exc.__cause__, "__cause__", None))
+            if "timed out during startup" in cause and attempt + 1 < attempts:
+                continue
+            raise
+        if len(histories) != len(configs):
+            raise RuntimeError(f"the Flower ServerApp finished {len(histories)} of {len(configs)} runs")
+        return histories
+    raise RuntimeError("unreachable")
+
+
 def _lazy_apps():
     try:
         return server_app(), client_app()
@@ -386,5 +425,5 @@ def _lazy_apps():
 server, client = _lazy_apps()
 """The apps a deployment loads: ``lab.federated.flower:server`` and ``lab.federated.flower:client``."""
 
-__all__ = ["server_app", "client_app", "FlowerClients", "run_on_grid", "handle_train", "handle_query",
+__all__ = ["server_app", "client_app", "FlowerClients", "run_on_grid", "run_flower_simulation", "handle_train", "handle_query",
            "config_record_values", "config_from_values", "layout", "to_arrays", "from_arrays", "server", "client"]
