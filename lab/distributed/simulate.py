@@ -136,4 +136,6 @@ def train(problem: Problem, algorithm: LocalSGD, *, rounds: int = 30, sync_inter
         total += int(steps.sum())
         history.append(r, loss=problem.loss(anchor), wall_clock=clock, inner_steps=float(total),
                        dist_to_opt=float((anchor - problem.w_opt).norm()), **algorithm.last_stats)
+    history.artifacts["anchor"] = anchor.tolist()
+    history.artifacts["steps_per_round"] = steps.tolist()
     return history

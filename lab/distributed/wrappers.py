@@ -120,7 +120,8 @@ class _Outer:
         dist.all_reduce(contribution, op=dist.ReduceOp.SUM, group=self.group)  # sum_k w_lk Delta_k^l
         reduced = torch.cat([self.rule.finish_layer(piece) for piece in contribution.split(list(self.layers))])
         self.anchor = self.rule.outer_step(self.anchor, reduced)
-        torch.nn.utils.vector_to_parameters(self.anchor.to(self.params[0].dtype), self.params)
+        for p, piece in zip(self.params, self.anchor.split(self.sizes)):  # copy: params never alias the anchor
+            p.copy_(piece.view_as(p))
         self.last_stats = {**self.rule.last_stats, "steps": float(self.steps_since_sync)}
         self.steps_since_sync = 0
         self.syncs += 1

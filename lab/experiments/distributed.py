@@ -15,7 +15,7 @@ import torch
 
 from lab import progress
 from lab.checks import check_int, check_positive
-from lab.distributed import make_problem, train
+from lab.distributed.simulate import make_problem, train
 from lab.experiments._base import experiment
 from lab.history import History, Runs
 from lab.registry import make, parse_spec

@@ -162,8 +162,9 @@ class ModuleData:
 
     def grads(self, x: torch.Tensor, X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         params = list(self.model.parameters())
-        with torch.no_grad():
-            torch.nn.utils.vector_to_parameters(x[0].to(params[0].dtype), params)
+        with torch.no_grad():  # copy x into the module's own parameters (no aliasing of x)
+            for p, piece in zip(params, x[0].split([q.numel() for q in params])):
+                p.copy_(piece.view_as(p))
         self.model.zero_grad(set_to_none=False)
         with torch.enable_grad():
             logits = self.model(X[0])  # (n, C)
