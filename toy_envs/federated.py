@@ -38,6 +38,7 @@ use it to make participation correlated with data, which is what makes FedAvg bi
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from functools import partial
@@ -157,10 +158,11 @@ class ClientData:
         """A minibatch per client, drawn with replacement from its own rows; ``None`` = all rows."""
         if batch_size is None or batch_size >= self.X.shape[1]:
             return self.X, self.y, self.mask
-        u = torch.rand(len(self), batch_size, generator=generator, dtype=torch.float64)
-        idx = (u * self.num_samples[:, None]).long()  # (M, B) rows in [0, n_i)
-        rows = torch.arange(len(self))[:, None]
-        return self.X[rows, idx], self.y[rows, idx], torch.ones(idx.shape, dtype=self.mask.dtype)
+        dev = self.X.device
+        u = torch.rand(len(self), batch_size, generator=generator, dtype=torch.float64, device=generator.device)
+        idx = (u.to(dev) * self.num_samples.to(dev)[:, None]).long()  # (M, B) rows in [0, n_i)
+        rows = torch.arange(len(self), device=dev)[:, None]
+        return self.X[rows, idx], self.y[rows, idx], torch.ones(idx.shape, dtype=self.mask.dtype, device=dev)
 
     def normal_equations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Least squares only: ``A_i = X_i^T X_i / n_i`` (M, d, d) and ``b_i = X_i^T y_i / n_i`` (M, d)."""
@@ -205,12 +207,32 @@ class FederatedProblem:
 
     def clients(self, ids) -> ClientData:
         """The data of clients ``ids`` (a list or a long tensor)."""
-        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
-        if ids.numel() == self.num_clients and bool((ids == torch.arange(self.num_clients)).all()):
+        ids = torch.as_tensor(ids, dtype=torch.long, device="cpu").reshape(-1)
+        if ids.numel() == self.num_clients and bool((ids == torch.arange(self.num_clients, device="cpu")).all()):
             return ClientData(ids, self.X, self.y, self.mask, self.num_samples, self.loss_fn, self.kind,
                               self.grad_batch)  # everyone: views, no copy
-        return ClientData(ids, self.X[ids], self.y[ids], self.mask[ids], self.num_samples[ids],
+        rows = ids.to(self.X.device)
+        return ClientData(ids, self.X[rows], self.y[rows], self.mask[rows], self.num_samples[rows],
                           self.loss_fn, self.kind, self.grad_batch)
+
+    def to(self, device) -> "FederatedProblem":
+        """A copy with the clients' data, weights, start point, optimum and held-out splits on
+        ``device`` (``label_dist`` stays on the CPU: participation rates are drawn there)."""
+        import copy
+
+        device = torch.device(device)
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        pair = lambda p: None if p is None else (p[0].to(device), p[1].to(device))  # noqa: E731
+        loss_fn, logits_fn = self.loss_fn, self.logits_fn
+        model = getattr(loss_fn, "keywords", {}).get("model")
+        if model is not None:  # the MLP problems: the module moves too
+            moved = copy.deepcopy(model).to(device)
+            loss_fn = partial(loss_fn.func, *loss_fn.args, **{**loss_fn.keywords, "model": moved})
+            logits_fn = partial(logits_fn.func, *logits_fn.args, **{**logits_fn.keywords, "model": moved})
+        return dataclasses.replace(self, X=move(self.X), y=move(self.y), mask=move(self.mask),
+                                   num_samples=move(self.num_samples), weights=move(self.weights), x0=move(self.x0),
+                                   x_star=move(self.x_star), test=pair(self.test), validation=pair(self.validation),
+                                   loss_fn=loss_fn, logits_fn=logits_fn)
 
     def client(self, i: int) -> ClientData:
         return self.clients([i])

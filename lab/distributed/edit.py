@@ -89,7 +89,7 @@ class EDiT(LocalSGD):
             raise ValueError(f"the detectors were built for {len(self.detectors)} layers, got norms of {L}")
         weights, flags_all = [], []
         for layer, n in zip(self.detectors, norms):
-            flags = layer(n) if self.skip_anomaly else torch.zeros(K, dtype=torch.bool)  # (K,) bool
+            flags = layer(n) if self.skip_anomaly else torch.zeros(K, dtype=torch.bool, device=n.device)  # (K,) bool
             # flagged => Delta_k <- 0, n_k <- n_k + 1e6
             weights.append(self.base_weights(n + 1e6 * flags, steps))
             flags_all.append(flags)

@@ -63,7 +63,8 @@ class LocalSGD:
         """``(weights (L, K), flagged (L, K))`` from the per-layer norms (L, K): 1/K, nothing flagged."""
         L, K = norms.shape
         self.last_stats = {"pseudo_grad_norm": float(norms.norm(dim=0).mean())}
-        return torch.full((L, K), 1.0 / K, dtype=norms.dtype), torch.zeros(L, K, dtype=torch.bool)
+        return (torch.full((L, K), 1.0 / K, dtype=norms.dtype, device=norms.device),
+                torch.zeros(L, K, dtype=torch.bool, device=norms.device))
 
     def finish_layer(self, delta: torch.Tensor) -> torch.Tensor:
         """What follows the weighted sum of one layer (EDiT: clipping). (p_l,)"""

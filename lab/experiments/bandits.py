@@ -14,7 +14,7 @@ import numpy as np
 
 from lab import progress
 from lab.checks import check_int
-from lab.experiments._base import experiment
+from lab.experiments._base import experiment, resolve_device
 from lab.history import History, Runs
 from lab.registry import register
 from toy_envs.tallying_bandit import SuccessiveElimination, WeightedTallyingBanditEnv, run_agent
@@ -39,6 +39,7 @@ class BanditConfig:
     noise: float = 0.1  # std of the Gaussian loss noise
     delta: float = 0.05  # confidence level of the elimination test
     seed: int = 0  # seed of the loss noise
+    device: str = "auto"  # validated only: the bandit is numpy (no tensors to place)
 
 
 def plot(result):
@@ -47,10 +48,12 @@ def plot(result):
     return curves(result, ["cpr", "loss"], title="complete policy regret and mean loss per round")
 
 
-@experiment("tallying_bandit", BanditConfig, paper=PAPER, arxiv="2305.02955", plot=plot)
+@experiment("tallying_bandit", BanditConfig, paper=PAPER, arxiv="2305.02955", plot=plot,
+            smoke={"horizon": 60})
 def tallying_bandit(cfg: BanditConfig) -> History:
     """Successive elimination on a Weighted Tallying Bandit; CPR against always-a*."""
     check_int("max_memory", cfg.max_memory, minimum=0)
+    resolve_device(cfg.device)  # a bad device name still fails, naming the field
     env = WeightedTallyingBanditEnv(n_arms=cfg.n_arms, horizon=cfg.horizon, memory=cfg.memory, decay=cfg.decay,
                                     family=cfg.family, noise=cfg.noise)
     agent = SuccessiveElimination(cfg.n_arms, cfg.horizon, max_memory=cfg.max_memory, delta=cfg.delta,

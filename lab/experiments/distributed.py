@@ -15,8 +15,8 @@ import torch
 
 from lab import progress
 from lab.checks import check_int, check_positive
-from lab.distributed.simulate import make_problem, train
-from lab.experiments._base import experiment
+from lab.distributed.simulate import Problem, make_problem, train
+from lab.experiments._base import experiment, resolve_device
 from lab.history import History, Runs
 from lab.registry import make, parse_spec
 
@@ -44,6 +44,7 @@ class DistributedConfig:
     samples: int = 64  # examples per worker
     batch_size: int = 16  # minibatch per inner step
     seed: int = 0  # seed of data, minibatches and outliers
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ def plot(result):
     return distributed_figure(result)
 
 
-@experiment("distributed_training", DistributedConfig, paper=EDIT_PAPER, arxiv="2412.07210", plot=plot)
+@experiment("distributed_training", DistributedConfig, paper=EDIT_PAPER, arxiv="2412.07210", plot=plot,
+            smoke={"rounds": 2, "workers": 2, "sync_interval": 2})
 def distributed_training(cfg: DistributedConfig) -> History:
     """Train K simulated workers with one Local-SGD-family algorithm; loss per communication round."""
     check_int("workers", cfg.workers, minimum=1)
@@ -80,13 +82,15 @@ def distributed_training(cfg: DistributedConfig) -> History:
     check_positive("slow_factor", cfg.slow_factor)
     if cfg.slow_workers > cfg.workers:
         raise ValueError(f"slow_workers must be <= workers ({cfg.workers}), got {cfg.slow_workers}")
-    g = torch.Generator().manual_seed(cfg.seed)
-    problem = make_problem(cfg.workers, cfg.dim, cfg.samples, cfg.heterogeneity, generator=g)
-    step_times = torch.ones(cfg.workers)
+    dev = resolve_device(cfg.device)
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed)  # data drawn on the CPU: the same on every device
+    cpu = make_problem(cfg.workers, cfg.dim, cfg.samples, cfg.heterogeneity, generator=g)
+    problem = Problem(cpu.X.to(dev), cpu.y.to(dev), cpu.w_opt.to(dev))
+    step_times = torch.ones(cfg.workers, device="cpu")
     step_times[cfg.workers - cfg.slow_workers:] = cfg.slow_factor
     history = train(problem, build(cfg.algorithm, cfg), rounds=cfg.rounds, sync_interval=cfg.sync_interval,
                     inner=cfg.inner, inner_lr=cfg.inner_lr, batch_size=cfg.batch_size, step_times=step_times,
-                    outlier_prob=cfg.outlier_prob, generator=torch.Generator().manual_seed(cfg.seed + 1))
+                    outlier_prob=cfg.outlier_prob, generator=torch.Generator(device="cpu").manual_seed(cfg.seed + 1))
     history.meta["algorithm"] = cfg.algorithm
     history.artifacts["optimum_loss"] = problem.loss(problem.w_opt)
     return history

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from lab.checks import check_int, check_nonneg, check_positive
-from lab.experiments._base import experiment, replace
+from lab.experiments._base import experiment, replace, resolve_device
 from lab.federated import Faults, heterogeneous_rates, make_participation, simulate
 from lab.history import History, Runs
 from lab.registry import make, parse_spec
@@ -48,6 +48,7 @@ class FederatedConfig:
     drop_prob: float = 0.0  # chance a participant drops mid-round
     corrupt_prob: float = 0.0  # chance an upload arrives as NaN/Inf
     seed: int = 0  # seeds problem, rates, participation, minibatches and faults
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 @dataclass(frozen=True)
@@ -58,22 +59,25 @@ class CompareConfig(FederatedConfig):
 
 
 @lru_cache(maxsize=8)
-def build_problem(problem: str, num_clients: int, alpha: float, seed: int) -> FederatedProblem:
-    """The problem of a config (cached: the same draw for every algorithm and slider move)."""
+def build_problem(problem: str, num_clients: int, alpha: float, seed: int, device: str = "cpu") -> FederatedProblem:
+    """The problem of a config on ``device`` (cached: the same draw for every algorithm and slider
+    move; drawn on the CPU, then moved, so every device sees the same data)."""
     check_int("num_clients", num_clients, minimum=2)
     check_positive("alpha", alpha)
     if problem == "least_squares":
-        return least_squares(num_clients=num_clients, heterogeneity=alpha**-0.5, seed=seed)
-    if problem == "logistic_regression":
-        return logistic_regression(num_clients=num_clients, alpha=alpha, seed=seed)
-    if problem == "digits_mlp":
-        return digits_mlp(num_clients=num_clients, alpha=alpha, seed=seed)
-    raise ValueError(f"problem must be least_squares, logistic_regression or digits_mlp, got {problem!r}")
+        built = least_squares(num_clients=num_clients, heterogeneity=alpha**-0.5, seed=seed)
+    elif problem == "logistic_regression":
+        built = logistic_regression(num_clients=num_clients, alpha=alpha, seed=seed)
+    elif problem == "digits_mlp":
+        built = digits_mlp(num_clients=num_clients, alpha=alpha, seed=seed)
+    else:
+        raise ValueError(f"problem must be least_squares, logistic_regression or digits_mlp, got {problem!r}")
+    return built if torch.device(device).type == "cpu" else built.to(device)
 
 
 def rates_of(cfg: FederatedConfig, problem: FederatedProblem) -> torch.Tensor:
     """The true participation rates p_i of a config (data-correlated, drawn from the seed)."""
-    g = torch.Generator().manual_seed(cfg.seed + 7919)
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed + 7919)
     return heterogeneous_rates(problem.label_dist, cfg.p_mean, cfg.p_spread, generator=g)
 
 
@@ -81,7 +85,7 @@ def slowness_of(cfg: FederatedConfig, problem: FederatedProblem) -> torch.Tensor
     """Mean delay per client: ``2 * staleness`` for clients whose data lies mostly in the upper half
     of the labels (or groups) and 0 for the rest when ``slow_data``; ``staleness`` for all otherwise."""
     if not cfg.slow_data:
-        return torch.full((problem.num_clients,), cfg.staleness, dtype=torch.float64)
+        return torch.full((problem.num_clients,), cfg.staleness, dtype=torch.float64, device="cpu")
     labels = problem.label_dist.shape[1]
     upper = problem.label_dist[:, labels // 2:].sum(1) > 0.5  # (N,) bool
     return 2.0 * cfg.staleness * upper.to(torch.float64)
@@ -98,7 +102,8 @@ def components(cfg: FederatedConfig):
     what ``lab.federated.flower``'s ServerApp runs with Flower clients (same specs, same seeds)."""
     check_nonneg("noise", cfg.noise)
     check_nonneg("staleness", cfg.staleness)
-    problem = build_problem(cfg.problem, cfg.num_clients, cfg.alpha, cfg.seed)
+    device = str(resolve_device(cfg.device))
+    problem = build_problem(cfg.problem, cfg.num_clients, cfg.alpha, cfg.seed, device)
     rates = rates_of(cfg, problem)
     if cfg.staleness > 0:
         participation = make("participation", "stragglers", rates, slowness=slowness_of(cfg, problem))
@@ -122,7 +127,8 @@ def algorithm_spec(cfg: FederatedConfig) -> str:
 
 @experiment("federated", FederatedConfig, paper="A Lightweight Method for Tackling Unknown Participation "
             "Statistics in Federated Averaging", arxiv="2306.03401", plot=_plot,
-            summary="One aggregator on a federated problem: loss, distance to x*, weights, participation")
+            summary="One aggregator on a federated problem: loss, distance to x*, weights, participation",
+            smoke={"rounds": 3, "num_clients": 4})
 def federated(cfg: FederatedConfig) -> History:
     problem, algorithm, participation, faults = components(cfg)
     history = simulate(problem, algorithm, participation, cfg.rounds, cfg.local_steps, cfg.lr, cfg.seed,

@@ -104,12 +104,13 @@ class RobustADMM(Aggregator):
 
     def _init_state(self, dtype: torch.dtype) -> None:
         N, d = self.num_clients, self.dim
-        self.w = torch.zeros(N, d, dtype=dtype)  # (N, d) local models w_k
-        self.lam = torch.zeros(N, d, dtype=dtype)  # (N, d) duals (standard only)
-        self.z_recv = torch.zeros(N, d, dtype=dtype)  # (N, d) last global model each client received
-        self.seen = torch.zeros(N, dtype=torch.bool)  # client has received a model
-        self.u = torch.zeros(N, d, dtype=dtype)  # (N, d) server's last model from each client
-        self.heard = torch.zeros(N, dtype=torch.bool)
+        dev = self.device
+        self.w = torch.zeros(N, d, dtype=dtype, device=dev)  # (N, d) local models w_k
+        self.lam = torch.zeros(N, d, dtype=dtype, device=dev)  # (N, d) duals (standard only)
+        self.z_recv = torch.zeros(N, d, dtype=dtype, device=dev)  # (N, d) last global model each client received
+        self.seen = torch.zeros(N, dtype=torch.bool, device=dev)  # client has received a model
+        self.u = torch.zeros(N, d, dtype=dtype, device=dev)  # (N, d) server's last model from each client
+        self.heard = torch.zeros(N, dtype=torch.bool, device=dev)
         self.versions: dict[int, torch.Tensor] = {}  # round -> global model sent that round
 
     def _solve(self, ids: torch.Tensor, data: Any, z: torch.Tensor, lam: torch.Tensor, *, steps: int,
@@ -118,7 +119,7 @@ class RobustADMM(Aggregator):
         exact = self.solver == "exact" or (self.solver == "auto" and data.kind == "least_squares")
         if exact:
             A, b = data.normal_equations()  # (M, d, d), (M, d)
-            eye = torch.eye(self.dim, dtype=A.dtype)
+            eye = torch.eye(self.dim, dtype=A.dtype, device=A.device)
             return torch.linalg.solve(A + self.rho * eye, (b + self.rho * z - lam).unsqueeze(-1)).squeeze(-1)
         start = torch.where(self.seen[ids, None], self.w[ids], z)
         result = local_sgd(data, start, steps=steps, lr=lr, generator=generator, batch_size=self.batch_size,
@@ -205,7 +206,7 @@ class RobustADMM(Aggregator):
             self.last_weights = {}
             return x.clone()
         # z = (1/|heard|) sum_k u_k
-        self._record(ids, torch.full((len(ids),), 1.0 / int(self.heard.sum()), dtype=x.dtype))
+        self._record(ids, torch.full((len(ids),), 1.0 / int(self.heard.sum()), dtype=x.dtype, device=x.device))
         return self.u[self.heard].mean(0)
 
     def state_dict(self) -> dict[str, Any]:

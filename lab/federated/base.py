@@ -98,7 +98,7 @@ def check_client_ids(name: str, ids: Any, num_clients: int) -> torch.Tensor:
         for i in values:
             if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
                 raise TypeError(f"{name} must hold integer client ids, got {i!r} ({type(i).__name__})")
-        ids = torch.tensor([int(i) for i in values], dtype=torch.long)
+        ids = torch.tensor([int(i) for i in values], dtype=torch.long, device="cpu")
     if ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= num_clients:
@@ -137,13 +137,13 @@ def stack_updates(x: torch.Tensor, updates: Mapping[int, torch.Tensor],
         if isinstance(count, bool) or not isinstance(count, (int, float, np.integer, np.floating)) \
                 or not math.isfinite(float(count)) or count <= 0:
             raise ValueError(f"num_samples[{i}] must be a positive count, got {count!r}")
-    deltas = torch.stack([updates[i] for i in ids]).to(x.dtype) if ids else x.new_zeros(0, x.numel())
+    deltas = torch.stack([updates[i] for i in ids]).to(dtype=x.dtype, device=x.device) if ids else x.new_zeros(0, x.numel())
     finite = torch.isfinite(deltas).all(1)  # (M,) one check for all updates
     if not bool(finite.all()):
         bad = ids[int((~finite).nonzero()[0])]
         raise ValueError(f"updates[{bad}] contains NaN or Inf")
-    n = torch.tensor([float(num_samples[i]) for i in ids], dtype=x.dtype)
-    return torch.tensor(ids, dtype=torch.long), deltas, n
+    n = torch.tensor([float(num_samples[i]) for i in ids], dtype=x.dtype, device=x.device)
+    return torch.tensor(ids, dtype=torch.long, device=x.device), deltas, n
 
 
 class Aggregator:
@@ -169,6 +169,7 @@ class Aggregator:
             check_int("batch_size", batch_size, minimum=1)
         self.batch_size = batch_size
         self.num_clients: int | None = None
+        self.device = torch.device("cpu")
         self.dim: int | None = None
         self.alpha: torch.Tensor | None = None  # (N,) objective weights alpha_i
         self.last_weights: dict[int, float] = {}
@@ -177,14 +178,18 @@ class Aggregator:
 
     # ---- setup ---------------------------------------------------------------------------
     def setup(self, num_clients: int, dim: int, problem: Any = None, *,
-              dtype: torch.dtype = torch.float64) -> "Aggregator":
-        """Size the state for ``num_clients`` clients and models of ``dim`` entries."""
+              dtype: torch.dtype = torch.float64, device: Any = None) -> "Aggregator":
+        """Size the state for ``num_clients`` clients and models of ``dim`` entries, on ``device``
+        (default: the problem's device, else the CPU)."""
         self.num_clients = check_int("num_clients", num_clients, minimum=1)
         self.dim = check_int("dim", dim, minimum=1)
+        if device is None:
+            device = problem.x0.device if problem is not None else "cpu"
+        self.device = torch.device(device)
         if problem is not None:
-            self.alpha = problem.weights.to(dtype)
+            self.alpha = problem.weights.to(dtype=dtype, device=self.device)
         else:
-            self.alpha = torch.full((num_clients,), 1.0 / num_clients, dtype=dtype)
+            self.alpha = torch.full((num_clients,), 1.0 / num_clients, dtype=dtype, device=self.device)
         self._init_state(dtype)
         return self
 
@@ -223,7 +228,7 @@ class Aggregator:
     def local_update(self, x: torch.Tensor, client_id: int, data: Any, *, steps: int, lr: float,
                      generator: torch.Generator) -> torch.Tensor:
         """One client's update ``Delta = x_after - x_before`` (d,)."""
-        ids = torch.tensor([int(client_id)])
+        ids = torch.tensor([int(client_id)], device="cpu")
         return self.local_updates(x, ids, data, steps=steps, lr=lr, generator=generator)[0]
 
     # ---- the wire: what crosses between a server and separate clients --------------------

@@ -43,11 +43,12 @@ from lab.registry import register
 class IntervalEstimator:
     """Online estimate ``omega_i`` of 1/p_i from participation intervals (with cutoff K)."""
 
-    def __init__(self, num_clients: int, cutoff: int | None = None, dtype: torch.dtype = torch.float64):
+    def __init__(self, num_clients: int, cutoff: int | None = None, dtype: torch.dtype = torch.float64,
+                 device: Any = "cpu"):
         self.cutoff = None if cutoff is None else check_int("cutoff", cutoff, minimum=1)
-        self.run = torch.zeros(num_clients, dtype=torch.long)  # (N,) current non-participation run
-        self.omega = torch.ones(num_clients, dtype=dtype)  # (N,) mean recorded interval
-        self.count = torch.zeros(num_clients, dtype=torch.long)  # (N,) recorded intervals
+        self.run = torch.zeros(num_clients, dtype=torch.long, device=device)  # (N,) current non-participation run
+        self.omega = torch.ones(num_clients, dtype=dtype, device=device)  # (N,) mean recorded interval
+        self.count = torch.zeros(num_clients, dtype=torch.long, device=device)  # (N,) recorded intervals
 
     def weights(self, ids: torch.Tensor) -> torch.Tensor:
         """``w_i = omega_i`` where an interval was recorded, else 1 (before this round's record)."""
@@ -89,7 +90,7 @@ class FedAU(Aggregator):
         self.cutoff = None if cutoff is None else check_int("cutoff", cutoff, minimum=1)
 
     def _init_state(self, dtype: torch.dtype) -> None:
-        self.estimator = IntervalEstimator(self.num_clients, self.cutoff, dtype)
+        self.estimator = IntervalEstimator(self.num_clients, self.cutoff, dtype, self.device)
 
     def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
                   num_samples: Mapping[int, int], round: int, *,
@@ -98,7 +99,7 @@ class FedAU(Aggregator):
         ids, deltas, _ = self._stack(x, updates, num_samples)
         # w_i from intervals recorded before this round, times alpha_i (= 1/N by default)
         w = self.estimator.weights(ids) * self.alpha[ids].to(x.dtype)
-        participated = torch.zeros(self.num_clients, dtype=torch.bool)
+        participated = torch.zeros(self.num_clients, dtype=torch.bool, device=self.device)
         participated[ids] = True
         self.estimator.update(participated)
         self._record(ids, w)

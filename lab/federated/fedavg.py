@@ -55,7 +55,7 @@ def fedavg_weights(n: torch.Tensor, ids: torch.Tensor, weighting: str, num_clien
         return torch.full_like(n, 1.0 / n.numel())
     if weighting == "all":
         return torch.full_like(n, 1.0 / num_clients)
-    return (alpha[ids] / probabilities[ids]).to(n.dtype)
+    return (alpha[ids] / probabilities.to(alpha.device)[ids]).to(n.dtype)
 
 
 @register("aggregator", "fedavg", paper="A Lightweight Method for Tackling Unknown Participation "
@@ -81,7 +81,7 @@ class FedAvg(Aggregator):
         if weighting == "known_prob":
             if probabilities is None:
                 raise ValueError("probabilities must be given for weighting='known_prob'")
-            probabilities = check_tensor("probabilities", torch.as_tensor(probabilities, dtype=torch.float64),
+            probabilities = check_tensor("probabilities", torch.as_tensor(probabilities, dtype=torch.float64, device="cpu"),
                                          ndim=1, finite=True)
             if (probabilities <= 0).any() or (probabilities > 1).any():
                 raise ValueError("probabilities must lie in (0, 1]")

@@ -46,7 +46,7 @@ class FedVARP(Aggregator):
     """FedVARP. Args: server_lr (eta_g), batch_size (local minibatch, None = full batch)."""
 
     def _init_state(self, dtype: torch.dtype) -> None:
-        self.memory = torch.zeros(self.num_clients, self.dim, dtype=dtype)  # (N, d) y_j
+        self.memory = torch.zeros(self.num_clients, self.dim, dtype=dtype, device=self.device)  # (N, d) y_j
 
     def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
                   num_samples: Mapping[int, int], round: int, *,
@@ -57,7 +57,7 @@ class FedVARP(Aggregator):
             self.last_weights = {}
             return x.clone()
         v, self.memory = fedvarp_step(deltas, ids, self.memory)
-        self._record(ids, torch.full((len(ids),), 1.0 / max(len(ids), 1), dtype=x.dtype))
+        self._record(ids, torch.full((len(ids),), 1.0 / max(len(ids), 1), dtype=x.dtype, device=x.device))
         return x + self.server_lr * v
 
     def state_dict(self) -> dict[str, Any]:

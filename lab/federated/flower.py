@@ -313,8 +313,9 @@ class FlowerClients:
         rows, bases = [], []
         for cid in ids.tolist():
             reply = by_client[cid]
-            rows.append(from_arrays(reply.content["update"], names, x.dtype))
-            server.server_receive(cid, _vectors(reply.content.array_records.get("extras")))
+            rows.append(from_arrays(reply.content["update"], names, x.dtype).to(x.device))
+            extras = {k: v.to(x.device) for k, v in _vectors(reply.content.array_records.get("extras")).items()}
+            server.server_receive(cid, extras)
             bases.append(int(reply.content["metrics"]["base-round"]))
         server.local_steps, server.local_lr = steps, lr
         return torch.stack(rows), bases
@@ -378,6 +379,10 @@ def server_app(config: Any = None, *, configs: Sequence[Any] = (), client_model:
     return app
 
 
+class RayStartupTimeout(RuntimeError):
+    """Ray's node did not start within its fixed limit (a loaded machine), on every attempt."""
+
+
 def run_flower_simulation(configs: Sequence[Any], *, client_model: str = "vector", num_supernodes: int | None = None,
                           num_cpus: int = 2, attempts: int = 3) -> list:
     """Run ``configs`` on Flower's simulation engine (Ray) with the lab's apps; returns the Histories.
@@ -385,7 +390,7 @@ def run_flower_simulation(configs: Sequence[Any], *, client_model: str = "vector
     One ``run_simulation`` call (one Ray start-up) runs every config in turn; all configs need the
     same ``num_clients`` (one virtual SuperNode per client). Ray's node start-up has a fixed 30 s
     limit that a loaded machine can miss; such a failure ("timed out during startup") is retried
-    up to ``attempts`` times, any other error is raised at once.
+    up to ``attempts`` times (then :class:`RayStartupTimeout`), any other error is raised at once.
     """
     import os
 
@@ -406,9 +411,12 @@ def run_flower_simulation(configs: Sequence[Any], *, client_model: str = "vector
                            backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": num_cpus}})
         except RuntimeError as exc:
             cause = repr(exc.__cause__) + repr(getattr(exc.__cause__, "__cause__", None))
-            if "timed out during startup" in cause and attempt + 1 < attempts:
-                continue
-            raise
+            if "timed out during startup" not in cause:
+                raise
+            if attempt + 1 == attempts:
+                raise RayStartupTimeout(f"Ray's node did not start in {attempts} attempts (its fixed 30 s limit; "
+                                        f"the machine is loaded)") from exc
+            continue
         if len(histories) != len(configs):
             raise RuntimeError(f"the Flower ServerApp finished {len(histories)} of {len(configs)} runs")
         return histories
@@ -425,5 +433,5 @@ def _lazy_apps():
 server, client = _lazy_apps()
 """The apps a deployment loads: ``lab.federated.flower:server`` and ``lab.federated.flower:client``."""
 
-__all__ = ["server_app", "client_app", "FlowerClients", "run_on_grid", "run_flower_simulation", "handle_train", "handle_query",
+__all__ = ["server_app", "client_app", "FlowerClients", "run_on_grid", "run_flower_simulation", "RayStartupTimeout", "handle_train", "handle_query",
            "config_record_values", "config_from_values", "layout", "to_arrays", "from_arrays", "server", "client"]

@@ -58,11 +58,11 @@ class MomentumFL(Aggregator):
         self._proposed: dict[int, torch.Tensor] = {}
 
     def _init_state(self, dtype: torch.dtype) -> None:
-        self.g = torch.zeros(self.dim, dtype=dtype)  # (d,) momentum g^r
+        self.g = torch.zeros(self.dim, dtype=dtype, device=self.device)  # (d,) momentum g^r
         self.x_prev: torch.Tensor | None = None  # x^{r-1} (VR only)
         if self.control_variates:
-            self.c = torch.zeros(self.dim, dtype=dtype)
-            self.c_clients = torch.zeros(self.num_clients, self.dim, dtype=dtype)
+            self.c = torch.zeros(self.dim, dtype=dtype, device=self.device)
+            self.c_clients = torch.zeros(self.num_clients, self.dim, dtype=dtype, device=self.device)
         self._proposed = {}
 
     def local_updates(self, x: torch.Tensor, client_ids: torch.Tensor, data: Any, *, steps: int,
@@ -140,7 +140,7 @@ class MomentumFL(Aggregator):
         gamma = eta_k if self.gamma is None else self.gamma
         # g^{r+1} = (1/(eta K |S|)) sum_i (x - x_i^K) = -mean(Delta_i) / (eta K)
         self.g = -deltas.mean(0) / eta_k
-        self._record(ids, torch.full((len(ids),), gamma / eta_k / len(ids), dtype=x.dtype))
+        self._record(ids, torch.full((len(ids),), gamma / eta_k / len(ids), dtype=x.dtype, device=x.device))
         if self.control_variates:
             for i in ids.tolist():
                 c_new = self._proposed.pop(i)

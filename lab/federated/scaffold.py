@@ -54,8 +54,8 @@ class Scaffold(Aggregator):
         self._proposed: dict[int, torch.Tensor] = {}
 
     def _init_state(self, dtype: torch.dtype) -> None:
-        self.c = torch.zeros(self.dim, dtype=dtype)  # (d,)
-        self.c_clients = torch.zeros(self.num_clients, self.dim, dtype=dtype)  # (N, d)
+        self.c = torch.zeros(self.dim, dtype=dtype, device=self.device)  # (d,)
+        self.c_clients = torch.zeros(self.num_clients, self.dim, dtype=dtype, device=self.device)  # (N, d)
         self._proposed = {}
 
     def local_updates(self, x: torch.Tensor, client_ids: torch.Tensor, data: Any, *, steps: int,
@@ -106,7 +106,7 @@ class Scaffold(Aggregator):
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
         ids, deltas, _ = self._stack(x, updates, num_samples)
-        w = torch.full((len(ids),), 1.0 / max(len(ids), 1), dtype=x.dtype)
+        w = torch.full((len(ids),), 1.0 / max(len(ids), 1), dtype=x.dtype, device=x.device)
         self._record(ids, w)
         for i in ids.tolist():
             if i not in self._proposed:

@@ -92,9 +92,12 @@ class Vectorized:
             hook(ids, self.problem.clients(ids), steps=steps, lr=lr, generator=generator)
 
 
-def _generators(seed: int) -> list[torch.Generator]:
+def _generators(seed: int, device: Any = "cpu") -> list[torch.Generator]:
+    """Participation and faults draw on the CPU (small, the same on every device); local minibatches
+    and link noise on the problem's device."""
     seeds = np.random.SeedSequence(seed).generate_state(4)
-    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+    places = ("cpu", device, "cpu", device)
+    return [torch.Generator(device=place).manual_seed(int(s)) for s, place in zip(seeds, places)]
 
 
 def simulate(problem: Any, algorithm: Aggregator | str, participation: Participation, rounds: int,
@@ -131,17 +134,17 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
     N, d = problem.num_clients, problem.dim
     if participation.num_clients != N:
         raise ValueError(f"participation covers {participation.num_clients} clients, the problem has {N}")
-    g_part, g_local, g_fault, g_noise = _generators(seed)
     x = problem.x0.clone()
+    g_part, g_local, g_fault, g_noise = _generators(seed, x.device)
     algorithm.setup(N, d, problem, dtype=x.dtype)
     trainer = Vectorized(problem) if local_training is None else local_training
     wants_idle = bool(getattr(algorithm, "wants_idle_updates", False))
     elem = x.element_size()
     n_all = problem.num_samples.tolist()
     pending: list[tuple[int, int, torch.Tensor, int]] = []  # (arrival round, client, delta, base round)
-    busy = torch.zeros(N, dtype=torch.bool)
+    busy = torch.zeros(N, dtype=torch.bool, device="cpu")
     dropped: list[dict[str, Any]] = []
-    weight_sum = torch.zeros(N, dtype=torch.float64)
+    weight_sum = torch.zeros(N, dtype=torch.float64, device="cpu")
     total_bytes = 0
     history = History(meta={"algorithm": name, "participation": type(participation).__name__,
                              "problem": problem.name, "seed": seed, "rounds": rounds,
@@ -159,18 +162,18 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
         if M:
             x_recv = x
             if faults.downlink_noise:
-                x_recv = x + faults.downlink_noise * torch.randn(M, d, generator=g_noise, dtype=x.dtype)
+                x_recv = x + faults.downlink_noise * torch.randn(M, d, generator=g_noise, dtype=x.dtype, device=x.device)
             deltas, bases = trainer.train(algorithm, x_recv, ids, r, steps=local_steps, lr=lr, generator=g_local)
             deltas = deltas.clone()  # (M, d)
-            quit_mid = torch.rand(M, generator=g_fault) < faults.drop_prob
-            corrupt = (torch.rand(M, generator=g_fault) < faults.corrupt_prob) & ~quit_mid
+            quit_mid = torch.rand(M, generator=g_fault, device="cpu") < faults.drop_prob
+            corrupt = (torch.rand(M, generator=g_fault, device="cpu") < faults.corrupt_prob) & ~quit_mid
             for k in corrupt.nonzero().squeeze(1).tolist():
                 deltas[k] = float("nan") if k % 2 == 0 else float("inf")
             total_bytes += int((~quit_mid).sum()) * d * elem * algorithm.uplink_vectors
             if faults.uplink_noise:
-                deltas = deltas + faults.uplink_noise * torch.randn(M, d, generator=g_noise, dtype=x.dtype)
+                deltas = deltas + faults.uplink_noise * torch.randn(M, d, generator=g_noise, dtype=x.dtype, device=x.device)
             finite = torch.isfinite(deltas).all(1)
-            norms = torch.where(finite, deltas.norm(dim=1), torch.zeros(M, dtype=deltas.dtype)).tolist()
+            norms = torch.where(finite, deltas.norm(dim=1), torch.zeros(M, dtype=deltas.dtype, device=deltas.device)).tolist()
             bound = faults.max_update_norm
             rows = deltas.unbind(0)
             for k, (cid, quit, ok, lag, base) in enumerate(zip(ids.tolist(), quit_mid.tolist(), finite.tolist(),
@@ -218,10 +221,10 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
             stacked = torch.stack([updates[i] for i in sorted(updates)])
             row["drift"] = float((stacked - stacked.mean(0)).norm(dim=1).mean())
             row["staleness"] = float(np.mean(list(staleness.values())))
-        weights = torch.zeros(N, dtype=torch.float64)
+        weights = torch.zeros(N, dtype=torch.float64, device="cpu")
         if algorithm.last_weights:
             weights[list(algorithm.last_weights)] = torch.tensor(list(algorithm.last_weights.values()),
-                                                                 dtype=torch.float64)
+                                                                 dtype=torch.float64, device="cpu")
         weight_sum += weights
         if record_clients:
             row["participation"] = active.to(torch.float64)
@@ -237,8 +240,8 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
     history.artifacts["effective_weight"] = (weight_sum / max(done, 1)).tolist()
     estimator = getattr(algorithm, "estimator", None)
     if estimator is not None:
-        history.artifacts["inverse_p_estimate"] = estimator.weights(torch.arange(N)).tolist()
-    history.artifacts["x_final"] = x.tolist()
+        history.artifacts["inverse_p_estimate"] = estimator.weights(torch.arange(N, device=estimator.omega.device)).cpu().tolist()
+    history.artifacts["x_final"] = x.cpu().tolist()
     return history
 
 

@@ -5,6 +5,10 @@ its start-up is most of this test's time), and each run's global model must equa
 simulator's on the same seeds and participation, to float rounding: the clients train on full
 local batches (deterministic), the server draws participation from the lab's participation model,
 and every number reaches the server through Flower messages from Ray worker processes.
+
+Ray's node start-up has a fixed 30 s limit inside Ray; on a heavily loaded 2-core machine it can
+miss it. ``run_flower_simulation`` retries that failure; if Ray never starts, the test is skipped
+with that reason (any other failure, and any mismatch, fails it).
 """
 import time
 
@@ -22,11 +26,14 @@ SPECS = ("fedavg", "scaffold", "fedau")
 
 @pytest.mark.slow
 def test_run_simulation_matches_the_lab_simulator():
-    from lab.federated.flower import run_flower_simulation
+    from lab.federated.flower import RayStartupTimeout, run_flower_simulation
 
     configs = [FederatedConfig(algorithm=spec, num_clients=8, rounds=4) for spec in SPECS]
     start = time.perf_counter()
-    histories = run_flower_simulation(configs)
+    try:
+        histories = run_flower_simulation(configs, attempts=4)
+    except RayStartupTimeout as exc:  # infrastructure, not a result: Ray could not start its node
+        pytest.skip(str(exc))
     elapsed = time.perf_counter() - start
     for cfg, flower in zip(configs, histories):
         lab = run("federated", cfg)
