@@ -15,6 +15,7 @@ import numpy as np
 from lab import progress
 from lab.checks import check_int
 from lab.experiments._base import experiment, resolve_device
+from lab.claims import Claim
 from lab.history import History, Runs
 from lab.registry import register
 from toy_envs.tallying_bandit import SuccessiveElimination, WeightedTallyingBanditEnv, run_agent
@@ -73,3 +74,19 @@ def tallying_bandit(cfg: BanditConfig) -> History:
 def compare_bandits(cfg: BanditConfig) -> Runs:
     """Modified and standard successive elimination on the same instance and noise."""
     return Runs({agent: tallying_bandit(replace(cfg, agent=agent)) for agent in ("modified_se", "standard_se")})
+
+
+# ---- the lesson's claim (notebook 16, panel "bandit") ----------------------------------------
+BANDIT_PANEL = BanditConfig()
+"""Notebook 16's bandit panel: both agents on the default instance (habituation losses)."""
+
+CLAIMS = [
+    Claim(notebook="16_distributed_solvers_bandits", panel="bandit", experiment=compare_bandits, base=BANDIT_PANEL,
+          text="When arms improve with repeated play (habituation), standard successive elimination interleaves "
+               "arms, never sees their saturated losses and keeps paying: its complete policy regret is more than "
+               "twice the modified algorithm's, which plays in blocks and discards the warm-up rounds.",
+          holds=lambda runs: runs["modified_se"]["cpr"][-1] < 0.5 * runs["standard_se"]["cpr"][-1],
+          control={"family": "boredom"},
+          control_text="boredom losses (arms get worse with repetition): repeated exposure is no longer optimal "
+                       "and blocks give no advantage"),
+]

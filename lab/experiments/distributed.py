@@ -17,6 +17,7 @@ from lab import progress
 from lab.checks import check_int, check_positive
 from lab.distributed.simulate import Problem, make_problem, train
 from lab.experiments._base import experiment, resolve_device
+from lab.claims import Claim
 from lab.history import History, Runs
 from lab.registry import make, parse_spec
 
@@ -102,3 +103,59 @@ def compare_distributed(cfg: CompareDistributedConfig) -> Runs:
     for spec in progress.track(cfg.algorithms, desc="algorithms"):
         runs[spec] = distributed_training(replace(cfg, algorithm=spec))
     return runs
+
+
+# ---- simulated vs real processes (notebook 16) ------------------------------------------------
+REAL_RUNS = "16_real_vs_simulated.json"
+"""File name (in ``notebooks/data``) of the real multi-process runs the notebook shows by default."""
+
+
+def real_vs_simulated(cfg: CompareDistributedConfig, *, timeout: float = 300.0) -> Runs:
+    """Each algorithm of ``cfg`` twice: the one-process simulation and ``cfg.workers`` real
+    processes (``torch.distributed``, gloo on localhost, :mod:`lab.distributed.wrappers`), on the
+    same seeds. Labels ``"simulated: <spec>"`` and ``"<K> processes: <spec>"``."""
+    from lab.distributed.train import least_squares_worker, spawn
+
+    configs = [replace(cfg, algorithm=spec) for spec in cfg.algorithms]
+    out = spawn(_real_worker, cfg.workers, configs, timeout=timeout)
+    runs = Runs()
+    for i, one in enumerate(configs):
+        runs[f"simulated: {one.algorithm}"] = distributed_training(one)
+        real = History.from_dict(out[0][i])
+        real.meta["config"] = {k: v for k, v in one.__dict__.items()}
+        runs[f"{cfg.workers} processes: {one.algorithm}"] = real
+    return runs
+
+
+def _real_worker(rank, world, configs):
+    from lab.distributed.train import least_squares_worker
+
+    return [least_squares_worker(rank, world, c) for c in configs]
+
+
+# ---- the lesson's claims (notebook 16, panel "outer") -----------------------------------------
+def _mean_loss_after(h: History, start: int = 5) -> float:
+    return float(h["loss"][start:].mean())
+
+
+OUTER_PANEL = CompareDistributedConfig()
+"""Notebook 16's first panel: Local SGD, EDiT and A-EDiT on one draw, one slow worker, 2% bad shards."""
+
+CLAIMS = [
+    Claim(notebook="16_distributed_solvers_bandits", panel="outer", name="bad_shards", experiment=compare_distributed,
+          base=OUTER_PANEL,
+          text="A bad shard now and then (2% of worker-rounds) pulls Local SGD's loss up (its mean loss after "
+               "round 5 is over 3x EDiT's): EDiT's detector drops the worker whose pseudo-gradient jumps and weights "
+               "the rest by their norms.",
+          holds=lambda runs: _mean_loss_after(runs["local_sgd"]) > 3 * _mean_loss_after(runs["edit"]),
+          control={"outlier_prob": 0.0},
+          control_text="no bad shards: all three average the same kind of pseudo-gradients and end at the same loss"),
+    Claim(notebook="16_distributed_solvers_bandits", panel="outer", name="slow_worker", experiment=compare_distributed,
+          base=OUTER_PANEL, config={"outlier_prob": 0.0},
+          text="With one worker 4x slower, EDiT waits for it every round; A-EDiT syncs on time instead and finishes "
+               "the same rounds in at most half the (simulated) wall-clock, at a final loss within 10% of EDiT's.",
+          holds=lambda runs: (runs["a_edit"]["wall_clock"][-1] < 0.5 * runs["edit"]["wall_clock"][-1]
+                              and runs["a_edit"]["loss"][-1] < 1.1 * runs["edit"]["loss"][-1]),
+          control={"slow_factor": 1.0},
+          control_text="no slow worker: waiting costs nothing, and both take the same time"),
+]
