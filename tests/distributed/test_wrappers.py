@@ -90,13 +90,15 @@ def test_corrupted_shard_is_eliminated_by_edit_not_by_local_sgd():
     # worker 3 draws a bad shard (labels x20) in rounds 6 and 9: a loss spike, the case EDiT's
     # pseudo-gradient penalty is for; no random outliers
     base = dict(workers=4, rounds=10, slow_workers=0, outlier_prob=0.0, ewma_warmup=3, heterogeneity=0.0)
-    configs = [DistributedConfig(algorithm="local_sgd", **base), DistributedConfig(algorithm="edit", **base)]
+    configs = [DistributedConfig(algorithm=a, **base) for a in ("local_sgd", "edit", "edit(temperature=None)")]
     out = spawn(_sim_worker, 4, configs, {3: {6, 9}}, timeout=300)
-    local, edit = (History.from_dict(out[0][i]) for i in range(2))
+    local, edit, plain = (History.from_dict(out[0][i]) for i in range(3))
     rounds, flagged = edit.series("flagged")
     # EDiT: the bad worker is flagged exactly in the bad rounds, and the loss does not jump
     assert rounds[flagged > 0].tolist() == [6, 9] and flagged.sum() == 2
     assert edit["loss"][6] < 1.5 * edit["loss"][5] and edit["loss"][9] < 1.5 * edit["loss"][8]
+    # without norm weights (T = None) elimination alone must keep the bad pseudo-gradient out
+    assert plain["loss"][6] < 1.5 * plain["loss"][5] and plain["loss"][9] < 1.5 * plain["loss"][8]
     # Local SGD averages the bad pseudo-gradient in: its loss jumps by orders of magnitude
     assert local["loss"][6] > 20 * local["loss"][5] and local["loss"][6] > 20 * edit["loss"][6]
 
