@@ -62,7 +62,7 @@ def _sim_worker(rank, world, configs, corrupt=None):
 
 
 def _configs(workers):
-    base = dict(workers=workers, rounds=8, slow_workers=1, outlier_prob=0.1, ewma_warmup=2)
+    base = dict(workers=workers, rounds=8, slow_workers=1, slow_factor=3.0, outlier_prob=0.1, ewma_warmup=2)
     return [DistributedConfig(algorithm=a, **base) for a in ("local_sgd", "edit", "a_edit")]
 
 
