@@ -27,7 +27,7 @@ import torch
 
 from lab.checks import check_positive
 from lab.registry import register
-from lab.rl.preference import check_flag, log_ratios, mean_loss, pair_inputs, preference_metrics
+from lab.preference.core import check_flag, log_ratios, mean_loss, pair_inputs, preference_metrics
 
 
 @register("preference_loss", "ipo", paper="A General Theoretical Paradigm to Understand Learning from Human "

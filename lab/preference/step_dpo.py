@@ -14,7 +14,7 @@ So the departure from DPO is the *data*, not the loss: the released trainer only
 tokenization (prompt = problem + initial steps, prompt tokens masked). The step-wise toy data are
 built by :func:`toy_envs.preferences.step_pairs`. An empty prefix (k = 1) is plain DPO on the
 first step. Default β = 0.5 (the released Qwen2-7B script; 0.4 in the 72B scripts, 0.05 in
-``config_full.yaml``). All other arguments are DPO's (:func:`lab.rl.dpo.dpo`).
+``config_full.yaml``). All other arguments are DPO's (:func:`lab.preference.dpo.dpo`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from lab.registry import register
-from lab.rl.dpo import dpo
+from lab.preference.dpo import dpo
 
 
 @register("preference_loss", "step_dpo", paper="Step-DPO: Step-wise Preference Optimization for Long-chain "

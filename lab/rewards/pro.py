@@ -30,7 +30,7 @@ from torch import nn
 
 from lab.checks import check_int, check_positive, check_tensor
 from lab.registry import register
-from lab.rl.multi_objective import check_objectives, weighted_sum
+from lab.rewards.multi_objective import check_objectives, weighted_sum
 
 
 def target_weights(preferred_scores: torch.Tensor, temperature: float = 1.0, eps: float = 1e-6) -> torch.Tensor:

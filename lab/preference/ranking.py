@@ -40,7 +40,7 @@ import torch
 from lab.checks import check_nonneg, check_positive, check_range, check_tensor
 from lab.registry import register
 from lab.rl.core import as_float, as_mask
-from lab.rl.preference import check_flag, pair_inputs, pair_scores
+from lab.preference.core import check_flag, pair_inputs, pair_scores
 
 
 def idealized_margin(ref_chosen_scores: torch.Tensor, ref_rejected_scores: torch.Tensor,

@@ -49,7 +49,7 @@ import torch
 
 from lab.checks import check_int, check_positive, check_tensor
 from lab.registry import register
-from lab.rl.multi_objective import (check_objectives, check_weights, hypervolume, hypervolume_contribution,
+from lab.rewards.multi_objective import (check_objectives, check_weights, hypervolume, hypervolume_contribution,
                                     pareto_front, weighted_sum)
 
 PAPER = "Learning to Optimize Multi-Objective Alignment Through Dynamic Reward Weighting"

@@ -1,8 +1,8 @@
-"""Hypervolume, Pareto fronts and weighted sums (lab.rl.multi_objective)."""
+"""Hypervolume, Pareto fronts and weighted sums (lab.rewards.multi_objective)."""
 import pytest
 import torch
 
-from lab.rl.multi_objective import (hypervolume, hypervolume_contribution, pareto_front, pareto_mask,
+from lab.rewards.multi_objective import (hypervolume, hypervolume_contribution, pareto_front, pareto_mask,
                                     weighted_sum)
 
 

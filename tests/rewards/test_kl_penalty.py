@@ -7,13 +7,13 @@ import torch
 import lab.experiments as E
 from lab.registry import info
 from lab.rl.core import aggregate, kl
-from lab.rl.kl_reward import kl_reward_penalty
+from lab.rewards.kl_penalty import kl_reward_penalty
 from lab.rl.ppo import ppo
 
 
 def test_registered_with_paper():
     entry = info("reward", "kl_penalty")
-    assert entry.arxiv == "1909.08593" and entry.module == "lab.rl.kl_reward"
+    assert entry.arxiv == "1909.08593" and entry.module == "lab.rewards.kl_penalty"
 
 
 def test_hand_computed_spec_example():
@@ -134,7 +134,7 @@ def test_where_the_kl_goes_k1_in_the_loss_is_no_penalty_at_all():
 
 
 def test_adaptive_kl_penalty_hand_computed():
-    from lab.rl.kl_reward import AdaptiveKLPenalty
+    from lab.rewards.kl_penalty import AdaptiveKLPenalty
 
     # e = clip(KL/target − 1, ±0.2): KL = 2 with target 1 -> +0.2, so β ← 0.1 (1 + 0.2 · 4/100)
     ctrl = AdaptiveKLPenalty(beta=0.1, target=1.0, horizon=100)

@@ -35,7 +35,7 @@ import torch
 
 from lab.checks import check_tensor
 from lab.registry import register
-from lab.rl.multi_objective import weighted_sum
+from lab.rewards.multi_objective import weighted_sum
 
 COMPONENTS = ("struct", "format", "valid", "correct", "length")
 DEFAULT_WEIGHTS = (0.2, 0.1, 0.3, 0.3, 0.1)

@@ -1,7 +1,7 @@
 """SFT: maximum likelihood on demonstrations (the negative log-likelihood of the response tokens).
 
 Catalog source: "Implicit Reward as the Bridge: A Unified View of SFT and DPO Connections",
-arXiv 2507.00018, which reads SFT as implicit-reward learning (see :mod:`lab.rl.fdiv_sft`).
+arXiv 2507.00018, which reads SFT as implicit-reward learning (see :mod:`lab.preference.fdiv_sft`).
 
 With ℓ_{i,t} = log π_θ(y_{i,t} | x_i, y_{i,<t}) on response tokens (``mask``; prompt tokens are
 masked out, "completion-only" training)::

@@ -28,7 +28,7 @@ import torch
 from lab.checks import check_nonneg, check_positive, check_tensor
 from lab.registry import register
 from lab.rl.core import as_mask, masked_mean
-from lab.rl.sft import sft
+from lab.preference.sft import sft
 
 
 @register("preference_loss", "inverted_hinge", paper="Towards Robust and Parameter-Efficient Knowledge "

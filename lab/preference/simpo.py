@@ -2,7 +2,7 @@
 
 "SimPO: Simple Preference Optimization with a Reference-Free Reward", arXiv 2405.14734 (the catalog
 row lists it with "AlphaPO – Reward shape matters for LLM alignment", arXiv 2501.03884, whose
-parent it is; see :mod:`lab.rl.alphapo`).
+parent it is; see :mod:`lab.preference.alphapo`).
 
 DPO's reward β log π/π_ref needs a reference model and is a *sum* over tokens (long responses get
 large rewards of either sign), while generation ranks by average log-likelihood. SimPO uses the
@@ -26,7 +26,7 @@ import torch
 
 from lab.checks import check_number, check_positive
 from lab.registry import register
-from lab.rl.preference import (
+from lab.preference.core import (
     alpha_reward, check_flag, mean_loss, pair_inputs, pair_loss, pair_scores, preference_metrics,
 )
 

@@ -15,7 +15,7 @@ cancels in a pair). Fitting it to preferences by maximum likelihood under Bradle
 
 Gradient: ``−β σ(−βz) (∇S_w − ∇S_l)``: each pair is weighted by how wrongly the implicit reward
 orders it. Nothing anchors S_w itself, only the difference: S_w can *fall* while the margin grows
-(likelihood displacement, see :mod:`lab.rl.ranking`). Defaults: β = 0.1, ε = 0 (TRL). Identical
+(likelihood displacement, see :mod:`lab.preference.ranking`). Defaults: β = 0.1, ε = 0 (TRL). Identical
 chosen and rejected give z = 0, L = ln 2 and zero gradient. Example (spec): β = 0.1, S_w = −10,
 S_l = −12, S_w^ref = S_l^ref = −11 → z = 2, L = log(1 + e^{−0.2}) = 0.59814.
 
@@ -31,7 +31,7 @@ import torch
 
 from lab.checks import check_positive
 from lab.registry import register
-from lab.rl.preference import check_flag, log_ratios, mean_loss, pair_inputs, pair_loss, preference_metrics
+from lab.preference.core import check_flag, log_ratios, mean_loss, pair_inputs, pair_loss, preference_metrics
 
 PAPER = "Direct Preference Optimization: Your Language Model is Secretly a Reward Model"
 

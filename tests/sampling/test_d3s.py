@@ -7,7 +7,7 @@ import torch
 from lab.models.policy import TabularPolicy
 from lab.registry import get
 from lab.rl import call_with, make_fn
-from lab.rl.d3s import D3S, max_variance_subset, top_token_mask
+from lab.sampling.d3s import D3S, max_variance_subset, top_token_mask
 from lab.rl.rollout import rollout
 from toy_envs.token_tasks import make_task
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lab.registry import register
-from lab.rl.simpo import reward_shape_loss
+from lab.preference.simpo import reward_shape_loss
 
 
 @register("preference_loss", "alphapo", paper="AlphaPO - Reward shape matters for LLM alignment",

@@ -30,7 +30,7 @@ import torch
 from lab.checks import check_choice, check_positive
 from lab.registry import register
 from lab.rl.core import group_normalize
-from lab.rl.multi_objective import check_objectives, weighted_sum
+from lab.rewards.multi_objective import check_objectives, weighted_sum
 
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import toy_envs  # noqa: F401  (registers the envs)
-from lab.rl.multi_objective import hypervolume
+from lab.rewards.multi_objective import hypervolume
 from toy_envs.multi_objective import MultiObjectiveTask, ProxyRewardTask
 from toy_envs.structured import StructuredTask, component_scores, parse_object
 

@@ -6,7 +6,7 @@ from lab.models.policy import TabularPolicy
 from lab.registry import get
 from lab.rl import make_fn
 from lab.rl.core import call_with
-from lab.rl.difficulty_filter import DifficultyFilter, pass_rates
+from lab.sampling.difficulty_filter import DifficultyFilter, pass_rates
 from lab.rl.rollout import rollout
 from toy_envs.token_tasks import make_task
 

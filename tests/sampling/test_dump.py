@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lab.registry import make
-from lab.rl.dump import DUMP, ucb_scores
+from lab.sampling.dump import DUMP, ucb_scores
 
 
 def _fill(sampler: DUMP, source: int, value: float, n: int) -> None:

@@ -38,7 +38,7 @@ import torch
 
 from lab.checks import check_positive, check_range, check_tensor
 from lab.registry import register
-from lab.rl.multi_objective import check_objectives
+from lab.rewards.multi_objective import check_objectives
 
 NORM_EPS = 1e-8
 

@@ -6,7 +6,7 @@ from torch import nn
 from lab.experiments import run
 from lab.models.policy import TabularPolicy
 from lab.registry import make
-from lab.rl.vas import VAS, TabularValue, TokenValueModel, ValueGuidedPolicy, vas_logits
+from lab.sampling.vas import VAS, TabularValue, TokenValueModel, ValueGuidedPolicy, vas_logits
 from toy_envs.token_tasks import make_task
 
 

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from lab.registry import get, make
-from lab.rl.constrained import ConstrainedLagrangian
+from lab.rewards.constrained import ConstrainedLagrangian
 from lab.rl.core import group_normalize
-from lab.rl.multi_label import multi_label
-from lab.rl.pro import PreferenceOrchestrator, target_weights
-from lab.rl.recap import RECAP, level_scores, recap_scores, recap_weights
-from lab.rl.reward_weighting import GradientWeighting, HypervolumeWeighting, hypervolume_meta, mirror_step
-from lab.rl.structured_output import structured_output
+from lab.rewards.multi_label import multi_label
+from lab.rewards.pro import PreferenceOrchestrator, target_weights
+from lab.rewards.recap import RECAP, level_scores, recap_scores, recap_weights
+from lab.rewards.reward_weighting import GradientWeighting, HypervolumeWeighting, hypervolume_meta, mirror_step
+from lab.rewards.structured_output import structured_output
 
 
 def test_registered_under_catalog_names():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lab.registry import make
-from lab.rl.vade import VADE, beta_sample
+from lab.sampling.vade import VADE, beta_sample
 
 
 def _observe(v: VADE, ids: torch.Tensor, p: torch.Tensor, G: int, g: torch.Generator) -> None:
