@@ -15,11 +15,9 @@ shuffled and inputs scaled x20: its pseudo-gradient jumps, EDiT's detector elimi
 ``--slow-rank r --slow-factor f`` makes worker r sleep so each of its steps takes f times longer
 (A-EDiT's time-based sync lets the others keep stepping).
 
-:func:`least_squares_worker` runs the ``distributed_training`` experiment's problem on one rank,
-drawing the same minibatches and outliers as the one-process simulation
-(:func:`lab.distributed.simulate.train`), so that a real multi-process run can be compared with
-the simulation number for number; A-EDiT then uses a simulated clock (each step of worker k
-takes t_k seconds) so the step counts are the simulation's.
+:func:`lab.experiments.distributed.least_squares_worker` runs the ``distributed_training``
+experiment's problem on one rank with these wrappers, drawing the same minibatches as the
+one-process simulation, so that real processes and the simulation can be compared number for number.
 """
 from __future__ import annotations
 
@@ -29,7 +27,6 @@ import os
 import socket
 import sys
 import time
-from dataclasses import asdict
 from typing import Any, Callable
 
 import torch
@@ -77,87 +74,6 @@ def spawn(fn: Callable, world: int, *args: Any, timeout: float = 300.0, backend:
             if p.is_alive():
                 p.terminate()
     return dict(out)
-
-
-# ---- the experiment's least-squares problem on one rank ---------------------------------------
-def least_squares_worker(rank: int, world: int, cfg: Any, *, corrupt: dict[int, Any] | None = None) -> dict:
-    """Rank ``rank`` of ``world`` runs ``cfg`` (a ``DistributedConfig``) the way the one-process
-    simulation runs its worker ``rank``; returns the History (as a dict) on every rank.
-
-    ``corrupt``: {rank: rounds} -- that worker's labels are scaled x20 in those rounds (a bad
-    shard), on top of the config's random outliers.
-    """
-    from lab.distributed import make_problem
-    from lab.distributed.simulate import batch_loss
-    from lab.distributed.wrappers import AEDiT, EDiT, LocalSGD
-    from lab.experiments.distributed import build
-    from lab.registry import parse_spec
-
-    if cfg.workers != world:
-        raise ValueError(f"cfg.workers ({cfg.workers}) must equal the number of processes ({world})")
-    g = torch.Generator().manual_seed(cfg.seed)
-    problem = make_problem(cfg.workers, cfg.dim, cfg.samples, cfg.heterogeneity, generator=g)
-    K, n, d = problem.X.shape
-    step_times = torch.ones(K, dtype=torch.float64)
-    step_times[K - cfg.slow_workers:] = cfg.slow_factor
-    rule = build(cfg.algorithm, cfg)  # the simulation's algorithm object: its settings
-    name, _ = parse_spec(cfg.algorithm)
-    model = torch.nn.Linear(d, 1, bias=False)
-    with torch.no_grad():
-        model.weight.zero_()
-    if cfg.inner == "sgd":
-        inner = torch.optim.SGD(model.parameters(), lr=cfg.inner_lr)
-    else:
-        inner = torch.optim.AdamW(model.parameters(), lr=cfg.inner_lr, weight_decay=0.0)
-    common = dict(outer_lr=rule.outer.lr, outer_momentum=rule.outer.momentum, nesterov=rule.outer.nesterov)
-    clock = [0.0]
-    if name == "local_sgd":
-        outer = LocalSGD(model, inner, sync_every=cfg.sync_interval, **common)
-        steps = torch.full((K,), cfg.sync_interval)
-    else:
-        edit_args = dict(temperature=rule.temperature, clip=rule.clip, skip_anomaly=rule.skip_anomaly,
-                         ewma_alpha=rule.ewma["alpha"], ewma_warmup=rule.ewma["warmup"],
-                         ewma_threshold=rule.ewma["threshold"], **common)
-        if name == "a_edit":
-            outer = AEDiT(model, inner, sync_time=rule.sync_time, step_weight_ratio=rule.step_weight_ratio,
-                          clock=lambda: clock[0], **edit_args)
-            steps = rule.steps_per_round(step_times)
-        else:
-            outer = EDiT(model, inner, sync_every=cfg.sync_interval, **edit_args)
-            steps = torch.full((K,), cfg.sync_interval)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)  # the simulation's stream, drawn for all workers
-    history = History(meta={"algorithm": cfg.algorithm, "workers": K, "rank": rank, "engine": "torch.distributed"})
-    anchor = outer.anchor.to(problem.X.dtype)
-    history.append(0, loss=problem.loss(anchor), dist_to_opt=float((anchor - problem.w_opt).norm()))
-    for r in range(1, cfg.rounds + 1):
-        scale = torch.where(torch.rand(K, generator=gen) < cfg.outlier_prob, 20.0, 1.0)  # (K,)
-        if corrupt and r in corrupt.get(rank, ()):
-            scale = scale.clone()
-            scale[rank] = 20.0
-        synced = False
-        for s in range(int(steps.max())):
-            if cfg.batch_size >= n:
-                Xb, yb = problem.X[rank], problem.y[rank] * scale[rank]
-            else:
-                idx = torch.randint(0, n, (K, cfg.batch_size), generator=gen)  # the same draw as the simulation
-                Xb, yb = problem.X[rank][idx[rank]], problem.y[rank][idx[rank]] * scale[rank]
-            if s >= int(steps[rank]):
-                continue  # this worker is done for the round (A-EDiT: its time window is over)
-            inner.zero_grad()
-            loss = batch_loss(model.weight[0], Xb, yb)
-            loss.backward()
-            inner.step()
-            clock[0] += float(step_times[rank])
-            synced = outer.step()
-        if not synced:
-            raise RuntimeError(f"rank {rank} did not synchronize in round {r}")
-        if name == "a_edit":  # every worker's next window starts at r * sync_time on the simulated clock
-            clock[0] = outer.window_start = outer.last_tick = float(r) * rule.sync_time
-        anchor = outer.anchor.to(problem.X.dtype)
-        history.append(r, loss=problem.loss(anchor), dist_to_opt=float((anchor - problem.w_opt).norm()),
-                       **outer.last_stats)
-    history.artifacts["anchor"] = outer.anchor.tolist()
-    return history.to_dict()
 
 
 # ---- the digits MLP on real processes (the CLI) ---------------------------------------------

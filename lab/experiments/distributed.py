@@ -9,7 +9,7 @@ every H seconds of a fast worker's clock (sync_time = H).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -114,7 +114,7 @@ def real_vs_simulated(cfg: CompareDistributedConfig, *, timeout: float = 300.0) 
     """Each algorithm of ``cfg`` twice: the one-process simulation and ``cfg.workers`` real
     processes (``torch.distributed``, gloo on localhost, :mod:`lab.distributed.wrappers`), on the
     same seeds. Labels ``"simulated: <spec>"`` and ``"<K> processes: <spec>"``."""
-    from lab.distributed.train import least_squares_worker, spawn
+    from lab.distributed.train import spawn
 
     configs = [replace(cfg, algorithm=spec) for spec in cfg.algorithms]
     out = spawn(_real_worker, cfg.workers, configs, timeout=timeout)
@@ -128,9 +128,93 @@ def real_vs_simulated(cfg: CompareDistributedConfig, *, timeout: float = 300.0) 
 
 
 def _real_worker(rank, world, configs):
-    from lab.distributed.train import least_squares_worker
-
     return [least_squares_worker(rank, world, c) for c in configs]
+
+
+# ---- the same run on real processes (torch.distributed) --------------------------------------
+def least_squares_worker(rank: int, world: int, cfg: Any, *, corrupt: dict[int, Any] | None = None) -> dict:
+    """Rank ``rank`` of ``world`` runs ``cfg`` (a ``DistributedConfig``) the way the one-process
+    simulation runs its worker ``rank``, with :mod:`lab.distributed.wrappers` around an
+    ``nn.Linear`` and a torch inner optimizer; returns the History (as a dict) on every rank.
+
+    It draws every worker's minibatches and outliers from the simulation's one stream and keeps
+    its own row, so the data match; A-EDiT runs on a simulated clock (each step of worker k takes
+    t_k seconds), so its step counts are the simulation's. Every worker must take at least one
+    step per round.
+
+    ``corrupt``: {rank: rounds} -- that worker's labels are scaled x20 in those rounds (a bad
+    shard), on top of the config's random outliers.
+    """
+    from lab.distributed.simulate import batch_loss
+    from lab.distributed.wrappers import AEDiT, EDiT, LocalSGD
+
+    import torch
+
+    if cfg.workers != world:
+        raise ValueError(f"cfg.workers ({cfg.workers}) must equal the number of processes ({world})")
+    g = torch.Generator().manual_seed(cfg.seed)
+    problem = make_problem(cfg.workers, cfg.dim, cfg.samples, cfg.heterogeneity, generator=g)
+    K, n, d = problem.X.shape
+    step_times = torch.ones(K, dtype=torch.float64)
+    step_times[K - cfg.slow_workers:] = cfg.slow_factor
+    rule = build(cfg.algorithm, cfg)  # the simulation's algorithm object: its settings
+    name, _ = parse_spec(cfg.algorithm)
+    model = torch.nn.Linear(d, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    if cfg.inner == "sgd":
+        inner = torch.optim.SGD(model.parameters(), lr=cfg.inner_lr)
+    else:
+        inner = torch.optim.AdamW(model.parameters(), lr=cfg.inner_lr, weight_decay=0.0)
+    common = dict(outer_lr=rule.outer.lr, outer_momentum=rule.outer.momentum, nesterov=rule.outer.nesterov)
+    clock = [0.0]
+    if name == "local_sgd":
+        outer = LocalSGD(model, inner, sync_every=cfg.sync_interval, **common)
+        steps = torch.full((K,), cfg.sync_interval)
+    else:
+        edit_args = dict(temperature=rule.temperature, clip=rule.clip, skip_anomaly=rule.skip_anomaly,
+                         ewma_alpha=rule.ewma["alpha"], ewma_warmup=rule.ewma["warmup"],
+                         ewma_threshold=rule.ewma["threshold"], **common)
+        if name == "a_edit":
+            outer = AEDiT(model, inner, sync_time=rule.sync_time, step_weight_ratio=rule.step_weight_ratio,
+                          clock=lambda: clock[0], **edit_args)
+            steps = rule.steps_per_round(step_times)
+        else:
+            outer = EDiT(model, inner, sync_every=cfg.sync_interval, **edit_args)
+            steps = torch.full((K,), cfg.sync_interval)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # the simulation's stream, drawn for all workers
+    history = History(meta={"algorithm": cfg.algorithm, "workers": K, "rank": rank, "engine": "torch.distributed"})
+    anchor = outer.anchor.to(problem.X.dtype)
+    history.append(0, loss=problem.loss(anchor), dist_to_opt=float((anchor - problem.w_opt).norm()))
+    for r in range(1, cfg.rounds + 1):
+        scale = torch.where(torch.rand(K, generator=gen) < cfg.outlier_prob, 20.0, 1.0)  # (K,)
+        if corrupt and r in corrupt.get(rank, ()):
+            scale = scale.clone()
+            scale[rank] = 20.0
+        synced = False
+        for s in range(int(steps.max())):
+            if cfg.batch_size >= n:
+                Xb, yb = problem.X[rank], problem.y[rank] * scale[rank]
+            else:
+                idx = torch.randint(0, n, (K, cfg.batch_size), generator=gen)  # the same draw as the simulation
+                Xb, yb = problem.X[rank][idx[rank]], problem.y[rank][idx[rank]] * scale[rank]
+            if s >= int(steps[rank]):
+                continue  # this worker is done for the round (A-EDiT: its time window is over)
+            inner.zero_grad()
+            loss = batch_loss(model.weight[0], Xb, yb)
+            loss.backward()
+            inner.step()
+            clock[0] += float(step_times[rank])
+            synced = outer.step()
+        if not synced:
+            raise RuntimeError(f"rank {rank} did not synchronize in round {r}")
+        if name == "a_edit":  # every worker's next window starts at r * sync_time on the simulated clock
+            clock[0] = outer.window_start = outer.last_tick = float(r) * rule.sync_time
+        anchor = outer.anchor.to(problem.X.dtype)
+        history.append(r, loss=problem.loss(anchor), dist_to_opt=float((anchor - problem.w_opt).norm()),
+                       **outer.last_stats)
+    history.artifacts["anchor"] = outer.anchor.tolist()
+    return history.to_dict()
 
 
 # ---- the lesson's claims (notebook 16, panel "outer") -----------------------------------------

@@ -69,7 +69,7 @@ from typing import Any, Mapping
 import torch
 
 from lab.checks import check_choice, check_int, check_positive
-from lab.federated.base import Aggregator, local_sgd, stack_updates
+from lab.federated.base import Aggregator, local_sgd
 from lab.registry import register
 
 

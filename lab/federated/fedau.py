@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import torch
 
 from lab.checks import check_int
-from lab.federated.base import Aggregator, stack_updates, weighted_step
+from lab.federated.base import Aggregator, weighted_step
 from lab.registry import register
 
 

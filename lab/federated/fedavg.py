@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import torch
 
 from lab.checks import check_choice, check_range, check_tensor
-from lab.federated.base import Aggregator, stack_updates, weighted_step
+from lab.federated.base import Aggregator, weighted_step
 from lab.registry import register
 
 WEIGHTINGS = ("samples", "participating", "all", "known_prob")

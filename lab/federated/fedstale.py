@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from lab.checks import check_range, check_tensor
-from lab.federated.base import Aggregator, stack_updates
+from lab.federated.base import Aggregator
 from lab.federated.fedau import IntervalEstimator
 from lab.registry import register
 

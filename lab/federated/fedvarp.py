@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
-from lab.federated.base import Aggregator, stack_updates
+from lab.federated.base import Aggregator
 from lab.registry import register
 
 

@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import torch
 
 from lab.checks import check_positive, check_range
-from lab.federated.base import Aggregator, local_sgd, stack_updates
+from lab.federated.base import Aggregator, local_sgd
 from lab.registry import register
 
 _PAPER = "Momentum Benefits Non-IID Federated Learning Simply and Provably"

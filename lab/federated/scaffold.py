@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from lab.checks import check_choice
-from lab.federated.base import Aggregator, local_sgd, stack_updates, weighted_step
+from lab.federated.base import Aggregator, local_sgd, weighted_step
 from lab.registry import register
 
 

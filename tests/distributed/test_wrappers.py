@@ -12,9 +12,9 @@ is bounded (``spawn(..., timeout=...)``).
 import pytest
 import torch
 
-from lab.distributed.train import least_squares_worker, spawn
+from lab.distributed.train import spawn
 from lab.experiments import run
-from lab.experiments.distributed import DistributedConfig
+from lab.experiments.distributed import DistributedConfig, least_squares_worker
 from lab.history import History
 
 pytestmark = pytest.mark.slow
