@@ -274,7 +274,15 @@ class FlowerClients:
         """Ask every node for its partition id; returns {partition id: node id}."""
         from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
+        # The ServerApp can start before the SuperNodes have registered (the simulation engine
+        # starts both at once): wait until enough nodes are connected, as Flower's strategies do.
+        import time
+
+        deadline = time.monotonic() + (600.0 if self.timeout is None else self.timeout)
         node_ids = list(self.grid.get_node_ids())
+        while len(node_ids) < num_clients and time.monotonic() < deadline:
+            time.sleep(0.5)
+            node_ids = list(self.grid.get_node_ids())
         msgs = [Message(RecordDict({"config": ConfigRecord({"action": "identify"})}), node, MessageType.QUERY,
                         group_id="identify") for node in node_ids]
         nodes: dict[int, int] = {}
