@@ -63,5 +63,5 @@ class HUTLinear(AdapterLinear):
         return 1.0 + self.scaling * (self.lora_B @ self.lora_A)
 
     def delta_weight(self) -> torch.Tensor:  # (d, k)
-        # ΔW = W0 ⊙ (s·B·A)
-        return self.base.weight * (self.scaling * (self.lora_B @ self.lora_A))
+        # ΔW = W0 ⊙ (s·B·A), with W0 the pretrained weight even while merged
+        return self.original_weight() * (self.scaling * (self.lora_B @ self.lora_A))
