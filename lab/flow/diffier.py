@@ -42,7 +42,7 @@ def _descend(velocity: Velocity, x: torch.Tensor, sigma: float, x0_prev: torch.T
     with torch.enable_grad():
         err = _error(velocity, x, sigma, x0_prev)                            # (N,)
         (grad,) = torch.autograd.grad(err.sum(), x)
-    x, err, gamma = x.detach(), err.detach(), torch.full((x.shape[0], 1), step_size)
+    x, err, gamma = x.detach(), err.detach(), torch.full((x.shape[0], 1), step_size, device=x.device, dtype=x.dtype)
     with torch.no_grad():
         for _ in range(halvings):
             trial = x - gamma * grad
