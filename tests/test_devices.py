@@ -20,7 +20,10 @@ from lab.experiments import config_of, run
 NAMES = registry.available("experiment")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-NOT_YET: set[str] = set(NAMES)   # every experiment, until its area moves it onto cfg.device
+NOT_YET: set[str] = set(NAMES) - {   # every experiment, until its area moves it onto cfg.device
+    "flow_pretrain", "flow_finetune", "flow_guidance", "peft_finetune", "checkpoint_merging",
+    "stability_gap_digits", "cpt_digits", "useful_simplicity", "ibcl_tradeoffs", "double_descent",
+    "opposing_signals", "large_batch_gap", "highdim_dynamics"}
 
 
 def _params(names):

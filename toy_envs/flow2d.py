@@ -65,7 +65,8 @@ def make_reward(name: str = "dense", center: torch.Tensor | tuple[float, float] 
     check_choice("name", name, REWARDS)
     check_positive("width", width)
     check_positive("radius", radius)
-    mu = torch.as_tensor(center, dtype=torch.float32)
+    mu = torch.as_tensor(center, dtype=torch.float32,
+                         device=center.device if isinstance(center, torch.Tensor) else "cpu")
 
     def dense(x: torch.Tensor) -> torch.Tensor:
         return torch.exp(-((x - mu) ** 2).sum(-1) / (2 * width ** 2))

@@ -67,6 +67,23 @@ def resolve_device(device: Any) -> "torch.device":
     return dev
 
 
+def on_cpu(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with the CPU as the default device: a data generator or model
+    constructor that creates tensors without naming a device builds them on the CPU (the same data
+    and init on every device; the experiment then moves them to ``cfg.device`` explicitly)."""
+    import torch
+
+    with torch.device("cpu"):
+        return fn(*args, **kwargs)
+
+
+def drawn_on_cpu(fn: Callable[..., Any], *args: Any, device: Any, **kwargs: Any) -> Any:
+    """``fn(*args, device="cpu", **kwargs).to(device)``: a random draw (``torch.randint``,
+    ``torch.randperm``, ``torch.randn`` ...) from a CPU generator, moved to ``device``, so that a
+    seed gives the same batches on every device."""
+    return fn(*args, device="cpu", **kwargs).to(device)
+
+
 def config_of(name: str) -> type:
     """The config dataclass of experiment ``name``."""
     return get("experiment", name).config

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from lab import progress
 from lab.checks import check_int, check_nonneg, check_positive
-from lab.experiments._base import experiment, run
+from lab.experiments._base import drawn_on_cpu, experiment, on_cpu, resolve_device, run
 from lab.experiments.optimizers import seeded_init_
 from lab.history import History, Runs
 from lab.models import MLP
@@ -66,22 +66,26 @@ class DoubleDescentConfig:
     ridge: float = 0.0  # lambda of the ridge fit (0 = min-norm least squares)
     gd_steps: int = 200  # budget of gradient descent from zero, lr = 1 / lambda_max
     seed: int = 0  # teacher, data and random features
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 @experiment("double_descent", DoubleDescentConfig,
             paper="Understanding the Role of Optimization in Double Descent", arxiv="2312.03951",
             plot=_plot("double_descent_figure"),
-            summary="Min-norm random features peak at p = n; budgeted GD does not reach the peak")
+            summary="Min-norm random features peak at p = n; budgeted GD does not reach the peak",
+            smoke={"widths": (5, 20), "n_train": 10, "n_test": 20, "d": 4, "gd_steps": 3})
 def double_descent(cfg: DoubleDescentConfig) -> History:
     check_nonneg("ridge", cfg.ridge)
     check_int("gd_steps", cfg.gd_steps, minimum=0)
     check_int("n_train", cfg.n_train, minimum=1)
     if not cfg.widths or any(p < 1 for p in cfg.widths):
         raise ValueError(f"widths must be a non-empty tuple of ints >= 1, got {cfg.widths}")
-    x, y, beta = linear_teacher(cfg.n_train, cfg.d, noise=cfg.noise, seed=cfg.seed)
-    x_te, y_te, _ = linear_teacher(cfg.n_test, cfg.d, noise=cfg.noise, seed=cfg.seed + 1, beta=beta)
-    g = torch.Generator().manual_seed(cfg.seed + 2)
-    w_all = torch.randn(max(cfg.widths), cfg.d, generator=g, dtype=torch.float64)   # nested features
+    dev = resolve_device(cfg.device)
+    x, y, beta = on_cpu(linear_teacher, cfg.n_train, cfg.d, noise=cfg.noise, seed=cfg.seed)
+    x_te, y_te, _ = on_cpu(linear_teacher, cfg.n_test, cfg.d, noise=cfg.noise, seed=cfg.seed + 1, beta=beta)
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed + 2)
+    w_all = drawn_on_cpu(torch.randn, max(cfg.widths), cfg.d, generator=g, dtype=torch.float64, device=dev)   # nested
+    x, y, x_te, y_te = (t.to(dev) for t in (x, y, x_te, y_te))
     history = History(meta={"algorithm": "random_features", "seed": cfg.seed})
     for i, p in enumerate(progress.track(cfg.widths, desc="widths")):
         phi = torch.relu(x @ w_all[:p].T) / math.sqrt(p)                      # (n, p)
@@ -89,14 +93,14 @@ def double_descent(cfg: DoubleDescentConfig) -> History:
         n = len(y)
         if cfg.ridge > 0:
             # a = (Phi^T Phi / n + lambda I)^{-1} Phi^T y / n
-            a_fit = torch.linalg.solve(phi.T @ phi / n + cfg.ridge * torch.eye(p, dtype=phi.dtype),
+            a_fit = torch.linalg.solve(phi.T @ phi / n + cfg.ridge * torch.eye(p, dtype=phi.dtype, device=dev),
                                        phi.T @ y / n)
         else:
             a_fit = torch.linalg.pinv(phi) @ y                                 # min-norm solution
         # gradient descent from 0 on L(a) = ||Phi a - y||^2 / (2n), lr = 1 / lambda_max(Phi^T Phi / n)
         svals = torch.linalg.svdvals(phi)
         lr = n / float(svals[0] ** 2)
-        a_gd = torch.zeros(p, dtype=torch.float64)
+        a_gd = torch.zeros(p, dtype=torch.float64, device=dev)
         for _ in range(cfg.gd_steps):
             a_gd -= lr * (phi.T @ (phi @ a_gd - y) / n + cfg.ridge * a_gd)
         smallest = float(svals[min(n, p) - 1])
@@ -123,20 +127,26 @@ class OpposingConfig:
     hidden: int = 32  # width of the two hidden layers (3-layer MLP)
     sharpness_every: int = 10  # steps between top-Hessian-eigenvalue estimates
     seed: int = 0  # data and initialization
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 @experiment("opposing_signals", OpposingConfig,
             paper="Outliers with Opposing Signals Have an Outsized Effect on Neural Network "
                   "Optimization", arxiv="2311.04163", plot=_plot("opposing_signals_figure"),
-            summary="Per-group losses of opposing outliers and the sharpness against 2/lr")
+            summary="Per-group losses of opposing outliers and the sharpness against 2/lr",
+            smoke={"steps": 3, "n": 40, "hidden": 8, "sharpness_every": 2})
 def opposing_signals(cfg: OpposingConfig) -> History:
     check_positive("lr", cfg.lr)
     check_int("steps", cfg.steps, minimum=1)
     check_int("sharpness_every", cfg.sharpness_every, minimum=1)
-    x, y, group = opposing_data(cfg.n, big=cfg.big, seed=cfg.seed, with_outliers=cfg.with_outliers)
-    g = torch.Generator().manual_seed(cfg.seed)
-    model = MLP(x.shape[1], (cfg.hidden, cfg.hidden), 2, activation="tanh")
-    seeded_init_(model, g)
+    dev = resolve_device(cfg.device)
+    x, y, group = (t.to(dev) for t in on_cpu(opposing_data, cfg.n, big=cfg.big, seed=cfg.seed,
+                                            with_outliers=cfg.with_outliers))
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    with torch.device("cpu"):
+        model = MLP(x.shape[1], (cfg.hidden, cfg.hidden), 2, activation="tanh")
+        seeded_init_(model, g)
+    model = model.to(dev)
     params = list(model.parameters())
     opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "gd"
            else torch.optim.Adam(params, lr=cfg.lr))
@@ -150,8 +160,9 @@ def opposing_signals(cfg: OpposingConfig) -> History:
             row.update(loss_a=per_point[group == 1].mean().item(),
                        loss_b=per_point[group == 2].mean().item())
         if step % cfg.sharpness_every == 0:
-            row["sharpness"] = top_hessian_eigenvalue(
-                lambda: F.cross_entropy(model(x), y), params, iters=20, generator=g)
+            with torch.device("cpu"):      # power iteration's start vectors: drawn from g on the CPU, moved
+                row["sharpness"] = top_hessian_eigenvalue(
+                    lambda: F.cross_entropy(model(x), y), params, iters=20, generator=g)
         loss.backward()
         opt.step()
         history.append(step, **row)
@@ -176,34 +187,39 @@ class LargeBatchConfig:
     adapt_regime: bool = False  # epochs * ceil(B_L / B_S): as many updates as at B_S
     hidden: tuple[int, ...] = (64,)  # hidden layers of the BN-MLP
     seed: int = 0  # split, initialization and batch order
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 @experiment("large_batch_gap", LargeBatchConfig,
             paper="Train longer, generalize better: closing the generalization gap in large batch "
                   "training of neural networks", arxiv="1705.08741", plot=_plot("large_batch_figure"),
-            summary="Large-batch test error, with ghost BN, sqrt lr scaling and regime adaptation")
+            summary="Large-batch test error, with ghost BN, sqrt lr scaling and regime adaptation",
+            smoke={"epochs": 1, "batch_size": 512, "ghost_batch_size": 128})
 def large_batch_gap(cfg: LargeBatchConfig) -> History:
     check_int("batch_size", cfg.batch_size, minimum=2)
     check_int("ghost_batch_size", cfg.ghost_batch_size, minimum=0)
     lr, epochs, _ = regime_adaptation(cfg.lr, cfg.batch_size, cfg.base_batch_size, cfg.epochs,
                                       scale_lr=cfg.scale_lr, adapt_regime=cfg.adapt_regime)
-    g = torch.Generator().manual_seed(cfg.seed)
-    x, y, x_te, y_te = digits(seed=cfg.seed)
-    model = MLP(64, cfg.hidden, 10, batchnorm=True)
-    if cfg.ghost_batch_size:
-        ghost_batchnorm(model, cfg.ghost_batch_size)
-    seeded_init_(model, g)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.weight.fill_(1.0)
-                m.bias.zero_()
+    dev = resolve_device(cfg.device)
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    x, y, x_te, y_te = (t.to(dev) for t in on_cpu(digits, seed=cfg.seed))
+    with torch.device("cpu"):
+        model = MLP(64, cfg.hidden, 10, batchnorm=True)
+        if cfg.ghost_batch_size:
+            ghost_batchnorm(model, cfg.ghost_batch_size)
+        seeded_init_(model, g)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm1d):
+                    m.weight.fill_(1.0)
+                    m.bias.zero_()
+    model = model.to(dev)
     w0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     history = History(meta={"algorithm": f"B={cfg.batch_size}", "seed": cfg.seed})
     step = 0
     for epoch in progress.steps(epochs, desc=f"B={cfg.batch_size}"):
-        order = torch.randperm(len(y), generator=g)
+        order = drawn_on_cpu(torch.randperm, len(y), generator=g, device=dev)
         for batch in order.split(cfg.batch_size):
             if len(batch) < 2:
                 continue
@@ -247,12 +263,14 @@ class HighDimConfig:
     init_scale: float = 0.0  # std of the student's initial weights (0 = zero init)
     log_every: int = 10  # steps between logged rows
     seed: int = 0  # teacher, data and init
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 @experiment("highdim_dynamics", HighDimConfig,
             paper="High-dimensional dynamics of generalization error in neural networks",
             arxiv="1710.03667", plot=_plot("highdim_figure"),
-            summary="Train and test error of a linear student over time; overtraining peaks at n = d")
+            summary="Train and test error of a linear student over time; overtraining peaks at n = d",
+            smoke={"d": 10, "steps": 5, "log_every": 1, "init_scale": 0.1})
 def highdim_dynamics(cfg: HighDimConfig) -> History:
     check_positive("alpha", cfg.alpha)
     check_positive("lr", cfg.lr)
@@ -260,9 +278,10 @@ def highdim_dynamics(cfg: HighDimConfig) -> History:
     check_int("steps", cfg.steps, minimum=1)
     check_int("log_every", cfg.log_every, minimum=1)
     n = max(1, int(round(cfg.alpha * cfg.d)))
-    x, y, beta = linear_teacher(n, cfg.d, noise=cfg.noise, seed=cfg.seed)   # x ~ N(0, I), ||beta|| = 1
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    w = cfg.init_scale * torch.randn(cfg.d, generator=g, dtype=torch.float64)
+    dev = resolve_device(cfg.device)
+    x, y, beta = (t.to(dev) for t in on_cpu(linear_teacher, n, cfg.d, noise=cfg.noise, seed=cfg.seed))  # ||beta|| = 1
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+    w = cfg.init_scale * drawn_on_cpu(torch.randn, cfg.d, generator=g, dtype=torch.float64, device=dev)
     history = History(meta={"algorithm": "gd", "seed": cfg.seed})
     for step in progress.steps(cfg.steps + 1, desc="gd"):
         if step % cfg.log_every == 0 or step == cfg.steps:

@@ -136,11 +136,11 @@ def rollout(velocity: Velocity, noise: torch.Tensor, grid: torch.Tensor, *, sche
     n_steps = grid.shape[0] - 1
     if schedule != "ode" and generator is None:
         raise ValueError("generator is required for a stochastic schedule")
-    active = torch.ones(n_steps, dtype=torch.bool) if sde_steps is None else sde_steps.cpu()
-    if active.shape != (n_steps,):
-        raise ValueError(f"sde_steps must have shape ({n_steps},), got {tuple(active.shape)}")
+    if sde_steps is not None and sde_steps.shape != (n_steps,):
+        raise ValueError(f"sde_steps must have shape ({n_steps},), got {tuple(sde_steps.shape)}")
+    active = [True] * n_steps if sde_steps is None else [bool(a) for a in sde_steps.tolist()]
     x = noise
-    times, active = grid.tolist(), active.tolist()                     # python floats: no per-step sync
+    times = grid.tolist()                                              # python floats: no per-step sync
     xs, means, stds, coefs, logps = [x], [], [], [], []
     for j in range(n_steps):
         sigma, sigma_next = times[j], times[j + 1]

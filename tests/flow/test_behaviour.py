@@ -172,3 +172,19 @@ def test_ac_flow_ablations_clipping_and_w2_term():
     free = run("flow_finetune", method="ac_flow", alpha=0.0, eval_every=40)
     tied = run("flow_finetune", method="ac_flow", alpha=1.0, eval_every=40)
     assert tied["divergence"][-1] < 0.6 * free["divergence"][-1]
+
+
+@pytest.mark.parametrize("name,changes", [
+    *[("flow_finetune", {"method": m}) for m in ("ddpo", "flow_grpo", "awm", "ac_flow", "alignprop", "b2_diffurl")],
+    ("flow_finetune", {"shared_noise": True, "schedule": "dance", "minibatches": 2}),
+    ("flow_guidance", {"guidance": "cfg", "target_class": 2}), ("flow_guidance", {"momentum": -0.5}),
+    *[("flow_pretrain", {"method": m}) for m in ("cfm", "wcfm", "difficulty_curriculum")],
+])
+def test_every_method_creates_its_tensors_on_the_configured_device(name, changes):
+    """tests/test_devices.py runs each smoke config; this runs every method of the flow experiments."""
+    from lab import registry
+
+    smoke = {**registry.get("experiment", name).smoke, **changes}
+    with torch.device("meta"):                    # anything created without a device lands on meta and fails
+        h = run(name, **smoke, device="cpu")
+    assert len(h.rows) > 0

@@ -212,3 +212,24 @@ def test_alignprop_backpropagates_the_reward_through_the_sampler():
         alignprop_loss(lambda x, t: field(x, t), noise, grid, reward, randomize=True)
     with pytest.raises(ValueError, match="loss_coeff"):
         alignprop_loss(lambda x, t: field(x, t), noise, grid, reward, loss_coeff=0.0)
+
+
+def test_diffier_reconstruction_by_hand_on_a_linear_field():
+    """v(x, t) = x, grid 1 → 0.5 → 0, one correction with γ = 0.1 (all the lab's choices, see the module)."""
+    from lab.flow.diffier import diffier_sample
+
+    # Prepare: x̂_0(x, t) = (1 − t)x. Step 0: x̂_0(x_0, 1) = 0, Euler x_1 = 0.5·x_0 = (1, 0);
+    # e_0(x) = ½‖0.5·x‖², ∇e_0 = 0.25·x, so x_1 ← x_1·(1 − 0.025) = (0.975, 0).
+    # Step 1: x_2 = 0.5·x_1 = x̂_0(x_1, 0.5), so the last jump and its gradient are 0.
+    velocity = lambda x, t: x  # noqa: E731
+    samples, info = diffier_sample(velocity, torch.tensor([[2.0, 0.0]]), torch.tensor([1.0, 0.5, 0.0]),
+                                   iterations=1, step_size=0.1)
+    # Assert: E = e_0 + e_1 = ½·(0.5·0.975)² + 0
+    torch.testing.assert_close(samples, torch.tensor([[0.4875, 0.0]]))
+    assert info["error_per_step"] == pytest.approx([0.5 * (0.5 * 0.975) ** 2, 0.0])
+    assert info["accumulated_error"] == pytest.approx(0.5 * (0.5 * 0.975) ** 2)
+    plain, info0 = diffier_sample(velocity, torch.tensor([[2.0, 0.0]]), torch.tensor([1.0, 0.5, 0.0]), iterations=0)
+    assert info0["accumulated_error"] == pytest.approx(0.125) and float(plain[0, 0]) == pytest.approx(0.5)
+    assert registry.info("flow_loss", "diffier").summary.startswith("[reconstruction]")
+    with pytest.raises(ValueError, match="step_size"):
+        diffier_sample(velocity, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), step_size=0.0)

@@ -1,6 +1,7 @@
 """The fine-tuning experiment: every method runs, merges exactly, and the figures build."""
 import pytest
 
+from lab.experiments import run
 from lab.experiments.peft import METHODS, PeftConfig, peft_finetune, peft_sweep
 from lab.viz.peft import finetune_figure, loss_vs_params, merging_figure, rank_allocation
 
@@ -47,3 +48,16 @@ def test_config_errors():
         peft_finetune(PeftConfig(lr=-1.0))
     with pytest.raises(ValueError, match="shift_layer"):
         peft_finetune(PeftConfig(shift_layer=5))
+
+
+@pytest.mark.parametrize("method", ["frozen", "full", "lora", "adalora", "hut", "ist", "glad", "loku"])
+def test_every_method_creates_its_tensors_on_the_configured_device(method):
+    """tests/test_devices.py runs the smoke config; this runs every method under the meta-device guard."""
+    import torch
+
+    from lab import registry
+
+    with torch.device("meta"):                    # anything created without a device lands on meta and fails
+        h = run("peft_finetune", **{**registry.get("experiment", "peft_finetune").smoke, "method": method},
+                device="cpu")
+    assert len(h["test_loss"]) == 3
