@@ -147,9 +147,13 @@ def test_b2_diffurl_windows_grow_backward_and_branch_advantages_by_hand():
     assert window_steps(2, 10, 2).all() and window_steps(1, 3, 3).tolist() == [False, False, True]
     adv = branch_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0, 0, 1, 1]))
     torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, 0.0, 0.0]))
-    loss, metrics = b2_diffurl_loss(torch.zeros(4, 2), torch.zeros(4, 2), torch.tensor([1.0, 0.0, 0.0, 0.0]),
+    logp = torch.zeros(4, 2, requires_grad=True)
+    loss, metrics = b2_diffurl_loss(logp, torch.zeros(4, 2), torch.tensor([1.0, 0.0, 0.0, 0.0]),
                                     torch.tensor([0, 0, 1, 1]))
-    assert metrics["informative_frac"] == 0.5 and torch.isfinite(loss)
+    loss.backward()
+    # on-policy (ρ = 1): L = −mean_ij A_i = 0 and ∂L/∂ℓ_ij = −A_i / (B·K); branch 1 (all 0) gives nothing
+    assert metrics["informative_frac"] == 0.5 and float(loss) == 0.0
+    torch.testing.assert_close(logp.grad, -torch.tensor([0.5, -0.5, 0.0, 0.0])[:, None].expand(4, 2) / 8)
     with pytest.raises(ValueError, match="stage"):
         window_steps(3, 10, 2)
 

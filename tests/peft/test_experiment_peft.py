@@ -40,7 +40,13 @@ def test_merging_figure_builds():
     import lab.experiments as E
 
     h = E.run("checkpoint_merging", steps=20, checkpoint_every=2, n_models=2, ensemble_steps=5)
-    assert len(merging_figure(h)) == 3
+    run_fig, weights, compare = merging_figure(h)
+    a = h.artifacts
+    assert a["ckpt_steps"] == [12, 14, 16, 18, 20]                   # second half, every 2 steps
+    assert list(weights.data[0].y) == pytest.approx(a["weights"]) and sum(a["weights"]) == pytest.approx(1.0)
+    assert list(compare.data[0].y) == pytest.approx([a["test_loss_last"], a["test_loss_uniform"], a["test_loss_mwa"],
+                                                     sum(a["single_test_losses"]) / 2, a["ensemble_test_loss"]])
+    assert list(run_fig.data[-1].x) == [11, 13, 15, 17, 19]           # checkpoints marked on the curve
 
 
 def test_config_errors():
