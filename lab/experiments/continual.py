@@ -368,26 +368,27 @@ CLAIMS = [
           text="Evaluated after every iteration, task-1 accuracy drops by over 20 points right after the switch "
                "to task 2 and then recovers part of the drop (the stability gap); the end-of-task points "
                "(diamonds) show neither.",
-          experiment="stability_gap_digits", config={"steps_per_task": 100}, control={"replay": 0},
+          experiment="stability_gap_digits", config={"steps_per_task": 100, "replay": 200, "split": "class"},
+          control={"replay": 0},
           control_text="without replay task 1 is forgotten for good: accuracy falls to 0 and does not recover",
           holds=_gap_and_recovery),
     Claim(notebook="14_continual_and_phenomena", panel="cpt",
           text="Training several epochs on the highest-quality 30 % of the noisy new corpus lifts new-domain "
                "accuracy to about 0.78, where one pass over the whole corpus reaches about 0.5 — at the price "
                "of the old domain, which falls to about 0.45.",
-          experiment="cpt_digits", config={"subset": "quality"}, control={"subset": "all"},
+          experiment="cpt_digits", config={"subset": "quality", "mix": 0.0}, control={"subset": "all"},
           control_text="one pass over the whole corpus (40 % random labels): new-domain accuracy 0.41-0.62",
           holds=lambda h: h.artifacts["summary"]["new_final"] > 0.7),
     Claim(notebook="14_continual_and_phenomena", panel="useful",
           text="Retraining on data where the early network's hard cluster is upsampled (×2) raises accuracy "
                "on the complex-only points over plain training — by about one point on this toy.",
-          experiment="useful_simplicity", config={}, control={"factor": 1},
+          experiment="useful_simplicity", config={"factor": 2, "optimizer": "sgd"}, control={"factor": 1},
           control_text="factor 1 upsamples nothing: USEFUL's data are the plain data and the runs coincide",
           holds=_useful_helps_complex_only),
     Claim(notebook="14_continual_and_phenomena", panel="ibcl",
           text="With three stored posteriors, IBCL's zero-shot model for every preference w on the grid comes "
                "within 0.2 (w-weighted log-loss) of a model trained for that w.",
-          experiment="ibcl_tradeoffs", config={}, control={"d": 10.0},
+          experiment="ibcl_tradeoffs", config={"d": 0.1}, control={"d": 10.0},
           control_text="a distance threshold d = 10 stores a single posterior: one model for every w, gaps "
                        "above 1 for the preferences it does not fit",
           holds=_ibcl_close_to_trained),

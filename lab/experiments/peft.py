@@ -328,7 +328,7 @@ CLAIMS = [
           text="A rank-4 LoRA (560 trainable parameters, the base frozen) brings the held-out loss of the "
                "low-rank-shifted task below 5 % of the frozen model's in 100 steps, and merging it into W0 "
                "changes the outputs by less than 1e-5.",
-          experiment="peft_finetune", config={}, control={"method": "frozen"},
+          experiment="peft_finetune", config={"method": "lora"}, control={"method": "frozen"},
           control_text="the frozen model keeps its loss (nothing trains)",
           holds=lambda h: (h["test_loss"][-1] < 0.05 * h.artifacts["base_test_loss"]
                            and h.artifacts.get("merge_max_diff", 1.0) < 1e-5)),
@@ -336,21 +336,21 @@ CLAIMS = [
           text="In 30 steps every PEFT method cuts the frozen model's held-out loss by at least 40 % while "
                "training under 40 % of the parameters that full fine-tuning trains (560-572 against 1,476; "
                "full fine-tuning gets lowest).",
-          experiment=peft_sweep, base=PeftConfig(steps=30), config={}, control={"lr": 1e-4},
+          experiment=peft_sweep, base=PeftConfig(steps=30), config={"lr": 0.01}, control={"lr": 1e-4},
           control_text="at lr = 1e-4 thirty steps move almost nothing: LoRA keeps over 90 % of the frozen loss",
           holds=_every_peft_method_learns),
     Claim(notebook="15_peft_and_merging", panel="merging",
           text="Averaging the checkpoints of a noisy LoRA run (uniformly or by MWA) more than halves the "
                "held-out loss of its last checkpoint.",
-          experiment="checkpoint_merging", base=MergingConfig(n_models=3, ensemble_steps=60), config={},
-          control={"lr": 0.005},
+          experiment="checkpoint_merging", base=MergingConfig(n_models=3, ensemble_steps=60),
+          config={"lr": 0.05, "n_models": 3, "penalty": 2.0}, control={"lr": 0.005},
           control_text="at lr = 0.005 the iterates barely bounce: averaging gains 10-30 % only",
           holds=_averaging_halves_the_loss),
     Claim(notebook="15_peft_and_merging", panel="merging", name="ensemble",
           text="The ensemble of K = 3 small models trained from scratch on the same 64 examples has a lower "
                "held-out loss than each of its members.",
-          experiment="checkpoint_merging", base=MergingConfig(n_models=3, ensemble_steps=60), config={},
-          control={"n_models": 1},
+          experiment="checkpoint_merging", base=MergingConfig(n_models=3, ensemble_steps=60),
+          config={"lr": 0.05, "n_models": 3, "penalty": 2.0}, control={"n_models": 1},
           control_text="K = 1: the ensemble is its single member",
           holds=lambda h: h.artifacts["ensemble_test_loss"] < min(h.artifacts["single_test_losses"])),
 ]

@@ -320,7 +320,7 @@ def steps_ranking(history: History) -> list[dict]:
     rows = []
     for row in history.artifacts["table"]:
         evals = gradient_evaluations_per_step(row["optimizer"])
-        rows.append({**row, "grad_evals": None if row["steps"] is None else row["steps"] * evals})
+        rows.append({**row, "grad_evals": None if row["steps"] is None else int(row["steps"]) * evals})
 
     def key(r):
         reached = r["steps"] is not None
@@ -367,21 +367,22 @@ CLAIMS = [
           text="The min-norm fit's test error peaks at p = n = 100 random features (over 3× both ends of the "
                "sweep); gradient descent with a fixed budget does not fit the ill-conditioned directions there "
                "and has no peak (below a third of the min-norm error at p = n).",
-          experiment="double_descent", config={}, control={"ridge": 0.1},
+          experiment="double_descent", config={"ridge": 0.0, "gd_steps": 200}, control={"ridge": 0.1},
           control_text="a ridge of 0.1 regularizes the min-norm fit: its peak is gone",
           holds=_double_descent_peak),
     Claim(notebook="14_continual_and_phenomena", panel="opposing_signals",
           text="With a large full-batch step (lr = 0.5) the losses of the two outlier groups swing in "
                "anti-phase (correlation of their changes below −0.5, swings above 0.05 per step) while the "
                "sharpness hovers at 2/lr.",
-          experiment="opposing_signals", config={}, control={"lr": 0.02},
+          experiment="opposing_signals", config={"lr": 0.5, "with_outliers": True}, control={"lr": 0.02},
           control_text="at lr = 0.02 the sharpness stays far below 2/lr and the group losses change by "
                        "less than 0.001 per step: no oscillation",
           holds=_anti_phase),
     Claim(notebook="14_continual_and_phenomena", panel="large_batch",
           text="For the same 3 epochs, batch 512 ends with a test error at least 5 points above batch 32: it "
                "made 16× fewer updates.",
-          experiment=compare_large_batch, base=LargeBatchConfig(epochs=3), config={},
+          experiment=compare_large_batch, base=LargeBatchConfig(epochs=3),
+          config={"scale_lr": False, "adapt_regime": False, "ghost_batch_size": 0},
           control={"scale_lr": True, "adapt_regime": True},
           control_text="√ lr scaling plus regime adaptation (16× the epochs, as many updates as batch 32) "
                        "closes the gap",
@@ -389,14 +390,14 @@ CLAIMS = [
     Claim(notebook="14_continual_and_phenomena", panel="highdim",
           text="With as many examples as parameters (α = 1) the test error falls, then rises again by more "
                "than 0.5 as gradient descent fits the noise (overtraining); early stopping would avoid it.",
-          experiment="highdim_dynamics", config={}, control={"alpha": 4.0},
+          experiment="highdim_dynamics", config={"alpha": 1.0, "noise": 0.5}, control={"alpha": 4.0},
           control_text="with α = 4 the input covariance has no near-zero eigenvalues: no rise",
           holds=_overtraining),
     Claim(notebook="14_continual_and_phenomena", panel="algoperf",
           text="Ranked by the work needed to reach 90 % test accuracy within 40 steps (steps × gradient "
                "evaluations, the same for all four here), AGD comes first on every seed; wall-clock seconds "
                "on a shared machine are noise and are not used for the ranking.",
-          experiment="algoperf", config={"steps": 40}, control={"target": 0.8},
+          experiment="algoperf", config={"steps": 40, "target": 0.9}, control={"target": 0.8},
           control_text="at a target of 0.8 Adam ties or beats AGD: the ranking depends on the target",
           holds=lambda h: (lambda rows: rows[0]["steps"] is not None and _name(rows[0]["optimizer"]) == "agd"
                            and (len(rows) < 2 or rows[1]["steps"] is None

@@ -41,13 +41,16 @@ def metric_figure(history: History, metrics: list[str], *, title: str | None = N
 
 
 def finetune_figures(history: History) -> list[go.Figure]:
-    """Samples before/after fine-tuning, reward curve, divergence and diversity."""
+    """Samples before/after fine-tuning, reward curve, divergence and diversity, the clipped fraction."""
     art = history.artifacts
     algo = history.meta.get("algorithm", "")
     return [samples_figure({"pretrained": art["before"], "fine-tuned": art["after"]},
                            center=art["center"], title=f"{algo}: samples before / after"),
             metric_figure(history, ["reward", "ode_reward", "target_frac"], title="reward"),
-            metric_figure(history, ["divergence", "kl", "modes"], title="divergence from the pretrained model")]
+            metric_figure(history, ["divergence", "kl", "modes"], title="divergence from the pretrained model"),
+            metric_figure(history, ["clip_frac"],
+                          title=f"clipped fraction of the ratios ({history.meta.get('updates', '?')} updates per rollout; "
+                                "the first is on-policy)")]
 
 
 def pretrain_figures(history: History) -> list[go.Figure]:

@@ -138,7 +138,8 @@ def test_dancegrpo_shared_noise_runs_and_figures_build():
             steps=3, eval_every=3)
     assert len(h["reward"]) == 3 and all(k in h for k in ("kl", "clip_frac", "divergence"))
     figs = flow_finetune.plot(h)
-    assert len(figs) == 3 and len(figs[0].data) == 3          # before, after, target marker
+    assert len(figs) == 4 and len(figs[0].data) == 3          # before, after, target marker
+    assert list(figs[3].data[0].y) == pytest.approx(list(h["clip_frac"]))
     figs = flow_guidance.plot(run("flow_guidance", n_samples=16, n_sample_steps=5))
     assert len(figs) == 2 and "mean ‖x‖" in figs[0].layout.title.text
     with pytest.raises(ValueError, match="target_class"):
