@@ -152,7 +152,7 @@ def test_b2_diffurl_windows_grow_backward_and_branch_advantages_by_hand():
                                     torch.tensor([0, 0, 1, 1]))
     loss.backward()
     # on-policy (ρ = 1): L = −mean_ij A_i = 0 and ∂L/∂ℓ_ij = −A_i / (B·K); branch 1 (all 0) gives nothing
-    assert metrics["informative_frac"] == 0.5 and float(loss) == 0.0
+    assert metrics["informative_frac"] == 0.5 and float(loss.detach()) == 0.0
     torch.testing.assert_close(logp.grad, -torch.tensor([0.5, -0.5, 0.0, 0.0])[:, None].expand(4, 2) / 8)
     with pytest.raises(ValueError, match="stage"):
         window_steps(3, 10, 2)
