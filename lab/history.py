@@ -15,6 +15,10 @@ over the rows that have it::
 results (a heatmap of a batch's advantages, a final table), JSON-serializable.
 Metric names follow one scheme across the lab: ``loss``, ``reward``, ``accuracy``, ``entropy``,
 ``clip_frac``, ``kl``, ``adv_mean``, ``adv_std``, ``grad_norm``, ``max_violation``, ...
+
+:func:`time_to_target` and :func:`target_rows` read, from Histories alone, when a metric first
+reached a target (AlgoPerf's time-to-result), for experiments and figures alike;
+:func:`rank_by_work` ranks such rows by gradient evaluations and steps instead of seconds.
 """
 from __future__ import annotations
 
@@ -192,3 +196,73 @@ def combine(histories: Iterable[History], labels: Iterable[str] | None = None) -
     if len(set(labels)) != len(labels):
         labels = [f"{lab} #{i}" for i, lab in enumerate(labels)]
     return Runs(zip(labels, histories))
+
+
+def time_to_target(history: History, metric: str = "test_accuracy", target: float = 0.9, *,
+                   x: str = "wall_time", higher_is_better: bool = True) -> float | None:
+    """The first value of ``x`` (``"step"`` or a metric such as ``wall_time``) at which
+    ``metric`` reaches ``target``; None if it never does."""
+    steps, values = history.series(metric)
+    reached = values >= target if higher_is_better else values <= target
+    if not reached.any():
+        return None
+    i = int(reached.argmax())
+    if x == "step":
+        return float(steps[i])
+    return float(history[x][i])
+
+
+def target_rows(runs: Runs, metric: str = "test_accuracy", target: float = 0.9, *,
+                higher_is_better: bool = True) -> list[dict]:
+    """Per run: steps and seconds (``wall_time``) to reach ``target``, final and best value.
+
+    Sorted by seconds to target (by steps where there is no wall time); runs that never reach
+    the target come last.
+    """
+    rows = []
+    for label, h in runs.items():
+        values = h[metric]
+        rows.append({
+            "optimizer": label,
+            "steps": time_to_target(h, metric, target, x="step", higher_is_better=higher_is_better),
+            "seconds": (time_to_target(h, metric, target, x="wall_time",
+                                       higher_is_better=higher_is_better)
+                        if "wall_time" in h else None),
+            "final": float(values[-1]),
+            "best": float(values.max() if higher_is_better else values.min()),
+        })
+
+    def key(row):
+        value = row["seconds"] if row["seconds"] is not None else row["steps"]
+        return (value is None, value if value is not None else 0.0)
+
+    return sorted(rows, key=key)
+
+
+def passes_per_step(spec: str) -> int:
+    """Forward-backward passes one step of optimizer ``spec`` costs: 2 for the two-pass methods
+    that declare ``requires_closure`` (SAM, WSAM), else 1."""
+    from lab.registry import get, parse_spec
+
+    return 2 if getattr(get("optimizer", parse_spec(spec)[0]), "requires_closure", False) else 1
+
+
+def rank_by_work(history: History) -> list[dict]:
+    """The rows of an ``algoperf`` History (``artifacts['table']``, see :func:`target_rows`),
+    ranked by the work each optimizer needed to reach the target.
+
+    Each row gains ``grad_evals`` = steps × :func:`passes_per_step` (None when the target was
+    missed). Sorted by gradient evaluations, then steps; misses last, best final value first. The
+    wall-clock ``seconds`` stay in the rows but never decide the order: on a shared machine they
+    are noise.
+    """
+    rows = []
+    for row in history.artifacts["table"]:
+        evals = passes_per_step(row["optimizer"])
+        rows.append({**row, "grad_evals": None if row["steps"] is None else int(row["steps"]) * evals})
+
+    def key(r):
+        reached = r["steps"] is not None
+        return (not reached, r["grad_evals"] if reached else 0, r["steps"] if reached else 0, -r["final"])
+
+    return sorted(rows, key=key)

@@ -21,7 +21,8 @@
   (overtraining), and the final error peaks at ``alpha = 1``. Early stopping removes the rise.
 The time-to-result benchmark ``algoperf`` ("Benchmarking Neural Network Training Algorithms",
 arXiv 2306.07179) lives with the optimizer experiments (``lab.experiments.optimizers``); notebook 14
-ranks its runs with :func:`steps_ranking` (steps and gradient evaluations, not noisy seconds).
+ranks its runs with :func:`lab.history.rank_by_work` (gradient evaluations and steps, not noisy
+seconds).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from lab.claims import Claim
 from lab.checks import check_int, check_nonneg, check_positive
 from lab.experiments._base import drawn_on_cpu, experiment, on_cpu, resolve_device, run
 from lab.experiments.optimizers import seeded_init_
-from lab.history import History, Runs
+from lab.history import History, Runs, rank_by_work
 from lab.models import MLP
 from lab.models.ghost_bn import ghost_batchnorm, regime_adaptation
 from lab.optim.sharpness import top_hessian_eigenvalue
@@ -301,34 +302,6 @@ def highdim_dynamics(cfg: HighDimConfig) -> History:
 # ---------------------------------------------------------------------------------------------
 # Time to result, ranked by work rather than by seconds
 # ---------------------------------------------------------------------------------------------
-def gradient_evaluations_per_step(spec: str) -> int:
-    """Forward-backward passes one step of optimizer ``spec`` costs: 2 for two-pass methods that
-    declare ``requires_closure`` (SAM, WSAM), else 1."""
-    from lab.registry import get, parse_spec
-
-    return 2 if getattr(get("optimizer", parse_spec(spec)[0]), "requires_closure", False) else 1
-
-
-def steps_ranking(history: History) -> list[dict]:
-    """The ``algoperf`` runs ranked by the work they needed to reach the target.
-
-    Per optimizer: ``steps`` to the target (None = not reached within the budget), ``grad_evals``
-    (steps × :func:`gradient_evaluations_per_step`), ``final`` accuracy and ``seconds`` (wall time
-    on a shared machine: shown, never ranked on). Sorted by gradient evaluations, then steps; runs
-    that miss the target come last, best final accuracy first.
-    """
-    rows = []
-    for row in history.artifacts["table"]:
-        evals = gradient_evaluations_per_step(row["optimizer"])
-        rows.append({**row, "grad_evals": None if row["steps"] is None else int(row["steps"]) * evals})
-
-    def key(r):
-        reached = r["steps"] is not None
-        return (not reached, r["grad_evals"] if reached else 0, r["steps"] if reached else 0, -r["final"])
-
-    return sorted(rows, key=key)
-
-
 def _name(spec: str) -> str:
     from lab.registry import parse_spec
 
@@ -401,5 +374,5 @@ CLAIMS = [
           control_text="at a target of 0.8 Adam ties or beats AGD: the ranking depends on the target",
           holds=lambda h: (lambda rows: rows[0]["steps"] is not None and _name(rows[0]["optimizer"]) == "agd"
                            and (len(rows) < 2 or rows[1]["steps"] is None
-                                or rows[1]["grad_evals"] > rows[0]["grad_evals"]))(steps_ranking(h))),
+                                or rows[1]["grad_evals"] > rows[0]["grad_evals"]))(rank_by_work(h))),
 ]

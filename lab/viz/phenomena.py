@@ -162,13 +162,13 @@ def highdim_figure(runs: History | Mapping[str, History]) -> go.Figure:
 
 
 def algoperf_steps_figures(history: History) -> list[go.Figure]:
-    """The ``algoperf`` experiment ranked by work (:func:`lab.experiments.phenomena.steps_ranking`):
+    """The ``algoperf`` experiment ranked by work (:func:`lab.history.rank_by_work`):
     a table (rank, optimizer, gradient evaluations and steps to the target, final accuracy, and the
     wall time as a last column labelled noisy), and test accuracy against step for every run."""
-    from lab.experiments.phenomena import steps_ranking
+    from lab.history import rank_by_work
     from lab.viz.figures import curves
 
-    rows = steps_ranking(history)
+    rows = rank_by_work(history)
     target = history.meta["target"]
 
     def fmt(value, spec):

@@ -99,8 +99,7 @@ def test_figures_build():
 
 
 def test_algoperf_runs_are_ranked_by_gradient_evaluations_never_by_seconds():
-    from lab.experiments.phenomena import gradient_evaluations_per_step, steps_ranking
-    from lab.history import History
+    from lab.history import History, passes_per_step, rank_by_work
 
     # Prepare: SAM needs fewer steps but two passes each; lion is fastest in seconds; sgd misses
     table = [{"optimizer": "lion(lr=3e-3)", "steps": 30, "seconds": 0.001, "final": 0.92, "best": 0.93},
@@ -110,11 +109,11 @@ def test_algoperf_runs_are_ranked_by_gradient_evaluations_never_by_seconds():
     h = History(meta={"target": 0.9})
     h.artifacts.update(table=table, runs={})
     # Execute
-    rows = steps_ranking(h)
+    rows = rank_by_work(h)
     # Assert: adam (20 evaluations) < sam (2 x 12 = 24) < lion (30); the miss is last
     assert [r["optimizer"].split("(")[0] for r in rows] == ["adam", "sam", "lion", "sgd"]
     assert [r["grad_evals"] for r in rows] == [20, 24, 30, None]
-    assert gradient_evaluations_per_step("wsam") == 2 and gradient_evaluations_per_step("sgd(momentum=0.9)") == 1
+    assert passes_per_step("wsam") == 2 and passes_per_step("sgd(momentum=0.9)") == 1
     figs = viz.algoperf_steps_figures(run("algoperf", steps=20, target=0.8,
                                           optimizers=("adam(lr=1e-2)", "sgd(lr=1e-4)")))
     cells = figs[0].data[0].cells.values
