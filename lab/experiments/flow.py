@@ -212,11 +212,6 @@ def flow_pretrain(cfg: FlowPretrainConfig) -> History:
 # ---------------------------------------------------------------------------------------------
 # Fine-tuning toward a reward
 # ---------------------------------------------------------------------------------------------
-CLIPPED = ("ddpo", "flow_grpo", "awm", "b2_diffurl")
-"""The methods whose loss is PPO's clipped ratio: only they need ``epochs``/``minibatches`` > 1 to
-leave the on-policy case (ratio ≡ 1)."""
-
-
 @dataclass(frozen=True)
 class FlowFinetuneConfig:
     """Config of ``flow_finetune``."""
@@ -671,5 +666,5 @@ CLAIMS = [
 
 
 __all__ = ["FlowPretrainConfig", "FlowFinetuneConfig", "FlowGuidanceConfig", "flow_pretrain",
-           "flow_finetune", "flow_guidance", "pretrained_velocity", "train_velocity", "METHODS", "CLIPPED",
+           "flow_finetune", "flow_guidance", "pretrained_velocity", "train_velocity", "METHODS",
            "PRETRAINED", "Rollout", "minibatch_indices"]
