@@ -9,8 +9,6 @@
 - :func:`opposing_signals_figure`: per-group losses and the sharpness against ``2 / lr``.
 - :func:`large_batch_figure`: test error per epoch and ``||w_t - w_0||`` against ``log t``.
 - :func:`highdim_figure`: train and test error of the linear student over time.
-- :func:`algoperf_steps_figures`: AlgoPerf's time to result ranked by gradient evaluations and steps
-  (wall time shown last, labelled noisy), and test accuracy against step.
 """
 from __future__ import annotations
 
@@ -161,33 +159,5 @@ def highdim_figure(runs: History | Mapping[str, History]) -> go.Figure:
     return _layout(fig, "linear student, noisy teacher: overtraining near n = d")
 
 
-def algoperf_steps_figures(history: History) -> list[go.Figure]:
-    """The ``algoperf`` experiment ranked by work (:func:`lab.history.rank_by_work`):
-    a table (rank, optimizer, gradient evaluations and steps to the target, final accuracy, and the
-    wall time as a last column labelled noisy), and test accuracy against step for every run."""
-    from lab.history import rank_by_work
-    from lab.viz.figures import curves
-
-    rows = rank_by_work(history)
-    target = history.meta["target"]
-
-    def fmt(value, spec):
-        return "not reached" if value is None else format(value, spec)
-
-    cells = [[str(i + 1) if r["steps"] is not None else "—" for i, r in enumerate(rows)],
-             [r["optimizer"] for r in rows], [fmt(r["grad_evals"], "d") for r in rows],
-             [fmt(r["steps"], ".0f") for r in rows], [f"{r['final']:.3f}" for r in rows],
-             [fmt(r["seconds"], ".3f") for r in rows]]
-    header = ["rank", "optimizer", f"gradient evaluations to {target:g}", "steps to target",
-              "final test accuracy", "seconds to target (noisy: shared machine, not ranked)"]
-    table = go.Figure(go.Table(header=dict(values=header, align="left", fill_color="#eeeeee"),
-                               cells=dict(values=cells, align="left")))
-    _layout(table, f"time to result, ranked by work to test accuracy {target:g}", height=90 + 28 * (len(rows) + 1))
-    runs = Runs({label: History.from_dict(d) for label, d in history.artifacts["runs"].items()})
-    accuracy = curves(runs, "test_accuracy", title="test accuracy against step (same batches for all)")
-    accuracy.add_hline(y=target, line=dict(color="gray", dash="dash"))
-    return [table, accuracy]
-
-
-__all__ = ["algoperf_steps_figures", "stability_gap_figure", "useful_figure", "ibcl_figure", "double_descent_figure",
+__all__ = ["stability_gap_figure", "useful_figure", "ibcl_figure", "double_descent_figure",
            "opposing_signals_figure", "large_batch_figure", "highdim_figure"]
