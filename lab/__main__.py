@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except KeyError as exc:
+    except (KeyError, ValueError) as exc:      # bad names and bad values: one line, no traceback
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
 

@@ -60,3 +60,13 @@ def test_progress_bar_appears_only_past_the_delay():
     assert "it/s" in proc.stderr or "%|" in proc.stderr
     proc = _lab("run", "optimizer_on_surface", "--set", "steps=5", "--progress-delay", "60")
     assert "%|" not in proc.stderr
+
+
+@pytest.mark.parametrize("experiment,setting,message", [
+    ("optimizer_on_surface", "lr=nan", "error: lr must be a finite number, got nan"),
+    ("digits_mlp", "seed=-1", "error: seed must be a non-negative int, got -1"),
+])
+def test_a_bad_value_is_one_error_line_without_traceback(experiment, setting, message):
+    proc = _lab("run", experiment, "--set", setting, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == message and "Traceback" not in proc.stderr

@@ -25,6 +25,9 @@ NOT_YET: set[str] = set(NAMES) - {   # every experiment, until its area moves it
     "tallying_bandit",
     "optimizer_on_surface", "digits_mlp", "algoperf", "sharp_flat", "sharpness_digits",
     "memory_efficient", "es_regression", "es_cartpole", "es_rank_sweep",
+    "flow_pretrain", "flow_finetune", "flow_guidance", "peft_finetune", "checkpoint_merging",
+    "stability_gap_digits", "cpt_digits", "useful_simplicity", "ibcl_tradeoffs", "double_descent",
+    "opposing_signals", "large_batch_gap", "highdim_dynamics",
 }
 
 

@@ -91,3 +91,43 @@ def test_field_docs_reads_trailing_comments_including_multiline_fields():
         d: str = "#not a comment"  # the real one
 
     assert field_docs(Config) == {"a": "the first", "b": "spans two lines", "c": "", "d": "the real one"}
+
+
+def _float_fields():
+    from lab import registry
+    from lab.experiments import field_types
+    from lab.experiments._base import _declares_float
+
+    for name in registry.available("experiment"):
+        for field, annotation in field_types(config_of(name)).items():
+            if _declares_float(annotation):
+                yield name, field
+
+
+FLOAT_FIELDS = list(_float_fields())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_every_float_field_of_every_experiment_rejects_non_finite_values(bad):
+    assert len(FLOAT_FIELDS) > 100                      # the lab's configs hold well over 100 of them
+    for name, field in FLOAT_FIELDS:
+        default = getattr(config_of(name)(), field)
+        value = tuple(bad for _ in default) or (bad,) if isinstance(default, tuple) else bad
+        with pytest.raises(ValueError, match=f"^{field} must be a finite number"):
+            run(name, **{field: value})
+
+
+def field_names(name):
+    return {f.name for f in dataclasses.fields(config_of(name))}
+
+
+def test_seed_must_be_a_non_negative_int_for_every_experiment():
+    from lab import registry
+
+    seeded = [n for n in registry.available("experiment") if "seed" in field_names(n)]
+    assert len(seeded) > 30
+    for name in seeded:
+        with pytest.raises(ValueError, match="^seed must be a non-negative int, got -1"):
+            run(name, seed=-1)
+        with pytest.raises(TypeError, match="^seed must be a non-negative int"):
+            run(name, seed=1.5)

@@ -9,7 +9,8 @@ import pytest
 
 from lab import registry
 
-CATALOG = pathlib.Path(__file__).resolve().parents[2] / "shared" / "catalog.tsv"
+CATALOG = pathlib.Path(__file__).resolve().parent / "data" / "catalog.tsv"        # the copy in the repo
+SHARED_CATALOG = pathlib.Path(__file__).resolve().parents[2] / "shared" / "catalog.tsv"   # beside a checkout
 ENTRIES = [e for e in registry.entries() if not e.module.startswith("lab.optim.baselines")]
 
 
@@ -23,9 +24,24 @@ def test_module_docstring_is_a_lesson(entry):
     assert re.fullmatch(r"[a-z][a-z0-9_]*", entry.name)
 
 
-@pytest.mark.skipif(not CATALOG.exists(), reason="catalog.tsv lives beside the project")
+def _catalog_rows() -> list[dict]:
+    assert CATALOG.exists(), f"{CATALOG} is missing: the tests need the repo's copy of catalog.tsv"
+    with open(CATALOG, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert len(rows) > 100 and {"kind", "name"} <= set(rows[0]), "catalog.tsv has no kind/name rows"
+    return rows
+
+
+def test_the_catalog_copy_matches_the_shared_catalog_where_there_is_one():
+    rows = _catalog_rows()                              # fails, never skips, when the copy is missing
+    if SHARED_CATALOG.exists():                         # a checkout beside the project's shared files
+        assert CATALOG.read_bytes() == SHARED_CATALOG.read_bytes(), (
+            f"{CATALOG} differs from {SHARED_CATALOG}: copy the shared catalog into tests/data")
+    assert all(row["kind"] in registry.KINDS for row in rows), "catalog kinds must be registry kinds"
+
+
 def test_registered_catalog_names_use_the_catalog_kind():
-    rows = list(csv.DictReader(open(CATALOG), delimiter="\t"))
+    rows = _catalog_rows()
     kind_of = {}
     for row in rows:
         kind_of.setdefault(row["name"], set()).add(row["kind"])

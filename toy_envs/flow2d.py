@@ -29,40 +29,44 @@ TARGETS = ("gaussians8", "moons")
 REWARDS = ("dense", "sparse", "linear")
 
 
-def mode_centers(target: str = "gaussians8", radius: float = 4.0) -> torch.Tensor:
-    """Centres of the components of ``target``: ``(K, 2)``."""
+def mode_centers(target: str = "gaussians8", radius: float = 4.0, *,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """Centres of the components of ``target``: ``(K, 2)`` (on ``device``)."""
     check_choice("target", target, TARGETS)
     if target == "gaussians8":
-        angles = torch.arange(8, dtype=torch.float32) * (2 * math.pi / 8)
+        angles = torch.arange(8, dtype=torch.float32, device=device) * (2 * math.pi / 8)
         return radius * torch.stack([angles.cos(), angles.sin()], dim=-1)
-    return torch.tensor([[-1.0, 0.75], [1.0, -0.75]])
+    return torch.tensor([[-1.0, 0.75], [1.0, -0.75]], device=device)
 
 
 def sample_target(target: str, n: int, generator: torch.Generator, *, std: float = 0.3,
                   radius: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x (n, 2), labels (n,))`` drawn from ``target`` with an explicit generator."""
+    """``(x (n, 2), labels (n,))`` drawn from ``target`` with an explicit generator (on its device)."""
     check_choice("target", target, TARGETS)
     check_int("n", n, minimum=1)
     check_positive("std", std)
+    dev = generator.device
     if target == "gaussians8":
-        labels = torch.randint(0, 8, (n,), generator=generator)
-        centers = mode_centers(target, radius)
-        return centers[labels] + std * torch.randn(n, 2, generator=generator), labels
-    labels = torch.randint(0, 2, (n,), generator=generator)
-    angle = math.pi * torch.rand(n, generator=generator)
+        labels = torch.randint(0, 8, (n,), generator=generator, device=dev)
+        centers = mode_centers(target, radius, device=dev)
+        return centers[labels] + std * torch.randn(n, 2, generator=generator, device=dev), labels
+    labels = torch.randint(0, 2, (n,), generator=generator, device=dev)
+    angle = math.pi * torch.rand(n, generator=generator, device=dev)
     upper = torch.stack([angle.cos(), angle.sin()], dim=-1)                # (n, 2)
     lower = torch.stack([1 - angle.cos(), 0.5 - angle.sin()], dim=-1)
-    x = torch.where(labels[:, None] == 0, upper, lower) - torch.tensor([0.5, 0.25])
-    return 2.0 * x + 0.1 * torch.randn(n, 2, generator=generator), labels
+    x = torch.where(labels[:, None] == 0, upper, lower) - torch.tensor([0.5, 0.25], device=dev)
+    return 2.0 * x + 0.1 * torch.randn(n, 2, generator=generator, device=dev), labels
 
 
 def make_reward(name: str = "dense", center: torch.Tensor | tuple[float, float] = (4.0, 0.0), *,
                 width: float = 0.5, radius: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The reward ``r: (n, 2) -> (n,)`` named ``name`` (see the module docstring)."""
+    """The reward ``r: (n, 2) -> (n,)`` named ``name`` (see the module docstring); a tensor
+    ``center`` keeps its device (pass it on the device the points will live on)."""
     check_choice("name", name, REWARDS)
     check_positive("width", width)
     check_positive("radius", radius)
-    mu = torch.as_tensor(center, dtype=torch.float32)
+    mu = torch.as_tensor(center, dtype=torch.float32,
+                         device=center.device if isinstance(center, torch.Tensor) else "cpu")
 
     def dense(x: torch.Tensor) -> torch.Tensor:
         return torch.exp(-((x - mu) ** 2).sum(-1) / (2 * width ** 2))
@@ -78,6 +82,7 @@ def make_reward(name: str = "dense", center: torch.Tensor | tuple[float, float] 
 
 def energy_distance(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> float:
     """``2 E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖`` (V-statistic, NumPy); 0 when the samples match."""
+    x, y = (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for v in (x, y))
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
 

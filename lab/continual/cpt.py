@@ -36,7 +36,8 @@ Subset = Literal["all", "random", "quality"]
 def _cycle(pool: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` indices from ``pool``: epochs of reshuffled passes, concatenated."""
     epochs = -(-n // len(pool))
-    return torch.cat([pool[torch.randperm(len(pool), generator=generator)] for _ in range(epochs)])[:n]
+    return torch.cat([pool[torch.randperm(len(pool), generator=generator, device="cpu")]
+                      for _ in range(epochs)])[:n]
 
 
 @register("continual", "cpt_strategies",
@@ -55,7 +56,8 @@ def cpt_batches(n_new: int, n_old: int, steps: int, batch_size: int, *, subset: 
         subset_fraction (rho): fraction of D_new kept by ``"random"`` / ``"quality"``.
         mix (m): fraction of each batch drawn from D_old (pre-training-like mixture).
         quality: scores ``q (n_new,)``, higher = better; required for ``subset="quality"``.
-        generator: the source of every random choice.
+        generator: the source of every random choice (a CPU generator: the plan is CPU indices,
+            which index data on any device).
     """
     check_int("n_new", n_new, minimum=1)
     check_int("n_old", n_old, minimum=0)
@@ -66,22 +68,22 @@ def cpt_batches(n_new: int, n_old: int, steps: int, batch_size: int, *, subset: 
     check_range("mix", mix, 0.0, 1.0, hi_open=True)
     if mix > 0 and n_old == 0:
         raise ValueError("mix > 0 needs pre-training data: n_old must be >= 1")
-    generator = generator or torch.Generator().manual_seed(0)
+    generator = generator or torch.Generator(device="cpu").manual_seed(0)
     keep = max(1, int(round(subset_fraction * n_new)))
     if subset == "all":
-        pool = torch.arange(n_new)
+        pool = torch.arange(n_new, device="cpu")
     elif subset == "random":
-        pool = torch.randperm(n_new, generator=generator)[:keep]
+        pool = torch.randperm(n_new, generator=generator, device="cpu")[:keep]
     else:
         if quality is None:
             raise ValueError("quality scores are required for subset='quality'")
         check_tensor("quality", quality, shape=(n_new,), finite=True)
-        pool = quality.argsort(descending=True)[:keep]
+        pool = quality.argsort(descending=True)[:keep].cpu()
     n_mix = int(round(mix * batch_size))
     n_take = batch_size - n_mix
     new = _cycle(pool, steps * n_take, generator).reshape(steps, n_take)              # (S, B - m B)
-    old = (torch.randint(0, max(n_old, 1), (steps, n_mix), generator=generator) if n_mix
-           else torch.zeros(steps, 0, dtype=torch.long))                               # (S, m B)
+    old = (torch.randint(0, max(n_old, 1), (steps, n_mix), generator=generator, device="cpu") if n_mix
+           else torch.zeros(steps, 0, dtype=torch.long, device="cpu"))                 # (S, m B)
     return [(new[s], old[s]) for s in range(steps)]
 
 

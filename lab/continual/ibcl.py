@@ -48,10 +48,10 @@ def laplace_logistic(x: torch.Tensor, y: torch.Tensor, prior_mean: torch.Tensor,
     check_tensor("x", x, ndim=2, finite=True, dtype_kind="float")
     check_tensor("y", y, shape=(x.shape[0],))
     check_positive("prior_var", prior_var)
-    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)          # (N, D)
+    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)          # (N, D)
     prior_mean = prior_mean.to(x.dtype)
     yf = y.to(x.dtype)
-    eye = torch.eye(xb.shape[1], dtype=x.dtype)
+    eye = torch.eye(xb.shape[1], dtype=x.dtype, device=x.device)
 
     def objective(th: torch.Tensor) -> torch.Tensor:
         z = xb @ th
@@ -105,7 +105,7 @@ class IBCL:
         """Learn task data ``(x, y)``; returns the index of the extreme point used for the task."""
         dim = x.shape[1] + 1 if x.dim() == 2 else 0
         prior = (self.extremes[self.task_to_extreme[-1]].mean if self.task_to_extreme
-                 else torch.zeros(dim, dtype=x.dtype))
+                 else torch.zeros(dim, dtype=x.dtype, device=x.device))
         mean, cov = laplace_logistic(x, y, prior, self.prior_var)
         dists = [float((mean - q.mean).norm()) for q in self.extremes]
         if dists and min(dists) <= self.d:
@@ -120,7 +120,7 @@ class IBCL:
         """``Q_w = N(sum_i w_i mu_i, sum_i w_i Sigma_i)`` over the tasks' extreme points."""
         if not self.task_to_extreme:
             raise ValueError("the knowledge base is empty: call add_task first")
-        w = torch.as_tensor(w, dtype=self.extremes[0].mean.dtype)
+        w = torch.as_tensor(w, dtype=self.extremes[0].mean.dtype, device=self.extremes[0].mean.device)
         check_tensor("w", w, shape=(len(self.task_to_extreme),), finite=True)
         if (w < 0).any() or abs(float(w.sum()) - 1.0) > 1e-6:
             raise ValueError(f"w must lie on the simplex (w_i >= 0, sum 1), got {w.tolist()}")
@@ -142,7 +142,8 @@ class IBCL:
         radius2 = float(chi2.ppf(1 - alpha, dim))
         out = []
         while sum(len(o) for o in out) < n:
-            z = torch.randn(2 * n, dim, generator=generator, dtype=q.mean.dtype)
+            z = torch.randn(2 * n, dim, generator=generator, dtype=q.mean.dtype,
+                            device=generator.device if generator is not None else q.mean.device).to(q.mean.device)
             out.append(q.mean + z[(z * z).sum(1) <= radius2] @ chol.T)      # Mahalanobis^2 = |z|^2
         return torch.cat(out)[:n]
 

@@ -34,7 +34,7 @@ def kmeans(points: torch.Tensor, init: torch.Tensor, iters: int = 20) -> torch.T
     check_tensor("points", points, ndim=2, dtype_kind="float")
     check_tensor("init", init, ndim=2, dtype_kind="float")
     centers = init.clone()
-    assign = torch.zeros(points.shape[0], dtype=torch.long)
+    assign = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
     for _ in range(iters):
         # assign every point to its nearest center
         assign = torch.cdist(points, centers).argmin(dim=1)              # (N,)
@@ -53,17 +53,17 @@ def hard_examples(logits: torch.Tensor, labels: torch.Tensor, *, k: int = 2, ite
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
     check_int("k", k, minimum=2)
     losses = F.cross_entropy(logits, labels, reduction="none")          # (N,)
-    hard = torch.zeros(len(labels), dtype=torch.bool)
+    hard = torch.zeros(len(labels), dtype=torch.bool, device=logits.device)
     for c in labels.unique():
         idx = (labels == c).nonzero().squeeze(1)
         if len(idx) < k:
             continue
         order = losses[idx].argsort()
         # k initial centers spread from the lowest- to the highest-loss example
-        init = logits[idx[order[torch.linspace(0, len(idx) - 1, k).round().long()]]]
+        init = logits[idx[order[torch.linspace(0, len(idx) - 1, k, device=idx.device).round().long()]]]
         assign = kmeans(logits[idx], init, iters)
         mean_loss = torch.stack([losses[idx][assign == j].mean() if (assign == j).any()
-                                 else torch.tensor(float("inf")) for j in range(k)])
+                                 else losses.new_tensor(float("inf")) for j in range(k)])
         hard[idx] = assign != mean_loss.argmin()
     return hard
 
@@ -80,7 +80,7 @@ def useful_upsample(logits: torch.Tensor, labels: torch.Tensor, *, k: int = 2, f
     """
     check_int("factor", factor, minimum=1)
     hard = hard_examples(logits, labels, k=k, iters=iters)
-    everyone = torch.arange(len(labels))
+    everyone = torch.arange(len(labels), device=labels.device)
     extra = everyone[hard].repeat(factor - 1)
     return torch.cat([everyone, extra]).sort().values, hard
 

@@ -4,5 +4,6 @@ Notebooks, the command line, tests and benchmarks all call these. Each experimen
 package registers itself under kind ``experiment``; ``run(name, **changes)`` runs one.
 """
 from lab.experiments._base import (  # noqa: F401
-    config_of, experiment, field_docs, field_types, parse_value, replace, resolve_device, run, sweep,
+    check_config, config_of, drawn_on_cpu, experiment, field_docs, field_types, on_cpu, parse_value, replace,
+    resolve_device, run, sweep,
 )

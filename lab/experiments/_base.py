@@ -67,6 +67,23 @@ def resolve_device(device: Any) -> "torch.device":
     return dev
 
 
+def on_cpu(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with the CPU as the default device: a data generator or model
+    constructor that creates tensors without naming a device builds them on the CPU (the same data
+    and init on every device; the experiment then moves them to ``cfg.device`` explicitly)."""
+    import torch
+
+    with torch.device("cpu"):
+        return fn(*args, **kwargs)
+
+
+def drawn_on_cpu(fn: Callable[..., Any], *args: Any, device: Any, **kwargs: Any) -> Any:
+    """``fn(*args, device="cpu", **kwargs).to(device)``: a random draw (``torch.randint``,
+    ``torch.randperm``, ``torch.randn`` ...) from a CPU generator, moved to ``device``, so that a
+    seed gives the same batches on every device."""
+    return fn(*args, device="cpu", **kwargs).to(device)
+
+
 def config_of(name: str) -> type:
     """The config dataclass of experiment ``name``."""
     return get("experiment", name).config
@@ -115,17 +132,58 @@ def replace(cfg: Any, **changes: Any) -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
+def check_config(cfg: Any) -> Any:
+    """Checks every experiment's config gets before it runs, whatever the experiment checks itself.
+
+    - A field declared ``float`` (also ``float | None`` and tuples of floats) must hold finite real
+      numbers: NaN or ±inf raises ``ValueError`` naming the field.
+    - A field named ``seed`` (or ending in ``_seed``) must be a non-negative int: ``ValueError``
+      (negative) or ``TypeError`` (not an int) naming the field.
+
+    Returns ``cfg``.
+    """
+    import math
+
+    declared = field_types(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "seed" or f.name.endswith("_seed"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{f.name} must be a non-negative int, got {value!r}")
+            if value < 0:
+                raise ValueError(f"{f.name} must be a non-negative int, got {value}")
+        if not _declares_float(declared[f.name]):
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+    return cfg
+
+
+def _declares_float(annotation: Any) -> bool:
+    """True for ``float``, ``float | None``, ``tuple[float, ...]`` and unions holding one of them."""
+    if annotation is float:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, tuple):
+        return any(_declares_float(a) for a in typing.get_args(annotation) if a is not Ellipsis)
+    return False
+
+
 def run(name: str, cfg: Any = None, **changes: Any) -> History:
     """Run experiment ``name`` on ``cfg`` (default config if None) with ``changes`` applied.
 
-    The returned History has ``meta['config']``, ``meta['experiment']`` and
-    ``meta['wall_time']`` filled in.
+    The config is checked first (:func:`check_config`: finite floats, a non-negative seed). The
+    returned History has ``meta['config']``, ``meta['experiment']`` and ``meta['wall_time']``
+    filled in.
     """
     fn = get("experiment", name)
     cfg = fn.config() if cfg is None else cfg
     if not isinstance(cfg, fn.config):
         raise TypeError(f"cfg must be a {fn.config.__name__}, got {type(cfg).__name__}")
     cfg = replace(cfg, **changes) if changes else cfg
+    check_config(cfg)
     start = time.perf_counter()
     history = fn(cfg)
     if not isinstance(history, History):

@@ -20,7 +20,9 @@
   so late in training the noise is fitted along them: the test error falls, then rises
   (overtraining), and the final error peaks at ``alpha = 1``. Early stopping removes the rise.
 The time-to-result benchmark ``algoperf`` ("Benchmarking Neural Network Training Algorithms",
-arXiv 2306.07179) lives with the optimizer experiments (``lab.experiments.optimizers``).
+arXiv 2306.07179) lives with the optimizer experiments (``lab.experiments.optimizers``); notebook 14
+shows its table ranked by steps (gradient evaluations where costs differ), seconds only as a noisy
+column (:func:`lab.history.target_rows`).
 """
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from lab import progress
+from lab.claims import Claim
 from lab.checks import check_int, check_nonneg, check_positive
-from lab.experiments._base import experiment, run
+from lab.experiments._base import drawn_on_cpu, experiment, on_cpu, resolve_device, run
 from lab.experiments.optimizers import seeded_init_
 from lab.history import History, Runs
 from lab.models import MLP
@@ -66,22 +69,26 @@ class DoubleDescentConfig:
     ridge: float = 0.0  # lambda of the ridge fit (0 = min-norm least squares)
     gd_steps: int = 200  # budget of gradient descent from zero, lr = 1 / lambda_max
     seed: int = 0  # teacher, data and random features
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 @experiment("double_descent", DoubleDescentConfig,
             paper="Understanding the Role of Optimization in Double Descent", arxiv="2312.03951",
             plot=_plot("double_descent_figure"),
-            summary="Min-norm random features peak at p = n; budgeted GD does not reach the peak")
+            summary="Min-norm random features peak at p = n; budgeted GD does not reach the peak",
+            smoke={"widths": (5, 20), "n_train": 10, "n_test": 20, "d": 4, "gd_steps": 3})
 def double_descent(cfg: DoubleDescentConfig) -> History:
     check_nonneg("ridge", cfg.ridge)
     check_int("gd_steps", cfg.gd_steps, minimum=0)
     check_int("n_train", cfg.n_train, minimum=1)
     if not cfg.widths or any(p < 1 for p in cfg.widths):
         raise ValueError(f"widths must be a non-empty tuple of ints >= 1, got {cfg.widths}")
-    x, y, beta = linear_teacher(cfg.n_train, cfg.d, noise=cfg.noise, seed=cfg.seed)
-    x_te, y_te, _ = linear_teacher(cfg.n_test, cfg.d, noise=cfg.noise, seed=cfg.seed + 1, beta=beta)
-    g = torch.Generator().manual_seed(cfg.seed + 2)
-    w_all = torch.randn(max(cfg.widths), cfg.d, generator=g, dtype=torch.float64)   # nested features
+    dev = resolve_device(cfg.device)
+    x, y, beta = on_cpu(linear_teacher, cfg.n_train, cfg.d, noise=cfg.noise, seed=cfg.seed)
+    x_te, y_te, _ = on_cpu(linear_teacher, cfg.n_test, cfg.d, noise=cfg.noise, seed=cfg.seed + 1, beta=beta)
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed + 2)
+    w_all = drawn_on_cpu(torch.randn, max(cfg.widths), cfg.d, generator=g, dtype=torch.float64, device=dev)   # nested
+    x, y, x_te, y_te = (t.to(dev) for t in (x, y, x_te, y_te))
     history = History(meta={"algorithm": "random_features", "seed": cfg.seed})
     for i, p in enumerate(progress.track(cfg.widths, desc="widths")):
         phi = torch.relu(x @ w_all[:p].T) / math.sqrt(p)                      # (n, p)
@@ -89,14 +96,14 @@ def double_descent(cfg: DoubleDescentConfig) -> History:
         n = len(y)
         if cfg.ridge > 0:
             # a = (Phi^T Phi / n + lambda I)^{-1} Phi^T y / n
-            a_fit = torch.linalg.solve(phi.T @ phi / n + cfg.ridge * torch.eye(p, dtype=phi.dtype),
+            a_fit = torch.linalg.solve(phi.T @ phi / n + cfg.ridge * torch.eye(p, dtype=phi.dtype, device=dev),
                                        phi.T @ y / n)
         else:
             a_fit = torch.linalg.pinv(phi) @ y                                 # min-norm solution
         # gradient descent from 0 on L(a) = ||Phi a - y||^2 / (2n), lr = 1 / lambda_max(Phi^T Phi / n)
         svals = torch.linalg.svdvals(phi)
         lr = n / float(svals[0] ** 2)
-        a_gd = torch.zeros(p, dtype=torch.float64)
+        a_gd = torch.zeros(p, dtype=torch.float64, device=dev)
         for _ in range(cfg.gd_steps):
             a_gd -= lr * (phi.T @ (phi @ a_gd - y) / n + cfg.ridge * a_gd)
         smallest = float(svals[min(n, p) - 1])
@@ -123,20 +130,26 @@ class OpposingConfig:
     hidden: int = 32  # width of the two hidden layers (3-layer MLP)
     sharpness_every: int = 10  # steps between top-Hessian-eigenvalue estimates
     seed: int = 0  # data and initialization
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 @experiment("opposing_signals", OpposingConfig,
             paper="Outliers with Opposing Signals Have an Outsized Effect on Neural Network "
                   "Optimization", arxiv="2311.04163", plot=_plot("opposing_signals_figure"),
-            summary="Per-group losses of opposing outliers and the sharpness against 2/lr")
+            summary="Per-group losses of opposing outliers and the sharpness against 2/lr",
+            smoke={"steps": 3, "n": 40, "hidden": 8, "sharpness_every": 2})
 def opposing_signals(cfg: OpposingConfig) -> History:
     check_positive("lr", cfg.lr)
     check_int("steps", cfg.steps, minimum=1)
     check_int("sharpness_every", cfg.sharpness_every, minimum=1)
-    x, y, group = opposing_data(cfg.n, big=cfg.big, seed=cfg.seed, with_outliers=cfg.with_outliers)
-    g = torch.Generator().manual_seed(cfg.seed)
-    model = MLP(x.shape[1], (cfg.hidden, cfg.hidden), 2, activation="tanh")
-    seeded_init_(model, g)
+    dev = resolve_device(cfg.device)
+    x, y, group = (t.to(dev) for t in on_cpu(opposing_data, cfg.n, big=cfg.big, seed=cfg.seed,
+                                            with_outliers=cfg.with_outliers))
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    with torch.device("cpu"):
+        model = MLP(x.shape[1], (cfg.hidden, cfg.hidden), 2, activation="tanh")
+        seeded_init_(model, g)
+    model = model.to(dev)
     params = list(model.parameters())
     opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "gd"
            else torch.optim.Adam(params, lr=cfg.lr))
@@ -150,8 +163,9 @@ def opposing_signals(cfg: OpposingConfig) -> History:
             row.update(loss_a=per_point[group == 1].mean().item(),
                        loss_b=per_point[group == 2].mean().item())
         if step % cfg.sharpness_every == 0:
-            row["sharpness"] = top_hessian_eigenvalue(
-                lambda: F.cross_entropy(model(x), y), params, iters=20, generator=g)
+            with torch.device("cpu"):      # power iteration's start vectors: drawn from g on the CPU, moved
+                row["sharpness"] = top_hessian_eigenvalue(
+                    lambda: F.cross_entropy(model(x), y), params, iters=20, generator=g)
         loss.backward()
         opt.step()
         history.append(step, **row)
@@ -176,34 +190,39 @@ class LargeBatchConfig:
     adapt_regime: bool = False  # epochs * ceil(B_L / B_S): as many updates as at B_S
     hidden: tuple[int, ...] = (64,)  # hidden layers of the BN-MLP
     seed: int = 0  # split, initialization and batch order
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 @experiment("large_batch_gap", LargeBatchConfig,
             paper="Train longer, generalize better: closing the generalization gap in large batch "
                   "training of neural networks", arxiv="1705.08741", plot=_plot("large_batch_figure"),
-            summary="Large-batch test error, with ghost BN, sqrt lr scaling and regime adaptation")
+            summary="Large-batch test error, with ghost BN, sqrt lr scaling and regime adaptation",
+            smoke={"epochs": 1, "batch_size": 512, "ghost_batch_size": 128})
 def large_batch_gap(cfg: LargeBatchConfig) -> History:
     check_int("batch_size", cfg.batch_size, minimum=2)
     check_int("ghost_batch_size", cfg.ghost_batch_size, minimum=0)
     lr, epochs, _ = regime_adaptation(cfg.lr, cfg.batch_size, cfg.base_batch_size, cfg.epochs,
                                       scale_lr=cfg.scale_lr, adapt_regime=cfg.adapt_regime)
-    g = torch.Generator().manual_seed(cfg.seed)
-    x, y, x_te, y_te = digits(seed=cfg.seed)
-    model = MLP(64, cfg.hidden, 10, batchnorm=True)
-    if cfg.ghost_batch_size:
-        ghost_batchnorm(model, cfg.ghost_batch_size)
-    seeded_init_(model, g)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.weight.fill_(1.0)
-                m.bias.zero_()
+    dev = resolve_device(cfg.device)
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    x, y, x_te, y_te = (t.to(dev) for t in on_cpu(digits, seed=cfg.seed))
+    with torch.device("cpu"):
+        model = MLP(64, cfg.hidden, 10, batchnorm=True)
+        if cfg.ghost_batch_size:
+            ghost_batchnorm(model, cfg.ghost_batch_size)
+        seeded_init_(model, g)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm1d):
+                    m.weight.fill_(1.0)
+                    m.bias.zero_()
+    model = model.to(dev)
     w0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     history = History(meta={"algorithm": f"B={cfg.batch_size}", "seed": cfg.seed})
     step = 0
     for epoch in progress.steps(epochs, desc=f"B={cfg.batch_size}"):
-        order = torch.randperm(len(y), generator=g)
+        order = drawn_on_cpu(torch.randperm, len(y), generator=g, device=dev)
         for batch in order.split(cfg.batch_size):
             if len(batch) < 2:
                 continue
@@ -247,12 +266,14 @@ class HighDimConfig:
     init_scale: float = 0.0  # std of the student's initial weights (0 = zero init)
     log_every: int = 10  # steps between logged rows
     seed: int = 0  # teacher, data and init
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 @experiment("highdim_dynamics", HighDimConfig,
             paper="High-dimensional dynamics of generalization error in neural networks",
             arxiv="1710.03667", plot=_plot("highdim_figure"),
-            summary="Train and test error of a linear student over time; overtraining peaks at n = d")
+            summary="Train and test error of a linear student over time; overtraining peaks at n = d",
+            smoke={"d": 10, "steps": 5, "log_every": 1, "init_scale": 0.1})
 def highdim_dynamics(cfg: HighDimConfig) -> History:
     check_positive("alpha", cfg.alpha)
     check_positive("lr", cfg.lr)
@@ -260,9 +281,10 @@ def highdim_dynamics(cfg: HighDimConfig) -> History:
     check_int("steps", cfg.steps, minimum=1)
     check_int("log_every", cfg.log_every, minimum=1)
     n = max(1, int(round(cfg.alpha * cfg.d)))
-    x, y, beta = linear_teacher(n, cfg.d, noise=cfg.noise, seed=cfg.seed)   # x ~ N(0, I), ||beta|| = 1
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    w = cfg.init_scale * torch.randn(cfg.d, generator=g, dtype=torch.float64)
+    dev = resolve_device(cfg.device)
+    x, y, beta = (t.to(dev) for t in on_cpu(linear_teacher, n, cfg.d, noise=cfg.noise, seed=cfg.seed))  # ||beta|| = 1
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+    w = cfg.init_scale * drawn_on_cpu(torch.randn, cfg.d, generator=g, dtype=torch.float64, device=dev)
     history = History(meta={"algorithm": "gd", "seed": cfg.seed})
     for step in progress.steps(cfg.steps + 1, desc="gd"):
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -275,3 +297,80 @@ def highdim_dynamics(cfg: HighDimConfig) -> History:
     history.artifacts.update(n=n, final_test_error=float(test[-1]), best_test_error=float(test.min()),
                              best_step=int(history.series("test_error")[0][test.argmin()]))
     return history
+
+
+# ---------------------------------------------------------------------------------------------
+# Claims of notebook 14, panels 5-9 (checked over seeds 0..2 by ``pytest -m claims``)
+# ---------------------------------------------------------------------------------------------
+def _double_descent_peak(h: History) -> bool:
+    p, test, gd = h["p"], h["test_mse"], h["test_mse_gd"]
+    at_n = int(abs(p - h.meta["config"]["n_train"]).argmin())
+    peak = float(p[test.argmax()])
+    return (80 <= peak <= 125 and test.max() > 3 * test[0] and test.max() > 3 * test[-1]
+            and gd[at_n] < test[at_n] / 3)
+
+
+def _anti_phase(h: History) -> bool:
+    import numpy as np
+
+    da, db = np.diff(h["loss_a"])[50:], np.diff(h["loss_b"])[50:]
+    return float(np.corrcoef(da, db)[0, 1]) < -0.5 and float(np.abs(da).mean()) > 0.05
+
+
+def _large_batch_gap(runs: Runs) -> bool:
+    small, large = (h.artifacts["final_test_error"] for h in runs.values())
+    return large > small + 0.05
+
+
+def _agd_strictly_first(h: History) -> bool:
+    """AGD ranks first in the ``algoperf`` table (ranked by steps, or gradient evaluations where
+    the costs differ) and is not tied with the second."""
+    rows, by = h.artifacts["table"], h.meta["ranked_by"]
+    first = rows[0]
+    return (first["optimizer"].startswith("agd") and first[by] is not None
+            and (len(rows) < 2 or rows[1][by] is None or rows[1][by] > first[by]))
+
+
+def _overtraining(h: History) -> bool:
+    return h.artifacts["final_test_error"] - h.artifacts["best_test_error"] > 0.5
+
+
+CLAIMS = [
+    Claim(notebook="14_continual_and_phenomena", panel="double_descent",
+          text="The min-norm fit's test error peaks at p = n = 100 random features (over 3× both ends of the "
+               "sweep); gradient descent with a fixed budget does not fit the ill-conditioned directions there "
+               "and has no peak (below a third of the min-norm error at p = n).",
+          experiment="double_descent", config={"ridge": 0.0, "gd_steps": 200}, control={"ridge": 0.1},
+          control_text="a ridge of 0.1 regularizes the min-norm fit: its peak is gone",
+          holds=_double_descent_peak),
+    Claim(notebook="14_continual_and_phenomena", panel="opposing_signals",
+          text="With a large full-batch step (lr = 0.5) the losses of the two outlier groups swing in "
+               "anti-phase (correlation of their changes below −0.5, swings above 0.05 per step) while the "
+               "sharpness hovers at 2/lr.",
+          experiment="opposing_signals", config={"lr": 0.5, "with_outliers": True}, control={"lr": 0.02},
+          control_text="at lr = 0.02 the sharpness stays far below 2/lr and the group losses change by "
+                       "less than 0.001 per step: no oscillation",
+          holds=_anti_phase),
+    Claim(notebook="14_continual_and_phenomena", panel="large_batch",
+          text="For the same 3 epochs, batch 512 ends with a test error at least 5 points above batch 32: it "
+               "made 16× fewer updates.",
+          experiment=compare_large_batch, base=LargeBatchConfig(epochs=3),
+          config={"scale_lr": False, "adapt_regime": False, "ghost_batch_size": 0},
+          control={"scale_lr": True, "adapt_regime": True},
+          control_text="√ lr scaling plus regime adaptation (16× the epochs, as many updates as batch 32) "
+                       "closes the gap",
+          holds=_large_batch_gap),
+    Claim(notebook="14_continual_and_phenomena", panel="highdim",
+          text="With as many examples as parameters (α = 1) the test error falls, then rises again by more "
+               "than 0.5 as gradient descent fits the noise (overtraining); early stopping would avoid it.",
+          experiment="highdim_dynamics", config={"alpha": 1.0, "noise": 0.5}, control={"alpha": 4.0},
+          control_text="with α = 4 the input covariance has no near-zero eigenvalues: no rise",
+          holds=_overtraining),
+    Claim(notebook="14_continual_and_phenomena", panel="algoperf",
+          text="Ranked by the steps needed to reach 90 % test accuracy within 40 steps (one gradient "
+               "evaluation per step for all four here), AGD comes first on every seed; wall-clock seconds "
+               "on a shared machine are noise and are not used for the ranking.",
+          experiment="algoperf", config={"steps": 40, "target": 0.9}, control={"target": 0.8},
+          control_text="at a target of 0.8 Adam ties or beats AGD: the ranking depends on the target",
+          holds=_agd_strictly_first),
+]

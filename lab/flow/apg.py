@@ -60,6 +60,8 @@ class GuidedVelocity:
     ``method="cfg"`` is APG with η = 1, r = 0, β = 0. The momentum buffer lives in the object:
     make a new one per sampling run. It advances once per sampler time ``t``: repeated calls at
     the same ``t`` (e.g. DiffIER's corrections) all start from the buffer of the previous time.
+    The conditional and unconditional predictions come from one forward pass over ``2N`` rows
+    (``model.n_classes`` is the null class, as in :class:`~lab.models.velocity.VelocityField`).
     """
 
     def __init__(self, model: torch.nn.Module, cond: torch.Tensor, *, method: str = "apg",
@@ -78,8 +80,11 @@ class GuidedVelocity:
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
         if t != self._t:
             self._base, self._t = self.buffer, t
-        x0_c = x - t * self.model(x, t, self.cond)                           # (N, d)
-        x0_u = x - t * self.model(x, t, None)
+        n = x.shape[0]
+        null = torch.full_like(self.cond, self.model.n_classes)               # the null class
+        tt = torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() else t
+        v_c, v_u = self.model(torch.cat([x, x]), tt, torch.cat([self.cond, null])).split(n)  # one pass
+        x0_c, x0_u = x - t * v_c, x - t * v_u                                  # (N, d) each
         x0, buffer = apg_guidance(x0_c, x0_u, buffer=self._base, **self.kwargs)
         self.buffer = buffer.detach()
         return (x - x0) / t

@@ -33,7 +33,8 @@ from lab.registry import register
 from lab.rl.core import group_normalize
 
 
-def window_steps(stage: int, n_steps: int, n_stages: int) -> torch.Tensor:
+def window_steps(stage: int, n_steps: int, n_stages: int, *,
+                 device: torch.device | str | None = None) -> torch.Tensor:
     """``(S,)`` bool: the last ``ceil(stage·S/n_stages)`` steps (stage in 1..n_stages)."""
     check_int("n_steps", n_steps, minimum=1)
     check_int("n_stages", n_stages, minimum=1)
@@ -41,7 +42,7 @@ def window_steps(stage: int, n_steps: int, n_stages: int) -> torch.Tensor:
     if stage > n_stages:
         raise ValueError(f"stage must be <= n_stages={n_stages}, got {stage}")
     length = math.ceil(stage * n_steps / n_stages)
-    return torch.arange(n_steps) >= n_steps - length
+    return torch.arange(n_steps, device=device) >= n_steps - length
 
 
 def branch_advantages(rewards: torch.Tensor, branch_ids: torch.Tensor, *,

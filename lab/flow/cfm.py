@@ -71,7 +71,7 @@ def straightness(velocity, noise: torch.Tensor, n_steps: int = 20) -> float:
     """Path straightness ``E Σ_j ‖v(x_j, σ_j) − (x_0 − x_S)/1‖²·Δσ`` along the Euler ODE (0 = straight)."""
     from lab.flow.core import rollout, sigmas
 
-    grid = sigmas(n_steps)
+    grid = sigmas(n_steps, device=noise.device)
     with torch.no_grad():
         traj = rollout(velocity, noise, grid)
         chord = traj.xs[0] - traj.xs[-1]                                     # (N, d) = ε − x̂_0

@@ -51,11 +51,11 @@ def x0_prediction(x: torch.Tensor, v: torch.Tensor, t: float | torch.Tensor) -> 
     return x - t * v
 
 
-def sigmas(n_steps: int, shift: float = 1.0) -> torch.Tensor:
+def sigmas(n_steps: int, shift: float = 1.0, *, device: torch.device | str | None = None) -> torch.Tensor:
     """Grid ``1 = σ_0 > … > σ_S = 0`` of ``n_steps + 1`` points, shifted by ``sσ/(1 + (s−1)σ)``."""
     check_int("n_steps", n_steps, minimum=1)
     check_positive("shift", shift)
-    s = torch.linspace(1.0, 0.0, n_steps + 1)
+    s = torch.linspace(1.0, 0.0, n_steps + 1, device=device)
     return shift * s / (1 + (shift - 1) * s)
 
 
@@ -80,7 +80,7 @@ def sde_mean(x: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: float, 
 
 def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: float | torch.Tensor) -> torch.Tensor:
     """``log N(x; mean, std² I)`` averaged over the last dimension: ``(N, d) -> (N,)``."""
-    std = torch.as_tensor(std, dtype=mean.dtype)
+    std = torch.as_tensor(std, dtype=mean.dtype, device=mean.device)
     return (-(x - mean) ** 2 / (2 * std ** 2) - torch.log(std) - 0.5 * math.log(2 * math.pi)).mean(-1)
 
 
@@ -110,6 +110,11 @@ class Trajectory:
         """``(S,)`` bool: steps that are Gaussian policies (std > 0)."""
         return self.stds > 0
 
+    def subset(self, index: torch.Tensor) -> "Trajectory":
+        """The chains ``index`` (long, into the N samples) of this batch, every step kept."""
+        return Trajectory(self.xs[:, index], self.means[:, index], self.stds, self.logprobs[index],
+                          self.sigmas, self.coefs)
+
 
 def rollout(velocity: Velocity, noise: torch.Tensor, grid: torch.Tensor, *, schedule: str = "ode",
             noise_level: float = 0.7, generator: torch.Generator | None = None,
@@ -131,50 +136,60 @@ def rollout(velocity: Velocity, noise: torch.Tensor, grid: torch.Tensor, *, sche
     n_steps = grid.shape[0] - 1
     if schedule != "ode" and generator is None:
         raise ValueError("generator is required for a stochastic schedule")
-    active = torch.ones(n_steps, dtype=torch.bool) if sde_steps is None else sde_steps
-    if active.shape != (n_steps,):
-        raise ValueError(f"sde_steps must have shape ({n_steps},), got {tuple(active.shape)}")
+    if sde_steps is not None and sde_steps.shape != (n_steps,):
+        raise ValueError(f"sde_steps must have shape ({n_steps},), got {tuple(sde_steps.shape)}")
+    active = [True] * n_steps if sde_steps is None else [bool(a) for a in sde_steps.tolist()]
     x = noise
+    times = grid.tolist()                                              # python floats: no per-step sync
     xs, means, stds, coefs, logps = [x], [], [], [], []
     for j in range(n_steps):
-        sigma, sigma_next = float(grid[j]), float(grid[j + 1])
-        g = diffusion_coef(sigma, sigma_next, schedule, noise_level) if bool(active[j]) else 0.0
+        sigma, sigma_next = times[j], times[j + 1]
+        g = diffusion_coef(sigma, sigma_next, schedule, noise_level) if active[j] else 0.0
         with torch.set_grad_enabled(j >= n_steps - grad_steps):
             x_in = x if j >= n_steps - grad_steps else x.detach()
             mean = sde_mean(x_in, velocity(x_in, sigma), sigma, sigma_next, g)   # (N, d)
             std = g * math.sqrt(sigma - sigma_next)
             if std > 0:
-                x_next = mean + std * torch.randn(mean.shape, generator=generator)
+                x_next = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device)
                 logps.append(gaussian_logprob(x_next.detach(), mean.detach(), std))
             else:
                 x_next = mean
-                logps.append(torch.zeros(mean.shape[0]))
+                logps.append(mean.new_zeros(mean.shape[0]))
         x = x_next
         xs.append(x)
         means.append(mean)
         stds.append(std)
         coefs.append(g)
-    return Trajectory(torch.stack(xs), torch.stack(means), torch.tensor(stds),
-                      torch.stack(logps, dim=1), grid, torch.tensor(coefs))
+    dev = noise.device
+    return Trajectory(torch.stack(xs), torch.stack(means), torch.tensor(stds, device=dev),
+                      torch.stack(logps, dim=1), grid, torch.tensor(coefs, device=dev))
 
 
-def transition_logprobs(velocity: Velocity, traj: Trajectory,
-                        steps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def transition_logprobs(velocity: Velocity, traj: Trajectory, steps: torch.Tensor | None = None,
+                        *, batched: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-score stored stochastic transitions under ``velocity``: ``(logprobs (N, K), means (K, N, d))``.
 
-    ``steps`` (long, K indices) defaults to every stochastic step of ``traj``.
+    ``steps`` (long, K indices) defaults to every stochastic step of ``traj``. With ``batched``
+    the K steps go through ``velocity`` in one call, ``v(x (K·N, d), t (K·N,))`` (a field that
+    takes one time per row, as :class:`~lab.models.velocity.VelocityField` does): the same numbers
+    as K calls, one forward and backward pass instead of K.
     """
     steps = torch.nonzero(traj.stochastic).flatten() if steps is None else steps
     if steps.numel() == 0:
         raise ValueError("traj has no stochastic step to score (sample with an SDE schedule)")
-    logps, means = [], []
-    for j in steps.tolist():
-        sigma, sigma_next = float(traj.sigmas[j]), float(traj.sigmas[j + 1])
-        x = traj.xs[j].detach()
-        mean = sde_mean(x, velocity(x, sigma), sigma, sigma_next, float(traj.coefs[j]))
-        logps.append(gaussian_logprob(traj.xs[j + 1].detach(), mean, traj.stds[j]))
-        means.append(mean)
-    return torch.stack(logps, dim=1), torch.stack(means)
+    index = steps.to(traj.xs.device)
+    x, x_next = traj.xs[index].detach(), traj.xs[index + 1].detach()             # (K, N, d)
+    sigma, sigma_next = traj.sigmas[index], traj.sigmas[index + 1]               # (K,)
+    k, n, d = x.shape
+    if batched:
+        t = sigma[:, None].expand(k, n).reshape(-1)                                # (K·N,)
+        v = velocity(x.reshape(k * n, d), t).reshape(k, n, d)
+    else:
+        v = torch.stack([velocity(x[i], s) for i, s in enumerate(sigma.tolist())])
+    col = (slice(None), None, None)                                               # (K,) -> (K, 1, 1)
+    mean = sde_mean(x, v, sigma[col], sigma_next[col], traj.coefs[index][col])    # (K, N, d)
+    logps = gaussian_logprob(x_next, mean, traj.stds[index][col])                  # (K, N)
+    return logps.T, mean
 
 
 __all__ = ["SCHEDULES", "Trajectory", "flow_path", "x0_prediction", "sigmas", "diffusion_coef",

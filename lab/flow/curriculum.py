@@ -60,7 +60,7 @@ class DifficultyCurriculum:
     def sample_t(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``(n,)`` times uniform on the current range."""
         lo, hi = self.t_range()
-        return lo + (hi - lo) * torch.rand(n, generator=generator)
+        return lo + (hi - lo) * torch.rand(n, generator=generator, device=generator.device)
 
     def update(self, loss: float) -> bool:
         """Record one training loss; returns True when the stage advanced."""

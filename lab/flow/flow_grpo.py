@@ -11,11 +11,16 @@
 2. Group advantages. G samples share a condition (a group); ``A_i = (r_i − mean_g r)/std_g r``,
    or with ``global_std`` the batch std in the denominator, clipped to ±``adv_clip_max`` = 5.
    The group statistics are :func:`lab.rl.core.group_normalize` (the GRPO estimator of the lab).
-3. Loss per step j: the DDPO clipped surrogate (``clip_range`` 1e-4) plus a KL to the frozen
-   reference. Both step distributions are Gaussians with the same std ``s_j = g_j sqrt(−dt)``, so
-   the KL is closed form:
+3. Loss per step j: the DDPO clipped surrogate (``clip_range`` 1e-4) plus a KL term to the frozen
+   reference, scaled as the authors' code scales it (``train_sd3.py``: ``((prev_sample_mean −
+   prev_sample_mean_ref)²).mean() / (2·std_dev_t²)`` with ``std_dev_t`` = g_j):
 
-       L = mean_{i,j} max(−A_i ρ_ij, −A_i clip(ρ_ij, 1 ± ε_c)) + β · mean_{i,j} mean_d (μ_θ − μ_ref)² / (2 s_j²).
+       L = mean_{i,j} max(−A_i ρ_ij, −A_i clip(ρ_ij, 1 ± ε_c)) + β · mean_{i,j} mean_d (μ_θ − μ_ref)² / (2 g_j²).
+
+   Both step distributions are Gaussians with the same std ``s_j = g_j sqrt(|dt_j|)``, so the exact
+   KL per coordinate is ``(μ_θ − μ_ref)²/(2 s_j²)``; the reference term is that KL times ``|dt_j|``
+   (:func:`gaussian_mean_kl` gives the exact one). The lab follows the code, so that β values from
+   Flow-GRPO configs (0.04) mean what they mean there.
 
 Departure from DDPO (:mod:`lab.flow.ddpo`): group- rather than batch-normalised advantages and
 the analytic per-step KL. β defaults to 0.04 (most Flow-GRPO configs; the base config has 0.0).
@@ -44,36 +49,52 @@ def flow_grpo_advantages(rewards: torch.Tensor, *, group_size: int, global_std: 
     return adv.clamp(-adv_clip_max, adv_clip_max)
 
 
-def gaussian_mean_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``KL(N(μ, s²I) ‖ N(μ_ref, s²I))`` per sample and step, averaged over coordinates: ``(B, S)``.
+def gaussian_mean_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor, *,
+                     name: str = "std") -> torch.Tensor:
+    """``mean_d (μ − μ_ref)² / (2 std²)`` per sample and step: ``(B, S)``.
 
-    ``mean``/``ref_mean`` are ``(S, B, d)``, ``std`` is ``(S,)``.
+    With ``std`` the step std ``s_j`` this is ``KL(N(μ, s²I) ‖ N(μ_ref, s²I))`` averaged over
+    coordinates; with the diffusion coefficient ``g_j`` it is Flow-GRPO's KL term
+    (:func:`flow_grpo_kl`). ``mean``/``ref_mean`` are ``(S, B, d)``, ``std`` is ``(S,)``.
     """
     check_tensor("mean", mean, ndim=3)
     if ref_mean.shape != mean.shape:
         raise ValueError(f"ref_mean must have shape {tuple(mean.shape)}, got {tuple(ref_mean.shape)}")
     if std.shape != (mean.shape[0],) or not (std > 0).all():
-        raise ValueError(f"std must be positive with shape ({mean.shape[0]},)")
+        raise ValueError(f"{name} must be positive with shape ({mean.shape[0]},)")
     kl = ((mean - ref_mean.detach()) ** 2).mean(-1) / (2 * std[:, None] ** 2)  # (S, B)
     return kl.T
+
+
+def flow_grpo_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std_dev_t: torch.Tensor) -> torch.Tensor:
+    """Flow-GRPO's KL term ``mean_d (μ_θ − μ_ref)² / (2 g_j²)`` per sample and step ``(B, S)``.
+
+    ``std_dev_t (S,)`` is the diffusion coefficient ``g_j`` of each step (the authors' name), not
+    the step std ``g_j·sqrt|dt_j|``: the term equals ``|dt_j|`` × the exact KL of the two steps.
+    """
+    return gaussian_mean_kl(mean, ref_mean, std_dev_t, name="std_dev_t")
 
 
 @register("flow_loss", "flow_grpo", paper="DanceGRPO: Unleashing GRPO on Visual Generation",
           arxiv="2505.07818")
 def flow_grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, *,
                    mean: torch.Tensor | None = None, ref_mean: torch.Tensor | None = None,
-                   std: torch.Tensor | None = None, beta: float = 0.04, clip_range: float = 1e-4,
+                   std_dev_t: torch.Tensor | None = None, beta: float = 0.04, clip_range: float = 1e-4,
                    adv_clip_max: float = 5.0) -> tuple[torch.Tensor, dict]:
-    """Per-step clipped surrogate + ``β``·analytic KL to the reference step means (when given)."""
+    """Per-step clipped surrogate + ``β``·:func:`flow_grpo_kl` to the reference step means (when given).
+
+    ``logprobs``/``old_logprobs (B, S)``, ``advantages (B,)``; ``mean``/``ref_mean (S, B, d)`` and
+    ``std_dev_t (S,)`` (the diffusion coefficients g_j) are needed with ``ref_mean``.
+    """
     check_nonneg("beta", beta)
     loss, metrics = clipped_step_loss(logprobs, old_logprobs, advantages, clip_range, adv_clip_max)
     if ref_mean is not None:
-        if mean is None or std is None:
-            raise ValueError("mean and std are required with ref_mean")
-        kl = gaussian_mean_kl(mean, ref_mean, std).mean()
+        if mean is None or std_dev_t is None:
+            raise ValueError("mean and std_dev_t are required with ref_mean")
+        kl = flow_grpo_kl(mean, ref_mean, std_dev_t).mean()
         loss = loss + beta * kl
         metrics.update(loss=float(loss.detach()), kl=float(kl.detach()))
     return loss, metrics
 
 
-__all__ = ["flow_grpo_loss", "flow_grpo_advantages", "gaussian_mean_kl"]
+__all__ = ["flow_grpo_loss", "flow_grpo_advantages", "flow_grpo_kl", "gaussian_mean_kl"]

@@ -22,6 +22,8 @@ averaging; the lab's distillation temperature T = 1.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import torch
@@ -54,7 +56,7 @@ class Ensemble(nn.Module):
         if self.task == "regression":
             return outs.mean(0)                                              # mean_k f_k(x)
         # log p_ens = log mean_k softmax(f_k) = logsumexp_k log_softmax(f_k) − log K
-        return torch.logsumexp(F.log_softmax(outs, dim=-1), dim=0) - torch.log(torch.tensor(float(len(outs))))
+        return torch.logsumexp(F.log_softmax(outs, dim=-1), dim=0) - math.log(len(outs))
 
 
 def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor, *, steps: int = 200, lr: float = 1e-2,
@@ -74,7 +76,8 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor, *, ste
     opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
     losses = []
     for _ in range(steps):
-        idx = torch.randint(len(inputs), (min(batch_size, len(inputs)),), generator=generator)
+        idx = torch.randint(len(inputs), (min(batch_size, len(inputs)),), generator=generator,
+                            device=generator.device if generator is not None else inputs.device).to(inputs.device)
         out = student(inputs[idx])
         if regression:
             loss = F.mse_loss(out, targets[idx])

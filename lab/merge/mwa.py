@@ -43,7 +43,7 @@ def mwa_weights(metrics: Sequence[float], penalty: float = 1.0, metric: str = "l
         raise ValueError("metrics must not be empty")
     if any(v <= 0 for v in values):
         raise ValueError(f"metrics must all be > 0 (losses or steps), got {values}")
-    m = torch.tensor(values, dtype=torch.float64)                          # (K,)
+    m = torch.tensor(values, dtype=torch.float64, device="cpu")          # (K,) on the CPU: K numbers
     sign = -1.0 if metric == "loss" else 1.0
     # w_k ∝ m_k^{∓p}, computed in log space for large p
     return torch.softmax(sign * penalty * torch.log(m), dim=0)
@@ -54,7 +54,7 @@ def average_state_dicts(states: Sequence[Mapping[str, torch.Tensor]],
     """Σ_k w_k·θ_k key by key (floating tensors; other entries are taken from the first state)."""
     if not states:
         raise ValueError("states must not be empty")
-    w = torch.as_tensor(weights, dtype=torch.float64)
+    w = torch.as_tensor(weights, dtype=torch.float64, device="cpu")     # (K,) scalars; states may live anywhere
     if w.shape != (len(states),):
         raise ValueError(f"weights must have one entry per state ({len(states)}), got shape {tuple(w.shape)}")
     keys = list(states[0])
@@ -68,7 +68,7 @@ def average_state_dicts(states: Sequence[Mapping[str, torch.Tensor]],
             merged[key] = first.clone()
             continue
         acc = torch.zeros_like(first, dtype=torch.float64)
-        for wk, s in zip(w, states):
+        for wk, s in zip(w.tolist(), states):
             acc += wk * s[key].double()
         merged[key] = acc.to(first.dtype)
     return merged

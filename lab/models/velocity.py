@@ -25,7 +25,7 @@ from lab.checks import check_int
 def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding ``(N,) -> (N, dim)`` of times in [0, 1] (``dim`` even)."""
     half = dim // 2
-    freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), half, dtype=t.dtype))  # (half,)
+    freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), half, dtype=t.dtype, device=t.device))  # (half,)
     angles = t[:, None] * freqs[None, :]                                           # (N, half)
     return torch.cat([angles.sin(), angles.cos()], dim=-1)                        # (N, dim)
 
@@ -66,14 +66,14 @@ class VelocityField(nn.Module):
         """``x (N, dim)``, ``t`` scalar or ``(N,)``, ``cond (N,)`` long or None -> ``(N, dim)``."""
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (N, {self.dim}), got {tuple(x.shape)}")
-        t = torch.as_tensor(t, dtype=x.dtype)
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
         emb = time_embedding(t, self.t_embed)                                # (N, t_embed)
         if self.class_embed is not None:
             if cond is None:
-                cond = torch.full((x.shape[0],), self.n_classes, dtype=torch.long)
+                cond = torch.full((x.shape[0],), self.n_classes, dtype=torch.long, device=x.device)
             emb = emb + self.class_embed(cond)
         elif cond is not None:
             raise ValueError("cond given to an unconditional VelocityField (n_classes=0)")

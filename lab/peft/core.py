@@ -7,11 +7,19 @@ learns a small set of extra parameters that define an update ΔW (the same shape
     W ← W0 + ΔW                    (merge: one matmul again, zero inference latency)
 
 :class:`AdapterLinear` is that contract: a subclass defines only :meth:`delta_weight` (ΔW from
-its own parameters) and may override :meth:`adapter_forward` when ΔW·x is cheaper as a chain of
-small matmuls (LoRA: B·(A·x), never forming ΔW). :meth:`merge` adds ΔW into the base weight
-(so the merged output equals the adapted output) and :meth:`unmerge` subtracts it again; while
-merged, the adapter branch is skipped (training while merged would count ΔW twice). Setting
-``enabled = False`` switches the branch off (IST's "response suppression" uses it).
+its own parameters and, for multiplicative methods such as HUT, from W0 read through
+:meth:`original_weight`) and may override :meth:`adapter_forward` when ΔW·x is cheaper as a chain
+of small matmuls (LoRA: B·(A·x), never forming ΔW). :meth:`merge` adds ΔW into the base weight
+(so the merged output equals the adapted output); while merged, the adapter branch is skipped
+(training while merged would count ΔW twice). Setting ``enabled = False`` switches the branch off
+(IST's "response suppression" uses it).
+
+Unmerging is exact. :meth:`merge` keeps W0 (a non-persistent buffer, one copy of the frozen
+weight) and :meth:`unmerge` puts it back bit for bit. Subtracting ΔW again would not be exact in
+floating point ((W0 + ΔW) − ΔW ≠ W0 when |ΔW| ≫ |W0|), and for a multiplicative update
+W = W0 ⊙ (1 + S) it is not even defined where 1 + S = 0. The price is one copy of W0 per layer
+while merged; unmerge frees it. A merged layer whose base weight was changed after merging is
+restored to the W0 it had before merging.
 
 :func:`apply` is the model-level entry: it freezes every parameter of a model, replaces each
 ``nn.Linear`` whose qualified name matches one of ``target`` (regular expressions, searched)
@@ -51,6 +59,11 @@ class AdapterLinear(nn.Module):
         self.out_features = base.out_features
         self.merged = False
         self.enabled = True
+        self.register_buffer("_unmerged_weight", None, persistent=False)   # W0 while merged
+
+    def original_weight(self) -> torch.Tensor:  # (out, in)
+        """W0, the frozen pretrained weight, whether or not the update is merged into the base."""
+        return self._unmerged_weight if self.merged else self.base.weight
 
     def delta_weight(self) -> torch.Tensor:  # (out, in)
         """ΔW, the update folded into the base weight by :meth:`merge`."""
@@ -68,16 +81,19 @@ class AdapterLinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """W0 ← W0 + ΔW; afterwards the forward is a single linear layer with the same output."""
+        """W ← W0 + ΔW (W0 kept aside); afterwards the forward is one linear layer, same output."""
         if not self.merged:
-            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            delta = self.delta_weight().to(self.base.weight.dtype)     # ΔW from the unmerged W0
+            self._unmerged_weight = self.base.weight.detach().clone()
+            self.base.weight += delta
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """W0 ← W0 − ΔW (undoes :meth:`merge`)."""
+        """W ← W0, exactly as before :meth:`merge` (undoes it)."""
         if self.merged:
-            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.base.weight.copy_(self._unmerged_weight)
+            self._unmerged_weight = None
             self.merged = False
 
     def adapter_parameters(self) -> Iterator[nn.Parameter]:

@@ -18,7 +18,9 @@ correlation between old and new weights that UT asks for). The transformation ma
 ≤ r, but ΔW = W0 ⊙ (sBA) generally has full rank (rank(X ⊙ Y) ≤ rank X · rank Y), which is where
 the extra expressiveness over LoRA comes from at the same r·(d + k) parameters. Initialization as
 LoRA (A Kaiming-uniform, B = 0) so the model is unchanged at init. Defaults r = 8, α = 8 (the lab's
-choice, as LoRA). Departure from LoRA: multiplicative (W0 ⊙ ·) instead of additive update. This is
+choice, as LoRA). ΔW is always computed from W0 (:meth:`~lab.peft.core.AdapterLinear.original_weight`),
+also while merged; unmerging puts W0 back exactly (recomputing ΔW from the merged weight would leave
+W0 ⊙ (1 − (sBA)²)). Departure from LoRA: multiplicative (W0 ⊙ ·) instead of additive update. This is
 not LoHA (ΔW = (B₁A₁) ⊙ (B₂A₂), two independent low-rank factors and no W0).
 """
 from __future__ import annotations
@@ -63,5 +65,5 @@ class HUTLinear(AdapterLinear):
         return 1.0 + self.scaling * (self.lora_B @ self.lora_A)
 
     def delta_weight(self) -> torch.Tensor:  # (d, k)
-        # ΔW = W0 ⊙ (s·B·A)
-        return self.base.weight * (self.scaling * (self.lora_B @ self.lora_A))
+        # ΔW = W0 ⊙ (s·B·A), with W0 the pretrained weight even while merged
+        return self.original_weight() * (self.scaling * (self.lora_B @ self.lora_A))

@@ -56,7 +56,7 @@ class IST:
         k: L', the number of layers updated per step (default: half, at least 1).
         temperature: τ of the selection softmax (0 = always the top-L').
         beta: β, the EMA rate of the importance scores.
-        generator: seeds the selection.
+        generator: seeds the selection (a CPU generator: the scores live on the CPU).
     """
 
     adapter = LoRALinear
@@ -73,9 +73,10 @@ class IST:
         self.temperature = check_nonneg("temperature", temperature)
         self.beta = check_range("beta", beta, 0.0, 1.0, hi_open=True)
         self.generator = generator
-        self.scores = torch.zeros(len(self.names), dtype=torch.float64)       # s_l
+        # bookkeeping of a few numbers per layer: on the CPU, like ``generator`` (wherever the model is)
+        self.scores = torch.zeros(len(self.names), dtype=torch.float64, device="cpu")   # s_l
         self.selected: list[int] = list(range(len(self.names)))
-        self.counts = torch.zeros(len(self.names), dtype=torch.long)         # times each layer was updated
+        self.counts = torch.zeros(len(self.names), dtype=torch.long, device="cpu")     # times each layer was updated
 
     def select(self) -> list[str]:
         """Pick this step's layers and enable gradients on their adapters only; returns their names."""

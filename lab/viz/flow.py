@@ -41,13 +41,16 @@ def metric_figure(history: History, metrics: list[str], *, title: str | None = N
 
 
 def finetune_figures(history: History) -> list[go.Figure]:
-    """Samples before/after fine-tuning, reward curve, divergence and diversity."""
+    """Samples before/after fine-tuning, reward curve, divergence and diversity, the clipped fraction."""
     art = history.artifacts
     algo = history.meta.get("algorithm", "")
     return [samples_figure({"pretrained": art["before"], "fine-tuned": art["after"]},
                            center=art["center"], title=f"{algo}: samples before / after"),
             metric_figure(history, ["reward", "ode_reward", "target_frac"], title="reward"),
-            metric_figure(history, ["divergence", "kl", "modes"], title="divergence from the pretrained model")]
+            metric_figure(history, ["divergence", "kl", "modes"], title="divergence from the pretrained model"),
+            metric_figure(history, ["clip_frac"],
+                          title=f"clipped fraction of the ratios ({history.meta.get('updates', '?')} updates per rollout; "
+                                "the first is on-policy)")]
 
 
 def pretrain_figures(history: History) -> list[go.Figure]:
@@ -62,10 +65,10 @@ def guidance_figures(history: History) -> list[go.Figure]:
     """Guided vs conditional samples and the per-step x̂_0 error."""
     art = history.artifacts
     title = (f"{history.meta.get('algorithm', '')}: mean ‖x‖ {art['norm_mean']:.2f} "
-             f"(mode at {art['mode_norm']:.1f}), on mode {art['on_mode']:.0%}")
+             f"(modes at {art['mode_norm']:.1f}: ×{art['norm_ratio']:.2f}), on its mode {art['on_mode']:.0%}")
     return [samples_figure({"conditional (w = 1)": art["conditional"], "guided": art["samples"]},
                            center=art["center"], radius=art["mode_norm"], title=title),
-            metric_figure(history, ["error"], title=f"x̂₀ jump per step (total {art['accumulated_error']:.3f})")]
+            metric_figure(history, ["error"], title=f"x̂₀ jump per step, DiffIER's proxy (total {art['accumulated_error']:.3g})")]
 
 
 __all__ = ["samples_figure", "metric_figure", "finetune_figures", "pretrain_figures", "guidance_figures"]

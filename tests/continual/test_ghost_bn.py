@@ -44,9 +44,22 @@ def test_hand_computed_two_row_ghost_batches():
 
 
 def test_uneven_batch_is_split_into_near_equal_chunks(generator):
-    x = torch.randn(9, 2, generator=generator)
-    y = GhostBatchNorm1d(2, ghost_batch_size=4)(x)   # ceil(9/4) = 3 chunks of 3
-    assert torch.isfinite(y).all() and y.shape == x.shape
+    # Prepare: 9 rows, ghost batch 4 -> ceil(9/4) = 3 chunks of 3 (not 4 + 4 + 1)
+    x = torch.randn(9, 2, generator=generator) * 5 + 3
+    gbn, bn = GhostBatchNorm1d(2, ghost_batch_size=4), nn.BatchNorm1d(2)
+    # Execute
+    y = gbn(x)
+    # Assert: each chunk of 3 is normalised by its own statistics (mean 0, biased var 1 per feature) ...
+    for chunk in y.split(3):
+        torch.testing.assert_close(chunk.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+        torch.testing.assert_close(chunk.var(0, unbiased=False), torch.ones(2), atol=1e-3, rtol=0)
+    # ... exactly as BatchNorm applied to rows 0-2, 3-5, 6-8, with three running-stat updates
+    torch.testing.assert_close(y, torch.cat([bn(chunk) for chunk in x.split(3)]))
+    torch.testing.assert_close(gbn.running_var, bn.running_var)
+    assert int(gbn.num_batches_tracked) == 3
+    # a batch that fits one ghost batch is plain BatchNorm; eval mode uses the running statistics
+    gbn.eval(), bn.eval()
+    torch.testing.assert_close(gbn(x), bn(x))
 
 
 def test_convert_mlp_keeps_parameters(generator):

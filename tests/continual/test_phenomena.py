@@ -30,10 +30,14 @@ def test_opposing_signals_anti_phase_at_large_lr():
     h = run("opposing_signals")
     da, db = np.diff(h["loss_a"])[50:], np.diff(h["loss_b"])[50:]
     assert np.corrcoef(da, db)[0, 1] < -0.5                          # A and B in anti-phase
-    sharp = h["sharpness"]
-    assert sharp[-5:].mean() == pytest.approx(h.artifacts["two_over_lr"], rel=0.5)   # edge of stability
+    # edge of stability: the sharpness climbs past 2/lr, then hovers at it (measured 4.0-4.4 for 2/lr = 4)
+    for seed in range(3):
+        sharp = run("opposing_signals", seed=seed)["sharpness"] if seed else h["sharpness"]
+        assert sharp[0] < 0.5 * h.artifacts["two_over_lr"] < h.artifacts["two_over_lr"] < sharp.max()
+        assert sharp[-5:].mean() == pytest.approx(h.artifacts["two_over_lr"], rel=0.15)
     small = run("opposing_signals", lr=0.02, steps=100)
     assert np.abs(np.diff(small["loss_a"])[50:]).mean() < 0.1 * np.abs(da).mean()
+    assert small["sharpness"].max() < 0.1 * small.artifacts["two_over_lr"]   # far from its own 2/lr = 100
     clean = run("opposing_signals", with_outliers=False, steps=120)
     assert "loss_a" not in clean
     assert np.abs(np.diff(clean["loss"])[50:]).mean() < 0.5 * np.abs(np.diff(h["loss"])[50:]).mean()

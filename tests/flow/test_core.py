@@ -77,6 +77,18 @@ def test_rescoring_with_the_sampling_field_gives_ratio_one_and_deterministic_ste
     logp, means = transition_logprobs(lambda x, t: field(x, t), traj)
     torch.testing.assert_close(logp, traj.logprobs[:, active])
     assert means.shape == (3, 6, 2) and logp.requires_grad
+    # one batched call (a time per row) gives the same numbers and the same gradient
+    batched, batched_means = transition_logprobs(lambda x, t: field(x, t), traj, batched=True)
+    torch.testing.assert_close(batched, logp)
+    torch.testing.assert_close(batched_means, means)
+    g_loop = torch.autograd.grad(logp.sum(), list(field.parameters()))
+    g_batch = torch.autograd.grad(batched.sum(), list(field.parameters()))
+    for a, b in zip(g_loop, g_batch):
+        torch.testing.assert_close(a, b)
+    # a subset of the chains re-scores to the matching rows
+    index = torch.tensor([4, 1])
+    sub, _ = transition_logprobs(lambda x, t: field(x, t), traj.subset(index), batched=True)
+    torch.testing.assert_close(sub, logp[index])
 
 
 def test_truncated_backprop_keeps_gradients_only_in_the_last_steps():

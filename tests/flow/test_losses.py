@@ -12,7 +12,7 @@ from lab.flow.b2_diffurl import b2_diffurl_loss, branch_advantages, window_steps
 from lab.flow.cfm import cfm_loss, wcfm_loss, wcfm_weights
 from lab.flow.curriculum import DifficultyCurriculum
 from lab.flow.ddpo import ddpo_advantages, ddpo_loss
-from lab.flow.flow_grpo import flow_grpo_advantages, flow_grpo_loss, gaussian_mean_kl
+from lab.flow.flow_grpo import flow_grpo_advantages, flow_grpo_kl, flow_grpo_loss, gaussian_mean_kl
 
 CATALOG = ["cfm", "wcfm", "ddpo", "flow_grpo", "awm", "ac_flow", "alignprop", "b2_diffurl", "apg",
            "difficulty_curriculum", "diffier"]
@@ -69,22 +69,46 @@ def test_ddpo_advantages_invariant_to_a_constant_clipped_and_finite_for_equal_re
     assert torch.equal(ddpo_advantages(torch.ones(4)), torch.zeros(4))
 
 
-def test_flow_grpo_group_advantages_and_kl_by_hand():
+def test_flow_grpo_group_advantages_by_hand():
     adv = flow_grpo_advantages(torch.tensor([1.0, 3.0, 0.0, 0.0]), group_size=2)
     s = math.sqrt(2.0)  # unbiased std of (1, 3)
     torch.testing.assert_close(adv, torch.tensor([-1 / s, 1 / s, 0.0, 0.0]), atol=1e-5, rtol=0)
     glob = flow_grpo_advantages(torch.tensor([1.0, 3.0, 0.0, 0.0]), group_size=2, global_std=True)
     torch.testing.assert_close(glob, torch.tensor([-1.0, 1.0, 0.0, 0.0]) / torch.tensor([1.0, 3.0, 0.0, 0.0]).std(),
                                atol=1e-5, rtol=0)
-    mean = torch.ones(1, 2, 2)                                 # (S, B, d), ref 0, std 0.5
-    kl = gaussian_mean_kl(mean, torch.zeros(1, 2, 2), torch.tensor([0.5]))
-    torch.testing.assert_close(kl, torch.full((2, 1), 2.0))   # 1 / (2·0.25)
-    logp = torch.zeros(2, 1)
-    loss, metrics = flow_grpo_loss(logp, logp, torch.zeros(2), mean=mean, ref_mean=torch.zeros(1, 2, 2),
-                                   std=torch.tensor([0.5]), beta=0.1)
-    assert float(loss) == pytest.approx(0.2) and metrics["kl"] == pytest.approx(2.0)
-    with pytest.raises(ValueError, match="mean and std"):
-        flow_grpo_loss(logp, logp, torch.zeros(2), ref_mean=torch.zeros(1, 2, 2))
+
+
+def test_flow_grpo_kl_is_the_reference_codes_term_by_hand():
+    """The authors' train_sd3.py: ((μ − μ_ref)²).mean() / (2·std_dev_t²), std_dev_t = g (no sqrt|dt|)."""
+    from lab.flow.core import rollout, sigmas, transition_logprobs
+
+    # Prepare: one SDE step σ = 1 → 0.5 of two constant fields v = (1, 0) and v_ref = (0, 0).
+    # At σ = 1 the score term multiplies (1 − σ)v = 0, so μ − μ_ref = (v − v_ref)·dt = (−0.5, 0).
+    # g = a·sqrt(σ/(1 − σ_1)) = 0.7·sqrt(1/0.5) (the first step uses σ_1 in the denominator).
+    g = 0.7 * math.sqrt(2.0)
+    field = lambda x, t: torch.ones_like(x) * torch.tensor([1.0, 0.0])   # noqa: E731
+    ref = lambda x, t: torch.zeros_like(x)                                 # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    traj = rollout(field, torch.randn(3, 2, generator=gen), sigmas(2), schedule="flow_grpo", generator=gen,
+                   sde_steps=torch.tensor([True, False]))
+    logp, mean = transition_logprobs(field, traj)
+    _, ref_mean = transition_logprobs(ref, traj)
+    # Execute
+    loss, metrics = flow_grpo_loss(logp, logp.detach(), torch.zeros(3), mean=mean, ref_mean=ref_mean,
+                                   std_dev_t=traj.coefs[traj.stochastic], beta=0.1)
+    # Assert: mean_d (0.25, 0) / (2 g²) = 0.125 / (2 · 0.98)
+    expected = 0.125 / (2 * g ** 2)
+    assert float(traj.coefs[0]) == pytest.approx(g)
+    assert metrics["kl"] == pytest.approx(expected, rel=1e-6)
+    assert float(loss) == pytest.approx(0.1 * expected, rel=1e-6)       # ρ = 1, A = 0: only the KL
+    torch.testing.assert_close(flow_grpo_kl(mean, ref_mean, traj.coefs[:1]), torch.full((3, 1), expected))
+    # the exact Gaussian KL of the two steps (std g·sqrt|dt|) is 1/|dt| = 2 times larger
+    exact = gaussian_mean_kl(mean, ref_mean, traj.stds[:1])
+    torch.testing.assert_close(exact, torch.full((3, 1), 2 * expected))
+    with pytest.raises(ValueError, match="std_dev_t"):
+        flow_grpo_loss(logp, logp, torch.zeros(3), ref_mean=ref_mean, mean=mean)
+    with pytest.raises(ValueError, match="std_dev_t must be positive"):
+        flow_grpo_kl(mean, ref_mean, torch.zeros(1))
 
 
 def test_awm_on_policy_gradient_is_advantage_weighted_flow_matching():
@@ -123,9 +147,13 @@ def test_b2_diffurl_windows_grow_backward_and_branch_advantages_by_hand():
     assert window_steps(2, 10, 2).all() and window_steps(1, 3, 3).tolist() == [False, False, True]
     adv = branch_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0, 0, 1, 1]))
     torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, 0.0, 0.0]))
-    loss, metrics = b2_diffurl_loss(torch.zeros(4, 2), torch.zeros(4, 2), torch.tensor([1.0, 0.0, 0.0, 0.0]),
+    logp = torch.zeros(4, 2, requires_grad=True)
+    loss, metrics = b2_diffurl_loss(logp, torch.zeros(4, 2), torch.tensor([1.0, 0.0, 0.0, 0.0]),
                                     torch.tensor([0, 0, 1, 1]))
-    assert metrics["informative_frac"] == 0.5 and torch.isfinite(loss)
+    loss.backward()
+    # on-policy (ρ = 1): L = −mean_ij A_i = 0 and ∂L/∂ℓ_ij = −A_i / (B·K); branch 1 (all 0) gives nothing
+    assert metrics["informative_frac"] == 0.5 and float(loss.detach()) == 0.0
+    torch.testing.assert_close(logp.grad, -torch.tensor([0.5, -0.5, 0.0, 0.0])[:, None].expand(4, 2) / 8)
     with pytest.raises(ValueError, match="stage"):
         window_steps(3, 10, 2)
 
@@ -188,3 +216,24 @@ def test_alignprop_backpropagates_the_reward_through_the_sampler():
         alignprop_loss(lambda x, t: field(x, t), noise, grid, reward, randomize=True)
     with pytest.raises(ValueError, match="loss_coeff"):
         alignprop_loss(lambda x, t: field(x, t), noise, grid, reward, loss_coeff=0.0)
+
+
+def test_diffier_reconstruction_by_hand_on_a_linear_field():
+    """v(x, t) = x, grid 1 → 0.5 → 0, one correction with γ = 0.1 (all the lab's choices, see the module)."""
+    from lab.flow.diffier import diffier_sample
+
+    # Prepare: x̂_0(x, t) = (1 − t)x. Step 0: x̂_0(x_0, 1) = 0, Euler x_1 = 0.5·x_0 = (1, 0);
+    # e_0(x) = ½‖0.5·x‖², ∇e_0 = 0.25·x, so x_1 ← x_1·(1 − 0.025) = (0.975, 0).
+    # Step 1: x_2 = 0.5·x_1 = x̂_0(x_1, 0.5), so the last jump and its gradient are 0.
+    velocity = lambda x, t: x  # noqa: E731
+    samples, info = diffier_sample(velocity, torch.tensor([[2.0, 0.0]]), torch.tensor([1.0, 0.5, 0.0]),
+                                   iterations=1, step_size=0.1)
+    # Assert: E = e_0 + e_1 = ½·(0.5·0.975)² + 0
+    torch.testing.assert_close(samples, torch.tensor([[0.4875, 0.0]]))
+    assert info["error_per_step"] == pytest.approx([0.5 * (0.5 * 0.975) ** 2, 0.0])
+    assert info["accumulated_error"] == pytest.approx(0.5 * (0.5 * 0.975) ** 2)
+    plain, info0 = diffier_sample(velocity, torch.tensor([[2.0, 0.0]]), torch.tensor([1.0, 0.5, 0.0]), iterations=0)
+    assert info0["accumulated_error"] == pytest.approx(0.125) and float(plain[0, 0]) == pytest.approx(0.5)
+    assert registry.info("flow_loss", "diffier").summary.startswith("[reconstruction]")
+    with pytest.raises(ValueError, match="step_size"):
+        diffier_sample(velocity, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), step_size=0.0)

@@ -1,6 +1,7 @@
 """The fine-tuning experiment: every method runs, merges exactly, and the figures build."""
 import pytest
 
+from lab.experiments import run
 from lab.experiments.peft import METHODS, PeftConfig, peft_finetune, peft_sweep
 from lab.viz.peft import finetune_figure, loss_vs_params, merging_figure, rank_allocation
 
@@ -39,7 +40,13 @@ def test_merging_figure_builds():
     import lab.experiments as E
 
     h = E.run("checkpoint_merging", steps=20, checkpoint_every=2, n_models=2, ensemble_steps=5)
-    assert len(merging_figure(h)) == 3
+    run_fig, weights, compare = merging_figure(h)
+    a = h.artifacts
+    assert a["ckpt_steps"] == [12, 14, 16, 18, 20]                   # second half, every 2 steps
+    assert list(weights.data[0].y) == pytest.approx(a["weights"]) and sum(a["weights"]) == pytest.approx(1.0)
+    assert list(compare.data[0].y) == pytest.approx([a["test_loss_last"], a["test_loss_uniform"], a["test_loss_mwa"],
+                                                     sum(a["single_test_losses"]) / 2, a["ensemble_test_loss"]])
+    assert list(run_fig.data[-1].x) == [11, 13, 15, 17, 19]           # checkpoints marked on the curve
 
 
 def test_config_errors():
@@ -47,3 +54,16 @@ def test_config_errors():
         peft_finetune(PeftConfig(lr=-1.0))
     with pytest.raises(ValueError, match="shift_layer"):
         peft_finetune(PeftConfig(shift_layer=5))
+
+
+@pytest.mark.parametrize("method", ["frozen", "full", "lora", "adalora", "hut", "ist", "glad", "loku"])
+def test_every_method_creates_its_tensors_on_the_configured_device(method):
+    """tests/test_devices.py runs the smoke config; this runs every method under the meta-device guard."""
+    import torch
+
+    from lab import registry
+
+    with torch.device("meta"):                    # anything created without a device lands on meta and fails
+        h = run("peft_finetune", **{**registry.get("experiment", "peft_finetune").smoke, "method": method},
+                device="cpu")
+    assert len(h["test_loss"]) == 3

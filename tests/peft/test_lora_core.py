@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from lab.peft import LoRALinear, adapters, apply, merge, trainable_count, unmerge
+from lab.peft.core import adapter_class
+from lab.registry import available
 
 
 def _linear(w, b):
@@ -50,7 +52,33 @@ def test_merge_equals_adapted_and_unmerge_restores():
     layer.merge()                                   # idempotent: no double counting
     assert torch.allclose(layer(x), adapted, atol=1e-6)
     layer.unmerge()
-    assert torch.allclose(layer.base.weight, w0, atol=1e-6)
+    assert torch.equal(layer.base.weight, w0) and not layer.merged
+
+
+@pytest.mark.parametrize("method", available("peft"))
+def test_merge_then_unmerge_restores_w0_exactly_for_every_peft_method(method):
+    # Prepare: a layer whose update is far from zero (B ≠ 0) and large next to W0, in float64
+    gen = torch.Generator().manual_seed(0)
+    base = nn.Linear(6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        base.weight.copy_(torch.randn(5, 6, generator=gen, dtype=torch.float64) * 1e-3)
+    w0 = base.weight.detach().clone()
+    layer = adapter_class(method)(base, rank=2, generator=gen)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if not name.startswith("base."):
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 3.0)
+    x = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    adapted, delta = layer(x), layer.delta_weight().detach().clone()
+    # Execute / Assert: merged output = adapted output; ΔW does not change by merging
+    layer.merge()
+    torch.testing.assert_close(layer(x), adapted, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.delta_weight(), delta, rtol=0, atol=0)
+    layer.unmerge()
+    assert torch.equal(layer.base.weight, w0) and not layer.merged
+    torch.testing.assert_close(layer(x), adapted, rtol=1e-12, atol=1e-12)   # adapted again
+    layer.merge(); layer.unmerge(); layer.unmerge()                     # repeat; extra unmerge is a no-op
+    assert torch.equal(layer.base.weight, w0)
 
 
 def test_apply_freezes_base_counts_params_and_targets_by_name():
@@ -91,7 +119,12 @@ def test_apply_on_tiny_gpt2_handles_conv1d():
     adapted = model(ids).logits
     merge(model)
     assert torch.allclose(model(ids).logits, adapted, atol=1e-4)
+    assert not torch.allclose(model(ids).logits, before, atol=1e-3)   # the update is visible
     unmerge(model)
+    torch.testing.assert_close(model(ids).logits, adapted)           # adapter branch is live again
+    for layer in adapters(model).values():
+        layer.enabled = False
+    torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=1e-5)   # W0 is back
 
 
 def test_bad_inputs_name_the_argument():
