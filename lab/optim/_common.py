@@ -212,6 +212,32 @@ def path_options(owner: str, *, foreach: bool | None, fused: bool | None, check_
     return dict(foreach=foreach, fused=fused, check_finite=check_finite)
 
 
+PATH_KEYS = ("foreach", "fused", "check_finite")
+
+
+def keep_path_options(optimizer: torch.optim.Optimizer) -> None:
+    """Make ``load_state_dict`` keep this optimizer's ``foreach``/``fused``/``check_finite``.
+
+    ``Optimizer.load_state_dict`` copies every group entry from the checkpoint, so an eager
+    checkpoint would silently turn a fused optimizer eager (and back). How a step is computed is
+    a property of the optimizer, not of the saved state: the checkpoint's values are replaced by
+    the current ones before loading (a pre-hook).
+    """
+    def hook(opt: torch.optim.Optimizer, state_dict: dict) -> dict:
+        state_dict = dict(state_dict)
+        groups = []
+        for saved, current in zip(state_dict["param_groups"], opt.param_groups):
+            saved = dict(saved)
+            for key in PATH_KEYS:
+                if key in current:
+                    saved[key] = current[key]
+            groups.append(saved)
+        state_dict["param_groups"] = groups
+        return state_dict
+
+    optimizer.register_load_state_dict_pre_hook(hook)
+
+
 def use_foreach(foreach: bool | None, tensors: Sequence[Tensor] = ()) -> bool:
     """``foreach=None`` -> True (the fast path), unless a tensor is sparse or not strided."""
     if foreach is not None:
@@ -318,7 +344,7 @@ def evaluate(closure: Callable[[], Tensor] | None) -> Tensor | None:
 __all__ = [
     "SparseGradientError", "NonFiniteGradientError", "StateInit", "zeros", "reject_sparse",
     "check_grad", "check_finite", "describe", "gather", "advance_steps", "prepare", "Prepared",
-    "path_options",
+    "path_options", "keep_path_options", "PATH_KEYS",
     "bias_correction", "use_foreach", "by_device_dtype", "by_step", "CPU_CHUNK_NUMEL", "negate",
     "decoupled_weight_decay", "coupled_weight_decay", "evaluate",
 ]

@@ -46,7 +46,8 @@ from torch import Tensor
 from lab.checks import check_betas, check_nonneg, check_positive
 from lab.optim import _fused
 from lab.optim._common import (bias_correction, by_step, coupled_weight_decay,
-                               decoupled_weight_decay, evaluate, path_options, prepare, zeros)
+                               decoupled_weight_decay, evaluate, keep_path_options, path_options,
+                               prepare, zeros)
 from lab.registry import register
 
 
@@ -181,6 +182,7 @@ class AdaBelief(torch.optim.Optimizer):
                         **path_options("AdaBelief", foreach=foreach, fused=fused,
                                        check_finite=check_finite))
         super().__init__(params, defaults)
+        keep_path_options(self)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -64,7 +64,8 @@ from torch import Tensor
 
 from lab.checks import check_betas, check_nonneg, check_positive, check_range
 from lab.optim import _fused
-from lab.optim._common import (bias_correction, by_step, evaluate, path_options, prepare, zeros)
+from lab.optim._common import (bias_correction, by_step, evaluate, keep_path_options, path_options,
+                               prepare, zeros)
 from lab.registry import register
 
 
@@ -316,6 +317,7 @@ class AdamP(torch.optim.Optimizer):
                         **path_options("AdamP", foreach=foreach, fused=fused,
                                        check_finite=check_finite))
         super().__init__(params, defaults)
+        keep_path_options(self)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -386,6 +388,7 @@ class SGDP(torch.optim.Optimizer):
                         **path_options("SGDP", foreach=foreach, fused=fused,
                                        check_finite=check_finite))
         super().__init__(params, defaults)
+        keep_path_options(self)
 
     @torch.no_grad()
     def step(self, closure=None):

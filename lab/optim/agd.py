@@ -65,7 +65,8 @@ from torch import Tensor
 from lab.checks import check_betas, check_nonneg, check_positive
 from lab.optim import _fused
 from lab.optim._common import (bias_correction, by_step, coupled_weight_decay,
-                               decoupled_weight_decay, evaluate, path_options, prepare, zeros)
+                               decoupled_weight_decay, evaluate, keep_path_options, path_options,
+                               prepare, zeros)
 from lab.registry import register
 
 
@@ -237,6 +238,7 @@ class AGD(torch.optim.Optimizer):
                         clip=clip, win=win, maximize=maximize,
                         **path_options("AGD", foreach=foreach, fused=fused, check_finite=check_finite))
         super().__init__(params, defaults)
+        keep_path_options(self)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -38,7 +38,7 @@ from torch import Tensor
 from lab.checks import check_betas, check_nonneg, check_positive
 from lab.optim import _fused
 from lab.optim._common import (bias_correction, by_step, coupled_weight_decay, evaluate,
-                               path_options, prepare, zeros)
+                               keep_path_options, path_options, prepare, zeros)
 from lab.registry import register
 
 
@@ -124,6 +124,7 @@ class DiffGrad(torch.optim.Optimizer):
                         maximize=maximize, **path_options("DiffGrad", foreach=foreach, fused=fused,
                                                          check_finite=check_finite))
         super().__init__(params, defaults)
+        keep_path_options(self)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -37,8 +37,8 @@ from torch import Tensor
 
 from lab.checks import check_betas, check_nonneg, check_positive
 from lab.optim import _fused
-from lab.optim._common import (by_device_dtype, decoupled_weight_decay, evaluate, path_options,
-                               prepare, zeros)
+from lab.optim._common import (by_device_dtype, decoupled_weight_decay, evaluate, keep_path_options,
+                               path_options, prepare, zeros)
 from lab.registry import register
 
 
@@ -101,6 +101,7 @@ class Lion(torch.optim.Optimizer):
                         **path_options("Lion", foreach=foreach, fused=fused,
                                        check_finite=check_finite))
         super().__init__(params, defaults)
+        keep_path_options(self)
 
     @torch.no_grad()
     def step(self, closure=None):

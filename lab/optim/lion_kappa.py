@@ -47,8 +47,8 @@ from torch import Tensor
 
 from lab.checks import check_betas, check_choice, check_nonneg, check_positive
 from lab.optim import _fused
-from lab.optim._common import (by_device_dtype, decoupled_weight_decay, evaluate, path_options,
-                               prepare, zeros)
+from lab.optim._common import (by_device_dtype, decoupled_weight_decay, evaluate, keep_path_options,
+                               path_options, prepare, zeros)
 from lab.registry import register
 
 KAPPAS = ("l1", "l2", "half_l2", "nuclear")
@@ -181,6 +181,7 @@ class LionKappa(torch.optim.Optimizer):
                         maximize=maximize, **path_options("LionKappa", foreach=foreach, fused=fused,
                                                           check_finite=check_finite))
         super().__init__(params, defaults)
+        keep_path_options(self)
 
     @torch.no_grad()
     def step(self, closure=None):

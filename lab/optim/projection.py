@@ -53,6 +53,7 @@ from torch import Tensor
 
 from lab.checks import check_betas, check_choice, check_int, check_nonneg, check_positive
 from lab.optim import _fused
+from lab.optim._common import keep_path_options
 
 METHODS = ("svd", "random", "coordinates")
 SVDS = ("exact", "lowrank")
@@ -354,6 +355,7 @@ class LowRankBase(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], seed: int = 0):
         check_int("seed", seed)
         super().__init__(params, defaults)
+        keep_path_options(self)
         self.generator = torch.Generator().manual_seed(seed)
         self.schedule: dict[str, Any] = {}
 

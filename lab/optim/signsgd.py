@@ -34,8 +34,8 @@ from torch import Tensor
 
 from lab.checks import check_nonneg, check_positive, check_range
 from lab.optim import _fused
-from lab.optim._common import (by_device_dtype, decoupled_weight_decay, evaluate, path_options,
-                               prepare, zeros)
+from lab.optim._common import (by_device_dtype, decoupled_weight_decay, evaluate, keep_path_options,
+                               path_options, prepare, zeros)
 from lab.registry import register
 
 
@@ -100,6 +100,7 @@ class SignSGD(torch.optim.Optimizer):
                         **path_options("SignSGD", foreach=foreach, fused=fused,
                                        check_finite=check_finite))
         super().__init__(params, defaults)
+        keep_path_options(self)
 
     @torch.no_grad()
     def step(self, closure=None):
