@@ -105,6 +105,8 @@ class BAdam(LowRankBase):
             check_adam_args(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         self.switch_block_every, self.switch_mode, self.freeze_inactive = switch_block_every, switch_mode, freeze_inactive
         n = len(self.blocks())
+        if n == 0:
+            raise ValueError("BAdam got no trainable parameter (every parameter has requires_grad=False)")
         queue: list[int] = []
         if start_block is not None:
             check_int("start_block", start_block, minimum=0)
@@ -119,22 +121,29 @@ class BAdam(LowRankBase):
         self.schedule = {"block": block, "block_step": 0, "queue": queue, "step": 0}
         self._apply_freeze()
 
-    def blocks(self) -> list[list[Tensor]]:
-        """The parameter lists of the D blocks."""
+    def _layout(self) -> list[tuple[int, list[Tensor]]]:
+        """``(param group index, trainable parameters)`` of each block; frozen ones left out."""
         if len(self.param_groups) > 1:
-            return [list(g["params"]) for g in self.param_groups]
-        return [[p] for p in self.param_groups[0]["params"]]
+            blocks = [(i, list(g["params"])) for i, g in enumerate(self.param_groups)]
+        else:
+            blocks = [(0, [p]) for p in self.param_groups[0]["params"]]
+        blocks = [(i, [p for p in ps if id(p) not in self.frozen]) for i, ps in blocks]
+        return [(i, ps) for i, ps in blocks if ps]
 
-    def _group_of(self, block: int) -> dict:
-        return self.param_groups[block] if len(self.param_groups) > 1 else self.param_groups[0]
+    def blocks(self) -> list[list[Tensor]]:
+        """The parameter lists of the D blocks (a block of user-frozen parameters only is no block)."""
+        return [ps for _, ps in self._layout()]
+
+    def _group_of(self, block: int) -> tuple[int, dict]:
+        index = self._layout()[block][0]
+        return index, self.param_groups[index]
 
     def _apply_freeze(self) -> None:
         if not self.freeze_inactive:
             return
         for i, params in enumerate(self.blocks()):
             for p in params:
-                if id(p) not in self.frozen:
-                    p.requires_grad_(i == self.schedule["block"])
+                p.requires_grad_(i == self.schedule["block"])
 
     def _after_load(self) -> None:
         self._apply_freeze()
@@ -149,9 +158,9 @@ class BAdam(LowRankBase):
         """One AdamW step on the active block; switches block after K steps on it."""
         loss = evaluate(closure)
         block = self.schedule["block"]
-        group = self._group_of(block)
+        index, group = self._group_of(block)
         lr, wd = group["lr"], group["weight_decay"]
-        params = [p for p in self.blocks()[block] if p.grad is not None and id(p) not in self.frozen]
+        params = [p for p in self.blocks()[block] if p.grad is not None]
         for p in params:
             check_grad(type(self).__name__, p, p.grad)
         check_finite(self, group, params, [p.grad for p in params])
@@ -166,7 +175,7 @@ class BAdam(LowRankBase):
             if wd != 0:
                 p.mul_(1 - lr * wd)  # theta <- theta (1 - eta lambda)
             states.append(state)
-        adamw_steps_(self, block if len(self.param_groups) > 1 else 0, params,
+        adamw_steps_(self, index, params,
                      [p.grad.to(s["exp_avg"].dtype) for p, s in zip(params, states)],
                      [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                      [s["step"].item() for s in states], lr, group["betas"], group["eps"],
