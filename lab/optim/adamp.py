@@ -43,7 +43,9 @@ projected step the buffer is replaced by its projection (with ``nesterov=True`` 
 Departures: AdamP with ``delta = 0`` never projects and is exactly torch.optim.AdamW; SGDP with
 ``delta = 0``, ``weight_decay = 0`` and ``dampening = 0`` is exactly torch.optim.SGD. Kept for
 parity with the reference: the cosine (as ``F.cosine_similarity``) is taken on the raw gradient; a zero
-gradient counts as scale-invariant (cos = 0); SGDP divides the decay by (1 - mu). The code folds
+gradient counts as scale-invariant (cos = 0), and so does a gradient whose squared norm overflows the
+dtype (|g| above ~1e19 in float32: ||g||^2 = inf, cos = 0, as ``F.cosine_similarity`` gives); SGDP
+divides the decay by (1 - mu). The code folds
 1/sqrt(1 - beta2^t) into eps and the step size (same quantity, one op fewer), so the update u it
 projects is sqrt(1 - beta2^t) times the u above (the projection is linear, the result the same).
 The moment updates run through ``torch._foreach_*``; the projection is a per-tensor loop (it

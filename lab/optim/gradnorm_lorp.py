@@ -14,7 +14,7 @@ per output unit of an ``nn.Linear``):
     dL/dg = sum_j v_ij G_ij                        exact weight-norm calculus at ||v_i|| = 1
     D = dL/dv = g (G - v dL/dg)                    the radial part of each row removed
     R = project(D);  m, s <- Adam moments of R;  N = m / (sqrt(s) + eps)     GaLore on D
-    g' = max(g - c Adam_g(dL/dg), 0);  v' = v - c alpha lift(N);  c = lr sqrt(1-b2^t)/(1-b1^t)
+    g' = g - c Adam_g(dL/dg);  v' = v - c alpha lift(N);  c = lr sqrt(1-b2^t)/(1-b1^t)
     W <- g' v' / ||v'_i||;  then W <- W - lr lambda W
 
 Why this realizes ``W0 + I J``: between two refreshes of the projector P, every direction update
@@ -27,8 +27,12 @@ Choices where the public material is silent (each documented, none verified agai
 - One magnitude per row of torch's (out, in) layout, i.e. per output unit (as Salimans & Kingma's
   weight normalization and the reference code's row-wise split; the paper's "column-wise" norm
   is the same thing in the x W convention). ``norm_dim=0`` normalizes columns instead.
-- The magnitude M gets its own (tiny) Form-B Adam, with the same lr; it is kept >= 0 (a row does
-  not flip through its magnitude). A zero row has no direction and stays zero.
+- The magnitude M gets its own (tiny) Form-B Adam, with the same lr. It is a signed scalar, as g
+  in weight normalization: a row whose direction points away from where the loss wants it goes
+  through g = 0 and comes out flipped (the next step re-anchors g = ||W_i|| >= 0). Clamping g at 0
+  instead kills such rows for ever (their direction gradient vanishes with g): on a 16 x 12
+  matrix quadratic from a small random start a quarter of the rows died and the loss stalled.
+  A row that is exactly zero has no direction and stays zero.
 - Projection: one-sided GaLore ``proj_type="std"`` by default (the reference code's); the paper's
   two-sided equation is ``proj_type="full"``. SVD of D, refreshed every ``update_proj_gap`` steps,
   moments kept across refreshes (as GaLore). Defaults from the reference code: rank 256, T 200,
@@ -167,9 +171,9 @@ class GradNormLoRP(LowRankBase):
 
     def _normalized_update(self, p: Tensor, state: dict, group: dict, step_size: float, plan: dict,
                            n_dir: Tensor, n_mag: Tensor) -> None:
-        # g' = max(g - c N_g, 0);  v' = v - c alpha lift(N)
+        # g' = g - c N_g (signed, as in weight normalization);  v' = v - c alpha lift(N)
         dim = group["norm_dim"]
-        g_new = (plan["g"] - step_size * n_mag).clamp_min(0)
+        g_new = plan["g"] - step_size * n_mag
         v_new = plan["v"] - step_size * group["scale"] * project_back(n_dir, state["projector"], p.shape)
         # W = g' v' / ||v'||
         p.copy_(g_new * v_new / v_new.norm(dim=dim, keepdim=True).clamp_min(1e-12))
