@@ -131,17 +131,22 @@ def adabelief_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Te
         torch._foreach_maximum_(max_exp_avg_vars, s)               # s_max <- max(s_max, s)
         s = max_exp_avg_vars
     if not rectify:                                                # eta sqrt(bc2)/bc1 m/(sqrt(s) + eps sqrt(bc2))
-        for p, m, si, b1, b2 in zip(params, exp_avgs, s, bc1, bc2):
-            p.sub_(lr * b2.sqrt() / b1 * (m / (si.sqrt() + eps * b2.sqrt())))
+        step_size = _fused.per_tensor([lr * b2.sqrt() / b1 for b1, b2 in zip(bc1, bc2)])
+        eps_t = _fused.per_tensor([eps * b2.sqrt() for b2 in bc2])
+        for p, m, si, c, e in zip(params, exp_avgs, s, step_size, eps_t):
+            p.sub_(c * (m / (si.sqrt() + e)))
         return
     rho_inf = 2 / (1 - beta2) - 1
-    for p, m, si, ti, b1, b2 in zip(params, exp_avgs, s, t, bc1, bc2):
-        rho_t = rho_inf - 2 * ti * beta2 ** ti / b2
-        r_t = ((b2 * (rho_t - 4) * (rho_t - 2) * rho_inf
-                / ((rho_inf - 4) * (rho_inf - 2) * rho_t)).clamp_min(0).sqrt())
-        adaptive = r_t * (m / (si.sqrt() + eps))                   # rho_t >= 5: rectified step
-        early = m if degenerated_to_sgd else torch.zeros_like(m)   # rho_t < 5: SGD step or none
-        p.sub_(lr / b1 * torch.where(rho_t >= 5, adaptive, early))
+    rho_t = [rho_inf - 2 * ti * beta2 ** ti / b2 for ti, b2 in zip(t, bc2)]
+    r_t = [(b2 * (rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)).clamp_min(0).sqrt()
+           for rho, b2 in zip(rho_t, bc2)]
+    tractable = [rho >= 5 for rho in rho_t]
+    # rho_t >= 5: rectified step eta r_t/bc1 m/(sqrt(s) + eps); else an SGD step eta/bc1 m, or none
+    adaptive = _fused.per_tensor([torch.where(ok, lr * r / b1, 0.0) for ok, r, b1 in zip(tractable, r_t, bc1)])
+    early = _fused.per_tensor([torch.where(ok, 0.0, lr / b1 if degenerated_to_sgd else 0.0)
+                               for ok, b1 in zip(tractable, bc1)])
+    for p, m, si, a, e in zip(params, exp_avgs, s, adaptive, early):
+        p.sub_(a * (m / (si.sqrt() + eps)) + e * m)
 
 
 @register("optimizer", "adabelief",

@@ -248,15 +248,17 @@ def adamp_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)                       # m, v as Adam
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_add_(exp_avg_sqs, torch._foreach_mul(torch._foreach_mul(grads, grads), 1 - beta2))
-    for p, g, m, v, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
-        t = step.to(torch.float64)
-        bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
+    t = [step.to(torch.float64) for step in steps]
+    bc1, bc2 = [1 - beta1 ** ti for ti in t], [1 - beta2 ** ti for ti in t]
+    eps_t = _fused.per_tensor([eps * b2.sqrt() for b2 in bc2])
+    step_sizes = _fused.per_tensor([lr * b2.sqrt() / b1 for b1, b2 in zip(bc1, bc2)])
+    for p, g, m, v, e, step_size in zip(params, grads, exp_avgs, exp_avg_sqs, eps_t, step_sizes):
         numer = torch.lerp(m, g, 1 - beta1) if nesterov else m
-        u = numer / (v.sqrt() + eps * bc2.sqrt())                          # sqrt(bc2) times Adam's u
+        u = numer / (v.sqrt() + e)                                         # sqrt(bc2) times Adam's u
         u, matched = _project_fused(p, g, u, delta=delta, eps=eps)
         ratio = torch.where(matched, wd_ratio, torch.ones_like(wd_ratio))
         p.mul_(1 - lr * weight_decay * ratio)                              # theta (1 - eta lambda r)
-        p.sub_(lr * bc2.sqrt() / bc1 * u)
+        p.sub_(step_size * u)
 
 
 def sgdp_fused(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor],

@@ -157,18 +157,22 @@ def agd_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
         torch._foreach_mul_(params, 1 - (1.0 if fixed_decay else lr) * weight_decay)
     elif zs is None:                                                 # g + lambda theta
         grads = torch._foreach_add(grads, torch._foreach_mul(params, weight_decay))
-    for i, (p, g, m, b, step) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, steps)):
-        t = step.to(torch.float64)
-        bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
-        # s_t = a m_{t-1} + c g_t, a = beta1/bc1_t - 1/bc1_{t-1} (0 at t = 1, where s_1 = g_1)
-        a = torch.where(t > 1, beta1 / bc1 - 1 / (1 - beta1 ** (t - 1)), torch.zeros_like(t))
-        s = a * m + (1 - beta1) / bc1 * g
+    t = [step.to(torch.float64) for step in steps]
+    bc1, bc2 = [1 - beta1 ** ti for ti in t], [1 - beta2 ** ti for ti in t]
+    # s_t = a m_{t-1} + c g_t, a = beta1/bc1_t - 1/bc1_{t-1} (0 at t = 1, where s_1 = g_1)
+    a_t = _fused.per_tensor([torch.where(ti > 1, beta1 / b1 - 1 / (1 - beta1 ** (ti - 1)), 0.0)
+                             for ti, b1 in zip(t, bc1)])
+    c_t = _fused.per_tensor([(1 - beta1) / b1 for b1 in bc1])
+    floors = _fused.per_tensor([delta * b2.sqrt() for b2 in bc2])
+    step_sizes = _fused.per_tensor([lr * b2.sqrt() / b1 for b1, b2 in zip(bc1, bc2)])
+    for i, (p, g, m, b) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        s = a_t[i] * m + c_t[i] * g
         m.lerp_(g, 1 - beta1)                                        # m_t
         b.mul_(beta2).add_((1 - beta2) * s * s)                      # b_t = beta2 b + (1-beta2) s^2
         if max_exp_avg_sqs is not None:
             b = torch.maximum(max_exp_avg_sqs[i], b, out=max_exp_avg_sqs[i])
-        step_size = lr * bc2.sqrt() / bc1
-        u = m / b.sqrt().clamp_min(delta * bc2.sqrt())               # u = m / max(sqrt(b), delta sqrt(bc2))
+        step_size = step_sizes[i]
+        u = m / b.sqrt().clamp_min(floors[i])                        # u = m / max(sqrt(b), delta sqrt(bc2))
         if clipped:
             u = u.clamp(-clip, clip)
         if zs is None:

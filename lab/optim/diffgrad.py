@@ -87,9 +87,9 @@ def diffgrad_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Ten
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)                  # m <- beta1 m + (1-beta1) g
     torch._foreach_mul_(exp_avg_sqs, beta2)                           # v <- beta2 v + (1-beta2) g^2
     torch._foreach_add_(exp_avg_sqs, torch._foreach_mul(torch._foreach_mul(grads, grads), 1 - beta2))
-    for p, g, m, v, prev, step in zip(params, grads, exp_avgs, exp_avg_sqs, previous_grads, steps):
-        t = step.to(torch.float64)
-        step_size = lr * (1 - beta2 ** t).sqrt() / (1 - beta1 ** t)
+    step_sizes = _fused.per_tensor([lr * (1 - beta2 ** t).sqrt() / (1 - beta1 ** t)
+                                    for t in (step.to(torch.float64) for step in steps)])
+    for p, g, m, v, prev, step_size in zip(params, grads, exp_avgs, exp_avg_sqs, previous_grads, step_sizes):
         xi = torch.sigmoid((prev - g).abs())                          # xi = sigmoid(|g_prev - g|)
         p.sub_(step_size * (xi * m / (v.sqrt() + eps)))
         prev.copy_(g)                                                 # g_prev <- g

@@ -312,9 +312,10 @@ def _adamw_steps_fused(targets: list[Tensor], xs: list[Tensor], exp_avgs: list[T
     torch._foreach_lerp_(exp_avgs, xs, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_add_(exp_avg_sqs, torch._foreach_mul(torch._foreach_mul(xs, xs), 1 - beta2))
-    for target, m, v, t in zip(targets, exp_avgs, exp_avg_sqs, steps):
-        denom = v.sqrt() / (1 - beta2 ** t).sqrt() + eps
-        target.sub_(lr / (1 - beta1 ** t) * (m / denom))
+    sqrt_bc2 = _fused.per_tensor([(1 - beta2 ** t).sqrt() for t in steps])
+    step_sizes = _fused.per_tensor([lr / (1 - beta1 ** t) for t in steps])
+    for target, m, v, b2, step_size in zip(targets, exp_avgs, exp_avg_sqs, sqrt_bc2, step_sizes):
+        target.sub_(step_size * (m / (v.sqrt() / b2 + eps)))
 
 
 def adamw_steps_(owner: torch.optim.Optimizer, index: int, targets: list[Tensor], xs: list[Tensor],
