@@ -114,7 +114,7 @@ class BAdam(LowRankBase):
                 raise ValueError(f"start_block must be < the number of blocks ({n}), got {start_block}")
             block = start_block
         elif switch_mode == "random":
-            queue = torch.randperm(n, generator=self.generator).tolist()
+            queue = torch.randperm(n, generator=self.generator, device=self.generator.device).tolist()
             block = queue.pop(0)
         else:
             block = n - 1 if switch_mode == "descending" else 0
@@ -169,7 +169,7 @@ class BAdam(LowRankBase):
             state = self.state[p]
             if "exp_avg" not in state:
                 dtype = work_dtype(p)
-                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p, dtype=dtype),
+                state.update(step=torch.tensor(0.0, device="cpu"), exp_avg=torch.zeros_like(p, dtype=dtype),
                              exp_avg_sq=torch.zeros_like(p, dtype=dtype))
             state["step"] += 1
             if wd != 0:

@@ -207,7 +207,7 @@ class FRUGAL(LowRankBase):
         """A full tensor's AdamW state (created on first use; float32 for half precision)."""
         state = self.state[p]
         if "exp_avg" not in state:
-            state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p, dtype=dtype),
+            state.update(step=torch.tensor(0.0, device="cpu"), exp_avg=torch.zeros_like(p, dtype=dtype),
                          exp_avg_sq=torch.zeros_like(p, dtype=dtype))
         return state
 
@@ -221,7 +221,7 @@ class FRUGAL(LowRankBase):
                                          generator=self.generator, svd=getattr(self, "svd", "exact"))
             if group["reset_statistics"] or "exp_avg" not in state:
                 low_shape = project(grad, state["projector"]).shape
-                state.update(step=torch.tensor(0.0), exp_avg=grad.new_zeros(low_shape),
+                state.update(step=torch.tensor(0.0, device="cpu"), exp_avg=grad.new_zeros(low_shape),
                              exp_avg_sq=grad.new_zeros(low_shape))
         low = project(grad, state["projector"])  # G_low   (m, r) or (r, n)
         return torch.zeros_like(low), low, state
