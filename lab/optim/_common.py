@@ -11,9 +11,16 @@ Every optimizer's ``step`` reads the same way::
         ... the algorithm's own update, one loop per tensor or one torch._foreach_* call ...
 
 - :func:`gather` skips parameters whose ``grad is None`` (no state, no decay), raises
-  :class:`SparseGradientError` for sparse gradients, and creates the state lazily the first time a
-  parameter is seen: ``state["step"]`` (a float32 scalar tensor, as in ``torch.optim``) plus the
-  tensors the optimizer asks for.
+  :class:`SparseGradientError` for sparse gradients and ``TypeError`` for complex parameters
+  (:func:`check_grad`), and creates the state lazily the first time a parameter is seen:
+  ``state["step"]`` (a float32 scalar tensor, as in ``torch.optim``) plus the tensors the
+  optimizer asks for.
+- :func:`check_finite` raises ``ValueError`` naming the parameter when a gradient holds NaN or
+  Inf, before anything is updated (see its docstring for the cost and the opt-out
+  ``check_finite=False``).
+- :func:`prepare` is the shell of every elementwise step: gather, check, then either the eager
+  path (step counts advanced here as Python floats, ``maximize`` applied, foreach resolved) or the
+  fused path (:mod:`lab.optim._fused`: the compiled update advances the step tensors itself).
 - :func:`by_device_dtype` splits parallel tensor lists into groups sharing a device and a dtype,
   the unit a ``torch._foreach_*`` call works on.
 - :func:`by_step` does the same and also splits by step count, so that per-step scalars are one
@@ -26,16 +33,22 @@ Every optimizer's ``step`` reads the same way::
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
+
+from lab.optim._fused import use_fused
 
 StateInit = Callable[[Tensor], dict[str, Tensor]]
 
 
 class SparseGradientError(RuntimeError):
     """Raised when an optimizer that has no sparse update meets a sparse gradient."""
+
+
+class NonFiniteGradientError(ValueError):
+    """Raised by :func:`check_finite`: a gradient holds NaN or Inf (names the parameter)."""
 
 
 def zeros(p: Tensor) -> Tensor:
@@ -51,6 +64,68 @@ def reject_sparse(optimizer: str, grad: Tensor) -> None:
             f"(nn.Embedding(sparse=False)) or torch.optim.SGD / torch.optim.SparseAdam")
 
 
+def check_grad(optimizer: str, param: Tensor, grad: Tensor) -> None:
+    """Sparse gradients raise :class:`SparseGradientError`, complex parameters ``TypeError``.
+
+    The lab's optimizers are written for real tensors: their second moments square ``g``
+    (``g * g`` is not ``|g|^2`` for a complex g), and sign-based updates have no complex sign.
+    Rather than give silently wrong numbers, they reject complex parameters; wrap a complex
+    parameter as ``torch.view_as_real`` (two real coordinates per entry) to optimize it.
+    """
+    reject_sparse(optimizer, grad)
+    if param.is_complex() or grad.is_complex():
+        raise TypeError(f"{optimizer} does not support complex parameters (got {param.dtype}, shape "
+                        f"{tuple(param.shape)}); optimize torch.view_as_real(param) instead")
+
+
+def check_finite(optimizer: torch.optim.Optimizer, group: dict, params: Sequence[Tensor],
+                 grads: Sequence[Tensor]) -> None:
+    """Raise :class:`NonFiniteGradientError` (a ``ValueError``) if a gradient holds NaN or Inf.
+
+    One fused reduction per step: ``torch._foreach_norm`` over the gradients and a single
+    ``isfinite().all()`` on the stacked norms (one host sync). It runs before the update, so when
+    it raises nothing has changed: parameters, state and step counts are as before the call, and
+    the caller may skip the batch (``zero_grad()``) and go on. Without it a NaN passes silently
+    through sign-based updates (``sign(NaN) = 0`` freezes the coordinate's momentum at NaN for
+    ever in Lion, Lion-kappa and Signum) and kills SVD-based projectors.
+
+    The message names the parameter: its name when the optimizer was built from
+    ``model.named_parameters()`` (torch keeps them in ``group["param_names"]``), else its param
+    group, index and shape. A finite gradient whose norm overflows (entries near the dtype's
+    max) is recognised by an exact per-tensor check, so it does not raise.
+
+    Cost: one read of every gradient (measured in ``benchmarks/optim_step.py``). Opt out per
+    param group with ``check_finite=False`` (a constructor argument of every lab optimizer).
+    """
+    if not group.get("check_finite", True) or not grads:
+        return
+    norms = torch._foreach_norm(list(grads))
+    if len(norms) == 1:
+        finite = bool(torch.isfinite(norms[0]))
+    else:
+        finite = bool(torch.stack(norms).isfinite().all())
+    if finite:
+        return
+    for p, g, n in zip(params, grads, norms):
+        if not torch.isfinite(n) and not bool(torch.isfinite(g).all()):
+            raise NonFiniteGradientError(
+                f"{type(optimizer).__name__}: the gradient of {describe(optimizer, p)} holds NaN or "
+                f"Inf; nothing was updated. Skip this batch (zero_grad) or find its cause; "
+                f"check_finite=False disables this check")
+
+
+def describe(optimizer: torch.optim.Optimizer, param: Tensor) -> str:
+    """``parameter 'fc.weight'`` or ``parameter 2 of param group 0 (shape (4, 3))``."""
+    for gi, group in enumerate(optimizer.param_groups):
+        for pi, p in enumerate(group["params"]):
+            if p is param:
+                names = group.get("param_names")
+                if names:
+                    return f"parameter {names[pi]!r} (shape {tuple(p.shape)})"
+                return f"parameter {pi} of param group {gi} (shape {tuple(p.shape)})"
+    return f"a parameter of shape {tuple(param.shape)}"
+
+
 def gather(optimizer: torch.optim.Optimizer, group: dict, init: StateInit | None = None,
            ) -> tuple[list[Tensor], list[Tensor], list[dict]]:
     """``(params, grads, states)`` of the parameters of ``group`` that have a gradient.
@@ -63,7 +138,7 @@ def gather(optimizer: torch.optim.Optimizer, group: dict, init: StateInit | None
     for p in group["params"]:
         if p.grad is None:
             continue
-        reject_sparse(name, p.grad)
+        check_grad(name, p, p.grad)
         state = optimizer.state[p]
         if len(state) == 0:
             state["step"] = torch.tensor(0.0, dtype=torch.float32, device="cpu")  # as torch.optim
@@ -84,28 +159,83 @@ def advance_steps(states: Sequence[dict]) -> list[float]:
     return steps
 
 
+class Prepared(NamedTuple):
+    """What :func:`prepare` hands to an optimizer's step for one param group."""
+
+    params: list[Tensor]
+    grads: list[Tensor]     # negated (new tensors) on the eager path when the group maximizes
+    states: list[dict]
+    steps: list[float]      # t per parameter, advanced (eager); empty on the fused path
+    foreach: bool
+    fused: bool             # True: call the compiled update, which advances the step tensors
+
+
 def prepare(optimizer: torch.optim.Optimizer, group: dict, init: StateInit | None = None,
-            ) -> tuple[list[Tensor], list[Tensor], list[dict], list[float], bool] | None:
+            ) -> Prepared | None:
     """The shell every elementwise ``step`` starts a group with, in one place.
 
-    Gathers the parameters that have a gradient (:func:`gather`), advances their step counts,
-    picks the foreach path (:func:`use_foreach`) and negates the gradients when the group
-    maximizes. Returns ``(params, grads, states, steps, foreach)``, or None when no parameter of
-    the group has a gradient.
+    Gathers the parameters that have a gradient (:func:`gather`) and checks that the gradients
+    are finite (:func:`check_finite`). On the eager path it then advances the step counts, picks
+    the foreach path (:func:`use_foreach`) and negates the gradients when the group maximizes; on
+    the fused path (``group["fused"]``) it leaves those to the compiled update. Returns None when
+    no parameter of the group has a gradient.
     """
     params, grads, states = gather(optimizer, group, init)
     if not params:
         return None
+    check_finite(optimizer, group, params, grads)
+    if group.get("fused"):
+        return Prepared(params, grads, states, [], False, True)
     steps = advance_steps(states)
     foreach = use_foreach(group["foreach"], params)
     if group["maximize"]:
         grads = negate(grads, foreach)
-    return params, grads, states, steps, foreach
+    return Prepared(params, grads, states, steps, foreach, False)
 
 
 def bias_correction(beta: float, step: float) -> float:
     """``1 - beta**t``: the mass an EMA started at zero has collected after t steps."""
     return 1.0 - beta ** step
+
+
+def path_options(owner: str, *, foreach: bool | None, fused: bool | None, check_finite: bool,
+                 ) -> dict:
+    """The three switches every elementwise optimizer takes, validated, as ``defaults`` entries.
+
+    ``foreach`` (eager ``torch._foreach_*`` path, None = yes), ``fused`` (the compiled update of
+    :mod:`lab.optim._fused`, None = no, as in torch.optim) and ``check_finite`` (raise on a NaN/Inf
+    gradient, :func:`check_finite`).
+    """
+    use_fused(fused, foreach, owner)
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
+    return dict(foreach=foreach, fused=fused, check_finite=check_finite)
+
+
+PATH_KEYS = ("foreach", "fused", "check_finite")
+
+
+def keep_path_options(optimizer: torch.optim.Optimizer) -> None:
+    """Make ``load_state_dict`` keep this optimizer's ``foreach``/``fused``/``check_finite``.
+
+    ``Optimizer.load_state_dict`` copies every group entry from the checkpoint, so an eager
+    checkpoint would silently turn a fused optimizer eager (and back). How a step is computed is
+    a property of the optimizer, not of the saved state: the checkpoint's values are replaced by
+    the current ones before loading (a pre-hook).
+    """
+    def hook(opt: torch.optim.Optimizer, state_dict: dict) -> dict:
+        state_dict = dict(state_dict)
+        groups = []
+        for saved, current in zip(state_dict["param_groups"], opt.param_groups):
+            saved = dict(saved)
+            for key in PATH_KEYS:
+                if key in current:
+                    saved[key] = current[key]
+            groups.append(saved)
+        state_dict["param_groups"] = groups
+        return state_dict
+
+    optimizer.register_load_state_dict_pre_hook(hook)
 
 
 def use_foreach(foreach: bool | None, tensors: Sequence[Tensor] = ()) -> bool:
@@ -212,7 +342,9 @@ def evaluate(closure: Callable[[], Tensor] | None) -> Tensor | None:
 
 
 __all__ = [
-    "SparseGradientError", "StateInit", "zeros", "reject_sparse", "gather", "advance_steps",
+    "SparseGradientError", "NonFiniteGradientError", "StateInit", "zeros", "reject_sparse",
+    "check_grad", "check_finite", "describe", "gather", "advance_steps", "prepare", "Prepared",
+    "path_options", "keep_path_options", "PATH_KEYS",
     "bias_correction", "use_foreach", "by_device_dtype", "by_step", "CPU_CHUNK_NUMEL", "negate",
     "decoupled_weight_decay", "coupled_weight_decay", "evaluate",
 ]

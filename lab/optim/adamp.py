@@ -31,14 +31,28 @@ SGDP (momentum buffer b starts at 0, unlike torch.optim.SGD)::
     b <- mu b + (1 - tau) g;  d = g + mu b (nesterov) or d = b
     (d, r) = Pi(theta, g, d);  theta <- theta (1 - eta lambda r / (1 - mu));  theta <- theta - eta d
 
+SGDP follows the paper's Algorithm (SGDP, Algorithm 1 of arXiv 2006.08217): the momentum p_t is
+accumulated from the raw gradients and only the update q_t = Pi(p_t) is projected; the buffer
+keeps its radial part. The authors' package ``adamp`` 0.3.0 differs when ``nesterov=False``: there
+``d_p`` *is* the buffer, and its in-place projection (``perturb -= ...``) also removes the radial
+part from the momentum, which then stays projected in later steps (on a conv + BatchNorm model
+the two drift apart by ~1 in 30 steps). ``project_momentum=True`` reproduces the package: on a
+projected step the buffer is replaced by its projection (with ``nesterov=True`` the package's
+``d_p`` is a new tensor, so the flag changes nothing there, as in the package).
+
 Departures: AdamP with ``delta = 0`` never projects and is exactly torch.optim.AdamW; SGDP with
 ``delta = 0``, ``weight_decay = 0`` and ``dampening = 0`` is exactly torch.optim.SGD. Kept for
 parity with the reference: the cosine (as ``F.cosine_similarity``) is taken on the raw gradient; a zero
-gradient counts as scale-invariant (cos = 0); SGDP divides the decay by (1 - mu). The code folds
+gradient counts as scale-invariant (cos = 0), and so does a gradient whose squared norm overflows the
+dtype (|g| above ~1e19 in float32: ||g||^2 = inf, cos = 0, as ``F.cosine_similarity`` gives); SGDP
+divides the decay by (1 - mu). The code folds
 1/sqrt(1 - beta2^t) into eps and the step size (same quantity, one op fewer), so the update u it
 projects is sqrt(1 - beta2^t) times the u above (the projection is linear, the result the same).
 The moment updates run through ``torch._foreach_*``; the projection is a per-tensor loop (it
-needs per-row reductions and a data-dependent branch).
+needs per-row reductions and a data-dependent branch). ``fused=True`` runs :func:`adamp_fused` /
+:func:`sgdp_fused` compiled (:mod:`lab.optim._fused`): both views' cosines are computed and the
+branch becomes a ``torch.where``. A NaN/Inf gradient raises before the step
+(``check_finite=False`` to opt out).
 
 State (per parameter): AdamP ``step``, ``exp_avg``, ``exp_avg_sq``; SGDP ``step``, ``momentum``.
 """
@@ -51,7 +65,9 @@ import torch
 from torch import Tensor
 
 from lab.checks import check_betas, check_nonneg, check_positive, check_range
-from lab.optim._common import (bias_correction, by_step, evaluate, prepare, zeros)
+from lab.optim import _fused
+from lab.optim._common import (bias_correction, by_step, evaluate, keep_path_options, path_options,
+                               prepare, zeros)
 from lab.registry import register
 
 
@@ -167,8 +183,12 @@ def adamp(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
 
 def sgdp(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], *, lr: float,
          momentum: float, dampening: float, weight_decay: float, delta: float, wd_ratio: float,
-         eps: float, nesterov: bool, foreach: bool) -> None:
-    """Functional SGDP step; in place on params and momentum buffers."""
+         eps: float, nesterov: bool, foreach: bool, project_momentum: bool = False) -> None:
+    """Functional SGDP step; in place on params and momentum buffers.
+
+    ``project_momentum`` (package behaviour, only without nesterov): a projected step writes
+    ``Pi(b)`` back into the buffer b, and the step uses that.
+    """
     views = [scale_invariant_view(p, g, delta=delta, eps=eps) for p, g in zip(params, grads)]
     if foreach:
         torch._foreach_mul_(momentum_buffers, momentum)                 # b <- mu b + (1-tau) g
@@ -182,7 +202,83 @@ def sgdp(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tenso
             d.append(g.add(b, alpha=momentum) if nesterov else b)
     decay = ([1 - lr * weight_decay * (1.0 if rows is None else wd_ratio) / (1 - momentum)
               for rows in views] if weight_decay > 0 else None)        # theta (1 - eta lambda r/(1-mu))
-    _apply(params, d, None, views, step_size=lr, decay=decay, eps=eps, foreach=foreach)
+    to_project = views
+    if project_momentum and not nesterov:                               # b <- Pi(b), d = b
+        for b, p, rows in zip(momentum_buffers, params, views):
+            if rows is not None:
+                b.copy_(remove_radial(p, b, rows, eps=eps))
+        to_project = [None] * len(views)
+    _apply(params, d, None, to_project, step_size=lr, decay=decay, eps=eps, foreach=foreach)
+
+
+def _project_fused(param: Tensor, grad: Tensor, update: Tensor, *, delta: Tensor, eps: Tensor,
+                   ) -> tuple[Tensor, Tensor]:
+    """``Pi`` inside a compiled graph: ``(update without its radial part, matched)``.
+
+    Both views are evaluated and the first match chosen with ``torch.where`` (the eager code
+    branches); ``matched`` is a 0-d bool tensor.
+    """
+    if param.dim() <= 1:
+        return update, torch.zeros((), dtype=torch.bool, device=param.device)
+    rows = param.shape[0]
+    p_rows, g_rows = param.reshape(rows, -1), grad.reshape(rows, -1)           # (rows, n)
+    dot = (p_rows * g_rows).sum(1)
+    p_sq, g_sq = (p_rows * p_rows).sum(1), (g_rows * g_rows).sum(1)
+    cos_c = dot.abs() / (p_sq.sqrt() * g_sq.sqrt()).clamp_min(eps)             # channel view
+    cos_l = dot.sum().abs() / (p_sq.sum().sqrt() * g_sq.sum().sqrt()).clamp_min(eps)  # layer view
+    channel = cos_c.max() < delta / math.sqrt(p_rows.shape[1])
+    layer = cos_l < delta / math.sqrt(param.numel())
+    u = update.reshape(rows, -1)
+    p_hat_c = p_rows / (p_sq.sqrt().unsqueeze(1) + eps)                        # theta_i / ||theta_i||
+    u_c = u - p_hat_c * (p_hat_c * u).sum(1, keepdim=True)
+    p_hat_l = p_rows / (p_sq.sum().sqrt() + eps)
+    u_l = u - p_hat_l * (p_hat_l * u).sum()
+    projected = torch.where(channel, u_c, torch.where(layer, u_l, u)).reshape(update.shape)
+    return projected, channel | layer
+
+
+def adamp_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+                exp_avg_sqs: list[Tensor], steps: list[Tensor], *, lr: Tensor, beta1: Tensor,
+                beta2: Tensor, eps: Tensor, weight_decay: Tensor, delta: Tensor, wd_ratio: Tensor,
+                nesterov: bool, maximize: bool) -> None:
+    """:func:`adamp` for ``torch.compile`` (hyperparameters as 0-d tensors)."""
+    torch._foreach_add_(steps, 1)
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)                       # m, v as Adam
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_add_(exp_avg_sqs, torch._foreach_mul(torch._foreach_mul(grads, grads), 1 - beta2))
+    t = [step.to(torch.float64) for step in steps]
+    bc1, bc2 = [1 - beta1 ** ti for ti in t], [1 - beta2 ** ti for ti in t]
+    eps_t = _fused.per_tensor([eps * b2.sqrt() for b2 in bc2])
+    step_sizes = _fused.per_tensor([lr * b2.sqrt() / b1 for b1, b2 in zip(bc1, bc2)])
+    for p, g, m, v, e, step_size in zip(params, grads, exp_avgs, exp_avg_sqs, eps_t, step_sizes):
+        numer = torch.lerp(m, g, 1 - beta1) if nesterov else m
+        u = numer / (v.sqrt() + e)                                         # sqrt(bc2) times Adam's u
+        u, matched = _project_fused(p, g, u, delta=delta, eps=eps)
+        ratio = torch.where(matched, wd_ratio, torch.ones_like(wd_ratio))
+        p.mul_(1 - lr * weight_decay * ratio)                              # theta (1 - eta lambda r)
+        p.sub_(step_size * u)
+
+
+def sgdp_fused(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor],
+               steps: list[Tensor], *, lr: Tensor, momentum: Tensor, dampening: Tensor,
+               weight_decay: Tensor, delta: Tensor, wd_ratio: Tensor, eps: Tensor, nesterov: bool,
+               project_momentum: bool, maximize: bool) -> None:
+    """:func:`sgdp` for ``torch.compile`` (hyperparameters as 0-d tensors)."""
+    torch._foreach_add_(steps, 1)
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    torch._foreach_mul_(momentum_buffers, momentum)                      # b <- mu b + (1-tau) g
+    torch._foreach_add_(momentum_buffers, torch._foreach_mul(grads, 1 - dampening))
+    for p, g, b in zip(params, grads, momentum_buffers):
+        d = g + momentum * b if nesterov else b
+        d, matched = _project_fused(p, g, d, delta=delta, eps=eps)
+        if project_momentum and not nesterov:
+            b.copy_(d)                                                   # package: b <- Pi(b)
+        ratio = torch.where(matched, wd_ratio, torch.ones_like(wd_ratio))
+        p.mul_(1 - lr * weight_decay * ratio / (1 - momentum))           # theta (1 - eta lambda r/(1-mu))
+        p.sub_(lr * d)
 
 
 def _check_projection(delta: float, wd_ratio: float, eps: float) -> None:
@@ -208,31 +304,45 @@ class AdamP(torch.optim.Optimizer):
         nesterov: use beta1 m + (1 - beta1) g in the numerator.
         maximize: ascend instead of descend.
         foreach: use the ``torch._foreach_*`` path for the moments (None = yes).
+        fused: run the whole update as one compiled region per device/dtype (None = no).
+        check_finite: raise ``ValueError`` naming the parameter on a NaN/Inf gradient.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, delta: float = 0.1,
                  wd_ratio: float = 0.1, nesterov: bool = False, *, maximize: bool = False,
-                 foreach: bool | None = None):
+                 foreach: bool | None = None, fused: bool | None = None, check_finite: bool = True):
         check_positive("lr", lr)
         check_betas(betas)
         check_nonneg("weight_decay", weight_decay)
         _check_projection(delta, wd_ratio, eps)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, delta=delta,
-                        wd_ratio=wd_ratio, nesterov=nesterov, maximize=maximize, foreach=foreach)
+                        wd_ratio=wd_ratio, nesterov=nesterov, maximize=maximize,
+                        **path_options("AdamP", foreach=foreach, fused=fused,
+                                       check_finite=check_finite))
         super().__init__(params, defaults)
+        keep_path_options(self)
 
     @torch.no_grad()
     def step(self, closure=None):
         """One AdamP step; ``closure`` (optional) re-evaluates the loss and returns it."""
         loss = evaluate(closure)
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             prepared = prepare(self, group, lambda p: {
                 "exp_avg": zeros(p), "exp_avg_sq": zeros(p)})
             if prepared is None:
                 continue
-            params, grads, states, steps, foreach = prepared
+            params, grads, states, steps, foreach, fused = prepared
             beta1, beta2 = group["betas"]
+            if fused:
+                _fused.run(self, index, adamp_fused,
+                           (params, grads, [s["exp_avg"] for s in states],
+                            [s["exp_avg_sq"] for s in states]), states,
+                           dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                                weight_decay=group["weight_decay"], delta=group["delta"],
+                                wd_ratio=group["wd_ratio"]),
+                           nesterov=group["nesterov"], maximize=group["maximize"])
+                continue
             adamp(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                   steps, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                   weight_decay=group["weight_decay"], delta=group["delta"],
@@ -256,39 +366,59 @@ class SGDP(torch.optim.Optimizer):
         eps: norm guard of the projection, default 1e-8.
         delta: cosine threshold factor, default 0.1.
         wd_ratio: weight-decay factor on projected tensors, default 0.1.
+        project_momentum: the ``adamp`` package's behaviour (without nesterov, a projected step
+            also projects the momentum buffer in place); False = the paper's Algorithm.
         maximize: ascend instead of descend.
         foreach: use the ``torch._foreach_*`` path for the momentum (None = yes).
+        fused: run the whole update as one compiled region per device/dtype (None = no).
+        check_finite: raise ``ValueError`` naming the parameter on a NaN/Inf gradient.
     """
 
     def __init__(self, params: Iterable, lr: float = 0.1, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
                  eps: float = 1e-8, delta: float = 0.1, wd_ratio: float = 0.1, *,
-                 maximize: bool = False, foreach: bool | None = None):
+                 project_momentum: bool = False, maximize: bool = False,
+                 foreach: bool | None = None, fused: bool | None = None, check_finite: bool = True):
         check_positive("lr", lr)
         check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
         check_range("dampening", dampening, 0.0, 1.0)
         check_nonneg("weight_decay", weight_decay)
         _check_projection(delta, wd_ratio, eps)
+        if not isinstance(project_momentum, bool):
+            raise TypeError(f"project_momentum must be a bool, got {type(project_momentum).__name__}")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, eps=eps, delta=delta, wd_ratio=wd_ratio,
-                        maximize=maximize, foreach=foreach)
+                        project_momentum=project_momentum, maximize=maximize,
+                        **path_options("SGDP", foreach=foreach, fused=fused,
+                                       check_finite=check_finite))
         super().__init__(params, defaults)
+        keep_path_options(self)
 
     @torch.no_grad()
     def step(self, closure=None):
         """One SGDP step; ``closure`` (optional) re-evaluates the loss and returns it."""
         loss = evaluate(closure)
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             prepared = prepare(self, group, lambda p: {"momentum": zeros(p)})
             if prepared is None:
                 continue
-            params, grads, states, _, foreach = prepared
-            sgdp(params, grads, [s["momentum"] for s in states], lr=group["lr"],
+            params, grads, states, _, foreach, fused = prepared
+            buffers = [s["momentum"] for s in states]
+            project_momentum = group.get("project_momentum", False)
+            if fused:
+                _fused.run(self, index, sgdp_fused, (params, grads, buffers), states,
+                           dict(lr=group["lr"], momentum=group["momentum"],
+                                dampening=group["dampening"], weight_decay=group["weight_decay"],
+                                delta=group["delta"], wd_ratio=group["wd_ratio"], eps=group["eps"]),
+                           nesterov=group["nesterov"], project_momentum=project_momentum,
+                           maximize=group["maximize"])
+                continue
+            sgdp(params, grads, buffers, lr=group["lr"],
                  momentum=group["momentum"], dampening=group["dampening"],
                  weight_decay=group["weight_decay"], delta=group["delta"],
                  wd_ratio=group["wd_ratio"], eps=group["eps"], nesterov=group["nesterov"],
-                 foreach=foreach)
+                 foreach=foreach, project_momentum=project_momentum)
         return loss
 
 
-__all__ = ["AdamP", "SGDP", "adamp", "sgdp", "project_radial", "scale_invariant_view", "remove_radial"]
+__all__ = ["AdamP", "SGDP", "adamp", "sgdp", "adamp_fused", "sgdp_fused", "project_radial", "scale_invariant_view", "remove_radial"]

@@ -49,6 +49,10 @@ State (per parameter): ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (b), ``max_exp_
 amsgrad, ``z`` with win. Implementation note: s_t is formed before the momentum update as
 ``(beta1/(1 - beta1^t) - 1/(1 - beta1^{t-1})) m_{t-1} + (1 - beta1)/(1 - beta1^t) g_t``, the same
 quantity without a copy of m_{t-1} (one scratch tensor instead of two).
+
+Paths: eager foreach (default) or per-tensor loop; ``fused=True`` runs :func:`agd_fused` compiled
+(:mod:`lab.optim._fused`; ``t > 1`` becomes a ``torch.where`` on the step tensor). A NaN/Inf
+gradient raises before the step (``check_finite=False`` to opt out).
 """
 from __future__ import annotations
 
@@ -59,8 +63,10 @@ import torch
 from torch import Tensor
 
 from lab.checks import check_betas, check_nonneg, check_positive
+from lab.optim import _fused
 from lab.optim._common import (bias_correction, by_step, coupled_weight_decay,
-                               decoupled_weight_decay, evaluate, prepare, zeros)
+                               decoupled_weight_decay, evaluate, keep_path_options, path_options,
+                               prepare, zeros)
 from lab.registry import register
 
 
@@ -137,6 +143,46 @@ def agd(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_a
             pi.mul_(tau).add_(u, alpha=-2.0 * tau * step_size).add_(z[i], alpha=2.0 * tau)
 
 
+def agd_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+              exp_avg_sqs: list[Tensor], max_exp_avg_sqs: list[Tensor] | None,
+              zs: list[Tensor] | None, steps: list[Tensor], *, lr: Tensor, beta1: Tensor,
+              beta2: Tensor, delta: Tensor, weight_decay: Tensor, clip: Tensor,
+              weight_decouple: bool, fixed_decay: bool, clipped: bool, maximize: bool) -> None:
+    """:func:`agd` (with its weight decay) for ``torch.compile`` (hyperparameters as 0-d tensors;
+    ``clip`` is read only when ``clipped``; ``zs`` given = Win)."""
+    torch._foreach_add_(steps, 1)
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    if zs is None and weight_decouple:                               # theta (1 - eta lambda)
+        torch._foreach_mul_(params, 1 - (1.0 if fixed_decay else lr) * weight_decay)
+    elif zs is None:                                                 # g + lambda theta
+        grads = torch._foreach_add(grads, torch._foreach_mul(params, weight_decay))
+    t = [step.to(torch.float64) for step in steps]
+    bc1, bc2 = [1 - beta1 ** ti for ti in t], [1 - beta2 ** ti for ti in t]
+    # s_t = a m_{t-1} + c g_t, a = beta1/bc1_t - 1/bc1_{t-1} (0 at t = 1, where s_1 = g_1)
+    a_t = _fused.per_tensor([torch.where(ti > 1, beta1 / b1 - 1 / (1 - beta1 ** (ti - 1)), 0.0)
+                             for ti, b1 in zip(t, bc1)])
+    c_t = _fused.per_tensor([(1 - beta1) / b1 for b1 in bc1])
+    floors = _fused.per_tensor([delta * b2.sqrt() for b2 in bc2])
+    step_sizes = _fused.per_tensor([lr * b2.sqrt() / b1 for b1, b2 in zip(bc1, bc2)])
+    for i, (p, g, m, b) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        s = a_t[i] * m + c_t[i] * g
+        m.lerp_(g, 1 - beta1)                                        # m_t
+        b.mul_(beta2).add_((1 - beta2) * s * s)                      # b_t = beta2 b + (1-beta2) s^2
+        if max_exp_avg_sqs is not None:
+            b = torch.maximum(max_exp_avg_sqs[i], b, out=max_exp_avg_sqs[i])
+        step_size = step_sizes[i]
+        u = m / b.sqrt().clamp_min(floors[i])                        # u = m / max(sqrt(b), delta sqrt(bc2))
+        if clipped:
+            u = u.clamp(-clip, clip)
+        if zs is None:
+            p.sub_(step_size * u)
+            continue
+        tau = 1 / (3 + 2 * step_size * weight_decay)                 # Win
+        zs[i].sub_(step_size * u).mul_(1 / (1 + weight_decay * step_size))
+        p.copy_(tau * (p - 2 * step_size * u) + 2 * tau * zs[i])
+
+
 def sgd_fraction(optimizer: torch.optim.Optimizer) -> float:
     """Fraction of coordinates whose last AGD step was SGD-like: ``sqrt(b_hat) <= delta``."""
     sgd, total = 0, 0
@@ -173,12 +219,15 @@ class AGD(torch.optim.Optimizer):
         win: Win acceleration (the authors' code option; see the module docstring).
         maximize: ascend instead of descend.
         foreach: use the ``torch._foreach_*`` path (None = yes).
+        fused: run the whole update as one compiled region per device/dtype (None = no).
+        check_finite: raise ``ValueError`` naming the parameter on a NaN/Inf gradient.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  delta: float = 1e-5, weight_decay: float = 0.0, amsgrad: bool = False,
                  weight_decouple: bool = True, fixed_decay: bool = False, clip: float | None = None,
-                 win: bool = False, *, maximize: bool = False, foreach: bool | None = None):
+                 win: bool = False, *, maximize: bool = False, foreach: bool | None = None,
+                 fused: bool | None = None, check_finite: bool = True):
         check_positive("lr", lr)
         check_betas(betas)
         check_positive("delta", delta)
@@ -190,14 +239,16 @@ class AGD(torch.optim.Optimizer):
                              f"weight_decouple=True and fixed_decay=False, got {weight_decouple} and {fixed_decay}")
         defaults = dict(lr=lr, betas=tuple(betas), delta=delta, weight_decay=weight_decay,
                         amsgrad=amsgrad, weight_decouple=weight_decouple, fixed_decay=fixed_decay,
-                        clip=clip, win=win, maximize=maximize, foreach=foreach)
+                        clip=clip, win=win, maximize=maximize,
+                        **path_options("AGD", foreach=foreach, fused=fused, check_finite=check_finite))
         super().__init__(params, defaults)
+        keep_path_options(self)
 
     @torch.no_grad()
     def step(self, closure=None):
         """One AGD step; ``closure`` (optional) re-evaluates the loss and returns it."""
         loss = evaluate(closure)
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             amsgrad, win = group["amsgrad"], group.get("win", False)
 
             def init(p: Tensor) -> dict[str, Tensor]:
@@ -211,15 +262,28 @@ class AGD(torch.optim.Optimizer):
             prepared = prepare(self, group, init)
             if prepared is None:
                 continue
-            params, grads, states, steps, foreach = prepared
+            params, grads, states, steps, foreach, fused = prepared
             lr, wd = group["lr"], group["weight_decay"]
+            beta1, beta2 = group["betas"]
+            if fused:
+                clip = group["clip"]
+                _fused.run(self, index, agd_fused,
+                           (params, grads, [s["exp_avg"] for s in states],
+                            [s["exp_avg_sq"] for s in states],
+                            [s["max_exp_avg_sq"] for s in states] if amsgrad else None,
+                            [s["z"] for s in states] if win else None), states,
+                           dict(lr=lr, beta1=beta1, beta2=beta2, delta=group["delta"],
+                                weight_decay=wd, clip=0.0 if clip is None else clip),
+                           weight_decouple=group["weight_decouple"],
+                           fixed_decay=group["fixed_decay"], clipped=clip is not None,
+                           maximize=group["maximize"])
+                continue
             if win:
                 pass                                          # the Win updates carry the decay
             elif group["weight_decouple"]:
                 decoupled_weight_decay(params, 1.0 if group["fixed_decay"] else lr, wd, foreach)
             else:
                 grads = coupled_weight_decay(grads, params, wd, foreach)
-            beta1, beta2 = group["betas"]
             agd(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                 [s["max_exp_avg_sq"] for s in states] if amsgrad else None, steps, lr=lr,
                 beta1=beta1, beta2=beta2, delta=group["delta"], clip=group["clip"], foreach=foreach,
@@ -227,4 +291,4 @@ class AGD(torch.optim.Optimizer):
         return loss
 
 
-__all__ = ["AGD", "agd", "sgd_fraction"]
+__all__ = ["AGD", "agd", "agd_fused", "sgd_fraction"]

@@ -29,6 +29,12 @@ Departure from Adam: the active block's step is torch.optim.AdamW's arithmetic (
 before the update, Form-A eps); the hyperparameters are the base optimizer's (the reference wraps
 any), so defaults are torch.optim.Adam's (lr 1e-3, eps 1e-8, weight_decay 0). The reference's
 ``include_embedding`` / ``include_lm_head`` prefix rules are replaced by explicit param groups.
+
+Frozen parameters: a parameter whose ``requires_grad`` is False when the optimizer is built was
+frozen by the user; BAdam never trains it and never turns its ``requires_grad`` on (it only
+toggles the parameters that were trainable). Half-precision weights keep float32 Adam state.
+``fused=True`` runs the block's AdamW step as one compiled region per device/dtype; a NaN/Inf
+gradient raises ``ValueError`` naming the parameter (``check_finite=False`` to opt out).
 """
 from __future__ import annotations
 
@@ -38,8 +44,8 @@ import torch
 from torch import Tensor, nn
 
 from lab.checks import check_choice, check_int
-from lab.optim._common import evaluate, reject_sparse
-from lab.optim.projection import LowRankBase, adamw_step_, check_adam_args, next_blocks
+from lab.optim._common import check_finite, check_grad, evaluate, path_options
+from lab.optim.projection import LowRankBase, adamw_steps_, check_adam_args, next_blocks, work_dtype
 from lab.registry import register
 
 SWITCH_MODES = ("descending", "ascending", "random", "fixed")
@@ -76,22 +82,31 @@ class BAdam(LowRankBase):
             random for random).
         freeze_inactive: set ``requires_grad=False`` on inactive blocks (no gradient memory).
         seed: seeds the random block order.
+        fused: the block's AdamW step as one compiled region per device/dtype (None = no).
+        check_finite: raise ``ValueError`` naming the parameter on a NaN/Inf gradient.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, switch_block_every: int = 50,
                  switch_mode: str = "descending", start_block: int | None = None,
-                 freeze_inactive: bool = True, seed: int = 0):
+                 freeze_inactive: bool = True, seed: int = 0, fused: bool | None = None,
+                 check_finite: bool = True):
         check_adam_args(lr, betas, eps, weight_decay)
         check_int("switch_block_every", switch_block_every, minimum=1)
         check_choice("switch_mode", switch_mode, SWITCH_MODES)
         if not isinstance(freeze_inactive, bool):
             raise TypeError(f"freeze_inactive must be a bool, got {type(freeze_inactive).__name__}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), seed=seed)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      **path_options("BAdam", foreach=None, fused=fused,
+                                                     check_finite=check_finite)), seed=seed)
+        # parameters the user froze: never trained, never unfrozen
+        self.frozen = {id(p) for g in self.param_groups for p in g["params"] if not p.requires_grad}
         for group in self.param_groups:
             check_adam_args(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         self.switch_block_every, self.switch_mode, self.freeze_inactive = switch_block_every, switch_mode, freeze_inactive
         n = len(self.blocks())
+        if n == 0:
+            raise ValueError("BAdam got no trainable parameter (every parameter has requires_grad=False)")
         queue: list[int] = []
         if start_block is not None:
             check_int("start_block", start_block, minimum=0)
@@ -106,14 +121,22 @@ class BAdam(LowRankBase):
         self.schedule = {"block": block, "block_step": 0, "queue": queue, "step": 0}
         self._apply_freeze()
 
-    def blocks(self) -> list[list[Tensor]]:
-        """The parameter lists of the D blocks."""
+    def _layout(self) -> list[tuple[int, list[Tensor]]]:
+        """``(param group index, trainable parameters)`` of each block; frozen ones left out."""
         if len(self.param_groups) > 1:
-            return [list(g["params"]) for g in self.param_groups]
-        return [[p] for p in self.param_groups[0]["params"]]
+            blocks = [(i, list(g["params"])) for i, g in enumerate(self.param_groups)]
+        else:
+            blocks = [(0, [p]) for p in self.param_groups[0]["params"]]
+        blocks = [(i, [p for p in ps if id(p) not in self.frozen]) for i, ps in blocks]
+        return [(i, ps) for i, ps in blocks if ps]
 
-    def _group_of(self, block: int) -> dict:
-        return self.param_groups[block] if len(self.param_groups) > 1 else self.param_groups[0]
+    def blocks(self) -> list[list[Tensor]]:
+        """The parameter lists of the D blocks (a block of user-frozen parameters only is no block)."""
+        return [ps for _, ps in self._layout()]
+
+    def _group_of(self, block: int) -> tuple[int, dict]:
+        index = self._layout()[block][0]
+        return index, self.param_groups[index]
 
     def _apply_freeze(self) -> None:
         if not self.freeze_inactive:
@@ -135,20 +158,28 @@ class BAdam(LowRankBase):
         """One AdamW step on the active block; switches block after K steps on it."""
         loss = evaluate(closure)
         block = self.schedule["block"]
-        group = self._group_of(block)
+        index, group = self._group_of(block)
         lr, wd = group["lr"], group["weight_decay"]
-        for p in self.blocks()[block]:
-            if p.grad is None:
-                continue
-            reject_sparse(type(self).__name__, p.grad)
+        params = [p for p in self.blocks()[block] if p.grad is not None]
+        for p in params:
+            check_grad(type(self).__name__, p, p.grad)
+        check_finite(self, group, params, [p.grad for p in params])
+        states = []
+        for p in params:
             state = self.state[p]
             if "exp_avg" not in state:
-                state.update(step=torch.tensor(0.0, device="cpu"), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                dtype = work_dtype(p)
+                state.update(step=torch.tensor(0.0, device="cpu"), exp_avg=torch.zeros_like(p, dtype=dtype),
+                             exp_avg_sq=torch.zeros_like(p, dtype=dtype))
             state["step"] += 1
             if wd != 0:
                 p.mul_(1 - lr * wd)  # theta <- theta (1 - eta lambda)
-            adamw_step_(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"].item(),
-                        lr, group["betas"], group["eps"])
+            states.append(state)
+        adamw_steps_(self, index, params,
+                     [p.grad.to(s["exp_avg"].dtype) for p, s in zip(params, states)],
+                     [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                     [s["step"].item() for s in states], lr, group["betas"], group["eps"],
+                     bool(group.get("fused")))
         self.schedule["step"] += 1
         self.schedule["block_step"] += 1
         self.schedule["trained"] = block  # the block this step used (for captured_energy)

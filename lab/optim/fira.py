@@ -32,7 +32,9 @@ rows whose projected gradient is zero get phi = 0 and lose their residual.
 Defaults: those of the reference's ``FiraAdamW`` and ``divide_params`` (lr 1e-3, eps 1e-6,
 weight_decay 0, rank 8, update_proj_gap 200, alpha 1.0); gamma = 1.01 is hard-coded there. The
 repository's LLaMA pre-training scripts use lr 0.01, alpha 0.25, rank 128-256.
-Memory: GaLore's plus one scalar per matrix. Full-rank path: as GaLore (Form-B AdamW).
+Memory: GaLore's plus one scalar per matrix. Full-rank path: as GaLore (Form-B AdamW). As GaLore:
+``svd``, ``fused``, ``check_finite``, and float32 state and arithmetic for half-precision weights
+(in float16 the 1e-8 guards round to 0 and the first step would be 0/0).
 """
 from __future__ import annotations
 
@@ -73,12 +75,14 @@ class Fira(GaLore):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, *, rank: int | None = 8,
                  update_proj_gap: int = 200, scale: float = 1.0, proj_type: str = "std",
-                 projection: str = "svd", gamma: float = 1.01, seed: int = 0):
+                 projection: str = "svd", gamma: float = 1.01, svd: str = "exact", seed: int = 0,
+                 fused: bool | None = None, check_finite: bool = True):
         check_positive("gamma", gamma)
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1 (a growth limit), got {gamma}")
         super().__init__(params, lr, betas, eps, weight_decay, rank=rank, update_proj_gap=update_proj_gap,
-                         scale=scale, proj_type=proj_type, projection=projection, seed=seed)
+                         scale=scale, proj_type=proj_type, projection=projection, svd=svd, seed=seed,
+                         fused=fused, check_finite=check_finite)
         self.defaults["gamma"] = gamma  # also for groups added later with add_param_group
         for group in self.param_groups:
             group.setdefault("gamma", gamma)

@@ -41,6 +41,13 @@ round-off into full steps); in blockwise mode tensors that turn inactive drop th
 count of active tensors uses the constructor's density. Defaults are the fork's (rho 0.25, T 200,
 signSGD, lr 1e-3, eps 1e-8, weight_decay 0.01). The paper's recommended state-free lr ratio is
 not verified here: ``state_free_lr_scale`` defaults to 1.
+
+Half precision: the AdamW state and the subspace arithmetic are float32 (in float16 the default
+eps 1e-8 rounds to 0, and the first step of a zero coordinate would be 0/0 = NaN).
+``svd="lowrank"``: randomized SVD at each refresh (:func:`lab.optim.projection.randomized_svd`).
+``fused=True``: the group's AdamW steps run as one compiled region per device/dtype
+(:func:`lab.optim.projection.adamw_steps_`). A NaN/Inf gradient raises ``ValueError`` naming the
+parameter before anything changes (``check_finite=False`` to opt out).
 """
 from __future__ import annotations
 
@@ -50,9 +57,9 @@ import torch
 from torch import Tensor
 
 from lab.checks import check_choice, check_int, check_nonneg, check_range
-from lab.optim._common import evaluate, reject_sparse
-from lab.optim.projection import (LowRankBase, adamw_step_, check_adam_args, clamp_rank, compute,
-                                  next_blocks, project, project_back)
+from lab.optim._common import check_finite, check_grad, evaluate, path_options
+from lab.optim.projection import (SVDS, LowRankBase, adamw_steps_, check_adam_args, clamp_rank,
+                                  compute, next_blocks, project, project_back, work_dtype)
 from lab.registry import register
 
 PROJECTIONS = ("svd", "random", "coordinates", "blockwise")
@@ -93,19 +100,25 @@ class FRUGAL(LowRankBase):
         state_free_lr_scale: eta_f / eta.
         reset_statistics: restart the subspace AdamW state at each refresh.
         block_order: order of blocks in ``"blockwise"`` mode.
+        svd: ``"exact"`` or ``"lowrank"`` (randomized SVD) for ``projection="svd"``.
         seed: seeds random projections and block orders.
+        fused: the AdamW steps as one compiled region per device/dtype (None = no).
+        check_finite: raise ``ValueError`` naming the parameter on a NaN/Inf gradient.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01, *, density: float | None = 0.25,
                  update_proj_gap: int = 200, projection: str = "svd", proj_type: str = "std",
                  state_free_rule: str = "signsgd", state_free_lr_scale: float = 1.0,
-                 reset_statistics: bool = True, block_order: str = "random", seed: int = 0):
+                 reset_statistics: bool = True, block_order: str = "random", svd: str = "exact",
+                 seed: int = 0, fused: bool | None = None, check_finite: bool = True):
         self.projection = check_choice("projection", projection, PROJECTIONS)
         self.block_order = check_choice("block_order", block_order, ("random", "ascending", "descending", "fixed"))
+        self.svd = check_choice("svd", svd, SVDS)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, density=density,
                         update_proj_gap=update_proj_gap, proj_type=proj_type, state_free_rule=state_free_rule,
-                        state_free_lr_scale=state_free_lr_scale, reset_statistics=reset_statistics)
+                        state_free_lr_scale=state_free_lr_scale, reset_statistics=reset_statistics,
+                        **path_options("FRUGAL", foreach=None, fused=fused, check_finite=check_finite))
         super().__init__(params, defaults, seed=seed)
         for group in self.param_groups:
             check_adam_args(group["lr"], group["betas"], group["eps"], group["weight_decay"])
@@ -154,54 +167,71 @@ class FRUGAL(LowRankBase):
                     if self.defaults["reset_statistics"] or i not in self.schedule["active"]:
                         self.state.pop(p, None)
             active = {id(blocks[i]) for i in self.schedule["active"]}
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             lr, wd = group["lr"], group["weight_decay"]
             lr_free = lr * group["state_free_lr_scale"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                reject_sparse(type(self).__name__, grad)
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                check_grad(type(self).__name__, p, p.grad)
+            check_finite(self, group, params, [p.grad for p in params])
+            adam: list[tuple] = []       # (target, x, state) for the batched AdamW step
+            finish: list[tuple] = []     # what to do with each AdamW result afterwards
+            for p in params:
+                grad = p.grad.to(work_dtype(p))          # float32 for half-precision weights
                 if wd != 0:
                     p.mul_(1 - lr * wd)  # theta <- theta (1 - eta lambda), on every tensor
                 projected = group["density"] is not None and p.dim() == 2
                 if not projected or (blockwise and id(p) in active):
-                    self._adamw(p, grad, group)
+                    adam.append((p, grad, self._adam_state(p, grad.dtype)))
                 elif blockwise:  # inactive block: state-free rule on the whole gradient
                     self.state.pop(p, None)
                     p.add_(state_free_update(grad, group["state_free_rule"]), alpha=-lr_free)
                 else:
-                    self._split_step(p, grad, group, refresh=t_global % group["update_proj_gap"] == 0)
+                    target, low, state = self._split_inputs(
+                        p, grad, group, refresh=t_global % group["update_proj_gap"] == 0)
+                    adam.append((target, low, state))
+                    finish.append((p, grad, target, low, state))
+            for _, _, state in adam:
+                state["step"] += 1
+            # AdamW (Form A) on every full tensor and every subspace, in one batch
+            adamw_steps_(self, index, [a[0] for a in adam], [a[1] for a in adam],
+                         [a[2]["exp_avg"] for a in adam], [a[2]["exp_avg_sq"] for a in adam],
+                         [a[2]["step"].item() for a in adam], lr, group["betas"], group["eps"],
+                         bool(group.get("fused")))
+            for p, grad, delta_low, low, state in finish:
+                self._split_finish(p, grad, delta_low, low, state, group)
         self.schedule["step"] = t_global + 1
         return loss
 
-    def _adamw(self, p: Tensor, grad: Tensor, group: dict) -> None:
-        """A full AdamW step on ``p`` (torch.optim.AdamW's arithmetic, decay already applied)."""
+    def _adam_state(self, p: Tensor, dtype: torch.dtype) -> dict:
+        """A full tensor's AdamW state (created on first use; float32 for half precision)."""
         state = self.state[p]
         if "exp_avg" not in state:
-            state.update(step=torch.tensor(0.0, device="cpu"), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-        state["step"] += 1
-        adamw_step_(p, grad, state["exp_avg"], state["exp_avg_sq"], state["step"].item(),
-                    group["lr"], group["betas"], group["eps"])
+            state.update(step=torch.tensor(0.0, device="cpu"), exp_avg=torch.zeros_like(p, dtype=dtype),
+                         exp_avg_sq=torch.zeros_like(p, dtype=dtype))
+        return state
 
-    def _split_step(self, p: Tensor, grad: Tensor, group: dict, refresh: bool) -> None:
-        """AdamW on ``project(G)`` plus the state-free rule on ``G - lift(project(G))``."""
+    def _split_inputs(self, p: Tensor, grad: Tensor, group: dict, refresh: bool,
+                      ) -> tuple[Tensor, Tensor, dict]:
+        """Projector (refreshed if due), ``G_low = project(G)`` and a zero target for its step."""
         state = self.state[p]
         rank = subspace_rank(tuple(p.shape), group["density"], group["proj_type"])
         if "projector" not in state or refresh:
             state["projector"] = compute(grad, rank, method=self.projection, proj_type=group["proj_type"],
-                                         generator=self.generator)
+                                         generator=self.generator, svd=getattr(self, "svd", "exact"))
             if group["reset_statistics"] or "exp_avg" not in state:
                 low_shape = project(grad, state["projector"]).shape
                 state.update(step=torch.tensor(0.0, device="cpu"), exp_avg=grad.new_zeros(low_shape),
                              exp_avg_sq=grad.new_zeros(low_shape))
+        low = project(grad, state["projector"])  # G_low   (m, r) or (r, n)
+        return torch.zeros_like(low), low, state
+
+    def _split_finish(self, p: Tensor, grad: Tensor, delta_low: Tensor, low: Tensor, state: dict,
+                      group: dict) -> None:
+        """Add ``Delta_active = lift(AdamW(G_low))`` and the state-free step on the residual."""
         proj = state["projector"]
-        low = project(grad, proj)  # G_low   (m, r) or (r, n)
-        state["step"] += 1
-        delta_low = torch.zeros_like(low)
-        adamw_step_(delta_low, low, state["exp_avg"], state["exp_avg_sq"], state["step"].item(),
-                    group["lr"], group["betas"], group["eps"])
         p.add_(project_back(delta_low, proj, p.shape))  # Delta_active
+        rank = subspace_rank(tuple(p.shape), group["density"], group["proj_type"])
         full = clamp_rank(max(p.shape), tuple(p.shape), group["proj_type"])
         if rank < full:  # at full rank the residual is exactly zero (round-off must not be signed)
             residual = grad - project_back(low, proj, p.shape)  # G_rest

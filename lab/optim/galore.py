@@ -37,7 +37,17 @@ Choices where the reference leaves room: ``projection="random"`` (a random ortho
 ``seed``) and ``"coordinates"`` are offered beside the paper's SVD; the SVD runs in the weight's
 dtype (float32 for half precision); the refresh counter is per parameter, read before increment
 (refresh at calls 1, T+1, 2T+1, ...). State per weight: ``step``, ``exp_avg`` and ``exp_avg_sq``
-(shape of R), ``projector`` (see :mod:`lab.optim.projection`).
+(shape of R), ``projector`` (see :mod:`lab.optim.projection`). Half-precision weights keep that
+state in float32 and compute the update in float32.
+
+``svd="lowrank"``: the refresh uses a randomized SVD (``torch.svd_lowrank``, Halko et al.; a few
+power iterations) instead of the exact one: O(m n r) instead of O(m n min(m, n)) per refresh.
+Its subspace captures nearly the energy of the exact top-r one when the spectrum decays
+(``benchmarks/optim_memory.py`` reports the ratio; a test bounds it).
+``fused=True``: the Adam moments and directions of a param group run as one compiled region per
+device/dtype (:func:`lab.optim.projection.adam_directions`); projections stay eager.
+A NaN/Inf gradient raises ``ValueError`` naming the parameter before anything changes
+(``check_finite=False`` to opt out); without the check it would fail inside the SVD.
 """
 from __future__ import annotations
 
@@ -47,9 +57,9 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-from lab.optim._common import evaluate, gather
-from lab.optim.projection import (LowRankBase, adam_direction, adam_moments_, check_adam_args,
-                                  check_lowrank_args, compute, project, project_back)
+from lab.optim._common import check_finite, evaluate, gather, path_options
+from lab.optim.projection import (LowRankBase, adam_directions, check_adam_args,
+                                  check_lowrank_args, compute, project, project_back, work_dtype)
 from lab.registry import register
 
 
@@ -70,7 +80,10 @@ class GaLore(LowRankBase):
         scale (alpha): multiplies the lifted update.
         proj_type: ``"std"``, ``"reverse_std"``, ``"right"``, ``"left"`` or ``"full"``.
         projection: ``"svd"`` (paper), ``"random"`` or ``"coordinates"``.
+        svd: ``"exact"`` (``torch.linalg.svd``) or ``"lowrank"`` (randomized, ``torch.svd_lowrank``).
         seed: seeds the generator of random projections.
+        fused: the inner Adam steps as one compiled region per device/dtype (None = no).
+        check_finite: raise ``ValueError`` naming the parameter on a NaN/Inf gradient.
     """
 
     proj_types: tuple[str, ...] = ("std", "reverse_std", "right", "left", "full")
@@ -78,43 +91,61 @@ class GaLore(LowRankBase):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, *, rank: int | None = 128,
                  update_proj_gap: int = 200, scale: float = 1.0, proj_type: str = "std",
-                 projection: str = "svd", seed: int = 0):
+                 projection: str = "svd", svd: str = "exact", seed: int = 0,
+                 fused: bool | None = None, check_finite: bool = True):
         check_adam_args(lr, betas, eps, weight_decay)
-        check_lowrank_args(rank, update_proj_gap, scale, proj_type, projection, proj_types=self.proj_types)
+        check_lowrank_args(rank, update_proj_gap, scale, proj_type, projection, proj_types=self.proj_types,
+                           svd=svd)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                         update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type,
-                        projection=projection)
+                        projection=projection, svd=svd,
+                        **path_options(type(self).__name__, foreach=None, fused=fused,
+                                       check_finite=check_finite))
         super().__init__(params, defaults, seed=seed)
         for group in self.param_groups:  # a group's own overrides must be valid too
             check_adam_args(group["lr"], group["betas"], group["eps"], group["weight_decay"])
             check_lowrank_args(group["rank"], group["update_proj_gap"], group["scale"], group["proj_type"],
-                               group["projection"], proj_types=self.proj_types)
+                               group["projection"], proj_types=self.proj_types, svd=group["svd"])
 
     @torch.no_grad()
     def step(self, closure=None):
         """One GaLore step; ``closure`` (optional) re-evaluates the loss."""
         loss = evaluate(closure)
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
-            for p, grad, state in zip(*gather(self, group)):
+            params, grads, states = gather(self, group)
+            if not params:
+                continue
+            check_finite(self, group, params, grads)
+            works, lows, lowrank, steps = [], [], [], []
+            for p, grad, state in zip(params, grads, states):
                 state["step"] += 1
                 t = state["step"].item()
-                lowrank = group["rank"] is not None and p.dim() == 2
-                if lowrank:
+                grad = grad.to(work_dtype(p))            # float32 for half-precision weights
+                is_low = group["rank"] is not None and p.dim() == 2
+                if is_low:
                     # refresh P at calls 1, T+1, 2T+1, ... (counter read before the increment)
                     if "projector" not in state or (t - 1) % group["update_proj_gap"] == 0:
                         state["projector"] = compute(grad, group["rank"], method=group["projection"],
-                                                     proj_type=group["proj_type"], generator=self.generator)
+                                                     proj_type=group["proj_type"], generator=self.generator,
+                                                     svd=group.get("svd", "exact"))
                     low = project(grad, state["projector"])  # R = G P^T   (m, r)
                 else:
                     low = grad
                 if "exp_avg" not in state:
                     state["exp_avg"] = torch.zeros_like(low)
                     state["exp_avg_sq"] = torch.zeros_like(low)
-                adam_moments_(low, state["exp_avg"], state["exp_avg_sq"], group["betas"])
-                # N = m / (sqrt(v) + eps)
-                direction = adam_direction(state["exp_avg"], state["exp_avg_sq"], group["eps"])
-                if lowrank:
+                works.append(grad)
+                lows.append(low)
+                lowrank.append(is_low)
+                steps.append(t)
+            # m, v <- Adam moments of R;  N = m / (sqrt(v) + eps)
+            directions = adam_directions(self, index, lows, [s["exp_avg"] for s in states],
+                                         [s["exp_avg_sq"] for s in states], group["betas"],
+                                         group["eps"], bool(group.get("fused")))
+            for p, grad, low, direction, state, is_low, t in zip(params, works, lows, directions,
+                                                                  states, lowrank, steps):
+                if is_low:
                     direction = self._full_direction(p, grad, low, direction, state, group)
                 # W <- W - lr sqrt(1 - b2^t) / (1 - b1^t) * update
                 step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)

@@ -14,7 +14,7 @@ per output unit of an ``nn.Linear``):
     dL/dg = sum_j v_ij G_ij                        exact weight-norm calculus at ||v_i|| = 1
     D = dL/dv = g (G - v dL/dg)                    the radial part of each row removed
     R = project(D);  m, s <- Adam moments of R;  N = m / (sqrt(s) + eps)     GaLore on D
-    g' = max(g - c Adam_g(dL/dg), 0);  v' = v - c alpha lift(N);  c = lr sqrt(1-b2^t)/(1-b1^t)
+    g' = g - c Adam_g(dL/dg);  v' = v - c alpha lift(N);  c = lr sqrt(1-b2^t)/(1-b1^t)
     W <- g' v' / ||v'_i||;  then W <- W - lr lambda W
 
 Why this realizes ``W0 + I J``: between two refreshes of the projector P, every direction update
@@ -27,8 +27,12 @@ Choices where the public material is silent (each documented, none verified agai
 - One magnitude per row of torch's (out, in) layout, i.e. per output unit (as Salimans & Kingma's
   weight normalization and the reference code's row-wise split; the paper's "column-wise" norm
   is the same thing in the x W convention). ``norm_dim=0`` normalizes columns instead.
-- The magnitude M gets its own (tiny) Form-B Adam, with the same lr; it is kept >= 0 (a row does
-  not flip through its magnitude). A zero row has no direction and stays zero.
+- The magnitude M gets its own (tiny) Form-B Adam, with the same lr. It is a signed scalar, as g
+  in weight normalization: a row whose direction points away from where the loss wants it goes
+  through g = 0 and comes out flipped (the next step re-anchors g = ||W_i|| >= 0). Clamping g at 0
+  instead kills such rows for ever (their direction gradient vanishes with g): on a 16 x 12
+  matrix quadratic from a small random start a quarter of the rows died and the loss stalled.
+  A row that is exactly zero has no direction and stays zero.
 - Projection: one-sided GaLore ``proj_type="std"`` by default (the reference code's); the paper's
   two-sided equation is ``proj_type="full"``. SVD of D, refreshed every ``update_proj_gap`` steps,
   moments kept across refreshes (as GaLore). Defaults from the reference code: rank 256, T 200,
@@ -38,7 +42,9 @@ Choices where the public material is silent (each documented, none verified agai
 State per weight (m >= n, right projection): ``exp_avg``/``exp_avg_sq`` (m x r), ``projector`` (r x n),
 ``mag_exp_avg``/``mag_exp_avg_sq`` (one per row), ``step``: ``2 m r + n r + 2 m`` numbers.
 Full-rank path (non-2-D tensors, groups with ``rank=None``): Form-B AdamW as in GaLore, no
-normalization.
+normalization. As GaLore: half-precision weights keep float32 state, ``svd="lowrank"`` refreshes
+with a randomized SVD, ``fused=True`` compiles the group's Adam moments and directions, and a
+NaN/Inf gradient raises ``ValueError`` naming the parameter (``check_finite=False`` to opt out).
 """
 from __future__ import annotations
 
@@ -49,9 +55,9 @@ import torch
 from torch import Tensor
 
 from lab.checks import check_choice
-from lab.optim._common import evaluate, gather
-from lab.optim.projection import (LowRankBase, adam_direction, adam_moments_, check_adam_args,
-                                  check_lowrank_args, compute, project, project_back)
+from lab.optim._common import check_finite, evaluate, gather, path_options
+from lab.optim.projection import (LowRankBase, adam_directions, check_adam_args,
+                                  check_lowrank_args, compute, project, project_back, work_dtype)
 from lab.registry import register
 
 
@@ -80,66 +86,95 @@ class GradNormLoRP(LowRankBase):
         rank (r), update_proj_gap (T), scale (alpha), proj_type, projection: the projector of the
             direction gradient, as in GaLore (``proj_type="full"`` is the paper's two-sided form).
         norm_dim: 1 = one magnitude per row (output unit), 0 = per column.
+        svd: ``"exact"`` or ``"lowrank"`` (randomized SVD at each refresh).
         seed: seeds random projections.
+        fused: the inner Adam steps as one compiled region per device/dtype (None = no).
+        check_finite: raise ``ValueError`` naming the parameter on a NaN/Inf gradient.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, *, rank: int | None = 256,
                  update_proj_gap: int = 200, scale: float = 1.0, proj_type: str = "std",
-                 projection: str = "svd", norm_dim: int = 1, seed: int = 0):
+                 projection: str = "svd", norm_dim: int = 1, svd: str = "exact", seed: int = 0,
+                 fused: bool | None = None, check_finite: bool = True):
         check_adam_args(lr, betas, eps, weight_decay)
-        check_lowrank_args(rank, update_proj_gap, scale, proj_type, projection)
+        check_lowrank_args(rank, update_proj_gap, scale, proj_type, projection, svd=svd)
         check_choice("norm_dim", norm_dim, (0, 1))
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                         update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type,
-                        projection=projection, norm_dim=norm_dim)
+                        projection=projection, norm_dim=norm_dim, svd=svd,
+                        **path_options("GradNormLoRP", foreach=None, fused=fused,
+                                       check_finite=check_finite))
         super().__init__(params, defaults, seed=seed)
         for group in self.param_groups:
             check_adam_args(group["lr"], group["betas"], group["eps"], group["weight_decay"])
             check_lowrank_args(group["rank"], group["update_proj_gap"], group["scale"], group["proj_type"],
-                               group["projection"])
+                               group["projection"], svd=group["svd"])
 
     @torch.no_grad()
     def step(self, closure=None):
         """One GradNormLoRP step; ``closure`` (optional) re-evaluates the loss."""
         loss = evaluate(closure)
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
-            for p, grad, state in zip(*gather(self, group)):
+            params, grads, states = gather(self, group)
+            if not params:
+                continue
+            check_finite(self, group, params, grads)
+            # collect every Adam input of the group (R and dL/dg, or the full gradient) ...
+            plans, xs, ms, vs = [], [], [], []
+            for p, grad, state in zip(params, grads, states):
                 state["step"] += 1
                 t = state["step"].item()
-                step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+                grad = grad.to(work_dtype(p))
                 if group["rank"] is None or p.dim() != 2:
-                    self._full_rank(p, grad, state, group, step_size)
+                    if "exp_avg" not in state:
+                        state.update(exp_avg=torch.zeros_like(grad), exp_avg_sq=torch.zeros_like(grad))
+                    plans.append((p, state, t, None))
+                    xs.append(grad)
+                    ms.append(state["exp_avg"])
+                    vs.append(state["exp_avg_sq"])
+                    continue
+                plan = self._normalized_inputs(p, grad, state, group, t)
+                plans.append((p, state, t, plan))
+                xs += [plan["low"], plan["grad_g"]]
+                ms += [state["exp_avg"], state["mag_exp_avg"]]
+                vs += [state["exp_avg_sq"], state["mag_exp_avg_sq"]]
+            # ... one batched Adam (moments and Form-B directions) ...
+            directions = iter(adam_directions(self, index, xs, ms, vs, group["betas"], group["eps"],
+                                              bool(group.get("fused"))))
+            # ... then each weight's update
+            for p, state, t, plan in plans:
+                step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+                if plan is None:
+                    p.add_(next(directions), alpha=-step_size)
                 else:
-                    self._normalized(p, grad, state, group, step_size, t)
+                    n_dir, n_mag = next(directions), next(directions)
+                    self._normalized_update(p, state, group, step_size, plan, n_dir, n_mag)
                 if wd > 0:
                     p.add_(p, alpha=-lr * wd)  # W <- W - lr lambda W (after the update)
         return loss
 
-    def _full_rank(self, p: Tensor, grad: Tensor, state: dict, group: dict, step_size: float) -> None:
-        if "exp_avg" not in state:
-            state.update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-        adam_moments_(grad, state["exp_avg"], state["exp_avg_sq"], group["betas"])
-        p.add_(adam_direction(state["exp_avg"], state["exp_avg_sq"], group["eps"]), alpha=-step_size)
-
-    def _normalized(self, p: Tensor, grad: Tensor, state: dict, group: dict, step_size: float, t: float) -> None:
+    def _normalized_inputs(self, p: Tensor, grad: Tensor, state: dict, group: dict, t: float) -> dict:
+        """Weight-norm split of ``grad``, projector refresh, ``R = project(D)``; state created."""
         dim = group["norm_dim"]
-        g, v, grad_g, grad_v = weight_norm_grads(p, grad, dim)
+        g, v, grad_g, grad_v = weight_norm_grads(p.to(grad.dtype), grad, dim)
         if "projector" not in state or (t - 1) % group["update_proj_gap"] == 0:
             state["projector"] = compute(grad_v, group["rank"], method=group["projection"],
-                                         proj_type=group["proj_type"], generator=self.generator)
+                                         proj_type=group["proj_type"], generator=self.generator,
+                                         svd=group.get("svd", "exact"))
         low = project(grad_v, state["projector"])  # R = project(D)
         if "exp_avg" not in state:
             state.update(exp_avg=torch.zeros_like(low), exp_avg_sq=torch.zeros_like(low),
                          mag_exp_avg=torch.zeros_like(g), mag_exp_avg_sq=torch.zeros_like(g))
-        adam_moments_(low, state["exp_avg"], state["exp_avg_sq"], group["betas"])
-        adam_moments_(grad_g, state["mag_exp_avg"], state["mag_exp_avg_sq"], group["betas"])
-        n_dir = adam_direction(state["exp_avg"], state["exp_avg_sq"], group["eps"])
-        n_mag = adam_direction(state["mag_exp_avg"], state["mag_exp_avg_sq"], group["eps"])
-        # g' = max(g - c N_g, 0);  v' = v - c alpha lift(N)
-        g_new = (g - step_size * n_mag).clamp_min(0)
-        v_new = v - step_size * group["scale"] * project_back(n_dir, state["projector"], p.shape)
+        return {"g": g, "v": v, "grad_g": grad_g, "low": low}
+
+    def _normalized_update(self, p: Tensor, state: dict, group: dict, step_size: float, plan: dict,
+                           n_dir: Tensor, n_mag: Tensor) -> None:
+        # g' = g - c N_g (signed, as in weight normalization);  v' = v - c alpha lift(N)
+        dim = group["norm_dim"]
+        g_new = plan["g"] - step_size * n_mag
+        v_new = plan["v"] - step_size * group["scale"] * project_back(n_dir, state["projector"], p.shape)
         # W = g' v' / ||v'||
         p.copy_(g_new * v_new / v_new.norm(dim=dim, keepdim=True).clamp_min(1e-12))
 

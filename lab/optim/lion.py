@@ -21,6 +21,11 @@ Choices: ``sign(0) = 0`` (an exact-zero interpolation gives no update, as in tor
 interpolation is computed with ``lerp`` (``m + (1-beta1)(g - m)``), the same rounding in the
 per-tensor and the ``torch._foreach_*`` path.
 
+Paths: ``foreach`` (default) and a per-tensor loop run eagerly; ``fused=True`` runs
+:func:`lion_fused` compiled (:mod:`lab.optim._fused`). A NaN/Inf gradient raises before the
+step (``check_finite=False`` to opt out): otherwise ``sign(NaN) = 0`` would hide it and the NaN
+would stay in m for ever.
+
 State (per parameter): ``step``, ``exp_avg`` (m, 1 x p).
 """
 from __future__ import annotations
@@ -31,7 +36,9 @@ import torch
 from torch import Tensor
 
 from lab.checks import check_betas, check_nonneg, check_positive
-from lab.optim._common import (by_device_dtype, decoupled_weight_decay, evaluate, prepare, zeros)
+from lab.optim import _fused
+from lab.optim._common import (by_device_dtype, decoupled_weight_decay, evaluate, keep_path_options,
+                               path_options, prepare, zeros)
 from lab.registry import register
 
 
@@ -54,6 +61,20 @@ def lion(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, l
         m.lerp_(g, 1 - beta2)
 
 
+def lion_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+               steps: list[Tensor], *, lr: Tensor, beta1: Tensor, beta2: Tensor,
+               weight_decay: Tensor, maximize: bool) -> None:
+    """:func:`lion` for ``torch.compile`` (hyperparameters as 0-d tensors, steps advanced here)."""
+    torch._foreach_add_(steps, 1)
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    torch._foreach_mul_(params, 1 - lr * weight_decay)           # theta (1 - eta lambda)
+    c = _fused.lerp(exp_avgs, grads, 1 - beta1)                 # c = beta1 m + (1 - beta1) g
+    torch._foreach_sign_(c)
+    torch._foreach_add_(params, torch._foreach_mul(c, -lr))      # theta - eta sign(c)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)             # m <- beta2 m + (1 - beta2) g
+
+
 @register("optimizer", "lion", paper="Symbolic Discovery of Optimization Algorithms",
           arxiv="2302.06675")
 class Lion(torch.optim.Optimizer):
@@ -66,30 +87,41 @@ class Lion(torch.optim.Optimizer):
         weight_decay (lambda): decoupled weight decay, default 0.
         maximize: ascend instead of descend.
         foreach: use the ``torch._foreach_*`` path (None = yes).
+        fused: run the whole update as one compiled region per device/dtype (None = no).
+        check_finite: raise ``ValueError`` naming the parameter on a NaN/Inf gradient.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None):
+                 weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
+                 fused: bool | None = None, check_finite: bool = True):
         check_positive("lr", lr)
         check_betas(betas)
         check_nonneg("weight_decay", weight_decay)
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize,
-                        foreach=foreach)
+                        **path_options("Lion", foreach=foreach, fused=fused,
+                                       check_finite=check_finite))
         super().__init__(params, defaults)
+        keep_path_options(self)
 
     @torch.no_grad()
     def step(self, closure=None):
         """One Lion step; ``closure`` (optional) re-evaluates the loss and returns it."""
         loss = evaluate(closure)
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             prepared = prepare(self, group, lambda p: {"exp_avg": zeros(p)})
             if prepared is None:
                 continue
-            params, grads, states, _, foreach = prepared
+            params, grads, states, _, foreach, fused = prepared
             beta1, beta2 = group["betas"]
+            if fused:
+                _fused.run(self, index, lion_fused, (params, grads, [s["exp_avg"] for s in states]),
+                           states, dict(lr=group["lr"], beta1=beta1, beta2=beta2,
+                                        weight_decay=group["weight_decay"]),
+                           maximize=group["maximize"])
+                continue
             lion(params, grads, [s["exp_avg"] for s in states], lr=group["lr"], beta1=beta1,
                  beta2=beta2, weight_decay=group["weight_decay"], foreach=foreach)
         return loss
 
 
-__all__ = ["Lion", "lion"]
+__all__ = ["Lion", "lion", "lion_fused"]

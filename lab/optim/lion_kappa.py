@@ -34,6 +34,9 @@ m_{t+1} (the paper's form), so ``kappa="l1"`` reproduces Lion bit for bit. With 
 size: a different learning-rate scale than Lion.
 
 Departure from Lion: only ``grad_kappa``. State (per parameter): ``step``, ``exp_avg`` (1 x p).
+Paths: eager foreach / per-tensor, and ``fused=True`` (:func:`lion_kappa_fused` compiled; the
+nuclear kappa's SVD runs inside the graph as an external kernel). A NaN/Inf gradient raises
+before the step (``check_finite=False`` to opt out).
 """
 from __future__ import annotations
 
@@ -43,7 +46,9 @@ import torch
 from torch import Tensor
 
 from lab.checks import check_betas, check_choice, check_nonneg, check_positive
-from lab.optim._common import (by_device_dtype, decoupled_weight_decay, evaluate, prepare, zeros)
+from lab.optim import _fused
+from lab.optim._common import (by_device_dtype, decoupled_weight_decay, evaluate, keep_path_options,
+                               path_options, prepare, zeros)
 from lab.registry import register
 
 KAPPAS = ("l1", "l2", "half_l2", "nuclear")
@@ -99,6 +104,26 @@ def lion_kappa(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]
         m.lerp_(g, 1 - beta2)
 
 
+def lion_kappa_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+                     steps: list[Tensor], *, lr: Tensor, beta1: Tensor, beta2: Tensor,
+                     weight_decay: Tensor, kappa: str, maximize: bool) -> None:
+    """:func:`lion_kappa` for ``torch.compile`` (hyperparameters as 0-d tensors)."""
+    torch._foreach_add_(steps, 1)
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    torch._foreach_mul_(params, 1 - lr * weight_decay)           # theta (1 - eps lambda)
+    c = _fused.lerp(exp_avgs, grads, 1 - beta1)                 # c = beta1 m + (1 - beta1) g
+    if kappa == "l1":
+        c = torch._foreach_sign(c)
+    elif kappa == "l2":                                          # c/||c||, 0 at c = 0
+        norms = torch._foreach_norm(c)
+        c = [torch.where(n > 0, ci / n, torch.zeros_like(ci)) for ci, n in zip(c, norms)]
+    elif kappa == "nuclear":
+        c = [polar(ci) for ci in c]
+    torch._foreach_add_(params, torch._foreach_mul(c, -lr))      # theta - eps grad_kappa(c)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)             # m <- beta2 m + (1 - beta2) g
+
+
 def composite_objective(kappa: str, f_value: float, params: Iterable[Tensor], weight_decay: float
                         ) -> float:
     """``F(x) = f(x) + (1/lambda) kappa*(lambda x)``, the objective Lion-kappa minimizes.
@@ -141,33 +166,44 @@ class LionKappa(torch.optim.Optimizer):
         kappa: ``"l1"`` (= Lion), ``"l2"``, ``"half_l2"`` or ``"nuclear"``; per tensor.
         maximize: ascend instead of descend.
         foreach: use the ``torch._foreach_*`` path (None = yes; the SVD of ``nuclear`` stays a loop).
+        fused: run the whole update as one compiled region per device/dtype (None = no).
+        check_finite: raise ``ValueError`` naming the parameter on a NaN/Inf gradient.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, kappa: str = "l1", *, maximize: bool = False,
-                 foreach: bool | None = None):
+                 foreach: bool | None = None, fused: bool | None = None, check_finite: bool = True):
         check_positive("lr", lr)
         check_betas(betas)
         check_nonneg("weight_decay", weight_decay)
         check_choice("kappa", kappa, KAPPAS)
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, kappa=kappa,
-                        maximize=maximize, foreach=foreach)
+                        maximize=maximize, **path_options("LionKappa", foreach=foreach, fused=fused,
+                                                          check_finite=check_finite))
         super().__init__(params, defaults)
+        keep_path_options(self)
 
     @torch.no_grad()
     def step(self, closure=None):
         """One Lion-kappa step; ``closure`` (optional) re-evaluates the loss and returns it."""
         loss = evaluate(closure)
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             prepared = prepare(self, group, lambda p: {"exp_avg": zeros(p)})
             if prepared is None:
                 continue
-            params, grads, states, _, foreach = prepared
+            params, grads, states, _, foreach, fused = prepared
             beta1, beta2 = group["betas"]
+            if fused:
+                _fused.run(self, index, lion_kappa_fused,
+                           (params, grads, [s["exp_avg"] for s in states]), states,
+                           dict(lr=group["lr"], beta1=beta1, beta2=beta2,
+                                weight_decay=group["weight_decay"]),
+                           kappa=group["kappa"], maximize=group["maximize"])
+                continue
             lion_kappa(params, grads, [s["exp_avg"] for s in states], kappa=group["kappa"],
                        lr=group["lr"], beta1=beta1, beta2=beta2,
                        weight_decay=group["weight_decay"], foreach=foreach)
         return loss
 
 
-__all__ = ["LionKappa", "lion_kappa", "grad_kappa", "polar", "composite_objective", "KAPPAS"]
+__all__ = ["LionKappa", "lion_kappa", "lion_kappa_fused", "grad_kappa", "polar", "composite_objective", "KAPPAS"]

@@ -33,6 +33,13 @@ the HF/GaLore "Form B" whose step size ``lr sqrt(1-b2^t)/(1-b1^t)`` the caller a
 :func:`adamw_step_` (torch.optim.AdamW's "Form A" arithmetic, op for op, applied in place to any
 target tensor: the parameter itself, or a zero buffer in the subspace).
 
+Batched inner steps: :func:`adam_directions` and :func:`adamw_steps_` run the moments (and the
+step) of a whole param group at once, eagerly tensor by tensor or, with ``fused=True``, as one
+compiled region per device/dtype bucket (:mod:`lab.optim._fused`; the projections and lifts
+around them stay eager). Half-precision weights: the subspace state and the inner arithmetic are
+float32 (:func:`work_dtype`); in float16 an eps of 1e-8 rounds to 0 and the first Adam step of a
+zero coordinate would be 0/0.
+
 Block schedules (BAdam, FRUGAL blockwise): :func:`next_blocks` returns which of ``D`` blocks are
 active next, for the orders ``"descending"``, ``"ascending"``, ``"random"`` (a fresh random
 permutation per pass over the blocks) and ``"fixed"``.
@@ -45,8 +52,11 @@ import torch
 from torch import Tensor
 
 from lab.checks import check_betas, check_choice, check_int, check_nonneg, check_positive
+from lab.optim import _fused
+from lab.optim._common import keep_path_options
 
 METHODS = ("svd", "random", "coordinates")
+SVDS = ("exact", "lowrank")
 PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
 BLOCK_ORDERS = ("descending", "ascending", "random", "fixed")
 
@@ -71,14 +81,42 @@ def clamp_rank(rank: int, shape: tuple[int, int], proj_type: str = "std") -> int
     return min(rank, limit)
 
 
+def randomized_svd(matrix: Tensor, rank: int, *, oversample: int = 8, niter: int = 2,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """``(U_r, Vh_r)``: the top-``rank`` singular vectors of ``matrix`` by a randomized range finder.
+
+    Halko, Martinsson and Tropp, "Finding structure with randomness" (arXiv 0909.4061), the
+    algorithm of ``torch.svd_lowrank``, with the lab's generator (``torch.svd_lowrank`` draws
+    from the global RNG, which would make a resumed run differ)::
+
+        Omega ~ N(0, 1)^(n x k),  k = rank + oversample
+        Q = orth(A Omega);  niter times: Q = orth(A (A^T Q))      subspace (power) iterations
+        B = Q^T A  (k x n);  B = U_B S V^T;  U = Q U_B             exact SVD of the small B
+
+    Cost O(m n k) per pass instead of O(m n min(m, n)); the captured energy approaches the exact
+    top-r subspace's as the singular values beyond r decay (and with more iterations).
+    """
+    m, n = matrix.shape
+    k = min(rank + oversample, m, n)
+    omega = torch.randn(n, k, generator=generator, dtype=torch.float64,
+                        device=generator.device if generator is not None else "cpu").to(matrix)
+    q, _ = torch.linalg.qr(matrix @ omega)                        # (m, k)
+    for _ in range(niter):
+        q, _ = torch.linalg.qr(matrix @ (matrix.T @ q))
+    u_b, _, vh = torch.linalg.svd(q.T @ matrix, full_matrices=False)   # (k, k), (k,), (k, n)
+    return (q @ u_b)[:, :rank], vh[:rank]
+
+
 def compute(grad: Tensor, rank: int, *, method: str = "svd", proj_type: str = "std",
-            generator: torch.Generator | None = None) -> dict[str, Tensor]:
+            generator: torch.Generator | None = None, svd: str = "exact") -> dict[str, Tensor]:
     """A new projector for the 2-D gradient ``grad`` (see the module docstring for the layout).
 
     The SVD runs in float32 for half-precision gradients and in the gradient's dtype otherwise;
-    the projector is stored in the gradient's dtype.
+    the projector is stored in the gradient's dtype. ``svd="lowrank"`` uses
+    :func:`randomized_svd` (with ``generator``) instead of the exact ``torch.linalg.svd``.
     """
     check_choice("method", method, METHODS)
+    check_choice("svd", svd, SVDS)
     check_int("rank", rank, minimum=0)
     if grad.dim() != 2:
         raise ValueError(f"grad must be 2-D to be projected, got shape {tuple(grad.shape)}")
@@ -87,7 +125,10 @@ def compute(grad: Tensor, rank: int, *, method: str = "svd", proj_type: str = "s
     m, n = grad.shape
     if method == "svd":
         work = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
-        u, _, vh = torch.linalg.svd(work, full_matrices=False)  # (m, k), (k,), (k, n)
+        if svd == "lowrank" and r > 0:
+            u, vh = randomized_svd(work, r, generator=generator)
+        else:
+            u, _, vh = torch.linalg.svd(work, full_matrices=False)  # (m, k), (k,), (k, n)
         out = {"left": u[:, :r], "right": vh[:r]}
     elif where == "both":
         raise ValueError(f"proj_type 'full' needs method 'svd', got method {method!r}")
@@ -185,8 +226,10 @@ def check_adam_args(lr: float, betas: tuple[float, float], eps: float, weight_de
 
 
 def check_lowrank_args(rank: int | None, update_proj_gap: int, scale: float, proj_type: str,
-                       projection: str, *, proj_types: tuple[str, ...] = PROJ_TYPES) -> None:
+                       projection: str, *, proj_types: tuple[str, ...] = PROJ_TYPES,
+                       svd: str = "exact") -> None:
     """Validate the projector hyperparameters (``rank=None`` means the full-rank path)."""
+    check_choice("svd", svd, SVDS)
     if rank is not None:
         check_int("rank", rank, minimum=1)
     check_int("update_proj_gap", update_proj_gap, minimum=1)
@@ -225,6 +268,83 @@ def adamw_step_(target: Tensor, x: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, 
     target.addcdiv_(exp_avg, denom, value=-step_size)
 
 
+def work_dtype(p: Tensor) -> torch.dtype:
+    """float32 for half-precision tensors (state and inner arithmetic), else ``p``'s dtype."""
+    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+
+
+def _adam_directions_fused(xs: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                           *, beta1: Tensor, beta2: Tensor, eps: Tensor) -> list[Tensor]:
+    """:func:`adam_directions` for ``torch.compile`` (Form B: no bias terms, no step)."""
+    torch._foreach_lerp_(exp_avgs, xs, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_add_(exp_avg_sqs, torch._foreach_mul(torch._foreach_mul(xs, xs), 1 - beta2))
+    return [m / (v.sqrt() + eps) for m, v in zip(exp_avgs, exp_avg_sqs)]
+
+
+def adam_directions(owner: torch.optim.Optimizer, index: int, xs: list[Tensor],
+                    exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], betas: tuple[float, float],
+                    eps: float, fused: bool) -> list[Tensor]:
+    """Adam moments of every ``x`` in place, then the Form-B directions ``m / (sqrt(v) + eps)``.
+
+    ``fused``: one compiled region per device/dtype bucket of param group ``index`` of ``owner``.
+    """
+    if not xs:
+        return []
+    if not fused:
+        out = []
+        for x, m, v in zip(xs, exp_avgs, exp_avg_sqs):
+            adam_moments_(x, m, v, betas)
+            out.append(adam_direction(m, v, eps))
+        return out
+    out: list[Tensor | None] = [None] * len(xs)
+    buckets: dict = {}
+    for i, x in enumerate(xs):
+        buckets.setdefault((x.device, x.dtype), []).append(i)
+    for (device, dtype), idx in buckets.items():
+        fn = _fused.compiled(owner, _adam_directions_fused, ("directions", index, device, dtype))
+        res = fn([xs[i] for i in idx], [exp_avgs[i] for i in idx], [exp_avg_sqs[i] for i in idx],
+                 **_fused.scalars(device, beta1=betas[0], beta2=betas[1], eps=eps))
+        for i, r in zip(idx, res):
+            out[i] = r
+    return out  # type: ignore[return-value]
+
+
+def _adamw_steps_fused(targets: list[Tensor], xs: list[Tensor], exp_avgs: list[Tensor],
+                       exp_avg_sqs: list[Tensor], steps: list[Tensor], *, lr: Tensor,
+                       beta1: Tensor, beta2: Tensor, eps: Tensor) -> None:
+    """:func:`adamw_steps_` for ``torch.compile``: ``steps`` are the (already advanced) counts."""
+    torch._foreach_lerp_(exp_avgs, xs, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_add_(exp_avg_sqs, torch._foreach_mul(torch._foreach_mul(xs, xs), 1 - beta2))
+    sqrt_bc2 = _fused.per_tensor([(1 - beta2 ** t).sqrt() for t in steps])
+    step_sizes = _fused.per_tensor([lr / (1 - beta1 ** t) for t in steps])
+    for target, m, v, b2, step_size in zip(targets, exp_avgs, exp_avg_sqs, sqrt_bc2, step_sizes):
+        target.sub_(step_size * (m / (v.sqrt() / b2 + eps)))
+
+
+def adamw_steps_(owner: torch.optim.Optimizer, index: int, targets: list[Tensor], xs: list[Tensor],
+                 exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], steps: list[float], lr: float,
+                 betas: tuple[float, float], eps: float, fused: bool) -> None:
+    """:func:`adamw_step_` for every tensor of a group (``steps``: the advanced counts t).
+
+    ``fused``: one compiled region per device/dtype bucket (steps enter as float64 tensors).
+    """
+    if not fused:
+        for target, x, m, v, t in zip(targets, xs, exp_avgs, exp_avg_sqs, steps):
+            adamw_step_(target, x, m, v, t, lr, betas, eps)
+        return
+    buckets: dict = {}
+    for i, x in enumerate(targets):
+        buckets.setdefault((x.device, x.dtype), []).append(i)
+    for (device, dtype), idx in buckets.items():
+        fn = _fused.compiled(owner, _adamw_steps_fused, ("adamw", index, device, dtype))
+        ts = [torch.tensor(float(steps[i]), dtype=torch.float64, device=device) for i in idx]
+        fn([targets[i] for i in idx], [xs[i] for i in idx], [exp_avgs[i] for i in idx],
+           [exp_avg_sqs[i] for i in idx], ts,
+           **_fused.scalars(device, lr=lr, beta1=betas[0], beta2=betas[1], eps=eps))
+
+
 class LowRankBase(torch.optim.Optimizer):
     """``torch.optim.Optimizer`` plus what the low-rank family shares.
 
@@ -241,6 +361,7 @@ class LowRankBase(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], seed: int = 0):
         check_int("seed", seed)
         super().__init__(params, defaults)
+        keep_path_options(self)
         self.generator = torch.Generator().manual_seed(seed)
         self.schedule: dict[str, Any] = {}
 
@@ -251,19 +372,24 @@ class LowRankBase(torch.optim.Optimizer):
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``Optimizer.load_state_dict``, keeping each state tensor's saved dtype.
+
+        torch casts every floating state tensor to its parameter's dtype; here the float32 state
+        of a half-precision weight stays float32 and the projector indices stay int64.
+        """
         state_dict = dict(state_dict)
         rng = state_dict.pop("rng_state", None)
         schedule = state_dict.pop("schedule", {})
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        dtypes = {i: _dtypes(state_dict["state"][i]) for i in saved_ids if i in state_dict["state"]}
         super().load_state_dict(state_dict)
         if rng is not None:
             self.generator.set_state(rng)
         self.schedule = {k: (list(v) if isinstance(v, list) else v) for k, v in schedule.items()}
-        for state in self.state.values():
-            proj = state.get("projector")
-            if proj is not None:
-                for key in ("cols", "rows"):
-                    if key in proj:
-                        proj[key] = proj[key].long()
+        current = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(saved_ids, current):
+            if i in dtypes and p in self.state:
+                _restore_dtypes(self.state[p], dtypes[i])
         self._after_load()
 
     def _after_load(self) -> None:
@@ -274,6 +400,20 @@ class LowRankBase(torch.optim.Optimizer):
         if proj is None or p.grad is None:
             return None
         return project_back(project(p.grad, proj), proj, p.shape)
+
+
+def _dtypes(state: dict) -> dict:
+    """The dtype of every tensor in a (nested) state dict."""
+    return {k: (_dtypes(v) if isinstance(v, dict) else v.dtype) for k, v in state.items()
+            if isinstance(v, (dict, Tensor))}
+
+
+def _restore_dtypes(state: dict, dtypes: dict) -> None:
+    for key, dtype in dtypes.items():
+        if isinstance(dtype, dict):
+            _restore_dtypes(state[key], dtype)
+        elif key != "step" and state[key].dtype != dtype:
+            state[key] = state[key].to(dtype)
 
 
 @torch.no_grad()
@@ -301,7 +441,7 @@ def captured_energy(optimizer: torch.optim.Optimizer) -> float:
     return kept / total if total > 0 else 1.0
 
 
-__all__ = ["METHODS", "PROJ_TYPES", "BLOCK_ORDERS", "side", "clamp_rank", "compute", "project",
+__all__ = ["METHODS", "SVDS", "PROJ_TYPES", "randomized_svd", "BLOCK_ORDERS", "side", "clamp_rank", "compute", "project",
            "project_back", "rank_of", "energy", "next_blocks", "LowRankBase", "captured_energy",
            "check_adam_args", "check_lowrank_args", "adam_moments_", "adam_direction",
-           "adamw_step_"]
+           "adamw_step_", "adam_directions", "adamw_steps_", "work_dtype"]

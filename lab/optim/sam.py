@@ -37,6 +37,10 @@ Where the lab departs from / settles what the reference leaves open:
   ``"sgd(momentum=0.9)"``. SAM shares B's ``param_groups``, so an LR scheduler can drive either.
 - State: nothing persists except B's state; during a step SAM holds a copy of theta (1 x p).
   ``state_dict()`` is ``{"base": B.state_dict()}``.
+- A NaN/Inf gradient in either pass raises ``ValueError`` naming the parameter, with theta
+  restored and B not stepped (``check_finite=False`` to opt out). ``lr``, ``weight_decay`` and the
+  numbers in ``base_kwargs`` must be finite (torch.optim.SGD takes ``lr=nan`` silently).
+  Complex parameters are rejected (``TypeError``).
 
 :class:`WrapperOptimizer` (a method that computes a gradient its own way and lets a base optimizer
 apply it) and :func:`frozen_batchnorm_stats` are shared with WSAM and the evolution strategies.
@@ -44,14 +48,15 @@ apply it) and :func:`frozen_batchnorm_stats` are shared with WSAM and the evolut
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lab.checks import check_nonneg
-from lab.optim._common import evaluate, reject_sparse
+from lab.checks import check_nonneg, check_positive
+from lab.optim._common import check_finite, check_grad, evaluate
 from lab.registry import get, parse_spec, register
 
 Closure = Callable[[], Tensor]
@@ -105,6 +110,24 @@ def build_base_optimizer(params: list, base_optimizer: Any, settings: dict[str, 
     return base
 
 
+def _check_settings(settings: dict[str, Any]) -> None:
+    """The numbers handed to the base optimizer: lr > 0, weight_decay >= 0, all finite.
+
+    torch.optim accepts ``lr=nan`` (``nan < 0`` is False) and then writes NaN into every weight.
+    """
+    for key, value in settings.items():
+        if key == "lr":
+            check_positive("lr", value)
+        elif key == "weight_decay":
+            check_nonneg("weight_decay", value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key} must be finite, got {value}")
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ValueError(f"{key} must hold finite numbers, got {value}")
+
+
 def _flat_params(params: list) -> list[Tensor]:
     flat = []
     for item in params:
@@ -125,6 +148,11 @@ class WrapperOptimizer(torch.optim.Optimizer):
         if not params:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
         settings = {k: v for k, v in settings.items() if v is not None}
+        _check_settings(settings)
+        for p in _flat_params(params):
+            if isinstance(p, Tensor) and p.is_complex():
+                raise TypeError(f"{type(self).__name__} does not support complex parameters (got "
+                                f"{p.dtype}); optimize torch.view_as_real(param) instead")
         base = build_base_optimizer(params, base_optimizer, settings, type(self).__name__)
         super().__init__(base.param_groups, defaults)
         self.base_optimizer = base
@@ -187,6 +215,7 @@ class SAM(WrapperOptimizer):
         adaptive: ASAM's scale-invariant ball, ``T = |theta|``.
         eps: added to the gradient norm, default 1e-12.
         base_kwargs: other keyword arguments of the base optimizer (``{"momentum": 0.9}``).
+        check_finite: raise ``ValueError`` naming the parameter on a NaN/Inf gradient.
 
     ``step(closure)``: the closure computes the loss on one batch, calls ``backward()`` and
     returns the loss; SAM calls it twice and returns the first loss.
@@ -197,15 +226,19 @@ class SAM(WrapperOptimizer):
 
     def __init__(self, params: Iterable, base_optimizer: Any = torch.optim.SGD, *,
                  lr: float | None = None, weight_decay: float | None = None, rho: float = 0.05,
-                 adaptive: bool = False, eps: float = 1e-12, base_kwargs: dict | None = None):
+                 adaptive: bool = False, eps: float = 1e-12, base_kwargs: dict | None = None,
+                 check_finite: bool = True):
         check_nonneg("rho", rho)
         check_nonneg("eps", eps)
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
         if not isinstance(adaptive, bool):
             raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
         if base_kwargs is not None and not isinstance(base_kwargs, dict):
             raise TypeError(f"base_kwargs must be a dict, got {type(base_kwargs).__name__}")
         settings = {"lr": lr, "weight_decay": weight_decay, **(base_kwargs or {})}
-        super().__init__(params, base_optimizer, dict(rho=rho, adaptive=adaptive, eps=eps), settings)
+        super().__init__(params, base_optimizer,
+                         dict(rho=rho, adaptive=adaptive, eps=eps, check_finite=check_finite), settings)
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         if closure is None:
@@ -213,6 +246,7 @@ class SAM(WrapperOptimizer):
                             f"one batch, calls backward() and returns the loss")
         self.zero_grad()
         loss = evaluate(closure)  # pass 1 at theta; BatchNorm statistics update here
+        self._check_finite()
         with torch.no_grad():
             params, first_grads = self._ascend()
         self.zero_grad()
@@ -221,8 +255,15 @@ class SAM(WrapperOptimizer):
         with torch.no_grad():
             for p, theta in params:
                 p.copy_(theta)  # back to theta, bit-exact
+        self._check_finite()
         self._descend(first_grads)
         return loss
+
+    def _check_finite(self) -> None:
+        """:func:`~lab.optim._common.check_finite` over every group's gradients."""
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            check_finite(self, group, params, [p.grad for p in params])
 
     def _ascend(self) -> tuple[list[tuple[Tensor, Tensor]], dict[Tensor, Tensor]]:
         """theta <- theta + e; returns ``[(p, saved theta)]`` and (if kept) ``{p: g(theta)}``."""
@@ -230,7 +271,7 @@ class SAM(WrapperOptimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    reject_sparse(type(self).__name__, p.grad)
+                    check_grad(type(self).__name__, p, p.grad)
                     triples.append((p, p.grad, group["adaptive"]))
         norm = scaled_grad_norm(triples)
         saved, first_grads = [], {}

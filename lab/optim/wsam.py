@@ -68,14 +68,15 @@ class WSAM(SAM):
     def __init__(self, params: Iterable, base_optimizer: Any = torch.optim.SGD, *,
                  lr: float | None = None, weight_decay: float | None = None, rho: float = 0.05,
                  gamma: float = 0.9, adaptive: bool = False, decouple: bool = True,
-                 eps: float = 1e-12, max_norm: float | None = None, base_kwargs: dict | None = None):
+                 eps: float = 1e-12, max_norm: float | None = None, base_kwargs: dict | None = None,
+                 check_finite: bool = True):
         check_range("gamma", gamma, 0.0, 1.0, hi_open=True)
         if not isinstance(decouple, bool):
             raise TypeError(f"decouple must be a bool, got {type(decouple).__name__}")
         if max_norm is not None:
             check_positive("max_norm", max_norm)
         super().__init__(params, base_optimizer, lr=lr, weight_decay=weight_decay, rho=rho,
-                         adaptive=adaptive, eps=eps, base_kwargs=base_kwargs)
+                         adaptive=adaptive, eps=eps, base_kwargs=base_kwargs, check_finite=check_finite)
         self.decouple = decouple
         self.max_norm = max_norm
         for group in self.param_groups:

@@ -150,7 +150,9 @@ def test_eggroll_update_approaches_full_rank_es_like_one_over_rank():
     # E[g_hat_EGGROLL] = sigma^4 sqrt(N) (3 + 6/r) (the kurtosis of A B^T / sqrt(r) is 3 + 6/r)
     sigma, n = 0.5, 8000
     W = torch.zeros(8, 8, dtype=torch.float64, requires_grad=True)
-    es = ES([W], sigma=sigma, population=n, fitness_shaping="none", seed=1)
+    # full-rank ES with 4x the population: the standard error of `full` is 0.071 at N = 8000
+    # (measured over 20 seeds) and falls like 1/sqrt(N), so 0.036 here; the bound is 4 of those
+    es = ES([W], sigma=sigma, population=4 * n, fitness_shaping="none", seed=1)
     full = _cubic_mean_entry(es, W) / sigma ** 3
     gaps = {}
     for r in (1, 2, 4, 8):
@@ -158,7 +160,7 @@ def test_eggroll_update_approaches_full_rank_es_like_one_over_rank():
         # Execute
         gaps[r] = _cubic_mean_entry(egg, W) / (sigma ** 4 * math.sqrt(n)) - full
     # Assert: full-rank ES matches its theory; the gap shrinks like 6 / r
-    assert full == pytest.approx(3.0, abs=0.3)
+    assert full == pytest.approx(3.0, abs=4 * 0.036)
     assert gaps[1] > gaps[2] > gaps[4] > gaps[8] > 0
     for r, gap in gaps.items():
         assert 3.5 < gap * r < 8.5, gaps
