@@ -47,7 +47,8 @@ import torch
 
 from lab.checks import check_choice, check_int, check_number, check_range, check_tensor
 from lab.registry import register
-from lab.rl.core import advantage_metrics, as_mask, check_rewards, group_index, group_stats, masked_mean
+from lab.rl.core import (advantage_metrics, as_mask, check_per_token, check_rewards, group_index, group_stats,
+                         masked_mean)
 
 PAPER = "Conditional Advantage Estimation for Reinforcement Learning in Large Reasoning Models"
 METRICS: tuple[str, ...] = ("entropy", "length")
@@ -63,7 +64,8 @@ def response_metric(*, by: str = "entropy", mask: torch.Tensor | None = None,
         return as_mask(mask).sum(-1)
     if entropy is None:
         raise ValueError("CANON with by='entropy' needs entropy (B, T); or pass metric (B,) directly")
-    return masked_mean(entropy.detach().float(), as_mask(mask, entropy), dim=-1)
+    m = as_mask(mask, entropy)
+    return masked_mean(check_per_token("entropy", entropy.detach(), tuple(m.shape), m), m, dim=-1)
 
 
 def split_halves(metric: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

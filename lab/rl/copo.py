@@ -55,7 +55,7 @@ import torch
 
 from lab.checks import check_choice, check_number, check_tensor
 from lab.registry import register
-from lab.rl.core import (GlobalNorm, advantage_metrics, aggregate, check_rewards,
+from lab.rl.core import (GlobalNorm, advantage_metrics, aggregate, as_mask, check_rewards,
                          clipped_surrogate, expand_advantages, group_normalize,
                          policy_metrics, prepare_policy_inputs, ratio)
 
@@ -87,7 +87,7 @@ def answer_labels(n: int, *, answers: torch.Tensor | None = None,
         check_tensor("token_ids", token_ids, ndim=2)
         if mask is None or mask.shape != token_ids.shape:
             raise ValueError("token_ids need a mask of the same shape to define the answers")
-        masked = torch.where(mask.bool(), token_ids.long(), torch.full_like(token_ids.long(), -1))
+        masked = torch.where(as_mask(mask).bool(), token_ids.long(), torch.full_like(token_ids.long(), -1))
         return torch.unique(masked, dim=0, return_inverse=True)[1]
     if rewards is None:
         raise ValueError("give answers, token_ids (with mask) or rewards to define the answers")

@@ -40,6 +40,18 @@ Pieces (each used by every loss and estimator of ``lab.rl``; a variant swaps one
 
 Dtypes: half-precision inputs are upcast to float32 (float64 stays float64); the loss keeps the
 graph through ``logprobs`` even when the mask is empty (``loss = 0`` then).
+
+Bad input (one home, :func:`prepare_policy_inputs`, :func:`as_mask`, :func:`valid_values`, used by
+every loss and estimator; ``tests/rl/test_bad_input_table.py`` checks all registered ones):
+
+- masks are bool or 0/1; any other value raises ``ValueError`` naming the mask;
+- NaN/Inf on a valid token (mask 1) of ``logprobs``, ``old_logprobs``, ``ref_logprobs``,
+  ``entropy``, ``values``, ``returns``, ``token_rewards`` ..., or in ``rewards``/``advantages``,
+  raises ``ValueError`` naming the input (an input given but not needed by a mode is checked too);
+- padding (mask 0) may hold anything, e.g. the −inf log-prob of a padded position: it is set to 0
+  before any arithmetic, so it reaches neither the loss nor its gradient;
+- shapes are checked with errors that name the input; an empty batch (B = 0) is valid and gives
+  a loss of 0 (with the graph kept).
 """
 from __future__ import annotations
 
@@ -70,13 +82,42 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def as_mask(mask: torch.Tensor, like: torch.Tensor | None = None, name: str = "mask") -> torch.Tensor:
-    """A bool or 0/1 mask as a float tensor (dtype of ``like``), shape-checked against it."""
+    """A bool or 0/1 mask as a float tensor (dtype of ``like``), shape-checked against it.
+
+    Any other value (0.5, 2, −1, NaN) raises ``ValueError`` naming ``name``: a mask says which
+    tokens count, it is not a weight (pass weights as ``token_weights``).
+    """
     check_tensor(name, mask)
     if like is not None and mask.shape != like.shape:
         raise ValueError(f"{name} must have the shape of the per-token tensor {tuple(like.shape)}, "
                          f"got {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        if mask.is_complex():
+            raise TypeError(f"{name} must be a bool or 0/1 tensor, got {mask.dtype}")
+        binary = (mask == 0) | (mask == 1)
+        if not bool(binary.all()):
+            bad = mask[~binary].flatten()[0].item()
+            raise ValueError(f"{name} must hold only 0 and 1 (or be a bool tensor); found {bad!r} at "
+                             f"{int((~binary).sum())} position(s)")
     dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
     return mask.to(dtype)
+
+
+def valid_values(name: str, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``value`` with every entry outside ``mask`` replaced by 0, after checking the valid entries.
+
+    NaN/Inf where ``mask`` is set raise ``ValueError`` naming ``name``; padding (mask 0) may hold
+    anything (−inf log-probs, NaN) and never reaches a result or a gradient. ``mask`` has the
+    shape of ``value``, or of its leading dims (a (B,) per-response tensor with a (B,) row mask).
+    """
+    valid = mask.bool()
+    if valid.shape != value.shape:
+        valid = valid.reshape(valid.shape + (1,) * (value.dim() - valid.dim())).expand(value.shape)
+    bad = valid & ~torch.isfinite(value)
+    if bool(bad.any()):
+        raise ValueError(f"{name} contains NaN or Inf on {int(bad.sum())} valid (mask = 1) "
+                         f"position(s); only padding may hold non-finite values")
+    return torch.where(valid, value, torch.zeros((), dtype=value.dtype, device=value.device))
 
 
 def check_detached(name: str, value: torch.Tensor | None) -> None:
@@ -96,12 +137,15 @@ def check_rewards(rewards: Any, *, name: str = "rewards") -> torch.Tensor:
     return as_float(rewards)
 
 
-def check_per_token(name: str, value: Any, shape: tuple[int, ...]) -> torch.Tensor:
-    """A floating (B, T) tensor of the given shape."""
+def check_per_token(name: str, value: Any, shape: tuple[int, ...],
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A floating (B, T) tensor of the given shape; with ``mask``, finite on the valid tokens and
+    0 on padding (see :func:`valid_values`)."""
     check_tensor(name, value, dtype_kind="float")
     if tuple(value.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} (like logprobs), got {tuple(value.shape)}")
-    return as_float(value)
+    value = as_float(value)
+    return value if mask is None else valid_values(name, value, mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +430,7 @@ def kl_penalty(pg: torch.Tensor, pg_loss: torch.Tensor, logprobs: torch.Tensor,
     """
     kl_values = None
     if ref_logprobs is not None:
-        ref_logprobs = check_per_token("ref_logprobs", ref_logprobs, logprobs.shape)
+        ref_logprobs = check_per_token("ref_logprobs", ref_logprobs, logprobs.shape, mask)
         check_detached("ref_logprobs", ref_logprobs)
         kl_values = kl(logprobs, ref_logprobs, kl_estimator)
     if beta > 0:
@@ -428,7 +472,7 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | Non
     adv = expand_advantages(advantages, mask_f)                                 # (B, T)
     pg, regions = clipped_surrogate(rho, adv, clip_eps_low, clip_eps_high, dual_clip)
     if token_weights is not None:
-        token_weights = check_per_token("token_weights", token_weights, logprobs.shape)
+        token_weights = check_per_token("token_weights", token_weights, logprobs.shape, mask_f)
         check_detached("token_weights", token_weights)
         pg = pg * token_weights
     pg_loss = aggregate(pg, mask_f, agg, norm)
@@ -447,14 +491,25 @@ def prepare_policy_inputs(logprobs: torch.Tensor, old_logprobs: torch.Tensor | N
                           advantages: torch.Tensor, mask: torch.Tensor):
     """Check and upcast the common inputs: ``(logprobs, mask_f, advantages, old_logprobs)``.
 
-    ``old_logprobs=None`` becomes ``logprobs.detach()`` (on-policy, ρ ≡ 1).
+    The one place every policy loss validates its inputs (issue 13, "no silent failure"):
+
+    - ``logprobs`` (B, T) floating; ``mask`` bool or 0/1 of the same shape (:func:`as_mask`);
+    - ``old_logprobs`` (B, T), detached; ``None`` becomes ``logprobs.detach()`` (on-policy, ρ ≡ 1);
+    - ``advantages`` (B,) or (B, T), detached;
+    - NaN/Inf on a valid token of ``logprobs``, ``old_logprobs`` or ``advantages`` (or in the
+      advantage of a row that has a valid token) raises ``ValueError`` naming the input;
+    - padding may hold anything (−inf log-probs of a padded position, NaN): it is replaced by 0
+      here, so it reaches neither the loss nor the gradient (:func:`valid_values`);
+    - an empty batch (B = 0) or an all-padding mask is valid: the losses then return 0 with the
+      graph kept through ``logprobs``.
     """
     check_tensor("logprobs", logprobs, ndim=2, dtype_kind="float")
     logprobs = as_float(logprobs)
     mask_f = as_mask(mask, logprobs)
+    logprobs = valid_values("logprobs", logprobs, mask_f)
     if old_logprobs is None:
         old_logprobs = logprobs.detach()
-    old_logprobs = check_per_token("old_logprobs", old_logprobs, logprobs.shape)
+    old_logprobs = check_per_token("old_logprobs", old_logprobs, logprobs.shape, mask_f)
     check_detached("old_logprobs", old_logprobs)
     check_tensor("advantages", advantages, ndim=(1, 2), dtype_kind="float")
     check_detached("advantages", advantages)
@@ -462,9 +517,22 @@ def prepare_policy_inputs(logprobs: torch.Tensor, old_logprobs: torch.Tensor | N
         raise ValueError(f"advantages must have shape ({logprobs.shape[0]},) or {tuple(logprobs.shape)}, "
                          f"got {tuple(advantages.shape)}")
     advantages = as_float(advantages)
-    if not torch.isfinite(expand_advantages(advantages, mask_f)).all():
-        raise ValueError("advantages contains NaN or Inf on valid tokens")
+    rows = mask_f if advantages.dim() == 2 else mask_f.bool().any(-1)
+    advantages = valid_values("advantages", advantages, rows)
     return logprobs, mask_f, advantages, old_logprobs
+
+
+def check_token_inputs(mask: torch.Tensor, shape: tuple[int, ...],
+                       **tensors: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    """Validate optional per-token inputs (``ref_logprobs``, ``entropy``, ...) against ``mask``.
+
+    For a loss that trains on a *reduced* mask (SPO's probability mask, PSR/NSR's sign mask): each
+    given tensor must have ``shape`` and be finite on every token of the original ``mask``, even
+    those the reduced mask drops, so a NaN is reported rather than silently skipped. Returns the
+    tensors with padding set to 0 (None stays None).
+    """
+    return {name: None if value is None else check_per_token(name, value, shape, mask)
+            for name, value in tensors.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +568,8 @@ def policy_metrics(mask: torch.Tensor, *, loss: torch.Tensor | None = None,
     if logprobs is not None and old_logprobs is not None:
         out["kl_old"] = _f(masked_mean((old_logprobs - logprobs).detach(), m))
     if entropy is not None:
-        out["entropy"] = _f(masked_mean(as_float(entropy).detach(), m))
+        entropy = check_per_token("entropy", entropy.detach(), tuple(m.shape), m)
+        out["entropy"] = _f(masked_mean(entropy, m))
     if regions is not None:
         valid = m if next(iter(regions.values())).dim() == 2 else lengths > 0
         union = torch.zeros_like(valid)
@@ -530,7 +599,7 @@ def advantage_metrics(advantages: torch.Tensor, mask: torch.Tensor | None = None
     if mask is None:
         valid = torch.ones(a.shape, dtype=torch.bool)
     else:
-        valid = mask.bool()
+        valid = as_mask(mask, a if a.dim() == 2 else None).bool()
         a = expand_advantages(a, valid)
     out = {"adv_mean": _f(masked_mean(a, valid)),
            "adv_std": _f(masked_var(a, valid, unbiased=False).sqrt()),
@@ -604,9 +673,10 @@ def call_with(fn: Callable[..., Any], batch: Mapping[str, Any]) -> Any:
 
 __all__ = [
     "AGG_MODES", "STD_MODES", "KL_ESTIMATORS", "GlobalNorm", "GroupStats",
-    "as_float", "as_mask", "check_detached", "check_rewards", "check_per_token",
+    "as_float", "as_mask", "valid_values", "check_detached", "check_rewards", "check_per_token",
     "masked_sum", "masked_mean", "masked_var", "masked_whiten", "expand_advantages",
     "aggregate", "sequence_logprobs", "group_index", "group_stats", "group_normalize",
     "ratio", "clipped_surrogate", "check_clip_eps", "kl", "clipped_policy_loss", "prepare_policy_inputs",
+    "check_token_inputs",
     "policy_metrics", "advantage_metrics", "make_fn", "wants", "call_with",
 ]

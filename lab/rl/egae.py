@@ -85,8 +85,9 @@ def extended_gae(values: torch.Tensor, token_rewards: torch.Tensor, mask: torch.
     """
     check_tensor("values", values, ndim=2, dtype_kind="float")
     values = as_float(values.detach())
-    token_rewards = check_per_token("token_rewards", token_rewards, tuple(values.shape))
     m = as_mask(mask, values)
+    values = check_per_token("values", values, tuple(values.shape), m)          # 0 on padding
+    token_rewards = check_per_token("token_rewards", token_rewards, tuple(values.shape), m)
     n = values.shape[0]
     if is_finished is None:
         finished = torch.ones(n, dtype=torch.bool)
@@ -121,6 +122,11 @@ def egae(rewards: torch.Tensor | None = None, *, values: torch.Tensor, mask: tor
         gamma, lam: γ, λ.
         whiten: normalize the advantages over valid tokens (mean 0, std 1).
     """
+    if rewards is not None:                           # validated even when token_rewards win
+        rewards = check_rewards(rewards)
+        if rewards.shape != values.shape[:1]:
+            raise ValueError(f"rewards must have shape ({values.shape[0]},) like the rows of values, "
+                             f"got {tuple(rewards.shape)}")
     if token_rewards is None:
         if rewards is None:
             raise ValueError("egae needs rewards (B,) or token_rewards (B, T)")

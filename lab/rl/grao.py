@@ -162,7 +162,8 @@ def grao(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
     exploration = a_o * j_expl
     imitation = imit_w * a_y * j_imit
     alignment = align_w * a_o * (j_expl - j_imit)
-    loss = -(exploration + imitation + alignment).mean()
+    # mean over the B answers; an empty batch gives 0 with the graph kept
+    loss = -(exploration + imitation + alignment).sum() / max(exploration.shape[0], 1)
     rho = ratio(logprobs, old_logprobs)
     no_clip = {"low": torch.zeros_like(mask_f, dtype=torch.bool),
                "high": torch.zeros_like(mask_f, dtype=torch.bool)}

@@ -108,7 +108,11 @@ def hpt(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: t
         if correct_counts is None:
             if rewards is None:
                 raise ValueError("hpt needs correct_counts or rewards to decide SFT vs RL")
-            correct = (check_rewards(rewards) > threshold).to(torch.float64)
+            rewards = check_rewards(rewards)
+            if rewards.shape != (n,):
+                raise ValueError(f"rewards must have shape ({n},) like the rows of logprobs, "
+                                 f"got {tuple(rewards.shape)}")
+            correct = (rewards > threshold).to(torch.float64)
             correct_counts = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, index, correct)
         check_tensor("correct_counts", correct_counts, shape=(n_groups,))
         sft = sft_prompts(correct_counts, gate, demo_m.sum(-1) > 0)             # (n_groups,)

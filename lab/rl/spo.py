@@ -56,7 +56,8 @@ import torch
 from lab.checks import check_choice, check_int, check_positive, check_range, check_tensor
 from lab.registry import register
 from lab.rl.core import (GlobalNorm, advantage_metrics, as_float, as_mask, check_per_token,
-                         check_rewards, clipped_policy_loss, group_stats)
+                         check_rewards, check_token_inputs, clipped_policy_loss, group_stats,
+                         prepare_policy_inputs)
 
 PAPER = ("Segment Policy Optimization: Effective Segment-Level Credit Assignment in RL for Large "
          "Language Models")
@@ -103,6 +104,7 @@ def spo_chain(rewards: torch.Tensor, *, old_logprobs: torch.Tensor, mask: torch.
     rewards = check_rewards(rewards)
     check_tensor("old_logprobs", old_logprobs, ndim=2, dtype_kind="float")
     mask_b = as_mask(mask, old_logprobs).bool()
+    old_logprobs = check_per_token("old_logprobs", old_logprobs, tuple(old_logprobs.shape), mask_b)
     cut_values = check_per_token("cut_values", cut_values, tuple(old_logprobs.shape))
     if rewards.shape != old_logprobs.shape[:1]:
         raise ValueError(f"rewards must have shape ({old_logprobs.shape[0]},), got {tuple(rewards.shape)}")
@@ -175,7 +177,7 @@ def spo_tree(rewards: torch.Tensor, *, node_ids: torch.Tensor, segment_ids: torc
     check_tensor("segment_ids", segment_ids, shape=tuple(mask.shape))
     if segment_ids.is_floating_point():
         raise TypeError(f"segment_ids must be an integer tensor, got {segment_ids.dtype}")
-    mask_b = mask.bool()
+    mask_b = as_mask(mask).bool()
     depth = node_ids.shape[1]
     if mask_b.any() and (segment_ids[mask_b].min() < 0 or segment_ids[mask_b].max() >= depth):
         raise ValueError(f"segment_ids must lie in [0, {depth}) on valid tokens")
@@ -225,11 +227,13 @@ def spo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: t
         return_per_token: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """PPO-clip loss on ``mask ∧ (exp(old_logprobs) < prob_threshold)``; metric
     ``spo/prob_mask_frac`` (share of valid tokens that train). Other arguments as GRPO."""
-    old = logprobs.detach() if old_logprobs is None else old_logprobs
-    mask_f = as_mask(mask, logprobs)
+    # validate on the full mask: a NaN on a token the probability mask drops is still an error
+    logprobs, mask_f, advantages, old = prepare_policy_inputs(logprobs, old_logprobs, advantages, mask)
+    extra = check_token_inputs(mask_f, tuple(logprobs.shape), ref_logprobs=ref_logprobs,
+                               entropy=entropy)
     keep = uncertain_tokens(old, mask_f, prob_threshold)                        # (B, T)
     loss, metrics = clipped_policy_loss(
-        logprobs, old, advantages, keep, ref_logprobs=ref_logprobs, entropy=entropy,
+        logprobs, old, advantages, keep, ref_logprobs=extra["ref_logprobs"], entropy=extra["entropy"],
         clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high, beta=beta,
         kl_estimator=kl_estimator, agg=agg, norm=norm, return_per_token=return_per_token)
     total = mask_f.sum()
