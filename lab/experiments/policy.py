@@ -7,6 +7,7 @@ Each step, read top to bottom::
     shaping     optional: R ← shaping(batch)                 e.g. "kl_penalty(beta=0.05)" (KL in reward)
     advantages  A = estimator(batch)                     e.g. "grpo", "rloo", "gae(lam=0.9)"
     selection   optional: mask ← selector.select(batch)  which tokens enter the loss, e.g. "d3s"
+    full batch  optional: batch += loss.batch_inputs(batch)  group-level quantities, once (GRAO, HPT, COPO, GTPO)
     update      K epochs × M minibatches: ℓ = score(π_θ); loss = policy_loss(batch) − c_H·mean(H); Adam step
     log         reward, accuracy, entropy, clip_frac, kl, adv_mean, adv_std, response_length, ...
 
@@ -34,6 +35,11 @@ persists across steps). Conventions the loop relies on:
 - ``token_sampler`` names a ``sampler`` with ``select(logits, generator=...)`` that picks each rollout
   token from the raw logits (HAPO's per-token temperature); ``ℓ^old`` stays that of π_τ, so the
   first epoch has ratio 1. After each rollout its ``update`` (if any) sees the batch's entropies;
+- minibatches are random subsets of the responses, so a group may be split; a loss whose
+  quantities belong to a whole group or to the whole batch (GRAO's and HPT's group statistics,
+  COPO's global advantage, GTPO's conflict runs) declares ``batch_inputs``
+  (:func:`lab.rl.core.batch_hook`): the loop runs it once on the full batch and every minibatch
+  row carries its group's values, so the result does not depend on ``minibatches``;
 - with ``demonstrations=True`` every minibatch also holds ``demo_logprobs`` / ``demo_mask``: the
   current policy's log-probs (with grad) of the task's reference answer, one row per group present
   in the minibatch in ascending ``group_ids`` order (the order :func:`lab.rl.core.group_index`
@@ -57,7 +63,7 @@ from lab.checks import check_int, check_positive
 from lab.experiments._base import experiment, run
 from lab.history import History, Runs
 from lab.registry import available, get, make, parse_spec
-from lab.rl.core import call_with, kl, make_fn, masked_mean, wants
+from lab.rl.core import batch_hook, call_with, kl, make_fn, masked_mean, wants
 from lab.rl.rollout import pad_responses, rollout, token_rewards
 from toy_envs.token_tasks import TokenTask, make_task
 
@@ -186,6 +192,7 @@ def policy_optimization(cfg: PolicyConfig) -> History:
     task = make_task(task_name, **task_kwargs)
     estimator = make_fn("advantage", cfg.advantage)
     loss_fn = make_fn("policy_loss", cfg.loss)
+    full_batch_inputs = batch_hook(loss_fn)
     shaping = make_fn("reward", cfg.reward_shaping) if cfg.reward_shaping else None
     selector = (_make_sampler(cfg.token_selector, "token_selector", "mask", total_steps=cfg.steps)
                 if cfg.token_selector else None)
@@ -236,6 +243,8 @@ def policy_optimization(cfg: PolicyConfig) -> History:
                                 f"{tuple(ro.mask.shape)}")
             batch["mask"] = selected.bool() & ro.mask
             selector_numbers = _split_metrics(selector_metrics)[1]
+        if full_batch_inputs is not None:            # group-level quantities before the minibatch split
+            batch.update(call_with(full_batch_inputs, batch))
         if cfg.demonstrations:                                                  # one answer per group
             group_prompts = ro.prompts[::ro.group_size]
             demo_tokens, demo_mask = pad_responses(task.targets(group_prompts), task.pad_id)

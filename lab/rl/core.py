@@ -33,6 +33,8 @@ Pieces (each used by every loss and estimator of ``lab.rl``; a variant swaps one
 - ``clipped_policy_loss``: the PPO-clip loss every GRPO-family method composes:
   ``L = agg(w · pg) + β · agg(KL)`` with optional detached per-token weights ``w``.
 - ``policy_metrics / advantage_metrics``: the metrics dictionary of Part F.3 (floats).
+- ``batch_hook``: a loss's full-batch precomputation of group- or batch-level quantities, which a
+  loop runs once before splitting the batch into minibatches.
 - ``call_with / make_fn``: how a training loop calls any estimator or loss. ``make_fn`` turns a
   registry spec (``"grpo(std='population')"``) into a callable (a class is instantiated once, so
   stateful methods keep their state); ``call_with(fn, batch)`` passes exactly the batch entries
@@ -636,6 +638,28 @@ def _check_known_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], label
                         f"arguments: {', '.join(params)}")
 
 
+def batch_hook(fn: Callable[..., Any]) -> Callable[..., Any] | None:
+    """The full-batch precomputation a loss declares (its ``batch_inputs`` attribute), or None.
+
+    Some losses need quantities of a whole group or of the whole batch: GRAO's statistics over the
+    group and its reference answer, HPT's per-prompt success count, COPO's cross-prompt global
+    advantage and blend weight, GTPO's conflict runs. A training loop that splits the batch into
+    minibatches must not recompute them on a partial group. Such a loss sets
+    ``loss.batch_inputs = fn(batch entries...) -> {name: per-response tensor (B, ...)}``; the loop
+    calls it once on the full batch (:func:`call_with`) and adds the tensors to the batch, and the
+    loss uses them when it finds them among its arguments. The returned callable is bound to the
+    spec's arguments that the hook also accepts (``"hpt(threshold=0.7)"`` reaches both).
+    """
+    base = getattr(fn, "func", fn)
+    hook = getattr(base, "batch_inputs", None)
+    if hook is None:
+        return None
+    bound = getattr(fn, "keywords", None) or {}
+    accepted = inspect.signature(hook).parameters
+    kwargs = {k: v for k, v in bound.items() if k in accepted}
+    return functools.partial(hook, **kwargs) if kwargs else hook
+
+
 def wants(fn: Callable[..., Any]) -> set[str]:
     """Names of the arguments ``fn`` accepts (a spec's bound arguments excluded)."""
     bound = getattr(fn, "keywords", None) or {}
@@ -678,5 +702,5 @@ __all__ = [
     "aggregate", "sequence_logprobs", "group_index", "group_stats", "group_normalize",
     "ratio", "clipped_surrogate", "check_clip_eps", "kl", "clipped_policy_loss", "prepare_policy_inputs",
     "check_token_inputs",
-    "policy_metrics", "advantage_metrics", "make_fn", "wants", "call_with",
+    "policy_metrics", "advantage_metrics", "make_fn", "batch_hook", "wants", "call_with",
 ]

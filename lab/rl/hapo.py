@@ -42,6 +42,9 @@ Choices where the public material is ambiguous:
   given tensor bounds (the same clip regions).
 - The redistribution is applied inside the loss (it needs ρ, which changes between epochs), the
   token-level group average in the estimator. Responses with no valid token get A = 0.
+- h̃ is fitted on the token entropies of one call (verl: the micro-batch), so under
+  ``policy_optimization(minibatches=M)`` each minibatch fits its own quantile and scale: the split
+  changes h̃ slightly (a statistic of the current policy's entropies, not of a group).
 - The temperature sampler needs a previous batch; before its first ``update`` it samples at T.
   ``policy_optimization(token_sampler="adaptive_temperature")`` draws the rollout tokens with it
   (refitting after each batch; ``ℓ^old`` stays π_T's, as verl recomputes it at the base
