@@ -3,6 +3,7 @@
 Each step, read top to bottom::
 
     rollout     N prompts × G responses from π_old (temperature τ, or a token sampler), rewards R, masks, ℓ^old
+    groups      optional: keep the groups group_filter.select(batch) names, refill with fresh prompts  e.g. DAPO
     reference   ℓ^ref from a frozen copy of the initial policy (for β·KL and the ``kl`` curve)
     shaping     optional: R ← shaping(batch)                 e.g. "kl_penalty(beta=0.05)" (KL in reward)
     advantages  A = estimator(batch)                     e.g. "grpo", "rloo", "gae(lam=0.9)"
@@ -32,6 +33,12 @@ persists across steps). Conventions the loop relies on:
   the full batch (after the advantages, which stay as computed); the updates then train on the
   selected tokens only. A selector with a schedule over ``total_steps`` gets the run's ``steps``
   unless its spec sets it;
+- ``group_filter`` names a ``sampler`` whose ``select(rewards, group_size=..., group_ids=...)``
+  returns the indices of the groups to keep (DAPO's ``dynamic_sampling``: groups with reward
+  spread; ``difficulty_filter``); the loop rolls out N fresh prompts per round until N groups are
+  kept or the sampler's ``max_rounds`` (default 4) are spent, then fills up with the latest
+  rejected groups. ``rollouts`` logs the responses generated per step, ``group_filter/rounds`` and
+  ``group_filter/filled_frac`` the rounds and the share filled;
 - ``token_sampler`` names a ``sampler`` with ``select(logits, generator=...)`` that picks each rollout
   token from the raw logits (HAPO's per-token temperature); ``ℓ^old`` stays that of π_τ, so the
   first epoch has ratio 1. After each rollout its ``update`` (if any) sees the batch's entropies;
@@ -52,7 +59,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, fields as dataclass_fields, replace as dataclass_replace
 from typing import Any
 
 import numpy as np
@@ -101,6 +108,7 @@ class PolicyConfig:
     demonstrations: bool = False  # score the task's reference answers (demo_logprobs) for GRAO, HPT
     token_selector: str | None = None  # a "sampler" spec returning a reduced loss mask, e.g. "d3s"
     token_sampler: str | None = None  # a "sampler" spec that picks each rollout token, e.g. "adaptive_temperature"
+    group_filter: str | None = None  # a "sampler" spec keeping groups, refilled by new rollouts, e.g. "dynamic_sampling" (DAPO)
     max_grad_norm: float | None = 1.0  # gradient clipping (None = off)
     d_model: int = 64  # transformer width
     n_layers: int = 2  # transformer blocks
@@ -164,6 +172,60 @@ def _make_sampler(spec: str, role: str, needs: str, **defaults: Any) -> Any:
     return cls(**{**{k: v for k, v in defaults.items() if k in accepted}, **kwargs})
 
 
+def _filtered_rollout(sample: Any, group_filter: Any, n_groups: int) -> tuple[Any, dict[str, float]]:
+    """Roll out until ``n_groups`` groups pass ``group_filter.select`` (DAPO's dynamic sampling).
+
+    Each round calls ``sample()`` (N fresh prompts × G); the kept groups accumulate, at most
+    ``max_rounds`` rounds (the sampler's attribute, default 4). Missing groups are then filled
+    with the latest rejected ones. Returns the batch (exactly ``n_groups`` groups, group ids
+    0..n-1) and the numbers to log: the sampler's metrics of the last round, ``rollouts``
+    (responses generated), ``group_filter/rounds`` and ``group_filter/filled_frac``.
+    """
+    max_rounds = int(getattr(group_filter, "max_rounds", 4))
+    kept, rejected, numbers, n_kept, rounds, generated = [], [], {}, 0, 0, 0
+    while rounds < max_rounds and n_kept < n_groups:
+        ro = sample()
+        rounds += 1
+        generated += ro.rewards.shape[0]
+        keep, metrics = call_with(group_filter.select, ro.batch())
+        numbers = _split_metrics(metrics)[1]
+        keep = keep[: n_groups - n_kept]
+        n_all = ro.rewards.shape[0] // ro.group_size
+        mask = torch.ones(n_all, dtype=torch.bool, device=keep.device)
+        mask[keep] = False
+        kept.append(_groups(ro, keep))
+        rejected.append(_groups(ro, mask.nonzero()[:, 0]))
+        n_kept += int(keep.numel())
+    filled = n_groups - n_kept
+    for part in reversed(rejected):                                   # the latest rejected first
+        if n_kept >= n_groups:
+            break
+        take = min(n_groups - n_kept, part.rewards.shape[0] // part.group_size)
+        kept.append(_groups(part, torch.arange(take, device=part.rewards.device)))
+        n_kept += take
+    numbers.update({"rollouts": float(generated), "group_filter/rounds": float(rounds),
+                    "group_filter/filled_frac": filled / n_groups})
+    return _concat_rollouts(kept), numbers
+
+
+def _groups(ro: Any, groups: torch.Tensor) -> Any:
+    """The rows of groups ``groups`` (k,) of a rollout, as a rollout of k groups."""
+    G = ro.group_size
+    rows = (groups[:, None] * G + torch.arange(G, device=groups.device)).flatten()
+    return dataclass_replace(ro, **{f.name: getattr(ro, f.name)[rows] for f in dataclass_fields(ro)
+                                    if f.name != "group_size"})
+
+
+def _concat_rollouts(parts: list[Any]) -> Any:
+    """One rollout from several with the same group size; group ids renumbered 0..n-1."""
+    parts = [p for p in parts if p.rewards.shape[0]]
+    out = dataclass_replace(parts[0], **{f.name: torch.cat([getattr(p, f.name) for p in parts])
+                                         for f in dataclass_fields(parts[0]) if f.name != "group_size"})
+    n = out.rewards.shape[0] // out.group_size
+    out.group_ids = torch.arange(n, device=out.group_ids.device).repeat_interleave(out.group_size)
+    return out
+
+
 def _both_reward_views(shaped: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Shaped rewards as both batch entries: (B,) on the last valid token, or (B, T) summed per row."""
     if shaped.dim() == 1:
@@ -194,10 +256,11 @@ def policy_optimization(cfg: PolicyConfig) -> History:
     loss_fn = make_fn("policy_loss", cfg.loss)
     full_batch_inputs = batch_hook(loss_fn)
     shaping = make_fn("reward", cfg.reward_shaping) if cfg.reward_shaping else None
-    selector = (_make_sampler(cfg.token_selector, "token_selector", "mask", total_steps=cfg.steps)
+    selector = (_make_sampler(cfg.token_selector, "token_selector", "mask", total_steps=cfg.steps, eos_id=task.eos_id)
                 if cfg.token_selector else None)
     token_sampler = (_make_sampler(cfg.token_sampler, "token_sampler", "logits", temperature=cfg.temperature)
                      if cfg.token_sampler else None)
+    group_filter = (_make_sampler(cfg.group_filter, "group_filter", "rewards") if cfg.group_filter else None)
     if cfg.demonstrations and type(task).targets is TokenTask.targets:
         raise ValueError(f"demonstrations=True needs a task with reference answers; {cfg.task!r} has none")
     critic = "values" in wants(estimator)
@@ -215,8 +278,12 @@ def policy_optimization(cfg: PolicyConfig) -> History:
     for step in progress.steps(cfg.steps, desc=f"{cfg.advantage}+{cfg.loss}"):
         # ---- rollout: G responses per prompt from the current (old) policy -------------------
         model.eval()
-        ro = rollout(model, task, cfg.n_prompts, cfg.group_size, temperature=tau, generator=generator,
-                     token_sampler=token_sampler)
+        def sample() -> Any:
+            return rollout(model, task, cfg.n_prompts, cfg.group_size, temperature=tau, generator=generator,
+                           token_sampler=token_sampler)
+
+        ro, filter_numbers = _filtered_rollout(sample, group_filter, cfg.n_prompts) if group_filter else (
+            sample(), {"rollouts": float(cfg.n_prompts * cfg.group_size)})
         B = ro.tokens.shape[0]
         sampler_numbers: dict[str, float] = {}
         if token_sampler is not None and hasattr(token_sampler, "update"):      # fit on this batch
@@ -280,7 +347,7 @@ def policy_optimization(cfg: PolicyConfig) -> History:
         # every number the estimator reports (adv_mean, adv_std, frac_*, method-specific keys such
         # as "bnpo/alpha"), then the loss's metrics averaged over the updates ("grpo_d/beta", ...);
         # the rollout-level values above win over a minibatch's
-        numbers = {**sampler_numbers, **shaping_numbers, **adv_numbers, **selector_numbers}
+        numbers = {**filter_numbers, **sampler_numbers, **shaping_numbers, **adv_numbers, **selector_numbers}
         row.update({k: v for k, v in numbers.items() if k not in row})
         for key in sorted({k for m in update_metrics for k in m} - set(row)):
             row[key] = float(np.mean([m[key] for m in update_metrics if key in m]))
