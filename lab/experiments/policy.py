@@ -361,6 +361,21 @@ def policy_optimization(cfg: PolicyConfig) -> History:
     return history
 
 
+@dataclass(frozen=True)
+class KLPlacementsConfig:
+    """Config of :func:`kl_placement_runs` (four ``policy_optimization`` runs)."""
+
+    beta: float = 0.3  # β of the KL term, wherever it goes
+    steps: int = 40  # training steps of each run
+    lr: float = 0.1  # learning rate
+    seed: int = 0  # the same seed for all four runs
+
+
+def kl_placement_runs(cfg: KLPlacementsConfig) -> Runs:
+    """The four KL placements of :func:`kl_placements` for one config (the panel's experiment)."""
+    return kl_placements(beta=cfg.beta, steps=cfg.steps, lr=cfg.lr, seed=cfg.seed)
+
+
 def kl_placements(beta: float = 0.3, **changes: Any) -> Runs:
     """One PPO run on the token bandit with the KL to the reference in four places.
 
@@ -368,10 +383,11 @@ def kl_placements(beta: float = 0.3, **changes: Any) -> Runs:
     zero on-policy (E_π[∇ℓ] = 0), so it behaves like no KL at all; ``"k3 in the loss"`` (GRPO's
     estimator, ``policy_loss/ppo``'s default); ``"k1 in the reward"``, ``r_t − β(ℓ^old − ℓ^ref)``
     (``reward/kl_penalty``, RLHF-PPO). ``changes`` go to every run (e.g. ``steps``, ``seed``); the
-    defaults are 60 steps at lr 0.1 with GRPO advantages, about 2 s per run. Plot the ``kl`` curves.
+    defaults are 40 steps at lr 0.1 with GRPO advantages, about a second per run. Plot the ``kl``
+    curves.
     """
     check_positive("beta", beta, allow_zero=True)
-    base = {"advantage": "grpo", "steps": 60, "lr": 0.1, **changes}
+    base = {"advantage": "grpo", "steps": 40, "lr": 0.1, **changes}
     variants = {
         "no KL": {"loss": "ppo", "beta": 0.0},
         "k1 in the loss": {"loss": "ppo(kl_estimator='k1')", "beta": beta},
@@ -399,5 +415,69 @@ def _batch_artifact(task: Any, ro: Any, advantages: torch.Tensor) -> dict[str, A
             "group_size": ro.group_size}
 
 
+# ---------------------------------------------------------------------------------------------
+# The lesson's claims (notebook 06): one per panel, checked by ``pytest -m claims``
+# ---------------------------------------------------------------------------------------------
+def _short_tokens_weigh_more(result: dict) -> bool:
+    """Per-response mean: a token of the shortest response outweighs one of the longest; the
+    token mean weighs all alike."""
+    lengths, w = result["lengths"], result["weights"]
+    short, long_ = lengths.index(min(lengths)), lengths.index(max(lengths))
+    per_seq, tok = w["seq_mean_token_mean"], w["token_mean"]
+    return per_seq[short] > 1.5 * per_seq[long_] and max(tok) - min(tok) < 1e-12
+
+
+def _k1_loss_does_not_hold_k3_does(runs: Runs) -> bool:
+    """k1 in the loss ends as far from the reference as no KL; k3 in the loss ends closer, k1 in
+    the reward closer still (mean KL over the last 5 steps)."""
+    end = {label: float(np.mean(h["kl"][-5:])) for label, h in runs.items()}
+    none = end["no KL"]
+    return (end["k1 in the loss"] > 0.8 * none and end["k3 in the loss"] < 0.8 * none
+            and end["k1 in the reward"] < 0.6 * none)
+
+
+def _claims() -> list:
+    from lab.claims import Claim
+    from lab.viz.rl import CalculatorConfig, advantage_calculator
+
+    tight = {"clip_eps_low": 0.05, "clip_eps_high": 0.05}
+    return [
+        Claim(notebook="06_policy_gradients", panel="calculator",
+              text="Averaging per response (seq_mean_token_mean, the GRPO paper's choice) gives each token "
+                   "of a short response more weight than a token of a long one; the token mean (DAPO) "
+                   "weighs every token alike.",
+              experiment=advantage_calculator, base=CalculatorConfig(), seed_field=None,
+              holds=_short_tokens_weigh_more, control={"lengths": (6,) * 8},
+              control_text="responses of equal length: every mode weighs every token alike"),
+        Claim(notebook="06_policy_gradients", panel="training",
+              text="With 2 epochs × 2 minibatches per rollout the policy moves between updates, the ratio "
+                   "π/π_old leaves 1 and the clip range binds (clip_frac > 0); a tighter ε clips more.",
+              experiment="policy_optimization",
+              config={"epochs": 2, "minibatches": 2, "clip_eps_low": 0.2, "clip_eps_high": 0.2, "beta": 0.0},
+              control={"epochs": 1, "minibatches": 1},
+              holds=lambda h: float(np.mean(h["clip_frac"])) > 0.005,
+              control_text="one epoch, one minibatch: every update is on-policy, ρ ≡ 1, nothing is clipped"),
+        Claim(notebook="06_policy_gradients", panel="training", name="tight_eps",
+              text="ε = 0.05 clips several times more tokens than ε = 0.2 at the same epochs and minibatches.",
+              experiment="policy_optimization",
+              config={"epochs": 2, "minibatches": 2, "beta": 0.0, "steps": 20, **tight},
+              control={"clip_eps_low": 0.2, "clip_eps_high": 0.2},
+              holds=lambda h: float(np.mean(h["clip_frac"])) > 0.05,
+              control_text="ε = 0.2: the ratio rarely leaves [0.8, 1.2] in 4 updates"),
+        Claim(notebook="06_policy_gradients", panel="kl",
+              text="k1 = log π − log π_ref as a loss term does not hold the policy near the reference (its "
+                   "expected gradient is zero on-policy): its KL grows like the run without KL. k3 in the "
+                   "loss (GRPO) keeps it smaller, k1 in the reward (RLHF-PPO) about half or less.",
+              experiment=kl_placement_runs, base=KLPlacementsConfig(),
+              control={"beta": 0.0},
+              holds=_k1_loss_does_not_hold_k3_does,
+              control_text="β = 0: all four runs are the same run without KL"),
+    ]
+
+
+CLAIMS = _claims()
+"""Notebook 06's claims (see :mod:`lab.claims`)."""
+
+
 __all__ = ["PolicyConfig", "policy_optimization", "build_model", "compatible", "greedy_accuracy", "kl_placements",
-           "MODELS"]
+           "KLPlacementsConfig", "kl_placement_runs", "MODELS", "CLAIMS"]

@@ -108,6 +108,7 @@ class SegmentConfig:
     n_prompts: int = 3  # prompts
     group_size: int = 2  # responses per prompt
     rollouts: int = 12  # K: MC completions per response, split evenly over its states
+    split_budget: bool = True  # K per response split over its states (SPO's comparison); False: K per state
     intervals: tuple[int, ...] = (1, 2, 3, 6)  # SPO-chain cut intervals (1 = token level)
     prob_threshold: float = 0.9  # ρ: only tokens with π_old < ρ are cut points / carry credit
     repeats: int = 4  # independent re-estimations, for the variance
@@ -156,7 +157,7 @@ def segment_advantages(cfg: SegmentConfig) -> History:
             cut_values = torch.zeros(ro.tokens.shape)
             prompt_values = torch.zeros(B)
             for i, row in enumerate(states):
-                share = max(1, cfg.rollouts // max(len(row), 1))                 # N = K / #states
+                share = _share(cfg, len(row))                                     # N = K / #states
                 for c in row:
                     v = pool[i, c + 1, r, :share].mean()
                     if c < 0:
@@ -172,11 +173,12 @@ def segment_advantages(cfg: SegmentConfig) -> History:
         var = est.var(0, unbiased=True) if cfg.repeats > 1 else torch.zeros(ro.tokens.shape)
         n_states = sum(len(s) for s in states) / B
         # generated MC tokens: N completions from each state, each of its mean length
-        mc_tokens = sum(float(cost[i, c + 1]) * max(1, cfg.rollouts // len(s))
+        mc_tokens = sum(float(cost[i, c + 1]) * _share(cfg, len(s))
                         for i, s in enumerate(states) for c in s) / B
         history.append(k, adv_var=float(masked_mean(var, credited)), states_per_response=n_states,
                        mc_tokens_per_response=mc_tokens,
-                       samples_per_state=cfg.rollouts / max(n_states, 1.0))
+                       samples_per_state=(cfg.rollouts / max(n_states, 1.0) if cfg.split_budget
+                                          else float(cfg.rollouts)))
         examples[str(k)] = _nan_padded(est[0], ro.mask)
     history.artifacts["advantages"] = examples
     history.artifacts["texts"] = [task.decode(t[m]) for t, m in zip(ro.tokens, ro.mask)]
@@ -184,6 +186,11 @@ def segment_advantages(cfg: SegmentConfig) -> History:
                                           temperature=cfg.temperature, generator=gen)
     history.artifacts["chain_response_tokens"] = float(ro.mask.sum(-1).float().mean())
     return history
+
+
+def _share(cfg: "SegmentConfig", n_states: int) -> int:
+    """MC completions per state: K split over the row's states, or K each (``split_budget=False``)."""
+    return max(1, cfg.rollouts // max(n_states, 1)) if cfg.split_budget else cfg.rollouts
 
 
 def sample_tree(policy: Any, task: Any, prompt: torch.Tensor, branch: tuple[int, ...], *,
@@ -371,37 +378,145 @@ def distinct_correct(history: History, threshold: float = 0.5) -> int:
     return len({t for t, r in zip(batch["texts"], batch["rewards"]) if r > threshold})
 
 
+def effective_correct(history: History, threshold: float = 0.5) -> float:
+    """exp(entropy) of the correct responses' frequencies in the last batch: 1 when every correct
+    answer is the same one, k when k answers are equally frequent (0 without a correct answer).
+    Unlike a count of distinct answers it sees a policy that still samples a rare answer now and
+    then but has concentrated on one."""
+    from collections import Counter
+
+    batch = history.artifacts["last_batch"]
+    counts = np.array(list(Counter(t for t, r in zip(batch["texts"], batch["rewards"]) if r > threshold)
+                           .values()), dtype=float)
+    if counts.size == 0:
+        return 0.0
+    p = counts / counts.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 # --------------------------------------------------------------------------------------------
 # Comparisons for the GRPO-zoo panels (a PolicyConfig in, Runs out)
 
 def sign_runs(cfg: Any) -> Runs:
     """PSR and NSR (``psr_nsr(mode=...)``) on one ``policy_optimization`` config; each History's
-    ``artifacts["distinct_correct"]`` counts the distinct correct answers of its last batch."""
+    ``artifacts["distinct_correct"]`` counts the distinct correct answers of its last batch and
+    ``artifacts["effective_correct"]`` their effective number (:func:`effective_correct`)."""
     from lab.experiments._base import run
 
     runs = Runs({mode: run("policy_optimization", cfg, loss=f"psr_nsr(mode='{mode}')")
                  for mode in ("psr", "nsr")})
     for history in runs.values():
         history.artifacts["distinct_correct"] = distinct_correct(history)
+        history.artifacts["effective_correct"] = effective_correct(history)
     return runs
 
 
 def copo_runs(cfg: Any) -> Runs:
-    """GRPO and COPO on one ``policy_optimization`` config."""
+    """GRPO and COPO on one ``policy_optimization`` config: ``cfg.loss`` when it is a COPO spec
+    (e.g. ``"copo(blend='local')"``), else ``"copo"``."""
     from lab.experiments._base import run
 
-    return Runs({"grpo": run("policy_optimization", cfg),
-                 "copo": run("policy_optimization", cfg, loss="copo")})
+    copo = cfg.loss if str(cfg.loss).startswith("copo") else "copo"
+    return Runs({"grpo": run("policy_optimization", cfg, loss="grpo"),
+                 "copo": run("policy_optimization", cfg, loss=copo)})
+
+
+GRPO_D = "grpo_d(beta_min=0.0, beta_max=0.2)"
+"""The GRPO-D spec of :func:`grpo_d_run` unless the config names another one."""
 
 
 def grpo_d_run(cfg: Any) -> History:
-    """GRPO-D with β rising from 0 to 0.2 on one ``policy_optimization`` config."""
+    """GRPO-D on one ``policy_optimization`` config: ``cfg.loss`` when it is a GRPO-D spec, else
+    β rising from 0 to 0.2 (:data:`GRPO_D`)."""
     from lab.experiments._base import run
 
-    return run("policy_optimization", cfg, loss="grpo_d(beta_min=0.0, beta_max=0.2)")
+    return run("policy_optimization", cfg, loss=cfg.loss if str(cfg.loss).startswith("grpo_d") else GRPO_D)
+
+
+# ---------------------------------------------------------------------------------------------
+# The lesson's claims (notebook 07, panel d): one per view, checked by ``pytest -m claims``
+# ---------------------------------------------------------------------------------------------
+SIGN_BANDIT = "token_bandit(probs=(1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0))"
+"""Three correct arms of eight: room for PSR to collapse and NSR to keep all three."""
+COPO_BANDIT = "token_bandit(probs=(1.0, 0.0))"
+"""Two arms, groups of four: many groups are all-correct or all-wrong."""
+
+
+def _falls(history: History, key: str, start_above: float, end_below: float) -> bool:
+    values = history[key]
+    return float(values[:3].mean()) > start_above and float(values[-5:].mean()) < end_below
+
+
+def _beta_dips_then_rises(history: History) -> bool:
+    beta = history["grpo_d/beta"]
+    low = int(0.3 * len(beta))
+    return bool(beta[low] < 0.5 * beta[0] and beta[-1] > 1.5 * beta[0])
+
+
+def _claims() -> list:
+    from lab.claims import Claim
+    from lab.experiments.policy import PolicyConfig
+
+    return [
+        Claim(notebook="07_group_relative_zoo", panel="spo",
+              text="At the same budget of K rollouts per response, coarser SPO segments (one every 6 "
+                   "uncertain tokens) estimate advantages with less than half the variance of token-level "
+                   "Monte Carlo: fewer states, so more completions per state.",
+              experiment="segment_advantages",
+              holds=lambda h: float(h["adv_var"][-1]) < 0.5 * float(h["adv_var"][0]),
+              control={"split_budget": False},
+              control_text="K completions for every state whatever the segment size: the variance no "
+                           "longer falls with coarser segments"),
+        Claim(notebook="07_group_relative_zoo", panel="egae",
+              text="EGAE on responses cut at a window bootstraps the unfinished ones with their last value: "
+                   "its error against full-episode GAE is below treating the cut as the end (mean over "
+                   "windows), and 0 once the window covers every response.",
+              experiment="truncation_window",
+              holds=lambda h: (float(h["egae_error"].mean()) < float(h["naive_error"].mean())
+                               and float(h["egae_error"][-1]) < 1e-6),
+              control={"gamma": 0.0},
+              control_text="γ = 0: no bootstrapping at all, both estimators are the one-step reward"),
+        Claim(notebook="07_group_relative_zoo", panel="hpt",
+              text="HPT trains a prompt by SFT on its demonstration while none of its rollouts is right and "
+                   "switches it to RL once the model solves it: the SFT share starts near 1 and falls "
+                   "below 0.5 as accuracy rises.",
+              experiment="hybrid_post_training",
+              holds=lambda h: _falls(h, "sft_frac", 0.75, 0.5),
+              control={"gate": -1},
+              control_text="gate = −1: pure RL, no prompt is ever trained by SFT"),
+        Claim(notebook="07_group_relative_zoo", panel="sign",
+              text="With three correct arms, NSR (push the wrong answers down) keeps all three alive "
+                   "(entropy log 3, about 3 effective answers), while PSR (push the right ones up) "
+                   "concentrates on fewer: its effective number is lower by more than 0.3.",
+              experiment=sign_runs, base=PolicyConfig(task=SIGN_BANDIT, lr=0.5, steps=60),
+              holds=lambda runs: (runs["nsr"].artifacts["effective_correct"]
+                                  > runs["psr"].artifacts["effective_correct"] + 0.3),
+              control={"task": "token_bandit(probs=(1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))"},
+              control_text="one correct arm: both end on it, there is no diversity to lose"),
+        Claim(notebook="07_group_relative_zoo", panel="copo",
+              text="On a two-arm bandit many groups of 4 are all-correct or all-wrong, so GRPO has no signal "
+                   "for a large share of the responses; COPO's global, cross-prompt term trains almost all of "
+                   "them (its no-signal share is lower by more than 0.1).",
+              experiment=copo_runs, base=PolicyConfig(task=COPO_BANDIT, group_size=4, steps=25, loss="copo"),
+              holds=lambda runs: (float(runs["copo"]["copo/no_signal_frac"].mean())
+                                  < float(runs["grpo"]["adv_zero_frac"].mean()) - 0.1),
+              control={"loss": "copo(blend='local')"},
+              control_text="blend='local': COPO is GRPO, the same responses go without signal"),
+        Claim(notebook="07_group_relative_zoo", panel="grpo_d",
+              text="GRPO-D's KL coefficient follows its schedule: from (β_min + β_max)/2 it dips to β_min at "
+                   "30% of training, leaving the policy free to move early, then rises to β_max.",
+              experiment=grpo_d_run, base=PolicyConfig(steps=30, lr=0.3, loss=GRPO_D),
+              holds=_beta_dips_then_rises,
+              control={"loss": "grpo_d(beta_min=0.1, beta_max=0.1)"},
+              control_text="β_min = β_max: a constant β"),
+    ]
+
+
+CLAIMS = _claims()
+"""Notebook 07's claims for the segment, truncation, hybrid and sign views (see :mod:`lab.claims`)."""
 
 
 __all__ = ["SegmentConfig", "TruncationConfig", "HybridConfig", "segment_advantages",
            "truncation_window", "hybrid_post_training", "mc_value_pool", "complete", "sample_tree",
-           "tree_cost", "chain_states", "pass_at_k", "distinct_correct", "sign_runs", "copo_runs",
-           "grpo_d_run"]
+           "tree_cost", "chain_states", "pass_at_k", "distinct_correct", "effective_correct", "sign_runs",
+           "copo_runs", "grpo_d_run", "GRPO_D", "CLAIMS"]

@@ -207,6 +207,10 @@ def copo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advanta
               consistency: torch.Tensor | None = None, return_per_token: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """``L = agg(w·pg(A^loc) + (1 − w)·pg(A^glob))`` with ``advantages`` as A^loc.
 
+    Metrics add ``copo/local_weight`` (mean w), ``copo/global_adv_std``, ``copo/entropy`` (mean H_q)
+    and ``copo/no_signal_frac``: the share of responses neither term trains (w·A^loc = 0 and
+    (1 − w)·A^glob = 0), to set beside GRPO's ``adv_zero_frac``.
+
     Args:
         logprobs, old_logprobs, mask, entropy: as ``policy_loss/grpo``.
         advantages: the local advantages, (B,) or (B, T).
@@ -246,8 +250,12 @@ def copo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advanta
         pg_glob, _ = clipped_surrogate(rho_t, adv_glob, clip_eps_low, clip_eps_high)
         w = weight.to(pg_loc.dtype)[:, None]                                    # (B, 1)
         pg = w * pg_loc + (1 - w) * pg_glob
+        # responses with no signal at all: w·A^loc = 0 and (1 − w)·A^glob = 0 (GRPO: A^loc = 0)
+        rows = mask_f.bool().any(-1)
+        silent = ((w[:, 0] * adv_loc.abs().amax(-1)).abs() <= 1e-8) & (((1 - w[:, 0]) * global_q.to(w.dtype)).abs() <= 1e-8)
         extra = {"copo/local_weight": float(weight.mean()) if n else 0.0,
-                 "copo/global_adv_std": float(global_q.std(unbiased=False)) if n else 0.0}
+                 "copo/global_adv_std": float(global_q.std(unbiased=False)) if n else 0.0,
+                 "copo/no_signal_frac": float(silent[rows].float().mean()) if bool(rows.any()) else 0.0}
         if entropy_h is not None:
             extra["copo/entropy"] = float(entropy_h.mean()) if n else 0.0
     loss = aggregate(pg, mask_f, agg, norm)
