@@ -1,12 +1,12 @@
-"""DAPO's soft overlong punishment: a length-dependent reward for responses near the token budget.
+"""Overlong penalty: DAPO's soft punishment of responses that run into the token budget.
 
 Paper: "DAPO: An Open-Source LLM Reinforcement Learning System at Scale", arXiv 2503.14476, eq. 13
 (the fourth of DAPO's changes to GRPO; the loss is ``policy_loss/dapo``, dynamic sampling the
 sampler ``dynamic_sampling``, overlong filtering the sampler ``overlong_filter``).
 
-A response that runs into the generation budget is usually cut off, not finished; scoring it like
-a finished one teaches the model that rambling is free. DAPO adds, to the task reward R, a penalty
-that grows linearly over the last L_cache tokens before the budget L_max::
+The update: a response that runs into the generation budget is usually cut off, not finished;
+scoring it like a finished one teaches the model that rambling is free. DAPO adds, to the task
+reward R, a penalty that grows linearly over the last L_cache tokens before the budget L_max::
 
     R_len(L) = 0                                 if L ≤ L_max − L_cache
              = ((L_max − L_cache) − L) / L_cache  if L_max − L_cache < L ≤ L_max
@@ -20,7 +20,7 @@ Where it departs from GRPO: only the reward; the estimator and the loss are unto
 changes rewards, an otherwise all-correct group whose answers differ in length gets a non-zero
 group spread (the spec's edge case).
 
-Choices where the public material is open:
+Choices: where the public material is open,
 - ``max_length`` defaults to the padded width of the batch, which the lab's rollouts make equal
   to the generation budget (``max_new_tokens``); pass it explicitly for other data.
 - ``cache_length`` defaults to ⌈L_max / 5⌉, DAPO's ratio (4096 of 20480), at least 1 token.

@@ -1,10 +1,10 @@
-"""DAPO's dynamic sampling: drop groups with no reward spread and roll out more until the batch is full.
+"""Dynamic sampling: DAPO drops groups without reward spread and rolls out more to fill the batch.
 
 Paper: "DAPO: An Open-Source LLM Reinforcement Learning System at Scale", arXiv 2503.14476, §3.2
 (the third of DAPO's changes to GRPO; the loss is ``policy_loss/dapo``, the overlong reward shaping
 ``reward/overlong_penalty``, overlong filtering the sampler ``overlong_filter``).
 
-With group-normalized advantages, a group whose G rewards are all equal (every answer right, or
+The rule: with group-normalized advantages, a group whose G rewards are all equal (every answer right, or
 every answer wrong) has A_i = 0 for every i: it contributes no gradient but still counts in the
 batch, so as accuracy rises the effective batch shrinks and the gradient gets noisier. DAPO keeps a
 group g only if
@@ -21,7 +21,7 @@ the batch changes, at the price of extra rollouts. Balanced difficulty filtering
 (``sampler/difficulty_filter``) with T_low = 1/G, T_high = 1 − 1/G keeps the same groups for 0/1
 rewards; this sampler needs no threshold and works for any reward values.
 
-Choices where the public material is open:
+Choices: where the public material is open,
 - The cap: when ``max_rounds`` rounds have not produced N informative groups, verl raises an error;
   the lab fills the batch up with the latest rejected groups instead (their GRPO advantage is 0,
   as without the filter) and reports the share it had to fill (``dynamic_sampling/filled_frac``),

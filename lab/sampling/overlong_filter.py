@@ -1,9 +1,9 @@
-"""DAPO's overlong filtering: truncated responses leave the loss.
+"""Overlong filter: DAPO masks the loss of responses cut off by the token budget.
 
 Paper: "DAPO: An Open-Source LLM Reinforcement Learning System at Scale", arXiv 2503.14476, §3.4
 ("Overlong Reward Shaping": the first of its two remedies; the second is ``reward/overlong_penalty``).
 
-A response that reaches the generation budget without ``<eos>`` was cut off: its reward judges an
+The rule: a response that reaches the generation budget without ``<eos>`` was cut off: its reward judges an
 unfinished answer, and a sound reasoning that merely ran long is punished like a wrong one. DAPO
 masks the loss of such truncated samples,
 
@@ -17,7 +17,7 @@ the new mask is [[1, 1, 1], [0, 0, 0], [1, 1, 0]].
 
 Where it departs from GRPO: only the loss mask (a ``token_selector``); estimator and loss unchanged.
 
-Choices where the public material is open:
+Choices: where the public material is open,
 - "Truncated" = the row has valid tokens and its last valid token is not ``eos_id``; an empty row
   stays empty. ``eos_id`` defaults to 1, the lab's token tasks' ``<eos>``; ``policy_optimization``
   fills in the task's own.
