@@ -71,7 +71,10 @@ ARCHS = {
 """``arch`` names of :func:`policy_for_task` -> the ``transformers`` config class."""
 
 SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
-"""Sizes a random-init model gets unless the spec sets them (``intermediate_size`` = 4·hidden)."""
+"""Sizes a random-init model gets unless the spec sets them. ``intermediate_size`` defaults to
+⌊8d/3⌋ for the gated (SwiGLU) MLPs of Llama, Qwen2 and Mistral: three d×8d/3 matrices hold as many
+parameters as GPT-2's two d×4d ones (the LLaMA paper's sizing), so an ``hf(...)`` model of width d
+is about the size of the lab's tiny transformer of width d."""
 
 
 def left_pad_mask(prompts: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -467,7 +470,7 @@ def config_for(arch: str, **overrides: Any) -> Any:
                         f"e.g. hidden_size, num_hidden_layers, num_attention_heads, intermediate_size")
     values = {**SMALL, **overrides}
     if arch != "gpt2":
-        values.setdefault("intermediate_size", 4 * values["hidden_size"])
+        values.setdefault("intermediate_size", 8 * values["hidden_size"] // 3)
         values.setdefault("num_key_value_heads", values["num_attention_heads"])
     else:                                      # GPT-2's dropouts default to 0.1: RL runs without them
         for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
