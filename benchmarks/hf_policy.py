@@ -15,8 +15,8 @@ B = 8 rows, prompts of P = 32 random tokens, responses of T = 64 tokens (no earl
 last hidden states and the LM head, ``CHUNK`` = 16 positions at a time, logits recomputed in
 backward) and **naive** (the (B, T, V) logits of the whole response at once, ``log_softmax``, ``gather``: what
 ``model(...).logits`` gives). Times: medians of interleaved repeats in one process. Peak memory:
-on CPU, the growth of the resident-set high-water mark (``VmHWM``, reset after a warm-up) during
-one call in a fresh process (Linux); on CUDA, ``torch.cuda.max_memory_allocated`` growth. One
+on CPU, the growth of the resident-set high-water mark (``VmHWM``, reset after a warm-up on a
+tiny batch) during one call in a fresh process (Linux); on CUDA, ``torch.cuda.max_memory_allocated`` growth. One
 torch thread on CPU. Run: ``python benchmarks/hf_policy.py [--quick]``; the table is printed and
 written to ``benchmarks/results/hf_policy.md``.
 """
@@ -128,7 +128,9 @@ def _measure_memory(size_name: str, use: str, method: str, device: str, quick: b
     size = (QUICK if quick else SIZES)[size_name]
     policy, prompts, responses = build(size, device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-5)
-    run(policy, prompts, responses, use, method, optimizer)     # warm-up, Adam state allocated
+    # warm-up on a tiny batch: kernels, gradient buffers and Adam's state (parameter-sized) exist
+    # before the measured call, whose growth is then the batch's own activations and logits
+    run(policy, prompts[:1, :4], responses[:1, :4], use, method, optimizer)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

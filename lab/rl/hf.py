@@ -121,7 +121,8 @@ class CausalLMPolicy(nn.Module):
         value_head: add a scalar value head ``v = w·h + b`` on the last hidden states (a critic).
         gradient_checkpointing: enable the model's activation checkpointing for scoring.
         pad_id, eos_id: override the tokenizer's / config's ids.
-        disable_dropout: set every ``nn.Dropout`` of the model to p = 0.
+        disable_dropout: set every ``nn.Dropout`` of the model to p = 0 and every attention module's
+            ``attention_dropout`` (functional dropout in Llama-style attention) to 0.
         generator: seeds the value head's initialization (on the model's device).
     """
 
@@ -157,6 +158,8 @@ class CausalLMPolicy(nn.Module):
             for module in model.modules():
                 if isinstance(module, nn.Dropout):
                     module.p = 0.0
+                if isinstance(getattr(module, "attention_dropout", None), float):
+                    module.attention_dropout = 0.0
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         decoder_args = inspect.signature(model.base_model.forward).parameters
@@ -509,7 +512,7 @@ def attach_adapters(model: nn.Module, lora: Any, generator: torch.Generator | No
 
 
 def policy_for_task(task: Any, *, arch: str | None = None, path: str | None = None, lora: Any = None,
-                    gradient_checkpointing: bool = False, chunk_size: int | None = None,
+                    gradient_checkpointing: bool = False, chunk_size: int | None = None, disable_dropout: bool = True,
                     dtype: str = "float32", attn_implementation: str | None = None, value_head: bool = False,
                     generator: torch.Generator | None = None, device: torch.device | str | None = None,
                     **config: Any) -> CausalLMPolicy:
@@ -523,7 +526,7 @@ def policy_for_task(task: Any, *, arch: str | None = None, path: str | None = No
             the policy then sees the task through the tokenizer (:meth:`CausalLMPolicy.task_view`).
         lora: attach the lab's PEFT adapters (see :func:`attach_adapters`); π_ref is then the model
             with its adapters off.
-        gradient_checkpointing, chunk_size, value_head: see :class:`CausalLMPolicy`.
+        gradient_checkpointing, chunk_size, disable_dropout, value_head: see :class:`CausalLMPolicy`.
         dtype: parameter dtype, ``float32``, ``bfloat16`` or ``float16``.
         attn_implementation: e.g. ``"sdpa"`` or ``"eager"`` (default: the library's).
         generator: seeds the weights, the value head and the adapters (on ``device``).
@@ -561,7 +564,8 @@ def policy_for_task(task: Any, *, arch: str | None = None, path: str | None = No
     if lora is not None:
         attach_adapters(model, lora, generator)
     return CausalLMPolicy(model, tokenizer=tokenizer, chunk_size=chunk_size, value_head=value_head,
-                          gradient_checkpointing=gradient_checkpointing, generator=generator)
+                          gradient_checkpointing=gradient_checkpointing, disable_dropout=disable_dropout,
+                          generator=generator)
 
 
 def _arch_values(arch: str, task: Any, config: dict[str, Any]) -> Any:
