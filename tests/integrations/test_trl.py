@@ -117,9 +117,9 @@ def _inputs(trainer, generator):
     P = max(map(len, prompts))
     prompt_ids = torch.tensor([[tok.pad_token_id] * (P - len(p)) + p for p in prompts])
     prompt_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
-    C = trainer.max_completion_length
+    C = trainer.max_completion_length - 1                # every completion ended before the limit
     completion_ids = torch.randint(3, len(tok), (6, C), generator=generator)
-    lengths = torch.tensor([4, 2, 3, 4, 1, 3])
+    lengths = torch.tensor([3, 2, 3, 1, 1, 3])
     completion_mask = (torch.arange(C)[None] < lengths[:, None]).long()
     completion_ids[completion_mask == 0] = tok.pad_token_id
     with torch.no_grad():
