@@ -83,8 +83,8 @@ def _drift_plot(history: History):
                   log_y=True)
 
 
-@experiment("padding_drift", PaddingConfig, paper="Language Models are Unsupervised Multitask Learners (GPT-2)",
-            summary="Left padding against the attention mask and position ids: drift of a prompt's log-probs",
+@experiment("padding_drift", PaddingConfig, paper="RoFormer: Enhanced Transformer with Rotary Position Embedding",
+            arxiv="2104.09864", summary="Left padding against the attention mask and position ids: drift of a prompt's log-probs",
             plot=_drift_plot, smoke={"max_pad": 1, "n_prompts": 2})
 def padding_drift(cfg: PaddingConfig) -> History:
     """Row k: max |ℓ(padded by k) − ℓ(unpadded)| over the response tokens, three ways of padding.
@@ -169,8 +169,8 @@ def _saved_mib(fn, parameters) -> float:
     return sum(seen.values()) / 2 ** 20
 
 
-@experiment("logits_memory", LogitsMemoryConfig, paper="Language Models are Unsupervised Multitask Learners (GPT-2)",
-            summary="Bytes kept for backward when scoring a response: full (B, T, V) logits vs chunks",
+@experiment("logits_memory", LogitsMemoryConfig, paper="Cut Your Losses in Large-Vocabulary Language Models",
+            arxiv="2411.09009", summary="Bytes kept for backward when scoring a response: full (B, T, V) logits vs chunks",
             plot=_memory_plot, smoke={"vocab_size": 64, "max_len": 8})
 def logits_memory(cfg: LogitsMemoryConfig) -> History:
     """Row T: MiB of activations autograd keeps for backward while a random-init Llama (2 layers, width d)
