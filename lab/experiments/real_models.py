@@ -93,7 +93,7 @@ def padding_drift(cfg: PaddingConfig) -> History:
     passes only the attention mask to the model (its default positions 0..L−1 then include the
     pads), ``none`` lets the prompt attend to its pads. ``drift`` is the configured way's.
     """
-    from lab.rl.hf import left_pad_mask, policy_for_task, position_ids
+    from lab.rl.hf import left_pad_mask, policy_for_task
     from toy_envs.token_tasks import make_task
 
     check_choice("mask", cfg.mask, MASKS)
@@ -108,11 +108,8 @@ def padding_drift(cfg: PaddingConfig) -> History:
     responses = policy.generate(prompts, task.max_new_tokens, 1.0, generator, eos_id=-1).tokens
     P = prompts.shape[1]
 
-    def logprobs(ids: torch.Tensor, mask: torch.Tensor | None, positions: bool) -> torch.Tensor:
-        kwargs = {} if mask is None else {"attention_mask": mask}
-        if positions:
-            kwargs["position_ids"] = position_ids(mask)
-        logits = policy.model(input_ids=ids, **kwargs).logits[:, -responses.shape[1] - 1:-1].float()
+    def logprobs(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = policy.model(input_ids=ids, attention_mask=mask).logits[:, -responses.shape[1] - 1:-1].float()
         return torch.log_softmax(logits, -1).gather(-1, responses[..., None])[..., 0]      # (B, T)
 
     history = History(meta={"arch": cfg.arch, "mask": cfg.mask})
@@ -124,8 +121,8 @@ def padding_drift(cfg: PaddingConfig) -> History:
             mask = torch.cat([left_pad_mask(torch.cat([pads, prompts], 1), task.pad_id).long(),
                               torch.ones_like(responses)], 1)
             drift = {"mask+positions": policy.score(torch.cat([pads, prompts], 1), responses).logprobs,
-                     "mask": logprobs(ids, mask, positions=False),
-                     "none": logprobs(ids, None, positions=False)}
+                     "mask": logprobs(ids, mask),
+                     "none": logprobs(ids, torch.ones_like(mask))}    # pads attended
             row = {name: float((lp - base).abs().max()) for name, lp in drift.items()}
             history.append(k, drift=row[cfg.mask], prompt_len=float(P + k), **row)
     return history
