@@ -199,8 +199,8 @@ def combine(histories: Iterable[History], labels: Iterable[str] | None = None) -
 
 def time_to_target(history: History, metric: str = "test_accuracy", target: float = 0.9, *,
                    x: str = "wall_time", higher_is_better: bool = True) -> float | None:
-    """The first value of ``x`` (``"step"`` or a metric such as ``wall_time``) at which
-    ``metric`` reaches ``target``; None if it never does."""
+    """The first value of ``x`` (``"step"`` or a metric such as ``evals`` or ``wall_time``) at
+    which ``metric`` reaches ``target``; None if it never does."""
     steps, values = history.series(metric)
     reached = values >= target if higher_is_better else values <= target
     if not reached.any():
@@ -208,31 +208,60 @@ def time_to_target(history: History, metric: str = "test_accuracy", target: floa
     i = int(reached.argmax())
     if x == "step":
         return float(steps[i])
-    return float(history[x][i])
+    xsteps, xvalues = history.series(x)
+    at = np.flatnonzero(xsteps == steps[i])
+    if not len(at):
+        raise KeyError(f"{x!r} has no value at step {int(steps[i])}, where {metric!r} reached the target")
+    return float(xvalues[at[0]])
+
+
+RANK_BY = ("auto", "steps", "evals", "seconds")
 
 
 def target_rows(runs: Runs, metric: str = "test_accuracy", target: float = 0.9, *,
-                higher_is_better: bool = True) -> list[dict]:
-    """Per run: steps and seconds (``wall_time``) to reach ``target``, final and best value.
+                higher_is_better: bool = True, rank_by: str = "auto") -> list[dict]:
+    """Per run: steps, evaluations and seconds to reach ``target``, final and best value, ranked.
 
-    Sorted by seconds to target (by steps where there is no wall time); runs that never reach
-    the target come last.
+    AlgoPerf's time-to-result, measured in units that do not depend on the machine's load:
+
+    - ``steps``: optimizer steps until ``metric`` first reached the target (None: never).
+    - ``evals``: the run's ``evals`` metric at that step, the gradient (or fitness) evaluations
+      spent so far: 1 per step for SGD or Adam, 2 for SAM/WSAM, one per population member for
+      ES/EGGROLL (None when the History has no ``evals``).
+    - ``seconds``: the ``wall_time`` metric at that step: secondary and noisy (it moves with the
+      machine's load; on a shared CPU two runs of one config can differ by 2x).
+
+    ``rank_by="auto"`` ranks by evaluations when the runs differ in cost per step (some run's
+    evaluations differ from its steps), else by steps; ``"steps"``, ``"evals"`` or ``"seconds"``
+    force one. Ties keep the runs' order; runs that never reach the target come last. Each row
+    gets its ``rank`` (1 = best) and ``ranked_by``.
     """
+    if rank_by not in RANK_BY:
+        raise ValueError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
     rows = []
     for label, h in runs.items():
         values = h[metric]
-        rows.append({
-            "optimizer": label,
-            "steps": time_to_target(h, metric, target, x="step", higher_is_better=higher_is_better),
-            "seconds": (time_to_target(h, metric, target, x="wall_time",
-                                       higher_is_better=higher_is_better)
-                        if "wall_time" in h else None),
-            "final": float(values[-1]),
-            "best": float(values.max() if higher_is_better else values.min()),
-        })
+
+        def at(x):
+            return (time_to_target(h, metric, target, x=x, higher_is_better=higher_is_better)
+                    if x == "step" or x in h else None)
+
+        rows.append({"optimizer": label, "steps": at("step"), "evals": at("evals"),
+                     "seconds": at("wall_time"), "final": float(values[-1]),
+                     "best": float(values.max() if higher_is_better else values.min())})
+    if rank_by == "auto":
+        costs_differ = any("evals" in h and len(h["evals"]) and
+                           not np.allclose(h["evals"], np.asarray(h.series("evals")[0]) + 1)
+                           for h in runs.values())
+        rank_by = "evals" if costs_differ else "steps"
+    field = {"steps": "steps", "evals": "evals", "seconds": "seconds"}[rank_by]
 
     def key(row):
-        value = row["seconds"] if row["seconds"] is not None else row["steps"]
+        value = row[field]
         return (value is None, value if value is not None else 0.0)
 
-    return sorted(rows, key=key)
+    rows = sorted(rows, key=key)
+    for i, row in enumerate(rows, start=1):
+        row["rank"] = i if row[field] is not None else None
+        row["ranked_by"] = rank_by
+    return rows

@@ -35,7 +35,7 @@ def test_trajectory_figure_draws_contours_paths_and_minimizers():
                  lr=1e-3)
     fig = trajectory_figure(runs)
     assert isinstance(fig.data[0], go.Contour)
-    assert [t.name for t in fig.data[1:]] == ["sgd", "adam", "minimum"]
+    assert [t.name for t in fig.data[1:]] == ["sgd", "adam", "start", "minimum"]
     assert len(fig.data[1].x) == 11
     with pytest.raises(ValueError, match="surface"):
         trajectory_figure(Runs({"x": History()}))

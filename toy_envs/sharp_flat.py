@@ -34,10 +34,29 @@ def sharp_flat_loss(w: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def sharp_flat_grad(w: torch.Tensor) -> torch.Tensor:
-    """Analytic gradient of :func:`sharp_flat_loss` for one point (2,)."""
-    grad = BOWL * w
+def _wells(w: torch.Tensor):
+    """Per well: ``(d (..., 2), width, depth * exp(-|d|^2 / (2 s^2)) (...))``."""
     for (cx, cy), width, depth in (SHARP, FLAT):
-        d = w - torch.tensor((cx, cy), dtype=w.dtype)
-        grad = grad + d * (depth / width ** 2 * torch.exp(-(d * d).sum() / (2 * width ** 2)))
+        d = w - torch.tensor((cx, cy), dtype=w.dtype, device=w.device)          # (..., 2)
+        yield d, width, depth * torch.exp(-(d * d).sum(-1) / (2 * width ** 2))  # (...)
+
+
+def sharp_flat_grad(w: torch.Tensor) -> torch.Tensor:
+    """Analytic gradient of :func:`sharp_flat_loss` for ``w`` of shape (..., 2)."""
+    grad = BOWL * w
+    for d, width, bump in _wells(w):
+        grad = grad + d * (bump / width ** 2).unsqueeze(-1)
     return grad
+
+
+def sharp_flat_hessian(w: torch.Tensor) -> torch.Tensor:
+    """Analytic Hessian of :func:`sharp_flat_loss`, shape (..., 2, 2), for ``w`` of shape (..., 2).
+
+    Each well ``-h exp(-|d|^2 / (2 s^2))`` contributes ``h e / s^2 (I - d d^T / s^2)``.
+    """
+    eye = torch.eye(2, dtype=w.dtype, device=w.device)
+    hess = BOWL * eye.expand(*w.shape[:-1], 2, 2)
+    for d, width, bump in _wells(w):
+        outer = d.unsqueeze(-1) * d.unsqueeze(-2) / width ** 2                  # (..., 2, 2)
+        hess = hess + (bump / width ** 2)[..., None, None] * (eye - outer)
+    return hess

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 
@@ -41,12 +42,36 @@ class Surface:
             raise ValueError(f"xy must have shape (..., 2), got {tuple(xy.shape)}")
         return self.fn(xy)
 
-    def grid(self, n: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(xs (n,), ys (n,), z (n, n))`` over the plotting range; ``z[i, j] = f(xs[j], ys[i])``."""
-        xs = torch.linspace(*self.x_range, n, dtype=torch.float64)
-        ys = torch.linspace(*self.y_range, n, dtype=torch.float64)
+    def grid(self, n: int = 100, x_range: tuple[float, float] | None = None,
+             y_range: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(xs (n,), ys (n,), z (n, n))`` over the plotting range (or the ranges given);
+        ``z[i, j] = f(xs[j], ys[i])``."""
+        x_range, y_range = x_range or self.x_range, y_range or self.y_range
+        for name, (lo, hi) in (("x_range", x_range), ("y_range", y_range)):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"{name} must be finite with lo < hi, got {(lo, hi)}")
+        xs = torch.linspace(*x_range, n, dtype=torch.float64)
+        ys = torch.linspace(*y_range, n, dtype=torch.float64)
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
         return xs, ys, self(torch.stack([xx, yy], dim=-1))
+
+    def view(self, points=(), *, pad: float = 0.08, reach: float = 3.0
+             ) -> tuple[tuple[float, float], tuple[float, float]]:
+        """``(x_range, y_range)`` that holds the plotting range and every point of ``points``
+        (an ``(N, 2)`` array-like: start points, trajectories) with a margin of ``pad`` of the
+        extent. Points farther than ``reach`` extents from the range's centre (a run blowing up)
+        and non-finite ones are left out, so one divergent run does not shrink the surface to a dot.
+        """
+        lo = np.array([self.x_range[0], self.y_range[0]], dtype=float)
+        hi = np.array([self.x_range[1], self.y_range[1]], dtype=float)
+        pts = np.asarray(points, dtype=float).reshape(-1, 2)
+        centre, extent = (lo + hi) / 2, hi - lo
+        keep = np.isfinite(pts).all(1) & (np.abs(pts - centre) <= reach * extent).all(1)
+        if keep.any():
+            lo, hi = np.minimum(lo, pts[keep].min(0)), np.maximum(hi, pts[keep].max(0))
+        margin = pad * (hi - lo)
+        lo, hi = lo - margin, hi + margin
+        return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
 
     def distance_to_min(self, xy: torch.Tensor) -> torch.Tensor:
         """Euclidean distance from ``xy (..., 2)`` to the nearest global minimizer."""

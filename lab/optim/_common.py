@@ -66,7 +66,7 @@ def gather(optimizer: torch.optim.Optimizer, group: dict, init: StateInit | None
         reject_sparse(name, p.grad)
         state = optimizer.state[p]
         if len(state) == 0:
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["step"] = torch.tensor(0.0, dtype=torch.float32, device="cpu")  # as torch.optim
             if init is not None:
                 state.update(init(p))
         params.append(p)

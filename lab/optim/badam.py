@@ -99,7 +99,7 @@ class BAdam(LowRankBase):
                 raise ValueError(f"start_block must be < the number of blocks ({n}), got {start_block}")
             block = start_block
         elif switch_mode == "random":
-            queue = torch.randperm(n, generator=self.generator).tolist()
+            queue = torch.randperm(n, generator=self.generator, device=self.generator.device).tolist()
             block = queue.pop(0)
         else:
             block = n - 1 if switch_mode == "descending" else 0
@@ -143,7 +143,7 @@ class BAdam(LowRankBase):
             reject_sparse(type(self).__name__, p.grad)
             state = self.state[p]
             if "exp_avg" not in state:
-                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state.update(step=torch.tensor(0.0, device="cpu"), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
             state["step"] += 1
             if wd != 0:
                 p.mul_(1 - lr * wd)  # theta <- theta (1 - eta lambda)

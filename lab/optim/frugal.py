@@ -179,7 +179,7 @@ class FRUGAL(LowRankBase):
         """A full AdamW step on ``p`` (torch.optim.AdamW's arithmetic, decay already applied)."""
         state = self.state[p]
         if "exp_avg" not in state:
-            state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            state.update(step=torch.tensor(0.0, device="cpu"), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
         state["step"] += 1
         adamw_step_(p, grad, state["exp_avg"], state["exp_avg_sq"], state["step"].item(),
                     group["lr"], group["betas"], group["eps"])
@@ -193,7 +193,7 @@ class FRUGAL(LowRankBase):
                                          generator=self.generator)
             if group["reset_statistics"] or "exp_avg" not in state:
                 low_shape = project(grad, state["projector"]).shape
-                state.update(step=torch.tensor(0.0), exp_avg=grad.new_zeros(low_shape),
+                state.update(step=torch.tensor(0.0, device="cpu"), exp_avg=grad.new_zeros(low_shape),
                              exp_avg_sq=grad.new_zeros(low_shape))
         proj = state["projector"]
         low = project(grad, proj)  # G_low   (m, r) or (r, n)

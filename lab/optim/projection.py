@@ -93,13 +93,16 @@ def compute(grad: Tensor, rank: int, *, method: str = "svd", proj_type: str = "s
         raise ValueError(f"proj_type 'full' needs method 'svd', got method {method!r}")
     elif method == "random":
         dim = n if where == "right" else m
-        gauss = torch.randn(dim, r, generator=generator, dtype=torch.float64)
+        gauss = torch.randn(dim, r, generator=generator, dtype=torch.float64,
+                            device=generator.device if generator is not None else "cpu")
         q, _ = torch.linalg.qr(gauss)  # (dim, r), orthonormal columns
         q = q.to(device=grad.device)
         out = {"right": q.T, "left": q}
     else:  # coordinates
         dim = n if where == "right" else m
-        idx = torch.randperm(dim, generator=generator)[:r].sort().values.to(grad.device)
+        idx = torch.randperm(dim, generator=generator,
+                             device=generator.device if generator is not None else "cpu")
+        idx = idx[:r].sort().values.to(grad.device)
         return {"cols": idx} if where == "right" else {"rows": idx}
     keep = ("left", "right") if where == "both" else (where,)
     return {k: out[k].to(grad.dtype).contiguous() for k in keep}
@@ -165,7 +168,8 @@ def next_blocks(current: int, n_blocks: int, order: str, *, count: int = 1,
     chosen: list[int] = []
     while len(chosen) < count:
         if not queue:
-            queue = torch.randperm(n_blocks, generator=generator).tolist()
+            queue = torch.randperm(n_blocks, generator=generator,
+                                   device=generator.device if generator is not None else "cpu").tolist()
         block = queue.pop(0)
         if block not in chosen:
             chosen.append(block)

@@ -94,7 +94,8 @@ def hessian_eigen_range(loss_fn: Callable[[], Tensor], params: Sequence[Tensor],
 def _power_iteration(grads: list[Tensor], params: list[Tensor], shift: float, iters: int,
                      tol: float, generator: torch.Generator) -> float:
     """Dominant eigenvalue of ``H - shift I`` by power iteration on Hessian-vector products."""
-    v = _normalized([torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+    v = _normalized([torch.randn(p.shape, generator=generator, dtype=p.dtype,
+                                 device=generator.device).to(p.device)
                      for p in params])
     eigenvalue = 0.0
     for k in range(iters):

@@ -67,7 +67,12 @@ def curves(runs: History | Mapping[str, History], metrics: str | Sequence[str], 
 
 def trajectory_figure(runs: History | Mapping[str, History], surface: str | None = None, *,
                       grid: int = 120, title: str | None = None) -> go.Figure:
-    """Contours of a ``toy_envs.surfaces`` surface with each run's ``xy`` trajectory."""
+    """Contours of a ``toy_envs.surfaces`` surface with each run's ``xy`` trajectory.
+
+    The view holds the surface's plotting range, every start point and the paths (points of a run
+    that blew up are left out of the view, :meth:`~toy_envs.surfaces.Surface.view`); each start is
+    an open circle, and a run with ``meta['diverged']`` ends in a cross named after its step.
+    """
     from toy_envs.surfaces import get_surface
 
     runs = _as_runs(runs)
@@ -77,7 +82,12 @@ def trajectory_figure(runs: History | Mapping[str, History], surface: str | None
             raise ValueError(f"surface must be given when runs span surfaces {names or 'none'}")
         surface = names.pop()
     s = get_surface(surface)
-    xs, ys, z = s.grid(grid)
+    paths = {label: np.asarray(h["xy"], dtype=float) for label, h in runs.items() if "xy" in h}
+    paths = {label: p[np.isfinite(p).all(1)] for label, p in paths.items()}
+    starts = np.array([p[0] for p in paths.values() if len(p)]).reshape(-1, 2)
+    steady = [p for label, p in paths.items() if runs[label].meta.get("diverged") is None]
+    x_range, y_range = s.view(np.concatenate([starts, *steady]))   # a blow-up leaves the view
+    xs, ys, z = s.grid(grid, x_range, y_range)
     z = z.numpy()
     if s.log_scale:
         z = np.log10(z - s.minimum + 1.0)
@@ -85,20 +95,33 @@ def trajectory_figure(runs: History | Mapping[str, History], surface: str | None
                                colorscale="Greys", opacity=0.6, line=dict(width=0.5),
                                name=f"{s.name}{' (log10 f+1)' if s.log_scale else ''}",
                                hoverinfo="skip"))
+    lo, hi = np.array([x_range[0], y_range[0]]), np.array([x_range[1], y_range[1]])
     for i, (label, h) in enumerate(runs.items()):
-        if "xy" not in h:
+        if label not in paths or not len(paths[label]):
             continue
-        xy = h["xy"]
-        xy = np.clip(xy, [s.x_range[0] - 1, s.y_range[0] - 1], [s.x_range[1] + 1, s.y_range[1] + 1])
+        xy = paths[label]
         fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="lines+markers", name=label,
-                                 marker=dict(size=3, color=color(i)), line=dict(color=color(i))))
+                                 legendgroup=label, marker=dict(size=3, color=color(i)),
+                                 line=dict(color=color(i))))
+        if h.meta.get("diverged") is not None:           # a cross at its last point in view
+            inside = ((xy >= lo) & (xy <= hi)).all(1)
+            last = xy[np.flatnonzero(inside)[-1]] if inside.any() else xy[0]
+            fig.add_trace(go.Scatter(x=[last[0]], y=[last[1]], mode="markers", legendgroup=label,
+                                     name=f"{label}: diverged at step {h.meta['diverged']}",
+                                     marker=dict(symbol="x", size=12, color=color(i),
+                                                 line=dict(color="black", width=1))))
+    if len(starts):
+        unique = np.unique(starts, axis=0)
+        fig.add_trace(go.Scatter(x=unique[:, 0], y=unique[:, 1], mode="markers", name="start",
+                                 marker=dict(symbol="circle-open", size=13, color="black",
+                                             line=dict(width=2))))
     mins = np.array(s.minimizers)
     fig.add_trace(go.Scatter(x=mins[:, 0], y=mins[:, 1], mode="markers", name="minimum",
                              marker=dict(symbol="star", size=14, color="gold",
                                          line=dict(color="black", width=1))))
     fig.update_layout(title=title or f"{s.name}", template="plotly_white", height=480,
-                      xaxis=dict(range=list(s.x_range), title="x"),
-                      yaxis=dict(range=list(s.y_range), title="y"),
+                      xaxis=dict(range=list(x_range), title="x"),
+                      yaxis=dict(range=list(y_range), title="y"),
                       margin=dict(l=50, r=20, t=50, b=40))
     return fig
 

@@ -21,7 +21,7 @@ def _as_runs(result: History | Mapping[str, History]) -> Runs:
     return result if isinstance(result, Runs) else Runs(result)
 
 
-def sharp_flat_figure(result: History | Mapping[str, History], *, grid: int = 120) -> go.Figure:
+def sharp_flat_figure(result: History | Mapping[str, History], *, grid: int = 100) -> go.Figure:
     """Contours of the sharp/flat toy with every run's paths (lines) and end points (markers)."""
     from toy_envs.sharp_flat import BOX, FLAT, SHARP, sharp_flat_loss
 
@@ -37,10 +37,13 @@ def sharp_flat_figure(result: History | Mapping[str, History], *, grid: int = 12
         paths = np.asarray(h.artifacts.get("paths", []), dtype=float)  # (K, T, 2)
         if paths.size == 0:
             continue
-        for k, path in enumerate(paths):
-            fig.add_trace(go.Scatter(x=path[:, 0], y=path[:, 1], mode="lines", legendgroup=label,
-                                     showlegend=False, line=dict(color=color(i), width=1),
-                                     opacity=0.5, hoverinfo="skip"))
+        # every start's path in one trace, separated by gaps (None): one trace per optimizer
+        joined = np.concatenate([paths, np.zeros((len(paths), 1, 2))], axis=1).astype(object)
+        joined[:, -1] = None
+        joined = joined.reshape(-1, 2)[:-1]                       # (K (T + 1) - 1, 2)
+        fig.add_trace(go.Scatter(x=joined[:, 0], y=joined[:, 1], mode="lines", legendgroup=label,
+                                 showlegend=False, line=dict(color=color(i), width=1),
+                                 opacity=0.5, hoverinfo="skip", connectgaps=False))
         fig.add_trace(go.Scatter(x=paths[:, -1, 0], y=paths[:, -1, 1], mode="markers", name=label,
                                  legendgroup=label, marker=dict(size=9, color=color(i),
                                                                 line=dict(color="black", width=1))))

@@ -31,14 +31,51 @@ def test_time_to_target_hand_example():
     assert time_to_target(h, "loss", 0.2, x="step", higher_is_better=False) == 1.0
 
 
-def test_target_rows_rank_by_time_and_put_misses_last():
-    runs = Runs({"slow": _history([0.5, 0.95], [1.0, 5.0]), "never": _history([0.1, 0.2], [0.1, 0.2]),
-                 "fast": _history([0.92, 0.93], [0.5, 1.0])})
+def _costed(acc, wall, per_step=1):
+    h = _history(acc, wall)
+    for t, (_, row) in enumerate(h.rows):
+        row["evals"] = float(per_step * (t + 1))
+    return h
+
+
+def test_target_rows_rank_by_steps_and_keep_seconds_as_a_secondary_column():
+    # Prepare: "lucky_clock" reaches 0.9 in fewer seconds but more steps than "steady"
+    runs = Runs({"lucky_clock": _costed([0.5, 0.6, 0.95], [0.1, 0.2, 0.3]),
+                 "never": _costed([0.1, 0.2, 0.3], [0.1, 0.2, 0.3]),
+                 "steady": _costed([0.5, 0.92, 0.93], [1.0, 2.0, 3.0])})
+    # Execute
     rows = target_rows(runs, "test_accuracy", 0.9)
-    assert [r["optimizer"] for r in rows] == ["fast", "slow", "never"]
-    assert rows[0]["seconds"] == 0.5 and rows[2]["seconds"] is None and rows[2]["best"] == 0.2
+    by_seconds = target_rows(runs, "test_accuracy", 0.9, rank_by="seconds")
+    # Assert: steps decide (same cost per step), misses come last without a rank
+    assert [r["optimizer"] for r in rows] == ["steady", "lucky_clock", "never"]
+    assert [r["rank"] for r in rows] == [1, 2, None] and rows[0]["ranked_by"] == "steps"
+    assert rows[0]["steps"] == 1 and rows[0]["evals"] == 2 and rows[0]["seconds"] == 2.0
+    assert rows[2]["seconds"] is None and rows[2]["best"] == 0.3
+    assert [r["optimizer"] for r in by_seconds][:2] == ["lucky_clock", "steady"]
+    with pytest.raises(ValueError, match="rank_by"):
+        target_rows(runs, "test_accuracy", 0.9, rank_by="time")
+
+
+def test_target_rows_rank_by_gradient_evaluations_when_costs_differ():
+    # Prepare: a two-pass method (2 evaluations per step) reaches the target one step earlier
+    runs = Runs({"sgd": _costed([0.5, 0.8, 0.95], [1.0, 2.0, 3.0]),
+                 "sam": _costed([0.5, 0.95, 0.96], [2.0, 4.0, 6.0], per_step=2)})
+    # Execute
+    rows = target_rows(runs, "test_accuracy", 0.9)
+    # Assert: SAM needs 1 step but 4 evaluations, SGD 2 steps and 3 evaluations
+    assert rows[0]["ranked_by"] == "evals"
+    assert [(r["optimizer"], r["steps"], r["evals"]) for r in rows] == [("sgd", 2, 3), ("sam", 1, 4)]
+    assert [r["optimizer"] for r in target_rows(runs, "test_accuracy", 0.9, rank_by="steps")] == ["sam", "sgd"]
+
+
+def test_time_to_target_table_labels_seconds_as_noisy():
+    runs = Runs({"steady": _costed([0.5, 0.92], [1.0, 2.0]), "never": _costed([0.1, 0.2], [0.1, 0.2])})
     table = time_to_target_table(runs, "test_accuracy", 0.9)
-    assert "not reached" in table.data[0].cells.values[1]
+    header = table.data[0].header.values
+    assert "ranked by steps" in table.layout.title.text
+    assert any("noisy" in h for h in header) and "<b>steps</b>" in header[2]
+    assert list(table.data[0].cells.values[1]) == ["steady", "never"]
+    assert table.data[0].cells.values[2][1] == "not reached" and table.data[0].cells.values[0][1] == "–"
 
 
 def test_digits_mlp_is_reproducible_and_seeded():
@@ -87,13 +124,24 @@ def test_compare_on_surface_passes_betas():
         compare_on_surface(SurfaceCompareConfig(optimizers=()))
 
 
-def test_algoperf_ranks_optimizers_by_time_to_target():
-    h = run("algoperf", optimizers=("adam(lr=1e-2)", "sgd(lr=1e-4)"), steps=25, target=0.8)
+def test_digits_mlp_counts_gradient_and_fitness_evaluations():
+    plain = run("digits_mlp", optimizer="adam(lr=1e-2)", steps=4)
+    sam = run("digits_mlp", optimizer="sam(lr=0.1)", steps=4)
+    es = run("digits_mlp", optimizer="es(population=6)", steps=3)
+    np.testing.assert_array_equal(plain["evals"], [1, 2, 3, 4])       # one forward+backward a step
+    np.testing.assert_array_equal(sam["evals"], [2, 4, 6, 8])         # two passes a step
+    np.testing.assert_array_equal(es["evals"], [6, 12, 18])           # one fitness per member
+
+
+def test_algoperf_ranks_optimizers_by_steps_to_target():
+    h = run("algoperf", optimizers=("sgd(lr=1e-4)", "adam(lr=1e-2)"), steps=25, target=0.8)
     table = h.artifacts["table"]
     assert [r["optimizer"] for r in table] == ["adam(lr=1e-2)", "sgd(lr=1e-4)"]  # tiny lr misses
-    assert table[1]["seconds"] is None and math.isnan(h["seconds_to_target"][1])
+    assert table[0]["ranked_by"] == "steps" and h.meta["ranked_by"] == "steps"
+    assert table[1]["steps"] is None and math.isnan(h["steps_to_target"][1])
+    assert h["steps_to_target"][0] == table[0]["steps"] and h["evals_to_target"][0] == table[0]["steps"] + 1
     assert h["seconds_to_target"][0] > 0
     figs = algoperf_figures(h)
-    assert len(figs) == 2
+    assert len(figs) == 2 and "ranked by steps" in figs[0].layout.title.text
     runs = Runs({label: History.from_dict(d) for label, d in h.artifacts["runs"].items()})
     assert len(digits_figures(runs)) == 3
