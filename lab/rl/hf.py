@@ -161,7 +161,10 @@ class CausalLMPolicy(nn.Module):
                 if isinstance(getattr(module, "attention_dropout", None), float):
                     module.attention_dropout = 0.0
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):            # transformers >= 5 name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         decoder_args = inspect.signature(model.base_model.forward).parameters
         self._cache_arg = "cache" if "cache" in decoder_args else "past_key_values"   # transformers 5 / 4
         from lab.peft.core import adapters
