@@ -47,12 +47,14 @@ class StringTask(TokenTask):
         self.max_new_tokens = difficulty + 1 + slack
 
     def sample_prompts(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        letters = torch.randint(LETTER0, LETTER0 + self.alphabet, (n, self.difficulty), generator=generator)
+        dev = generator.device                                       # prompts live with the generator
+        letters = torch.randint(LETTER0, LETTER0 + self.alphabet, (n, self.difficulty), generator=generator,
+                                device=dev)
         if self.mode == "mixed":
-            ops = torch.randint(COPY, REVERSE + 1, (n, 1), generator=generator)
+            ops = torch.randint(COPY, REVERSE + 1, (n, 1), generator=generator, device=dev)
         else:
-            ops = torch.full((n, 1), COPY if self.mode == "copy" else REVERSE)
-        return torch.cat([ops, letters, torch.full((n, 1), EQUALS)], dim=1)
+            ops = torch.full((n, 1), COPY if self.mode == "copy" else REVERSE, device=dev)
+        return torch.cat([ops, letters, torch.full((n, 1), EQUALS, device=dev)], dim=1)
 
     def targets(self, prompts: torch.Tensor) -> list[list[int]]:
         out = []

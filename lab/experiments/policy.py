@@ -57,7 +57,6 @@ loss; ``clip_frac`` and ``loss`` are means over the step's minibatch updates.
 """
 from __future__ import annotations
 
-import copy
 import inspect
 from dataclasses import dataclass, fields as dataclass_fields, replace as dataclass_replace
 from typing import Any
@@ -67,14 +66,15 @@ import torch
 
 from lab import progress
 from lab.checks import check_int, check_positive
-from lab.experiments._base import experiment, run
+from lab.experiments._base import experiment, resolve_device, run
 from lab.history import History, Runs
 from lab.registry import available, get, make, parse_spec
 from lab.rl.core import batch_hook, call_with, kl, make_fn, masked_mean, wants
+from lab.models.policy import frozen_reference
 from lab.rl.rollout import pad_responses, rollout, token_rewards
 from toy_envs.token_tasks import TokenTask, make_task
 
-MODELS = ("tabular", "transformer")
+MODELS = ("tabular", "transformer", "hf(...)")
 LOSS_OVERRIDES = ("clip_eps_low", "clip_eps_high", "beta")
 BATCH_KEYS = frozenset({
     "rewards", "group_size", "group_ids", "mask", "logprobs", "old_logprobs", "ref_logprobs", "entropy",
@@ -89,7 +89,7 @@ class PolicyConfig:
     """Config of ``policy_optimization``."""
 
     task: str = "token_bandit"  # token task spec: "arithmetic(max_operand=4)", "reverse(difficulty=3)", ...
-    model: str = "tabular"  # "tabular" (softmax table) or "transformer" (tiny causal LM)
+    model: str = "tabular"  # "tabular", "transformer" (tiny causal LM) or a Hugging Face LM "hf(arch='qwen2', ...)"
     advantage: str = "grpo"  # advantage estimator spec, e.g. "rloo", "gae(lam=0.9)"
     loss: str = "grpo"  # policy loss spec, e.g. "ppo", "dapo", "reinforce"
     optimizer: str = "adam"  # optimizer spec
@@ -115,6 +115,7 @@ class PolicyConfig:
     eval_every: int = 0  # log greedy_accuracy every this many steps (0 = only after the last step)
     eval_prompts: int = 64  # prompts in each greedy evaluation
     seed: int = 0  # seed of prompts, sampling and initialization
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def _plot(history: History):
@@ -124,16 +125,25 @@ def _plot(history: History):
 
 
 def build_model(name: str, task: Any, *, value_head: bool, d_model: int = 64, n_layers: int = 2,
-                generator: torch.Generator | None = None) -> torch.nn.Module:
-    """A policy for ``task``: ``"tabular"`` or ``"transformer"`` (seeded by ``generator``)."""
+                generator: torch.Generator | None = None, device: Any = None) -> torch.nn.Module:
+    """A policy for ``task`` on ``device``, seeded by ``generator``: ``"tabular"``, ``"transformer"``,
+    or ``"hf(arch='qwen2', hidden_size=64, ...)"`` / ``"hf(path='/local/dir', lora=8)"``, a Hugging
+    Face causal LM (:func:`lab.rl.hf.policy_for_task`)."""
     from lab.models.policy import TabularPolicy
     from lab.models.transformer import TinyTransformer
 
-    if name == "tabular":
-        return TabularPolicy.for_task(task, value_head=value_head)
-    if name == "transformer":
+    kind, kwargs = parse_spec(name)
+    if kind == "hf":
+        from lab.rl.hf import policy_for_task
+
+        return policy_for_task(task, value_head=value_head, generator=generator, device=device, **kwargs)
+    if kind in ("tabular", "transformer") and kwargs:
+        raise TypeError(f"model {kind!r} takes no arguments (its size: d_model, n_layers); got {name!r}")
+    if kind == "tabular":
+        return TabularPolicy.for_task(task, value_head=value_head, device=device)
+    if kind == "transformer":
         return TinyTransformer.for_task(task, d_model=d_model, n_layers=n_layers, value_head=value_head,
-                                        generator=generator)
+                                        generator=generator, device=device)
     raise KeyError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
 
 
@@ -242,14 +252,16 @@ def _split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, torch.Tensor], di
 @experiment("policy_optimization", PolicyConfig,
             paper="DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
             arxiv="2402.03300", plot=_plot,
-            summary="Group rollouts on a token task, any advantage estimator x any policy loss")
+            summary="Group rollouts on a token task, any advantage estimator x any policy loss",
+            smoke={"steps": 2, "n_prompts": 2, "group_size": 4, "epochs": 2, "minibatches": 2, "eval_prompts": 4})
 def policy_optimization(cfg: PolicyConfig) -> History:
     for name in ("steps", "n_prompts", "group_size", "epochs", "minibatches", "eval_prompts"):
         check_int(name, getattr(cfg, name), minimum=1)
     check_positive("lr", cfg.lr)
     check_positive("temperature", cfg.temperature)
     check_positive("entropy_coef", cfg.entropy_coef, allow_zero=True)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    dev = resolve_device(cfg.device)
+    generator = torch.Generator(device=dev).manual_seed(cfg.seed)
     task_name, task_kwargs = parse_spec(cfg.task)
     task = make_task(task_name, **task_kwargs)
     estimator = make_fn("advantage", cfg.advantage)
@@ -265,15 +277,17 @@ def policy_optimization(cfg: PolicyConfig) -> History:
         raise ValueError(f"demonstrations=True needs a task with reference answers; {cfg.task!r} has none")
     critic = "values" in wants(estimator)
     model = build_model(cfg.model, task, value_head=critic, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                        generator=generator)
-    reference = copy.deepcopy(model).requires_grad_(False)
+                        generator=generator, device=dev)
+    if hasattr(model, "task_view"):                     # hf(path=...): the task through the tokenizer
+        task = model.task_view(task)
+    reference = frozen_reference(model)
     opt_name, opt_kwargs = parse_spec(cfg.optimizer)
     optimizer = make("optimizer", opt_name, model.parameters(), **{"lr": cfg.lr, **opt_kwargs})
     overrides = {k: getattr(cfg, k) for k in LOSS_OVERRIDES if getattr(cfg, k) is not None}
     history = History(meta={"algorithm": f"{cfg.advantage} + {cfg.loss}", "task": cfg.task,
                             "model": cfg.model, "seed": cfg.seed})
     tau = cfg.temperature
-    eval_generator = torch.Generator().manual_seed(cfg.seed + 1)
+    eval_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
 
     for step in progress.steps(cfg.steps, desc=f"{cfg.advantage}+{cfg.loss}"):
         # ---- rollout: G responses per prompt from the current (old) policy -------------------
@@ -314,13 +328,13 @@ def policy_optimization(cfg: PolicyConfig) -> History:
             batch.update(call_with(full_batch_inputs, batch))
         if cfg.demonstrations:                                                  # one answer per group
             group_prompts = ro.prompts[::ro.group_size]
-            demo_tokens, demo_mask = pad_responses(task.targets(group_prompts), task.pad_id)
+            demo_tokens, demo_mask = pad_responses(task.targets(group_prompts), task.pad_id, device=dev)
         # ---- K epochs of minibatch updates against old_logprobs --------------------------------
         model.train()
         update_metrics: list[dict[str, float]] = []
         grad_norms = []
         for _ in range(cfg.epochs):
-            order = torch.randperm(B, generator=generator)
+            order = torch.randperm(B, generator=generator, device=dev)
             for idx in order.chunk(cfg.minibatches):
                 mb = _subset(batch, idx, B)
                 scored = model.score(ro.prompts[idx], mb["token_ids"], tau)           # ℓ with grad
@@ -409,7 +423,7 @@ def greedy_accuracy(model: Any, task: Any, n_prompts: int, generator: torch.Gene
 def _batch_artifact(task: Any, ro: Any, advantages: torch.Tensor) -> dict[str, Any]:
     """The last rollout for plots: per-token advantages (NaN on padding), texts, rewards."""
     adv = advantages if advantages.dim() == 2 else advantages[:, None].expand(ro.mask.shape)
-    adv = torch.where(ro.mask, adv.float(), torch.full(adv.shape, float("nan")))
+    adv = torch.where(ro.mask, adv.float(), torch.full(adv.shape, float("nan"), device=adv.device))
     texts = [f"{task.decode(p)}{task.decode(t[m])}" for p, t, m in zip(ro.prompts, ro.tokens, ro.mask)]
     return {"advantages": adv.tolist(), "texts": texts, "rewards": ro.rewards.tolist(),
             "group_size": ro.group_size}

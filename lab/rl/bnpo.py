@@ -105,7 +105,7 @@ def _bnpo_column(rewards: torch.Tensor, index: torch.Tensor, alpha: float | None
     stats = group_stats(rewards, group_ids=index, std="none")
     p = stats.mean                                                              # (B,) p_{g(i)}
     # one p per group (every row of a group holds the same p, so the scatter order is irrelevant)
-    p_groups = torch.zeros(stats.n_groups, dtype=p.dtype).scatter_(0, stats.index, p)
+    p_groups = p.new_zeros(stats.n_groups).scatter_(0, stats.index, p)
     fit_alpha, fit_beta = fit_beta_parameters(p_groups)
     degenerate = (alpha is None or beta is None) and is_degenerate(p_groups)
     alpha = fit_alpha if alpha is None else alpha

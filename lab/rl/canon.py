@@ -75,7 +75,7 @@ def split_halves(metric: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     sorted_groups = index[order]
     counts = torch.bincount(index)
     starts = torch.cumsum(counts, 0) - counts                                   # first slot of each group
-    rank = torch.arange(metric.shape[0]) - starts[sorted_groups]               # rank within the group
+    rank = torch.arange(metric.shape[0], device=metric.device) - starts[sorted_groups]               # rank within the group
     high = torch.empty_like(index, dtype=torch.bool)
     high[order] = rank >= counts[sorted_groups] // 2
     return high

@@ -103,8 +103,8 @@ def consistency_entropy(labels: torch.Tensor, index: torch.Tensor, n_groups: int
     """H_q = −Σ_a p_a log2 p_a of the answer labels within each group, per group (n_groups,)."""
     _, lab = torch.unique(labels, return_inverse=True)
     n_labels = int(lab.max()) + 1 if lab.numel() else 1
-    counts = torch.zeros(n_groups, n_labels, dtype=torch.float64)
-    counts.index_put_((index, lab), torch.ones(lab.shape[0], dtype=torch.float64), accumulate=True)
+    counts = torch.zeros(n_groups, n_labels, dtype=torch.float64, device=labels.device)
+    counts.index_put_((index, lab), torch.ones(lab.shape[0], dtype=torch.float64, device=labels.device), accumulate=True)
     p = counts / counts.sum(-1, keepdim=True).clamp_min(1.0)
     return -(torch.where(p > 0, p * torch.log2(p), torch.zeros_like(p))).sum(-1)
 
@@ -128,15 +128,15 @@ def copo_signals(rewards: torch.Tensor, *, group_size: int | None = None,
     index, n_groups = stats.index, stats.n_groups
     active = local != 0 if local_active is None else local_active.bool()
     h_group = consistency_entropy(labels, index, n_groups).to(rewards.dtype)    # (n_groups,)
-    count = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, index, torch.ones_like(rewards))
+    count = rewards.new_zeros(n_groups).index_add_(0, index, torch.ones_like(rewards))
     # c_q = mean_g R  (optionally × (1 − κ H_q), κ = (1 − 1/G)/log2 G)
-    c = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, index, rewards) / count
+    c = rewards.new_zeros(n_groups).index_add_(0, index, rewards) / count
     if entropy_coef:
         kappa = torch.where(count > 1, (1 - 1 / count) / torch.log2(count.clamp_min(2.0)),
                             torch.zeros_like(count))
         c = c * (1 - kappa * h_group)
     # A^glob_q = (c_q − mean c)/(std c + eps) across the prompts of the batch
-    global_q, _ = group_normalize(c, group_ids=torch.zeros(n_groups, dtype=torch.long), eps=eps)
+    global_q, _ = group_normalize(c, group_ids=torch.zeros(n_groups, dtype=torch.long, device=c.device), eps=eps)
     h = h_group[index]                                                          # (B,)
     if blend == "local":
         w = torch.ones_like(h)

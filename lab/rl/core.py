@@ -156,7 +156,7 @@ def check_per_token(name: str, value: Any, shape: tuple[int, ...],
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Σ m·x over ``dim`` (all dims if None); masked entries are ignored even if NaN/-inf."""
     m = mask.bool()
-    x = torch.where(m, x, torch.zeros((), dtype=x.dtype))
+    x = torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device))
     return x.sum() if dim is None else x.sum(dim)
 
 
@@ -172,7 +172,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     mean = masked_mean(x, mask)
     sq = masked_sum((x - mean) ** 2, mask)
     denom = count - 1.0 if unbiased else count
-    return torch.where(denom > 0, sq / denom.clamp_min(1.0), torch.zeros((), dtype=x.dtype))
+    return torch.where(denom > 0, sq / denom.clamp_min(1.0), torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True,
@@ -185,7 +185,7 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = Tru
     whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return torch.where(mask.bool(), whitened, torch.zeros((), dtype=x.dtype))
+    return torch.where(mask.bool(), whitened, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def expand_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -197,7 +197,7 @@ def expand_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     elif advantages.shape != mask.shape:
         raise ValueError(f"advantages must have shape (B,) or {tuple(mask.shape)}, "
                          f"got {tuple(advantages.shape)}")
-    return torch.where(mask.bool(), advantages, torch.zeros((), dtype=advantages.dtype))
+    return torch.where(mask.bool(), advantages, torch.zeros((), dtype=advantages.dtype, device=advantages.device))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def aggregate(x: torch.Tensor, mask: torch.Tensor, agg: str = "token_mean",
 
 
 def _at_least_one(value: Any, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(value, dtype=like.dtype).clamp_min(1.0)
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device).clamp_min(1.0)
 
 
 def sequence_logprobs(logprobs: torch.Tensor, mask: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -282,11 +282,12 @@ class GroupStats:
     zero_std: torch.Tensor    # (n_groups,) bool: all rewards of the group are equal
 
 
-def group_index(n: int, *, group_size: int | None = None,
-                group_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+def group_index(n: int, *, group_size: int | None = None, group_ids: torch.Tensor | None = None,
+                device: torch.device | None = None) -> tuple[torch.Tensor, int]:
     """``(index (n,), n_groups)`` from ``group_size`` (contiguous groups) or ``group_ids`` (any labels).
 
     A training loop may pass both (its batch holds both); they must then describe the same groups.
+    The index lives on ``group_ids``' device, else on ``device`` (default: the CPU).
     """
     if group_size is None and group_ids is None:
         raise ValueError("give group_size (contiguous groups) or group_ids")
@@ -296,7 +297,7 @@ def group_index(n: int, *, group_size: int | None = None,
         if group_size < 1 or n % group_size:
             raise ValueError(f"group_size must be >= 1 and divide the batch size {n}, got {group_size}")
     if group_ids is None:
-        return torch.arange(n) // group_size, n // group_size
+        return torch.arange(n, device=device) // group_size, n // group_size
     check_tensor("group_ids", group_ids, ndim=1)
     if group_ids.is_floating_point():
         raise TypeError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
@@ -318,20 +319,21 @@ def group_stats(rewards: torch.Tensor, *, group_size: int | None = None,
     """
     rewards = check_rewards(rewards)
     check_choice("std", std, STD_MODES)
-    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
+    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids,
+                                  device=rewards.device)
     idx = index.view(-1, *([1] * (rewards.dim() - 1))).expand_as(rewards)
     shape = (n_groups, *rewards.shape[1:])
-    count = torch.zeros(shape, dtype=rewards.dtype).scatter_add_(0, idx, torch.ones_like(rewards))
-    total = torch.zeros(shape, dtype=rewards.dtype).scatter_add_(0, idx, rewards)
+    count = rewards.new_zeros(shape).scatter_add_(0, idx, torch.ones_like(rewards))
+    total = rewards.new_zeros(shape).scatter_add_(0, idx, rewards)
     mean_g = total / count
-    sq = torch.zeros(shape, dtype=rewards.dtype).scatter_add_(0, idx, (rewards - mean_g[index]) ** 2)
+    sq = rewards.new_zeros(shape).scatter_add_(0, idx, (rewards - mean_g[index]) ** 2)
     if std == "none":
         std_g = torch.ones_like(mean_g)
     else:
         denom = count - 1.0 if std == "unbiased" else count
         std_g = torch.where(denom > 0, sq / denom.clamp_min(1.0), torch.zeros_like(sq)).sqrt()
-    spread = (torch.full(shape, -math.inf, dtype=rewards.dtype).scatter_reduce(0, idx, rewards, "amax")
-              - torch.full(shape, math.inf, dtype=rewards.dtype).scatter_reduce(0, idx, rewards, "amin"))
+    spread = (rewards.new_full(shape, -math.inf).scatter_reduce(0, idx, rewards, "amax")
+              - rewards.new_full(shape, math.inf).scatter_reduce(0, idx, rewards, "amin"))
     zero_std = spread == 0 if rewards.dim() == 1 else (spread == 0).all(-1)
     return GroupStats(mean_g[index], std_g[index], count[index], index, n_groups, zero_std)
 
@@ -370,12 +372,12 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_eps_lo
     """
     if isinstance(clip_eps_low, torch.Tensor) or isinstance(clip_eps_high, torch.Tensor):
         # per-token bounds (HAPO's adaptive clipping): tensors broadcastable to ratio
-        lower = 1.0 - torch.as_tensor(clip_eps_low, dtype=ratio.dtype)
-        upper = 1.0 + torch.as_tensor(clip_eps_high, dtype=ratio.dtype)
+        lower = 1.0 - torch.as_tensor(clip_eps_low, dtype=ratio.dtype, device=ratio.device)
+        upper = 1.0 + torch.as_tensor(clip_eps_high, dtype=ratio.dtype, device=ratio.device)
     else:
         check_clip_eps(clip_eps_low, clip_eps_high)
-        lower = torch.tensor(1.0 - clip_eps_low, dtype=ratio.dtype)
-        upper = torch.tensor(1.0 + clip_eps_high, dtype=ratio.dtype)
+        lower = torch.tensor(1.0 - clip_eps_low, dtype=ratio.dtype, device=ratio.device)
+        upper = torch.tensor(1.0 + clip_eps_high, dtype=ratio.dtype, device=ratio.device)
     if advantages.dim() == 1 and ratio.dim() == 2:
         advantages = advantages[:, None]
     pg_unclipped = -advantages * ratio                                          # (B, T)
@@ -599,7 +601,7 @@ def advantage_metrics(advantages: torch.Tensor, mask: torch.Tensor | None = None
     (over responses when ``mask`` is None), and ``frac_zero_std_groups`` when ``stats`` is given."""
     a = advantages.detach()
     if mask is None:
-        valid = torch.ones(a.shape, dtype=torch.bool)
+        valid = torch.ones(a.shape, dtype=torch.bool, device=a.device)
     else:
         valid = as_mask(mask, a if a.dim() == 2 else None).bool()
         a = expand_advantages(a, valid)

@@ -48,7 +48,7 @@ ARXIV = "2506.15050"
 
 def last_index(mask: torch.Tensor) -> torch.Tensor:
     """(B,) position of each row's last valid token (−1 for an empty row)."""
-    positions = torch.arange(mask.shape[1]).expand(mask.shape)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape)
     return torch.where(mask.bool(), positions, torch.full_like(positions, -1)).max(-1).values
 
 
@@ -65,7 +65,7 @@ def outcome_token_rewards(rewards: torch.Tensor, mask: torch.Tensor,
     rewards = check_rewards(rewards)
     last = last_index(mask)                                                     # (B,)
     finished = torch.ones_like(last, dtype=torch.bool) if is_finished is None else is_finished.bool()
-    out = torch.zeros(mask.shape, dtype=rewards.dtype)
+    out = torch.zeros(mask.shape, dtype=rewards.dtype, device=rewards.device)
     rows = torch.nonzero(finished & (last >= 0)).flatten()
     out[rows, last[rows]] = rewards[rows]
     return out
@@ -90,7 +90,7 @@ def extended_gae(values: torch.Tensor, token_rewards: torch.Tensor, mask: torch.
     token_rewards = check_per_token("token_rewards", token_rewards, tuple(values.shape), m)
     n = values.shape[0]
     if is_finished is None:
-        finished = torch.ones(n, dtype=torch.bool)
+        finished = torch.ones(n, dtype=torch.bool, device=values.device)
     else:
         check_tensor("is_finished", is_finished, shape=(n,))
         finished = is_finished.bool()

@@ -84,10 +84,10 @@ def grao_advantages(rewards: torch.Tensor, ref_reward: float | torch.Tensor, *,
         raise ValueError(f"rewards must have shape (B,), got {tuple(rewards.shape)}")
     check_nonneg("eps", eps)
     index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
-    ref = torch.as_tensor(ref_reward, dtype=rewards.dtype)
+    ref = torch.as_tensor(ref_reward, dtype=rewards.dtype, device=rewards.device)
     ref = ref.expand(n_groups) if ref.dim() == 0 else ref
     check_tensor("ref_reward", ref, shape=(n_groups,), finite=True)
-    ref_ids = torch.arange(n_groups)
+    ref_ids = torch.arange(n_groups, device=rewards.device)
     if include_reference:
         stats = group_stats(torch.cat([rewards, ref]), group_ids=torch.cat([index, ref_ids]),
                             std="population")
@@ -96,8 +96,8 @@ def grao_advantages(rewards: torch.Tensor, ref_reward: float | torch.Tensor, *,
     else:
         stats = group_stats(rewards, group_ids=index, std="population")
         mean_o, std_o = stats.mean, stats.std
-        mean_y = torch.zeros(n_groups, dtype=rewards.dtype).scatter_(0, index, mean_o)
-        std_y = torch.zeros(n_groups, dtype=rewards.dtype).scatter_(0, index, std_o)
+        mean_y = rewards.new_zeros(n_groups).scatter_(0, index, mean_o)
+        std_y = rewards.new_zeros(n_groups).scatter_(0, index, std_o)
     # Â = (R − μ_r) / σ_r
     adv_o = (rewards - mean_o) / (std_o + eps)
     adv_y = (ref - mean_y) / (std_y + eps)

@@ -95,7 +95,7 @@ def conflict_masks(token_ids: torch.Tensor, advantages: torch.Tensor, mask: torc
     vocab = int(token_ids.max()) + 1 if token_ids.numel() else 1
     ids = token_ids.long().clamp_min(0)
     # forward key: (group, position t, token v)
-    position = torch.arange(T).expand(n, T)
+    position = torch.arange(T, device=mask.device).expand(n, T)
     fwd_keys = (index[:, None] * T + position) * vocab + ids
     # backward key: (group, s = number of valid tokens after t, token v)
     after = valid.flip(-1).long().cumsum(-1).flip(-1) - valid.long()
@@ -204,7 +204,7 @@ def gtpo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
                                            group_ids=group_ids)
     conflict = forward | backward                                               # (B, T)
     lam = conflict_weights(forward, backward, advantages, conflict_weight=conflict_weight)
-    filtered = torch.zeros(mask_f.shape[0], dtype=torch.bool)
+    filtered = torch.zeros(mask_f.shape[0], dtype=torch.bool, device=mask_f.device)
     adjusted = advantages
     if entropy is not None:
         entropy = check_per_token("entropy", entropy, logprobs.shape)

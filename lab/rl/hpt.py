@@ -115,14 +115,14 @@ def hpt(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: t
     logprobs, mask_f, advantages, old_logprobs = prepare_policy_inputs(
         logprobs, old_logprobs, advantages, mask)
     n = mask_f.shape[0]
-    rl_rows = torch.ones(n, dtype=torch.bool)
+    rl_rows = torch.ones(n, dtype=torch.bool, device=mask_f.device)
     sft_loss = logprobs.sum() * 0.0
     sft_frac = 0.0
     if demo_logprobs is not None:
         check_tensor("demo_logprobs", demo_logprobs, ndim=2, dtype_kind="float")
         demo_m = torch.ones_like(demo_logprobs) if demo_mask is None else \
             as_mask(demo_mask, demo_logprobs, "demo_mask")
-        index, n_groups = group_index(n, group_size=group_size, group_ids=group_ids)
+        index, n_groups = group_index(n, group_size=group_size, group_ids=group_ids, device=mask_f.device)
         if demo_logprobs.shape[0] != n_groups:
             raise ValueError(f"demo_logprobs must have one row per prompt ({n_groups}), "
                              f"got {tuple(demo_logprobs.shape)}")
@@ -138,7 +138,7 @@ def hpt(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: t
                 raise ValueError(f"rewards must have shape ({n},) like the rows of logprobs, "
                                  f"got {tuple(rewards.shape)}")
             correct = (rewards > threshold).to(torch.float64)
-            correct_counts = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, index, correct)
+            correct_counts = torch.zeros(n_groups, dtype=torch.float64, device=correct.device).index_add_(0, index, correct)
         check_tensor("correct_counts", correct_counts, shape=(n_groups,))
         sft = sft_prompts(correct_counts, gate, demo_m.sum(-1) > 0)             # (n_groups,)
         rl_rows = ~sft[index]                                                   # (B,)

@@ -57,9 +57,9 @@ def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *
     v = check_per_token("values", values.detach(), tuple(m.shape), m)
     B, T = r.shape
     advantages = torch.zeros_like(r)
-    last = torch.zeros(B, dtype=r.dtype)                                         # Â_{t+1}
+    last = r.new_zeros(B)                                         # Â_{t+1}
     for t in reversed(range(T)):
-        next_value = v[:, t + 1] if t + 1 < T else torch.zeros(B, dtype=r.dtype)  # 0 after the end
+        next_value = v[:, t + 1] if t + 1 < T else r.new_zeros(B)  # 0 after the end
         delta = r[:, t] + gamma * next_value - v[:, t]                          # δ_t
         last = (delta + gamma * lam * last) * m[:, t]                            # Â_t (0 on padding)
         advantages[:, t] = last

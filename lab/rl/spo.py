@@ -111,7 +111,7 @@ def spo_chain(rewards: torch.Tensor, *, old_logprobs: torch.Tensor, mask: torch.
     if prompt_values is not None:
         check_tensor("prompt_values", prompt_values, shape=(old_logprobs.shape[0],), finite=True)
     cuts = spo_cut_points(old_logprobs, mask_b, prob_threshold=prob_threshold, interval=interval)
-    advantages = torch.zeros(old_logprobs.shape, dtype=rewards.dtype)           # (B, T)
+    advantages = torch.zeros(old_logprobs.shape, dtype=rewards.dtype, device=rewards.device)           # (B, T)
     for i, row_cuts in enumerate(cuts):
         valid = mask_b[i].nonzero().flatten()
         if valid.numel() == 0:
@@ -183,7 +183,7 @@ def spo_tree(rewards: torch.Tensor, *, node_ids: torch.Tensor, segment_ids: torc
         raise ValueError(f"segment_ids must lie in [0, {depth}) on valid tokens")
     root = group_stats(rewards, group_size=group_size, group_ids=group_ids)
     parent_value, parent_key = root.mean, root.index                            # (B,), (B,)
-    edge_adv = torch.zeros(n, depth, dtype=rewards.dtype)                       # (B, D)
+    edge_adv = rewards.new_zeros(n, depth)                       # (B, D)
     for d in range(depth):
         # V(node) = mean reward of the leaves below it
         child = group_stats(rewards, group_ids=node_ids[:, d])
@@ -191,13 +191,14 @@ def spo_tree(rewards: torch.Tensor, *, node_ids: torch.Tensor, segment_ids: torc
         if adv_method == "grpo":
             # std of the sibling values: one value per distinct child, grouped by parent
             uniq, inv = torch.unique(node_ids[:, d], return_inverse=True)
-            first = torch.zeros(uniq.numel(), dtype=torch.long).scatter_(0, inv, torch.arange(n))
+            first = torch.zeros(uniq.numel(), dtype=torch.long, device=inv.device).scatter_(
+                0, inv, torch.arange(n, device=inv.device))
             siblings = group_stats(child.mean[first], group_ids=parent_key[first])
             diff = diff / (siblings.std[inv] + eps)
         edge_adv[:, d] = diff
         parent_value, parent_key = child.mean, node_ids[:, d]
     seg = segment_ids.clamp(0, depth - 1).long()
-    advantages = torch.where(mask_b, edge_adv.gather(1, seg), torch.zeros((), dtype=rewards.dtype))
+    advantages = torch.where(mask_b, edge_adv.gather(1, seg), rewards.new_zeros(()))
     metrics = advantage_metrics(advantages, mask_b)
     metrics["spo/edges_zero_frac"] = float((edge_adv == 0).to(torch.float32).mean())
     return advantages, metrics
@@ -207,12 +208,12 @@ def first_visit_mask(node_ids: torch.Tensor, segment_ids: torch.Tensor,
                      mask: torch.Tensor) -> torch.Tensor:
     """(B, T) bool: a shared tree segment's tokens kept only in the first row that contains it."""
     _check_tree(node_ids, mask.shape[0])
-    keep_node = torch.zeros(node_ids.shape, dtype=torch.bool)                   # (B, D)
+    keep_node = torch.zeros(node_ids.shape, dtype=torch.bool, device=node_ids.device)                   # (B, D)
     for d in range(node_ids.shape[1]):
         _, inv = torch.unique(node_ids[:, d], return_inverse=True)
-        first = torch.full((int(inv.max()) + 1,), node_ids.shape[0], dtype=torch.long)
-        first = first.scatter_reduce(0, inv, torch.arange(node_ids.shape[0]), "amin")
-        keep_node[:, d] = first[inv] == torch.arange(node_ids.shape[0])
+        first = torch.full((int(inv.max()) + 1,), node_ids.shape[0], dtype=torch.long, device=inv.device)
+        first = first.scatter_reduce(0, inv, torch.arange(node_ids.shape[0], device=inv.device), "amin")
+        keep_node[:, d] = first[inv] == torch.arange(node_ids.shape[0], device=inv.device)
     seg = segment_ids.clamp(0, node_ids.shape[1] - 1).long()
     return mask.bool() & keep_node.gather(1, seg)
 

@@ -44,7 +44,7 @@ def window_mask(mask: torch.Tensor, window: int | None) -> torch.Tensor:
     if window is None:
         return mask
     window = check_int("window", window, minimum=1)
-    return mask * (torch.arange(mask.shape[1]) < window).to(mask.dtype)[None, :]
+    return mask * (torch.arange(mask.shape[1], device=mask.device) < window).to(mask.dtype)[None, :]
 
 
 @register("policy_loss", "tppo", paper=PAPER, arxiv="2506.15050",
@@ -69,13 +69,13 @@ def tppo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
     if values is None:
         return loss, metrics
     if is_finished is None:
-        finished = torch.ones(mask_f.shape[0], dtype=torch.bool)
+        finished = torch.ones(mask_f.shape[0], dtype=torch.bool, device=mask_f.device)
     else:
         check_tensor("is_finished", is_finished, shape=(mask_f.shape[0],))
         finished = is_finished.bool()
     value_mask = mask_f * finished[:, None].to(mask_f.dtype)                    # (B, T)
     # the value half of PPO: zero advantages make its policy term exactly 0
-    value_part, value_metrics = ppo(logprobs.detach(), None, torch.zeros(mask_f.shape[0]), value_mask,
+    value_part, value_metrics = ppo(logprobs.detach(), None, mask_f.new_zeros(mask_f.shape[0]), value_mask,
                                     values=values, old_values=old_values, returns=returns,
                                     clip_eps_value=clip_eps_value, vf_coef=vf_coef, agg=agg,
                                     norm=norm)
