@@ -26,6 +26,7 @@ NOT_YET: set[str] = set(NAMES) - {   # every experiment, until its area moves it
     "optimizer_on_surface", "digits_mlp", "algoperf", "sharp_flat", "sharpness_digits",
     "memory_efficient", "es_regression", "es_cartpole", "es_rank_sweep",
     "policy_optimization", "padding_drift", "logits_memory",
+    "advantage_zoo", "token_view", "segment_advantages", "truncation_window", "hybrid_post_training",
 }
 
 

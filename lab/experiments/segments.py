@@ -26,7 +26,7 @@ import torch
 
 from lab import progress
 from lab.checks import check_int, check_positive
-from lab.experiments._base import experiment
+from lab.experiments._base import experiment, resolve_device
 from lab.experiments.policy import build_model
 from lab.history import History, Runs
 from lab.models.policy import Generation, generate
@@ -42,7 +42,7 @@ from toy_envs.token_tasks import make_task
 
 def _nan_padded(x: torch.Tensor, mask: torch.Tensor) -> list:
     """``x`` with NaN on padding, as nested lists (plots leave NaN cells blank)."""
-    return torch.where(mask.bool(), x.float(), torch.full(x.shape, float("nan"))).tolist()
+    return torch.where(mask.bool(), x.float(), torch.full(x.shape, float("nan"), device=x.device)).cpu().tolist()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def complete(policy: Any, task: Any, prompts: torch.Tensor, prefix: torch.Tensor
     """Sample the rest of each response after ``prefix`` (B, c); ``(rewards (B,), new tokens (B,))``."""
     budget = task.max_new_tokens - prefix.shape[1]
     if budget <= 0:
-        return task.reward(prompts, prefix).float(), torch.zeros(prefix.shape[0])
+        return task.reward(prompts, prefix).float(), torch.zeros(prefix.shape[0], device=prefix.device)
     with torch.no_grad():
         gen: Generation = generate(_Prefixed(policy, prefix), prompts, budget, temperature, generator,
                                    eos_id=task.eos_id, pad_id=task.pad_id)
@@ -81,8 +81,8 @@ def mc_value_pool(policy: Any, task: Any, prompts: torch.Tensor, tokens: torch.T
     Prefixes that already end the response (after ``<eos>``) are not completed (NaN).
     """
     B, T = tokens.shape
-    pool = torch.full((B, T + 1, n), float("nan"))
-    cost = torch.zeros(B, T + 1)
+    pool = torch.full((B, T + 1, n), float("nan"), device=tokens.device)
+    cost = torch.zeros(B, T + 1, device=tokens.device)
     lengths = mask.sum(-1)
     for c in range(-1, T - 1):
         rows = (lengths > c + 1).nonzero().flatten()          # the state after token c is not final
@@ -115,6 +115,7 @@ class SegmentConfig:
     branch: tuple[int, ...] = (2, 2, 2)  # SPO-tree branching factors b_1..b_D
     temperature: float = 1.0  # sampling temperature
     seed: int = 0  # seed of model, prompts and sampling
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def _plot_segments(history: History):
@@ -131,16 +132,19 @@ def chain_states(cuts: list[list[int]]) -> list[list[int]]:
 @experiment("segment_advantages", SegmentConfig, paper="Segment Policy Optimization: Effective "
             "Segment-Level Credit Assignment in RL for Large Language Models", arxiv="2505.23564",
             plot=_plot_segments,
-            summary="SPO: variance of MC segment vs token advantages at equal rollouts; tree vs chain cost")
+            summary="SPO: variance of MC segment vs token advantages at equal rollouts; tree vs chain cost",
+            smoke={"task": "reverse(difficulty=2)", "n_prompts": 1, "rollouts": 2, "intervals": (1, 2),
+                   "repeats": 2, "branch": (2, 2)})
 def segment_advantages(cfg: SegmentConfig) -> History:
     for name in ("n_prompts", "group_size", "rollouts", "repeats"):
         check_int(name, getattr(cfg, name), minimum=1)
     for k in cfg.intervals:
         check_int("intervals", k, minimum=1)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    dev = resolve_device(cfg.device)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     name, kwargs = parse_spec(cfg.task)
     task = make_task(name, **kwargs)
-    policy = build_model(cfg.model, task, value_head=False, generator=gen).eval()
+    policy = build_model(cfg.model, task, value_head=False, generator=gen, device=dev).eval()
     ro = rollout(policy, task, cfg.n_prompts, cfg.group_size, temperature=cfg.temperature, generator=gen)
     B = ro.tokens.shape[0]
     # one pool of K·repeats completions per state; each estimator takes its share per repeat
@@ -154,8 +158,8 @@ def segment_advantages(cfg: SegmentConfig) -> History:
         states = chain_states(cuts)
         estimates = []
         for r in range(cfg.repeats):
-            cut_values = torch.zeros(ro.tokens.shape)
-            prompt_values = torch.zeros(B)
+            cut_values = torch.zeros(ro.tokens.shape, device=dev)
+            prompt_values = torch.zeros(B, device=dev)
             for i, row in enumerate(states):
                 share = _share(cfg, len(row))                                     # N = K / #states
                 for c in row:
@@ -170,7 +174,7 @@ def segment_advantages(cfg: SegmentConfig) -> History:
             estimates.append(adv)
         est = torch.stack(estimates)                                            # (R, B, T)
         credited = ro.mask & (ro.logprobs.exp() < cfg.prob_threshold)
-        var = est.var(0, unbiased=True) if cfg.repeats > 1 else torch.zeros(ro.tokens.shape)
+        var = est.var(0, unbiased=True) if cfg.repeats > 1 else torch.zeros(ro.tokens.shape, device=dev)
         n_states = sum(len(s) for s in states) / B
         # generated MC tokens: N completions from each state, each of its mean length
         mc_tokens = sum(float(cost[i, c + 1]) * _share(cfg, len(s))
@@ -200,12 +204,13 @@ def sample_tree(policy: Any, task: Any, prompt: torch.Tensor, branch: tuple[int,
     number of generated tokens."""
     depth = len(branch)
     seg_len = math.ceil(task.max_new_tokens / depth)
-    tokens = torch.zeros(1, 0, dtype=torch.long)
-    mask = torch.zeros(1, 0, dtype=torch.bool)
-    node_ids = torch.zeros(1, 0, dtype=torch.long)
+    dev = prompt.device
+    tokens = torch.zeros(1, 0, dtype=torch.long, device=dev)
+    mask = torch.zeros(1, 0, dtype=torch.bool, device=dev)
+    node_ids = torch.zeros(1, 0, dtype=torch.long, device=dev)
     generated = 0
     for d, b in enumerate(branch):
-        rep = torch.arange(tokens.shape[0]).repeat_interleave(b)
+        rep = torch.arange(tokens.shape[0], device=dev).repeat_interleave(b)
         tokens, mask, node_ids = tokens[rep], mask[rep], node_ids[rep]
         budget = min(seg_len, task.max_new_tokens - tokens.shape[1])
         alive = ~(tokens == task.eos_id).any(-1)                               # not ended yet
@@ -218,8 +223,8 @@ def sample_tree(policy: Any, task: Any, prompt: torch.Tensor, branch: tuple[int,
         width = budget
         tokens = torch.cat([tokens, seg_tokens[:, :width]], dim=1)
         mask = torch.cat([mask, seg_mask[:, :width]], dim=1)
-        node_ids = torch.cat([node_ids, torch.arange(tokens.shape[0])[:, None]], dim=1)
-    segment_ids = (torch.arange(tokens.shape[1]) // seg_len).clamp(max=depth - 1).expand(tokens.shape)
+        node_ids = torch.cat([node_ids, torch.arange(tokens.shape[0], device=dev)[:, None]], dim=1)
+    segment_ids = (torch.arange(tokens.shape[1], device=dev) // seg_len).clamp(max=depth - 1).expand(tokens.shape)
     prompts = prompt.expand(tokens.shape[0], -1)
     rewards = task.reward(prompts, tokens).float()
     return {"tokens": tokens, "mask": mask, "node_ids": node_ids, "segment_ids": segment_ids,
@@ -253,6 +258,7 @@ class TruncationConfig:
     lam: float = 0.95  # λ
     temperature: float = 1.0  # sampling temperature
     seed: int = 0  # seed
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def _plot_truncation(history: History):
@@ -263,13 +269,15 @@ def _plot_truncation(history: History):
 
 @experiment("truncation_window", TruncationConfig, paper="Truncated Proximal Policy Optimization",
             arxiv="2506.15050", plot=_plot_truncation,
-            summary="EGAE on responses cut at a window w vs full-episode GAE, for every w")
+            summary="EGAE on responses cut at a window w vs full-episode GAE, for every w",
+            smoke={"task": "reverse(difficulty=2)", "n_prompts": 2, "value_rollouts": 2})
 def truncation_window(cfg: TruncationConfig) -> History:
     check_int("value_rollouts", cfg.value_rollouts, minimum=1)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    dev = resolve_device(cfg.device)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     name, kwargs = parse_spec(cfg.task)
     task = make_task(name, **kwargs)
-    policy = build_model(cfg.model, task, value_head=False, generator=gen).eval()
+    policy = build_model(cfg.model, task, value_head=False, generator=gen, device=dev).eval()
     ro = rollout(policy, task, cfg.n_prompts, cfg.group_size, temperature=cfg.temperature, generator=gen)
     pool, _ = mc_value_pool(policy, task, ro.prompts, ro.tokens, ro.mask, cfg.value_rollouts,
                             temperature=cfg.temperature, generator=gen)
@@ -280,7 +288,7 @@ def truncation_window(cfg: TruncationConfig) -> History:
     lengths = ro.mask.sum(-1)
     examples = {}
     for w in range(1, ro.tokens.shape[1] + 1):
-        window = ro.mask & (torch.arange(ro.tokens.shape[1]) < w)                # tokens generated so far
+        window = ro.mask & (torch.arange(ro.tokens.shape[1], device=dev) < w)    # tokens generated so far
         finished = lengths <= w
         tok = outcome_token_rewards(ro.rewards, window, finished)
         egae_adv, _ = extended_gae(values, tok, window, is_finished=finished, gamma=cfg.gamma,
@@ -313,6 +321,7 @@ class HybridConfig:
     group_size: int = 8  # rollouts per prompt
     temperature: float = 1.0  # sampling temperature
     seed: int = 0  # seed
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def _plot_hybrid(history: History):
@@ -323,14 +332,16 @@ def _plot_hybrid(history: History):
 
 @experiment("hybrid_post_training", HybridConfig,
             paper="Towards a Unified View of Large Language Model Post-Training", arxiv="2509.04419",
-            plot=_plot_hybrid, summary="HPT: per-prompt switch between SFT on demonstrations and RL")
+            plot=_plot_hybrid, summary="HPT: per-prompt switch between SFT on demonstrations and RL",
+            smoke={"steps": 2, "n_prompts": 2, "group_size": 2})
 def hybrid_post_training(cfg: HybridConfig) -> History:
     check_int("steps", cfg.steps, minimum=1)
     check_positive("lr", cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    dev = resolve_device(cfg.device)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     name, kwargs = parse_spec(cfg.task)
     task = make_task(name, **kwargs)
-    model = build_model(cfg.model, task, value_head=False, generator=gen)
+    model = build_model(cfg.model, task, value_head=False, generator=gen, device=dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     estimator = make_fn("advantage", cfg.advantage)
     history = History(meta={"algorithm": f"hpt(gate={cfg.gate})", "task": cfg.task, "seed": cfg.seed})
@@ -338,7 +349,7 @@ def hybrid_post_training(cfg: HybridConfig) -> History:
         model.eval()
         ro = rollout(model, task, cfg.n_prompts, cfg.group_size, temperature=cfg.temperature, generator=gen)
         prompts = ro.prompts[::cfg.group_size]                                  # (N, P) one per group
-        demo_tokens, demo_mask = pad_responses(task.targets(prompts), task.pad_id)
+        demo_tokens, demo_mask = pad_responses(task.targets(prompts), task.pad_id, device=dev)
         advantages, _ = call_with(estimator, {"rewards": ro.rewards, "group_size": cfg.group_size,
                                               "mask": ro.mask})
         model.train()

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from lab.checks import check_int, check_positive
-from lab.experiments._base import experiment, run
+from lab.experiments._base import experiment, resolve_device, run
 from lab.history import History, Runs
 from lab.models.policy import TabularPolicy
 from lab.registry import available, get, parse_spec
@@ -69,11 +69,13 @@ class AdvantageZooConfig:
     metric: str = "0.1, 0.2, 0.9, 0.8"  # their mean token entropies (CANON, STEER-like views)
     homogeneous: bool = True  # add an all-correct and an all-wrong group of the same shape
     r_max: float = 1.0  # reward of a correct answer (the all-correct group, NGRPO's virtual sample)
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def zoo_batch(rewards: list[float], lengths: list[int], metric: list[float], *,
-              homogeneous: bool = True, r_max: float = 1.0) -> dict[str, Any]:
-    """The calculator's batch (Part F.1 names) for one group, optionally + all-correct/all-wrong."""
+              homogeneous: bool = True, r_max: float = 1.0, device: Any = None) -> dict[str, Any]:
+    """The calculator's batch (Part F.1 names) for one group, optionally + all-correct/all-wrong,
+    with every tensor on ``device`` (default: the current default device)."""
     G = len(rewards)
     if len(lengths) != G or len(metric) != G:
         raise ValueError(f"rewards, lengths and metric must have the same number of entries, "
@@ -81,13 +83,13 @@ def zoo_batch(rewards: list[float], lengths: list[int], metric: list[float], *,
     if min(lengths) < 1:
         raise ValueError(f"lengths must be >= 1, got {lengths}")
     groups = [rewards] + ([[r_max] * G, [0.0] * G] if homogeneous else [])
-    R = torch.tensor([r for g in groups for r in g], dtype=torch.float64)      # (B,)
+    R = torch.tensor([r for g in groups for r in g], dtype=torch.float64, device=device)      # (B,)
     n, B, T = len(groups), len(groups) * G, max(lengths)
-    L = torch.tensor(lengths * n)
-    positions = torch.arange(T)
+    L = torch.tensor(lengths * n, device=device)
+    positions = torch.arange(T, device=device)
     mask = positions[None, :] < L[:, None]                                     # (B, T)
-    entropy = torch.tensor(metric * n, dtype=torch.float64)[:, None].expand(B, T) * mask
-    group_ids = torch.arange(n).repeat_interleave(G)
+    entropy = torch.tensor(metric * n, dtype=torch.float64, device=device)[:, None].expand(B, T) * mask
+    group_ids = torch.arange(n, device=device).repeat_interleave(G)
     mean_g = R.view(n, G).mean(-1).repeat_interleave(G)
     # MC values V(y_{≤t}) moving linearly from the group mean to R_i along the response
     frac = ((positions[None, :] + 1).double() / L[:, None]).clamp(max=1.0)
@@ -96,13 +98,14 @@ def zoo_batch(rewards: list[float], lengths: list[int], metric: list[float], *,
     old_logprobs = torch.where(positions % 2 == 1, math.log(0.5), math.log(0.95)).double()
     old_logprobs = old_logprobs.expand(B, T) * mask
     # a depth-2 tree: pairs of responses share their first half
-    node_ids = torch.stack([group_ids * G + torch.arange(B) % G // 2, B + torch.arange(B)], dim=1)
+    node_ids = torch.stack([group_ids * G + torch.arange(B, device=device) % G // 2, B + torch.arange(B, device=device)], dim=1)
     segment_ids = (positions[None, :] >= (L[:, None] + 1) // 2).long()
     return {"rewards": R, "group_size": G, "group_ids": group_ids, "mask": mask, "lengths": L,
             "entropy": entropy, "metric": None, "token_rewards": token_rewards(R, mask),
-            "values": torch.zeros(B, T, dtype=torch.float64), "is_finished": torch.ones(B, dtype=torch.bool),
+            "values": torch.zeros(B, T, dtype=torch.float64, device=device),
+            "is_finished": torch.ones(B, dtype=torch.bool, device=device),
             "old_logprobs": old_logprobs, "cut_values": cut_values, "node_ids": node_ids,
-            "segment_ids": segment_ids, "token_ids": torch.zeros(B, T, dtype=torch.long), "step": 0}
+            "segment_ids": segment_ids, "token_ids": torch.zeros(B, T, dtype=torch.long, device=device), "step": 0}
 
 
 def _plot_zoo(history: History):
@@ -112,12 +115,14 @@ def _plot_zoo(history: History):
 
 
 @experiment("advantage_zoo", AdvantageZooConfig, paper=PAPER, arxiv="2402.03300", plot=_plot_zoo,
-            summary="Every registered advantage estimator on one group (+ all-correct, all-wrong)")
+            summary="Every registered advantage estimator on one group (+ all-correct, all-wrong)",
+            smoke={"rewards": "1, 0", "lengths": "1, 2", "metric": "0.5, 0.1"})
 def advantage_zoo(cfg: AdvantageZooConfig) -> History:
     rewards = parse_numbers("rewards", cfg.rewards)
     lengths = parse_numbers("lengths", cfg.lengths, int)
     metric = parse_numbers("metric", cfg.metric)
-    batch = zoo_batch(rewards, lengths, metric, homogeneous=cfg.homogeneous, r_max=cfg.r_max)
+    dev = resolve_device(cfg.device)
+    batch = zoo_batch(rewards, lengths, metric, homogeneous=cfg.homogeneous, r_max=cfg.r_max, device=dev)
     G = len(rewards)
     n_groups = batch["rewards"].shape[0] // G
     names = ["your group", "all correct", "all wrong"][:n_groups]
@@ -132,13 +137,13 @@ def advantage_zoo(cfg: AdvantageZooConfig) -> History:
             continue
         adv = expand_advantages(advantages.detach().double(), batch["mask"])    # (B, T)
         per_response = masked_mean(adv, batch["mask"], dim=-1)                 # (B,)
-        table[name] = per_response.tolist()
+        table[name] = per_response.cpu().tolist()
         history.append(k, adv_mean=float(per_response.mean()), adv_std=float(per_response.std(unbiased=False)),
                        adv_abs_max=float(per_response.abs().max()))
     history.artifacts.update({
-        "advantages": table, "skipped": skipped, "rewards": batch["rewards"].tolist(),
-        "lengths": batch["lengths"].tolist(), "group_size": G, "groups": names,
-        "labels": [f"{names[i // G]}: y{i % G} R={r:g}" for i, r in enumerate(batch["rewards"].tolist())]})
+        "advantages": table, "skipped": skipped, "rewards": batch["rewards"].cpu().tolist(),
+        "lengths": batch["lengths"].cpu().tolist(), "group_size": G, "groups": names,
+        "labels": [f"{names[i // G]}: y{i % G} R={r:g}" for i, r in enumerate(batch["rewards"].cpu().tolist())]})
     return history
 
 
@@ -209,6 +214,7 @@ class TokenViewConfig:
     seed: int = 0  # seed of the policy, prompts and samples
     d3s_keep: float = 0.3  # D³S: share of tokens kept (K_t) in the selected rows
     d3s_rows: float = 0.5  # D³S: share of rollouts kept (N_t)
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def _plot_tokens(history: History):
@@ -218,13 +224,15 @@ def _plot_tokens(history: History):
 
 
 @experiment("token_view", TokenViewConfig, paper=PAPER, arxiv="2402.03300", plot=_plot_tokens,
-            summary="Per token: STEER weights, GTPO conflicts, HAPO bounds/temperature, D3S selection")
+            summary="Per token: STEER weights, GTPO conflicts, HAPO bounds/temperature, D3S selection",
+            smoke={"task": "reverse(difficulty=2)", "n_prompts": 1, "group_size": 2})
 def token_view(cfg: TokenViewConfig) -> History:
     check_positive("init_std", cfg.init_std, allow_zero=True)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    dev = resolve_device(cfg.device)
+    generator = torch.Generator(device=dev).manual_seed(cfg.seed)
     task_name, task_kwargs = parse_spec(cfg.task)
     task = make_task(task_name, **task_kwargs)
-    policy = TabularPolicy.for_task(task, init_std=cfg.init_std, generator=generator)
+    policy = TabularPolicy.for_task(task, init_std=cfg.init_std, generator=generator, device=dev)
     ro = rollout(policy, task, cfg.n_prompts, cfg.group_size, generator=generator)
     batch = ro.batch()
     advantages, _ = call_with(get("advantage", "grpo"), batch)                 # (B,)

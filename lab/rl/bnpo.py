@@ -152,7 +152,8 @@ def bnpo_advantages(rewards: torch.Tensor, *, group_size: int | None = None,
     if (rewards < r_min).any() or (rewards > r_max).any():
         raise ValueError(f"rewards must lie in [r_min, r_max] = [{r_min}, {r_max}]; got range "
                          f"[{rewards.min().item()}, {rewards.max().item()}]")
-    index, _ = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
+    index, _ = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids,
+                           device=rewards.device)
     scaled = (rewards - r_min) / (r_max - r_min)                                # R̃ in [0, 1]
     columns = scaled[:, None] if scaled.dim() == 1 else scaled                   # (B, K)
     per_column, alphas, betas, degenerate = [], [], [], []

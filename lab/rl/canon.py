@@ -118,7 +118,8 @@ def canon_advantages(rewards: torch.Tensor, *, group_size: int | None = None,
     if metric is None:
         metric = response_metric(by=by, mask=mask, entropy=entropy)
     check_tensor("metric", metric, shape=(rewards.shape[0],), finite=True)
-    index, _ = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
+    index, _ = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids,
+                           device=rewards.device)
     high = split_halves(metric.detach().to(rewards.dtype), index)               # (B,) o ∈ G⁺
     group = group_stats(rewards, group_ids=index, std="none")                   # whole group
     own = group_stats(rewards, group_ids=index * 2 + high.long(), std="none")   # own half

@@ -83,7 +83,8 @@ def grao_advantages(rewards: torch.Tensor, ref_reward: float | torch.Tensor, *,
     if rewards.dim() != 1:
         raise ValueError(f"rewards must have shape (B,), got {tuple(rewards.shape)}")
     check_nonneg("eps", eps)
-    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
+    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids,
+                                  device=rewards.device)
     ref = torch.as_tensor(ref_reward, dtype=rewards.dtype, device=rewards.device)
     ref = ref.expand(n_groups) if ref.dim() == 0 else ref
     check_tensor("ref_reward", ref, shape=(n_groups,), finite=True)
@@ -164,7 +165,7 @@ def grao(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
         check_tensor("sample_advantages", sample_advantages, shape=(n,), finite=True)
         check_tensor("reference_advantages", reference_advantages, shape=(n,), finite=True)
         check_rewards(rewards)
-        index, n_groups = group_index(n, group_size=group_size, group_ids=group_ids)
+        index, n_groups = group_index(n, group_size=group_size, group_ids=group_ids, device=logprobs.device)
         adv_o = sample_advantages
         adv_y = torch.zeros(n_groups, dtype=reference_advantages.dtype,
                             device=reference_advantages.device).scatter_(0, index, reference_advantages)

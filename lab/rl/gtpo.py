@@ -88,7 +88,7 @@ def conflict_masks(token_ids: torch.Tensor, advantages: torch.Tensor, mask: torc
         raise ValueError(f"token_ids must have the shape of mask {tuple(mask.shape)}, "
                          f"got {tuple(token_ids.shape)}")
     n, T = mask.shape
-    index, _ = group_index(n, group_size=group_size, group_ids=group_ids)
+    index, _ = group_index(n, group_size=group_size, group_ids=group_ids, device=mask.device)
     valid = mask.bool()
     seq_adv = advantages if advantages.dim() == 1 else masked_mean(advantages, valid, dim=-1)
     positive, negative = seq_adv > 0, seq_adv < 0

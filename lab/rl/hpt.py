@@ -66,7 +66,8 @@ def hpt_batch_inputs(rewards: torch.Tensor, *, group_size: int | None = None,
     counted on the full batch (R > ``threshold``)."""
     rewards = check_rewards(rewards)
     threshold = check_number("threshold", threshold)
-    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
+    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids,
+                                  device=rewards.device)
     correct = (rewards > threshold).to(torch.float64)
     counts = torch.zeros(n_groups, dtype=torch.float64, device=rewards.device).index_add_(0, index, correct)
     return {"group_correct": counts[index]}

@@ -233,7 +233,9 @@ LOOP_SWITCHES = ([{"advantage": a} for a in compatible("advantage")]
                  + [{"reward_shaping": "kl_penalty(beta=0.05)"}, {"reward_shaping": "adaptive_kl_penalty"},
                     {"token_selector": "d3s"}, {"token_sampler": "adaptive_temperature"},
                     {"demonstrations": True, "loss": "grao"}, {"demonstrations": True, "loss": "hpt"},
-                    {"entropy_coef": 0.05}, {"advantage": "gae", "loss": "ppo(vf_coef=0.5)"}])
+                    {"entropy_coef": 0.05}, {"advantage": "gae", "loss": "ppo(vf_coef=0.5)"},
+                    {"reward_shaping": "overlong_penalty"}, {"token_selector": "overlong_filter"},
+                    {"group_filter": "dynamic_sampling(max_rounds=2)"}, {"group_filter": "difficulty_filter"}])
 
 
 def test_the_switch_list_covers_every_reward_shaping_and_sampler_the_loop_accepts():
@@ -241,7 +243,8 @@ def test_the_switch_list_covers_every_reward_shaping_and_sampler_the_loop_accept
     # every registered one that runs on the tabular policy is in LOOP_SWITCHES
     listed = {(k, v.split("(")[0]) for s in LOOP_SWITCHES for k, v in s.items() if isinstance(v, str)}
     base = dict(steps=1, n_prompts=2, group_size=2, task="arithmetic(max_operand=4)")
-    for key, kind in (("reward_shaping", "reward"), ("token_selector", "sampler"), ("token_sampler", "sampler")):
+    for key, kind in (("reward_shaping", "reward"), ("token_selector", "sampler"), ("token_sampler", "sampler"),
+                      ("group_filter", "sampler")):
         for name in available(kind):
             try:
                 E.run("policy_optimization", **base, **{key: name})
