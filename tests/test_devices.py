@@ -28,6 +28,8 @@ NOT_YET: set[str] = set(NAMES) - {   # every experiment, until its area moves it
     "flow_pretrain", "flow_finetune", "flow_guidance", "peft_finetune", "checkpoint_merging",
     "stability_gap_digits", "cpt_digits", "useful_simplicity", "ibcl_tradeoffs", "double_descent",
     "opposing_signals", "large_batch_gap", "highdim_dynamics",
+    "policy_optimization", "padding_drift", "logits_memory",
+    "advantage_zoo", "token_view", "segment_advantages", "truncation_window", "hybrid_post_training",
 }
 
 

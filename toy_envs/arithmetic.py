@@ -44,13 +44,14 @@ class ArithmeticTask(TokenTask):
 
     def _digits(self, values: torch.Tensor, width: int) -> torch.Tensor:
         # (n,) -> (n, width) tokens, most significant digit first
-        powers = 10 ** torch.arange(width - 1, -1, -1)
+        powers = 10 ** torch.arange(width - 1, -1, -1, device=values.device)
         return (values[:, None] // powers) % 10 + DIGIT0
 
     def sample_prompts(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        operands = torch.randint(0, self.max_operand + 1, (n, 2), generator=generator)
+        operands = torch.randint(0, self.max_operand + 1, (n, 2), generator=generator,
+                                 device=generator.device)                 # prompts live with the generator
         d = self.difficulty
-        prompts = torch.empty(n, self.prompt_len, dtype=torch.long)
+        prompts = torch.empty(n, self.prompt_len, dtype=torch.long, device=generator.device)
         prompts[:, :d] = self._digits(operands[:, 0], d)
         prompts[:, d] = PLUS
         prompts[:, d + 1:2 * d + 1] = self._digits(operands[:, 1], d)
@@ -60,7 +61,7 @@ class ArithmeticTask(TokenTask):
     def operands(self, prompts: torch.Tensor) -> torch.Tensor:
         """(n, 2) integer operands read back from prompts."""
         d = self.difficulty
-        powers = 10 ** torch.arange(d - 1, -1, -1)
+        powers = 10 ** torch.arange(d - 1, -1, -1, device=prompts.device)
         a = ((prompts[:, :d] - DIGIT0) * powers).sum(-1)
         b = ((prompts[:, d + 1:2 * d + 1] - DIGIT0) * powers).sum(-1)
         return torch.stack([a, b], -1)

@@ -24,10 +24,13 @@ class StringTask(TokenTask):
         difficulty: string length (>= 1).
         alphabet: number of letters (2..26).
         partial_credit: reward = fraction of target tokens right (else exact match only).
+        slack: response positions beyond the answer and its ``<eos>`` (the budget is
+            ``difficulty + 1 + slack``): room to ramble, for length effects such as DAPO's
+            overlong shaping. Tokens after a missing ``<eos>`` never score.
     """
 
     def __init__(self, mode: str = "reverse", difficulty: int = 3, alphabet: int = 4,
-                 partial_credit: bool = True):
+                 partial_credit: bool = True, slack: int = 0):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         if isinstance(difficulty, bool) or not isinstance(difficulty, int) or difficulty < 1:
@@ -38,15 +41,20 @@ class StringTask(TokenTask):
         self.partial_credit = bool(partial_credit)
         self.vocab = ("<pad>", "<eos>", "C", "R", "=", *"abcdefghijklmnopqrstuvwxyz"[:alphabet])
         self.prompt_len = difficulty + 2
-        self.max_new_tokens = difficulty + 1
+        if isinstance(slack, bool) or not isinstance(slack, int) or slack < 0:
+            raise ValueError(f"slack must be an int >= 0 (extra response positions), got {slack!r}")
+        self.slack = slack
+        self.max_new_tokens = difficulty + 1 + slack
 
     def sample_prompts(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        letters = torch.randint(LETTER0, LETTER0 + self.alphabet, (n, self.difficulty), generator=generator)
+        dev = generator.device                                       # prompts live with the generator
+        letters = torch.randint(LETTER0, LETTER0 + self.alphabet, (n, self.difficulty), generator=generator,
+                                device=dev)
         if self.mode == "mixed":
-            ops = torch.randint(COPY, REVERSE + 1, (n, 1), generator=generator)
+            ops = torch.randint(COPY, REVERSE + 1, (n, 1), generator=generator, device=dev)
         else:
-            ops = torch.full((n, 1), COPY if self.mode == "copy" else REVERSE)
-        return torch.cat([ops, letters, torch.full((n, 1), EQUALS)], dim=1)
+            ops = torch.full((n, 1), COPY if self.mode == "copy" else REVERSE, device=dev)
+        return torch.cat([ops, letters, torch.full((n, 1), EQUALS, device=dev)], dim=1)
 
     def targets(self, prompts: torch.Tensor) -> list[list[int]]:
         out = []

@@ -38,7 +38,7 @@ class TokenBanditTask(TokenTask):
     def __init__(self, n_arms: int = 8, n_contexts: int = 1, difficulty: float = 0.0,
                  probs: tuple[float, ...] | None = None, seed: int = 0):
         if probs is not None:
-            probs_t = torch.as_tensor(probs, dtype=torch.float64).reshape(1, -1)
+            probs_t = torch.as_tensor(probs, dtype=torch.float64, device="cpu").reshape(1, -1)
             if probs_t.shape[1] < 2 or not ((probs_t >= 0) & (probs_t <= 1)).all():
                 raise ValueError(f"probs must hold >= 2 probabilities in [0, 1], got {probs!r}")
             n_arms, n_contexts = probs_t.shape[1], 1
@@ -48,9 +48,12 @@ class TokenBanditTask(TokenTask):
         if not 0.0 <= float(difficulty) < 1.0:
             raise ValueError(f"difficulty must lie in [0, 1), got {difficulty!r}")
         if probs is None:
-            g = torch.Generator().manual_seed(seed)
-            base = torch.linspace(0.2, 0.8, n_arms, dtype=torch.float64)
-            probs_t = torch.stack([base[torch.randperm(n_arms, generator=g)] for _ in range(n_contexts)])
+            # the table is a constant of the task: always built on the CPU (moved to the prompts' device
+            # where it is used)
+            g = torch.Generator(device="cpu").manual_seed(seed)
+            base = torch.linspace(0.2, 0.8, n_arms, dtype=torch.float64, device="cpu")
+            probs_t = torch.stack([base[torch.randperm(n_arms, generator=g, device="cpu")]
+                                   for _ in range(n_contexts)])
         self.n_arms, self.n_contexts, self.difficulty = n_arms, n_contexts, float(difficulty)
         self.arm_probs = 0.5 + (1.0 - self.difficulty) * (probs_t - 0.5)          # (C, K)
         self.first_context, self.first_arm = 2, 2 + n_contexts
@@ -60,7 +63,7 @@ class TokenBanditTask(TokenTask):
     # ---- closed form ----------------------------------------------------------------------
     def reward_table(self) -> torch.Tensor:
         """(n_contexts, V) expected reward of every token in every context."""
-        table = torch.zeros(self.n_contexts, self.vocab_size, dtype=torch.float64)
+        table = torch.zeros(self.n_contexts, self.vocab_size, dtype=torch.float64, device=self.arm_probs.device)
         table[:, self.first_arm:] = self.arm_probs
         return table
 
@@ -80,7 +83,8 @@ class TokenBanditTask(TokenTask):
 
     # ---- the batched API ------------------------------------------------------------------
     def sample_prompts(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, self.n_contexts, (n, 1), generator=generator) + self.first_context
+        return torch.randint(0, self.n_contexts, (n, 1), generator=generator,
+                             device=generator.device) + self.first_context
 
     def context(self, prompts: torch.Tensor) -> torch.Tensor:
         """(n,) context index of each prompt."""
@@ -91,15 +95,16 @@ class TokenBanditTask(TokenTask):
         """Bernoulli rewards of the first response token (drawn with ``generator``); with no
         generator, the expected reward (deterministic)."""
         prompts, responses = self.check_batch(prompts, responses)
-        mean = self.reward_table()[self.context(prompts), responses[:, 0]].float()   # (n,)
+        table = self.reward_table().to(prompts.device)
+        mean = table[self.context(prompts), responses[:, 0]].float()                 # (n,)
         if generator is None:
             return mean
-        return (torch.rand(mean.shape, generator=generator) < mean).float()
+        return (torch.rand(mean.shape, generator=generator, device=mean.device) < mean).float()
 
     def correct(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
         """(n,) bool: the chosen token is the best arm of the context."""
         prompts, responses = self.check_batch(prompts, responses)
-        return responses[:, 0] == self.optimal_arm[self.context(prompts)]
+        return responses[:, 0] == self.optimal_arm.to(prompts.device)[self.context(prompts)]
 
 
 class TokenBanditEnv(TokenTaskEnv):

@@ -78,9 +78,8 @@ class TokenTask:
         prompts, responses = self.check_batch(prompts, responses)
         targets = self.targets(prompts)
         width = max(len(t) for t in targets)
-        target = torch.full((len(targets), width), -1, dtype=torch.long)
-        for i, t in enumerate(targets):
-            target[i, :len(t)] = torch.tensor(t)
+        target = torch.tensor([t + [-1] * (width - len(t)) for t in targets], dtype=torch.long,
+                              device=responses.device).reshape(len(targets), width)
         resp = torch.full_like(target, self.pad_id)
         k = min(width, responses.shape[1])
         resp[:, :k] = responses[:, :k]
@@ -109,7 +108,7 @@ class TokenTask:
         """(n,) lengths: up to and including the first ``<eos>``, else the full width."""
         is_eos = responses == self.eos_id
         first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1) + 1,
-                            torch.full((responses.shape[0],), responses.shape[1]))
+                            torch.full((responses.shape[0],), responses.shape[1], device=responses.device))
         return first
 
 

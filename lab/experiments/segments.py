@@ -26,7 +26,7 @@ import torch
 
 from lab import progress
 from lab.checks import check_int, check_positive
-from lab.experiments._base import experiment
+from lab.experiments._base import experiment, resolve_device
 from lab.experiments.policy import build_model
 from lab.history import History, Runs
 from lab.models.policy import Generation, generate
@@ -42,7 +42,7 @@ from toy_envs.token_tasks import make_task
 
 def _nan_padded(x: torch.Tensor, mask: torch.Tensor) -> list:
     """``x`` with NaN on padding, as nested lists (plots leave NaN cells blank)."""
-    return torch.where(mask.bool(), x.float(), torch.full(x.shape, float("nan"))).tolist()
+    return torch.where(mask.bool(), x.float(), torch.full(x.shape, float("nan"), device=x.device)).cpu().tolist()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def complete(policy: Any, task: Any, prompts: torch.Tensor, prefix: torch.Tensor
     """Sample the rest of each response after ``prefix`` (B, c); ``(rewards (B,), new tokens (B,))``."""
     budget = task.max_new_tokens - prefix.shape[1]
     if budget <= 0:
-        return task.reward(prompts, prefix).float(), torch.zeros(prefix.shape[0])
+        return task.reward(prompts, prefix).float(), torch.zeros(prefix.shape[0], device=prefix.device)
     with torch.no_grad():
         gen: Generation = generate(_Prefixed(policy, prefix), prompts, budget, temperature, generator,
                                    eos_id=task.eos_id, pad_id=task.pad_id)
@@ -81,8 +81,8 @@ def mc_value_pool(policy: Any, task: Any, prompts: torch.Tensor, tokens: torch.T
     Prefixes that already end the response (after ``<eos>``) are not completed (NaN).
     """
     B, T = tokens.shape
-    pool = torch.full((B, T + 1, n), float("nan"))
-    cost = torch.zeros(B, T + 1)
+    pool = torch.full((B, T + 1, n), float("nan"), device=tokens.device)
+    cost = torch.zeros(B, T + 1, device=tokens.device)
     lengths = mask.sum(-1)
     for c in range(-1, T - 1):
         rows = (lengths > c + 1).nonzero().flatten()          # the state after token c is not final
@@ -108,12 +108,14 @@ class SegmentConfig:
     n_prompts: int = 3  # prompts
     group_size: int = 2  # responses per prompt
     rollouts: int = 12  # K: MC completions per response, split evenly over its states
+    split_budget: bool = True  # K per response split over its states (SPO's comparison); False: K per state
     intervals: tuple[int, ...] = (1, 2, 3, 6)  # SPO-chain cut intervals (1 = token level)
     prob_threshold: float = 0.9  # ρ: only tokens with π_old < ρ are cut points / carry credit
     repeats: int = 4  # independent re-estimations, for the variance
     branch: tuple[int, ...] = (2, 2, 2)  # SPO-tree branching factors b_1..b_D
     temperature: float = 1.0  # sampling temperature
     seed: int = 0  # seed of model, prompts and sampling
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def _plot_segments(history: History):
@@ -130,16 +132,19 @@ def chain_states(cuts: list[list[int]]) -> list[list[int]]:
 @experiment("segment_advantages", SegmentConfig, paper="Segment Policy Optimization: Effective "
             "Segment-Level Credit Assignment in RL for Large Language Models", arxiv="2505.23564",
             plot=_plot_segments,
-            summary="SPO: variance of MC segment vs token advantages at equal rollouts; tree vs chain cost")
+            summary="SPO: variance of MC segment vs token advantages at equal rollouts; tree vs chain cost",
+            smoke={"task": "reverse(difficulty=2)", "n_prompts": 1, "rollouts": 2, "intervals": (1, 2),
+                   "repeats": 2, "branch": (2, 2)})
 def segment_advantages(cfg: SegmentConfig) -> History:
     for name in ("n_prompts", "group_size", "rollouts", "repeats"):
         check_int(name, getattr(cfg, name), minimum=1)
     for k in cfg.intervals:
         check_int("intervals", k, minimum=1)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    dev = resolve_device(cfg.device)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     name, kwargs = parse_spec(cfg.task)
     task = make_task(name, **kwargs)
-    policy = build_model(cfg.model, task, value_head=False, generator=gen).eval()
+    policy = build_model(cfg.model, task, value_head=False, generator=gen, device=dev).eval()
     ro = rollout(policy, task, cfg.n_prompts, cfg.group_size, temperature=cfg.temperature, generator=gen)
     B = ro.tokens.shape[0]
     # one pool of K·repeats completions per state; each estimator takes its share per repeat
@@ -153,10 +158,10 @@ def segment_advantages(cfg: SegmentConfig) -> History:
         states = chain_states(cuts)
         estimates = []
         for r in range(cfg.repeats):
-            cut_values = torch.zeros(ro.tokens.shape)
-            prompt_values = torch.zeros(B)
+            cut_values = torch.zeros(ro.tokens.shape, device=dev)
+            prompt_values = torch.zeros(B, device=dev)
             for i, row in enumerate(states):
-                share = max(1, cfg.rollouts // max(len(row), 1))                 # N = K / #states
+                share = _share(cfg, len(row))                                     # N = K / #states
                 for c in row:
                     v = pool[i, c + 1, r, :share].mean()
                     if c < 0:
@@ -169,14 +174,15 @@ def segment_advantages(cfg: SegmentConfig) -> History:
             estimates.append(adv)
         est = torch.stack(estimates)                                            # (R, B, T)
         credited = ro.mask & (ro.logprobs.exp() < cfg.prob_threshold)
-        var = est.var(0, unbiased=True) if cfg.repeats > 1 else torch.zeros(ro.tokens.shape)
+        var = est.var(0, unbiased=True) if cfg.repeats > 1 else torch.zeros(ro.tokens.shape, device=dev)
         n_states = sum(len(s) for s in states) / B
         # generated MC tokens: N completions from each state, each of its mean length
-        mc_tokens = sum(float(cost[i, c + 1]) * max(1, cfg.rollouts // len(s))
+        mc_tokens = sum(float(cost[i, c + 1]) * _share(cfg, len(s))
                         for i, s in enumerate(states) for c in s) / B
         history.append(k, adv_var=float(masked_mean(var, credited)), states_per_response=n_states,
                        mc_tokens_per_response=mc_tokens,
-                       samples_per_state=cfg.rollouts / max(n_states, 1.0))
+                       samples_per_state=(cfg.rollouts / max(n_states, 1.0) if cfg.split_budget
+                                          else float(cfg.rollouts)))
         examples[str(k)] = _nan_padded(est[0], ro.mask)
     history.artifacts["advantages"] = examples
     history.artifacts["texts"] = [task.decode(t[m]) for t, m in zip(ro.tokens, ro.mask)]
@@ -186,6 +192,11 @@ def segment_advantages(cfg: SegmentConfig) -> History:
     return history
 
 
+def _share(cfg: "SegmentConfig", n_states: int) -> int:
+    """MC completions per state: K split over the row's states, or K each (``split_budget=False``)."""
+    return max(1, cfg.rollouts // max(n_states, 1)) if cfg.split_budget else cfg.rollouts
+
+
 def sample_tree(policy: Any, task: Any, prompt: torch.Tensor, branch: tuple[int, ...], *,
                 temperature: float, generator: torch.Generator) -> dict[str, Any]:
     """Sample an SPO tree for one prompt (1, P): depth D = len(branch), segments of
@@ -193,12 +204,13 @@ def sample_tree(policy: Any, task: Any, prompt: torch.Tensor, branch: tuple[int,
     number of generated tokens."""
     depth = len(branch)
     seg_len = math.ceil(task.max_new_tokens / depth)
-    tokens = torch.zeros(1, 0, dtype=torch.long)
-    mask = torch.zeros(1, 0, dtype=torch.bool)
-    node_ids = torch.zeros(1, 0, dtype=torch.long)
+    dev = prompt.device
+    tokens = torch.zeros(1, 0, dtype=torch.long, device=dev)
+    mask = torch.zeros(1, 0, dtype=torch.bool, device=dev)
+    node_ids = torch.zeros(1, 0, dtype=torch.long, device=dev)
     generated = 0
     for d, b in enumerate(branch):
-        rep = torch.arange(tokens.shape[0]).repeat_interleave(b)
+        rep = torch.arange(tokens.shape[0], device=dev).repeat_interleave(b)
         tokens, mask, node_ids = tokens[rep], mask[rep], node_ids[rep]
         budget = min(seg_len, task.max_new_tokens - tokens.shape[1])
         alive = ~(tokens == task.eos_id).any(-1)                               # not ended yet
@@ -211,8 +223,8 @@ def sample_tree(policy: Any, task: Any, prompt: torch.Tensor, branch: tuple[int,
         width = budget
         tokens = torch.cat([tokens, seg_tokens[:, :width]], dim=1)
         mask = torch.cat([mask, seg_mask[:, :width]], dim=1)
-        node_ids = torch.cat([node_ids, torch.arange(tokens.shape[0])[:, None]], dim=1)
-    segment_ids = (torch.arange(tokens.shape[1]) // seg_len).clamp(max=depth - 1).expand(tokens.shape)
+        node_ids = torch.cat([node_ids, torch.arange(tokens.shape[0], device=dev)[:, None]], dim=1)
+    segment_ids = (torch.arange(tokens.shape[1], device=dev) // seg_len).clamp(max=depth - 1).expand(tokens.shape)
     prompts = prompt.expand(tokens.shape[0], -1)
     rewards = task.reward(prompts, tokens).float()
     return {"tokens": tokens, "mask": mask, "node_ids": node_ids, "segment_ids": segment_ids,
@@ -246,6 +258,7 @@ class TruncationConfig:
     lam: float = 0.95  # λ
     temperature: float = 1.0  # sampling temperature
     seed: int = 0  # seed
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def _plot_truncation(history: History):
@@ -256,13 +269,15 @@ def _plot_truncation(history: History):
 
 @experiment("truncation_window", TruncationConfig, paper="Truncated Proximal Policy Optimization",
             arxiv="2506.15050", plot=_plot_truncation,
-            summary="EGAE on responses cut at a window w vs full-episode GAE, for every w")
+            summary="EGAE on responses cut at a window w vs full-episode GAE, for every w",
+            smoke={"task": "reverse(difficulty=2)", "n_prompts": 2, "value_rollouts": 2})
 def truncation_window(cfg: TruncationConfig) -> History:
     check_int("value_rollouts", cfg.value_rollouts, minimum=1)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    dev = resolve_device(cfg.device)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     name, kwargs = parse_spec(cfg.task)
     task = make_task(name, **kwargs)
-    policy = build_model(cfg.model, task, value_head=False, generator=gen).eval()
+    policy = build_model(cfg.model, task, value_head=False, generator=gen, device=dev).eval()
     ro = rollout(policy, task, cfg.n_prompts, cfg.group_size, temperature=cfg.temperature, generator=gen)
     pool, _ = mc_value_pool(policy, task, ro.prompts, ro.tokens, ro.mask, cfg.value_rollouts,
                             temperature=cfg.temperature, generator=gen)
@@ -273,7 +288,7 @@ def truncation_window(cfg: TruncationConfig) -> History:
     lengths = ro.mask.sum(-1)
     examples = {}
     for w in range(1, ro.tokens.shape[1] + 1):
-        window = ro.mask & (torch.arange(ro.tokens.shape[1]) < w)                # tokens generated so far
+        window = ro.mask & (torch.arange(ro.tokens.shape[1], device=dev) < w)    # tokens generated so far
         finished = lengths <= w
         tok = outcome_token_rewards(ro.rewards, window, finished)
         egae_adv, _ = extended_gae(values, tok, window, is_finished=finished, gamma=cfg.gamma,
@@ -306,6 +321,7 @@ class HybridConfig:
     group_size: int = 8  # rollouts per prompt
     temperature: float = 1.0  # sampling temperature
     seed: int = 0  # seed
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def _plot_hybrid(history: History):
@@ -316,14 +332,16 @@ def _plot_hybrid(history: History):
 
 @experiment("hybrid_post_training", HybridConfig,
             paper="Towards a Unified View of Large Language Model Post-Training", arxiv="2509.04419",
-            plot=_plot_hybrid, summary="HPT: per-prompt switch between SFT on demonstrations and RL")
+            plot=_plot_hybrid, summary="HPT: per-prompt switch between SFT on demonstrations and RL",
+            smoke={"steps": 2, "n_prompts": 2, "group_size": 2})
 def hybrid_post_training(cfg: HybridConfig) -> History:
     check_int("steps", cfg.steps, minimum=1)
     check_positive("lr", cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    dev = resolve_device(cfg.device)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     name, kwargs = parse_spec(cfg.task)
     task = make_task(name, **kwargs)
-    model = build_model(cfg.model, task, value_head=False, generator=gen)
+    model = build_model(cfg.model, task, value_head=False, generator=gen, device=dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     estimator = make_fn("advantage", cfg.advantage)
     history = History(meta={"algorithm": f"hpt(gate={cfg.gate})", "task": cfg.task, "seed": cfg.seed})
@@ -331,7 +349,7 @@ def hybrid_post_training(cfg: HybridConfig) -> History:
         model.eval()
         ro = rollout(model, task, cfg.n_prompts, cfg.group_size, temperature=cfg.temperature, generator=gen)
         prompts = ro.prompts[::cfg.group_size]                                  # (N, P) one per group
-        demo_tokens, demo_mask = pad_responses(task.targets(prompts), task.pad_id)
+        demo_tokens, demo_mask = pad_responses(task.targets(prompts), task.pad_id, device=dev)
         advantages, _ = call_with(estimator, {"rewards": ro.rewards, "group_size": cfg.group_size,
                                               "mask": ro.mask})
         model.train()
@@ -371,37 +389,145 @@ def distinct_correct(history: History, threshold: float = 0.5) -> int:
     return len({t for t, r in zip(batch["texts"], batch["rewards"]) if r > threshold})
 
 
+def effective_correct(history: History, threshold: float = 0.5) -> float:
+    """exp(entropy) of the correct responses' frequencies in the last batch: 1 when every correct
+    answer is the same one, k when k answers are equally frequent (0 without a correct answer).
+    Unlike a count of distinct answers it sees a policy that still samples a rare answer now and
+    then but has concentrated on one."""
+    from collections import Counter
+
+    batch = history.artifacts["last_batch"]
+    counts = np.array(list(Counter(t for t, r in zip(batch["texts"], batch["rewards"]) if r > threshold)
+                           .values()), dtype=float)
+    if counts.size == 0:
+        return 0.0
+    p = counts / counts.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 # --------------------------------------------------------------------------------------------
 # Comparisons for the GRPO-zoo panels (a PolicyConfig in, Runs out)
 
 def sign_runs(cfg: Any) -> Runs:
     """PSR and NSR (``psr_nsr(mode=...)``) on one ``policy_optimization`` config; each History's
-    ``artifacts["distinct_correct"]`` counts the distinct correct answers of its last batch."""
+    ``artifacts["distinct_correct"]`` counts the distinct correct answers of its last batch and
+    ``artifacts["effective_correct"]`` their effective number (:func:`effective_correct`)."""
     from lab.experiments._base import run
 
     runs = Runs({mode: run("policy_optimization", cfg, loss=f"psr_nsr(mode='{mode}')")
                  for mode in ("psr", "nsr")})
     for history in runs.values():
         history.artifacts["distinct_correct"] = distinct_correct(history)
+        history.artifacts["effective_correct"] = effective_correct(history)
     return runs
 
 
 def copo_runs(cfg: Any) -> Runs:
-    """GRPO and COPO on one ``policy_optimization`` config."""
+    """GRPO and COPO on one ``policy_optimization`` config: ``cfg.loss`` when it is a COPO spec
+    (e.g. ``"copo(blend='local')"``), else ``"copo"``."""
     from lab.experiments._base import run
 
-    return Runs({"grpo": run("policy_optimization", cfg),
-                 "copo": run("policy_optimization", cfg, loss="copo")})
+    copo = cfg.loss if str(cfg.loss).startswith("copo") else "copo"
+    return Runs({"grpo": run("policy_optimization", cfg, loss="grpo"),
+                 "copo": run("policy_optimization", cfg, loss=copo)})
+
+
+GRPO_D = "grpo_d(beta_min=0.0, beta_max=0.2)"
+"""The GRPO-D spec of :func:`grpo_d_run` unless the config names another one."""
 
 
 def grpo_d_run(cfg: Any) -> History:
-    """GRPO-D with β rising from 0 to 0.2 on one ``policy_optimization`` config."""
+    """GRPO-D on one ``policy_optimization`` config: ``cfg.loss`` when it is a GRPO-D spec, else
+    β rising from 0 to 0.2 (:data:`GRPO_D`)."""
     from lab.experiments._base import run
 
-    return run("policy_optimization", cfg, loss="grpo_d(beta_min=0.0, beta_max=0.2)")
+    return run("policy_optimization", cfg, loss=cfg.loss if str(cfg.loss).startswith("grpo_d") else GRPO_D)
+
+
+# ---------------------------------------------------------------------------------------------
+# The lesson's claims (notebook 07, panel d): one per view, checked by ``pytest -m claims``
+# ---------------------------------------------------------------------------------------------
+SIGN_BANDIT = "token_bandit(probs=(1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0))"
+"""Three correct arms of eight: room for PSR to collapse and NSR to keep all three."""
+COPO_BANDIT = "token_bandit(probs=(1.0, 0.0))"
+"""Two arms, groups of four: many groups are all-correct or all-wrong."""
+
+
+def _falls(history: History, key: str, start_above: float, end_below: float) -> bool:
+    values = history[key]
+    return float(values[:3].mean()) > start_above and float(values[-5:].mean()) < end_below
+
+
+def _beta_dips_then_rises(history: History) -> bool:
+    beta = history["grpo_d/beta"]
+    low = int(0.3 * len(beta))
+    return bool(beta[low] < 0.5 * beta[0] and beta[-1] > 1.5 * beta[0])
+
+
+def _claims() -> list:
+    from lab.claims import Claim
+    from lab.experiments.policy import PolicyConfig
+
+    return [
+        Claim(notebook="07_group_relative_zoo", panel="spo",
+              text="At the same budget of K rollouts per response, coarser SPO segments (one every 6 "
+                   "uncertain tokens) estimate advantages with less than half the variance of token-level "
+                   "Monte Carlo: fewer states, so more completions per state.",
+              experiment="segment_advantages",
+              holds=lambda h: float(h["adv_var"][-1]) < 0.5 * float(h["adv_var"][0]),
+              control={"split_budget": False},
+              control_text="K completions for every state whatever the segment size: the variance no "
+                           "longer falls with coarser segments"),
+        Claim(notebook="07_group_relative_zoo", panel="egae",
+              text="EGAE on responses cut at a window bootstraps the unfinished ones with their last value: "
+                   "its error against full-episode GAE is below treating the cut as the end (mean over "
+                   "windows), and 0 once the window covers every response.",
+              experiment="truncation_window",
+              holds=lambda h: (float(h["egae_error"].mean()) < float(h["naive_error"].mean())
+                               and float(h["egae_error"][-1]) < 1e-6),
+              control={"gamma": 0.0},
+              control_text="γ = 0: no bootstrapping at all, both estimators are the one-step reward"),
+        Claim(notebook="07_group_relative_zoo", panel="hpt",
+              text="HPT trains a prompt by SFT on its demonstration while none of its rollouts is right and "
+                   "switches it to RL once the model solves it: the SFT share starts near 1 and falls "
+                   "below 0.5 as accuracy rises.",
+              experiment="hybrid_post_training",
+              holds=lambda h: _falls(h, "sft_frac", 0.75, 0.5),
+              control={"gate": -1},
+              control_text="gate = −1: pure RL, no prompt is ever trained by SFT"),
+        Claim(notebook="07_group_relative_zoo", panel="sign",
+              text="With three correct arms, NSR (push the wrong answers down) keeps all three alive "
+                   "(entropy log 3, about 3 effective answers), while PSR (push the right ones up) "
+                   "concentrates on fewer: its effective number is lower by more than 0.3.",
+              experiment=sign_runs, base=PolicyConfig(task=SIGN_BANDIT, lr=0.5, steps=60),
+              holds=lambda runs: (runs["nsr"].artifacts["effective_correct"]
+                                  > runs["psr"].artifacts["effective_correct"] + 0.3),
+              control={"task": "token_bandit(probs=(1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))"},
+              control_text="one correct arm: both end on it, there is no diversity to lose"),
+        Claim(notebook="07_group_relative_zoo", panel="copo",
+              text="On a two-arm bandit many groups of 4 are all-correct or all-wrong, so GRPO has no signal "
+                   "for a large share of the responses; COPO's global, cross-prompt term trains almost all of "
+                   "them (its no-signal share is lower by more than 0.1).",
+              experiment=copo_runs, base=PolicyConfig(task=COPO_BANDIT, group_size=4, steps=25, loss="copo"),
+              holds=lambda runs: (float(runs["copo"]["copo/no_signal_frac"].mean())
+                                  < float(runs["grpo"]["adv_zero_frac"].mean()) - 0.1),
+              control={"loss": "copo(blend='local')"},
+              control_text="blend='local': COPO is GRPO, the same responses go without signal"),
+        Claim(notebook="07_group_relative_zoo", panel="grpo_d",
+              text="GRPO-D's KL coefficient follows its schedule: from (β_min + β_max)/2 it dips to β_min at "
+                   "30% of training, leaving the policy free to move early, then rises to β_max.",
+              experiment=grpo_d_run, base=PolicyConfig(steps=30, lr=0.3, loss=GRPO_D),
+              holds=_beta_dips_then_rises,
+              control={"loss": "grpo_d(beta_min=0.1, beta_max=0.1)"},
+              control_text="β_min = β_max: a constant β"),
+    ]
+
+
+CLAIMS = _claims()
+"""Notebook 07's claims for the segment, truncation, hybrid and sign views (see :mod:`lab.claims`)."""
 
 
 __all__ = ["SegmentConfig", "TruncationConfig", "HybridConfig", "segment_advantages",
            "truncation_window", "hybrid_post_training", "mc_value_pool", "complete", "sample_tree",
-           "tree_cost", "chain_states", "pass_at_k", "distinct_correct", "sign_runs", "copo_runs",
-           "grpo_d_run"]
+           "tree_cost", "chain_states", "pass_at_k", "distinct_correct", "effective_correct", "sign_runs",
+           "copo_runs", "grpo_d_run", "GRPO_D", "CLAIMS"]

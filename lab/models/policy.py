@@ -21,8 +21,9 @@ answer per prompt. An optional value table ``V[c(x), t]`` is the critic for PPO/
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -54,6 +55,14 @@ class Scored:
     values: torch.Tensor | None = None
 
 
+def frozen_reference(policy: nn.Module) -> Any:
+    """π_ref for a policy: ``policy.reference()`` when it defines one (a Hugging Face policy: its
+    reference model, or itself with the LoRA adapters off), else a frozen deep copy of it now."""
+    if hasattr(policy, "reference"):
+        return policy.reference()
+    return copy.deepcopy(policy).requires_grad_(False)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """H = −Σ_v softmax(z)_v · log_softmax(z)_v over the last dim."""
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -63,10 +72,14 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def generate(policy: nn.Module, prompts: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              generator: torch.Generator | None = None, eos_id: int | None = None,
-             pad_id: int = 0, token_sampler: Any = None) -> Generation:
+             pad_id: int = 0, token_sampler: Any = None,
+             next_logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Generation:
     """Sample up to ``max_new_tokens`` tokens per prompt from ``policy.next_logits``.
 
     Stops a row after ``eos_id`` (when given); stops early when every row has stopped.
+    ``next_logits(prefix (B, t)) -> (B, V)`` replaces ``policy.next_logits(prompts, prefix)``; a
+    model with a KV cache passes one that feeds only the newest token (``lab.rl.hf``). Every
+    tensor is created on ``prompts.device``.
     ``temperature = 0`` is greedy decoding (log-probs and entropies then refer to τ = 1).
     ``token_sampler`` (an object with ``select(logits, generator=...) -> (tokens, metrics)``, e.g.
     HAPO's adaptive temperature) picks each token from the raw logits instead of sampling π_τ; the
@@ -77,14 +90,17 @@ def generate(policy: nn.Module, prompts: torch.Tensor, max_new_tokens: int, temp
     check_positive("temperature", temperature, allow_zero=True)
     if prompts.dim() != 2 or prompts.is_floating_point():
         raise ValueError(f"prompts must be a (B, P) integer tensor, got {prompts.dtype} {tuple(prompts.shape)}")
-    B = prompts.shape[0]
-    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
-    logprobs = torch.zeros(B, max_new_tokens)
-    entropy = torch.zeros(B, max_new_tokens)
-    mask = torch.zeros(B, max_new_tokens, dtype=torch.bool)
-    alive = torch.ones(B, dtype=torch.bool)
+    if next_logits is None:
+        def next_logits(prefix):
+            return policy.next_logits(prompts, prefix)
+    B, dev = prompts.shape[0], prompts.device
+    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    logprobs = torch.zeros(B, max_new_tokens, device=dev)
+    entropy = torch.zeros(B, max_new_tokens, device=dev)
+    mask = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=dev)
+    alive = torch.ones(B, dtype=torch.bool, device=dev)
     for t in range(max_new_tokens):
-        logits = policy.next_logits(prompts, tokens[:, :t]).float()             # (B, V)
+        logits = next_logits(tokens[:, :t]).float()                              # (B, V)
         scaled = logits / temperature if temperature > 0 else logits
         logp = torch.log_softmax(scaled, dim=-1)                                 # (B, V)
         if temperature > 0 and token_sampler is not None:
@@ -113,13 +129,15 @@ class TabularPolicy(nn.Module):
         max_new_tokens: T, the response positions with their own logits.
         value_head: also learn a value table ``V[c(x), t]`` (a critic for PPO/GAE).
         init_std: standard deviation of the initial logits (0 = uniform policy).
-        generator: draws the initial logits when ``init_std > 0``.
+        generator: draws the initial logits when ``init_std > 0`` (on ``device``).
+        device: where the tables live (default: the current default device).
     """
 
     MAX_TABLE = 50_000_000
 
     def __init__(self, vocab_size: int, prompt_len: int, max_new_tokens: int, value_head: bool = False,
-                 init_std: float = 0.0, generator: torch.Generator | None = None):
+                 init_std: float = 0.0, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None):
         super().__init__()
         check_int("vocab_size", vocab_size, minimum=2)
         check_int("prompt_len", prompt_len, minimum=1)
@@ -129,16 +147,20 @@ class TabularPolicy(nn.Module):
             raise ValueError(f"a table for {n_contexts} prompts x {max_new_tokens} positions x "
                              f"{vocab_size} tokens is too large; use lab.models.TinyTransformer")
         self.vocab_size, self.prompt_len, self.max_new_tokens = vocab_size, prompt_len, max_new_tokens
-        init = torch.randn(n_contexts, max_new_tokens, vocab_size, generator=generator) * init_std
+        init = torch.randn(n_contexts, max_new_tokens, vocab_size, generator=generator, device=device) * init_std
         self.logits = nn.Parameter(init)                                 # θ (C, T, V)
-        self.values = nn.Parameter(torch.zeros(n_contexts, max_new_tokens)) if value_head else None
-        self.register_buffer("radix", vocab_size ** torch.arange(prompt_len - 1, -1, -1), persistent=False)
+        self.values = (nn.Parameter(torch.zeros(n_contexts, max_new_tokens, device=device)) if value_head
+                       else None)
+        self.register_buffer("radix", vocab_size ** torch.arange(prompt_len - 1, -1, -1, device=device),
+                             persistent=False)
 
     @classmethod
     def for_task(cls, task, value_head: bool = False, init_std: float = 0.0,
-                 generator: torch.Generator | None = None) -> "TabularPolicy":
+                 generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> "TabularPolicy":
         """A table sized for a ``toy_envs`` token task."""
-        return cls(task.vocab_size, task.prompt_len, task.max_new_tokens, value_head, init_std, generator)
+        return cls(task.vocab_size, task.prompt_len, task.max_new_tokens, value_head, init_std, generator,
+                   device)
 
     def context_index(self, prompts: torch.Tensor) -> torch.Tensor:
         """(B,) c(x) = Σ_j x_j V^(P−1−j)."""

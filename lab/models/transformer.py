@@ -23,13 +23,14 @@ from lab.models.policy import Generation, Scored, generate
 
 
 class _Block(nn.Module):
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, device: torch.device | str | None = None):
         super().__init__()
         self.n_heads = n_heads
-        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+        self.ln1, self.ln2 = nn.LayerNorm(d_model, device=device), nn.LayerNorm(d_model, device=device)
+        self.qkv = nn.Linear(d_model, 3 * d_model, device=device)
+        self.proj = nn.Linear(d_model, d_model, device=device)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model, device=device), nn.GELU(),
+                                 nn.Linear(4 * d_model, d_model, device=device))
 
     def forward(self, h: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         B, L, d = h.shape
@@ -54,10 +55,13 @@ class TinyTransformer(nn.Module):
         max_len: longest input (prompt + response).
         value_head: add a scalar value head (critic).
         generator: draws the initial weights (normal, std 0.02); None = the global generator.
+        device: where the parameters live (default: the current default device); ``generator``
+            must be on the same device.
     """
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
-                 max_len: int = 64, value_head: bool = False, generator: torch.Generator | None = None):
+                 max_len: int = 64, value_head: bool = False, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None):
         super().__init__()
         check_int("vocab_size", vocab_size, minimum=2)
         check_int("d_model", d_model, minimum=1)
@@ -67,12 +71,12 @@ class TinyTransformer(nn.Module):
         if d_model % n_heads:
             raise ValueError(f"n_heads ({n_heads}) must divide d_model ({d_model})")
         self.vocab_size, self.max_len = vocab_size, max_len
-        self.tok_emb = nn.Embedding(vocab_size, d_model)
-        self.pos_emb = nn.Embedding(max_len, d_model)
-        self.blocks = nn.ModuleList(_Block(d_model, n_heads) for _ in range(n_layers))
-        self.ln_f = nn.LayerNorm(d_model)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-        self.value_head = nn.Linear(d_model, 1) if value_head else None
+        self.tok_emb = nn.Embedding(vocab_size, d_model, device=device)
+        self.pos_emb = nn.Embedding(max_len, d_model, device=device)
+        self.blocks = nn.ModuleList(_Block(d_model, n_heads, device) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model, device=device)
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False, device=device)
+        self.value_head = nn.Linear(d_model, 1, device=device) if value_head else None
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02, generator=generator)
@@ -81,10 +85,11 @@ class TinyTransformer(nn.Module):
 
     @classmethod
     def for_task(cls, task, d_model: int = 64, n_layers: int = 2, n_heads: int = 4, value_head: bool = False,
-                 generator: torch.Generator | None = None) -> "TinyTransformer":
+                 generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> "TinyTransformer":
         """A model sized for a ``toy_envs`` token task."""
         return cls(task.vocab_size, d_model, n_layers, n_heads, max_len=task.prompt_len + task.max_new_tokens,
-                   value_head=value_head, generator=generator)
+                   value_head=value_head, generator=generator, device=device)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
@@ -94,12 +99,13 @@ class TinyTransformer(nn.Module):
         B, L = input_ids.shape
         if L > self.max_len:
             raise ValueError(f"input_ids has {L} tokens, more than max_len={self.max_len}")
-        h = self.tok_emb(input_ids) + self.pos_emb(torch.arange(L))
+        dev = input_ids.device
+        h = self.tok_emb(input_ids) + self.pos_emb(torch.arange(L, device=dev))
         attn_mask = None
         if attention_mask is not None:
-            causal = torch.ones(L, L, dtype=torch.bool).tril()
+            causal = torch.ones(L, L, dtype=torch.bool, device=dev).tril()
             keys = attention_mask.bool()[:, None, None, :]                     # (B, 1, 1, L)
-            attn_mask = causal & (keys | torch.eye(L, dtype=torch.bool))       # a row always sees itself
+            attn_mask = causal & (keys | torch.eye(L, dtype=torch.bool, device=dev))   # a row always sees itself
         for block in self.blocks:
             h = block(h, attn_mask)
         return self.ln_f(h)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from lab.checks import check_choice, check_number, check_positive, check_range, check_tensor
-from lab.rl.core import as_float, as_mask, check_detached, sequence_logprobs
+from lab.rl.core import as_float, as_mask, check_detached, sequence_logprobs, valid_values
 
 LOSS_TYPES: tuple[str, ...] = ("sigmoid", "hinge")
 
@@ -64,7 +64,10 @@ def pair_inputs(chosen_logprobs: torch.Tensor, rejected_logprobs: torch.Tensor, 
     """Check shapes, dtypes and detachment; upcast half precision to float32.
 
     Policy log-probs are (P, T) per token (T may differ between chosen and rejected); reference
-    log-probs are either per token (same shape) or precomputed sequence sums (P,).
+    log-probs are either per token (same shape) or precomputed sequence sums (P,). Masks are bool
+    or 0/1. NaN/Inf on a valid token (or in a sequence sum) raises ``ValueError`` naming the input;
+    padding may hold anything and is replaced by 0 (:func:`lab.rl.core.valid_values`), so it
+    reaches neither the loss nor the gradient.
     """
     check_tensor("chosen_logprobs", chosen_logprobs, ndim=2, dtype_kind="float")
     check_tensor("rejected_logprobs", rejected_logprobs, ndim=2, dtype_kind="float")
@@ -74,9 +77,12 @@ def pair_inputs(chosen_logprobs: torch.Tensor, rejected_logprobs: torch.Tensor, 
     chosen, rejected = as_float(chosen_logprobs), as_float(rejected_logprobs)
     mask_w = as_mask(chosen_mask, chosen, "chosen_mask")
     mask_l = as_mask(rejected_mask, rejected, "rejected_mask")
+    # finite on valid tokens, padding (e.g. −inf log-probs) replaced by 0
+    chosen = valid_values("chosen_logprobs", chosen, mask_w)
+    rejected = valid_values("rejected_logprobs", rejected, mask_l)
     refs = []
-    for name, ref, like in (("ref_chosen_logprobs", ref_chosen_logprobs, chosen),
-                            ("ref_rejected_logprobs", ref_rejected_logprobs, rejected)):
+    for name, ref, like, m in (("ref_chosen_logprobs", ref_chosen_logprobs, chosen, mask_w),
+                               ("ref_rejected_logprobs", ref_rejected_logprobs, rejected, mask_l)):
         if ref is None:
             if require_ref:
                 raise ValueError(f"{name} is required (the loss compares the policy with a reference)")
@@ -87,7 +93,9 @@ def pair_inputs(chosen_logprobs: torch.Tensor, rejected_logprobs: torch.Tensor, 
         if ref.shape not in (like.shape, like.shape[:1]):
             raise ValueError(f"{name} must have shape {tuple(like.shape)} (per token) or ({like.shape[0]},) "
                              f"(sequence sums), got {tuple(ref.shape)}")
-        refs.append(as_float(ref))
+        ref = as_float(ref)
+        # per token: finite where the mask is set; sequence sums: finite for every pair
+        refs.append(valid_values(name, ref, m if ref.dim() == 2 else torch.ones_like(ref, dtype=torch.bool)))
     return PairBatch(chosen, rejected, mask_w, mask_l, refs[0], refs[1])
 
 

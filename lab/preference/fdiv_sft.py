@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from lab.checks import check_choice, check_positive, check_tensor
 from lab.registry import register
-from lab.rl.core import LOG_RATIO_CLAMP, as_float, as_mask, check_detached, sequence_logprobs
+from lab.rl.core import LOG_RATIO_CLAMP, as_float, as_mask, check_detached, sequence_logprobs, valid_values
 
 DIVERGENCES: tuple[str, ...] = ("kl", "reverse_kl", "pearson", "hellinger", "js")
 
@@ -83,18 +83,20 @@ def ref_term(log_u: torch.Tensor, divergence: str) -> torch.Tensor:
 
 
 def _log_ratio(name: str, ref_name: str, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-               mask: torch.Tensor) -> torch.Tensor:
+               mask: torch.Tensor, mask_name: str = "mask") -> torch.Tensor:
     """Sequence log-ratio log u = S − S^ref (B,), clamped to ±20."""
     check_tensor(name, logprobs, ndim=2, dtype_kind="float")
     check_tensor(ref_name, ref_logprobs, ndim=(1, 2), dtype_kind="float")
     check_detached(ref_name, ref_logprobs)
     logprobs = as_float(logprobs)
-    mask_f = as_mask(mask, logprobs)
+    mask_f = as_mask(mask, logprobs, mask_name)
+    logprobs = valid_values(name, logprobs, mask_f)                            # padding -> 0
     ref = as_float(ref_logprobs)
-    ref_seq = ref if ref.dim() == 1 else sequence_logprobs(ref, mask_f)
-    if ref_seq.shape != logprobs.shape[:1]:
+    if ref.shape not in (logprobs.shape, logprobs.shape[:1]):
         raise ValueError(f"{ref_name} must have shape {tuple(logprobs.shape)} or ({logprobs.shape[0]},), "
                          f"got {tuple(ref_logprobs.shape)}")
+    ref = valid_values(ref_name, ref, mask_f if ref.dim() == 2 else torch.ones_like(ref, dtype=torch.bool))
+    ref_seq = ref if ref.dim() == 1 else sequence_logprobs(ref, mask_f)
     return (sequence_logprobs(logprobs, mask_f) - ref_seq).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
 
 
@@ -118,16 +120,18 @@ def fdiv_sft(logprobs: torch.Tensor, mask: torch.Tensor, *, ref_logprobs: torch.
     check_choice("divergence", divergence, DIVERGENCES)
     check_positive("beta", beta)
     log_u = _log_ratio("logprobs", "ref_logprobs", logprobs, ref_logprobs, mask)                  # (B,)
-    data = data_term(log_u, divergence).mean() if len(log_u) else logprobs.sum() * 0.0
+    data = data_term(log_u, divergence).mean() if len(log_u) else log_u.sum() * 0.0
+    samples = (ref_sample_logprobs, ref_sample_ref_logprobs, ref_sample_mask)
+    if divergence != "kl" and any(s is None for s in samples):
+        raise ValueError(f"divergence={divergence!r} needs ref_sample_logprobs, ref_sample_ref_logprobs and "
+                         "ref_sample_mask (responses sampled from the reference policy)")
+    log_u_ref = None
+    if all(s is not None for s in samples):           # validated even when KL does not need them
+        log_u_ref = _log_ratio("ref_sample_logprobs", "ref_sample_ref_logprobs", ref_sample_logprobs,
+                               ref_sample_ref_logprobs, ref_sample_mask, "ref_sample_mask")  # (N,)
     if divergence == "kl":
         ref = torch.ones((), dtype=data.dtype)        # E_{π_ref}[π_θ/π_ref] = 1 exactly, for every θ
     else:
-        if ref_sample_logprobs is None or ref_sample_ref_logprobs is None or ref_sample_mask is None:
-            raise ValueError(f"divergence={divergence!r} needs ref_sample_logprobs, ref_sample_ref_logprobs and "
-                             "ref_sample_mask (responses sampled from the reference policy)")
-        log_u_ref = _log_ratio("ref_sample_logprobs", "ref_sample_ref_logprobs", ref_sample_logprobs,
-                               ref_sample_ref_logprobs,
-                               ref_sample_mask)                                    # (N,)
         if ref_sample_weights is None:
             weights = torch.full_like(log_u_ref, 1.0 / max(len(log_u_ref), 1))
         else:

@@ -27,7 +27,7 @@ import torch
 
 from lab.checks import check_nonneg, check_positive, check_tensor
 from lab.registry import register
-from lab.rl.core import as_mask, masked_mean
+from lab.rl.core import as_mask, masked_mean, valid_values
 from lab.preference.sft import sft
 
 
@@ -60,7 +60,9 @@ def inverted_hinge(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
         valid = valid & as_mask(mask, labels.float(), "mask").bool()
     if ((labels < 0) | (labels >= logits.shape[-1]))[valid].any():
         raise ValueError(f"labels must lie in [0, {logits.shape[-1]}) on forget tokens")
-    probs = torch.softmax(logits.float(), dim=-1)                                   # (B, T, V)
+    # finite logits wherever a forget token is scored; other positions may hold anything
+    logits = valid_values("logits", logits.float(), valid)
+    probs = torch.softmax(logits, dim=-1)                                           # (B, T, V)
     target = torch.where(valid, labels, torch.zeros_like(labels)).long()
     p_target = probs.gather(-1, target[..., None])[..., 0]                           # (B, T)
     # max over v ≠ x_t: mask the target out

@@ -23,7 +23,7 @@ import torch
 
 from lab.checks import check_tensor
 from lab.registry import register
-from lab.rl.core import aggregate, as_float, as_mask, masked_mean
+from lab.rl.core import aggregate, as_float, as_mask, masked_mean, valid_values
 
 
 @register("preference_loss", "sft", paper="Implicit Reward as the Bridge: A Unified View of SFT and DPO "
@@ -33,6 +33,7 @@ def sft(logprobs: torch.Tensor, mask: torch.Tensor, *, agg: str = "token_mean") 
     check_tensor("logprobs", logprobs, ndim=2, dtype_kind="float")
     logprobs = as_float(logprobs)
     mask_f = as_mask(mask, logprobs)
+    logprobs = valid_values("logprobs", logprobs, mask_f)                      # padding -> 0
     # L = agg(−ℓ)
     loss = aggregate(-logprobs, mask_f, agg)
     lengths = mask_f.sum(-1)

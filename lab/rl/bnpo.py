@@ -41,7 +41,13 @@ The loss is any PPO-clip loss (the paper's runs: ε_low 0.2, ε_high 0.28, dual 
 Choices where the public material is ambiguous:
 - One group in the batch: the reference code sets μ := 0, σ² := 1, so α = β = 1 (A = R̃ − p); the
   lab does the same.
-- All groups with the same p: σ² = 0 would make c infinite; σ² is clamped at 1e-8 (lab decision).
+- All groups with the same p (σ² = 0): the success rates are a point mass and the method of
+  moments has no solution (c = ∞). Clamping σ² (the lab's earlier choice) gave α, β ≈ 4·10⁶, a
+  density spike at p and |A| ≈ 3·10⁻⁴: the update vanished without a word. The lab handles the
+  degenerate case explicitly, as the single-group case: α = β = 1 (the uniform density, A = R̃ − p,
+  REINFORCE with a group-mean baseline), and reports it in the metric ``bnpo/degenerate_fit``
+  (share of reward columns whose fit was degenerate). "Same p" means σ² ≤ 1e-12, far below the
+  smallest non-zero variance of success rates (≥ 1/(n·G²) for n groups of G).
 - p ∈ {0, 1} with α or β > 1: the density is 0 and w = w_max, but R̃ − p = 0 there, so A = 0; the
   density is computed in log space (``xlogy``), never NaN.
 - Singleton groups: the reference code sets p := 0 (A = R̃); the lab uses p = R̃ (A = 0, the
@@ -60,7 +66,8 @@ from lab.registry import register
 from lab.rl.core import advantage_metrics, check_rewards, group_index, group_stats
 
 PAPER = "BNPO: Beta Normalization Policy Optimization"
-VAR_FLOOR = 1e-8
+DEGENERATE_VAR = 1e-12
+"""σ² at or below which the groups' success rates count as identical (no Beta fit exists)."""
 
 
 def beta_log_density(p: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -69,14 +76,22 @@ def beta_log_density(p: torch.Tensor, alpha: float, beta: float) -> torch.Tensor
     return torch.xlogy(alpha - 1.0, p) + torch.xlogy(beta - 1.0, 1.0 - p) - log_norm
 
 
+def is_degenerate(success_rates: torch.Tensor) -> bool:
+    """True when no Beta can be fitted: fewer than two groups, or all p_g equal (σ² ≤ 1e-12)."""
+    return success_rates.numel() < 2 or float(success_rates.var(unbiased=True)) <= DEGENERATE_VAR
+
+
 def fit_beta_parameters(success_rates: torch.Tensor) -> tuple[float, float]:
-    """(α, β) of BNPO from the groups' success rates p_g (method of moments, then 1 + a/3)."""
-    if success_rates.numel() < 2:
-        # the reference code's convention for a single group: μ = 0, σ² = 1 -> α = β = 1
+    """(α, β) of BNPO from the groups' success rates p_g (method of moments, then 1 + a/3).
+
+    Degenerate batches (:func:`is_degenerate`: one group, or every group with the same p) get
+    α = β = 1, the reference code's convention for a single group (μ := 0, σ² := 1).
+    """
+    if is_degenerate(success_rates):
         mu, var = 0.0, 1.0
     else:
         mu = float(success_rates.mean())
-        var = max(float(success_rates.var(unbiased=True)), VAR_FLOOR)
+        var = float(success_rates.var(unbiased=True))
     # c = μ(1 − μ)/σ² − 1, a = cμ, b = c(1 − μ)
     c = mu * (1.0 - mu) / var - 1.0
     a, b = c * mu, c * (1.0 - mu)
@@ -85,20 +100,21 @@ def fit_beta_parameters(success_rates: torch.Tensor) -> tuple[float, float]:
 
 
 def _bnpo_column(rewards: torch.Tensor, index: torch.Tensor, alpha: float | None,
-                 beta: float | None, weight_max: float) -> tuple[torch.Tensor, float, float]:
+                 beta: float | None, weight_max: float) -> tuple[torch.Tensor, float, float, bool]:
     """BNPO advantages of one reward column (B,) already mapped into [0, 1]."""
     stats = group_stats(rewards, group_ids=index, std="none")
     p = stats.mean                                                              # (B,) p_{g(i)}
     # one p per group (every row of a group holds the same p, so the scatter order is irrelevant)
-    p_groups = torch.zeros(stats.n_groups, dtype=p.dtype).scatter_(0, stats.index, p)
+    p_groups = p.new_zeros(stats.n_groups).scatter_(0, stats.index, p)
     fit_alpha, fit_beta = fit_beta_parameters(p_groups)
+    degenerate = (alpha is None or beta is None) and is_degenerate(p_groups)
     alpha = fit_alpha if alpha is None else alpha
     beta = fit_beta if beta is None else beta
     # w_g = min(1 / f(p_g; α, β), w_max), computed as exp(−log f)
     weight = torch.exp(-beta_log_density(p, alpha, beta)).clamp(max=weight_max)  # (B,)
     advantages = weight * (rewards - p)
     advantages = torch.where(stats.count > 1, advantages, torch.zeros_like(advantages))
-    return advantages, alpha, beta
+    return advantages, alpha, beta, degenerate
 
 
 @register("advantage", "bnpo", paper=PAPER, arxiv="2506.02864",
@@ -122,8 +138,8 @@ def bnpo_advantages(rewards: torch.Tensor, *, group_size: int | None = None,
             which a training loop may pass around.)
 
     Returns:
-        ``(advantages (B,), metrics)`` with ``bnpo/alpha``, ``bnpo/beta`` (mean over components)
-        and, for K > 1, ``bnpo/alpha_k``, ``bnpo/beta_k`` per component k.
+        ``(advantages (B,), metrics)`` with ``bnpo/alpha``, ``bnpo/beta`` (mean over components),
+        ``bnpo/degenerate_fit`` (share of components whose batch allowed no Beta fit) and, for K > 1, ``bnpo/alpha_k``, ``bnpo/beta_k`` per component k.
     """
     rewards = check_rewards(rewards)
     r_min, r_max = check_number("r_min", r_min), check_number("r_max", r_max)
@@ -136,12 +152,15 @@ def bnpo_advantages(rewards: torch.Tensor, *, group_size: int | None = None,
     if (rewards < r_min).any() or (rewards > r_max).any():
         raise ValueError(f"rewards must lie in [r_min, r_max] = [{r_min}, {r_max}]; got range "
                          f"[{rewards.min().item()}, {rewards.max().item()}]")
-    index, _ = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
+    index, _ = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids,
+                           device=rewards.device)
     scaled = (rewards - r_min) / (r_max - r_min)                                # R̃ in [0, 1]
     columns = scaled[:, None] if scaled.dim() == 1 else scaled                   # (B, K)
-    per_column, alphas, betas = [], [], []
+    per_column, alphas, betas, degenerate = [], [], [], []
     for k in range(columns.shape[1]):
-        adv_k, alpha_k, beta_k = _bnpo_column(columns[:, k], index, norm_alpha, norm_beta, weight_max)
+        adv_k, alpha_k, beta_k, deg_k = _bnpo_column(columns[:, k], index, norm_alpha, norm_beta,
+                                                     weight_max)
+        degenerate.append(deg_k)
         per_column.append(adv_k)
         alphas.append(alpha_k)
         betas.append(beta_k)
@@ -150,10 +169,11 @@ def bnpo_advantages(rewards: torch.Tensor, *, group_size: int | None = None,
     metrics = advantage_metrics(advantages, mask, group_stats(rewards, group_ids=index))
     metrics["bnpo/alpha"] = sum(alphas) / len(alphas)
     metrics["bnpo/beta"] = sum(betas) / len(betas)
+    metrics["bnpo/degenerate_fit"] = sum(degenerate) / len(degenerate)
     if len(alphas) > 1:
         for k, (a_k, b_k) in enumerate(zip(alphas, betas)):
             metrics[f"bnpo/alpha_{k}"], metrics[f"bnpo/beta_{k}"] = a_k, b_k
     return advantages.detach(), metrics
 
 
-__all__ = ["bnpo_advantages", "beta_log_density", "fit_beta_parameters"]
+__all__ = ["bnpo_advantages", "beta_log_density", "fit_beta_parameters", "is_degenerate"]

@@ -47,7 +47,8 @@ import torch
 
 from lab.checks import check_choice, check_int, check_number, check_range, check_tensor
 from lab.registry import register
-from lab.rl.core import advantage_metrics, as_mask, check_rewards, group_index, group_stats, masked_mean
+from lab.rl.core import (advantage_metrics, as_mask, check_per_token, check_rewards, group_index, group_stats,
+                         masked_mean)
 
 PAPER = "Conditional Advantage Estimation for Reinforcement Learning in Large Reasoning Models"
 METRICS: tuple[str, ...] = ("entropy", "length")
@@ -63,7 +64,8 @@ def response_metric(*, by: str = "entropy", mask: torch.Tensor | None = None,
         return as_mask(mask).sum(-1)
     if entropy is None:
         raise ValueError("CANON with by='entropy' needs entropy (B, T); or pass metric (B,) directly")
-    return masked_mean(entropy.detach().float(), as_mask(mask, entropy), dim=-1)
+    m = as_mask(mask, entropy)
+    return masked_mean(check_per_token("entropy", entropy.detach(), tuple(m.shape), m), m, dim=-1)
 
 
 def split_halves(metric: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -73,7 +75,7 @@ def split_halves(metric: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     sorted_groups = index[order]
     counts = torch.bincount(index)
     starts = torch.cumsum(counts, 0) - counts                                   # first slot of each group
-    rank = torch.arange(metric.shape[0]) - starts[sorted_groups]               # rank within the group
+    rank = torch.arange(metric.shape[0], device=metric.device) - starts[sorted_groups]               # rank within the group
     high = torch.empty_like(index, dtype=torch.bool)
     high[order] = rank >= counts[sorted_groups] // 2
     return high
@@ -116,7 +118,8 @@ def canon_advantages(rewards: torch.Tensor, *, group_size: int | None = None,
     if metric is None:
         metric = response_metric(by=by, mask=mask, entropy=entropy)
     check_tensor("metric", metric, shape=(rewards.shape[0],), finite=True)
-    index, _ = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
+    index, _ = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids,
+                           device=rewards.device)
     high = split_halves(metric.detach().to(rewards.dtype), index)               # (B,) o ∈ G⁺
     group = group_stats(rewards, group_ids=index, std="none")                   # whole group
     own = group_stats(rewards, group_ids=index * 2 + high.long(), std="none")   # own half

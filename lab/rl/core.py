@@ -33,6 +33,8 @@ Pieces (each used by every loss and estimator of ``lab.rl``; a variant swaps one
 - ``clipped_policy_loss``: the PPO-clip loss every GRPO-family method composes:
   ``L = agg(w · pg) + β · agg(KL)`` with optional detached per-token weights ``w``.
 - ``policy_metrics / advantage_metrics``: the metrics dictionary of Part F.3 (floats).
+- ``batch_hook``: a loss's full-batch precomputation of group- or batch-level quantities, which a
+  loop runs once before splitting the batch into minibatches.
 - ``call_with / make_fn``: how a training loop calls any estimator or loss. ``make_fn`` turns a
   registry spec (``"grpo(std='population')"``) into a callable (a class is instantiated once, so
   stateful methods keep their state); ``call_with(fn, batch)`` passes exactly the batch entries
@@ -40,6 +42,18 @@ Pieces (each used by every loss and estimator of ``lab.rl``; a variant swaps one
 
 Dtypes: half-precision inputs are upcast to float32 (float64 stays float64); the loss keeps the
 graph through ``logprobs`` even when the mask is empty (``loss = 0`` then).
+
+Bad input (one home, :func:`prepare_policy_inputs`, :func:`as_mask`, :func:`valid_values`, used by
+every loss and estimator; ``tests/rl/test_bad_input_table.py`` checks all registered ones):
+
+- masks are bool or 0/1; any other value raises ``ValueError`` naming the mask;
+- NaN/Inf on a valid token (mask 1) of ``logprobs``, ``old_logprobs``, ``ref_logprobs``,
+  ``entropy``, ``values``, ``returns``, ``token_rewards`` ..., or in ``rewards``/``advantages``,
+  raises ``ValueError`` naming the input (an input given but not needed by a mode is checked too);
+- padding (mask 0) may hold anything, e.g. the −inf log-prob of a padded position: it is set to 0
+  before any arithmetic, so it reaches neither the loss nor its gradient;
+- shapes are checked with errors that name the input; an empty batch (B = 0) is valid and gives
+  a loss of 0 (with the graph kept).
 """
 from __future__ import annotations
 
@@ -70,13 +84,42 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def as_mask(mask: torch.Tensor, like: torch.Tensor | None = None, name: str = "mask") -> torch.Tensor:
-    """A bool or 0/1 mask as a float tensor (dtype of ``like``), shape-checked against it."""
+    """A bool or 0/1 mask as a float tensor (dtype of ``like``), shape-checked against it.
+
+    Any other value (0.5, 2, −1, NaN) raises ``ValueError`` naming ``name``: a mask says which
+    tokens count, it is not a weight (pass weights as ``token_weights``).
+    """
     check_tensor(name, mask)
     if like is not None and mask.shape != like.shape:
         raise ValueError(f"{name} must have the shape of the per-token tensor {tuple(like.shape)}, "
                          f"got {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        if mask.is_complex():
+            raise TypeError(f"{name} must be a bool or 0/1 tensor, got {mask.dtype}")
+        binary = (mask == 0) | (mask == 1)
+        if not bool(binary.all()):
+            bad = mask[~binary].flatten()[0].item()
+            raise ValueError(f"{name} must hold only 0 and 1 (or be a bool tensor); found {bad!r} at "
+                             f"{int((~binary).sum())} position(s)")
     dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
     return mask.to(dtype)
+
+
+def valid_values(name: str, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``value`` with every entry outside ``mask`` replaced by 0, after checking the valid entries.
+
+    NaN/Inf where ``mask`` is set raise ``ValueError`` naming ``name``; padding (mask 0) may hold
+    anything (−inf log-probs, NaN) and never reaches a result or a gradient. ``mask`` has the
+    shape of ``value``, or of its leading dims (a (B,) per-response tensor with a (B,) row mask).
+    """
+    valid = mask.bool()
+    if valid.shape != value.shape:
+        valid = valid.reshape(valid.shape + (1,) * (value.dim() - valid.dim())).expand(value.shape)
+    bad = valid & ~torch.isfinite(value)
+    if bool(bad.any()):
+        raise ValueError(f"{name} contains NaN or Inf on {int(bad.sum())} valid (mask = 1) "
+                         f"position(s); only padding may hold non-finite values")
+    return torch.where(valid, value, torch.zeros((), dtype=value.dtype, device=value.device))
 
 
 def check_detached(name: str, value: torch.Tensor | None) -> None:
@@ -96,12 +139,15 @@ def check_rewards(rewards: Any, *, name: str = "rewards") -> torch.Tensor:
     return as_float(rewards)
 
 
-def check_per_token(name: str, value: Any, shape: tuple[int, ...]) -> torch.Tensor:
-    """A floating (B, T) tensor of the given shape."""
+def check_per_token(name: str, value: Any, shape: tuple[int, ...],
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A floating (B, T) tensor of the given shape; with ``mask``, finite on the valid tokens and
+    0 on padding (see :func:`valid_values`)."""
     check_tensor(name, value, dtype_kind="float")
     if tuple(value.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} (like logprobs), got {tuple(value.shape)}")
-    return as_float(value)
+    value = as_float(value)
+    return value if mask is None else valid_values(name, value, mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +156,7 @@ def check_per_token(name: str, value: Any, shape: tuple[int, ...]) -> torch.Tens
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Σ m·x over ``dim`` (all dims if None); masked entries are ignored even if NaN/-inf."""
     m = mask.bool()
-    x = torch.where(m, x, x.new_zeros(()))
+    x = torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device))
     return x.sum() if dim is None else x.sum(dim)
 
 
@@ -126,7 +172,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     mean = masked_mean(x, mask)
     sq = masked_sum((x - mean) ** 2, mask)
     denom = count - 1.0 if unbiased else count
-    return torch.where(denom > 0, sq / denom.clamp_min(1.0), x.new_zeros(()))
+    return torch.where(denom > 0, sq / denom.clamp_min(1.0), torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True,
@@ -139,7 +185,7 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = Tru
     whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return torch.where(mask.bool(), whitened, x.new_zeros(()))
+    return torch.where(mask.bool(), whitened, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def expand_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -151,7 +197,7 @@ def expand_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     elif advantages.shape != mask.shape:
         raise ValueError(f"advantages must have shape (B,) or {tuple(mask.shape)}, "
                          f"got {tuple(advantages.shape)}")
-    return torch.where(mask.bool(), advantages, advantages.new_zeros(()))
+    return torch.where(mask.bool(), advantages, torch.zeros((), dtype=advantages.dtype, device=advantages.device))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,13 +282,12 @@ class GroupStats:
     zero_std: torch.Tensor    # (n_groups,) bool: all rewards of the group are equal
 
 
-def group_index(n: int, *, group_size: int | None = None,
-                group_ids: torch.Tensor | None = None,
-                device: torch.device | str | None = None) -> tuple[torch.Tensor, int]:
+def group_index(n: int, *, group_size: int | None = None, group_ids: torch.Tensor | None = None,
+                device: torch.device | None = None) -> tuple[torch.Tensor, int]:
     """``(index (n,), n_groups)`` from ``group_size`` (contiguous groups) or ``group_ids`` (any labels).
 
     A training loop may pass both (its batch holds both); they must then describe the same groups.
-    The index lives on ``group_ids``' device, else on ``device``.
+    The index lives on ``group_ids``' device, else on ``device`` (default: the CPU).
     """
     if group_size is None and group_ids is None:
         raise ValueError("give group_size (contiguous groups) or group_ids")
@@ -331,8 +376,8 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_eps_lo
         upper = 1.0 + torch.as_tensor(clip_eps_high, dtype=ratio.dtype, device=ratio.device)
     else:
         check_clip_eps(clip_eps_low, clip_eps_high)
-        lower = ratio.new_tensor(1.0 - clip_eps_low)
-        upper = ratio.new_tensor(1.0 + clip_eps_high)
+        lower = torch.tensor(1.0 - clip_eps_low, dtype=ratio.dtype, device=ratio.device)
+        upper = torch.tensor(1.0 + clip_eps_high, dtype=ratio.dtype, device=ratio.device)
     if advantages.dim() == 1 and ratio.dim() == 2:
         advantages = advantages[:, None]
     pg_unclipped = -advantages * ratio                                          # (B, T)
@@ -389,7 +434,7 @@ def kl_penalty(pg: torch.Tensor, pg_loss: torch.Tensor, logprobs: torch.Tensor,
     """
     kl_values = None
     if ref_logprobs is not None:
-        ref_logprobs = check_per_token("ref_logprobs", ref_logprobs, logprobs.shape)
+        ref_logprobs = check_per_token("ref_logprobs", ref_logprobs, logprobs.shape, mask)
         check_detached("ref_logprobs", ref_logprobs)
         kl_values = kl(logprobs, ref_logprobs, kl_estimator)
     if beta > 0:
@@ -431,7 +476,7 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | Non
     adv = expand_advantages(advantages, mask_f)                                 # (B, T)
     pg, regions = clipped_surrogate(rho, adv, clip_eps_low, clip_eps_high, dual_clip)
     if token_weights is not None:
-        token_weights = check_per_token("token_weights", token_weights, logprobs.shape)
+        token_weights = check_per_token("token_weights", token_weights, logprobs.shape, mask_f)
         check_detached("token_weights", token_weights)
         pg = pg * token_weights
     pg_loss = aggregate(pg, mask_f, agg, norm)
@@ -450,14 +495,25 @@ def prepare_policy_inputs(logprobs: torch.Tensor, old_logprobs: torch.Tensor | N
                           advantages: torch.Tensor, mask: torch.Tensor):
     """Check and upcast the common inputs: ``(logprobs, mask_f, advantages, old_logprobs)``.
 
-    ``old_logprobs=None`` becomes ``logprobs.detach()`` (on-policy, ρ ≡ 1).
+    The one place every policy loss validates its inputs (issue 13, "no silent failure"):
+
+    - ``logprobs`` (B, T) floating; ``mask`` bool or 0/1 of the same shape (:func:`as_mask`);
+    - ``old_logprobs`` (B, T), detached; ``None`` becomes ``logprobs.detach()`` (on-policy, ρ ≡ 1);
+    - ``advantages`` (B,) or (B, T), detached;
+    - NaN/Inf on a valid token of ``logprobs``, ``old_logprobs`` or ``advantages`` (or in the
+      advantage of a row that has a valid token) raises ``ValueError`` naming the input;
+    - padding may hold anything (−inf log-probs of a padded position, NaN): it is replaced by 0
+      here, so it reaches neither the loss nor the gradient (:func:`valid_values`);
+    - an empty batch (B = 0) or an all-padding mask is valid: the losses then return 0 with the
+      graph kept through ``logprobs``.
     """
     check_tensor("logprobs", logprobs, ndim=2, dtype_kind="float")
     logprobs = as_float(logprobs)
     mask_f = as_mask(mask, logprobs)
+    logprobs = valid_values("logprobs", logprobs, mask_f)
     if old_logprobs is None:
         old_logprobs = logprobs.detach()
-    old_logprobs = check_per_token("old_logprobs", old_logprobs, logprobs.shape)
+    old_logprobs = check_per_token("old_logprobs", old_logprobs, logprobs.shape, mask_f)
     check_detached("old_logprobs", old_logprobs)
     check_tensor("advantages", advantages, ndim=(1, 2), dtype_kind="float")
     check_detached("advantages", advantages)
@@ -465,9 +521,22 @@ def prepare_policy_inputs(logprobs: torch.Tensor, old_logprobs: torch.Tensor | N
         raise ValueError(f"advantages must have shape ({logprobs.shape[0]},) or {tuple(logprobs.shape)}, "
                          f"got {tuple(advantages.shape)}")
     advantages = as_float(advantages)
-    if not torch.isfinite(expand_advantages(advantages, mask_f)).all():
-        raise ValueError("advantages contains NaN or Inf on valid tokens")
+    rows = mask_f if advantages.dim() == 2 else mask_f.bool().any(-1)
+    advantages = valid_values("advantages", advantages, rows)
     return logprobs, mask_f, advantages, old_logprobs
+
+
+def check_token_inputs(mask: torch.Tensor, shape: tuple[int, ...],
+                       **tensors: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    """Validate optional per-token inputs (``ref_logprobs``, ``entropy``, ...) against ``mask``.
+
+    For a loss that trains on a *reduced* mask (SPO's probability mask, PSR/NSR's sign mask): each
+    given tensor must have ``shape`` and be finite on every token of the original ``mask``, even
+    those the reduced mask drops, so a NaN is reported rather than silently skipped. Returns the
+    tensors with padding set to 0 (None stays None).
+    """
+    return {name: None if value is None else check_per_token(name, value, shape, mask)
+            for name, value in tensors.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,7 +572,8 @@ def policy_metrics(mask: torch.Tensor, *, loss: torch.Tensor | None = None,
     if logprobs is not None and old_logprobs is not None:
         out["kl_old"] = _f(masked_mean((old_logprobs - logprobs).detach(), m))
     if entropy is not None:
-        out["entropy"] = _f(masked_mean(as_float(entropy).detach(), m))
+        entropy = check_per_token("entropy", entropy.detach(), tuple(m.shape), m)
+        out["entropy"] = _f(masked_mean(entropy, m))
     if regions is not None:
         valid = m if next(iter(regions.values())).dim() == 2 else lengths > 0
         union = torch.zeros_like(valid)
@@ -533,7 +603,7 @@ def advantage_metrics(advantages: torch.Tensor, mask: torch.Tensor | None = None
     if mask is None:
         valid = torch.ones(a.shape, dtype=torch.bool, device=a.device)
     else:
-        valid = mask.bool()
+        valid = as_mask(mask, a if a.dim() == 2 else None).bool()
         a = expand_advantages(a, valid)
     out = {"adv_mean": _f(masked_mean(a, valid)),
            "adv_std": _f(masked_var(a, valid, unbiased=False).sqrt()),
@@ -568,6 +638,28 @@ def _check_known_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], label
     if unknown:
         raise TypeError(f"{label} has no argument(s) {', '.join(unknown)}; "
                         f"arguments: {', '.join(params)}")
+
+
+def batch_hook(fn: Callable[..., Any]) -> Callable[..., Any] | None:
+    """The full-batch precomputation a loss declares (its ``batch_inputs`` attribute), or None.
+
+    Some losses need quantities of a whole group or of the whole batch: GRAO's statistics over the
+    group and its reference answer, HPT's per-prompt success count, COPO's cross-prompt global
+    advantage and blend weight, GTPO's conflict runs. A training loop that splits the batch into
+    minibatches must not recompute them on a partial group. Such a loss sets
+    ``loss.batch_inputs = fn(batch entries...) -> {name: per-response tensor (B, ...)}``; the loop
+    calls it once on the full batch (:func:`call_with`) and adds the tensors to the batch, and the
+    loss uses them when it finds them among its arguments. The returned callable is bound to the
+    spec's arguments that the hook also accepts (``"hpt(threshold=0.7)"`` reaches both).
+    """
+    base = getattr(fn, "func", fn)
+    hook = getattr(base, "batch_inputs", None)
+    if hook is None:
+        return None
+    bound = getattr(fn, "keywords", None) or {}
+    accepted = inspect.signature(hook).parameters
+    kwargs = {k: v for k, v in bound.items() if k in accepted}
+    return functools.partial(hook, **kwargs) if kwargs else hook
 
 
 def wants(fn: Callable[..., Any]) -> set[str]:
@@ -607,9 +699,10 @@ def call_with(fn: Callable[..., Any], batch: Mapping[str, Any]) -> Any:
 
 __all__ = [
     "AGG_MODES", "STD_MODES", "KL_ESTIMATORS", "GlobalNorm", "GroupStats",
-    "as_float", "as_mask", "check_detached", "check_rewards", "check_per_token",
+    "as_float", "as_mask", "valid_values", "check_detached", "check_rewards", "check_per_token",
     "masked_sum", "masked_mean", "masked_var", "masked_whiten", "expand_advantages",
     "aggregate", "sequence_logprobs", "group_index", "group_stats", "group_normalize",
     "ratio", "clipped_surrogate", "check_clip_eps", "kl", "clipped_policy_loss", "prepare_policy_inputs",
-    "policy_metrics", "advantage_metrics", "make_fn", "wants", "call_with",
+    "check_token_inputs",
+    "policy_metrics", "advantage_metrics", "make_fn", "batch_hook", "wants", "call_with",
 ]

@@ -48,7 +48,7 @@ ARXIV = "2506.15050"
 
 def last_index(mask: torch.Tensor) -> torch.Tensor:
     """(B,) position of each row's last valid token (−1 for an empty row)."""
-    positions = torch.arange(mask.shape[1]).expand(mask.shape)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape)
     return torch.where(mask.bool(), positions, torch.full_like(positions, -1)).max(-1).values
 
 
@@ -65,7 +65,7 @@ def outcome_token_rewards(rewards: torch.Tensor, mask: torch.Tensor,
     rewards = check_rewards(rewards)
     last = last_index(mask)                                                     # (B,)
     finished = torch.ones_like(last, dtype=torch.bool) if is_finished is None else is_finished.bool()
-    out = torch.zeros(mask.shape, dtype=rewards.dtype)
+    out = torch.zeros(mask.shape, dtype=rewards.dtype, device=rewards.device)
     rows = torch.nonzero(finished & (last >= 0)).flatten()
     out[rows, last[rows]] = rewards[rows]
     return out
@@ -85,11 +85,12 @@ def extended_gae(values: torch.Tensor, token_rewards: torch.Tensor, mask: torch.
     """
     check_tensor("values", values, ndim=2, dtype_kind="float")
     values = as_float(values.detach())
-    token_rewards = check_per_token("token_rewards", token_rewards, tuple(values.shape))
     m = as_mask(mask, values)
+    values = check_per_token("values", values, tuple(values.shape), m)          # 0 on padding
+    token_rewards = check_per_token("token_rewards", token_rewards, tuple(values.shape), m)
     n = values.shape[0]
     if is_finished is None:
-        finished = torch.ones(n, dtype=torch.bool)
+        finished = torch.ones(n, dtype=torch.bool, device=values.device)
     else:
         check_tensor("is_finished", is_finished, shape=(n,))
         finished = is_finished.bool()
@@ -121,6 +122,11 @@ def egae(rewards: torch.Tensor | None = None, *, values: torch.Tensor, mask: tor
         gamma, lam: γ, λ.
         whiten: normalize the advantages over valid tokens (mean 0, std 1).
     """
+    if rewards is not None:                           # validated even when token_rewards win
+        rewards = check_rewards(rewards)
+        if rewards.shape != values.shape[:1]:
+            raise ValueError(f"rewards must have shape ({values.shape[0]},) like the rows of values, "
+                             f"got {tuple(rewards.shape)}")
     if token_rewards is None:
         if rewards is None:
             raise ValueError("egae needs rewards (B,) or token_rewards (B, T)")

@@ -46,6 +46,11 @@ Choices where the paper is ambiguous:
 - The ``advantages`` argument of the loss convention is not used: GRAO needs its own statistics
   over {samples, reference}; ``old_logprobs`` only feed the ``ratio_*`` metrics (no ratio in the
   objective). Without ``demo_logprobs`` the β and λ terms vanish (pure exploration term).
+- Minibatches: Â_o and Â_y are group statistics, so they are computed once on the full batch by
+  :func:`grao_batch_inputs` (the loss's ``batch_inputs`` hook, which ``policy_optimization`` runs
+  before splitting the batch) and reach each minibatch row as ``sample_advantages`` /
+  ``reference_advantages``; a minibatch holding part of a group then trains exactly as the full
+  batch would (recomputing them on the partial group moved Â from 1.016 to 0.816 in one case).
 - ``lab.experiments.policy_optimization`` runs GRAO by name; with ``demonstrations=True`` it scores
   each prompt's reference answer (``task.targets``) and all three terms train, without it only the
   exploration term does (with R(y) = 1 still in the statistics).
@@ -78,11 +83,12 @@ def grao_advantages(rewards: torch.Tensor, ref_reward: float | torch.Tensor, *,
     if rewards.dim() != 1:
         raise ValueError(f"rewards must have shape (B,), got {tuple(rewards.shape)}")
     check_nonneg("eps", eps)
-    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
-    ref = torch.as_tensor(ref_reward, dtype=rewards.dtype)
+    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids,
+                                  device=rewards.device)
+    ref = torch.as_tensor(ref_reward, dtype=rewards.dtype, device=rewards.device)
     ref = ref.expand(n_groups) if ref.dim() == 0 else ref
     check_tensor("ref_reward", ref, shape=(n_groups,), finite=True)
-    ref_ids = torch.arange(n_groups)
+    ref_ids = torch.arange(n_groups, device=rewards.device)
     if include_reference:
         stats = group_stats(torch.cat([rewards, ref]), group_ids=torch.cat([index, ref_ids]),
                             std="population")
@@ -91,12 +97,22 @@ def grao_advantages(rewards: torch.Tensor, ref_reward: float | torch.Tensor, *,
     else:
         stats = group_stats(rewards, group_ids=index, std="population")
         mean_o, std_o = stats.mean, stats.std
-        mean_y = torch.zeros(n_groups, dtype=rewards.dtype).scatter_(0, index, mean_o)
-        std_y = torch.zeros(n_groups, dtype=rewards.dtype).scatter_(0, index, std_o)
+        mean_y = rewards.new_zeros(n_groups).scatter_(0, index, mean_o)
+        std_y = rewards.new_zeros(n_groups).scatter_(0, index, std_o)
     # Â = (R − μ_r) / σ_r
     adv_o = (rewards - mean_o) / (std_o + eps)
     adv_y = (ref - mean_y) / (std_y + eps)
     return adv_o, adv_y, index
+
+
+def grao_batch_inputs(rewards: torch.Tensor, *, group_size: int | None = None,
+                      group_ids: torch.Tensor | None = None, ref_reward: float | torch.Tensor = 1.0,
+                      include_reference: bool = True, eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """``{"sample_advantages": Â_o (B,), "reference_advantages": Â_y of each response's group (B,)}``
+    from the full batch (the ``batch_inputs`` hook of ``policy_loss/grao``)."""
+    adv_o, adv_y, index = grao_advantages(rewards, ref_reward, group_size=group_size, group_ids=group_ids,
+                                          include_reference=include_reference, eps=eps)
+    return {"sample_advantages": adv_o, "reference_advantages": adv_y[index]}
 
 
 @register("policy_loss", "grao", paper=PAPER, arxiv="2508.07750",
@@ -107,6 +123,8 @@ def grao(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
          demo_mask: torch.Tensor | None = None, ref_reward: float | torch.Tensor = 1.0,
          entropy: torch.Tensor | None = None, imitation_coef: float = 0.5, lam: float = 0.6,
          include_reference: bool = True, eps: float = 1e-6,
+         sample_advantages: torch.Tensor | None = None,
+         reference_advantages: torch.Tensor | None = None,
          return_per_token: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """``−J_GRAO`` averaged over the B sampled answers (one group of G per prompt).
 
@@ -126,8 +144,12 @@ def grao(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
         lam: λ, weight of the alignment term (0.6).
         include_reference: R(y) enters the group statistics (True, see module docstring).
         eps: added to σ_r.
-        return_per_token: also return ``per_token_loss`` (B, T): the exploration and alignment
-            part of each sample spread over its tokens.
+        sample_advantages, reference_advantages: (B,) Â_o of each answer and Â_y of its group,
+            computed on the full batch (:func:`grao_batch_inputs`); when both are given they are
+            used instead of recomputing the statistics from ``rewards`` (minibatches).
+        return_per_token: also return ``per_token_loss`` (B, T): each answer's term
+            −(exploration + imitation + alignment)_i spread evenly over its tokens (the mean over
+            answers of the row sums is the loss).
 
     Metrics: the policy metrics (``clip_frac`` = 0: nothing is clipped), ``grao/adv_ref_mean``
     (Â_y), ``grao/imitation_logprob`` (J_imit), ``grao/exploration``, ``grao/imitation``,
@@ -137,12 +159,22 @@ def grao(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
     check_nonneg("lam", lam)
     logprobs, mask_f, _, old_logprobs = prepare_policy_inputs(
         logprobs, old_logprobs, advantages, mask)
-    adv_o, adv_y, index = grao_advantages(rewards, ref_reward, group_size=group_size,
-                                          group_ids=group_ids, include_reference=include_reference,
-                                          eps=eps)
-    if adv_o.shape[0] != logprobs.shape[0]:
-        raise ValueError(f"rewards must have one entry per row of logprobs ({logprobs.shape[0]}), "
-                         f"got {adv_o.shape[0]}")
+    n = logprobs.shape[0]
+    if sample_advantages is not None and reference_advantages is not None:
+        # the full batch's group statistics (a minibatch may hold part of a group)
+        check_tensor("sample_advantages", sample_advantages, shape=(n,), finite=True)
+        check_tensor("reference_advantages", reference_advantages, shape=(n,), finite=True)
+        check_rewards(rewards)
+        index, n_groups = group_index(n, group_size=group_size, group_ids=group_ids, device=logprobs.device)
+        adv_o = sample_advantages
+        adv_y = torch.zeros(n_groups, dtype=reference_advantages.dtype,
+                            device=reference_advantages.device).scatter_(0, index, reference_advantages)
+    else:
+        adv_o, adv_y, index = grao_advantages(rewards, ref_reward, group_size=group_size,
+                                              group_ids=group_ids, include_reference=include_reference,
+                                              eps=eps)
+    if adv_o.shape[0] != n:
+        raise ValueError(f"rewards must have one entry per row of logprobs ({n}), got {adv_o.shape[0]}")
     j_expl = sequence_logprobs(logprobs, mask_f, normalize=True)                # (B,)
     if demo_logprobs is not None:
         check_tensor("demo_logprobs", demo_logprobs, ndim=2, dtype_kind="float")
@@ -151,7 +183,7 @@ def grao(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
         if demo_logprobs.shape[0] != adv_y.shape[0]:
             raise ValueError(f"demo_logprobs must have one row per prompt ({adv_y.shape[0]}), "
                              f"got {tuple(demo_logprobs.shape)}")
-        demo_lp = check_per_token("demo_logprobs", demo_logprobs, demo_m.shape)
+        demo_lp = check_per_token("demo_logprobs", demo_logprobs, demo_m.shape, demo_m)
         j_imit = sequence_logprobs(demo_lp, demo_m, normalize=True)[index]       # (B,) J_imit(y_g(i))
         imit_w, align_w = imitation_coef, lam
     else:
@@ -162,7 +194,8 @@ def grao(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
     exploration = a_o * j_expl
     imitation = imit_w * a_y * j_imit
     alignment = align_w * a_o * (j_expl - j_imit)
-    loss = -(exploration + imitation + alignment).mean()
+    # mean over the B answers; an empty batch gives 0 with the graph kept
+    loss = -(exploration + imitation + alignment).sum() / max(exploration.shape[0], 1)
     rho = ratio(logprobs, old_logprobs)
     no_clip = {"low": torch.zeros_like(mask_f, dtype=torch.bool),
                "high": torch.zeros_like(mask_f, dtype=torch.bool)}
@@ -175,10 +208,12 @@ def grao(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
                     "grao/imitation": float(imitation.detach().mean()),
                     "grao/alignment": float(alignment.detach().mean())})
     if return_per_token:
-        per_seq = -(exploration + alignment).detach()                           # (B,)
+        per_seq = -(exploration + imitation + alignment).detach()               # (B,)
         lengths = mask_f.sum(-1).clamp_min(1.0)
         metrics["per_token_loss"] = (per_seq / lengths)[:, None] * mask_f
     return loss, metrics
 
 
-__all__ = ["grao", "grao_advantages"]
+grao.batch_inputs = grao_batch_inputs
+
+__all__ = ["grao", "grao_advantages", "grao_batch_inputs"]

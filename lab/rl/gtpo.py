@@ -46,8 +46,10 @@ Choices where the public material is ambiguous:
   ``clip_eps_low``/``clip_eps_high`` to clip anyway.
 - Backward positions count valid tokens from the end, so padding (and holes in the mask) do not
   break the alignment.
-- Conflicts are found among the rows of one call: a minibatch that splits a group sees only the
-  completions it holds.
+- Conflicts are a property of the whole group: :func:`gtpo_batch_inputs` (the loss's
+  ``batch_inputs`` hook, which ``policy_optimization`` runs once on the full batch) finds them
+  and every minibatch row carries its ``conflict_forward`` / ``conflict_backward`` runs. Called
+  without them, the loss finds conflicts among the rows it is given.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ from lab.rl.core import (
     kl_penalty,
     GlobalNorm, aggregate, check_per_token, clipped_surrogate, expand_advantages,
     group_index, masked_mean, masked_sum, policy_metrics, prepare_policy_inputs, ratio,
+    as_mask, valid_values,
 )
 
 PAPER = "GTPO: Trajectory-Based Policy Optimization in Large Language Models"
@@ -85,14 +88,14 @@ def conflict_masks(token_ids: torch.Tensor, advantages: torch.Tensor, mask: torc
         raise ValueError(f"token_ids must have the shape of mask {tuple(mask.shape)}, "
                          f"got {tuple(token_ids.shape)}")
     n, T = mask.shape
-    index, _ = group_index(n, group_size=group_size, group_ids=group_ids)
+    index, _ = group_index(n, group_size=group_size, group_ids=group_ids, device=mask.device)
     valid = mask.bool()
     seq_adv = advantages if advantages.dim() == 1 else masked_mean(advantages, valid, dim=-1)
     positive, negative = seq_adv > 0, seq_adv < 0
     vocab = int(token_ids.max()) + 1 if token_ids.numel() else 1
     ids = token_ids.long().clamp_min(0)
     # forward key: (group, position t, token v)
-    position = torch.arange(T).expand(n, T)
+    position = torch.arange(T, device=mask.device).expand(n, T)
     fwd_keys = (index[:, None] * T + position) * vocab + ids
     # backward key: (group, s = number of valid tokens after t, token v)
     after = valid.flip(-1).long().cumsum(-1).flip(-1) - valid.long()
@@ -139,6 +142,17 @@ def entropy_adjusted_advantages(advantages: torch.Tensor, entropy: torch.Tensor,
     return torch.where(keep, adjusted, torch.zeros_like(adjusted)), filtered
 
 
+def gtpo_batch_inputs(advantages: torch.Tensor, mask: torch.Tensor, token_ids: torch.Tensor, *,
+                      group_size: int | None = None, group_ids: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
+    """``{"conflict_forward": (B, T), "conflict_backward": (B, T)}`` bool, found on the full batch
+    (the ``batch_inputs`` hook of ``policy_loss/gtpo``)."""
+    mask_f = as_mask(mask)
+    adv = valid_values("advantages", advantages, mask_f if advantages.dim() == 2 else mask_f.bool().any(-1))
+    forward, backward = conflict_masks(token_ids, adv, mask_f, group_size=group_size, group_ids=group_ids)
+    return {"conflict_forward": forward, "conflict_backward": backward}
+
+
 @register("policy_loss", "gtpo", paper=PAPER, arxiv="2508.03772",
           summary="Conflict-token protection (no negative, amplified positive update) + entropy filter")
 def gtpo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: torch.Tensor,
@@ -149,6 +163,7 @@ def gtpo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
          initial_entropy: float | None = None, divide_by_conflicts: bool = False, clip_eps_low: float | None = None,
          clip_eps_high: float | None = None, beta: float = 0.0, kl_estimator: str = "k3",
          agg: str = "seq_mean_token_mean", norm: GlobalNorm | None = None,
+         conflict_forward: torch.Tensor | None = None, conflict_backward: torch.Tensor | None = None,
          return_per_token: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """GTPO loss ``agg(−ρ · c)`` with per-token coefficients ``c = A'_i·λ_{i,t}`` (≥ 0 on conflicts).
 
@@ -166,6 +181,9 @@ def gtpo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
         divide_by_conflicts: divide each completion's loss by max(#conflicts, 1) (code only).
         clip_eps_low, clip_eps_high: None (paper: no clipping) or a PPO clip range.
         agg, norm, return_per_token: aggregation (``seq_mean_token_mean`` as the paper's 1/|o_i|).
+        conflict_forward, conflict_backward: (B, T) bool conflict runs found on the full batch
+            (:func:`gtpo_batch_inputs`); when both are given they replace the search among the
+            rows of this call (minibatches).
 
     Metrics add ``gtpo/conflict_frac`` (share of valid tokens in a conflict run),
     ``gtpo/protected_frac`` (share on negative completions, whose update is skipped),
@@ -176,11 +194,17 @@ def gtpo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
         logprobs, old_logprobs, advantages, mask)
     check_positive("beta", beta, allow_zero=True)
     valid = mask_f.bool()
-    forward, backward = conflict_masks(token_ids, advantages, mask_f, group_size=group_size,
-                                       group_ids=group_ids)
+    if conflict_forward is not None and conflict_backward is not None:      # the full batch's
+        check_tensor("conflict_forward", conflict_forward, shape=tuple(mask_f.shape))
+        check_tensor("conflict_backward", conflict_backward, shape=tuple(mask_f.shape))
+        check_tensor("token_ids", token_ids, shape=tuple(mask_f.shape))
+        forward, backward = conflict_forward.bool() & valid, conflict_backward.bool() & valid
+    else:
+        forward, backward = conflict_masks(token_ids, advantages, mask_f, group_size=group_size,
+                                           group_ids=group_ids)
     conflict = forward | backward                                               # (B, T)
     lam = conflict_weights(forward, backward, advantages, conflict_weight=conflict_weight)
-    filtered = torch.zeros(mask_f.shape[0], dtype=torch.bool)
+    filtered = torch.zeros(mask_f.shape[0], dtype=torch.bool, device=mask_f.device)
     adjusted = advantages
     if entropy is not None:
         entropy = check_per_token("entropy", entropy, logprobs.shape)
@@ -218,4 +242,6 @@ def gtpo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
     return loss, metrics
 
 
-__all__ = ["conflict_masks", "conflict_weights", "entropy_adjusted_advantages", "gtpo"]
+gtpo.batch_inputs = gtpo_batch_inputs
+
+__all__ = ["conflict_masks", "conflict_weights", "entropy_adjusted_advantages", "gtpo", "gtpo_batch_inputs"]

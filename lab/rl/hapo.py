@@ -42,6 +42,9 @@ Choices where the public material is ambiguous:
   given tensor bounds (the same clip regions).
 - The redistribution is applied inside the loss (it needs ρ, which changes between epochs), the
   token-level group average in the estimator. Responses with no valid token get A = 0.
+- h̃ is fitted on the token entropies of one call (verl: the micro-batch), so under
+  ``policy_optimization(minibatches=M)`` each minibatch fits its own quantile and scale: the split
+  changes h̃ slightly (a statistic of the current policy's entropies, not of a group).
 - The temperature sampler needs a previous batch; before its first ``update`` it samples at T.
   ``policy_optimization(token_sampler="adaptive_temperature")`` draws the rollout tokens with it
   (refitting after each batch; ``ℓ^old`` stays π_T's, as verl recomputes it at the base
@@ -95,7 +98,7 @@ def fit_entropy_scale(entropy: torch.Tensor, mask: torch.Tensor, *, entropy_pivo
     low = h.min()
     # paper: 1/|min h| keeps h̃ ≤ 0; code: 1/min h flips the sign of confident tokens
     neg = low if replicate_code_sign_bug else low.abs()
-    neg = neg if neg.abs() >= 1e-8 else torch.tensor(1e-8)
+    neg = neg if neg.abs() >= 1e-8 else torch.tensor(1e-8, device=low.device)
     return EntropyScale(float(q), float(scale), float(1.0 / pos), float(1.0 / neg))
 
 
@@ -182,20 +185,21 @@ def hapo_token_advantages(rewards: torch.Tensor, *, mask: torch.Tensor,
         raise ValueError(f"mask must have {rewards.shape[0]} rows like rewards, got {tuple(mask.shape)}")
     check_positive("fallback_abs", fallback_abs)
     check_positive("eps", eps, allow_zero=True)
-    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
+    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids,
+                                  device=rewards.device)
     valid = mask.bool()
     # one entry per valid token: the response's reward, labelled with the response's group
     token_rewards = rewards[:, None].expand(mask.shape)[valid]                  # (N_tok,)
     token_groups = index[:, None].expand(mask.shape)[valid]                     # (N_tok,)
-    mean_g = torch.zeros(n_groups, dtype=rewards.dtype)
-    std_g = torch.ones(n_groups, dtype=rewards.dtype)
+    mean_g = rewards.new_zeros(n_groups)
+    std_g = rewards.new_ones(n_groups)
     if token_rewards.numel():
         tok = group_stats(token_rewards, group_ids=token_groups, std="population")
         mean_g.scatter_(0, token_groups, tok.mean)                              # equal within a group
         std_g.scatter_(0, token_groups, tok.std)
     token_level = (rewards - mean_g[index]) / (std_g[index] + eps)              # (B,)
     grpo, stats = group_normalize(rewards, group_ids=index, std="unbiased", eps=eps)
-    extreme = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(
+    extreme = rewards.new_zeros(n_groups).index_add_(
         0, index, (token_level.abs() >= fallback_abs).to(rewards.dtype)) > 0   # (n_groups,)
     advantages = torch.where(extreme[index], grpo, token_level)
     advantages = torch.where(valid.any(-1), advantages, torch.zeros_like(advantages))

@@ -34,6 +34,11 @@ the recipe's second threshold ``switch_gate_off`` has unclear semantics and is n
 "Correct" is R > ``threshold`` (0.5) when ``correct_counts`` is not given. Limits: ``gate=-1`` is
 pure RL; ``gate >= n`` is pure SFT (where demonstrations exist).
 
+Minibatches: the SFT/RL decision belongs to the prompt, so it must see the whole group.
+:func:`hpt_batch_inputs` (the loss's ``batch_inputs`` hook, run by ``policy_optimization`` once on
+the full batch) gives each response its group's success count k_q (``group_correct``); with it a
+minibatch holding 1 of a prompt's 8 rollouts decides exactly as the full batch does.
+
 Where to run it: ``policy_optimization(loss="hpt", demonstrations=True)`` feeds the task's target
 answers as demonstrations (without ``demonstrations`` it is the RL part alone); the experiment
 ``hybrid_post_training`` (``lab.experiments.segments``) shows the switch from SFT to RL and both
@@ -54,6 +59,20 @@ from lab.rl.core import (GlobalNorm, aggregate, as_mask, check_per_token, check_
 PAPER = "Towards a Unified View of Large Language Model Post-Training"
 
 
+def hpt_batch_inputs(rewards: torch.Tensor, *, group_size: int | None = None,
+                     group_ids: torch.Tensor | None = None, threshold: float = 0.5
+                     ) -> dict[str, torch.Tensor]:
+    """``{"group_correct": (B,)}``: k_q, the number of correct rollouts of each response's prompt,
+    counted on the full batch (R > ``threshold``)."""
+    rewards = check_rewards(rewards)
+    threshold = check_number("threshold", threshold)
+    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids,
+                                  device=rewards.device)
+    correct = (rewards > threshold).to(torch.float64)
+    counts = torch.zeros(n_groups, dtype=torch.float64, device=rewards.device).index_add_(0, index, correct)
+    return {"group_correct": counts[index]}
+
+
 def sft_prompts(correct_counts: torch.Tensor, gate: int, has_demo: torch.Tensor) -> torch.Tensor:
     """(n_prompts,) bool: prompts trained with SFT, ``k_q ≤ gate`` and a demonstration exists."""
     return (correct_counts <= gate) & has_demo
@@ -64,7 +83,7 @@ def sft_prompts(correct_counts: torch.Tensor, gate: int, has_demo: torch.Tensor)
 def hpt(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: torch.Tensor,
         mask: torch.Tensor, *, rewards: torch.Tensor | None = None, group_size: int | None = None,
         group_ids: torch.Tensor | None = None, correct_counts: torch.Tensor | None = None,
-        demo_logprobs: torch.Tensor | None = None, demo_mask: torch.Tensor | None = None,
+        group_correct: torch.Tensor | None = None, demo_logprobs: torch.Tensor | None = None, demo_mask: torch.Tensor | None = None,
         entropy: torch.Tensor | None = None, gate: int = 0, sft_coef: float = 1.0,
         clip: bool = False, clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
         threshold: float = 0.5, agg: str = "seq_mean_token_sum_norm",
@@ -77,6 +96,9 @@ def hpt(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: t
         rewards: (B,) used to count correct rollouts when ``correct_counts`` is None.
         group_size / group_ids: the prompt of each rollout (needed with demonstrations).
         correct_counts: (n_prompts,) k_q, in the order of the groups.
+        group_correct: (B,) k_q of each response's prompt, counted on the full batch
+            (:func:`hpt_batch_inputs`); used when ``correct_counts`` is None, so a minibatch
+            holding part of a group decides as the full batch does.
         demo_logprobs: (n_prompts, T_d) current log-probs of each prompt's demonstration (with
             grad); rows of prompts without a demonstration have an all-zero ``demo_mask`` row.
         demo_mask: (n_prompts, T_d) demonstration tokens.
@@ -94,28 +116,36 @@ def hpt(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: t
     logprobs, mask_f, advantages, old_logprobs = prepare_policy_inputs(
         logprobs, old_logprobs, advantages, mask)
     n = mask_f.shape[0]
-    rl_rows = torch.ones(n, dtype=torch.bool)
+    rl_rows = torch.ones(n, dtype=torch.bool, device=mask_f.device)
     sft_loss = logprobs.sum() * 0.0
     sft_frac = 0.0
     if demo_logprobs is not None:
         check_tensor("demo_logprobs", demo_logprobs, ndim=2, dtype_kind="float")
         demo_m = torch.ones_like(demo_logprobs) if demo_mask is None else \
             as_mask(demo_mask, demo_logprobs, "demo_mask")
-        index, n_groups = group_index(n, group_size=group_size, group_ids=group_ids)
+        index, n_groups = group_index(n, group_size=group_size, group_ids=group_ids, device=mask_f.device)
         if demo_logprobs.shape[0] != n_groups:
             raise ValueError(f"demo_logprobs must have one row per prompt ({n_groups}), "
                              f"got {tuple(demo_logprobs.shape)}")
+        if correct_counts is None and group_correct is not None:
+            check_tensor("group_correct", group_correct, shape=(n,), finite=True)
+            correct_counts = torch.zeros(n_groups, dtype=torch.float64, device=group_correct.device)
+            correct_counts = correct_counts.scatter_(0, index, group_correct.to(torch.float64))
         if correct_counts is None:
             if rewards is None:
                 raise ValueError("hpt needs correct_counts or rewards to decide SFT vs RL")
-            correct = (check_rewards(rewards) > threshold).to(torch.float64)
-            correct_counts = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, index, correct)
+            rewards = check_rewards(rewards)
+            if rewards.shape != (n,):
+                raise ValueError(f"rewards must have shape ({n},) like the rows of logprobs, "
+                                 f"got {tuple(rewards.shape)}")
+            correct = (rewards > threshold).to(torch.float64)
+            correct_counts = torch.zeros(n_groups, dtype=torch.float64, device=correct.device).index_add_(0, index, correct)
         check_tensor("correct_counts", correct_counts, shape=(n_groups,))
         sft = sft_prompts(correct_counts, gate, demo_m.sum(-1) > 0)             # (n_groups,)
         rl_rows = ~sft[index]                                                   # (B,)
         sft_tokens = demo_m * sft[:, None].to(demo_m.dtype)                     # (P, T_d)
         # L_SFT = token-mean NLL over the demonstrations of the SFT prompts
-        sft_loss = -masked_mean(check_per_token("demo_logprobs", demo_logprobs, demo_m.shape),
+        sft_loss = -masked_mean(check_per_token("demo_logprobs", demo_logprobs, demo_m.shape, demo_m),
                                 sft_tokens)
         sft_frac = float(sft.to(torch.float32).mean())
     rl_mask = mask_f * rl_rows[:, None].to(mask_f.dtype)                        # (B, T)
@@ -138,4 +168,6 @@ def hpt(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: t
     return loss, metrics
 
 
-__all__ = ["hpt", "sft_prompts"]
+hpt.batch_inputs = hpt_batch_inputs
+
+__all__ = ["hpt", "hpt_batch_inputs", "sft_prompts"]

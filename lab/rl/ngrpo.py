@@ -88,10 +88,11 @@ def ngrpo_advantages(rewards: torch.Tensor, *, group_size: int | None = None,
     if (rewards > r_max).any():
         raise ValueError(f"rewards must be <= r_max = {r_max} (the virtual sample must be the best "
                          f"answer); got max reward {rewards.max().item()}")
-    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
+    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids,
+                                  device=rewards.device)
     # augmented groups: the B real rewards followed by K virtual R_max per group
-    virtual_ids = torch.arange(n_groups).repeat_interleave(n_virtual)           # (n_groups·K,)
-    augmented = torch.cat([rewards, torch.full(virtual_ids.shape, r_max, dtype=rewards.dtype)])
+    virtual_ids = torch.arange(n_groups, device=rewards.device).repeat_interleave(n_virtual)           # (n_groups·K,)
+    augmented = torch.cat([rewards, torch.full(virtual_ids.shape, r_max, dtype=rewards.dtype, device=rewards.device)])
     stats = group_stats(augmented, group_ids=torch.cat([index, virtual_ids]), std=std)
     n = rewards.shape[0]
     # A_i = (R_i − μ'_g) / (σ'_g + eps), real samples only
@@ -101,7 +102,7 @@ def ngrpo_advantages(rewards: torch.Tensor, *, group_size: int | None = None,
     real = group_stats(rewards, group_ids=index)
     metrics = advantage_metrics(advantages, mask, real)
     homogeneous = real.zero_std                                                 # (n_groups,)
-    moved = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(
+    moved = rewards.new_zeros(n_groups).index_add_(
         0, index, (advantages != 0).to(rewards.dtype)) > 0                     # (n_groups,)
     calibrated = (homogeneous & moved).sum()
     metrics["ngrpo/frac_calibrated_groups"] = float(calibrated / homogeneous.sum().clamp_min(1))

@@ -35,10 +35,10 @@ from typing import Any
 
 import torch
 
-from lab.checks import check_positive, check_range
+from lab.checks import check_positive, check_range, check_tensor
 from lab.registry import register
 from lab.rl.core import (
-    GlobalNorm, advantage_metrics, aggregate, as_mask, check_detached, check_per_token,
+    GlobalNorm, advantage_metrics, aggregate, as_float, as_mask, check_detached, check_per_token,
     clipped_policy_loss, masked_mean, masked_var, masked_whiten,
 )
 
@@ -50,15 +50,16 @@ def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *
     """Generalized advantage estimates (B, T); ``metrics["returns"]`` holds R̂ = Â + V (B, T)."""
     check_range("gamma", gamma, 0.0, 1.0)
     check_range("lam", lam, 0.0, 1.0)
-    token_rewards = check_per_token("token_rewards", token_rewards, tuple(token_rewards.shape))
-    values = check_per_token("values", values, tuple(token_rewards.shape)).detach()
-    m = as_mask(mask, token_rewards)
-    r, v = token_rewards * m, values * m
+    check_tensor("token_rewards", token_rewards, ndim=2, dtype_kind="float")
+    m = as_mask(mask, as_float(token_rewards))
+    # finite on valid tokens, 0 on padding (padding may hold NaN/-inf)
+    r = check_per_token("token_rewards", token_rewards, tuple(m.shape), m)
+    v = check_per_token("values", values.detach(), tuple(m.shape), m)
     B, T = r.shape
     advantages = torch.zeros_like(r)
-    last = torch.zeros(B, dtype=r.dtype)                                         # Â_{t+1}
+    last = r.new_zeros(B)                                         # Â_{t+1}
     for t in reversed(range(T)):
-        next_value = v[:, t + 1] if t + 1 < T else torch.zeros(B, dtype=r.dtype)  # 0 after the end
+        next_value = v[:, t + 1] if t + 1 < T else r.new_zeros(B)  # 0 after the end
         delta = r[:, t] + gamma * next_value - v[:, t]                          # δ_t
         last = (delta + gamma * lam * last) * m[:, t]                            # Â_t (0 on padding)
         advantages[:, t] = last
@@ -105,12 +106,12 @@ def ppo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: t
     if returns is None:
         raise ValueError("returns are required with values (use advantage/gae, which provides them)")
     shape = tuple(logprobs.shape)
-    values = check_per_token("values", values, shape)
-    returns = check_per_token("returns", returns, shape)
+    m = as_mask(mask, as_float(logprobs))
+    values = check_per_token("values", values, shape, m)
+    returns = check_per_token("returns", returns, shape, m)
     check_detached("returns", returns)
-    old_values = values.detach() if old_values is None else check_per_token("old_values", old_values, shape)
+    old_values = values.detach() if old_values is None else check_per_token("old_values", old_values, shape, m)
     check_detached("old_values", old_values)
-    m = as_mask(mask, values)
     # V^clip = V_old + clip(V − V_old, −ε_v, ε_v); loss = ½ max((V − R̂)², (V^clip − R̂)²)
     clipped = old_values + (values - old_values).clamp(-clip_eps_value, clip_eps_value)
     vf_unclipped, vf_clipped = (values - returns) ** 2, (clipped - returns) ** 2

@@ -46,7 +46,8 @@ import torch
 
 from lab.checks import check_choice, check_number, check_positive
 from lab.registry import register
-from lab.rl.core import GlobalNorm, as_mask, check_rewards, clipped_policy_loss, expand_advantages
+from lab.rl.core import (GlobalNorm, as_mask, check_rewards, check_token_inputs, clipped_policy_loss,
+                         expand_advantages, prepare_policy_inputs)
 
 MODES: tuple[str, ...] = ("psr", "nsr", "w_reinforce", "grpo_n")
 PAPER = ("The Debate on RLVR Reasoning Capability Boundary: Shrinkage, Expansion, or Both? "
@@ -104,11 +105,19 @@ def psr_nsr(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantage
         threshold: a response is correct when R > threshold.
         clip_eps_low, clip_eps_high, beta, kl_estimator, agg, norm, return_per_token: as GRPO.
     """
-    mask_f = as_mask(mask, logprobs)
+    # validate on the full mask: a NaN on a token the sign mask drops is still an error
+    logprobs, mask_f, advantages, old_logprobs = prepare_policy_inputs(
+        logprobs, old_logprobs, advantages, mask)
+    extra = check_token_inputs(mask_f, tuple(logprobs.shape), ref_logprobs=ref_logprobs,
+                               entropy=entropy)
+    if rewards is not None:                                  # validated even where mode ignores it
+        rewards = check_rewards(rewards)
+        if rewards.shape != mask_f.shape[:1]:
+            raise ValueError(f"rewards must have shape ({mask_f.shape[0]},), got {tuple(rewards.shape)}")
     adv, keep = psr_nsr_advantages(mask_f, mode=mode, rewards=rewards, advantages=advantages,
                                    lam=lam, threshold=threshold)
     loss, metrics = clipped_policy_loss(
-        logprobs, old_logprobs, adv, keep, ref_logprobs=ref_logprobs, entropy=entropy,
+        logprobs, old_logprobs, adv, keep, ref_logprobs=extra["ref_logprobs"], entropy=extra["entropy"],
         clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high, beta=beta,
         kl_estimator=kl_estimator, agg=agg, norm=norm, return_per_token=return_per_token)
     total = mask_f.sum()

@@ -45,6 +45,10 @@ def reinforce_baseline(rewards: torch.Tensor, *, group_size: int | None = None,
     """A = R − b (b: group mean, batch mean or 0); optionally whitened over valid tokens."""
     rewards = check_rewards(rewards)
     check_choice("baseline", baseline, BASELINES)
+    if mask is not None:                                  # validated even when only whiten reads it
+        m = as_mask(mask)
+        if m.dim() != 2 or m.shape[0] != rewards.shape[0]:
+            raise ValueError(f"mask must have shape ({rewards.shape[0]}, T), got {tuple(m.shape)}")
     stats = None
     if group_size is not None or group_ids is not None:
         stats = group_stats(rewards, group_size=group_size, group_ids=group_ids)

@@ -51,23 +51,24 @@ class Rollout:
 def token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, T) with ``R_i`` on the last valid token of row i (0 elsewhere; empty rows get nothing)."""
     lengths = mask.long().sum(-1)                                         # (B,)
-    out = torch.zeros(mask.shape, dtype=rewards.dtype)
+    out = torch.zeros(mask.shape, dtype=rewards.dtype, device=mask.device)
     rows = (lengths > 0).nonzero()[:, 0]
     out[rows, lengths[rows] - 1] = rewards[rows]
     return out
 
 
-def pad_responses(responses: list[list[int]], pad_id: int = 0,
-                  width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists to ``(tokens (B, T), mask (B, T))``."""
+def pad_responses(responses: list[list[int]], pad_id: int = 0, width: int | None = None,
+                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists to ``(tokens (B, T), mask (B, T))`` (on ``device``)."""
     width = max((len(r) for r in responses), default=0) if width is None else width
-    tokens = torch.full((len(responses), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(responses), width, dtype=torch.bool)
+    rows = []
     for i, r in enumerate(responses):
         if len(r) > width:
             raise ValueError(f"response {i} has {len(r)} tokens, more than width={width}")
-        tokens[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = True
+        rows.append(list(r) + [pad_id] * (width - len(r)))
+    tokens = torch.tensor(rows, dtype=torch.long, device=device).reshape(len(responses), width)
+    lengths = torch.tensor([len(r) for r in responses], dtype=torch.long, device=device)
+    mask = torch.arange(width, device=device)[None, :] < lengths[:, None]
     return tokens, mask
 
 
@@ -100,6 +101,6 @@ def rollout(policy: Any, task: Any, n_prompts: int, group_size: int, *, temperat
     with torch.no_grad():
         rewards = task.reward(batch_prompts, gen.tokens, generator).float()    # (B,)
         correct = task.correct(batch_prompts, gen.tokens)
-    group_ids = torch.arange(n).repeat_interleave(group_size)
+    group_ids = torch.arange(n, device=prompts.device).repeat_interleave(group_size)
     return Rollout(batch_prompts, gen.tokens, gen.mask, gen.logprobs, gen.entropy, rewards, correct,
                    group_ids, group_size)

@@ -56,7 +56,8 @@ import torch
 from lab.checks import check_choice, check_int, check_positive, check_range, check_tensor
 from lab.registry import register
 from lab.rl.core import (GlobalNorm, advantage_metrics, as_float, as_mask, check_per_token,
-                         check_rewards, clipped_policy_loss, group_stats)
+                         check_rewards, check_token_inputs, clipped_policy_loss, group_stats,
+                         prepare_policy_inputs)
 
 PAPER = ("Segment Policy Optimization: Effective Segment-Level Credit Assignment in RL for Large "
          "Language Models")
@@ -103,13 +104,14 @@ def spo_chain(rewards: torch.Tensor, *, old_logprobs: torch.Tensor, mask: torch.
     rewards = check_rewards(rewards)
     check_tensor("old_logprobs", old_logprobs, ndim=2, dtype_kind="float")
     mask_b = as_mask(mask, old_logprobs).bool()
+    old_logprobs = check_per_token("old_logprobs", old_logprobs, tuple(old_logprobs.shape), mask_b)
     cut_values = check_per_token("cut_values", cut_values, tuple(old_logprobs.shape))
     if rewards.shape != old_logprobs.shape[:1]:
         raise ValueError(f"rewards must have shape ({old_logprobs.shape[0]},), got {tuple(rewards.shape)}")
     if prompt_values is not None:
         check_tensor("prompt_values", prompt_values, shape=(old_logprobs.shape[0],), finite=True)
     cuts = spo_cut_points(old_logprobs, mask_b, prob_threshold=prob_threshold, interval=interval)
-    advantages = torch.zeros(old_logprobs.shape, dtype=rewards.dtype)           # (B, T)
+    advantages = torch.zeros(old_logprobs.shape, dtype=rewards.dtype, device=rewards.device)           # (B, T)
     for i, row_cuts in enumerate(cuts):
         valid = mask_b[i].nonzero().flatten()
         if valid.numel() == 0:
@@ -175,13 +177,13 @@ def spo_tree(rewards: torch.Tensor, *, node_ids: torch.Tensor, segment_ids: torc
     check_tensor("segment_ids", segment_ids, shape=tuple(mask.shape))
     if segment_ids.is_floating_point():
         raise TypeError(f"segment_ids must be an integer tensor, got {segment_ids.dtype}")
-    mask_b = mask.bool()
+    mask_b = as_mask(mask).bool()
     depth = node_ids.shape[1]
     if mask_b.any() and (segment_ids[mask_b].min() < 0 or segment_ids[mask_b].max() >= depth):
         raise ValueError(f"segment_ids must lie in [0, {depth}) on valid tokens")
     root = group_stats(rewards, group_size=group_size, group_ids=group_ids)
     parent_value, parent_key = root.mean, root.index                            # (B,), (B,)
-    edge_adv = torch.zeros(n, depth, dtype=rewards.dtype)                       # (B, D)
+    edge_adv = rewards.new_zeros(n, depth)                       # (B, D)
     for d in range(depth):
         # V(node) = mean reward of the leaves below it
         child = group_stats(rewards, group_ids=node_ids[:, d])
@@ -189,13 +191,14 @@ def spo_tree(rewards: torch.Tensor, *, node_ids: torch.Tensor, segment_ids: torc
         if adv_method == "grpo":
             # std of the sibling values: one value per distinct child, grouped by parent
             uniq, inv = torch.unique(node_ids[:, d], return_inverse=True)
-            first = torch.zeros(uniq.numel(), dtype=torch.long).scatter_(0, inv, torch.arange(n))
+            first = torch.zeros(uniq.numel(), dtype=torch.long, device=inv.device).scatter_(
+                0, inv, torch.arange(n, device=inv.device))
             siblings = group_stats(child.mean[first], group_ids=parent_key[first])
             diff = diff / (siblings.std[inv] + eps)
         edge_adv[:, d] = diff
         parent_value, parent_key = child.mean, node_ids[:, d]
     seg = segment_ids.clamp(0, depth - 1).long()
-    advantages = torch.where(mask_b, edge_adv.gather(1, seg), torch.zeros((), dtype=rewards.dtype))
+    advantages = torch.where(mask_b, edge_adv.gather(1, seg), rewards.new_zeros(()))
     metrics = advantage_metrics(advantages, mask_b)
     metrics["spo/edges_zero_frac"] = float((edge_adv == 0).to(torch.float32).mean())
     return advantages, metrics
@@ -205,12 +208,12 @@ def first_visit_mask(node_ids: torch.Tensor, segment_ids: torch.Tensor,
                      mask: torch.Tensor) -> torch.Tensor:
     """(B, T) bool: a shared tree segment's tokens kept only in the first row that contains it."""
     _check_tree(node_ids, mask.shape[0])
-    keep_node = torch.zeros(node_ids.shape, dtype=torch.bool)                   # (B, D)
+    keep_node = torch.zeros(node_ids.shape, dtype=torch.bool, device=node_ids.device)                   # (B, D)
     for d in range(node_ids.shape[1]):
         _, inv = torch.unique(node_ids[:, d], return_inverse=True)
-        first = torch.full((int(inv.max()) + 1,), node_ids.shape[0], dtype=torch.long)
-        first = first.scatter_reduce(0, inv, torch.arange(node_ids.shape[0]), "amin")
-        keep_node[:, d] = first[inv] == torch.arange(node_ids.shape[0])
+        first = torch.full((int(inv.max()) + 1,), node_ids.shape[0], dtype=torch.long, device=inv.device)
+        first = first.scatter_reduce(0, inv, torch.arange(node_ids.shape[0], device=inv.device), "amin")
+        keep_node[:, d] = first[inv] == torch.arange(node_ids.shape[0], device=inv.device)
     seg = segment_ids.clamp(0, node_ids.shape[1] - 1).long()
     return mask.bool() & keep_node.gather(1, seg)
 
@@ -225,11 +228,13 @@ def spo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: t
         return_per_token: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """PPO-clip loss on ``mask ∧ (exp(old_logprobs) < prob_threshold)``; metric
     ``spo/prob_mask_frac`` (share of valid tokens that train). Other arguments as GRPO."""
-    old = logprobs.detach() if old_logprobs is None else old_logprobs
-    mask_f = as_mask(mask, logprobs)
+    # validate on the full mask: a NaN on a token the probability mask drops is still an error
+    logprobs, mask_f, advantages, old = prepare_policy_inputs(logprobs, old_logprobs, advantages, mask)
+    extra = check_token_inputs(mask_f, tuple(logprobs.shape), ref_logprobs=ref_logprobs,
+                               entropy=entropy)
     keep = uncertain_tokens(old, mask_f, prob_threshold)                        # (B, T)
     loss, metrics = clipped_policy_loss(
-        logprobs, old, advantages, keep, ref_logprobs=ref_logprobs, entropy=entropy,
+        logprobs, old, advantages, keep, ref_logprobs=extra["ref_logprobs"], entropy=extra["entropy"],
         clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high, beta=beta,
         kl_estimator=kl_estimator, agg=agg, norm=norm, return_per_token=return_per_token)
     total = mask_f.sum()

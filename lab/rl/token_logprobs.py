@@ -174,7 +174,7 @@ def logprobs(model: Callable[..., Any], input_ids: torch.Tensor, attention_mask:
         lp_chunks.append(lp)
         ent_chunks.append(ent)
     dtype = lp_chunks[0].dtype if lp_chunks else torch.float32
-    pad = torch.zeros(B, start, dtype=dtype)
+    pad = torch.zeros(B, start, dtype=dtype, device=source.device)
     token_logp = torch.cat([pad, *lp_chunks], dim=1)                              # (B, L−1)
     entropy = torch.cat([pad, *ent_chunks], dim=1)
     if valid is not None:

@@ -20,7 +20,9 @@ Choices ([unverified]: the paper's window length and loss details come from a su
 ``window=None`` keeps every valid token (then, with all rows finished, T-PPO is PPO);
 ``is_finished=None`` means every row finished; the policy and value parts are the two halves of
 ``policy_loss/ppo`` (the value half is ``ppo`` with zero advantages on the finished tokens, which
-contributes exactly c_v·L_v); PPO's defaults ε = 0.2, ε_v = 0.2, c_v = 0.1. In
+contributes exactly c_v·L_v); PPO's defaults ε = 0.2, ε_v = 0.2, c_v = 0.1, and, like PPO and
+GRPO, the k3 estimator for a KL loss term (β > 0): k1 = ℓ − ℓ^ref as a loss term has zero expected
+gradient on-policy (E_π[∇ℓ] = 0) and would not hold the policy near the reference. In
 ``policy_optimization`` (``advantage="egae", loss="tppo"``) it reproduces PPO + GAE step for step.
 """
 from __future__ import annotations
@@ -42,7 +44,7 @@ def window_mask(mask: torch.Tensor, window: int | None) -> torch.Tensor:
     if window is None:
         return mask
     window = check_int("window", window, minimum=1)
-    return mask * (torch.arange(mask.shape[1]) < window).to(mask.dtype)[None, :]
+    return mask * (torch.arange(mask.shape[1], device=mask.device) < window).to(mask.dtype)[None, :]
 
 
 @register("policy_loss", "tppo", paper=PAPER, arxiv="2506.15050",
@@ -54,7 +56,7 @@ def tppo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
          ref_logprobs: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
          clip_eps_low: float = 0.2, clip_eps_high: float = 0.2, dual_clip: float | None = None,
          clip_eps_value: float = 0.2, vf_coef: float = 0.1, beta: float = 0.0,
-         kl_estimator: str = "k1", agg: str = "token_mean", norm: GlobalNorm | None = None,
+         kl_estimator: str = "k3", agg: str = "token_mean", norm: GlobalNorm | None = None,
          return_per_token: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """``L = L_pg(window tokens) + c_v·L_v(finished responses)``; arguments as ``policy_loss/ppo``
     plus ``is_finished`` (B,) bool and ``window`` (policy tokens t < window)."""
@@ -67,13 +69,13 @@ def tppo(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: 
     if values is None:
         return loss, metrics
     if is_finished is None:
-        finished = torch.ones(mask_f.shape[0], dtype=torch.bool)
+        finished = torch.ones(mask_f.shape[0], dtype=torch.bool, device=mask_f.device)
     else:
         check_tensor("is_finished", is_finished, shape=(mask_f.shape[0],))
         finished = is_finished.bool()
     value_mask = mask_f * finished[:, None].to(mask_f.dtype)                    # (B, T)
     # the value half of PPO: zero advantages make its policy term exactly 0
-    value_part, value_metrics = ppo(logprobs.detach(), None, torch.zeros(mask_f.shape[0]), value_mask,
+    value_part, value_metrics = ppo(logprobs.detach(), None, mask_f.new_zeros(mask_f.shape[0]), value_mask,
                                     values=values, old_values=old_values, returns=returns,
                                     clip_eps_value=clip_eps_value, vf_coef=vf_coef, agg=agg,
                                     norm=norm)

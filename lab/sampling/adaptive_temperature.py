@@ -68,7 +68,7 @@ class AdaptiveTemperature:
         """T_t (…,) for next-token logits (…, V)."""
         check_tensor("logits", logits, dtype_kind="float")
         if self.scale is None:
-            return torch.full(logits.shape[:-1], self.temperature)
+            return torch.full(logits.shape[:-1], self.temperature, device=logits.device)
         logp = torch.log_softmax(logits.detach().float(), dim=-1)
         entropy = -(logp.exp() * logp).sum(-1)                                  # (…,)
         h_tilde = normalized_entropy(entropy, scale=self.scale)

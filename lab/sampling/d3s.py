@@ -57,19 +57,19 @@ def max_variance_subset(values: torch.Tensor, n: int) -> torch.Tensor:
     if n > size:
         raise ValueError(f"n must be <= the number of values {size}, got {n}")
     if n == 0:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device=values.device)
     v = values.detach().double()
     order = torch.argsort(v, stable=True)                                       # ascending
     s = v[order]
-    zero = torch.zeros(1, dtype=torch.float64)
+    zero = v.new_zeros(1)
     c1, c2 = torch.cat([zero, s.cumsum(0)]), torch.cat([zero, (s * s).cumsum(0)])
-    k = torch.arange(n + 1)                       # k largest + (n − k) smallest
+    k = torch.arange(n + 1, device=v.device)                       # k largest + (n − k) smallest
     small = n - k
     total = c1[small] + (c1[size] - c1[size - k])
     total_sq = c2[small] + (c2[size] - c2[size - k])
     variance = total_sq / n - (total / n) ** 2                                  # (n + 1,)
     if float(variance.max() - variance.min()) <= 1e-12:
-        return torch.arange(n)                    # all subsets equal: the first n rows
+        return torch.arange(n, device=v.device)   # all subsets equal: the first n rows
     best = int(torch.argmax(variance))            # first maximum: ties keep the smallest k
     chosen = torch.cat([order[: n - best], order[size - best:]])
     return torch.sort(chosen).values
@@ -85,7 +85,7 @@ def top_token_mask(scores: torch.Tensor, mask: torch.Tensor, keep_frac: float) -
     n_keep = max(1, math.ceil(keep_frac * n_valid))
     flat = torch.where(valid, scores, torch.full_like(scores, -math.inf)).flatten()
     order = torch.argsort(-flat, stable=True)[:n_keep]
-    keep = torch.zeros(flat.shape, dtype=torch.bool)
+    keep = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
     keep[order] = True
     keep = keep.view(mask.shape) & valid
     # at least one token in every row that has one: its best-scoring token
@@ -149,7 +149,7 @@ class D3S:
         n_frac, k_frac = self.shares(step)
         n_rows = max(1, round(n_frac * seq_adv.shape[0]))
         rows = max_variance_subset(seq_adv, n_rows)                              # (N_t,)
-        in_subset = torch.zeros(seq_adv.shape[0], dtype=torch.bool)
+        in_subset = torch.zeros(seq_adv.shape[0], dtype=torch.bool, device=seq_adv.device)
         in_subset[rows] = True
         # token score |A_{i,t}|·H_{i,t}
         scores = adv.abs() * entropy.detach()

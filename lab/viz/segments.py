@@ -70,19 +70,35 @@ def kl_schedule_figure(total_steps: int = 100, beta_min: float = 0.0, beta_max: 
 
 
 def sign_figure(runs: Mapping[str, History]) -> list[go.Figure]:
-    """Entropy and reward per mode; distinct correct answers in each run's last batch
-    (``artifacts["distinct_correct"]``, written by :func:`lab.experiments.segments.sign_runs`)."""
+    """Entropy and reward per mode; the effective number of correct answers in each run's last
+    batch (exp of the entropy of their frequencies: ``artifacts["effective_correct"]``, written by
+    ``sign_runs``), which falls to 1 as a mode collapses onto one answer."""
     runs = _as_runs(runs)
     return [curves(runs, ["reward", "entropy"]),
-            bar({label: h.artifacts["distinct_correct"] for label, h in runs.items()},
-                title="distinct correct answers in the last batch", y_title="count")]
+            bar({label: h.artifacts["effective_correct"] for label, h in runs.items()},
+                title="effective number of correct answers in the last batch", y_title="exp(H)")]
+
+
+def copo_figure(runs: Mapping[str, History]) -> list[go.Figure]:
+    """GRPO vs COPO: reward and entropy, and the share of responses each leaves without a learning
+    signal (GRPO's ``adv_zero_frac``, COPO's ``copo/no_signal_frac``)."""
+    runs = _as_runs(runs)
+    fig = go.Figure()
+    for i, (label, key) in enumerate((("grpo", "adv_zero_frac"), ("copo", "copo/no_signal_frac"))):
+        if key in runs[label]:
+            steps, values = runs[label].series(key)
+            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=f"{label}: {key}",
+                                     line=dict(color=color(i))))
+    fig.update_layout(template="plotly_white", title="responses without a learning signal",
+                      xaxis_title="step", yaxis_title="share", height=300, margin=dict(l=50, r=20, t=50, b=40))
+    return [curves(runs, ["reward", "entropy"]), fig]
 
 
 def grpo_d_plot(history: History) -> list[go.Figure]:
-    """GRPO-D's reward and KL over training, beside its β(s) schedule (β from 0 to 0.2)."""
-    steps = int(history.meta["config"]["steps"])
-    return [curves(history, ["reward", "kl"]), kl_schedule_figure(steps, 0.0, 0.2)]
+    """GRPO-D's reward and KL over training, beside the β it used at each step (``grpo_d/beta``)."""
+    fig = curves(history, ["grpo_d/beta"], title="β(s) used at each step")
+    return [curves(history, ["reward", "kl"]), fig]
 
 
 __all__ = ["SIGN_MODES", "segment_figure", "truncation_figure", "kl_schedule_figure", "sign_figure",
-           "grpo_d_plot"]
+           "copo_figure", "grpo_d_plot"]

@@ -122,9 +122,12 @@ def test_sft_learning_rate_reduction_limits_the_drift_from_the_reference():
 
 
 @pytest.mark.parametrize("loss", ["ipo", "simpo", "alphapo(alpha=1.0)", "dpo(label_smoothing=0.1)", "step_dpo"])
-def test_every_pair_loss_runs_through_the_experiment(loss):
+def test_every_pair_loss_trains_through_the_experiment(loss):
+    # every pair loss pushes the chosen responses above the rejected ones: the policy's margin
+    # S_w − S_l grows and the loss falls over a few steps
     h = run("preference_training", loss=loss, steps=5, n_samples=4)
     assert len(h["loss"]) == 6 and np.isfinite(h["loss"]).all()
+    assert h["margin"][-1] > h["margin"][0] and h["loss"][-1] < h["loss"][0]
 
 
 def test_overrides_reach_the_loss_or_are_reported():

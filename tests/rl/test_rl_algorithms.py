@@ -7,7 +7,9 @@ import torch
 
 from lab.registry import get, info
 from lab.rl import core
-from lab.rl.dapo import dapo, dynamic_sampling_filter, overlong_penalty
+from lab.rewards.overlong import overlong_penalty
+from lab.rl.dapo import dapo
+from lab.sampling.dynamic_sampling import dynamic_sampling_filter
 from lab.rl.dr_grpo import dr_grpo_advantages, dr_grpo_loss
 from lab.rl.grpo import grpo_advantages, grpo_loss
 from lab.rl.gspo import gspo
@@ -236,7 +238,7 @@ def test_dapo_token_mean_weights_every_token_equally():
 def test_overlong_penalty_and_dynamic_sampling_filter():
     penalty, m = overlong_penalty(torch.tensor([16000, 18432, 20480, 20481]), max_length=20480, cache_length=4096)
     assert penalty.tolist() == pytest.approx([0.0, -0.5, -1.0, -1.0])
-    assert m["overlong_frac"] == 0.75
+    assert m["overlong/frac"] == 0.75
     with pytest.raises(ValueError, match="cache_length"):
         overlong_penalty(torch.tensor([1]), max_length=4, cache_length=5)
     keep, m = dynamic_sampling_filter(torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0]), group_size=2)

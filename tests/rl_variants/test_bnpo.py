@@ -69,13 +69,35 @@ def test_identical_components_equal_one_component():
 
 
 # ---------------------------------------------------------------- edge cases and bad input
-def test_homogeneous_groups_and_equal_success_rates_are_finite():
-    # all groups p = 0.5 -> σ² = 0 clamped; all-wrong / all-right groups -> A = 0 (density 0 there)
+def test_equal_success_rates_fall_back_to_the_uniform_beta_explicitly():
+    # every group p = 0.5: σ² = 0, no Beta fit exists. The lab uses α = β = 1 (A = R − p, as for a
+    # single group) and says so; clamping σ² instead gave α, β ≈ 4e6 and |A| ≈ 3e-4 (no update).
     adv, metrics = bnpo_advantages(torch.tensor([1., 0, 1., 0, 1., 0]), group_size=2)
-    assert torch.isfinite(adv).all() and math.isfinite(metrics["bnpo/alpha"])
-    adv, _ = bnpo_advantages(torch.tensor([0., 0, 1, 1, 1, 0, 0, 0]), group_size=2)
-    assert torch.isfinite(adv).all()
-    assert adv[:4].tolist() == [0.0] * 4
+    assert (metrics["bnpo/alpha"], metrics["bnpo/beta"]) == (1.0, 1.0)
+    assert metrics["bnpo/degenerate_fit"] == 1.0
+    assert adv.tolist() == pytest.approx([0.5, -0.5] * 3)
+    baseline, _ = get("advantage", "reinforce_baseline")(torch.tensor([1., 0, 1., 0, 1., 0]), group_size=2)
+    assert torch.allclose(adv, baseline)
+    # 16 groups of 8 with 4 successes each: the same, whatever the batch size
+    rewards = torch.tensor([1., 1, 1, 1, 0, 0, 0, 0] * 16)
+    adv, metrics = bnpo_advantages(rewards, group_size=8)
+    assert metrics["bnpo/degenerate_fit"] == 1.0 and adv.abs().min() == pytest.approx(0.5)
+
+
+def test_distinct_success_rates_are_fitted_and_not_flagged():
+    adv, metrics = bnpo_advantages(torch.tensor([1., 0, 0, 1, 1, 0, 0, 0]), group_size=4)
+    assert metrics["bnpo/degenerate_fit"] == 0.0 and metrics["bnpo/alpha"] != 1.0
+    # the smallest non-zero spread of success rates (one group differs by one answer in 1/G)
+    rates = torch.tensor([0.5] * 31 + [0.5 + 1 / 16], dtype=torch.float64)
+    assert not fit_beta_parameters(rates) == (1.0, 1.0)
+    assert fit_beta_parameters(torch.full((32,), 0.5, dtype=torch.float64)) == (1.0, 1.0)
+
+
+def test_homogeneous_groups_get_zero_advantage():
+    # all-wrong / all-right groups: R̃ − p = 0 (their density may be 0, the weight w_max)
+    adv, metrics = bnpo_advantages(torch.tensor([0., 0, 1, 1, 1, 0, 0, 0]), group_size=2)
+    assert torch.isfinite(adv).all() and adv[:4].tolist() == [0.0] * 4
+    assert metrics["bnpo/degenerate_fit"] == 0.0
 
 
 def test_reward_range_is_mapped_to_unit_interval():
@@ -100,9 +122,11 @@ def test_bad_input_names_the_argument(kwargs, match):
 def test_lower_advantage_variance_than_grpo_on_binary_rewards():
     # Prepare: 64 prompts whose success rates follow a Beta distribution (as over a training batch),
     # 8 binary answers each
-    g = torch.Generator().manual_seed(0)
-    p = torch.distributions.Beta(2.0, 3.0).sample((64,))
-    rewards = (torch.rand(64, 8, generator=g) < p[:, None]).float().flatten()
+    import numpy as np
+
+    rng = np.random.default_rng(0)                                 # seeded: never the global RNG
+    p = torch.as_tensor(rng.beta(2.0, 3.0, size=64), dtype=torch.float32)
+    rewards = torch.as_tensor(rng.random((64, 8)) < p.numpy()[:, None], dtype=torch.float32).flatten()
     # Execute
     bnpo, metrics = bnpo_advantages(rewards, group_size=8)
     grpo, _ = get("advantage", "grpo")(rewards, group_size=8)
@@ -122,7 +146,20 @@ def test_parameters_follow_the_changing_difficulty():
     assert (a_hard, b_hard) == pytest.approx((b_easy, a_easy))
 
 
-def test_runs_through_the_training_loop_by_name():
+def test_runs_through_the_training_loop_by_name_and_refits_every_batch():
+    # through the loop: the Beta parameters are refitted on every rollout (they move with the
+    # batch's success rates), and the advantages the loop logs are BNPO's (not GRPO's) on the
+    # last batch, recomputed here from its rewards
+    import numpy as np
     from lab.experiments import run
-    h = run("policy_optimization", advantage="bnpo", loss="dapo", task="token_bandit", steps=3)
-    assert len(h["loss"]) == 3 and torch.isfinite(torch.tensor(h["adv_std"])).all()
+
+    h = run("policy_optimization", advantage="bnpo", loss="dapo", task="token_bandit(n_contexts=8)",
+            steps=6, n_prompts=8, group_size=8)
+    alphas = h["bnpo/alpha"]
+    assert np.all(alphas >= 1.0) and len(set(np.round(alphas, 6))) > 1
+    last = h.artifacts["last_batch"]
+    rewards = torch.tensor(last["rewards"])
+    expected, m = bnpo_advantages(rewards, group_size=last["group_size"])
+    assert m["bnpo/alpha"] == pytest.approx(float(alphas[-1]))
+    logged = torch.tensor([[a for a in row if a == a][0] for row in last["advantages"]])
+    assert torch.allclose(logged, expected.float(), atol=1e-6)

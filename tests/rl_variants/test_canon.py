@@ -99,9 +99,15 @@ def test_bad_input_names_the_argument(kwargs, match):
         canon_advantages(torch.tensor([1., 0, 1, 0]), group_size=4, **kwargs)
 
 
-def test_runs_through_the_training_loop_by_name():
-    # the loop's batch carries token entropies and the mask: CANON regroups by mean entropy
+def test_through_the_training_loop_mu_one_half_is_dr_grpo_step_for_step():
+    # the loop's batch carries token entropies and the mask: CANON regroups by mean entropy, and
+    # with μ = 0.5 its advantage is Dr. GRPO's exactly, so the whole run is the same; μ = 1 is not
+    import numpy as np
     from lab.experiments import run
-    h = run("policy_optimization", advantage="canon(mu=0.5)", loss="dr_grpo", task="reverse(difficulty=2)",
-            steps=3)
-    assert len(h["loss"]) == 3 and torch.isfinite(torch.tensor(h["adv_mean"])).all()
+
+    kw = dict(loss="dr_grpo", task="reverse(difficulty=2)", steps=5)
+    half = run("policy_optimization", advantage="canon(mu=0.5)", **kw)
+    dr = run("policy_optimization", advantage="dr_grpo", **kw)
+    inter = run("policy_optimization", advantage="canon(mu=1.0)", **kw)
+    assert np.array_equal(half["reward"], dr["reward"]) and np.allclose(half["loss"], dr["loss"])
+    assert not np.allclose(inter["loss"], dr["loss"])

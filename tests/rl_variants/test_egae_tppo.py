@@ -1,4 +1,5 @@
 """EGAE (truncated-response GAE) and the T-PPO loss."""
+import math
 import pytest
 import torch
 
@@ -148,3 +149,38 @@ def test_segment_panel_egae_view():
     assert p.last_error is None and len(p.figures) == 1
     p.controls["lam"].value = 0.8
     assert p.last_error is None and p.config.lam == 0.8
+
+
+def _expected_kl_gradient(loss_fn, **kwargs):
+    """E_{y~π}[∇_θ KL term] for a softmax policy over 4 tokens, computed exactly: every token is a
+    row of the batch, weighted by its (detached) probability through the advantages' zero loss."""
+    theta = torch.tensor([1.0, 0.2, -0.5, 0.3], dtype=torch.float64, requires_grad=True)
+    logp = torch.log_softmax(theta, -1)
+    ref = torch.log_softmax(torch.zeros(4, dtype=torch.float64), -1)           # uniform reference
+    p = logp.exp().detach()
+    total = 0.0
+    for y in range(4):                                                          # Σ_y π(y) · loss(y)
+        lp = logp[y].view(1, 1)
+        loss, _ = loss_fn(lp, lp.detach(), torch.zeros(1, dtype=torch.float64), torch.ones(1, 1),
+                          ref_logprobs=ref[y].view(1, 1), beta=1.0, **kwargs)
+        total = total + p[y] * loss
+    (grad,) = torch.autograd.grad(total, theta)
+    return grad
+
+
+def test_tppo_kl_loss_term_defaults_to_k3_and_pulls_towards_the_reference():
+    # k1 as a loss term has zero expected gradient on-policy; k3 (the default, as PPO) does not,
+    # and a gradient step on it lowers KL(π ‖ π_ref)
+    g_default = _expected_kl_gradient(tppo)
+    g_k1 = _expected_kl_gradient(tppo, kl_estimator="k1")
+    assert torch.allclose(g_k1, torch.zeros(4, dtype=torch.float64), atol=1e-12)
+    assert g_default.abs().max() > 1e-2
+    from lab.rl.ppo import ppo
+    assert torch.allclose(g_default, _expected_kl_gradient(ppo))               # same default as PPO
+    theta = torch.tensor([1.0, 0.2, -0.5, 0.3], dtype=torch.float64)
+
+    def kl_to_uniform(t):
+        p = torch.softmax(t, -1)
+        return float((p * (p.log() + math.log(4))).sum())
+
+    assert kl_to_uniform(theta - 0.1 * g_default) < kl_to_uniform(theta)

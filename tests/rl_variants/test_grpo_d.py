@@ -90,11 +90,15 @@ def test_the_loop_hands_grpo_d_the_step_so_beta_follows_the_schedule():
     assert betas == pytest.approx([0.01, 0.005, 0.0, 0.01, 0.02])
 
 
-def test_grpo_d_runs_in_policy_optimization_by_name():
+def test_grpo_d_in_policy_optimization_follows_its_schedule_over_the_run():
+    # β(s) for a run of T steps, written out: (β_min+β_max)/2 falling to β_min at 0.3·T, then
+    # rising linearly to β_max at T (warm_frac = 0.3)
     from lab.experiments import run
 
-    h = run("policy_optimization", loss="grpo_d(beta_min=0.0, beta_max=0.02)", steps=3)
-    assert len(h["kl"]) == 3 and np.isfinite(h["loss"]).all()
+    h = run("policy_optimization", loss="grpo_d(beta_min=0.0, beta_max=0.02)", steps=10)
+    frac = np.arange(10) / 10
+    expected = np.where(frac <= 0.3, 0.01 * (1 - frac / 0.3), 0.02 * (frac - 0.3) / 0.7)
+    assert h["grpo_d/beta"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_segment_panel_grpo_d_view_plots_the_schedule():

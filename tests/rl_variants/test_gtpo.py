@@ -74,47 +74,84 @@ def test_loss_hand_computed_on_policy():
 
 
 # ---------------------------------------------------------------- behaviour: protection
-def test_conflict_tokens_never_get_a_negative_update():
-    # random groups with shared prefixes; any entropy; the gradient on every conflict token pushes up
+def _brute_force_conflicts(tokens, adv, mask, group_size):
+    """The paper's conflict runs, position by position (no lab code): a token is a forward
+    conflict if the same token sits at the same position in a positive and in a negative
+    completion of its group, and so does every earlier token of its completion; backward likewise,
+    with positions counted from each completion's last valid token."""
+    B, T = tokens.shape
+    lengths = [int(mask[i].sum()) for i in range(B)]
+    conflict = torch.zeros(B, T, dtype=torch.bool)
+    for i in range(B):
+        group = range(i // group_size * group_size, (i // group_size + 1) * group_size)
+        pos = [j for j in group if adv[j] > 0]
+        neg = [j for j in group if adv[j] < 0]
+
+        def shared(t, key):                                   # key(j, t) -> position in row j
+            v = tokens[i, t].item()
+            hit = lambda rows: any(0 <= key(j, t) < lengths[j] and tokens[j, key(j, t)].item() == v
+                                   for j in rows)
+            return hit(pos) and hit(neg)
+
+        for t in range(lengths[i]):                           # forward: the leading run
+            if not shared(t, lambda j, t: t):
+                break
+            conflict[i, t] = True
+        for t in reversed(range(lengths[i])):                 # backward: the trailing run
+            if not shared(t, lambda j, t: lengths[j] - (lengths[i] - t)):
+                break
+            conflict[i, t] = True
+    return conflict
+
+
+def test_conflict_tokens_match_the_definition_and_never_get_a_negative_update():
+    # random groups with a shared "format" prefix and ragged lengths; any entropy: the conflict set
+    # is the definition's, and the gradient on every conflict token pushes it up (or leaves it)
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         tokens = torch.randint(2, 5, (8, 6), generator=g)
-        tokens[:, :2] = 3                                      # a shared "format" prefix
+        tokens[:, :2] = 3
+        lengths = torch.randint(3, 7, (8,), generator=g)
+        mask = torch.arange(6)[None, :] < lengths[:, None]
         adv = torch.rand(8, generator=g) * torch.tensor([1.0, -1.0] * 4)     # both signs per group
         entropy = torch.rand(8, 6, generator=g)
         lp = torch.log(torch.rand(8, 6, generator=g)).requires_grad_()
-        loss, m = gtpo(lp, None, adv, torch.ones(8, 6), token_ids=tokens, group_size=4,
-                       entropy=entropy, return_per_token=True)
+        loss, m = gtpo(lp, None, adv, mask, token_ids=tokens, group_size=4,
+                       entropy=entropy, initial_entropy=2.0, return_per_token=True)
         loss.backward()
-        conflict = m["conflict"]
-        assert conflict.any()
-        assert (lp.grad[conflict] <= 0).all()                 # ∂L/∂ℓ ≤ 0: never pushed down
+        expected = _brute_force_conflicts(tokens, adv, mask, 4)
+        assert expected.any()
+        assert torch.equal(m["conflict"], expected)
+        assert (lp.grad[expected] <= 0).all()                 # ∂L/∂ℓ ≤ 0: never pushed down
+        negative = expected & (adv < 0)[:, None]
+        assert (lp.grad[negative] == 0).all()                 # λ = 0 on a penalized answer's conflicts
 
 
 def test_gtpo_keeps_the_shared_token_where_grpo_lowers_it():
-    # one right answer, three wrong ones, all starting with the same token; one SGD step on a
-    # softmax over that first position
-    from lab.rl import clipped_policy_loss
-    tokens = torch.tensor([[3, 4], [3, 5], [3, 6], [3, 7]])
-    adv = torch.tensor([1.5, -0.5, -0.5, -0.5])
-    lengths = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 1]])
+    # one right answer (4 tokens) and three wrong ones (2 tokens), all starting with token 3; the
+    # GRPO advantages of rewards [1, 0, 0, 0] and GRPO's own loss (per-response token mean): the
+    # short wrong answers weigh their shared first token more (−0.5·3/2 vs +1.5/4), so one GRPO step
+    # lowers it; GTPO skips the negative update on the conflict token and raises it
+    from lab.registry import get
+    tokens = torch.tensor([[3, 4, 5, 6], [3, 7, 0, 0], [3, 8, 0, 0], [3, 9, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    adv, _ = get("advantage", "grpo")(torch.tensor([1.0, 0.0, 0.0, 0.0]), group_size=4)
+    assert adv.tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5], abs=1e-5)
     probs = {}
     for name in ("grpo", "gtpo"):
-        logits = torch.zeros(2, 8, requires_grad=True)                 # position -> logits
+        logits = torch.zeros(4, 10, requires_grad=True)                # position -> logits
         logp = torch.log_softmax(logits, -1)
-        lp = torch.stack([logp[0, tokens[:, 0]], logp[1, tokens[:, 1]]], 1)   # (4, 2)
+        lp = logp.gather(1, tokens.T).T                                 # (4 answers, 4 positions)
         if name == "grpo":
-            # wrong answers are longer in the mean: weight them more (token mean over a batch
-            # where the wrong answers repeat the shared token)
-            loss, _ = clipped_policy_loss(lp, None, adv * torch.tensor([1.0, 2.0, 2.0, 2.0]), lengths)
+            loss, _ = get("policy_loss", "grpo")(lp, None, adv, mask, beta=0.0)
         else:
-            loss, _ = gtpo(lp, None, adv, lengths, token_ids=tokens, group_size=4)
+            loss, _ = gtpo(lp, None, adv, mask, token_ids=tokens, group_size=4)
         loss.backward()
         with torch.no_grad():
-            after = torch.softmax(logits - 1.0 * logits.grad, -1)[0, 3]
+            after = torch.softmax(logits - 4.0 * logits.grad, -1)[0, 3]      # one SGD step
         probs[name] = after.item()
-    start = 1 / 8
-    assert probs["grpo"] < start <= probs["gtpo"]
+    start = 1 / 10
+    assert probs["grpo"] < start - 0.01 and probs["gtpo"] > start + 0.01
 
 
 # ---------------------------------------------------------------- edge cases and bad input

@@ -1,4 +1,5 @@
 """HPT: the per-prompt SFT/RL switch and its limiting settings."""
+import numpy as np
 import pytest
 import torch
 
@@ -106,11 +107,16 @@ def test_hpt_switches_from_sft_to_rl_and_its_limits_are_pure_rl_and_pure_sft():
     assert hybrid["accuracy"][-5:].mean() > 0.1 and pure_sft["accuracy"][-5:].mean() > 0.1
 
 
-def test_hpt_runs_in_policy_optimization_as_rl_when_no_demonstrations():
+def test_hpt_in_policy_optimization_without_demonstrations_is_its_rl_part():
+    # no demonstrations: every prompt trains with RL, the unclipped −ρA with Dr. GRPO's
+    # aggregation; with one epoch ρ ≡ 1, so the run is Dr. GRPO's step for step
     from lab.experiments import run
 
-    h = run("policy_optimization", advantage="dr_grpo", loss="hpt", steps=2)
-    assert len(h["loss"]) == 2
+    kw = dict(advantage="dr_grpo", task="reverse(difficulty=2)", steps=5)
+    h = run("policy_optimization", loss="hpt", **kw)
+    dr = run("policy_optimization", loss="dr_grpo", **kw)
+    assert np.all(h["hpt/sft_frac"] == 0)
+    assert np.array_equal(h["reward"], dr["reward"]) and np.allclose(h["loss"], dr["loss"])
 
 
 def test_segment_panel_hpt_view():

@@ -120,12 +120,21 @@ def test_nsr_keeps_the_diversity_of_correct_answers_that_psr_collapses():
     assert distinct_correct(runs["nsr"]) == 3
 
 
-def test_every_mode_runs_in_policy_optimization_by_name():
+def test_every_mode_trains_on_its_samples_in_policy_optimization():
+    # a deterministic one-token bandit (two arms pay 1, three pay 0): the share of the batch each
+    # mode trains on is known from the logged reward: PSR the correct answers, NSR the wrong ones,
+    # W-REINFORCE all of them, GRPO-N the non-positive advantages (= the wrong ones here, as a
+    # group with a correct answer gives its wrong answers A < 0 and an all-wrong group A = 0)
     from lab.experiments import run
 
-    for mode in ("w_reinforce", "grpo_n"):
-        h = run("policy_optimization", loss=f"psr_nsr(mode='{mode}')", steps=2)
+    task = "token_bandit(probs=(1.0, 1.0, 0.0, 0.0, 0.0))"
+    kept = {}
+    for mode in ("psr", "nsr", "w_reinforce", "grpo_n"):
+        h = run("policy_optimization", loss=f"psr_nsr(mode='{mode}')", task=task, steps=4)
+        kept[mode], reward = h["psr_nsr/kept_frac"], h["reward"]
         assert np.isfinite(h["loss"]).all()
+        expected = {"psr": reward, "nsr": 1 - reward, "w_reinforce": np.ones(4), "grpo_n": 1 - reward}[mode]
+        assert kept[mode] == pytest.approx(expected), mode
 
 
 def test_segment_panel_sign_view():

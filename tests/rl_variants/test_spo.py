@@ -1,4 +1,5 @@
 """SPO: cut points, chain and tree segment advantages, the probability-mask loss."""
+import numpy as np
 import pytest
 import torch
 
@@ -154,11 +155,17 @@ def test_tree_generates_far_fewer_tokens_per_trajectory_than_chain(segment_run):
     assert tree["tokens_per_leaf"] < chain / 5
 
 
-def test_spo_loss_runs_in_policy_optimization_by_name():
+def test_spo_loss_in_policy_optimization_stops_training_confident_tokens():
+    # the probability mask: once the sampled tokens are confident (π_old ≥ ρ) they leave the loss;
+    # a step where none is left has no gradient. With ρ = 1 every token stays in.
     from lab.experiments import run
 
-    h = run("policy_optimization", loss="spo", steps=3)
-    assert len(h["loss"]) == 3 and all(abs(x) < 10 for x in h["loss"])
+    h = run("policy_optimization", loss="spo(prob_threshold=0.5)", steps=40, lr=0.3, seed=1)
+    assert h["spo/prob_mask_frac"][0] == 1.0 and h["spo/prob_mask_frac"][-5:].max() < 0.1
+    empty = h["spo/prob_mask_frac"] == 0
+    assert empty.any() and np.all(h["grad_norm"][empty] == 0)
+    full = run("policy_optimization", loss="spo(prob_threshold=1.0)", steps=10, lr=0.3, seed=1)
+    assert np.all(full["spo/prob_mask_frac"] == 1.0)
 
 
 def test_spo_chain_needs_mc_values_the_loop_cannot_give():

@@ -31,6 +31,21 @@ def test_exponential_weights():
     assert w.flatten().tolist() == pytest.approx([1.0, math.sqrt(0.8), 0.8])
 
 
+def _reference_weights(lp, old, adv, entropy, mask, w_min=0.8, w_max=1.2):
+    """Ω and the linear weights written out token by token from the paper's formulas (no lab code)."""
+    valid = [(i, t) for i in range(mask.shape[0]) for t in range(mask.shape[1]) if mask[i, t]]
+    omega = {}
+    for i, t in valid:
+        x = min(max(math.exp(lp[i, t].item()), 1e-8), 1 - 1e-8)
+        x_old = min(max(math.exp(old[i, t].item()), 1e-8), 1.0)
+        omega[i, t] = abs(adv[i].item() / x_old * x * (1 - x) * (math.log(x) + entropy[i, t].item()))
+    lo, hi = min(omega.values()), max(omega.values())
+    w = torch.zeros(mask.shape)
+    for (i, t), o in omega.items():
+        w[i, t] = w_max - (o - lo) * (w_max - w_min) / (hi - lo)
+    return w
+
+
 def test_loss_is_weighted_clipped_surrogate():
     g = torch.Generator().manual_seed(0)
     lp = torch.log(torch.rand(3, 4, generator=g)).requires_grad_()
@@ -38,10 +53,12 @@ def test_loss_is_weighted_clipped_surrogate():
     adv, mask = torch.tensor([1.0, -0.5, 0.2]), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
     entropy = torch.rand(3, 4, generator=g) * 2
     loss, metrics = steer(lp, old, adv, mask, entropy=entropy, return_per_token=True)
+    weights = _reference_weights(lp.detach(), old, adv, entropy, mask)
+    assert torch.allclose(metrics["weights"], weights, atol=1e-6)
     expected, _ = clipped_policy_loss(lp, old, adv, mask, clip_eps_high=0.28, dual_clip=10.0,
-                                      token_weights=metrics["weights"])
-    assert loss.item() == pytest.approx(expected.item(), abs=1e-7)
-    w = metrics["weights"][mask.bool()]
+                                      token_weights=weights)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    w = weights[mask.bool()]
     assert w.min() == pytest.approx(0.8) and w.max() == pytest.approx(1.2)   # extremes reach the bounds
 
 
@@ -54,14 +71,18 @@ def test_weights_decrease_with_omega_and_stay_in_range():
     assert ((w >= 0.8 - 1e-7) & (w <= 1.2 + 1e-7)).all()
 
 
-def test_weights_are_detached_and_do_not_change_the_loss_value_on_policy_direction():
+def test_weights_are_detached_and_scale_the_on_policy_gradient():
+    # on-policy x_old = x: Ω = |(A/x)·x(1−x)(ln x + H)| = (1−x)|ln x + 1| = 0.1428, 0.1957 for
+    # x = 0.3, 0.6 -> w = 1.2 (the smaller Ω), 0.8 (the larger)
     lp = torch.log(torch.tensor([[0.3, 0.6]])).requires_grad_()
     loss, m = steer(lp, None, torch.tensor([1.0]), torch.ones(1, 2), entropy=torch.ones(1, 2),
                     return_per_token=True)
     assert not m["weights"].requires_grad
+    assert m["omega"].flatten().tolist() == pytest.approx(
+        [0.7 * abs(math.log(0.3) + 1), 0.4 * abs(math.log(0.6) + 1)], abs=1e-6)
     loss.backward()
     # on-policy: ∂L/∂ℓ_t = −A·w_t / N_tok
-    assert lp.grad.flatten().tolist() == pytest.approx((-m["weights"].flatten() / 2).tolist())
+    assert lp.grad.flatten().tolist() == pytest.approx([-1.2 / 2, -0.8 / 2])
 
 
 def test_equal_omega_gives_middle_weight_and_empty_mask_is_finite():
@@ -116,7 +137,17 @@ def test_reweighting_moderates_the_predicted_entropy_change_of_a_batch():
         assert torch.corrcoef(torch.stack([w[m], omega[m]]))[0, 1] < -0.9
 
 
-def test_runs_through_the_training_loop_by_name():
+def test_through_the_training_loop_the_weights_span_their_range_and_change_the_run():
+    # the first batch comes from the uniform initial policy, where log x + H = −log V + log V = 0
+    # for every token: Ω ≡ 0, no token changes the entropy to first order, all weights are the
+    # middle 1.0. Afterwards Ω varies and the linear map reaches both bounds; with the weights
+    # pinned to 1 (w_min = w_max = 1) the same seed trains differently
+    import numpy as np
     from lab.experiments import run
-    h = run("policy_optimization", advantage="grpo", loss="steer", task="token_bandit", steps=3, epochs=2)
-    assert len(h["loss"]) == 3 and (h["grad_norm"] > 0).any()
+    kw = dict(advantage="grpo", task="reverse(difficulty=2)", steps=3)
+    h = run("policy_optimization", loss="steer", **kw)
+    flat = run("policy_optimization", loss="steer(weight_min=1.0, weight_max=1.0)", **kw)
+    assert h["steer/weight_min"][0] == pytest.approx(1.0) and h["steer/omega_mean"][0] == pytest.approx(0.0)
+    assert np.allclose(h["steer/weight_min"][1:], 0.8) and np.allclose(h["steer/weight_max"][1:], 1.2)
+    assert np.all(flat["steer/weight_mean"] == 1.0)
+    assert not np.allclose(h["loss"], flat["loss"])
