@@ -111,13 +111,13 @@ def build_base_optimizer(params: list, base_optimizer: Any, settings: dict[str, 
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
-    """The numbers handed to the base optimizer: lr > 0, weight_decay >= 0, all finite.
+    """The numbers handed to the base optimizer: lr >= 0 (torch.optim allows 0), weight_decay >= 0, all finite.
 
     torch.optim accepts ``lr=nan`` (``nan < 0`` is False) and then writes NaN into every weight.
     """
     for key, value in settings.items():
         if key == "lr":
-            check_positive("lr", value)
+            check_nonneg("lr", value)
         elif key == "weight_decay":
             check_nonneg("weight_decay", value)
         elif isinstance(value, float) and not math.isfinite(value):
@@ -263,6 +263,8 @@ class SAM(WrapperOptimizer):
         """:func:`~lab.optim._common.check_finite` over every group's gradients."""
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                check_grad(type(self).__name__, p, p.grad)  # sparse gradients first: no norm for them
             check_finite(self, group, params, [p.grad for p in params])
 
     def _ascend(self) -> tuple[list[tuple[Tensor, Tensor]], dict[Tensor, Tensor]]:
