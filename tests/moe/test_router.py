@@ -91,3 +91,75 @@ def test_errors_are_clear():
         TopKRouter(4, 3, 2, balancer=SwitchAux(5))
     with pytest.raises(ValueError, match="score_fn"):
         TopKRouter(4, 3, 2, score_fn="relu")
+
+
+def test_group_limited_routing_hand_checked():
+    # Prepare: E = 6 in G = 3 groups {0,1} {2,3} {4,5}; one token's scores
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.45, 0.3, 0.2]])
+    # Execute: keep the best group by its top-2 sum (1.0 > 0.95 > 0.5), then top-2 inside it
+    idx, gates = select_topk(scores, 2, n_group=3, topk_group=1, routed_scaling_factor=2.5)
+    plain_idx, _ = select_topk(scores, 2)
+    # Assert: experts 0 and 1 (not 0 and 2), gates 2.5 * [0.9, 0.1] / 1.0
+    assert idx.tolist() == [[0, 1]] and plain_idx.tolist() == [[0, 2]]
+    assert gates[0].tolist() == pytest.approx([2.25, 0.25])
+    # two groups kept: {0,1} and {2,3}; top-2 of their union is {0, 2}
+    assert select_topk(scores, 2, n_group=3, topk_group=2)[0].tolist() == [[0, 2]]
+
+
+def test_group_score_uses_the_biased_selection():
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.45]])
+    bias = torch.tensor([0.0, 0.0, 0.2, 0.2])  # group {2,3}: 1.35 > group {0,1}: 1.0
+    idx, gates = select_topk(scores, 1, scores + bias, n_group=2, topk_group=1)
+    assert idx.tolist() == [[2]]
+    assert gates[0].tolist() == pytest.approx([0.5])  # k = 1: the raw, unbiased score
+
+
+def test_group_routing_errors():
+    with pytest.raises(ValueError, match="n_group must divide"):
+        TopKRouter(4, 6, 2, n_group=4)
+    with pytest.raises(ValueError, match="topk_group must be <="):
+        TopKRouter(4, 6, 2, n_group=3, topk_group=4)
+    with pytest.raises(ValueError, match="do not fit"):
+        TopKRouter(4, 6, 3, n_group=3, topk_group=1)
+    with pytest.raises(ValueError, match="routed_scaling_factor"):
+        TopKRouter(4, 6, 2, routed_scaling_factor=float("nan"))
+    with pytest.raises(ValueError, match="selection must have the shape"):
+        select_topk(torch.rand(3, 4), 2, torch.rand(3, 5))
+
+
+def test_zero_tokens_route_to_empty_outputs_with_zero_loss():
+    r = TopKRouter(3, 4, 2, SwitchAux(4))
+    out = r(torch.zeros(0, 3))
+    assert out.indices.shape == (0, 2) and out.load.tolist() == [0.0] * 4
+    assert out.aux_loss.item() == 0.0 and torch.isfinite(out.aux_loss)
+
+
+@pytest.mark.slow  # importing the DeepSeek-V3 modeling code dominates
+@pytest.mark.parametrize("n_group,topk_group,scale", [(4, 2, 2.5), (2, 1, 1.0), (8, 3, 1.5)])
+def test_group_limited_routing_matches_hugging_face_deepseek_v3(n_group, topk_group, scale):
+    ds = pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
+    from transformers import DeepseekV3Config
+
+    cfg = DeepseekV3Config(hidden_size=8, n_routed_experts=16, num_experts_per_tok=4, n_group=n_group,
+                           topk_group=topk_group, norm_topk_prob=True, routed_scaling_factor=scale)
+    hf = ds.DeepseekV3TopkRouter(cfg)
+    g = torch.Generator().manual_seed(n_group)
+    bal = AuxFreeBias(16)
+    bal.bias = 0.2 * torch.randn(16, generator=g, dtype=torch.float64)
+    ours = TopKRouter(8, 16, 4, bal, score_fn="sigmoid", n_group=n_group, topk_group=topk_group,
+                      routed_scaling_factor=scale)
+    with torch.no_grad():
+        w = torch.randn(16, 8, generator=g)
+        hf.weight.copy_(w)
+        ours.gate.weight.copy_(w)
+        hf.e_score_correction_bias.copy_(bal.bias.float())
+    x = torch.randn(200, 8, generator=g)
+    _, hf_weights, hf_idx = hf(x)
+    out = ours(x)
+    hf_order, our_order = hf_idx.sort(-1), out.indices.sort(-1)
+    ungrouped = TopKRouter(8, 16, 4, bal, score_fn="sigmoid")
+    ungrouped.gate.weight.data.copy_(w)
+    assert not torch.equal(ungrouped(x).indices.sort(-1).values, our_order.values)  # the groups mattered
+    assert torch.equal(hf_order.values, our_order.values)  # the same experts ...
+    assert torch.allclose(hf_weights.gather(-1, hf_order.indices), out.gates.gather(-1, our_order.indices),
+                          rtol=0, atol=1e-6)  # ... with the same weights, scaled by rho
