@@ -130,7 +130,7 @@ class TopicMarkovCorpus:
         logits = sharpness * torch.randn(n_topics, vocab, vocab, generator=g, device="cpu")
         self.token_skew = check_nonneg("token_skew", token_skew)
         if token_skew > 0:  # shared Zipf prior over the next token, ranks in vocabulary order
-            logits = logits - token_skew * torch.log(torch.arange(1, vocab + 1, dtype=logits.dtype))
+            logits = logits - token_skew * torch.log(torch.arange(1, vocab + 1, dtype=logits.dtype, device="cpu"))
         self.transitions = torch.softmax(logits, dim=-1).to(self.device)  # (M, V, V)
 
     def topic_probs(self, step: int = 0) -> torch.Tensor:

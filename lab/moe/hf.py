@@ -288,7 +288,7 @@ class BalancerHandle:
         if self.controller:
             bias = torch.stack([layer.balancer.bias.detach().to(torch.float64) for layer in self._layers]).cpu()
         return {"layers": self.layers, "load": load, "bias": bias,
-                "max_violation": torch.tensor([max_violation(a) for a in load], dtype=torch.float64)}
+                "max_violation": torch.tensor([max_violation(a) for a in load], dtype=torch.float64, device="cpu")}
 
     def detach(self) -> None:
         """Remove every hook and restore the routers' buffers: the model computes exactly what it

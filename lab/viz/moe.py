@@ -4,6 +4,8 @@
 - :func:`layer_load_heatmaps`: the same for every layer of a multi-layer model (``layer_load``),
   one row of heatmaps per run (e.g. with and without a balancer on a Hugging Face model).
 - :func:`balance_curves`: max violation, loss, interference and gate distortion against step.
+- :func:`loss_gap`: each run's loss minus a reference run's (same seed, same batches), smoothed: the
+  price a balancer pays in the main loss, too small to see on the loss curves themselves.
 - :func:`bias_figure`: each expert's bias (the dual price) over time for the controller runs.
 - :func:`primal_dual_figure`: the Lagrangian (deterministic) or the cumulative regret (online)
   against step, with the max violation.
@@ -87,6 +89,29 @@ def balance_curves(runs: History | Mapping[str, History],
     return curves(runs, present, title=title)
 
 
+def loss_gap(runs: Mapping[str, History], reference: str = "none", *, window: int = 10,
+             title: str | None = None) -> go.Figure:
+    """``loss(run) - loss(reference)`` per step, moving average over ``window`` steps; one line per run."""
+    runs = _as_runs(runs)
+    if reference not in runs:
+        raise ValueError(f"reference run {reference!r} not among {list(runs)}")
+    ref = np.asarray(runs[reference]["loss"], dtype=float)
+    fig = go.Figure()
+    for i, (label, h) in enumerate(runs.items()):
+        if label == reference:
+            continue
+        gap = np.asarray(h["loss"], dtype=float)[: len(ref)] - ref[: len(h["loss"])]
+        w = max(1, min(window, len(gap)))
+        smooth = np.convolve(gap, np.ones(w) / w, mode="valid")
+        fig.add_trace(go.Scatter(x=h.series("loss")[0][w - 1: len(gap)], y=smooth, mode="lines", name=label,
+                                 line=dict(color=color(i))))
+    fig.add_hline(y=0.0, line=dict(color="gray", dash="dot"))
+    fig.update_layout(title=title or f"loss minus the {reference!r} run's (moving average of {window} steps)",
+                      template="plotly_white", height=300, xaxis_title="step", yaxis_title="Δ loss",
+                      margin=dict(l=50, r=20, t=60, b=40))
+    return fig
+
+
 def bias_figure(runs: History | Mapping[str, History], title: str | None = None) -> go.Figure:
     """Each expert's bias over steps; one subplot per run that has biases (controllers)."""
     runs = _as_runs(runs)
@@ -116,5 +141,5 @@ def primal_dual_figure(runs: History | Mapping[str, History], title: str | None 
     return fig
 
 
-__all__ = ["balance_curves", "bias_figure", "layer_load_heatmaps", "load_heatmap", "primal_dual_figure",
+__all__ = ["balance_curves", "bias_figure", "layer_load_heatmaps", "load_heatmap", "loss_gap", "primal_dual_figure",
            "relative_load"]
