@@ -173,7 +173,10 @@ class MoELayer(nn.Module):
     def experts_loop(self, xs: torch.Tensor, expert: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Reference: one small MLP per expert on its contiguous slice (a Python loop over E)."""
         chunks = xs.split(counts.tolist())  # E contiguous slices
-        return torch.cat([self.expert(i, chunk) for i, chunk in enumerate(chunks)])  # (N, d)
+        # unbind (not w1[i]): its backward stacks the E gradients once instead of adding E full-size ones
+        w1, b1, w2, b2 = self.w1.unbind(0), self.b1.unbind(0), self.w2.unbind(0), self.b2.unbind(0)
+        act = torch.nn.functional.gelu
+        return torch.cat([act(c @ w1[i] + b1[i]) @ w2[i] + b2[i] for i, c in enumerate(chunks)])  # (N, d)
 
     def experts_grouped_mm(self, xs: torch.Tensor, expert: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Two grouped GEMMs: expert i multiplies rows ``offs[i-1]:offs[i]`` by its own W1, W2."""
