@@ -62,6 +62,7 @@ def dual_step(load: torch.Tensor, n: int, u: float, schedule: str) -> torch.Tens
     Leading axes are independent runs (the regret test simulates several side by side).
     """
     check_choice("schedule", schedule, SCHEDULES)
+    check_int("n", n, minimum=1)
     target = load.mean(-1, keepdim=True)  # L = kT / E
     violation = target - load  # (E,)  L - A_i
     if schedule == "sign":

@@ -62,9 +62,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lab.checks import check_positive, check_range
+from lab.checks import check_int, check_positive, check_range
 from lab.moe.metrics import max_violation
-from lab.moe.router import is_controller, scores_from_logits, select_topk
+from lab.moe.router import check_groups, is_controller, scores_from_logits, select_topk
 from lab.registry import get, make, parse_spec
 
 ROUTERS: dict[str, str] = {
@@ -340,6 +340,14 @@ def tiny_model(arch: str = "mixtral", *, vocab: int = 64, d_model: int = 32, n_l
 
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(map(repr, ARCHS))}; got {arch!r}")
+    check_int("vocab", vocab, minimum=2)
+    check_int("d_model", d_model, minimum=1)
+    check_int("n_layers", n_layers, minimum=1)
+    check_int("n_heads", n_heads, minimum=1)
+    check_int("max_len", max_len, minimum=1)
+    check_int("n_experts", n_experts, minimum=1)
+    check_groups(n_experts, k, n_group, topk_group, routed_scaling_factor)
+    check_int("seed", seed, minimum=0)
     if d_model % n_heads:
         raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
     common = dict(vocab_size=vocab, hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,

@@ -49,6 +49,10 @@ _GROUPED_MM_PROBED: dict[tuple[str, int | None, torch.dtype], bool] = {}
 
 def expert_capacity(n_tokens: int, n_experts: int, k: int, capacity_factor: float) -> int:
     """``C = ceil(CF * k * T / E)``."""
+    check_int("n_tokens", n_tokens, minimum=0)
+    check_int("n_experts", n_experts, minimum=1)
+    check_int("k", k, minimum=1)
+    check_positive("capacity_factor", capacity_factor)
     return int(math.ceil(capacity_factor * k * n_tokens / n_experts))
 
 

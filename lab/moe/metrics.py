@@ -96,11 +96,19 @@ def load_metrics(load: torch.Tensor) -> dict[str, float]:
 def dropped_fraction(dropped: torch.Tensor) -> float:
     """Fraction of (token, slot) assignments dropped by the capacity limit."""
     check_tensor("dropped", dropped)
+    if dropped.dtype != torch.bool:
+        raise TypeError(f"dropped must be a bool tensor (True = dropped), got {dropped.dtype}")
     return 0.0 if dropped.numel() == 0 else float(dropped.to(torch.float64).mean())
 
 
 def dense_gates(indices: torch.Tensor, gates: torch.Tensor, n_experts: int) -> torch.Tensor:
     """Scatter (T..., k) gates into a (T..., E) matrix with zeros off the chosen experts."""
+    check_int("n_experts", n_experts, minimum=1)
+    if indices.shape != gates.shape:
+        raise ValueError(f"indices and gates must have the same shape, got {tuple(indices.shape)} and "
+                         f"{tuple(gates.shape)}")
+    if indices.numel() and (indices.min() < 0 or indices.max() >= n_experts):
+        raise ValueError(f"indices must lie in [0, {n_experts})")
     out = torch.zeros(*gates.shape[:-1], n_experts, dtype=gates.dtype, device=gates.device)
     return out.scatter_add(-1, indices, gates)
 

@@ -115,15 +115,19 @@ def select_topk(scores: torch.Tensor, k: int, selection: torch.Tensor | None = N
     e.g. ``scores + bias`` (loss-free balancing). ``n_group``/``topk_group`` restrict the choice to
     the best groups of experts and ``routed_scaling_factor`` multiplies the gates (DeepSeek-V3).
     """
-    check_tensor("scores", scores, dtype_kind="float")
+    check_tensor("scores", scores, dtype_kind="float", finite=True)
     if scores.dim() < 1:
         raise ValueError("scores must have shape (..., E)")
+    if norm_topk is not None and not isinstance(norm_topk, bool):
+        raise TypeError(f"norm_topk must be True, False or None, got {norm_topk!r}")
     n_experts = scores.shape[-1]
     topk_group = check_groups(n_experts, k, n_group, topk_group, routed_scaling_factor)
     # S_t = TopK(s_t + b): the bias changes which experts are chosen ...
     biased = scores if selection is None else selection  # (B..., E)
     if biased.shape != scores.shape:
         raise ValueError(f"selection must have the shape of scores {tuple(scores.shape)}, got {tuple(biased.shape)}")
+    if selection is not None and torch.isnan(selection).any():
+        raise ValueError("selection contains NaN (a balancer's bias diverged?)")
     if topk_group < n_group:  # group-limited routing: experts outside the best groups cannot win
         biased = biased.masked_fill(~group_mask(biased, n_group, topk_group), float("-inf"))
     indices = biased.topk(k, dim=-1).indices  # (B..., k)
@@ -149,8 +153,12 @@ def check_routing(router_logits: torch.Tensor, indices: torch.Tensor, n_experts:
     e = router_logits.shape[-1]
     if n_experts is not None and e != n_experts:
         raise ValueError(f"router_logits must have {n_experts} experts on the last axis, got {e}")
+    if indices.shape[-1] > e:
+        raise ValueError(f"indices must choose k <= E = {e} experts per token, got k = {indices.shape[-1]}")
     if indices.numel() and (indices.min() < 0 or indices.max() >= e):
         raise ValueError(f"indices must lie in [0, {e}), got range [{indices.min()}, {indices.max()}]")
+    if indices.shape[-1] > 1 and indices.numel() and (indices.sort(-1).values.diff(dim=-1) == 0).any():
+        raise ValueError("indices must name k distinct experts per token, got a repeated expert")
     return e
 
 
@@ -198,6 +206,8 @@ class TopKRouter(nn.Module):
         check_int("n_experts", n_experts, minimum=1)
         topk_group = check_groups(n_experts, k, n_group, topk_group, routed_scaling_factor)
         check_choice("score_fn", score_fn, SCORE_FNS)
+        if norm_topk is not None and not isinstance(norm_topk, bool):
+            raise TypeError(f"norm_topk must be True, False or None, got {norm_topk!r}")
         if balancer is not None and not (is_controller(balancer) or hasattr(balancer, "loss")):
             raise TypeError("balancer must have loss(router_logits, indices) or selection(scores) + update(load), "
                             f"got {type(balancer).__name__}")

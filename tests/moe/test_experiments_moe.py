@@ -1,4 +1,6 @@
 """MoE experiments, the tiny MoE transformer and the figures."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -110,3 +112,33 @@ def test_schedule_field_lists_the_controller_schedules():
     from lab.moe.aux_free import SCHEDULES
 
     assert typing.get_args(Schedule) == SCHEDULES
+
+
+MOE_EXPERIMENTS = ["moe_routing_sim", "alf_primal_dual", "moe_transformer", "moe_hf"]
+
+
+@pytest.mark.parametrize("name", MOE_EXPERIMENTS)
+def test_bad_config_values_are_named(name):
+    from lab.experiments import config_of
+    from lab.registry import get
+
+    smoke = get("experiment", name).smoke
+    floats = [f.name for f in dataclasses.fields(config_of(name)) if type(getattr(config_of(name)(), f.name)) is float]
+    assert floats
+    for field in floats:
+        with pytest.raises(ValueError, match=field):
+            run(name, **{**smoke, field: float("nan")})
+    with pytest.raises(ValueError, match="seed"):
+        run(name, **{**smoke, "seed": -1})
+    with pytest.raises(ValueError, match="steps"):
+        run(name, **{**smoke, "steps": 0})
+
+
+@pytest.mark.parametrize("name", MOE_EXPERIMENTS)
+def test_smoke_config_is_reproducible_by_seed(name):
+    from lab.registry import get
+
+    smoke = get("experiment", name).smoke
+    a, b = run(name, **smoke, device="cpu"), run(name, **smoke, device="cpu")
+    assert [row for _, row in a.rows] == [row for _, row in b.rows]
+    assert run(name, **{**smoke, "seed": 1}, device="cpu").rows != a.rows

@@ -147,3 +147,16 @@ def test_no_token_and_all_dropped_give_zero_output(impl):
     y, route = layer(x)
     kept = ~route.dropped.squeeze(-1)
     assert kept.sum() <= 4 and (y[~kept] == 0).all() and (y[kept] != 0).any()
+
+
+def test_expert_capacity_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="n_tokens"):
+        expert_capacity(-5, 4, 2, 1.0)
+    with pytest.raises(ValueError, match="capacity_factor"):
+        expert_capacity(5, 4, 2, float("nan"))
+    with pytest.raises(ValueError, match="n_experts"):
+        expert_capacity(5, 0, 2, 1.0)
+    with pytest.raises(ValueError, match="indices must lie"):
+        capacity_keep(torch.tensor([[5]]), 2, 1)
+    with pytest.raises(TypeError, match="indices must be an integer"):
+        capacity_keep(torch.zeros(3, 1), 2, 1)

@@ -77,6 +77,15 @@ def test_expert_load_rejects_out_of_range_indices():
         expert_load(torch.tensor([[0.0, 1.0]]), 4)
 
 
+def test_dropped_and_dense_gates_reject_nonsense():
+    with pytest.raises(TypeError, match="dropped must be a bool"):
+        dropped_fraction(torch.tensor([0.5, 2.0]))
+    with pytest.raises(ValueError, match="indices must lie"):
+        dense_gates(torch.tensor([[5]]), torch.tensor([[1.0]]), 3)
+    with pytest.raises(ValueError, match="same shape"):
+        dense_gates(torch.tensor([[0, 1]]), torch.tensor([[1.0]]), 3)
+
+
 def test_metric_errors():
     with pytest.raises(ValueError, match="non-negative"):
         max_violation(torch.tensor([1.0, -1.0]))

@@ -164,3 +164,22 @@ def test_group_limited_routing_matches_hugging_face_deepseek_v3(n_group, topk_gr
     assert torch.equal(hf_order.values, our_order.values)  # the same experts ...
     assert torch.allclose(hf_weights.gather(-1, hf_order.indices), out.gates.gather(-1, our_order.indices),
                           rtol=0, atol=1e-6)  # ... with the same weights, scaled by rho
+
+
+def test_bad_scores_selection_and_flags_are_named():
+    with pytest.raises(ValueError, match="scores contains NaN"):
+        select_topk(torch.tensor([[float("nan"), 0.5, 0.2]]), 1)
+    with pytest.raises(ValueError, match="selection contains NaN"):
+        select_topk(torch.tensor([[0.1, 0.5, 0.2]]), 1, torch.tensor([[float("nan"), 0.5, 0.2]]))
+    with pytest.raises(TypeError, match="scores must be a floating-point"):
+        select_topk(torch.tensor([[1, 2, 3]]), 1)
+    with pytest.raises(TypeError, match="norm_topk"):
+        TopKRouter(3, 4, 2, norm_topk="yes")
+
+
+def test_loss_balancers_reject_repeated_or_too_many_experts_per_token():
+    logits = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="distinct experts"):
+        SwitchAux(4).loss(logits, torch.tensor([[0, 0], [1, 2], [2, 3]]))
+    with pytest.raises(ValueError, match="k <= E"):
+        SwitchAux(4).loss(logits, torch.zeros(3, 5, dtype=torch.int64))
