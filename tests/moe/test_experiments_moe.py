@@ -35,6 +35,18 @@ def test_routing_sim_bias_balances_without_interference_where_the_aux_loss_bends
     # the aux loss's gradient bends the router's scores; the bias leaves them near the twin's
     assert aux["gate_distortion"][tail].mean() > 0.1
     assert free["gate_distortion"][tail].mean() < 0.25 * aux["gate_distortion"][tail].mean()
+    # the twin is trained exactly like the router minus the balancing: with a zero coefficient they coincide
+    idle = run("moe_routing_sim", balancer="switch_aux", aux_coef=0.0, steps=30)
+    assert (idle["gate_distortion"] == 0).all() and (idle["interference"] == 0).all()
+
+
+def test_moe_hf_records_every_layers_load():
+    h = run("moe_hf", arch="qwen3_moe", balancer="aux_free_bias", steps=3, batch=2, seq_len=6, n_layers=2,
+            device="cpu")
+    layer_load = h["layer_load"]  # (steps, layers, experts)
+    assert layer_load.shape == (3, 2, 8) and (layer_load.sum(-1) == 2 * 2 * 6).all()  # k * B * S per layer
+    assert (h["load"] == layer_load[:, 0]).all() and h["layer_bias"].shape == (3, 2, 8)
+    assert h.meta["layers"] == ["model.layers.0.mlp.gate", "model.layers.1.mlp.gate"]
 
 
 def test_routing_sim_aux_loss_trades_task_loss_for_balance():
@@ -74,6 +86,16 @@ def test_moe_transformer_learns_and_bias_balances():
     assert free["loss"][-10:].mean() < free["loss"][:5].mean() - 0.3
     assert free["max_violation"][-20:].mean() < 0.7 * none["max_violation"][-20:].mean()
     assert free["aux_loss"].max() == 0.0 and "bias" in free
+    assert (none["interference"] == 0).all() and (free["interference"] == 0).all()
+
+
+def test_moe_transformer_interference_is_the_aux_losss_share_of_the_router_gradient():
+    zero = run("moe_transformer", balancer="switch_aux", aux_coef=0.0, steps=5)
+    strong = run("moe_transformer", balancer="switch_aux", aux_coef=1.0, steps=5)
+    assert (zero["interference"] == 0).all()  # a zero coefficient adds no gradient
+    assert (strong["interference"] > 0.2).all() and (strong["interference"] < 1).all()
+    twin = run("moe_transformer", balancer="switch_aux", aux_coef=1.0, steps=5, twin=True)
+    assert twin["gate_distortion"][0] == 0.0 < twin["gate_distortion"][-1]  # same start, then apart
 
 
 def test_transformer_module_contract():

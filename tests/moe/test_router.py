@@ -113,6 +113,10 @@ def test_group_score_uses_the_biased_selection():
     idx, gates = select_topk(scores, 1, scores + bias, n_group=2, topk_group=1)
     assert idx.tolist() == [[2]]
     assert gates[0].tolist() == pytest.approx([0.5])  # k = 1: the raw, unbiased score
+    # negative selection values: the other groups must be out (-inf), not merely 0 (the spec's trap)
+    negative = scores + torch.tensor([-1.0, -1.0, -2.0, -2.0])  # group {0,1} wins: -1.0 > -3.05
+    idx, _ = select_topk(scores, 2, negative, n_group=2, topk_group=1)
+    assert sorted(idx[0].tolist()) == [0, 1]
 
 
 def test_group_routing_errors():
