@@ -1,8 +1,10 @@
 """trainlab: small, complete, tested implementations of modern training algorithms.
 
-Subpackages: ``optim`` (optimizers), ``rl`` (advantages, policy and preference losses, samplers,
-reward shaping), ``federated``, ``moe``, ``peft``, ``flow``, ``continual``, ``solvers``,
-``models``, ``experiments``, ``viz``. Every algorithm is in :mod:`lab.registry`.
+Subpackages, one per catalog kind or area: ``optim`` (optimizers), ``rl`` (advantage estimators
+and policy losses), ``preference`` (preference losses), ``sampling`` (samplers and curricula),
+``rewards`` (reward shaping and weighting), ``federated``, ``distributed``, ``moe``, ``peft``,
+``merge``, ``flow``, ``continual``, ``solvers``, ``models``, ``experiments``, ``viz``. Every
+algorithm is in :mod:`lab.registry`.
 """
 from lab.history import History, Runs  # noqa: F401
 from lab.registry import available, info, make, register  # noqa: F401

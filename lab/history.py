@@ -15,6 +15,9 @@ over the rows that have it::
 results (a heatmap of a batch's advantages, a final table), JSON-serializable.
 Metric names follow one scheme across the lab: ``loss``, ``reward``, ``accuracy``, ``entropy``,
 ``clip_frac``, ``kl``, ``adv_mean``, ``adv_std``, ``grad_norm``, ``max_violation``, ...
+
+:func:`time_to_target` and :func:`target_rows` read, from Histories alone, when a metric first
+reached a target (AlgoPerf's time-to-result), for experiments and figures alike.
 """
 from __future__ import annotations
 
@@ -192,3 +195,44 @@ def combine(histories: Iterable[History], labels: Iterable[str] | None = None) -
     if len(set(labels)) != len(labels):
         labels = [f"{lab} #{i}" for i, lab in enumerate(labels)]
     return Runs(zip(labels, histories))
+
+
+def time_to_target(history: History, metric: str = "test_accuracy", target: float = 0.9, *,
+                   x: str = "wall_time", higher_is_better: bool = True) -> float | None:
+    """The first value of ``x`` (``"step"`` or a metric such as ``wall_time``) at which
+    ``metric`` reaches ``target``; None if it never does."""
+    steps, values = history.series(metric)
+    reached = values >= target if higher_is_better else values <= target
+    if not reached.any():
+        return None
+    i = int(reached.argmax())
+    if x == "step":
+        return float(steps[i])
+    return float(history[x][i])
+
+
+def target_rows(runs: Runs, metric: str = "test_accuracy", target: float = 0.9, *,
+                higher_is_better: bool = True) -> list[dict]:
+    """Per run: steps and seconds (``wall_time``) to reach ``target``, final and best value.
+
+    Sorted by seconds to target (by steps where there is no wall time); runs that never reach
+    the target come last.
+    """
+    rows = []
+    for label, h in runs.items():
+        values = h[metric]
+        rows.append({
+            "optimizer": label,
+            "steps": time_to_target(h, metric, target, x="step", higher_is_better=higher_is_better),
+            "seconds": (time_to_target(h, metric, target, x="wall_time",
+                                       higher_is_better=higher_is_better)
+                        if "wall_time" in h else None),
+            "final": float(values[-1]),
+            "best": float(values.max() if higher_is_better else values.min()),
+        })
+
+    def key(row):
+        value = row["seconds"] if row["seconds"] is not None else row["steps"]
+        return (value is None, value if value is not None else 0.0)
+
+    return sorted(rows, key=key)

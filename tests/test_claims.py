@@ -81,9 +81,11 @@ def test_panel_presets_set_all_controls_at_once():
 
     claim = _momentum_claim()
     p = panel("optimizer_on_surface", {"optimizer": ["sgd", "sgd(momentum=0.9)", "adam"],
-                                       "lr": (0.001, 0.1, 0.001)},
+                                       "lr": (0.001, 0.1, 0.001)}, config=claim.configured("effect"),
               claims=[claim], presets={"adam": {"optimizer": "adam", "lr": 0.05}})
     assert list(p.presets) == [claims_mod.EFFECT, claims_mod.CONTROL, "adam"]
+    p.preset.value = claims_mod.CONTROL
+    assert p.controls["optimizer"].value == "sgd" and p.result["distance"][-1] > 0.05
     runs_before = p.result
     p.preset.value = claims_mod.EFFECT
     assert p.controls["optimizer"].value == "sgd(momentum=0.9)" and p.config.surface == "quadratic"
@@ -94,3 +96,17 @@ def test_panel_presets_set_all_controls_at_once():
     assert p.preset.value == "(custom)"
     with pytest.raises(KeyError, match="unknown config field"):
         panel("optimizer_on_surface", {}, presets={"x": {"nope": 1}}, run=False)
+
+
+def test_a_panel_must_open_on_its_claims_config():
+    from lab.viz.panel import panel
+
+    claim = _momentum_claim()
+    with pytest.raises(ValueError, match="opens on a config where its claim"):
+        panel("optimizer_on_surface", {"lr": (0.001, 0.1, 0.001)}, claims=[claim], run=False)
+    # a slider whose range excludes the claim's value clamps it: also caught
+    cfg = claim.configured("effect")
+    with pytest.raises(ValueError, match="'lr'"):
+        panel("optimizer_on_surface", {"lr": (0.01, 0.1, 0.01)}, config=cfg, claims=[claim], run=False)
+    assert panel("optimizer_on_surface", {"lr": (0.001, 0.1, 0.001)}, config=cfg, claims=[claim],
+                 run=False).config == cfg

@@ -23,6 +23,12 @@ FedAvg's). Three generators:
   Dirichlet(alpha), an MLP (``lab.models.mlp.MLP``) evaluated on the flat parameter vector with
   ``torch.func.functional_call``; no known optimum, test accuracy instead.
 
+Held-out data comes in two disjoint splits from the same global mixture: ``validation``, which a
+server may use to make choices (``knowledge_fusion`` scores and weights its sources on it), and
+``test``, which is only reported (``accuracy``). Selecting on the split one reports would make
+the report optimistic. The validation draws come from their own random stream, so adding them
+left every client's data and the test split unchanged.
+
 Partitions: :func:`iid_partition` (client sizes skewed log-normally by ``size_skew``) and
 :func:`dirichlet_partition` (Hsu et al., "Measuring the Effects of Non-Identical Data
 Distribution for Federated Visual Classification", arXiv:1909.06335: for each class, the shares
@@ -32,6 +38,7 @@ use it to make participation correlated with data, which is what makes FedAvg bi
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from functools import partial
@@ -151,10 +158,11 @@ class ClientData:
         """A minibatch per client, drawn with replacement from its own rows; ``None`` = all rows."""
         if batch_size is None or batch_size >= self.X.shape[1]:
             return self.X, self.y, self.mask
-        u = torch.rand(len(self), batch_size, generator=generator, dtype=torch.float64)
-        idx = (u * self.num_samples[:, None]).long()  # (M, B) rows in [0, n_i)
-        rows = torch.arange(len(self))[:, None]
-        return self.X[rows, idx], self.y[rows, idx], torch.ones(idx.shape, dtype=self.mask.dtype)
+        dev = self.X.device
+        u = torch.rand(len(self), batch_size, generator=generator, dtype=torch.float64, device=generator.device)
+        idx = (u.to(dev) * self.num_samples.to(dev)[:, None]).long()  # (M, B) rows in [0, n_i)
+        rows = torch.arange(len(self), device=dev)[:, None]
+        return self.X[rows, idx], self.y[rows, idx], torch.ones(idx.shape, dtype=self.mask.dtype, device=dev)
 
     def normal_equations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Least squares only: ``A_i = X_i^T X_i / n_i`` (M, d, d) and ``b_i = X_i^T y_i / n_i`` (M, d)."""
@@ -182,7 +190,8 @@ class FederatedProblem:
     x0: torch.Tensor  # (d,)
     label_dist: torch.Tensor  # (N, L) label (or group) histogram of each client, rows sum to 1
     x_star: torch.Tensor | None = None
-    test: tuple[torch.Tensor, torch.Tensor] | None = None  # (X_test, y_test) from the global mixture
+    test: tuple[torch.Tensor, torch.Tensor] | None = None  # (X_test, y_test) from the global mixture: reported only
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None  # (X_val, y_val), disjoint from test: for server-side choices
     logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     info: dict = field(default_factory=dict)
     loss_batch: Callable | None = None  # closed-form losses of M clients at once (linear models)
@@ -198,12 +207,32 @@ class FederatedProblem:
 
     def clients(self, ids) -> ClientData:
         """The data of clients ``ids`` (a list or a long tensor)."""
-        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
-        if ids.numel() == self.num_clients and bool((ids == torch.arange(self.num_clients)).all()):
+        ids = torch.as_tensor(ids, dtype=torch.long, device="cpu").reshape(-1)
+        if ids.numel() == self.num_clients and bool((ids == torch.arange(self.num_clients, device="cpu")).all()):
             return ClientData(ids, self.X, self.y, self.mask, self.num_samples, self.loss_fn, self.kind,
                               self.grad_batch)  # everyone: views, no copy
-        return ClientData(ids, self.X[ids], self.y[ids], self.mask[ids], self.num_samples[ids],
+        rows = ids.to(self.X.device)
+        return ClientData(ids, self.X[rows], self.y[rows], self.mask[rows], self.num_samples[rows],
                           self.loss_fn, self.kind, self.grad_batch)
+
+    def to(self, device) -> "FederatedProblem":
+        """A copy with the clients' data, weights, start point, optimum and held-out splits on
+        ``device`` (``label_dist`` stays on the CPU: participation rates are drawn there)."""
+        import copy
+
+        device = torch.device(device)
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        pair = lambda p: None if p is None else (p[0].to(device), p[1].to(device))  # noqa: E731
+        loss_fn, logits_fn = self.loss_fn, self.logits_fn
+        model = getattr(loss_fn, "keywords", {}).get("model")
+        if model is not None:  # the MLP problems: the module moves too
+            moved = copy.deepcopy(model).to(device)
+            loss_fn = partial(loss_fn.func, *loss_fn.args, **{**loss_fn.keywords, "model": moved})
+            logits_fn = partial(logits_fn.func, *logits_fn.args, **{**logits_fn.keywords, "model": moved})
+        return dataclasses.replace(self, X=move(self.X), y=move(self.y), mask=move(self.mask),
+                                   num_samples=move(self.num_samples), weights=move(self.weights), x0=move(self.x0),
+                                   x_star=move(self.x_star), test=pair(self.test), validation=pair(self.validation),
+                                   loss_fn=loss_fn, logits_fn=logits_fn)
 
     def client(self, i: int) -> ClientData:
         return self.clients([i])
@@ -317,19 +346,26 @@ def least_squares(num_clients: int = 20, dim: int = 10, samples_per_client: int 
                          min_size=max(2, min(dim, samples_per_client)))
     centers = heterogeneity * rng.standard_normal((groups, dim))
     group = np.arange(num_clients) % groups
-    Xs, ys, Xt, yt = [], [], [], []
+    Xs, ys, Xt, yt, Xv, yv, models = [], [], [], [], [], [], []
     for i, n in enumerate(sizes):
         scale = rng.uniform(0.7, 1.4, size=dim)
         w = centers[group[i]] + 0.1 * heterogeneity * rng.standard_normal(dim)
+        models.append((scale, w))
         for out_X, out_y, m in ((Xs, ys, n), (Xt, yt, 20)):
             X = rng.standard_normal((m, dim)) * scale
             out_X.append(torch.tensor(X, dtype=dtype))
             out_y.append(torch.tensor(X @ w + noise * rng.standard_normal(m), dtype=dtype))
+    val_rng = np.random.default_rng([seed, 1])  # its own stream: the splits above are unchanged
+    for scale, w in models:
+        X = val_rng.standard_normal((20, dim)) * scale
+        Xv.append(torch.tensor(X, dtype=dtype))
+        yv.append(torch.tensor(X @ w + noise * val_rng.standard_normal(20), dtype=dtype))
     X, y, mask, n = _pad(Xs, ys)
     alpha = _weights(n, weighting, dtype)
     problem = FederatedProblem(
         "least_squares", "least_squares", X, y, mask, n, alpha, squared_loss, torch.zeros(dim, dtype=dtype),
         _histograms([np.array([g]) for g in group], groups), test=(torch.cat(Xt), torch.cat(yt)),
+        validation=(torch.cat(Xv), torch.cat(yv)),
         info={"heterogeneity": heterogeneity, "groups": groups, "group": group.tolist()},
         loss_batch=squared_loss_batch, grad_batch=squared_grad_batch)
     A, b = problem.clients(range(num_clients)).normal_equations()
@@ -356,6 +392,12 @@ def logistic_regression(num_clients: int = 20, dim: int = 10, samples_per_client
     Z += 0.5 * (2 * labels[:, None] - 1) * teacher / np.linalg.norm(teacher)
     Zt, yt = Z[total:], labels[total:]
     Z, labels = Z[:total], labels[:total]
+    val_rng = np.random.default_rng([seed, 1])  # its own stream: the splits above are unchanged
+    Zv = val_rng.standard_normal((400, dim))
+    yv = (Zv @ teacher > 0).astype(np.int64)
+    flip_v = val_rng.random(len(yv)) < 0.1
+    yv[flip_v] = 1 - yv[flip_v]
+    Zv += 0.5 * (2 * yv[:, None] - 1) * teacher / np.linalg.norm(teacher)
     parts = (iid_partition(total, num_clients, rng, size_skew) if alpha is None
              else dirichlet_partition(labels, num_clients, alpha, rng))
     X, y, mask, n = _pad([torch.tensor(Z[p], dtype=dtype) for p in parts],
@@ -365,6 +407,7 @@ def logistic_regression(num_clients: int = 20, dim: int = 10, samples_per_client
         "logistic_regression", "logistic", X, y, mask, n, _weights(n, weighting, dtype), loss,
         torch.zeros(dim, dtype=dtype), _histograms([labels[p] for p in parts], 2),
         test=(torch.tensor(Zt, dtype=dtype), torch.tensor(yt, dtype=dtype)),
+        validation=(torch.tensor(Zv, dtype=dtype), torch.tensor(yv, dtype=dtype)),
         info={"alpha": alpha, "l2": l2},
         loss_batch=partial(logistic_loss_batch, l2=l2), grad_batch=partial(logistic_grad_batch, l2=l2))
     problem.x_star = _newton(problem)
@@ -394,7 +437,8 @@ def digits_mlp(num_clients: int = 10, *, alpha: float | None = 0.5, hidden: tupl
                size_skew: float = 0.0, weighting: str = "samples", seed: int = 0,
                dtype: torch.dtype = torch.float32) -> FederatedProblem:
     """scikit-learn digits over ``num_clients`` clients (IID for ``alpha=None``, else Dirichlet),
-    with an MLP ``64 -> hidden -> 10`` (``hidden=()`` = softmax regression)."""
+    with an MLP ``64 -> hidden -> 10`` (``hidden=()`` = softmax regression). The held-out quarter
+    of the data is split in two halves: ``validation`` (first) and ``test`` (second)."""
     from lab.models.mlp import MLP
     from toy_envs.datasets import digits
 
@@ -414,7 +458,9 @@ def digits_mlp(num_clients: int = 10, *, alpha: float | None = 0.5, hidden: tupl
     return FederatedProblem(
         "digits_mlp", "classification", X, y, mask.to(dtype), n, _weights(n, weighting, dtype),
         partial(mlp_loss, model=model, shapes=shapes), x0, _histograms([labels[p] for p in parts], 10),
-        test=(x_test, y_test), logits_fn=partial(mlp_logits, model=model, shapes=shapes),
+        test=(x_test[len(y_test) // 2:], y_test[len(y_test) // 2:]),
+        validation=(x_test[:len(y_test) // 2], y_test[:len(y_test) // 2]),
+        logits_fn=partial(mlp_logits, model=model, shapes=shapes),
         info={"alpha": alpha, "hidden": list(hidden)})
 
 

@@ -6,7 +6,7 @@ The prompt gives two values ``[u, v]`` (digits); the reference output is the obj
 
 over the vocabulary ``<pad> <eos> { } : , a b`` + digits + ``x`` (stray text). Verifiers on the
 decoded content (the text before ``<eos>``), each in [0, 1], in the order of
-:data:`lab.rl.structured_output.COMPONENTS`:
+:data:`lab.rewards.structured_output.COMPONENTS`:
 
     struct   share of the required keys ``a``, ``b`` that appear as ``key:``
     format   1 if the text starts with ``{`` and ends with ``}`` (no stray text around it)

@@ -58,7 +58,7 @@ class AEDiT(EDiT):
     def base_weights(self, norms: torch.Tensor, steps: torch.Tensor | None) -> torch.Tensor:
         if steps is None or float(steps.sum()) == 0.0:
             return super().base_weights(norms, steps)
-        share = steps.to(norms.dtype) / steps.sum()  # (K,)
+        share = steps.to(dtype=norms.dtype, device=norms.device) / steps.sum()  # (K,)
         if self.temperature is None:
             return share
         rho = self.step_weight_ratio

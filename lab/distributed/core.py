@@ -88,7 +88,7 @@ class EWMADetector:
             std = math.sqrt(self.m2[k]) if self.count[k] >= 2 else 0.0
             z = 0.0 if self.count[k] < self.warmup or std == 0.0 else (n - self.mean[k]) / std
             window = self.z_window[k]
-            spread = float(torch.tensor(window).std()) if len(window) >= 2 else 0.0
+            spread = float(torch.tensor(window, device="cpu").std()) if len(window) >= 2 else 0.0
             flags.append(z > self.threshold * max(1.0, spread))
             if z > 0:
                 window.append(z)
@@ -99,7 +99,7 @@ class EWMADetector:
             self.m2[k] = (1 - self.alpha) * (self.m2[k] + self.alpha * (n - old) * (n - new))
             self.mean[k] = new
             self.count[k] += 1
-        return torch.tensor(flags, dtype=torch.bool)
+        return torch.tensor(flags, dtype=torch.bool, device=norms.device)
 
     def state_dict(self) -> dict:
         return {"mean": list(self.mean), "m2": list(self.m2), "count": list(self.count),

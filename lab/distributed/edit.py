@@ -72,27 +72,45 @@ class EDiT(LocalSGD):
             return torch.full_like(norms, 1.0 / norms.shape[0])
         return norm_weights(norms, self.temperature)
 
-    def reduce(self, deltas: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
-        K, p = deltas.shape
+    def layer_sizes_for(self, p: int) -> tuple[int, ...]:
         sizes = self.layer_sizes or (p,)
         if sum(sizes) != p:
             raise ValueError(f"layer_sizes must sum to the parameter count {p}, got {sum(sizes)}")
+        return tuple(sizes)
+
+    def layer_weights(self, norms: torch.Tensor, steps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per layer l: run the detector on n_lk, eliminate flagged workers (n <- n + 1e6, their
+        Delta zeroed by the caller), weights w_lk = softmax_k(-n_lk / T) (+ A-EDiT's step share).
+        ``norms`` (L, K) -> ``(weights (L, K), flagged (L, K))``."""
+        L, K = norms.shape
         if not self.detectors:
-            self.detectors = [EWMADetector(K, **self.ewma) for _ in sizes]
-        pieces, flagged, raw_norms = [], torch.zeros(K, dtype=torch.bool), []
-        for layer, block in zip(self.detectors, deltas.split(list(sizes), dim=1)):
-            norms = block.norm(dim=1)  # (K,)
-            raw_norms.append(norms)
-            if self.skip_anomaly:
-                flags = layer(norms)  # (K,) bool
-                # flagged => Delta_k <- 0, n_k <- n_k + 1e6
-                block = torch.where(flags.unsqueeze(1), torch.zeros_like(block), block)
-                norms = norms + 1e6 * flags
-                flagged |= flags
-            w = self.base_weights(norms, steps)  # (K,)
-            pieces.append(clip_pseudo_grad(w @ block, self.clip))  # (p_l,)
-        self.last_stats = {"pseudo_grad_norm": float(torch.stack(raw_norms).norm(dim=0).mean()),
-                           "flagged": float(flagged.sum())}
+            self.detectors = [EWMADetector(K, **self.ewma) for _ in range(L)]
+        if len(self.detectors) != L:
+            raise ValueError(f"the detectors were built for {len(self.detectors)} layers, got norms of {L}")
+        weights, flags_all = [], []
+        for layer, n in zip(self.detectors, norms):
+            flags = layer(n) if self.skip_anomaly else torch.zeros(K, dtype=torch.bool, device=n.device)  # (K,) bool
+            # flagged => Delta_k <- 0, n_k <- n_k + 1e6
+            weights.append(self.base_weights(n + 1e6 * flags, steps))
+            flags_all.append(flags)
+        flagged = torch.stack(flags_all)
+        self.last_stats = {"pseudo_grad_norm": float(norms.norm(dim=0).mean()),
+                           "flagged": float(flagged.any(0).sum())}
+        return torch.stack(weights), flagged
+
+    def finish_layer(self, delta: torch.Tensor) -> torch.Tensor:
+        return clip_pseudo_grad(delta, self.clip)
+
+    def reduce(self, deltas: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
+        K, p = deltas.shape
+        sizes = self.layer_sizes_for(p)
+        blocks = deltas.split(list(sizes), dim=1)
+        norms = torch.stack([block.norm(dim=1) for block in blocks])  # (L, K)
+        weights, flagged = self.layer_weights(norms, steps)
+        pieces = []
+        for block, w, flags in zip(blocks, weights, flagged):
+            block = torch.where(flags.unsqueeze(1), torch.zeros_like(block), block)
+            pieces.append(self.finish_layer(w @ block))  # (p_l,)
         return torch.cat(pieces)
 
     def state_dict(self) -> dict:

@@ -51,15 +51,38 @@ class LocalSGD:
         self.last_stats = {"pseudo_grad_norm": float(deltas.norm(dim=1).mean())}
         return deltas.mean(dim=0)
 
+    # ---- the reduction in pieces, for workers in separate processes ------------------------
+    # A worker holds only its own Delta_k. It shares its per-layer norms (K x L scalars, one
+    # all_gather), every worker computes the same weights from them (``layer_weights``), and one
+    # all_reduce sums w_lk Delta_k^l; ``finish_layer`` then applies what follows the sum.
+    def layer_sizes_for(self, p: int) -> tuple[int, ...]:
+        """The layers of a flat vector of p entries the reduction works on (one for Local SGD)."""
+        return (p,)
+
+    def layer_weights(self, norms: torch.Tensor, steps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weights (L, K), flagged (L, K))`` from the per-layer norms (L, K): 1/K, nothing flagged."""
+        L, K = norms.shape
+        self.last_stats = {"pseudo_grad_norm": float(norms.norm(dim=0).mean())}
+        return (torch.full((L, K), 1.0 / K, dtype=norms.dtype, device=norms.device),
+                torch.zeros(L, K, dtype=torch.bool, device=norms.device))
+
+    def finish_layer(self, delta: torch.Tensor) -> torch.Tensor:
+        """What follows the weighted sum of one layer (EDiT: clipping). (p_l,)"""
+        return delta
+
+    def outer_step(self, anchor: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The outer step on the reduced Delta (skipped when every worker was eliminated)."""
+        self.rounds += 1
+        if self.skip_empty and float(delta.abs().sum()) < 1e-6:
+            return anchor.clone()
+        return self.outer.step(anchor, delta)
+
     def sync(self, anchor: torch.Tensor, workers: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
         """One communication round: reduce the pseudo-gradients of ``workers`` (K, p) and return the
         new anchor (p,). ``steps`` (K,) = inner steps each worker took (used by A-EDiT)."""
         deltas = pseudo_gradients(anchor, workers)  # (K, p)
         delta = self.reduce(deltas, steps)  # (p,)
-        self.rounds += 1
-        if self.skip_empty and float(delta.abs().sum()) < 1e-6:
-            return anchor.clone()  # every worker flagged: skip the outer step
-        return self.outer.step(anchor, delta)
+        return self.outer_step(anchor, delta)  # skipped if every worker was flagged
 
     def state_dict(self) -> dict:
         return {"rounds": self.rounds, "outer": self.outer.state_dict()}

@@ -50,11 +50,12 @@ def make_problem(workers: int = 4, dim: int = 10, samples: int = 64, heterogenei
     check_int("samples", samples, minimum=1)
     check_nonneg("heterogeneity", heterogeneity)
     check_nonneg("noise", noise)
-    g = generator or torch.Generator().manual_seed(0)
-    X = torch.randn(workers, samples, dim, generator=g)  # (K, n, d)
-    w_star = torch.randn(dim, generator=g)  # (d,)
-    shifts = heterogeneity * torch.randn(workers, dim, generator=g)  # (K, d)
-    y = torch.einsum("knd,kd->kn", X, w_star + shifts) + noise * torch.randn(workers, samples, generator=g)
+    g = generator or torch.Generator(device="cpu").manual_seed(0)
+    dev = g.device
+    X = torch.randn(workers, samples, dim, generator=g, device=dev)  # (K, n, d)
+    w_star = torch.randn(dim, generator=g, device=dev)  # (d,)
+    shifts = heterogeneity * torch.randn(workers, dim, generator=g, device=dev)  # (K, d)
+    y = torch.einsum("knd,kd->kn", X, w_star + shifts) + noise * torch.randn(workers, samples, generator=g, device=dev)
     A, b = X.reshape(-1, dim), y.reshape(-1)
     w_opt = torch.linalg.solve(A.T @ A, A.T @ b)  # (d,) normal equations of the pooled problem
     return Problem(X, y, w_opt)
@@ -78,7 +79,7 @@ def inner_step(theta, grads, state: dict, *, optimizer: str, lr: float, active: 
     if optimizer == "sgd":
         return theta - lr * mask * grads
     b1, b2 = betas
-    state.setdefault("step", torch.zeros(theta.shape[0], dtype=theta.dtype))
+    state.setdefault("step", torch.zeros(theta.shape[0], dtype=theta.dtype, device=theta.device))
     state.setdefault("exp_avg", torch.zeros_like(theta))
     state.setdefault("exp_avg_sq", torch.zeros_like(theta))
     state["step"] += active.to(theta.dtype)
@@ -104,15 +105,16 @@ def train(problem: Problem, algorithm: LocalSGD, *, rounds: int = 30, sync_inter
     check_choice("inner", inner, ("sgd", "adamw"))
     check_positive("inner_lr", inner_lr)
     check_int("batch_size", batch_size, minimum=1)
-    g = generator or torch.Generator().manual_seed(0)
+    g = generator or torch.Generator(device="cpu").manual_seed(0)  # draws on the CPU: the same run on every device
     K, n, d = problem.X.shape
-    times = torch.ones(K) if step_times is None else step_times.to(torch.float64)
+    dev = problem.X.device
+    times = torch.ones(K, device="cpu") if step_times is None else step_times.to(dtype=torch.float64, device="cpu")
     if times.shape != (K,) or not (times > 0).all():
         raise ValueError(f"step_times must be {K} positive numbers")
     is_async = isinstance(algorithm, AEDiT)
-    steps = algorithm.steps_per_round(times) if is_async else torch.full((K,), sync_interval)
+    steps = algorithm.steps_per_round(times) if is_async else torch.full((K,), sync_interval, device="cpu")
     round_time = algorithm.sync_time if is_async else float(sync_interval * times.max())
-    anchor = torch.zeros(d, dtype=problem.X.dtype)
+    anchor = torch.zeros(d, dtype=problem.X.dtype, device=dev)
     state: dict = {}
     history = History(meta={"algorithm": type(algorithm).__name__, "workers": K})
     history.append(0, loss=problem.loss(anchor), wall_clock=0.0, inner_steps=0.0,
@@ -121,19 +123,21 @@ def train(problem: Problem, algorithm: LocalSGD, *, rounds: int = 30, sync_inter
     for r in progress.steps(rounds, desc=type(algorithm).__name__):
         r += 1
         theta = anchor.expand(K, d).clone()  # (K, p)
-        scale = torch.where(torch.rand(K, generator=g) < outlier_prob, 20.0, 1.0)  # (K,)
+        scale = torch.where(torch.rand(K, generator=g, device=g.device) < outlier_prob, 20.0, 1.0).to(dev)  # (K,)
         for s in range(int(steps.max())):
             if batch_size >= n:  # full batch
                 Xb, yb = problem.X, problem.y * scale.unsqueeze(1)
             else:
-                idx = torch.randint(0, n, (K, batch_size), generator=g)  # (K, b)
+                idx = torch.randint(0, n, (K, batch_size), generator=g, device=g.device).to(dev)  # (K, b)
                 Xb = torch.gather(problem.X, 1, idx.unsqueeze(2).expand(-1, -1, d))  # (K, b, d)
                 yb = torch.gather(problem.y, 1, idx) * scale.unsqueeze(1)  # (K, b)
             theta = inner_step(theta, batch_grads(theta, Xb, yb), state, optimizer=inner,
-                               lr=inner_lr, active=steps > s)
+                               lr=inner_lr, active=(steps > s).to(dev))
         anchor = algorithm.sync(anchor, theta, steps)
         clock += round_time
         total += int(steps.sum())
         history.append(r, loss=problem.loss(anchor), wall_clock=clock, inner_steps=float(total),
                        dist_to_opt=float((anchor - problem.w_opt).norm()), **algorithm.last_stats)
+    history.artifacts["anchor"] = anchor.cpu().tolist()
+    history.artifacts["steps_per_round"] = steps.tolist()
     return history

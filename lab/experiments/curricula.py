@@ -327,7 +327,7 @@ def _plot_vas(history: History):
             summary="Fit a small value model on a frozen policy's samples; decode with top-k + beta*V")
 def value_augmented_sampling(cfg: VASConfig) -> History:
     from lab.models.policy import TabularPolicy
-    from lab.rl.vas import VAS, TabularValue, TokenValueModel, ValueGuidedPolicy
+    from lab.sampling.vas import VAS, TabularValue, TokenValueModel, ValueGuidedPolicy
 
     for name in ("steps", "n_prompts", "group_size", "eval_prompts", "k", "d_model"):
         check_int(name, getattr(cfg, name), minimum=1)
@@ -373,3 +373,41 @@ def value_augmented_sampling(cfg: VASConfig) -> History:
 __all__ = ["CurriculumConfig", "SAMPLERS", "VASConfig", "compare_curricula", "concat_rollouts",
            "curriculum", "grpo_update", "load_sources", "mixture_rollout", "pool_accuracy", "take_groups",
            "value_augmented_sampling"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The lesson's claims (notebook 11), checked by tests/test_claims.py
+# ---------------------------------------------------------------------------------------------
+from lab.claims import Claim  # noqa: E402  (claims sit after the experiments they run)
+
+
+def _strict_share(runs: Runs) -> float:
+    """Share of the last 5 steps' trained groups drawn from the third (strict, all-wrong) source,
+    for the sampler's run (the first of :func:`compare_curricula`'s Runs)."""
+    history = next(iter(runs.values()))
+    return float(history["weights"][-5:, 2].mean())
+
+
+CLAIMS = [
+    Claim(
+        notebook="11_curricula", panel="race",
+        text="DUMP stops paying for a source whose groups are all wrong: after 20 steps under 15% of "
+             "its groups come from the strict exact-match source (uniform sampling: about a third).",
+        experiment=compare_curricula, base=CurriculumConfig(sampler="dump", steps=20),
+        control={"sampler": "dump(temperature=1000.0)"},
+        holds=lambda runs: _strict_share(runs) < 0.15,
+        control_text="a softmax temperature of 1000 flattens DUMP's UCB scores: every source is drawn "
+                     "equally often again",
+    ),
+    Claim(
+        notebook="11_curricula", panel="vas",
+        text="Value guidance improves a frozen policy: at β = 8 the reward is more than twice π₀'s "
+             "(β = 0), while π₀'s weights change by exactly 0.",
+        experiment="value_augmented_sampling", config={"k": 20},
+        control={"k": 1},
+        holds=lambda h: h.artifacts["reward"][-1] > 2 * h.artifacts["reward"][0]
+        and h.artifacts["base_weight_change"] == 0.0,
+        control_text="k = 1: only the most likely token is re-scored, and shifting one logit by "
+                     "β(V − mean V) = 0 changes nothing",
+    ),
+]

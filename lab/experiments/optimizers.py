@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from lab import progress
 from lab.checks import check_int, check_nonneg, check_positive
 from lab.experiments._base import experiment, run
-from lab.history import History, Runs
+from lab.history import History, Runs, target_rows, time_to_target
 from lab.models import MLP
 from lab.registry import get, make, parse_spec
 from toy_envs.datasets import digits
@@ -163,47 +163,6 @@ def _fitness_step(opt, model, xb, yb, first_logits) -> torch.Tensor:
         loss = F.cross_entropy(logits, yb)
         opt.step(fitness)
     return loss
-
-
-def time_to_target(history: History, metric: str = "test_accuracy", target: float = 0.9, *,
-                   x: str = "wall_time", higher_is_better: bool = True) -> float | None:
-    """The first value of ``x`` (``"step"`` or a metric such as ``wall_time``) at which
-    ``metric`` reaches ``target``; None if it never does."""
-    steps, values = history.series(metric)
-    reached = values >= target if higher_is_better else values <= target
-    if not reached.any():
-        return None
-    i = int(reached.argmax())
-    if x == "step":
-        return float(steps[i])
-    return float(history[x][i])
-
-
-def target_rows(runs: Runs, metric: str = "test_accuracy", target: float = 0.9, *,
-                higher_is_better: bool = True) -> list[dict]:
-    """Per run: steps and seconds (``wall_time``) to reach ``target``, final and best value.
-
-    Sorted by seconds to target (by steps where there is no wall time); runs that never reach
-    the target come last.
-    """
-    rows = []
-    for label, h in runs.items():
-        values = h[metric]
-        rows.append({
-            "optimizer": label,
-            "steps": time_to_target(h, metric, target, x="step", higher_is_better=higher_is_better),
-            "seconds": (time_to_target(h, metric, target, x="wall_time",
-                                       higher_is_better=higher_is_better)
-                        if "wall_time" in h else None),
-            "final": float(values[-1]),
-            "best": float(values.max() if higher_is_better else values.min()),
-        })
-
-    def key(row):
-        value = row["seconds"] if row["seconds"] is not None else row["steps"]
-        return (value is None, value if value is not None else 0.0)
-
-    return sorted(rows, key=key)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ idealized accuracy is 1 by definition): the paper's gap.
 ``step_dpo_chains`` — Step-DPO on step pairs (state = problem + correct steps; chosen = the correct
 next step, rejected = a wrong one) from a random reference; logs greedy step and chain accuracy.
 
-``sft_divergences`` — SFT on the best responses of the preference task with :func:`lab.rl.sft.sft`
-(``divergence="sft"``) or :func:`lab.rl.fdiv_sft.fdiv_sft` (``divergence``) and a learning rate
+``sft_divergences`` — SFT on the best responses of the preference task with :func:`lab.preference.sft.sft`
+(``divergence="sft"``) or :func:`lab.preference.fdiv_sft.fdiv_sft` (``divergence``) and a learning rate
 scaled by ``lr_factor`` (the paper's learning-rate reduction); logs the data NLL, KL(π‖π_ref) and
 the true reward.
 
@@ -44,11 +44,11 @@ from lab.checks import check_choice, check_int, check_positive
 from lab.experiments._base import experiment
 from lab.history import History
 from lab.rl.core import call_with, make_fn, masked_sum
-from lab.rl.fdiv_sft import DIVERGENCES, fdiv_sft
-from lab.rl.inverted_hinge import inverted_hinge
-from lab.rl.preference import implicit_reward
-from lab.rl.sft import sft
-from lab.rl.ranking import likelihood_displacement, ranking_accuracy
+from lab.preference.fdiv_sft import DIVERGENCES, fdiv_sft
+from lab.preference.inverted_hinge import inverted_hinge
+from lab.preference.core import implicit_reward
+from lab.preference.sft import sft
+from lab.preference.ranking import likelihood_displacement, ranking_accuracy
 from toy_envs.preferences import EOS, PAD, PreferenceTask, StepTask
 
 OVERRIDES = ("beta", "gamma", "alpha", "label_smoothing", "length_normalize")
@@ -378,3 +378,65 @@ def unlearning(cfg: UnlearningConfig) -> History:
 
 __all__ = ["PreferenceConfig", "preference_training", "StepConfig", "step_dpo_chains", "SFTConfig",
            "sft_divergences", "UnlearningConfig", "unlearning"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The lesson's claims (notebook 10), checked by tests/test_claims.py
+# ---------------------------------------------------------------------------------------------
+from lab.claims import Claim  # noqa: E402  (claims sit after the experiments they run)
+
+CLAIMS = [
+    Claim(
+        notebook="10_preference_learning", panel="dpo",
+        text="Likelihood displacement: with β = 0.1, DPO keeps widening the margin until the chosen "
+             "responses themselves lose log-probability (displacement D < 0 after 60 steps).",
+        experiment="preference_training",
+        config={"loss": "dpo", "beta": 0.1, "label_smoothing": 0.0, "length_normalize": False},
+        control={"beta": 3.0},
+        holds=lambda h: h["displacement"][-1] < 0.0 and h["margin"][-1] > h["margin"][0] + 1.0,
+        control_text="β = 3: the loss saturates after a small margin and the chosen responses keep "
+                     "(even gain) likelihood",
+    ),
+    Claim(
+        notebook="10_preference_learning", panel="shape",
+        text="The reward shape controls displacement: AlphaPO with α = −1 keeps the chosen responses' "
+             "likelihood (D > −0.5 nat) where SimPO's log reward (α → 0) loses more than half a nat.",
+        experiment="preference_training",
+        config={"loss": "alphapo", "alpha": -1.0, "beta": 2.5, "gamma": 0.1, "label_smoothing": 0.0,
+                "length_normalize": True},
+        control={"loss": "simpo"},
+        holds=lambda h: h["displacement"][-1] > -0.5,
+        control_text="SimPO, the α → 0 limit: the log reward's gradient weight is the same on every "
+                     "response, and the chosen ones are displaced",
+    ),
+    Claim(
+        notebook="10_preference_learning", panel="steps",
+        text="Step-DPO on (correct step, wrong step) pairs makes greedy chains correct: from 0, at "
+             "least half of the chains are right after 40 steps.",
+        experiment="step_dpo_chains", config={"init_std": 1.0},
+        control={"init_std": 3.0},
+        holds=lambda h: h["chain_accuracy"][0] == 0.0 and h["chain_accuracy"][-1] >= 0.5,
+        control_text="init_std = 3: the reference is wrong by several logits per step, more than 40 "
+                     "Adam steps of 0.1 move; the chains stay wrong",
+    ),
+    Claim(
+        notebook="10_preference_learning", panel="sft",
+        text="SFT's KL-to-reference term is constant in θ, so nothing holds the policy: KL(π‖π_ref) "
+             "passes 0.5 nat in 60 steps; the paper's remedy, a 10× smaller learning rate, keeps it "
+             "below 0.5.",
+        experiment="sft_divergences", config={"divergence": "sft", "lr_factor": 1.0},
+        control={"lr_factor": 0.1},
+        holds=lambda h: h["kl"][-1] > 0.5,
+        control_text="lr_factor = 0.1: the same objective moves 10× less per step",
+    ),
+    Claim(
+        notebook="10_preference_learning", panel="unlearning",
+        text="The inverted hinge loss is bounded: it stops once each forget token loses to its "
+             "runner-up (forget NLL settles below 8 nats); gradient ascent keeps pushing it past 15.",
+        experiment="unlearning", config={"method": "ihl", "retain_coef": 1.0},
+        control={"method": "ga"},
+        holds=lambda h: h["forget_nll"][-1] < 8.0 and h["runner_up_prob"][-1] > h["target_prob"][-1],
+        control_text="gradient ascent on the forget NLL: unbounded, it drives the forget tokens' "
+                     "probability towards 0 and the NLL up without limit",
+    ),
+]

@@ -28,7 +28,7 @@ from lab import progress
 from lab.checks import check_int, check_positive
 from lab.experiments._base import experiment
 from lab.experiments.policy import build_model
-from lab.history import History
+from lab.history import History, Runs
 from lab.models.policy import Generation, generate
 from lab.registry import parse_spec
 from lab.rl.core import call_with, make_fn, masked_mean
@@ -371,6 +371,37 @@ def distinct_correct(history: History, threshold: float = 0.5) -> int:
     return len({t for t, r in zip(batch["texts"], batch["rewards"]) if r > threshold})
 
 
+# --------------------------------------------------------------------------------------------
+# Comparisons for the GRPO-zoo panels (a PolicyConfig in, Runs out)
+
+def sign_runs(cfg: Any) -> Runs:
+    """PSR and NSR (``psr_nsr(mode=...)``) on one ``policy_optimization`` config; each History's
+    ``artifacts["distinct_correct"]`` counts the distinct correct answers of its last batch."""
+    from lab.experiments._base import run
+
+    runs = Runs({mode: run("policy_optimization", cfg, loss=f"psr_nsr(mode='{mode}')")
+                 for mode in ("psr", "nsr")})
+    for history in runs.values():
+        history.artifacts["distinct_correct"] = distinct_correct(history)
+    return runs
+
+
+def copo_runs(cfg: Any) -> Runs:
+    """GRPO and COPO on one ``policy_optimization`` config."""
+    from lab.experiments._base import run
+
+    return Runs({"grpo": run("policy_optimization", cfg),
+                 "copo": run("policy_optimization", cfg, loss="copo")})
+
+
+def grpo_d_run(cfg: Any) -> History:
+    """GRPO-D with β rising from 0 to 0.2 on one ``policy_optimization`` config."""
+    from lab.experiments._base import run
+
+    return run("policy_optimization", cfg, loss="grpo_d(beta_min=0.0, beta_max=0.2)")
+
+
 __all__ = ["SegmentConfig", "TruncationConfig", "HybridConfig", "segment_advantages",
            "truncation_window", "hybrid_post_training", "mc_value_pool", "complete", "sample_tree",
-           "tree_cost", "chain_states", "pass_at_k", "distinct_correct"]
+           "tree_cost", "chain_states", "pass_at_k", "distinct_correct", "sign_runs", "copo_runs",
+           "grpo_d_run"]

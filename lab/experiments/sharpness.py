@@ -42,34 +42,7 @@ from lab.models import MLP
 from lab.optim.sharpness import hessian_eigen_range, top_hessian_eigenvalue
 from lab.registry import get, parse_spec
 from toy_envs.datasets import digits
-
-# (center, width s, depth h) of the two wells, and the weak bowl c that keeps runs bounded
-SHARP = ((-1.0, 0.0), 0.2, 1.0)
-FLAT = ((1.2, 0.0), 1.0, 0.8)
-BOWL = 0.1
-SHARP_CURVATURE = SHARP[2] / SHARP[1] ** 2 + BOWL
-FLAT_CURVATURE = FLAT[2] / FLAT[1] ** 2 + BOWL
-FLAT_THRESHOLD = math.sqrt(SHARP_CURVATURE * FLAT_CURVATURE)
-"""A point whose top Hessian eigenvalue is below this is flatter than the sharp minimum's basin."""
-BOX = ((-2.5, 2.5), (-1.5, 1.5))
-
-
-def sharp_flat_loss(w: torch.Tensor) -> torch.Tensor:
-    """The toy loss f(w) for ``w`` of shape (..., 2)."""
-    total = 0.5 * BOWL * (w * w).sum(-1)
-    for (cx, cy), width, depth in (SHARP, FLAT):
-        r2 = (w[..., 0] - cx) ** 2 + (w[..., 1] - cy) ** 2
-        total = total - depth * torch.exp(-r2 / (2 * width ** 2))
-    return total
-
-
-def sharp_flat_grad(w: torch.Tensor) -> torch.Tensor:
-    """Analytic gradient of :func:`sharp_flat_loss` for one point (2,)."""
-    grad = BOWL * w
-    for (cx, cy), width, depth in (SHARP, FLAT):
-        d = w - torch.tensor((cx, cy), dtype=w.dtype)
-        grad = grad + d * (depth / width ** 2 * torch.exp(-(d * d).sum() / (2 * width ** 2)))
-    return grad
+from toy_envs.sharp_flat import BOX, FLAT_THRESHOLD, sharp_flat_grad, sharp_flat_loss
 
 
 def make_optimizer(spec: str, params, lr: float, options: dict[str, object]):
@@ -261,4 +234,4 @@ def compare(cfg, optimizers: tuple[str, ...] = ("sgd", "sam", "wsam"),
 
 
 __all__ = ["SharpFlatConfig", "SharpnessDigitsConfig", "sharp_flat", "sharpness_digits", "compare",
-           "sharp_flat_loss", "sharp_flat_grad", "make_optimizer", "FLAT_THRESHOLD"]
+           "make_optimizer"]

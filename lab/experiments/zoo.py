@@ -32,9 +32,10 @@ from lab.history import History, Runs
 from lab.models.policy import TabularPolicy
 from lab.registry import available, get, parse_spec
 from lab.rl.core import call_with, expand_advantages, make_fn, masked_mean
-from lab.rl.d3s import D3S
+from lab.sampling.d3s import D3S
 from lab.rl.gtpo import conflict_masks, conflict_weights
-from lab.rl.hapo import AdaptiveTemperature, adaptive_clip_bounds, normalized_entropy
+from lab.rl.hapo import adaptive_clip_bounds, normalized_entropy
+from lab.sampling.adaptive_temperature import AdaptiveTemperature
 from lab.rl.rollout import rollout, token_rewards
 from lab.rl.steer import entropy_change_score, steer_weights
 from toy_envs.token_tasks import make_task

@@ -44,7 +44,7 @@ from typing import Any, Mapping
 import torch
 
 from lab.checks import check_choice, check_int, check_nonneg, check_positive
-from lab.federated.base import Aggregator, stack_updates, weighted_step
+from lab.federated.base import Aggregator, weighted_step
 from lab.registry import register
 
 
@@ -82,16 +82,16 @@ class AsyncInversion(Aggregator):
         self.seed = seed
         self.problem = None
 
-    def setup(self, num_clients, dim, problem=None, *, dtype=torch.float64):
+    def setup(self, num_clients, dim, problem=None, *, dtype=torch.float64, device=None):
         self.problem = problem
-        return super().setup(num_clients, dim, problem, dtype=dtype)
+        return super().setup(num_clients, dim, problem, dtype=dtype, device=device)
 
     def _init_state(self, dtype: torch.dtype) -> None:
         self.versions: dict[int, torch.Tensor] = {}  # round -> global model of that round
         self.pairs: dict[int, deque] = {}  # client -> deque of (base model, update)
         self.estimates: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # client -> (X^, label params)
         self.converted = 0
-        self._generator = torch.Generator().manual_seed(self.seed)
+        self._generator = torch.Generator(device="cpu").manual_seed(self.seed)  # draws on the CPU, then moved
 
     # ---- synthetic data ------------------------------------------------------------------
     def _labels(self, params: torch.Tensor) -> torch.Tensor:
@@ -104,18 +104,18 @@ class AsyncInversion(Aggregator):
 
     def _init_estimate(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         m, feat = self.num_synthetic, tuple(self.problem.X.shape[2:])
-        X = 0.5 * torch.randn((m, *feat), generator=self._generator, dtype=torch.float64).to(dtype)
+        X = 0.5 * torch.randn((m, *feat), generator=self._generator, dtype=torch.float64, device="cpu").to(dtype=dtype, device=self.device)
         if self.problem.kind == "classification":
             labels = 0.1 * torch.randn(m, self.problem.label_dist.shape[1], generator=self._generator,
-                                       dtype=torch.float64).to(dtype)
+                                       dtype=torch.float64, device="cpu").to(dtype=dtype, device=self.device)
         else:
-            labels = 0.1 * torch.randn(m, generator=self._generator, dtype=torch.float64).to(dtype)
+            labels = 0.1 * torch.randn(m, generator=self._generator, dtype=torch.float64, device="cpu").to(dtype=dtype, device=self.device)
         return X, labels
 
     def local_train(self, base: torch.Tensor, X: torch.Tensor, labels: torch.Tensor, *,
                     create_graph: bool = False) -> torch.Tensor:
         """``LocalTrain(base, D) - base``: K full-batch GD steps with the clients' lr on (X, labels)."""
-        loss_fn, mask = self.problem.loss_fn, torch.ones(X.shape[0], dtype=X.dtype)
+        loss_fn, mask = self.problem.loss_fn, torch.ones(X.shape[0], dtype=X.dtype, device=X.device)
         y = base.clone().requires_grad_(True) if not base.requires_grad else base
         start = y
         for _ in range(self.local_steps):
@@ -153,7 +153,7 @@ class AsyncInversion(Aggregator):
         self.versions[round] = x.clone()
         for old in [r for r in self.versions if r < round - self.max_versions]:
             del self.versions[old]
-        ids, deltas, n = stack_updates(x, updates, num_samples)
+        ids, deltas, n = self._stack(x, updates, num_samples)
         w = n / n.sum() if len(ids) else n
         rows = []
         for cid, delta in zip(ids.tolist(), deltas):

@@ -17,14 +17,23 @@ padded client data of :class:`toy_envs.federated.ClientData` (linear problems su
 gradient in closed form, a faster path tested against the vmap one).
 
 Server side. ``aggregate(x, updates, num_samples, round)`` receives ``{client id: Delta_i}`` and
-``{client id: n_i}``; :func:`stack_updates` validates them (finite, same shape as x) so that no
-NaN or Inf can reach a global model, whatever the caller does.
+``{client id: n_i}``; :func:`stack_updates` validates them (finite, same shape as x, every client
+id an int in ``[0, N)``) so that no NaN or Inf can reach a global model and no update lands in
+another client's memory, whatever the caller does. Client ids given to ``local_updates`` are
+checked the same way (:func:`check_client_ids`).
+
+Empty rounds (a choice, the same for every aggregator): a round in which the server accepted no
+update leaves the global model unchanged and does not touch server momentum or stored client
+updates, as Flower's strategies do (their ``aggregate_fit`` returns no parameters when there are
+no results). Only round counters advance (FedAU's participation intervals count that round).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from lab.checks import check_int, check_positive
@@ -74,31 +83,67 @@ def local_sgd(data: Any, x: torch.Tensor, *, steps: int, lr: float, generator: t
     return LocalResult(y - start, grad_sum / steps)
 
 
+def check_client_ids(name: str, ids: Any, num_clients: int) -> torch.Tensor:
+    """``ids`` as a (M,) long tensor of distinct client indices in ``[0, num_clients)``.
+
+    Raises TypeError for non-integer ids (floats, bools) and ValueError naming ``name`` for an id
+    out of range (a negative id would silently index from the end) or a repeated id.
+    """
+    if isinstance(ids, torch.Tensor):
+        if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+            raise TypeError(f"{name} must hold integer client ids, got dtype {ids.dtype}")
+        ids = ids.reshape(-1).long()
+    else:
+        values = list(ids)
+        for i in values:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+                raise TypeError(f"{name} must hold integer client ids, got {i!r} ({type(i).__name__})")
+        ids = torch.tensor([int(i) for i in values], dtype=torch.long, device="cpu")
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= num_clients:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} must be client ids in [0, {num_clients}), got {bad}")
+        if ids.unique().numel() != ids.numel():
+            raise ValueError(f"{name} must not repeat a client id, got {ids.tolist()}")
+    return ids
+
+
 def stack_updates(x: torch.Tensor, updates: Mapping[int, torch.Tensor],
-                  num_samples: Mapping[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  num_samples: Mapping[int, int], num_clients: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(ids (M,), deltas (M, d), n (M,))`` in ascending id order, after checking every update.
 
-    Raises ValueError naming the client when an update is not finite or has the wrong shape, or
-    a client has no (positive) sample count.
+    Raises TypeError for a non-integer client id and ValueError naming the client when its id is
+    outside ``[0, num_clients)`` (when given), an update is not finite or has the wrong shape, or a
+    client has no (positive) sample count.
     """
     if not isinstance(updates, Mapping):
         raise TypeError(f"updates must be a dict {{client id: update}}, got {type(updates).__name__}")
-    ids = sorted(int(i) for i in updates)
+    if not isinstance(x, torch.Tensor) or x.dim() != 1:
+        raise ValueError(f"x must be the flat global model, a 1-D tensor, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if num_clients is not None:
+        ids = check_client_ids("updates", list(updates), num_clients).sort().values.tolist()
+    else:
+        ids = sorted(int(i) for i in updates)
     for i in ids:
         delta = updates[i]
         if not isinstance(delta, torch.Tensor):
             raise TypeError(f"updates[{i}] must be a torch.Tensor, got {type(delta).__name__}")
         if delta.shape != x.shape:
             raise ValueError(f"updates[{i}] must have the model's shape {tuple(x.shape)}, got {tuple(delta.shape)}")
-        if i not in num_samples or num_samples[i] <= 0:
-            raise ValueError(f"num_samples[{i}] must be a positive count")
-    deltas = torch.stack([updates[i] for i in ids]).to(x.dtype) if ids else x.new_zeros(0, x.numel())
+        count = num_samples.get(i) if isinstance(num_samples, Mapping) else None
+        if isinstance(count, bool) or not isinstance(count, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(float(count)) or count <= 0:
+            raise ValueError(f"num_samples[{i}] must be a positive count, got {count!r}")
+    deltas = torch.stack([updates[i] for i in ids]).to(dtype=x.dtype, device=x.device) if ids else x.new_zeros(0, x.numel())
     finite = torch.isfinite(deltas).all(1)  # (M,) one check for all updates
     if not bool(finite.all()):
         bad = ids[int((~finite).nonzero()[0])]
         raise ValueError(f"updates[{bad}] contains NaN or Inf")
-    n = torch.tensor([float(num_samples[i]) for i in ids], dtype=x.dtype)
-    return torch.tensor(ids, dtype=torch.long), deltas, n
+    n = torch.tensor([float(num_samples[i]) for i in ids], dtype=x.dtype, device=x.device)
+    return torch.tensor(ids, dtype=torch.long, device=x.device), deltas, n
 
 
 class Aggregator:
@@ -124,6 +169,7 @@ class Aggregator:
             check_int("batch_size", batch_size, minimum=1)
         self.batch_size = batch_size
         self.num_clients: int | None = None
+        self.device = torch.device("cpu")
         self.dim: int | None = None
         self.alpha: torch.Tensor | None = None  # (N,) objective weights alpha_i
         self.last_weights: dict[int, float] = {}
@@ -132,14 +178,18 @@ class Aggregator:
 
     # ---- setup ---------------------------------------------------------------------------
     def setup(self, num_clients: int, dim: int, problem: Any = None, *,
-              dtype: torch.dtype = torch.float64) -> "Aggregator":
-        """Size the state for ``num_clients`` clients and models of ``dim`` entries."""
+              dtype: torch.dtype = torch.float64, device: Any = None) -> "Aggregator":
+        """Size the state for ``num_clients`` clients and models of ``dim`` entries, on ``device``
+        (default: the problem's device, else the CPU)."""
         self.num_clients = check_int("num_clients", num_clients, minimum=1)
         self.dim = check_int("dim", dim, minimum=1)
+        if device is None:
+            device = problem.x0.device if problem is not None else "cpu"
+        self.device = torch.device(device)
         if problem is not None:
-            self.alpha = problem.weights.to(dtype)
+            self.alpha = problem.weights.to(dtype=dtype, device=self.device)
         else:
-            self.alpha = torch.full((num_clients,), 1.0 / num_clients, dtype=dtype)
+            self.alpha = torch.full((num_clients,), 1.0 / num_clients, dtype=dtype, device=self.device)
         self._init_state(dtype)
         return self
 
@@ -150,10 +200,27 @@ class Aggregator:
         if self.num_clients is None:
             raise RuntimeError(f"{type(self).__name__}.setup(num_clients, dim) must be called first")
 
+    def _stack(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
+               num_samples: Mapping[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`stack_updates` with this algorithm's client range and model size checked."""
+        self._require_setup()
+        if isinstance(x, torch.Tensor) and x.shape != (self.dim,):
+            raise ValueError(f"x must have shape ({self.dim},) (set up with dim={self.dim}), got {tuple(x.shape)}")
+        return stack_updates(x, updates, num_samples, self.num_clients)
+
+    def _client_ids(self, client_ids: Any, data: Any = None) -> torch.Tensor:
+        """Checked ``client_ids`` of a local round (ints in [0, N), distinct, one per client of ``data``)."""
+        self._require_setup()
+        ids = check_client_ids("client_ids", client_ids, self.num_clients)
+        if data is not None and len(data) != ids.numel():
+            raise ValueError(f"client_ids has {ids.numel()} ids but data holds {len(data)} clients")
+        return ids
+
     # ---- client side ---------------------------------------------------------------------
     def local_updates(self, x: torch.Tensor, client_ids: torch.Tensor, data: Any, *, steps: int,
                       lr: float, generator: torch.Generator) -> torch.Tensor:
         """Updates ``Delta_i`` (M, d) of clients ``client_ids`` whose data is ``data``."""
+        self._client_ids(client_ids, data)
         self.local_steps, self.local_lr = steps, lr
         return local_sgd(data, x, steps=steps, lr=lr, generator=generator,
                          batch_size=self.batch_size).delta
@@ -161,8 +228,34 @@ class Aggregator:
     def local_update(self, x: torch.Tensor, client_id: int, data: Any, *, steps: int, lr: float,
                      generator: torch.Generator) -> torch.Tensor:
         """One client's update ``Delta = x_after - x_before`` (d,)."""
-        ids = torch.tensor([int(client_id)])
+        ids = torch.tensor([int(client_id)], device="cpu")
         return self.local_updates(x, ids, data, steps=steps, lr=lr, generator=generator)[0]
+
+    # ---- the wire: what crosses between a server and separate clients --------------------
+    # In a deployment the server's object and each client's object are different objects. These
+    # hooks name everything the client side needs from the server each round, what a client
+    # keeps between rounds, and what it sends besides its update (lab.federated.wire uses them).
+    def downlink_state(self) -> dict[str, torch.Tensor]:
+        """Server state every participating client needs for its local steps (sent with x)."""
+        return {}
+
+    def load_downlink_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Client side: install the server state received in this round's message."""
+
+    def client_state(self, client_id: int) -> dict[str, torch.Tensor]:
+        """What client ``client_id`` keeps between rounds (its own memory, never the server's)."""
+        return {}
+
+    def load_client_state(self, client_id: int, state: Mapping[str, torch.Tensor]) -> None:
+        """Client side: restore client ``client_id``'s memory before its local steps."""
+
+    def client_upload(self, client_id: int) -> dict[str, torch.Tensor]:
+        """Client side, after :meth:`local_updates`: vectors sent besides the update (commits the
+        client's own new state, as a real client does when it sends)."""
+        return {}
+
+    def server_receive(self, client_id: int, extras: Mapping[str, torch.Tensor]) -> None:
+        """Server side: take in the extra vectors of client ``client_id`` before :meth:`aggregate`."""
 
     # ---- server side ---------------------------------------------------------------------
     def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],

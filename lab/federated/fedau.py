@@ -36,18 +36,19 @@ from typing import Any, Mapping
 import torch
 
 from lab.checks import check_int
-from lab.federated.base import Aggregator, stack_updates, weighted_step
+from lab.federated.base import Aggregator, weighted_step
 from lab.registry import register
 
 
 class IntervalEstimator:
     """Online estimate ``omega_i`` of 1/p_i from participation intervals (with cutoff K)."""
 
-    def __init__(self, num_clients: int, cutoff: int | None = None, dtype: torch.dtype = torch.float64):
+    def __init__(self, num_clients: int, cutoff: int | None = None, dtype: torch.dtype = torch.float64,
+                 device: Any = "cpu"):
         self.cutoff = None if cutoff is None else check_int("cutoff", cutoff, minimum=1)
-        self.run = torch.zeros(num_clients, dtype=torch.long)  # (N,) current non-participation run
-        self.omega = torch.ones(num_clients, dtype=dtype)  # (N,) mean recorded interval
-        self.count = torch.zeros(num_clients, dtype=torch.long)  # (N,) recorded intervals
+        self.run = torch.zeros(num_clients, dtype=torch.long, device=device)  # (N,) current non-participation run
+        self.omega = torch.ones(num_clients, dtype=dtype, device=device)  # (N,) mean recorded interval
+        self.count = torch.zeros(num_clients, dtype=torch.long, device=device)  # (N,) recorded intervals
 
     def weights(self, ids: torch.Tensor) -> torch.Tensor:
         """``w_i = omega_i`` where an interval was recorded, else 1 (before this round's record)."""
@@ -89,16 +90,16 @@ class FedAU(Aggregator):
         self.cutoff = None if cutoff is None else check_int("cutoff", cutoff, minimum=1)
 
     def _init_state(self, dtype: torch.dtype) -> None:
-        self.estimator = IntervalEstimator(self.num_clients, self.cutoff, dtype)
+        self.estimator = IntervalEstimator(self.num_clients, self.cutoff, dtype, self.device)
 
     def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
-        ids, deltas, _ = stack_updates(x, updates, num_samples)
+        ids, deltas, _ = self._stack(x, updates, num_samples)
         # w_i from intervals recorded before this round, times alpha_i (= 1/N by default)
         w = self.estimator.weights(ids) * self.alpha[ids].to(x.dtype)
-        participated = torch.zeros(self.num_clients, dtype=torch.bool)
+        participated = torch.zeros(self.num_clients, dtype=torch.bool, device=self.device)
         participated[ids] = True
         self.estimator.update(participated)
         self._record(ids, w)

@@ -21,7 +21,9 @@ Server momentum (``server_momentum`` beta > 0; FedAvgM of Hsu, Qi, Brown, "Measu
 Non-Identical Data Distribution for Federated Visual Classification", arXiv:1909.06335, as in
 Flower's ``FedAvgM``): with the pseudo-gradient ``g = -sum_i w_i Delta_i``, ``v = g`` in the first
 round and ``v <- beta v + g`` after, ``x <- x - eta_g v`` (no Nesterov, no dampening; the
-effective server step is about eta_g / (1 - beta)). This is *server* momentum; the catalog's
+effective server step is about eta_g / (1 - beta)). A round with no accepted update is skipped:
+x and v stay as they are (Flower's ``FedAvgM.aggregate_fit`` returns no parameters without
+results, so its momentum does not coast either). This is *server* momentum; the catalog's
 ``fedavg_m`` is Cheng et al.'s momentum inside the local steps.
 
 Under heterogeneous participation the first three converge near ``argmin sum_i p_i F_i`` rather
@@ -36,7 +38,7 @@ from typing import Any, Mapping
 import torch
 
 from lab.checks import check_choice, check_range, check_tensor
-from lab.federated.base import Aggregator, stack_updates, weighted_step
+from lab.federated.base import Aggregator, weighted_step
 from lab.registry import register
 
 WEIGHTINGS = ("samples", "participating", "all", "known_prob")
@@ -53,7 +55,7 @@ def fedavg_weights(n: torch.Tensor, ids: torch.Tensor, weighting: str, num_clien
         return torch.full_like(n, 1.0 / n.numel())
     if weighting == "all":
         return torch.full_like(n, 1.0 / num_clients)
-    return (alpha[ids] / probabilities[ids]).to(n.dtype)
+    return (alpha[ids] / probabilities.to(alpha.device)[ids]).to(n.dtype)
 
 
 @register("aggregator", "fedavg", paper="A Lightweight Method for Tackling Unknown Participation "
@@ -79,7 +81,7 @@ class FedAvg(Aggregator):
         if weighting == "known_prob":
             if probabilities is None:
                 raise ValueError("probabilities must be given for weighting='known_prob'")
-            probabilities = check_tensor("probabilities", torch.as_tensor(probabilities, dtype=torch.float64),
+            probabilities = check_tensor("probabilities", torch.as_tensor(probabilities, dtype=torch.float64, device="cpu"),
                                          ndim=1, finite=True)
             if (probabilities <= 0).any() or (probabilities > 1).any():
                 raise ValueError("probabilities must lie in (0, 1]")
@@ -89,9 +91,11 @@ class FedAvg(Aggregator):
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
-        ids, deltas, n = stack_updates(x, updates, num_samples)
+        ids, deltas, n = self._stack(x, updates, num_samples)
         w = fedavg_weights(n, ids, self.weighting, self.num_clients, self.alpha, self.probabilities)
         self._record(ids, w)
+        if len(ids) == 0:  # empty round: no step, the momentum buffer is left alone (as Flower)
+            return x.clone()
         if not self.server_momentum:
             return weighted_step(x, deltas, w, self.server_lr)
         # g = -sum_i w_i Delta_i;  v = g (first round) or beta v + g;  x <- x - eta_g v

@@ -18,7 +18,8 @@ participation heterogeneity increases (the least-participating client's stale me
 error), so the best beta moves from near 1 (non-IID data, even participation) toward 0 (IID-ish
 data, very uneven participation).
 
-Lab choice: with ``probabilities=None`` the estimate 1/p_k is FedAU's omega_k, taken from the
+Lab choices: a round with no update is skipped (model and memory unchanged; the participation
+estimator still counts the round); with ``probabilities=None`` the estimate 1/p_k is FedAU's omega_k, taken from the
 intervals recorded before the current round (1 for a client never seen twice).
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from lab.checks import check_range, check_tensor
-from lab.federated.base import Aggregator, stack_updates
+from lab.federated.base import Aggregator
 from lab.federated.fedau import IntervalEstimator
 from lab.registry import register
 
@@ -64,7 +65,7 @@ class FedStale(Aggregator):
         super().__init__(server_lr=server_lr, batch_size=batch_size)
         self.beta = check_range("beta", beta, 0.0, 1.0)
         if probabilities is not None:
-            probabilities = check_tensor("probabilities", torch.as_tensor(probabilities, dtype=torch.float64),
+            probabilities = check_tensor("probabilities", torch.as_tensor(probabilities, dtype=torch.float64, device="cpu"),
                                          ndim=1, finite=True)
             if (probabilities <= 0).any() or (probabilities > 1).any():
                 raise ValueError("probabilities must lie in (0, 1]")
@@ -72,25 +73,28 @@ class FedStale(Aggregator):
         self.cutoff = cutoff
 
     def _init_state(self, dtype: torch.dtype) -> None:
-        self.memory = torch.zeros(self.num_clients, self.dim, dtype=dtype)  # (N, d) h_k
-        self.estimator = IntervalEstimator(self.num_clients, self.cutoff, dtype)
+        self.memory = torch.zeros(self.num_clients, self.dim, dtype=dtype, device=self.device)  # (N, d) h_k
+        self.estimator = IntervalEstimator(self.num_clients, self.cutoff, dtype, self.device)
 
     def inverse_p(self, ids: torch.Tensor) -> torch.Tensor:
         """1/p_k of clients ``ids``: known, or FedAU's running estimate."""
         if self.probabilities is not None:
-            return 1.0 / self.probabilities[ids]
+            return 1.0 / self.probabilities.to(ids.device)[ids]
         return self.estimator.weights(ids)
 
     def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
-        ids, deltas, _ = stack_updates(x, updates, num_samples)
+        ids, deltas, _ = self._stack(x, updates, num_samples)
         alpha = self.alpha.to(x.dtype)
         inverse_p = self.inverse_p(ids).to(x.dtype)  # from intervals recorded before this round
-        participated = torch.zeros(self.num_clients, dtype=torch.bool)
+        participated = torch.zeros(self.num_clients, dtype=torch.bool, device=self.device)
         participated[ids] = True
         self.estimator.update(participated)
+        if len(ids) == 0:  # empty round: no step on stale memories alone
+            self.last_weights = {}
+            return x.clone()
         delta, self.memory = fedstale_step(deltas, ids, self.memory, alpha, inverse_p, self.beta)
         self._record(ids, alpha[ids] * inverse_p)
         return x + self.server_lr * delta

@@ -12,7 +12,8 @@ stateless. With ``ybar = (1/N) sum_j y_j``:
     x <- x + eta_g v
 
 Intuition: every round uses *some* update of every client (the stored one for absent clients), so
-the noise from who happened to be sampled cancels; the price is O(N d) server memory and, when
+the noise from who happened to be sampled cancels (a round with no update at all is skipped: the
+model and the memory stay, see ``lab.federated.base``); the price is O(N d) server memory and, when
 some clients come rarely, very stale memories (which FedStale tempers). FedStale with beta = 1
 and uniform sampling is exactly this.
 """
@@ -22,7 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
-from lab.federated.base import Aggregator, stack_updates
+from lab.federated.base import Aggregator
 from lab.registry import register
 
 
@@ -45,15 +46,18 @@ class FedVARP(Aggregator):
     """FedVARP. Args: server_lr (eta_g), batch_size (local minibatch, None = full batch)."""
 
     def _init_state(self, dtype: torch.dtype) -> None:
-        self.memory = torch.zeros(self.num_clients, self.dim, dtype=dtype)  # (N, d) y_j
+        self.memory = torch.zeros(self.num_clients, self.dim, dtype=dtype, device=self.device)  # (N, d) y_j
 
     def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
-        ids, deltas, _ = stack_updates(x, updates, num_samples)
+        ids, deltas, _ = self._stack(x, updates, num_samples)
+        if len(ids) == 0:  # empty round: skipped (the stored updates are not replayed alone)
+            self.last_weights = {}
+            return x.clone()
         v, self.memory = fedvarp_step(deltas, ids, self.memory)
-        self._record(ids, torch.full((len(ids),), 1.0 / max(len(ids), 1), dtype=x.dtype))
+        self._record(ids, torch.full((len(ids),), 1.0 / max(len(ids), 1), dtype=x.dtype, device=x.device))
         return x + self.server_lr * v
 
     def state_dict(self) -> dict[str, Any]:

@@ -8,7 +8,9 @@ and (3) a *feedback-driven loss* that keeps the selector from collapsing onto on
 
 Transplanted to federated aggregation (the lab's construction; the catalog asks for it to be
 built on the federated problems). Each round the sources are the client models ``m_i = x + Delta_i``
-of the participants S. The server holds a small probe set (the problem's held-out split).
+of the participants S. The server holds a small probe set: the problem's *validation* split,
+never the test split that ``simulate`` reports (choosing and weighting sources on the data the
+accuracy is reported on would make the report optimistic).
 
     selector:   p_i = softmax_{j in S}(theta_j)                 (theta: one learned logit per client)
     strength:   q_i = exp(-(L(m_i) - min_j L(m_j)) / T)          (L = probe loss of the source model)
@@ -34,7 +36,7 @@ from typing import Any, Mapping
 import torch
 
 from lab.checks import check_nonneg, check_positive, check_range
-from lab.federated.base import Aggregator, stack_updates, weighted_step
+from lab.federated.base import Aggregator, weighted_step
 from lab.registry import register
 
 
@@ -63,28 +65,30 @@ class KnowledgeFusion(Aggregator):
         self.frequency_decay = check_range("frequency_decay", frequency_decay, 0.0, 1.0, hi_open=True)
         self.problem = None
 
-    def setup(self, num_clients, dim, problem=None, *, dtype=torch.float64):
-        if problem is None or problem.test is None:
-            raise ValueError("knowledge_fusion needs a problem with a held-out probe set (problem.test)")
+    def setup(self, num_clients, dim, problem=None, *, dtype=torch.float64, device=None):
+        if problem is None or getattr(problem, "validation", None) is None:
+            raise ValueError("knowledge_fusion needs a problem with a validation split (problem.validation) "
+                             "to score its sources on; the test split is only for reporting")
         self.problem = problem
-        return super().setup(num_clients, dim, problem, dtype=dtype)
+        return super().setup(num_clients, dim, problem, dtype=dtype, device=device)
 
     def _init_state(self, dtype: torch.dtype) -> None:
-        self.theta = torch.zeros(self.num_clients, dtype=dtype)  # (N,) selector logits
-        self.frequency = torch.zeros(self.num_clients, dtype=dtype)  # (N,) running selection frequency
-        self.selections = torch.zeros(self.num_clients, dtype=torch.long)  # (N,) times fused
+        dev = self.device
+        self.theta = torch.zeros(self.num_clients, dtype=dtype, device=dev)  # (N,) selector logits
+        self.frequency = torch.zeros(self.num_clients, dtype=dtype, device=dev)  # (N,) running selection frequency
+        self.selections = torch.zeros(self.num_clients, dtype=torch.long, device=dev)  # (N,) times fused
 
     def probe_loss(self, models: torch.Tensor) -> torch.Tensor:
-        """Probe-set loss of each model in ``models`` (M, d) -> (M,)."""
-        X, y = self.problem.test
-        mask = torch.ones(X.shape[0], dtype=X.dtype)
+        """Validation-split loss of each model in ``models`` (M, d) -> (M,)."""
+        X, y = self.problem.validation
+        mask = torch.ones(X.shape[0], dtype=X.dtype, device=X.device)
         return torch.func.vmap(self.problem.loss_fn, in_dims=(0, None, None, None))(models, X, y, mask)
 
     def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
-        ids, deltas, _ = stack_updates(x, updates, num_samples)
+        ids, deltas, _ = self._stack(x, updates, num_samples)
         M = len(ids)
         if M == 0:
             self.last_weights = {}
@@ -102,12 +106,12 @@ class KnowledgeFusion(Aggregator):
             objective = objective + self.feedback * M * (self.frequency[ids] * log_p.exp()).sum()
         (grad,) = torch.autograd.grad(objective, theta)
         self.theta[ids] -= self.selector_lr * grad
-        chosen = torch.zeros(M, dtype=self.frequency.dtype)
+        chosen = torch.zeros(M, dtype=self.frequency.dtype, device=self.device)
         chosen[sel] = 1.0
         rho = self.frequency_decay
         self.frequency[ids] = rho * self.frequency[ids] + (1 - rho) * chosen
         self.selections[ids[sel]] += 1
-        weights = torch.zeros(M, dtype=x.dtype)
+        weights = torch.zeros(M, dtype=x.dtype, device=x.device)
         weights[sel] = w.detach()
         self._record(ids, weights)
         return weighted_step(x, deltas, weights, self.server_lr)

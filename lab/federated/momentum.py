@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import torch
 
 from lab.checks import check_positive, check_range
-from lab.federated.base import Aggregator, local_sgd, stack_updates
+from lab.federated.base import Aggregator, local_sgd
 from lab.registry import register
 
 _PAPER = "Momentum Benefits Non-IID Federated Learning Simply and Provably"
@@ -58,16 +58,16 @@ class MomentumFL(Aggregator):
         self._proposed: dict[int, torch.Tensor] = {}
 
     def _init_state(self, dtype: torch.dtype) -> None:
-        self.g = torch.zeros(self.dim, dtype=dtype)  # (d,) momentum g^r
+        self.g = torch.zeros(self.dim, dtype=dtype, device=self.device)  # (d,) momentum g^r
         self.x_prev: torch.Tensor | None = None  # x^{r-1} (VR only)
         if self.control_variates:
-            self.c = torch.zeros(self.dim, dtype=dtype)
-            self.c_clients = torch.zeros(self.num_clients, self.dim, dtype=dtype)
+            self.c = torch.zeros(self.dim, dtype=dtype, device=self.device)
+            self.c_clients = torch.zeros(self.num_clients, self.dim, dtype=dtype, device=self.device)
         self._proposed = {}
 
     def local_updates(self, x: torch.Tensor, client_ids: torch.Tensor, data: Any, *, steps: int,
                       lr: float, generator: torch.Generator) -> torch.Tensor:
-        self._require_setup()
+        client_ids = self._client_ids(client_ids, data)
         self.local_steps, self.local_lr = steps, lr
         beta = self.beta
         correction = self.c - self.c_clients[client_ids] if self.control_variates else None  # (M, d)
@@ -88,11 +88,49 @@ class MomentumFL(Aggregator):
                 self._proposed[i] = row
         return result.delta
 
+    # ---- the wire: g (and c, x^{r-1}) down; Delta c_i up; c_i stays on the client --------
+    def downlink_state(self):
+        state = {"g": self.g}
+        if self.control_variates:
+            state["c"] = self.c
+        if self.variance_reduction and self.x_prev is not None:
+            state["x_prev"] = self.x_prev
+        return state
+
+    def load_downlink_state(self, state):
+        self.g = state["g"].to(self.g.dtype).clone()
+        if self.control_variates:
+            self.c = state["c"].to(self.g.dtype).clone()
+        if self.variance_reduction:
+            self.x_prev = state["x_prev"].clone() if "x_prev" in state else None
+
+    def client_state(self, client_id):
+        return {"c_i": self.c_clients[client_id]} if self.control_variates else {}
+
+    def load_client_state(self, client_id, state):
+        if self.control_variates and "c_i" in state:
+            self.c_clients[client_id] = state["c_i"]
+
+    def client_upload(self, client_id):
+        if not self.control_variates:
+            return {}
+        c_new = self._proposed.pop(client_id)
+        delta_c = c_new - self.c_clients[client_id]
+        self.c_clients[client_id] = c_new
+        return {"delta_c": delta_c}
+
+    def server_receive(self, client_id, extras):
+        if self.control_variates and "delta_c" not in extras:
+            raise ValueError(f"client {client_id}'s reply has no delta_c (Delta c_i): was it trained with "
+                             f"{type(self).__name__}'s client side?")
+        if self.control_variates:
+            self._proposed[client_id] = self.c_clients[client_id] + extras["delta_c"].to(self.g.dtype)
+
     def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
-        ids, deltas, _ = stack_updates(x, updates, num_samples)
+        ids, deltas, _ = self._stack(x, updates, num_samples)
         if len(ids) == 0:
             self.last_weights = {}
             return x.clone()
@@ -102,7 +140,7 @@ class MomentumFL(Aggregator):
         gamma = eta_k if self.gamma is None else self.gamma
         # g^{r+1} = (1/(eta K |S|)) sum_i (x - x_i^K) = -mean(Delta_i) / (eta K)
         self.g = -deltas.mean(0) / eta_k
-        self._record(ids, torch.full((len(ids),), gamma / eta_k / len(ids), dtype=x.dtype))
+        self._record(ids, torch.full((len(ids),), gamma / eta_k / len(ids), dtype=x.dtype, device=x.device))
         if self.control_variates:
             for i in ids.tolist():
                 c_new = self._proposed.pop(i)

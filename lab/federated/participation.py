@@ -38,7 +38,7 @@ _FEDAU = "A Lightweight Method for Tackling Unknown Participation Statistics in 
 
 
 def _check_rates(probabilities: Any) -> torch.Tensor:
-    p = check_tensor("probabilities", torch.as_tensor(probabilities, dtype=torch.float64), ndim=1, finite=True)
+    p = check_tensor("probabilities", torch.as_tensor(probabilities, dtype=torch.float64, device="cpu"), ndim=1, finite=True)
     if p.numel() == 0 or (p <= 0).any() or (p > 1).any():
         raise ValueError("probabilities must be a non-empty vector with entries in (0, 1]")
     return p
@@ -56,8 +56,8 @@ def heterogeneous_rates(label_dist: torch.Tensor, mean: float = 0.3, spread: flo
     check_range("mean", mean, 0.0, 1.0, lo_open=True)
     if spread < 0:
         raise ValueError(f"spread must be >= 0, got {spread}")
-    m = torch.randn(label_dist.shape[1], generator=generator, dtype=torch.float64)
-    s = label_dist.to(torch.float64) @ m  # (N,)
+    m = torch.randn(label_dist.shape[1], generator=generator, dtype=torch.float64, device="cpu")
+    s = label_dist.to(dtype=torch.float64, device="cpu") @ m  # (N,)
     s = (s - s.mean()) / s.std().clamp_min(1e-12) if s.numel() > 1 else torch.zeros_like(s)
     return (mean * torch.exp(spread * s - spread**2 / 2)).clamp(p_min, 1.0)
 
@@ -76,7 +76,7 @@ class Participation:
         raise NotImplementedError
 
     def _no_delay(self) -> torch.Tensor:
-        return torch.zeros(self.num_clients, dtype=torch.long)
+        return torch.zeros(self.num_clients, dtype=torch.long, device="cpu")
 
     def state_dict(self) -> dict[str, Any]:
         return {"probabilities": self.probabilities.clone()}
@@ -87,7 +87,7 @@ class Bernoulli(Participation):
     """Client i joins each round independently with probability p_i."""
 
     def sample(self, round, generator):
-        active = torch.rand(self.num_clients, generator=generator, dtype=torch.float64) < self.probabilities
+        active = torch.rand(self.num_clients, generator=generator, dtype=torch.float64, device="cpu") < self.probabilities
         return active, self._no_delay()
 
 
@@ -105,7 +105,7 @@ class Markov(Participation):
         self.state: torch.Tensor | None = None
 
     def sample(self, round, generator):
-        u = torch.rand(self.num_clients, generator=generator, dtype=torch.float64)
+        u = torch.rand(self.num_clients, generator=generator, dtype=torch.float64, device="cpu")
         if self.state is None:
             self.state = u < self.probabilities
         else:
@@ -130,8 +130,8 @@ class Cyclic(Participation):
 
     def sample(self, round, generator):
         if self.active is None:
-            self.active = torch.zeros(self.num_clients, dtype=torch.bool)
-            u = torch.rand(self.num_clients, generator=generator, dtype=torch.float64)
+            self.active = torch.zeros(self.num_clients, dtype=torch.bool, device="cpu")
+            u = torch.rand(self.num_clients, generator=generator, dtype=torch.float64, device="cpu")
             self.countdown = (u * self.off_rounds).long()  # uniform in {0, ..., off - 1}
         switch = self.countdown == 0
         self.active = torch.where(switch, ~self.active, self.active)
@@ -155,12 +155,12 @@ class Uniform(Participation):
         check_int("num_sampled", num_sampled, minimum=1)
         if num_sampled > num_clients:
             raise ValueError(f"num_sampled must be <= num_clients, got {num_sampled} > {num_clients}")
-        super().__init__(torch.full((num_clients,), num_sampled / num_clients, dtype=torch.float64))
+        super().__init__(torch.full((num_clients,), num_sampled / num_clients, dtype=torch.float64, device="cpu"))
         self.num_sampled = num_sampled
 
     def sample(self, round, generator):
-        chosen = torch.randperm(self.num_clients, generator=generator)[:self.num_sampled]
-        active = torch.zeros(self.num_clients, dtype=torch.bool)
+        chosen = torch.randperm(self.num_clients, generator=generator, device="cpu")[:self.num_sampled]
+        active = torch.zeros(self.num_clients, dtype=torch.bool, device="cpu")
         active[chosen] = True
         return active, self._no_delay()
 
@@ -177,13 +177,13 @@ class Stragglers(Participation):
 
     def __init__(self, probabilities: Any, slowness: Any = 1.0):
         super().__init__(probabilities)
-        slowness = torch.as_tensor(slowness, dtype=torch.float64).expand(self.num_clients).clone()
+        slowness = torch.as_tensor(slowness, dtype=torch.float64, device="cpu").expand(self.num_clients).clone()
         if not torch.isfinite(slowness).all() or (slowness < 0).any():
             raise ValueError("slowness must be finite and >= 0")
         self.slowness = slowness
 
     def sample(self, round, generator):
-        active = torch.rand(self.num_clients, generator=generator, dtype=torch.float64) < self.probabilities
+        active = torch.rand(self.num_clients, generator=generator, dtype=torch.float64, device="cpu") < self.probabilities
         delay = torch.poisson(self.slowness, generator=generator).long()
         return active, torch.where(active, delay, torch.zeros_like(delay))
 
@@ -198,8 +198,9 @@ def make_participation(name: str, probabilities: torch.Tensor, **kwargs: Any) ->
     base, spec_kwargs = parse_spec(name)
     kwargs = {**spec_kwargs, **kwargs}
     if base == "uniform":
-        n = int(torch.as_tensor(probabilities).numel())
-        m = kwargs.pop("num_sampled", max(1, round(float(torch.as_tensor(probabilities).mean()) * n)))
+        rates = torch.as_tensor(probabilities, dtype=torch.float64, device="cpu")
+        n = int(rates.numel())
+        m = kwargs.pop("num_sampled", max(1, round(float(rates.mean()) * n)))
         return make("participation", base, n, m, **kwargs)
     return make("participation", base, probabilities, **kwargs)
 

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from lab.checks import check_choice
-from lab.federated.base import Aggregator, local_sgd, stack_updates, weighted_step
+from lab.federated.base import Aggregator, local_sgd, weighted_step
 from lab.registry import register
 
 
@@ -54,13 +54,13 @@ class Scaffold(Aggregator):
         self._proposed: dict[int, torch.Tensor] = {}
 
     def _init_state(self, dtype: torch.dtype) -> None:
-        self.c = torch.zeros(self.dim, dtype=dtype)  # (d,)
-        self.c_clients = torch.zeros(self.num_clients, self.dim, dtype=dtype)  # (N, d)
+        self.c = torch.zeros(self.dim, dtype=dtype, device=self.device)  # (d,)
+        self.c_clients = torch.zeros(self.num_clients, self.dim, dtype=dtype, device=self.device)  # (N, d)
         self._proposed = {}
 
     def local_updates(self, x: torch.Tensor, client_ids: torch.Tensor, data: Any, *, steps: int,
                       lr: float, generator: torch.Generator) -> torch.Tensor:
-        self._require_setup()
+        client_ids = self._client_ids(client_ids, data)
         self.local_steps, self.local_lr = steps, lr
         c_i = self.c_clients[client_ids]  # (M, d)
         result = local_sgd(data, x, steps=steps, lr=lr, generator=generator, batch_size=self.batch_size,
@@ -74,12 +74,39 @@ class Scaffold(Aggregator):
             self._proposed[i] = row
         return result.delta
 
+    # ---- the wire: c down; Delta c_i up; c_i stays on the client ---------------------------
+    def downlink_state(self):
+        return {"c": self.c}
+
+    def load_downlink_state(self, state):
+        self.c = state["c"].to(self.c.dtype).clone()
+
+    def client_state(self, client_id):
+        return {"c_i": self.c_clients[client_id]}
+
+    def load_client_state(self, client_id, state):
+        if "c_i" in state:
+            self.c_clients[client_id] = state["c_i"]
+
+    def client_upload(self, client_id):
+        c_new = self._proposed.pop(client_id)
+        delta_c = c_new - self.c_clients[client_id]  # Delta c_i = c_i^+ - c_i
+        self.c_clients[client_id] = c_new
+        return {"delta_c": delta_c}
+
+    def server_receive(self, client_id, extras):
+        if "delta_c" not in extras:
+            raise ValueError(f"client {client_id}'s reply has no delta_c (Delta c_i): was it trained with "
+                             f"{type(self).__name__}'s client side?")
+        # the server's mirror of c_i plus the received Delta c_i: aggregate adds Delta c_i / N to c
+        self._proposed[client_id] = self.c_clients[client_id] + extras["delta_c"].to(self.c.dtype)
+
     def aggregate(self, x: torch.Tensor, updates: Mapping[int, torch.Tensor],
                   num_samples: Mapping[int, int], round: int, *,
                   staleness: Mapping[int, int] | None = None) -> torch.Tensor:
         self._require_setup()
-        ids, deltas, _ = stack_updates(x, updates, num_samples)
-        w = torch.full((len(ids),), 1.0 / max(len(ids), 1), dtype=x.dtype)
+        ids, deltas, _ = self._stack(x, updates, num_samples)
+        w = torch.full((len(ids),), 1.0 / max(len(ids), 1), dtype=x.dtype, device=x.device)
         self._record(ids, w)
         for i in ids.tolist():
             if i not in self._proposed:

@@ -26,6 +26,13 @@ each client's update received). Artifacts: ``dropped`` (every refused upload wit
 per client over the run, participation included) and, where the algorithm estimates them,
 ``inverse_p_estimate``.
 
+Where the clients train is pluggable (``local_training``): by default all active clients train at
+once in this process (:class:`Vectorized`); :class:`PerClientLoop` trains them one at a time
+through :func:`lab.federated.wire.client_round`, the function a Flower ``ClientApp`` runs; and
+``lab.federated.flower`` plugs in real Flower clients that receive the model and the algorithm's
+server state in messages. The rest of the round (participation, faults, deadlines, aggregation,
+records) is this one loop for all three, so their Histories are comparable number for number.
+
 Reproducibility: ``seed`` spawns four independent generators (participation, local minibatches,
 faults, link noise), so switching faults on does not change who participates.
 """
@@ -65,14 +72,37 @@ class Faults:
             check_positive("max_update_norm", self.max_update_norm)
 
 
-def _generators(seed: int) -> list[torch.Generator]:
+class Vectorized:
+    """Local training of all active clients at once, in this process (the simulator's default)."""
+
+    def __init__(self, problem: Any):
+        self.problem = problem
+
+    def train(self, algorithm: Aggregator, x: torch.Tensor, ids: torch.Tensor, round: int, *, steps: int,
+              lr: float, generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
+        """``(deltas (M, d), base rounds (M,))``: each client's update and the round of the model it used."""
+        deltas = algorithm.local_updates(x, ids, self.problem.clients(ids), steps=steps, lr=lr, generator=generator)
+        return deltas, [round] * len(ids)
+
+    def idle(self, algorithm: Aggregator, ids: torch.Tensor, round: int, *, steps: int, lr: float,
+             generator: torch.Generator) -> None:
+        """Let the unselected clients ``ids`` update locally (algorithms with ``idle_updates``)."""
+        hook = getattr(algorithm, "idle_updates", None)
+        if hook is not None:
+            hook(ids, self.problem.clients(ids), steps=steps, lr=lr, generator=generator)
+
+
+def _generators(seed: int, device: Any = "cpu") -> list[torch.Generator]:
+    """Participation and faults draw on the CPU (small, the same on every device); local minibatches
+    and link noise on the problem's device."""
     seeds = np.random.SeedSequence(seed).generate_state(4)
-    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+    places = ("cpu", device, "cpu", device)
+    return [torch.Generator(device=place).manual_seed(int(s)) for s, place in zip(seeds, places)]
 
 
 def simulate(problem: Any, algorithm: Aggregator | str, participation: Participation, rounds: int,
              local_steps: int, lr: float, seed: int = 0, *, faults: Faults | None = None,
-             record_clients: bool = True, eval_every: int = 1) -> History:
+             record_clients: bool = True, eval_every: int = 1, local_training: Any = None) -> History:
     """Run ``rounds`` rounds of federated training; see the module docstring.
 
     Args:
@@ -84,6 +114,10 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
         faults: :class:`Faults` (None = none).
         record_clients: store the (N,) participation and weight vectors of every round.
         eval_every: evaluate loss/distance/accuracy every this many rounds (and the last).
+        local_training: where clients train: ``None`` = :class:`Vectorized` (all at once, here),
+            :class:`PerClientLoop`, or Flower clients (``lab.federated.flower``); any object with
+            ``train(algorithm, x, ids, round, *, steps, lr, generator) -> (deltas, base_rounds)``
+            and ``idle(algorithm, ids, round, *, steps, lr, generator)``.
     """
     from lab.registry import make
 
@@ -100,16 +134,17 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
     N, d = problem.num_clients, problem.dim
     if participation.num_clients != N:
         raise ValueError(f"participation covers {participation.num_clients} clients, the problem has {N}")
-    g_part, g_local, g_fault, g_noise = _generators(seed)
     x = problem.x0.clone()
+    g_part, g_local, g_fault, g_noise = _generators(seed, x.device)
     algorithm.setup(N, d, problem, dtype=x.dtype)
-    idle_hook = getattr(algorithm, "idle_updates", None)
+    trainer = Vectorized(problem) if local_training is None else local_training
+    wants_idle = bool(getattr(algorithm, "wants_idle_updates", False))
     elem = x.element_size()
     n_all = problem.num_samples.tolist()
     pending: list[tuple[int, int, torch.Tensor, int]] = []  # (arrival round, client, delta, base round)
-    busy = torch.zeros(N, dtype=torch.bool)
+    busy = torch.zeros(N, dtype=torch.bool, device="cpu")
     dropped: list[dict[str, Any]] = []
-    weight_sum = torch.zeros(N, dtype=torch.float64)
+    weight_sum = torch.zeros(N, dtype=torch.float64, device="cpu")
     total_bytes = 0
     history = History(meta={"algorithm": name, "participation": type(participation).__name__,
                              "problem": problem.name, "seed": seed, "rounds": rounds,
@@ -127,22 +162,22 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
         if M:
             x_recv = x
             if faults.downlink_noise:
-                x_recv = x + faults.downlink_noise * torch.randn(M, d, generator=g_noise, dtype=x.dtype)
-            deltas = algorithm.local_updates(x_recv, ids, problem.clients(ids), steps=local_steps, lr=lr,
-                                             generator=g_local).clone()  # (M, d)
-            quit_mid = torch.rand(M, generator=g_fault) < faults.drop_prob
-            corrupt = (torch.rand(M, generator=g_fault) < faults.corrupt_prob) & ~quit_mid
+                x_recv = x + faults.downlink_noise * torch.randn(M, d, generator=g_noise, dtype=x.dtype, device=x.device)
+            deltas, bases = trainer.train(algorithm, x_recv, ids, r, steps=local_steps, lr=lr, generator=g_local)
+            deltas = deltas.clone()  # (M, d)
+            quit_mid = torch.rand(M, generator=g_fault, device="cpu") < faults.drop_prob
+            corrupt = (torch.rand(M, generator=g_fault, device="cpu") < faults.corrupt_prob) & ~quit_mid
             for k in corrupt.nonzero().squeeze(1).tolist():
                 deltas[k] = float("nan") if k % 2 == 0 else float("inf")
             total_bytes += int((~quit_mid).sum()) * d * elem * algorithm.uplink_vectors
             if faults.uplink_noise:
-                deltas = deltas + faults.uplink_noise * torch.randn(M, d, generator=g_noise, dtype=x.dtype)
+                deltas = deltas + faults.uplink_noise * torch.randn(M, d, generator=g_noise, dtype=x.dtype, device=x.device)
             finite = torch.isfinite(deltas).all(1)
-            norms = torch.where(finite, deltas.norm(dim=1), torch.zeros(M, dtype=deltas.dtype)).tolist()
+            norms = torch.where(finite, deltas.norm(dim=1), torch.zeros(M, dtype=deltas.dtype, device=deltas.device)).tolist()
             bound = faults.max_update_norm
             rows = deltas.unbind(0)
-            for k, (cid, quit, ok, lag) in enumerate(zip(ids.tolist(), quit_mid.tolist(), finite.tolist(),
-                                                         delay[ids].tolist())):
+            for k, (cid, quit, ok, lag, base) in enumerate(zip(ids.tolist(), quit_mid.tolist(), finite.tolist(),
+                                                               delay[ids].tolist(), bases)):
                 reason = None
                 if quit:
                     reason = "dropped mid-round"
@@ -156,8 +191,10 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
                     dropped.append({"round": r, "client": cid, "reason": reason})
                     dropped_now += 1
                 elif lag > 0:
-                    pending.append((r + lag, cid, rows[k], r))
+                    pending.append((r + lag, cid, rows[k], base))
                     busy[cid] = True
+                elif base != r:
+                    pending.append((r, cid, rows[k], base))  # trained on an older model: stale now
                 else:
                     fresh[cid] = rows[k]
         arrived = [p for p in pending if p[0] == r]
@@ -173,10 +210,10 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
                            for cid in updates)
             history.meta["diverged"] = r
             break
-        if idle_hook is not None:
+        if wants_idle:
             idle = (~active & ~busy).nonzero().squeeze(1)
             if idle.numel():
-                idle_hook(idle, problem.clients(idle), steps=local_steps, lr=lr, generator=g_local)
+                trainer.idle(algorithm, idle, r, steps=local_steps, lr=lr, generator=g_local)
         x = x_new
         row: dict[str, Any] = {"participants": M, "accepted": len(updates), "dropped": dropped_now,
                                "bytes": float(total_bytes)}
@@ -184,10 +221,10 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
             stacked = torch.stack([updates[i] for i in sorted(updates)])
             row["drift"] = float((stacked - stacked.mean(0)).norm(dim=1).mean())
             row["staleness"] = float(np.mean(list(staleness.values())))
-        weights = torch.zeros(N, dtype=torch.float64)
+        weights = torch.zeros(N, dtype=torch.float64, device="cpu")
         if algorithm.last_weights:
             weights[list(algorithm.last_weights)] = torch.tensor(list(algorithm.last_weights.values()),
-                                                                 dtype=torch.float64)
+                                                                 dtype=torch.float64, device="cpu")
         weight_sum += weights
         if record_clients:
             row["participation"] = active.to(torch.float64)
@@ -203,8 +240,8 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
     history.artifacts["effective_weight"] = (weight_sum / max(done, 1)).tolist()
     estimator = getattr(algorithm, "estimator", None)
     if estimator is not None:
-        history.artifacts["inverse_p_estimate"] = estimator.weights(torch.arange(N)).tolist()
-    history.artifacts["x_final"] = x.tolist()
+        history.artifacts["inverse_p_estimate"] = estimator.weights(torch.arange(N, device=estimator.omega.device)).cpu().tolist()
+    history.artifacts["x_final"] = x.cpu().tolist()
     return history
 
 

@@ -3,7 +3,7 @@ trained with the inverted hinge loss.
 
 "Towards Robust and Parameter-Efficient Knowledge Unlearning for LLMs", arXiv 2408.06621 (ICLR 2025).
 
-Two parts. The loss, IHL, lives in :mod:`lab.rl.inverted_hinge` (registered as preference_loss
+Two parts. The loss, IHL, lives in :mod:`lab.preference.inverted_hinge` (registered as preference_loss
 ``inverted_hinge``) and is reused here, not rewritten; the total objective of the released code is
 IHL(forget batch) + NLL(retain batch). This module adds the initialization, FILA::
 
@@ -33,7 +33,7 @@ from torch import nn
 from lab.peft.core import adapters
 from lab.peft.lora import LoRALinear
 from lab.registry import register
-from lab.rl.inverted_hinge import inverted_hinge
+from lab.preference.inverted_hinge import inverted_hinge
 
 __all__ = ["FILALinear", "fisher_diagonal", "fila_init", "fila_initialize", "inverted_hinge"]
 

@@ -1,5 +1,10 @@
 """``lab.rl``: advantage estimators, policy losses, rollouts and the log-probs of causal LMs.
 
+The catalog kinds ``advantage`` and ``policy_loss`` live here (the GRPO family included). Their
+neighbours have their own packages: preference losses in :mod:`lab.preference`, samplers and
+curricula in :mod:`lab.sampling`, reward shaping and multi-objective weighting in
+:mod:`lab.rewards`; all follow the same convention.
+
 Everything follows one convention (``spec/policy_losses.md``, Part F): pure functions on tensors
 named ``logprobs``, ``old_logprobs``, ``advantages``, ``mask``, ``rewards`` ..., hyperparameters as
 keyword arguments with the papers' defaults, each returning ``(value, metrics)``. The shared pieces

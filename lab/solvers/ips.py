@@ -57,7 +57,8 @@ def poisson_nll(y: torch.Tensor, mu: torch.Tensor) -> float:
     return float((mu - torch.where(y > 0, y * torch.log(mu), torch.zeros_like(mu))).sum())
 
 
-def table_design(shape: tuple[int, ...], margins: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+def table_design(shape: tuple[int, ...], margins: tuple[tuple[int, ...], ...], *,
+                 device: torch.device | str | None = None) -> torch.Tensor:
     """Design (prod(shape), p) of the log-linear model with the given margins of a table.
 
     One binary column per cell of each marginal table: ``margins=((0,), (1,))`` on a 2x2 table is
@@ -72,7 +73,7 @@ def table_design(shape: tuple[int, ...], margins: tuple[tuple[int, ...], ...]) -
                 raise ValueError(f"margins refer to axis {axis} of a {len(shape)}-way table")
         for value in itertools.product(*[range(shape[a]) for a in axes]):
             columns.append([float(all(c[a] == v for a, v in zip(axes, value))) for c in cells])
-    return torch.tensor(columns, dtype=torch.float64).T  # (N, p)
+    return torch.tensor(columns, dtype=torch.float64, device=device).T  # (N, p)
 
 
 @register("solver", "ips", paper="Iterative proportional scaling revisited: a modern optimization perspective",
@@ -109,13 +110,14 @@ def ips(y: torch.Tensor, X: torch.Tensor, *, offset: torch.Tensor | None = None,
     scale = X.max(dim=0).values  # (p,) C_k
     if (scale <= 0).any():
         raise ValueError("X has an all-zero column")
-    log_mu = torch.zeros(N, dtype=torch.float64) if offset is None else offset.to(torch.float64).clone()
-    beta = torch.zeros(p, dtype=torch.float64)
+    log_mu = (torch.zeros(N, dtype=torch.float64, device=y.device) if offset is None
+              else offset.to(torch.float64).clone())
+    beta = torch.zeros(p, dtype=torch.float64, device=y.device)
     mu = log_mu.exp()
     result = IPSResult(beta, mu, nll=[poisson_nll(y, mu)])
-    g = generator or torch.Generator().manual_seed(0)
+    g = generator or torch.Generator(device=y.device).manual_seed(0)
     for _ in range(max_sweeps):
-        features = torch.randperm(p, generator=g).tolist() if order == "random" else range(p)
+        features = torch.randperm(p, generator=g, device=g.device).tolist() if order == "random" else range(p)
         for k in features:
             # beta_k <- beta_k + (1/C_k) log(x_k^T y / x_k^T mu)
             delta = torch.log(margins[k] / (X[:, k] @ mu)) / scale[k]
@@ -136,6 +138,6 @@ def fit_table(table: torch.Tensor, margins: tuple[tuple[int, ...], ...], *, max_
               tol: float = 1e-10) -> tuple[torch.Tensor, IPSResult]:
     """IPS fit of a hierarchical log-linear model to a contingency ``table``; returns (fitted table, result)."""
     check_tensor("table", table, finite=True)
-    X = table_design(tuple(table.shape), margins)
+    X = table_design(tuple(table.shape), margins, device=table.device)
     result = ips(table.reshape(-1), X, max_sweeps=max_sweeps, tol=tol)
     return result.mu.reshape(table.shape), result

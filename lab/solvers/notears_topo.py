@@ -55,10 +55,10 @@ def fit_order(C: torch.Tensor, order: list[int], lambda2: float = 0.0) -> torch.
     """Inner problem from the covariance C = X^T X / n: each node regressed on its predecessors in
     ``order``, w = (C_pa,pa + lambda2 I)^{-1} C_pa,j (least squares + ridge); W (d, d)."""
     d = C.shape[0]
-    W = torch.zeros(d, d, dtype=C.dtype)
+    W = torch.zeros(d, d, dtype=C.dtype, device=C.device)
     for pos in range(1, d):
         j, parents = order[pos], order[:pos]
-        gram = C[parents][:, parents] + lambda2 * torch.eye(len(parents), dtype=C.dtype)
+        gram = C[parents][:, parents] + lambda2 * torch.eye(len(parents), dtype=C.dtype, device=C.device)
         W[parents, j] = torch.linalg.solve(gram, C[parents, j])
     return W
 
@@ -70,7 +70,7 @@ def score(X: torch.Tensor, W: torch.Tensor) -> float:
 
 def _score_cov(C: torch.Tensor, W: torch.Tensor) -> float:
     # Q(W) = (1/2) tr((I - W)^T C (I - W)), the same number from the covariance
-    R = torch.eye(C.shape[0], dtype=C.dtype) - W
+    R = torch.eye(C.shape[0], dtype=C.dtype, device=C.device) - W
     return float(0.5 * torch.trace(R.T @ C @ R))
 
 
@@ -104,7 +104,7 @@ def notears_topo(X: torch.Tensor, *, lambda2: float = 0.0, w_threshold: float = 
     result = TopoResult(W, order, scores=[_score_cov(C, W)])
     while result.swaps < max_swaps:
         position = {node: k for k, node in enumerate(order)}
-        G = -C @ (torch.eye(d, dtype=C.dtype) - W)  # (d, d) gradient of Q = -(1/n) X^T (X - X W)
+        G = -C @ (torch.eye(d, dtype=C.dtype, device=C.device) - W)  # (d, d) gradient of Q = -(1/n) X^T (X - X W)
         forbidden = [(i, j) for i in range(d) for j in range(d) if position[i] > position[j]]
         forbidden.sort(key=lambda ij: -abs(float(G[ij])))
         first = [ij for ij in forbidden if abs(float(G[ij])) > grad_tol]
@@ -134,6 +134,6 @@ def linear_sem(W: torch.Tensor, n: int, *, noise: float = 1.0,
     d = W.shape[0]
     if acyclicity(W.to(torch.float64)) > 1e-8:
         raise ValueError("W must be acyclic (h(W) = 0)")
-    E = noise * torch.randn(n, d, generator=generator, dtype=torch.float64)
+    E = noise * torch.randn(n, d, generator=generator, dtype=torch.float64, device=W.device)
     # X (I - W) = E  ->  X = E (I - W)^{-1}
-    return E @ torch.linalg.inv(torch.eye(d, dtype=torch.float64) - W.to(torch.float64))
+    return E @ torch.linalg.inv(torch.eye(d, dtype=torch.float64, device=W.device) - W.to(torch.float64))

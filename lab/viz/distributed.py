@@ -42,3 +42,33 @@ def distributed_figure(runs: History | Mapping[str, History]) -> go.Figure:
     fig.update_xaxes(title_text="round", row=1, col=3)
     fig.update_layout(height=360, template="plotly_white", margin=dict(l=50, r=20, t=50, b=40))
     return fig
+
+
+def real_vs_simulated_figure(runs: Mapping[str, History]) -> go.Figure:
+    """Loss per communication round: the simulation (lines) and the real processes (markers) of
+    each algorithm in one colour; they lie on top of each other when the two runs agree."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss vs communication rounds",
+                                                        "|real - simulated| loss per round"))
+    algorithms = []
+    for label in runs:
+        alg = label.split(": ", 1)[-1]
+        if alg not in algorithms:
+            algorithms.append(alg)
+    for i, alg in enumerate(algorithms):
+        sim = next(h for k, h in runs.items() if k == f"simulated: {alg}")
+        real = next(h for k, h in runs.items() if k.endswith(f": {alg}") and not k.startswith("simulated"))
+        real_label = next(k for k in runs if k.endswith(f": {alg}") and not k.startswith("simulated"))
+        fig.add_trace(go.Scatter(x=sim.steps, y=sim["loss"], name=f"simulated: {alg}", legendgroup=alg,
+                                 line=dict(color=color(i))), 1, 1)
+        fig.add_trace(go.Scatter(x=real.steps, y=real["loss"], name=real_label, legendgroup=alg, mode="markers",
+                                 marker=dict(color=color(i), symbol="circle-open", size=9)), 1, 1)
+        gap = abs(real["loss"] - sim["loss"][:len(real["loss"])])
+        fig.add_trace(go.Scatter(x=real.steps, y=gap + 1e-12, name=f"gap: {alg}", legendgroup=alg, showlegend=False,
+                                 line=dict(color=color(i), dash="dot")), 1, 2)
+    fig.update_yaxes(type="log", title_text="global loss", row=1, col=1)
+    fig.update_yaxes(type="log", exponentformat="e", title_text="absolute difference", row=1, col=2)
+    fig.update_xaxes(title_text="communication round", row=1, col=1)
+    fig.update_xaxes(title_text="communication round", row=1, col=2)
+    fig.update_layout(height=380, template="plotly_white", margin=dict(l=50, r=20, t=50, b=40),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -61,7 +61,7 @@ def effective_step_figure(runs: History | Mapping[str, History], *, title: str |
 def time_to_target_table(runs: History | Mapping[str, History], metric: str = "test_accuracy",
                          target: float = 0.9, *, higher_is_better: bool = True) -> go.Figure:
     """A table: optimizer, steps and seconds to reach ``metric`` = ``target``, final, best."""
-    from lab.experiments.optimizers import target_rows
+    from lab.history import target_rows
 
     rows = target_rows(_as_runs(runs), metric, target, higher_is_better=higher_is_better)
 

@@ -120,6 +120,8 @@ class Panel(widgets.VBox):
             header.append(widgets.HTMLMath(value=_markdown_to_html(claims_markdown(self.claims))))
         if self.presets:
             header.append(self.preset)
+        if self.claims:
+            self._check_opens_on(self.claims[0])
         self.figures: list[go.FigureWidget] = []
         self.result: Any = None
         self.last_error: BaseException | None = None
@@ -134,6 +136,20 @@ class Panel(widgets.VBox):
             self.update()
 
     # ------------------------------------------------------------------------------------
+    def _check_opens_on(self, claim: Any) -> None:
+        """A panel with claims must open on its first claim's config (the lesson's default view
+        shows the claim): every field but the seed and the device must agree, after the controls
+        have been built (a slider clamps a value outside its range)."""
+        want, have = claim.configured("effect"), self.current_config()
+        if type(want) is not type(have):
+            return
+        skip = {claim.seed_field, "device"}
+        diff = {f.name: (getattr(have, f.name), getattr(want, f.name)) for f in dataclasses.fields(have)
+                if f.name not in skip and getattr(have, f.name) != getattr(want, f.name)}
+        if diff:
+            raise ValueError(f"the panel opens on a config where its claim {claim.id!r} was not checked; "
+                             f"field: (panel value, claim value): {diff}")
+
     def current_config(self) -> Any:
         """The base config with every control's value applied."""
         return replace(self.config, **{k: w.value for k, w in self.controls.items()})

@@ -18,7 +18,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from lab.history import History, Runs
-from lab.rl.preference import alpha_reward
+from lab.preference.core import alpha_reward
 from lab.viz.figures import _as_runs, color
 
 

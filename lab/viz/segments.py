@@ -1,4 +1,4 @@
-"""Figures and one panel for SPO, EGAE/T-PPO, HPT, PSR/NSR, COPO and GRPO-D.
+"""Figures for SPO, EGAE/T-PPO, HPT, PSR/NSR, COPO and GRPO-D.
 
 - :func:`segment_figure`: SPO's advantage variance and MC cost against the cut interval, the
   per-token advantages at the finest and coarsest interval, and tree vs chain tokens.
@@ -6,23 +6,20 @@
 - :func:`kl_schedule_figure`: GRPO-D's β(s).
 - :func:`sign_figure`: PSR vs NSR (and other modes): entropy over training and the distinct
   correct answers left in the last batch.
-- :func:`segment_panel`: a live panel for one of these views (``"spo"``, ``"egae"``, ``"hpt"``,
-  ``"sign"``, ``"copo"``, ``"grpo_d"``), usable from the GRPO-zoo notebook.
+
+The live panels of these views are built by :func:`lab.viz.lessons.segment_panel`.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Mapping
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lab.history import History, Runs
+from lab.history import History
 from lab.viz.figures import _as_runs, bar, color, curves, heatmap
-from lab.viz.panel import Panel, panel
 
-VIEWS = ("spo", "egae", "hpt", "sign", "copo", "grpo_d")
 SIGN_MODES = ("psr", "nsr", "w_reinforce", "grpo_n")
 
 
@@ -73,71 +70,19 @@ def kl_schedule_figure(total_steps: int = 100, beta_min: float = 0.0, beta_max: 
 
 
 def sign_figure(runs: Mapping[str, History]) -> list[go.Figure]:
-    """Entropy and reward per mode; distinct correct answers in each run's last batch."""
-    from lab.experiments.segments import distinct_correct
-
+    """Entropy and reward per mode; distinct correct answers in each run's last batch
+    (``artifacts["distinct_correct"]``, written by :func:`lab.experiments.segments.sign_runs`)."""
     runs = _as_runs(runs)
     return [curves(runs, ["reward", "entropy"]),
-            bar({label: distinct_correct(h) for label, h in runs.items()},
+            bar({label: h.artifacts["distinct_correct"] for label, h in runs.items()},
                 title="distinct correct answers in the last batch", y_title="count")]
 
 
-def _sign_runs(cfg) -> Runs:
-    from lab.experiments import run
-
-    return Runs({mode: run("policy_optimization", cfg, loss=f"psr_nsr(mode='{mode}')")
-                 for mode in ("psr", "nsr")})
-
-
-def _copo_runs(cfg) -> Runs:
-    from lab.experiments import run
-
-    return Runs({"grpo": run("policy_optimization", cfg),
-                 "copo": run("policy_optimization", cfg, loss="copo")})
-
-
-def _grpo_d_run(cfg) -> History:
-    from lab.experiments import run
-
-    return run("policy_optimization", cfg, loss="grpo_d(beta_min=0.0, beta_max=0.2)")
-
-
-def _grpo_d_plot(history: History) -> list[go.Figure]:
+def grpo_d_plot(history: History) -> list[go.Figure]:
+    """GRPO-D's reward and KL over training, beside its β(s) schedule (β from 0 to 0.2)."""
     steps = int(history.meta["config"]["steps"])
     return [curves(history, ["reward", "kl"]), kl_schedule_figure(steps, 0.0, 0.2)]
 
 
-def segment_panel(view: str = "spo", run: bool = True) -> Panel:
-    """A live panel for one view (see :data:`VIEWS`); each re-runs in about a second or two.
-
-    ``run=False`` builds the controls without the first run (it starts on the first change).
-    """
-    from lab.experiments.policy import PolicyConfig
-
-    bandit = "token_bandit(probs=(1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0))"
-    if view == "spo":
-        return panel("segment_advantages", {"rollouts": (4, 24, 2), "prob_threshold": (0.3, 1.0, 0.05),
-                                             "seed": (0, 20, 1)}, run=run)
-    if view == "egae":
-        return panel("truncation_window", {"lam": (0.5, 1.0, 0.05), "value_rollouts": (1, 16, 1),
-                                            "seed": (0, 20, 1)}, run=run)
-    if view == "hpt":
-        return panel("hybrid_post_training", {"gate": (-1, 8, 1), "sft_coef": (0.0, 2.0, 0.1),
-                                               "steps": (5, 60, 5), "seed": (0, 20, 1)}, run=run)
-    if view == "sign":
-        cfg = PolicyConfig(task=bandit, lr=0.5, steps=40)
-        return panel(_sign_runs, {"lr": (0.05, 1.0, 0.05), "steps": (10, 80, 10), "seed": (0, 20, 1)},
-                     sign_figure, config=cfg, run=run)
-    if view == "copo":
-        cfg = PolicyConfig(task="token_bandit(probs=(1.0, 0.0))", group_size=4, steps=25)
-        return panel(_copo_runs, {"lr": (0.05, 1.0, 0.05), "steps": (10, 60, 5), "seed": (0, 20, 1)},
-                     lambda runs: curves(runs, ["reward", "entropy"]), config=cfg, run=run)
-    if view == "grpo_d":
-        cfg = dataclasses.replace(PolicyConfig(), steps=30, lr=0.3)
-        return panel(_grpo_d_run, {"steps": (10, 80, 10), "lr": (0.05, 1.0, 0.05)}, _grpo_d_plot,
-                     config=cfg, run=run)
-    raise ValueError(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
-
-
-__all__ = ["VIEWS", "segment_figure", "truncation_figure", "kl_schedule_figure", "sign_figure",
-           "segment_panel"]
+__all__ = ["SIGN_MODES", "segment_figure", "truncation_figure", "kl_schedule_figure", "sign_figure",
+           "grpo_d_plot"]

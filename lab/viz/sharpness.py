@@ -23,7 +23,7 @@ def _as_runs(result: History | Mapping[str, History]) -> Runs:
 
 def sharp_flat_figure(result: History | Mapping[str, History], *, grid: int = 120) -> go.Figure:
     """Contours of the sharp/flat toy with every run's paths (lines) and end points (markers)."""
-    from lab.experiments.sharpness import BOX, FLAT, SHARP, sharp_flat_loss
+    from toy_envs.sharp_flat import BOX, FLAT, SHARP, sharp_flat_loss
 
     runs = _as_runs(result)
     xs = torch.linspace(BOX[0][0] - 0.5, BOX[0][1] + 0.5, grid, dtype=torch.float64)

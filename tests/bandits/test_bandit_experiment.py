@@ -16,3 +16,5 @@ def test_run_and_bad_config():
     assert h.steps[-1] == 400
     with pytest.raises(ValueError, match="max_memory"):
         run("tallying_bandit", max_memory=-1)
+    with pytest.raises(ValueError, match="device"):
+        run("tallying_bandit", device="gpu0")

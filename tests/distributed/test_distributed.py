@@ -6,9 +6,9 @@ import torch
 from torch.func import grad, vmap
 
 from lab.distributed import (
-    AEDiT, EDiT, EWMADetector, LocalSGD, OuterSGD, clip_pseudo_grad, make_problem, norm_weights, train,
+    AEDiT, EDiT, EWMADetector, LocalSGD, OuterSGD, clip_pseudo_grad, make_problem, norm_weights,
 )
-from lab.distributed.simulate import batch_grads, batch_loss
+from lab.distributed.simulate import batch_grads, batch_loss, train
 from lab.registry import make
 
 

@@ -129,15 +129,112 @@ def test_every_aggregator_converges_on_iid_full_participation(name):
     assert state["num_clients"] == 6 and state["dim"] == 3
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedau", "fedvarp", "fedstale", "scaffold", "fedavg_m"])
-def test_empty_round_keeps_a_finite_model(name):
-    alg = make("aggregator", name).setup(3, 2)
-    alg.local_steps, alg.local_lr = 1, 0.1
-    x = alg.aggregate(T(1.0, 2.0), {}, {}, 0)
-    assert torch.isfinite(x).all()
+def _two_rounds(name, problem):
+    """Set up ``name`` on ``problem``, run one real round (clients 0 and 1), return (alg, x after it)."""
+    alg = make("aggregator", name).setup(problem.num_clients, problem.dim, problem)
+    ids = torch.tensor([0, 1])
+    g = torch.Generator().manual_seed(0)
+    deltas = alg.local_updates(problem.x0, ids, problem.clients(ids), steps=2, lr=0.1, generator=g)
+    n = {i: int(problem.num_samples[i]) for i in (0, 1)}
+    x1 = alg.aggregate(problem.x0, {0: deltas[0], 1: deltas[1]}, n, 0)
+    return alg, x1
+
+
+@pytest.mark.parametrize("name", CONVERGING)
+def test_empty_round_leaves_the_model_and_server_memory_unchanged(name, ls_small):
+    # Prepare: one real round, so momentum buffers and stored updates are non-zero
+    alg, x1 = _two_rounds(name, ls_small)
+    assert not torch.equal(x1, ls_small.x0)
+    before = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in alg.state_dict().items()}
+    # Execute: a round in which no update was accepted
+    x2 = alg.aggregate(x1, {}, {}, 1)
+    # Assert: no step (Flower skips such a round too) and nothing stored changed, except the
+    # participation counters that count rounds (FedAU's estimator)
+    assert torch.equal(x2, x1)
+    assert alg.last_weights == {}
+    for key, value in alg.state_dict().items():
+        if key in ("run", "omega", "count", "versions"):
+            continue
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, before[key]), key
+
+
+def test_server_momentum_does_not_coast_through_an_empty_round():
+    # Prepare: FedAvgM with beta = 0.9 after one round with update (1, 0): v = (-1, 0), x = (1, 0)
+    alg = FedAvg(server_momentum=0.9).setup(2, 2)
+    x1 = alg.aggregate(X0, {0: T(1.0, 0.0)}, {0: 1}, 0)
+    assert x1.tolist() == [1.0, 0.0]
+    # Execute: an empty round, then a round with update (0, 1)
+    x2 = alg.aggregate(x1, {}, {}, 1)
+    x3 = alg.aggregate(x2, {1: T(0.0, 1.0)}, {1: 1}, 2)
+    # Assert: the empty round took no step and left v alone: v = 0.9 (-1, 0) + (0, -1) afterwards
+    assert x2.tolist() == [1.0, 0.0]
+    torch.testing.assert_close(x3, T(1.9, 1.0))
+
+
+def test_server_momentum_matches_flowers_fedavgm_over_an_empty_round():
+    flwr = pytest.importorskip("flwr")  # noqa: F841
+    import numpy as np
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import FedAvgM
+
+    x0 = T(0.5, -0.5)
+    theirs = FedAvgM(server_learning_rate=1.0, server_momentum=0.9,
+                     initial_parameters=ndarrays_to_parameters([x0.numpy()]))
+    ours = FedAvg(server_momentum=0.9).setup(2, 2)
+    x = x0
+    for r, update in enumerate([T(1.0, 0.0), None, T(0.0, 1.0)]):
+        results = [] if update is None else [
+            (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([(x + update).numpy()]), 1, {}))]
+        params, _ = theirs.aggregate_fit(r + 1, results, [])
+        x = ours.aggregate(x, {} if update is None else {0: update}, {} if update is None else {0: 1}, r)
+        if params is not None:  # Flower returns nothing on an empty round: the model stays
+            theirs.initial_parameters = params
+        np.testing.assert_allclose(parameters_to_ndarrays(theirs.initial_parameters)[0], x.numpy(), rtol=1e-12)
 
 
 # ---- bad input -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", CONVERGING)
+@pytest.mark.parametrize("bad_id, error", [(-1, ValueError), (8, ValueError), (1.0, TypeError), (True, TypeError)])
+def test_every_aggregator_range_checks_client_ids(name, bad_id, error, ls_small):
+    # Prepare: a set-up algorithm with state in its client memories
+    alg, x1 = _two_rounds(name, ls_small)
+    before = {k: v.clone() for k, v in alg.state_dict().items() if isinstance(v, torch.Tensor)}
+    # Execute / Assert: the id is refused with an error naming the argument, and no memory moved
+    with pytest.raises(error, match="updates|client"):
+        alg.aggregate(x1, {bad_id: torch.ones(ls_small.dim, dtype=torch.float64)}, {bad_id: 5}, 1)
+    for key, value in before.items():
+        assert torch.equal(alg.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("name", ["fedavg", "scaffold", "scaffold_m", "fedavg_m", "admm_robust"])
+def test_local_updates_range_check_client_ids(name, ls_small):
+    alg = make("aggregator", name).setup(ls_small.num_clients, ls_small.dim, ls_small)
+    g = torch.Generator().manual_seed(0)
+    data = ls_small.clients([0, 1])
+    with pytest.raises(ValueError, match=r"client_ids .*\[0, 8\).*-1"):
+        alg.local_updates(ls_small.x0, torch.tensor([-1, 0]), data, steps=1, lr=0.1, generator=g)
+    with pytest.raises(ValueError, match="client_ids.*repeat"):
+        alg.local_updates(ls_small.x0, torch.tensor([1, 1]), data, steps=1, lr=0.1, generator=g)
+    with pytest.raises(TypeError, match="client_ids"):
+        alg.local_updates(ls_small.x0, torch.tensor([0.0, 1.0]), data, steps=1, lr=0.1, generator=g)
+    with pytest.raises(ValueError, match="client_ids has 1 ids but data holds 2"):
+        alg.local_updates(ls_small.x0, torch.tensor([0]), data, steps=1, lr=0.1, generator=g)
+
+
+def test_fedvarp_never_writes_a_negative_id_into_another_clients_memory():
+    # the review's case: id -1 used to land in the last client's row (N = 5: client 4)
+    alg = FedVARP().setup(5, 2)
+    with pytest.raises(ValueError, match=r"\[0, 5\).*-1"):
+        alg.aggregate(X0, {-1: T(1.0, 1.0)}, {-1: 1}, 0)
+    assert alg.memory.abs().sum() == 0
+
+
+def test_model_of_the_wrong_size_is_refused():
+    with pytest.raises(ValueError, match=r"x must have shape \(2,\)"):
+        FedAvg().setup(3, 2).aggregate(T(0.0, 0.0, 0.0), {0: T(1.0, 1.0, 1.0)}, {0: 1}, 0)
+
+
 def test_bad_updates_are_refused_naming_the_client():
     alg = FedAvg().setup(3, 2)
     with pytest.raises(ValueError, match=r"updates\[1\].*NaN"):

@@ -1,124 +1,134 @@
-"""lab.federated.flower: a lab algorithm driven through Flower's own types equals the lab simulator."""
-import numpy as np
+"""lab.federated.flower: ServerApp/ClientApp over Flower messages reproduce the lab simulator.
+
+These tests use an in-process transport (``flower_grid.LocalGrid``: every message serialized to
+Flower's protobuf and parsed back) so they run in seconds; ``test_flower_engine.py`` runs the
+same apps on Flower's simulation engine (Ray).
+"""
 import pytest
 import torch
 
-from lab.federated import Bernoulli, simulate
-from lab.federated.fedau import FedAU
-from lab.federated.fedavg import FedAvg
-from lab.federated.fedstale import FedStale
-from lab.federated.flower import make_client, make_strategy
-
 flwr = pytest.importorskip("flwr")
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays  # noqa: E402
+
+from lab.experiments import run  # noqa: E402
+from lab.experiments.federated import FederatedConfig  # noqa: E402
+from lab.federated import simulate  # noqa: E402
+from lab.federated.flower import client_app, config_from_values, config_record_values, run_on_grid  # noqa: E402
+from lab.federated.wire import PerClientLoop  # noqa: E402
+from lab.registry import available  # noqa: E402
+
+from .flower_grid import LocalGrid  # noqa: E402
 
 
-def fit_res(model: torch.Tensor, n: int, cid: int) -> FitRes:
-    return FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters([model.numpy()]), n, {"client_id": cid})
+def _x(h):
+    return torch.tensor(h.artifacts["x_final"], dtype=torch.float64)
 
 
-def _replay(strategy, lab_alg, x0, rounds, problem, seed=0):
-    """Drive Flower's aggregate_fit and the lab aggregate with the same client results."""
-    g = torch.Generator().manual_seed(seed)
-    x = x0.clone()
-    for r in range(rounds):
-        ids = [i for i in range(problem.num_clients) if torch.rand(1, generator=g) < 0.6]
-        results = []
-        updates, n = {}, {}
-        for i in ids:
-            delta = 0.1 * torch.randn(problem.dim, generator=g, dtype=torch.float64)
-            results.append((None, fit_res(x + delta, int(problem.num_samples[i]), i)))
-            updates[i], n[i] = delta, int(problem.num_samples[i])
-        params, metrics = strategy.aggregate_fit(r + 1, results, [])
-        x = lab_alg.aggregate(x, updates, n, r)
-        flower_x = torch.from_numpy(parameters_to_ndarrays(params)[0])
-        torch.testing.assert_close(flower_x, x, rtol=1e-12, atol=1e-12)
-        assert metrics["accepted"] == len(ids)
-    return x
+@pytest.mark.parametrize("spec", available("aggregator"))
+def test_every_aggregator_over_flower_messages_equals_the_simulator(spec):
+    # Prepare: 8 clients, Bernoulli participation; async_inversion gets stragglers (stale uploads)
+    cfg = FederatedConfig(algorithm=spec, num_clients=8, rounds=5, staleness=1.0 if spec == "async_inversion" else 0.0)
+    grid = LocalGrid(client_app(), 8)
+    # Execute
+    flower = run_on_grid(grid, cfg)
+    lab = run("federated", cfg)
+    # Assert: same participants, same global model every round (full local batches: deterministic)
+    assert (flower["participation"] == lab["participation"]).all()
+    torch.testing.assert_close(torch.tensor(flower["loss"]), torch.tensor(lab["loss"]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(_x(flower), _x(lab), rtol=1e-12, atol=1e-12)
+    assert grid.sent >= 8 + lab["participants"].sum()  # identify + one train message per participant
 
 
-@pytest.mark.parametrize("make", [lambda: FedAvg(), lambda: FedAU(), lambda: FedStale(beta=0.5)])
-def test_strategy_aggregate_fit_equals_lab_aggregate(ls_small, make):
-    strategy = make_strategy(make(), ls_small.x0, ls_small.num_clients, problem=ls_small)
-    lab_alg = make().setup(ls_small.num_clients, ls_small.dim, ls_small)
-    _replay(strategy, lab_alg, ls_small.x0, 6, ls_small)
+def test_scaffold_needs_c_on_the_wire():
+    # mutating what crosses: a client that never receives c (or keeps no c_i) drifts from SCAFFOLD
+    cfg = FederatedConfig(algorithm="scaffold", num_clients=8, rounds=5, local_steps=10)
+    lab = run("federated", cfg)
+
+    class NoDownlink(LocalGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            for m in messages:
+                if "downlink" in m.content.array_records:
+                    del m.content["downlink"]
+            return super().send_and_receive(messages, timeout=timeout)
+
+    with pytest.raises(KeyError):  # the client's SCAFFOLD refuses to run without c
+        run_on_grid(NoDownlink(client_app(), 8), cfg)
+    flower = run_on_grid(LocalGrid(client_app(), 8), cfg)
+    torch.testing.assert_close(_x(flower), _x(lab), rtol=1e-12, atol=1e-12)
 
 
-def test_fedavg_strategy_equals_flowers_own_fedavg(ls_small):
-    # Flower's built-in FedAvg (num_examples-weighted) on the same FitRes objects
-    from flwr.server.strategy import FedAvg as FlowerFedAvg
-
-    ours = make_strategy(FedAvg(), ls_small.x0, ls_small.num_clients)
-    g = torch.Generator().manual_seed(1)
-    results = [(None, fit_res(torch.randn(4, generator=g, dtype=torch.float64), n, i))
-               for i, n in enumerate([3, 5, 11])]
-    theirs, _ = FlowerFedAvg().aggregate_fit(1, results, [])
-    mine, _ = ours.aggregate_fit(1, results, [])
-    np.testing.assert_allclose(parameters_to_ndarrays(mine)[0], parameters_to_ndarrays(theirs)[0], rtol=1e-12)
+def test_client_state_lives_in_the_node_context():
+    cfg = FederatedConfig(algorithm="scaffold", num_clients=8, rounds=4)
+    grid = LocalGrid(client_app(), 8)
+    run_on_grid(grid, cfg)
+    h = run("federated", cfg)
+    took_part = (h["participation"].sum(0) > 0).tolist()
+    for node, context in grid.contexts.items():
+        pid = context.node_config["partition-id"]
+        assert (len(context.state.array_records) > 0) == took_part[pid]
 
 
-def test_flower_client_and_strategy_reproduce_the_simulator(ls_small):
-    # full participation, full-batch local GD: the Flower round trip equals simulate() exactly
-    rounds, steps, lr = 3, 2, 0.1
-    h = simulate(ls_small, FedAU(), Bernoulli(torch.ones(8, dtype=torch.float64)), rounds, steps, lr, 0)
-    alg = FedAU()
-    strategy = make_strategy(alg, ls_small.x0, 8, problem=ls_small)
-    clients = [make_client(alg, ls_small, i, local_steps=steps, lr=lr) for i in range(8)]
-    params = strategy.initialize_parameters(None)
-    for r in range(rounds):
-        arrays = parameters_to_ndarrays(params)
-        results = []
-        for i, client in enumerate(clients):
-            new, n, metrics = client.fit(arrays, {"local_steps": steps, "lr": lr})
-            results.append((None, FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(new), n, metrics)))
-        params, _ = strategy.aggregate_fit(r + 1, results, [])
-    final = parameters_to_ndarrays(params)[0]
-    np.testing.assert_allclose(final, np.array(h.artifacts["x_final"]), rtol=1e-12, atol=1e-12)
-    loss, metrics = strategy.evaluate(rounds, params)
-    assert abs(loss - h["loss"][-1]) < 1e-12 and "distance" in metrics
+def test_async_inversion_gets_staleness_from_the_reply():
+    cfg = FederatedConfig(algorithm="async_inversion", num_clients=8, rounds=8, staleness=1.5)
+    flower = run_on_grid(LocalGrid(client_app(), 8), cfg)
+    assert flower["staleness"].max() > 0
+    torch.testing.assert_close(_x(flower), _x(run("federated", cfg)), rtol=1e-12, atol=1e-12)
 
 
-def test_non_finite_results_are_refused(ls_small):
-    strategy = make_strategy(FedAvg(), ls_small.x0, 8)
-    bad = torch.full((4,), float("nan"), dtype=torch.float64)
-    params, metrics = strategy.aggregate_fit(1, [(None, fit_res(bad, 5, 0))], ["timeout"])
-    assert metrics == {"accepted": 0, "dropped": 2}
-    assert np.isfinite(parameters_to_ndarrays(params)[0]).all()
-    assert {d["client"] for d in strategy.dropped} == {None, 0}
+@pytest.mark.parametrize("spec", ["fedavg", "scaffold", "fedau"])
+def test_clients_training_a_real_nn_module_match_the_functional_model(spec):
+    # digits MLP: the module clients run forward/backward on nn.Module parameters
+    cfg = FederatedConfig(algorithm=spec, problem="digits_mlp", num_clients=8, rounds=3, lr=0.1, alpha=0.5)
+    flower = run_on_grid(LocalGrid(client_app(), 8), cfg, client_model="module")
+    lab = run("federated", cfg)
+    torch.testing.assert_close(_x(flower), _x(lab), rtol=1e-5, atol=1e-6)
+    assert flower["accuracy"][-1] == pytest.approx(lab["accuracy"][-1], abs=1e-6)
 
 
-def test_server_momentum_equals_flowers_fedavgm(ls_small):
-    # FedAvg with server momentum vs Flower's FedAvgM on the same FitRes objects, three rounds
-    from flwr.server.strategy import FedAvgM
+def test_module_path_really_uses_backward(monkeypatch):
+    # break the module gradient: the module run must no longer match
+    from lab.federated import wire
 
-    x0 = torch.zeros(4, dtype=torch.float64)
-    theirs = FedAvgM(server_learning_rate=0.7, server_momentum=0.9,
-                     initial_parameters=ndarrays_to_parameters([x0.numpy()]))
-    ours = make_strategy(FedAvg(server_lr=0.7, server_momentum=0.9), x0, 8)
-    g = torch.Generator().manual_seed(2)
-    x = x0
-    for r in range(1, 4):
-        results = [(None, fit_res(x + torch.randn(4, generator=g, dtype=torch.float64), n, i))
-                   for i, n in enumerate([2, 7, 4])]
-        p_theirs, _ = theirs.aggregate_fit(r, results, [])
-        p_ours, _ = ours.aggregate_fit(r, results, [])
-        np.testing.assert_allclose(parameters_to_ndarrays(p_ours)[0], parameters_to_ndarrays(p_theirs)[0],
-                                   rtol=1e-12, atol=1e-12)
-        x = torch.from_numpy(parameters_to_ndarrays(p_ours)[0])
+    original = wire.ModuleData.grads
+    monkeypatch.setattr(wire.ModuleData, "grads", lambda self, *a: 0.5 * original(self, *a))
+    cfg = FederatedConfig(algorithm="fedavg", problem="digits_mlp", num_clients=8, rounds=2, lr=0.1, alpha=0.5)
+    flower = run_on_grid(LocalGrid(client_app(), 8), cfg, client_model="module")
+    assert (_x(flower) - _x(run("federated", cfg))).abs().max() > 1e-3
 
 
-def test_flower_server_loop_reproduces_the_simulator(ls_small):
-    # Flower's own Server (configure_fit, thread-pool fit, aggregate_fit, evaluate) with the lab
-    # strategy and lab clients: the same final model as simulate() with full participation
-    from lab.federated.flower import run_flower
+def test_per_client_loop_equals_vectorized(ls_small):
+    # the benchmark's per-client loop runs the same client code as the ClientApp
+    from lab.federated import Bernoulli
 
-    rounds, steps, lr = 3, 2, 0.1
-    h = simulate(ls_small, FedAU(), Bernoulli(torch.ones(8, dtype=torch.float64)), rounds, steps, lr, 0)
-    alg = FedAU()
-    strategy = make_strategy(alg, ls_small.x0, 8, problem=ls_small, local_steps=steps, lr=lr)
-    clients = [make_client(alg, ls_small, i, local_steps=steps, lr=lr) for i in range(8)]
-    history, final = run_flower(strategy, clients, rounds)
-    assert strategy.dropped == []
-    np.testing.assert_allclose(final, np.array(h.artifacts["x_final"]), rtol=1e-12, atol=1e-12)
-    losses = [loss for _, loss in history.losses_centralized]
-    np.testing.assert_allclose(losses, h["loss"], rtol=1e-12)
+    p = torch.full((8,), 0.5, dtype=torch.float64)
+    for spec in ("fedavg", "scaffold_m", "admm_robust(variant='dual_free_lab')"):
+        a = simulate(ls_small, spec, Bernoulli(p), 6, 3, 0.05, 0)
+        b = simulate(ls_small, spec, Bernoulli(p), 6, 3, 0.05, 0, local_training=PerClientLoop(ls_small, spec))
+        torch.testing.assert_close(_x(a), _x(b), rtol=1e-12, atol=1e-12)
+
+
+def test_identity_comes_from_the_node_config():
+    cfg = FederatedConfig(algorithm="fedavg", num_clients=8, rounds=2)
+    grid = LocalGrid(client_app(), 8)
+    for context in grid.contexts.values():  # a node without its partition-id
+        del context.node_config["partition-id"]
+        break
+    with pytest.raises((RuntimeError, ValueError), match="partition-id"):
+        run_on_grid(grid, cfg)
+    with pytest.raises(ValueError, match="no Flower node holds partition-id"):
+        run_on_grid(LocalGrid(client_app(), 6), cfg)  # 6 nodes for 8 clients
+
+
+def test_run_config_round_trip():
+    cfg = FederatedConfig(algorithm="fedstale(beta=0.3)", batch_size=None, rounds=7, lr=0.02)
+    assert config_from_values(config_record_values(cfg)) == cfg
+    assert config_from_values({"algorithm": "scaffold", "rounds": "9", "lr": 1}).rounds == 9
+
+
+def test_deployment_apps_load():
+    # the module attributes a SuperLink/SuperNode deployment loads
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
+    from lab.federated import flower
+
+    assert isinstance(flower.server, ServerApp) and isinstance(flower.client, ClientApp)

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from lab.experiments import run
-from lab.experiments.optimizers import (SurfaceCompareConfig, build_optimizer, compare_on_surface,
-                                        target_rows, time_to_target)
-from lab.history import History, Runs
+from lab.experiments.optimizers import SurfaceCompareConfig, build_optimizer, compare_on_surface
+from lab.history import History, Runs, target_rows, time_to_target
 from lab.viz.optim import (algoperf_figures, digits_figures, effective_step_figure,
                            time_to_target_table)
 

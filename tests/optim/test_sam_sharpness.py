@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lab.experiments import run
-from lab.experiments.sharpness import FLAT_THRESHOLD, sharp_flat_grad, sharp_flat_loss
+from toy_envs.sharp_flat import FLAT_THRESHOLD, sharp_flat_grad, sharp_flat_loss
 from lab.optim.sharpness import hessian_eigen_range, top_hessian_eigenvalue
 
 

@@ -6,7 +6,7 @@ from torch.nn import functional as F
 
 import lab.peft.loku as loku
 from lab.peft import GLAD, FILALinear, adapters, apply, fila_init, fila_initialize, fisher_diagonal
-from lab.rl.inverted_hinge import inverted_hinge
+from lab.preference.inverted_hinge import inverted_hinge
 
 
 def test_loku_reuses_the_inverted_hinge_loss():

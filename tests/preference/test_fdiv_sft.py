@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from lab.rl.fdiv_sft import DIVERGENCES, data_term, fdiv_sft
-from lab.rl.sft import sft
+from lab.preference.fdiv_sft import DIVERGENCES, data_term, fdiv_sft
+from lab.preference.sft import sft
 
 
 def test_kl_is_plain_sft_up_to_a_constant():

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from lab.rl.inverted_hinge import inverted_hinge
+from lab.preference.inverted_hinge import inverted_hinge
 
 
 def _logits(probs):

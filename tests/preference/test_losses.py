@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from lab.registry import available, get
-from lab.rl.alphapo import alphapo
-from lab.rl.dpo import dpo
-from lab.rl.ipo import ipo
-from lab.rl.preference import alpha_reward, implicit_reward, pair_loss
-from lab.rl.sft import sft
-from lab.rl.simpo import simpo
-from lab.rl.step_dpo import step_dpo
+from lab.preference.alphapo import alphapo
+from lab.preference.dpo import dpo
+from lab.preference.ipo import ipo
+from lab.preference.core import alpha_reward, implicit_reward, pair_loss
+from lab.preference.sft import sft
+from lab.preference.simpo import simpo
+from lab.preference.step_dpo import step_dpo
 
 ONE = torch.ones(1, 1)
 

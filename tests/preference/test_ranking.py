@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from lab.rl.dpo import dpo
-from lab.rl.ranking import (
+from lab.preference.dpo import dpo
+from lab.preference.ranking import (
     ches_score, idealized_margin, likelihood_displacement, ranking_accuracy, ranking_loss_threshold,
 )
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lab.experiments import run
-from lab.rl.preference import alpha_reward
+from lab.preference.core import alpha_reward
 from lab.viz.preference import lesson_figures, logprob_figure, ranking_figure, reward_shape_figure, training_figure
 
 

@@ -139,7 +139,7 @@ def test_copo_runs_in_policy_optimization_as_estimator_and_as_loss():
 
 
 def test_segment_panel_copo_view():
-    from lab.viz.segments import segment_panel
+    from lab.viz.lessons import segment_panel
 
     p = segment_panel("copo", run=False)
     p.controls["steps"].value = 10

@@ -142,7 +142,7 @@ def test_egae_and_tppo_run_in_policy_optimization_by_name():
 
 
 def test_segment_panel_egae_view():
-    from lab.viz.segments import segment_panel
+    from lab.viz.lessons import segment_panel
 
     p = segment_panel("egae")
     assert p.last_error is None and len(p.figures) == 1

@@ -98,7 +98,8 @@ def test_grpo_d_runs_in_policy_optimization_by_name():
 
 
 def test_segment_panel_grpo_d_view_plots_the_schedule():
-    from lab.viz.segments import kl_schedule_figure, segment_panel
+    from lab.viz.lessons import segment_panel
+    from lab.viz.segments import kl_schedule_figure
 
     fig = kl_schedule_figure(100, 0.0, 0.02)
     assert min(fig.data[0].y) == 0.0 and fig.data[0].y[30] == 0.0 and fig.data[0].y[-1] == 0.02

@@ -6,8 +6,9 @@ import torch
 
 from lab.registry import get
 from lab.rl import clipped_policy_loss
+from lab.sampling.adaptive_temperature import AdaptiveTemperature
 from lab.rl.hapo import (
-    AdaptiveTemperature, adaptive_clip_bounds, adaptive_clipped_surrogate, fit_entropy_scale, hapo,
+    adaptive_clip_bounds, adaptive_clipped_surrogate, fit_entropy_scale, hapo,
     hapo_token_advantages, normalized_entropy, redistribute_advantages,
 )
 

@@ -114,7 +114,7 @@ def test_hpt_runs_in_policy_optimization_as_rl_when_no_demonstrations():
 
 
 def test_segment_panel_hpt_view():
-    from lab.viz.segments import segment_panel
+    from lab.viz.lessons import segment_panel
 
     p = segment_panel("hpt", run=False)
     p.controls["steps"].value = 5

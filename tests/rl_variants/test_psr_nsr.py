@@ -129,7 +129,7 @@ def test_every_mode_runs_in_policy_optimization_by_name():
 
 
 def test_segment_panel_sign_view():
-    from lab.viz.segments import segment_panel
+    from lab.viz.lessons import segment_panel
 
     p = segment_panel("sign", run=False)
     p.controls["steps"].value = 10

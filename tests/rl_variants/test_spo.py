@@ -169,7 +169,7 @@ def test_spo_chain_needs_mc_values_the_loop_cannot_give():
 
 
 def test_segment_panel_shows_the_spo_view():
-    from lab.viz.segments import segment_panel
+    from lab.viz.lessons import segment_panel
 
     p = segment_panel("spo")
     assert p.last_error is None and len(p.figures) == 4
