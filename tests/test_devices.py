@@ -21,8 +21,8 @@ NAMES = registry.available("experiment")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 NOT_YET: set[str] = set(NAMES) - {"federated", "distributed_training", "ips_convergence", "graph_learning",
-                                 "dag_learning", "tallying_bandit",
-                                 "moe_routing_sim", "alf_primal_dual", "moe_transformer", "moe_hf"}   # until each area moves its experiments
+                                 "dag_learning", "tallying_bandit", "moe_routing_sim", "alf_primal_dual",
+                                 "moe_transformer", "moe_hf"}   # until each area moves its experiments
 
 
 def _params(names):
