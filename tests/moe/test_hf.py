@@ -6,7 +6,6 @@ transformers = pytest.importorskip("transformers")
 
 from lab.moe import AuxFreeBias, SwitchAux  # noqa: E402
 from lab.moe.hf import ARCHS, attach, find_routers, tiny_model  # noqa: E402
-from lab.moe.router import select_topk  # noqa: E402
 
 pytestmark = pytest.mark.slow  # building four HF model families; each test itself takes seconds
 
@@ -67,11 +66,11 @@ def test_deepseek_v3_aux_loss_is_hugging_face_function_on_its_router_logits():
     out = model(_tokens(), output_router_logits=True)
     hf = load_balancing_loss_func(tuple(out.router_logits), 8, 2)
     assert handle.aux_loss().item() == pytest.approx(hf.item(), rel=1e-5)
-    z = attach  # z-loss: HF's Switch Transformers function over the concatenated layers
     handle.detach()
     from transformers.models.switch_transformers.modeling_switch_transformers import router_z_loss_func
 
-    with z(model, "z_loss(coef=1.0)") as zh:
+    # z-loss: HF's Switch Transformers function over the layers' concatenated tokens
+    with attach(model, "z_loss(coef=1.0)") as zh:
         out = model(_tokens(), output_router_logits=True)
         layers = torch.cat([lg.reshape(3, 10, 8) for lg in out.router_logits], dim=1)
         assert zh.aux_loss().item() == pytest.approx(router_z_loss_func(layers).item(), rel=1e-5)
