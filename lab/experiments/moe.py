@@ -364,7 +364,7 @@ class HFMoEConfig:
     skew: float = 1.0  # Zipf exponent of the topic frequencies
     token_skew: float = 1.5  # Zipf exponent of the next-token prior: a few tokens dominate the stream
     seq_len: int = 16  # tokens per sequence
-    batch: int = 16  # sequences per step
+    batch: int = 8  # sequences per step
     steps: int = 60  # optimizer steps
     lr: float = 3e-3  # AdamW learning rate
     seed: int = 0  # seed of the model, the corpus and the batches

@@ -170,6 +170,19 @@ class BalancerHandle:
         self._token_shape: tuple[int, int] | None = None
         self._layers: list[_Layer] = []
         config = getattr(model, "config", None)
+        try:
+            self._hook_routers(routers, balancer, config, update_rate)
+        except BaseException:  # leave the model as it was
+            for layer in self._layers:
+                for h in layer.hooks:
+                    h.remove()
+            raise
+        self.controller = is_controller(self._layers[0].balancer)
+        self._pre = model.register_forward_pre_hook(self._start_forward, with_kwargs=True)
+        model._lab_balancer_handle = self
+
+    def _hook_routers(self, routers: list[tuple[str, nn.Module]], balancer: Any, config: Any,
+                      update_rate: float | None) -> None:
         shared = None
         for name, router in routers:
             e, k = int(router.num_experts), int(router.top_k)
@@ -192,11 +205,8 @@ class BalancerHandle:
             if use_buffer:  # start from (and later restore) the model's own correction bias
                 layer.saved_bias = router.e_score_correction_bias.detach().clone()
                 bal.bias = layer.saved_bias.to(device=device, dtype=torch.float64).clone()
-            layer.hooks.append(router.register_forward_hook(self._make_hook(layer)))
             self._layers.append(layer)
-        self.controller = is_controller(self._layers[0].balancer)
-        self._pre = model.register_forward_pre_hook(self._start_forward, with_kwargs=True)
-        model._lab_balancer_handle = self
+            layer.hooks.append(router.register_forward_hook(self._make_hook(layer)))
 
     # ------------------------------------------------------------------ hooks
     def _start_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -303,7 +313,7 @@ class BalancerHandle:
                     layer.router.e_score_correction_bias.copy_(layer.saved_bias)
             layer.logits = layer.indices = None
         self._pre.remove()
-        self.model._lab_balancer_handle = None
+        del self.model._lab_balancer_handle
         self._attached = False
 
     def __enter__(self) -> "BalancerHandle":

@@ -202,6 +202,18 @@ def test_bad_input_is_named():
         tiny_model("llama")
 
 
+def test_a_failed_attach_leaves_no_hook_behind():
+    from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
+
+    routers = torch.nn.ModuleList([
+        MixtralTopKRouter(transformers.MixtralConfig(hidden_size=8, num_local_experts=e, num_experts_per_tok=2))
+        for e in (8, 4)])  # the second layer does not fit an 8-expert template
+    with pytest.raises(ValueError, match="experts"):
+        attach(routers, AuxFreeBias(8))
+    assert not routers[0]._forward_hooks and not routers[1]._forward_hooks and not routers._forward_pre_hooks
+    assert not hasattr(routers, "_lab_balancer_handle")
+
+
 # ---------------------------------------------------------------------------------------- training
 @pytest.mark.parametrize("arch", ["mixtral", "deepseek_v3"])
 def test_training_on_a_skewed_stream_balances_with_the_bias_and_not_without(arch):
