@@ -30,6 +30,7 @@ NOT_YET: set[str] = set(NAMES) - {   # every experiment, until its area moves it
     "opposing_signals", "large_batch_gap", "highdim_dynamics",
     "policy_optimization", "padding_drift", "logits_memory",
     "advantage_zoo", "token_view", "segment_advantages", "truncation_window", "hybrid_post_training",
+    "moe_routing_sim", "alf_primal_dual", "moe_transformer", "moe_hf",
 }
 
 

@@ -62,6 +62,7 @@ def dual_step(load: torch.Tensor, n: int, u: float, schedule: str) -> torch.Tens
     Leading axes are independent runs (the regret test simulates several side by side).
     """
     check_choice("schedule", schedule, SCHEDULES)
+    check_int("n", n, minimum=1)
     target = load.mean(-1, keepdim=True)  # L = kT / E
     violation = target - load  # (E,)  L - A_i
     if schedule == "sign":
@@ -85,17 +86,21 @@ class AuxFreeBias:
         n_experts: E.
         u: bias update speed (DeepSeek: 1e-3 with the sign rule).
         schedule: step-size schedule, one of ``"sign"``, ``"linear"``, ``"inv_n"``, ``"inv_sqrt_n"``.
+        device: where the biases live (float64); the router's device avoids a copy per step.
     """
 
-    def __init__(self, n_experts: int, *, u: float = 1e-3, schedule: str = "sign"):
+    def __init__(self, n_experts: int, *, u: float = 1e-3, schedule: str = "sign",
+                 device: torch.device | str | None = None):
         self.n_experts = check_int("n_experts", n_experts, minimum=1)
         self.u = check_positive("u", u)
         self.schedule = check_choice("schedule", schedule, SCHEDULES)
-        self.bias = torch.zeros(n_experts, dtype=torch.float64)
+        self.bias = torch.zeros(n_experts, dtype=torch.float64, device=device)
         self.n = 0
 
     def selection(self, scores: torch.Tensor) -> torch.Tensor:
         """``s + p``: the scores that choose the experts (the gates keep using ``s``)."""
+        if scores.shape[-1:] != (self.n_experts,):
+            raise ValueError(f"scores must have shape (..., {self.n_experts}), got {tuple(scores.shape)}")
         return scores + self.bias.to(scores)
 
     @torch.no_grad()
@@ -117,8 +122,12 @@ class AuxFreeBias:
         return {"bias": self.bias.clone(), "n": self.n}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"bias", "n"} - set(state)
+        if missing:
+            raise KeyError(f"state must hold 'bias' and 'n', missing {sorted(missing)}")
         bias = check_tensor("bias", state["bias"], shape=(self.n_experts,), finite=True)
-        self.bias, self.n = bias.clone().to(torch.float64), int(state["n"])
+        self.bias = bias.detach().to(device=self.bias.device, dtype=torch.float64).clone()
+        self.n = check_int("n", int(state["n"]), minimum=0)
 
     def __repr__(self) -> str:
         return f"AuxFreeBias(n_experts={self.n_experts}, u={self.u}, schedule={self.schedule!r})"

@@ -15,38 +15,54 @@ its tokens to one expert is penalized even when the batch as a whole is balanced
 wants to stop extreme sequences. ``indices`` are the actual (bias-selected) choices, so f counts
 the real dispatch (the report does not say otherwise; an [unverified] reading).
 
-Shapes: ``router_logits (B, S, E)`` is B sequences of S tokens; ``(T, E)`` is one sequence.
+Shapes: ``router_logits (..., S, E)``: every axis in front of the sequence axis S indexes a
+sequence (``(B, S, E)`` is B sequences, ``(L, B, S, E)`` is the B sequences of L stacked layers);
+``(T, E)`` is one sequence. Several layers are pooled like every sequence of the batch: the loss is
+the mean over all (layer, sequence) pairs, i.e. the mean of the per-layer losses (Hugging Face has
+no sequence-wise loss; DeepSeek's own code adds one loss per layer, which is ``n_layers`` times
+this - scale ``coef`` accordingly). ``attention_mask (..., S)`` (1 = real token) restricts T to a
+sequence's real tokens; a sequence without real tokens is left out of the mean, and a batch without
+any gives exactly 0 (a finite, documented result instead of a division by zero).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from lab.checks import check_choice, check_int, check_nonneg
-from lab.moe.router import SCORE_FNS, check_routing, scores_from_logits
+from lab.moe.router import SCORE_FNS, check_routing, scores_from_logits, token_mask
 from lab.registry import register
 
 
-def seq_aux_loss(router_logits: torch.Tensor, indices: torch.Tensor,
-                 score_fn: str = "softmax") -> tuple[torch.Tensor, dict[str, Any]]:
-    """``mean_b sum_i f_{b,i} P_{b,i}`` (no coefficient) and the per-sequence stats."""
+def seq_aux_loss(router_logits: torch.Tensor, indices: torch.Tensor, score_fn: str = "softmax",
+                 attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``mean_b sum_i f_{b,i} P_{b,i}`` (no coefficient) over the sequences b, and the per-sequence stats."""
     e = check_routing(router_logits, indices, None)
     if router_logits.dim() == 2:
         router_logits, indices = router_logits.unsqueeze(0), indices.unsqueeze(0)
-    if router_logits.dim() != 3:
-        raise ValueError(f"router_logits must have shape (B, S, E) or (T, E), got {tuple(router_logits.shape)}")
-    b, t, k = indices.shape
-    scores = scores_from_logits(router_logits, score_fn)  # (B, S, E)
-    # s' = s / sum_j s_j ;  P_{b,i} = mean_t s'_{t,i}
-    p_seq = (scores / scores.sum(-1, keepdim=True)).mean(1)  # (B, E)
-    # f_{b,i} = E / (k S) * #{t : i in S_t}
+        if attention_mask is not None and attention_mask.dim() == 1:
+            attention_mask = attention_mask.unsqueeze(0)
+    lead = router_logits.shape[:-2]
+    s_len, k = indices.shape[-2], indices.shape[-1]
+    b = math.prod(lead)  # sequences
+    scores = scores_from_logits(router_logits, score_fn).reshape(b, s_len, e)  # (B, S, E)
+    mask = token_mask(attention_mask, router_logits.shape[:-1], scores)  # (..., S) or None
+    m = (torch.ones(b, s_len, dtype=scores.dtype, device=scores.device) if mask is None
+         else mask.reshape(b, s_len))  # (B, S)
+    n_real = m.sum(-1)  # (B,) real tokens per sequence
+    # s' = s / sum_j s_j ;  P_{b,i} = mean over the real tokens t of s'_{t,i}
+    p_seq = ((scores / scores.sum(-1, keepdim=True)) * m.unsqueeze(-1)).sum(1) / n_real.clamp_min(1.0).unsqueeze(-1)
+    # f_{b,i} = E / (k T_b) * #{t real : i in S_t}
     counts = torch.zeros(b, e, dtype=scores.dtype, device=scores.device)
-    counts.scatter_add_(1, indices.reshape(b, t * k), torch.ones(b, t * k, dtype=scores.dtype, device=scores.device))
-    f_seq = counts * (e / (k * t))  # (B, E)
-    # L_Bal (per sequence) = sum_i f_i P_i ; averaged over sequences
-    loss = (f_seq * p_seq).sum(-1).mean()
-    return loss, {"f_seq": f_seq.detach(), "P_seq": p_seq.detach()}
+    counts.scatter_add_(1, indices.reshape(b, s_len * k), m.repeat_interleave(k, dim=1))
+    f_seq = counts * (e / k) / n_real.clamp_min(1.0).unsqueeze(-1)  # (B, E)
+    # L_Bal (per sequence) = sum_i f_i P_i ; averaged over the sequences with real tokens
+    has = (n_real > 0).to(scores.dtype)  # (B,)
+    loss = ((f_seq * p_seq).sum(-1) * has).sum() / has.sum().clamp_min(1.0)
+    return loss, {"f_seq": f_seq.detach().reshape(*lead, e), "P_seq": p_seq.detach().reshape(*lead, e),
+                  "has_tokens": (n_real > 0).reshape(lead)}
 
 
 @register("balancer", "seq_aux", paper="DeepSeek-V3 Technical Report", arxiv="2412.19437",
@@ -66,10 +82,14 @@ class SeqAux:
         self.coef = check_nonneg("coef", coef)
         self.score_fn = check_choice("score_fn", score_fn, SCORE_FNS)
 
-    def loss(self, router_logits: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def loss(self, router_logits: torch.Tensor, indices: torch.Tensor,
+             attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``coef * mean_seq sum_i f_i P_i`` over every sequence (of every stacked layer)."""
         check_routing(router_logits, indices, self.n_experts)
-        raw, stats = seq_aux_loss(router_logits, indices, self.score_fn)
-        seq_vio = (stats["f_seq"].max(-1).values - 1.0).mean()  # f_i = load_i / mean load per sequence
+        raw, stats = seq_aux_loss(router_logits, indices, self.score_fn, attention_mask)
+        has = stats["has_tokens"].reshape(-1)
+        vio = stats["f_seq"].reshape(-1, self.n_experts).max(-1).values - 1.0  # f_i = load_i / mean load
+        seq_vio = (vio * has).sum() / has.sum().clamp_min(1)
         return self.coef * raw, {"seq_aux": raw.detach(), "seq_max_violation": seq_vio}
 
     def __repr__(self) -> str:

@@ -120,16 +120,18 @@ class StochasticBalance:
         n_experts: E.
         capacity_factor: c, the per-step budget of an expert is ``c * L`` assignments (c >= 1).
         memory: rho in [0, 1), weight of the past in the moving average of the consumed budget.
+        device: where the consumed budget lives (float64).
     """
 
-    def __init__(self, n_experts: int, *, capacity_factor: float = 1.25, memory: float = 0.9):
+    def __init__(self, n_experts: int, *, capacity_factor: float = 1.25, memory: float = 0.9,
+                 device: torch.device | str | None = None):
         self.n_experts = check_int("n_experts", n_experts, minimum=1)
         self.capacity_factor = check_positive("capacity_factor", capacity_factor)
         if self.capacity_factor < 1.0:
             raise ValueError(f"capacity_factor must be >= 1 (a budget below the fair share cannot hold "
                              f"all tokens), got {capacity_factor}")
         self.memory = check_range("memory", memory, 0.0, 1.0, hi_open=True)
-        self.consumed = torch.zeros(n_experts, dtype=torch.float64)
+        self.consumed = torch.zeros(n_experts, dtype=torch.float64, device=device)
         self.n = 0
 
     @property
@@ -139,6 +141,8 @@ class StochasticBalance:
 
     def selection(self, scores: torch.Tensor) -> torch.Tensor:
         """``s_{t,i} * psi(l_i)``; exhausted experts get -1 so they are chosen only when k forces it."""
+        if scores.shape[-1:] != (self.n_experts,):
+            raise ValueError(f"scores must have shape (..., {self.n_experts}), got {tuple(scores.shape)}")
         price = balance_penalty(self.consumed).to(scores)  # (E,)
         return torch.where(price > 0, scores * price, torch.full_like(scores, -1.0))
 
@@ -160,8 +164,14 @@ class StochasticBalance:
         return {"consumed": self.consumed.clone(), "n": self.n}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"consumed", "n"} - set(state)
+        if missing:
+            raise KeyError(f"state must hold 'consumed' and 'n', missing {sorted(missing)}")
         consumed = check_tensor("consumed", state["consumed"], shape=(self.n_experts,), finite=True)
-        self.consumed, self.n = consumed.clone().to(torch.float64), int(state["n"])
+        if (consumed < 0).any():
+            raise ValueError("consumed must be non-negative")
+        self.consumed = consumed.detach().to(device=self.consumed.device, dtype=torch.float64).clone()
+        self.n = check_int("n", int(state["n"]), minimum=0)
 
     def __repr__(self) -> str:
         return (f"StochasticBalance(n_experts={self.n_experts}, capacity_factor={self.capacity_factor}, "

@@ -12,11 +12,20 @@ f is a count, so the gradient flows through P only: the loss lowers the probabil
 that receive many tokens. Under uniform routing (f_i = k/E, P_i = 1/E) ``L_aux = alpha * k``, which
 is also its minimum over P for fixed uniform f; for k = 1 this is Switch's balanced value alpha.
 
-Exactly the ``E * sum_i f_i P_i`` of Hugging Face's Mixtral ``load_balancing_loss_func`` for one
-layer (its f counts every top-k slot, as here); ``attention_mask`` drops padding tokens from both
-means. Departure: a model with several MoE layers adds one loss per layer (Switch) instead of
-pooling the layers' tokens into one f and P (the Hugging Face helper). The ``indices`` come from the
-router (possibly biased selection), so f counts the actual dispatch.
+Several MoE layers are **pooled**, as Hugging Face does (Mixtral, Qwen2-MoE, Qwen3-MoE
+``load_balancing_loss_func``): the layers' tokens count as one batch of ``n_layers * T`` tokens, so
+f and P are means over all layers and tokens and there is one ``E * sum_i f_i P_i`` (not one per
+layer, not a sum over layers). Pass the layers stacked on a leading axis, ``router_logits (L, ...,
+E)`` and ``indices (L, ..., k)``: every axis in front of the expert axis counts as tokens. This is
+what makes ``router_aux_loss_coef`` values from Hugging Face configs transfer (tested against
+``load_balancing_loss_func`` with several layers). ``attention_mask`` (1 = real token) drops
+padding from both means and broadcasts over the leading layer axis.
+
+Where the lab departs from the Hugging Face helper: ``indices`` are the router's actual choices
+(possibly a biased selection), so f counts the real dispatch; Hugging Face recomputes
+``TopK(softmax(h))``, which is the same thing for an unbiased softmax router. A batch with no
+(unmasked) token gives a loss of exactly 0 with a zero gradient (Hugging Face divides by zero and
+returns NaN): nothing was routed, so nothing is out of balance.
 
 Registered as ``balancer/switch_aux``; in the catalog it is the baseline of "A Theoretical Framework
 for Auxiliary-Loss-Free Load Balancing of Sparse Mixture-of-Experts in Large-Scale AI Models".
@@ -27,19 +36,21 @@ from typing import Any
 
 import torch
 
-from lab.checks import check_int, check_nonneg, check_tensor
-from lab.moe.router import check_routing
+from lab.checks import check_int, check_nonneg
+from lab.moe.router import check_routing, token_mask
 from lab.registry import register
 
 
 def dispatch_fraction(indices: torch.Tensor, n_experts: int, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``f_i``: fraction of (unmasked) tokens with expert i among their choices, shape (E,)."""
-    one_hot = torch.nn.functional.one_hot(indices, n_experts).to(torch.get_default_dtype())  # (..., k, E)
-    per_token = one_hot.sum(-2)  # (..., E)
+    """``f_i``: fraction of (unmasked) tokens with expert i among their choices, shape (E,); zeros
+    when there is no token."""
+    per_token = torch.zeros(*indices.shape[:-1], n_experts, dtype=torch.get_default_dtype(), device=indices.device)
+    per_token.scatter_add_(-1, indices, torch.ones_like(indices, dtype=per_token.dtype))  # (..., E) slots
+    per_token = per_token.reshape(-1, n_experts)  # (T, E)
     if mask is None:
-        return per_token.reshape(-1, n_experts).mean(0)
+        return per_token.sum(0) / max(per_token.shape[0], 1)
     m = mask.reshape(-1, 1).to(per_token)
-    return (per_token.reshape(-1, n_experts) * m).sum(0) / m.sum().clamp_min(1.0)
+    return (per_token * m).sum(0) / m.sum().clamp_min(1.0)
 
 
 def switch_aux_loss(router_logits: torch.Tensor, indices: torch.Tensor,
@@ -47,27 +58,19 @@ def switch_aux_loss(router_logits: torch.Tensor, indices: torch.Tensor,
     """``E * sum_i f_i P_i`` (no coefficient) and the stats ``f`` and ``P``.
 
     Args:
-        router_logits: (..., E) logits h of all tokens.
+        router_logits: (..., E) logits h of all tokens; stacked layers (L, ..., E) are pooled.
         indices: (..., k) chosen experts of each token.
-        attention_mask: optional (...) mask, 1 = real token, 0 = padding.
+        attention_mask: optional mask of the token shape or a suffix of it, 1 = real token.
     """
     e = check_routing(router_logits, indices, None)
-    mask = None
-    if attention_mask is not None:
-        check_tensor("attention_mask", attention_mask)
-        if attention_mask.shape != router_logits.shape[:-1]:
-            raise ValueError(f"attention_mask must have shape {tuple(router_logits.shape[:-1])}, "
-                             f"got {tuple(attention_mask.shape)}")
-        mask = attention_mask
+    mask = token_mask(attention_mask, router_logits.shape[:-1], router_logits)  # (...) or None
     probs = router_logits.softmax(-1).reshape(-1, e)  # (T, E)
+    # T (unmasked tokens); with no token at all f = P = 0 and the loss is exactly 0 (no host sync)
+    n_tokens = (probs.new_tensor(float(probs.shape[0])) if mask is None else mask.sum()).clamp_min(1.0)
     # f_i = (1/T) sum_t 1[i in S_t]    (no gradient: a count)
     f = dispatch_fraction(indices, e, mask).to(probs)  # (E,)
     # P_i = (1/T) sum_t p_{t,i}
-    if mask is None:
-        p_mean = probs.mean(0)  # (E,)
-    else:
-        m = mask.reshape(-1, 1).to(probs)
-        p_mean = (probs * m).sum(0) / m.sum().clamp_min(1.0)
+    p_mean = (probs if mask is None else probs * mask.reshape(-1, 1)).sum(0) / n_tokens  # (E,)
     # E * sum_i f_i P_i
     loss = e * (f * p_mean).sum()
     return loss, {"f": f.detach(), "P": p_mean.detach()}
@@ -81,16 +84,19 @@ class SwitchAux:
 
     Args:
         n_experts: E, checked against the router logits.
-        coef: alpha, the loss coefficient (Switch: 1e-2).
+        coef: alpha, the loss coefficient (Switch: 1e-2; Hugging Face's ``router_aux_loss_coef``
+            for Mixtral and Qwen-MoE configs: 1e-3).
     """
 
     def __init__(self, n_experts: int, *, coef: float = 1e-2):
         self.n_experts = check_int("n_experts", n_experts, minimum=1)
         self.coef = check_nonneg("coef", coef)
 
-    def loss(self, router_logits: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def loss(self, router_logits: torch.Tensor, indices: torch.Tensor,
+             attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``coef * E sum_i f_i P_i`` over every token in front of the expert axis (layers pooled)."""
         check_routing(router_logits, indices, self.n_experts)
-        raw, stats = switch_aux_loss(router_logits, indices)
+        raw, stats = switch_aux_loss(router_logits, indices, attention_mask)
         return self.coef * raw, {**stats, "switch_aux": raw.detach()}
 
     def __repr__(self) -> str:

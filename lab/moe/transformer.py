@@ -5,9 +5,12 @@
 
 Each block's feed-forward is a :class:`~lab.moe.layer.MoELayer` with its own router and its own
 balancer (a bias controller keeps per-layer biases). ``forward`` returns the logits and the list of
-per-layer :class:`~lab.moe.router.RouterOutput`; :meth:`MoETransformer.aux_loss` sums the layers'
-auxiliary losses (Switch adds one loss per MoE layer) and :meth:`MoETransformer.update_balancers`
-feeds each layer's load to its controller after the optimizer step.
+per-layer :class:`~lab.moe.router.RouterOutput`; :meth:`MoETransformer.aux_loss` pools the layers'
+auxiliary loss the way Hugging Face does (the layers' tokens count as one batch: one
+``E sum_i f_i P_i`` over all layers for ``switch_aux``, the mean over all layers' tokens for
+``z_loss``, the mean over every layer's sequences for ``seq_aux``), so a ``router_aux_loss_coef``
+from a Hugging Face config means the same here; :meth:`MoETransformer.update_balancers` feeds each
+layer's load to its controller after the optimizer step.
 """
 from __future__ import annotations
 
@@ -24,13 +27,14 @@ from lab.moe.router import RouterOutput, is_controller
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (``scaled_dot_product_attention`` with ``is_causal``)."""
 
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, *, device: torch.device | str | None = None):
         super().__init__()
+        check_int("n_heads", n_heads, minimum=1)
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model, device=device)
+        self.proj = nn.Linear(d_model, d_model, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, d) -> (B, S, d)
         b, s, d = x.shape
@@ -43,10 +47,10 @@ class CausalSelfAttention(nn.Module):
 class MoEBlock(nn.Module):
     """``x += Attn(LN(x)); x += MoE(LN(x))``."""
 
-    def __init__(self, d_model: int, n_heads: int, moe: MoELayer):
+    def __init__(self, d_model: int, n_heads: int, moe: MoELayer, *, device: torch.device | str | None = None):
         super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, n_heads)
+        self.ln1, self.ln2 = nn.LayerNorm(d_model, device=device), nn.LayerNorm(d_model, device=device)
+        self.attn = CausalSelfAttention(d_model, n_heads, device=device)
         self.moe = moe
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterOutput]:
@@ -67,31 +71,34 @@ class MoETransformer(nn.Module):
         max_len: longest sequence (learned positional embeddings).
         make_balancer: ``layer_index -> balancer or None``, called once per layer (each layer
             needs its own controller state).
-        capacity_factor, priority, score_fn: passed to every :class:`MoELayer`.
+        capacity_factor, priority, score_fn, impl: passed to every :class:`MoELayer`.
         generator: draws every initial weight (normal, std 0.02, as GPT-2; expert matrices
-            scaled by 1/sqrt(fan_in)), so a seed fixes the model without global seeding.
+            scaled by 1/sqrt(fan_in)), so a seed fixes the model without global seeding; it must
+            live on ``device``.
+        device: where every parameter lives.
     """
 
     def __init__(self, vocab: int = 32, d_model: int = 32, n_layers: int = 2, n_heads: int = 2,
                  n_experts: int = 8, k: int = 2, max_len: int = 64,
                  make_balancer: Callable[[int], Any] | None = None, *, capacity_factor: float | None = None,
-                 priority: str = "sequence", score_fn: str = "softmax",
-                 generator: torch.Generator | None = None):
+                 priority: str = "sequence", score_fn: str = "softmax", impl: str = "auto",
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None):
         super().__init__()
         check_int("vocab", vocab, minimum=2)
+        check_int("d_model", d_model, minimum=1)
         check_int("n_layers", n_layers, minimum=1)
         check_int("max_len", max_len, minimum=1)
         self.max_len = max_len
-        self.tok = nn.Embedding(vocab, d_model)
-        self.pos = nn.Embedding(max_len, d_model)
+        self.tok = nn.Embedding(vocab, d_model, device=device)
+        self.pos = nn.Embedding(max_len, d_model, device=device)
         self.blocks = nn.ModuleList(
             MoEBlock(d_model, n_heads, MoELayer(d_model, n_experts, k,
                                                 balancer=make_balancer(i) if make_balancer else None,
                                                 capacity_factor=capacity_factor, priority=priority,
-                                                score_fn=score_fn))
+                                                score_fn=score_fn, impl=impl, device=device), device=device)
             for i in range(n_layers))
-        self.ln_f = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab)
+        self.ln_f = nn.LayerNorm(d_model, device=device)
+        self.head = nn.Linear(d_model, vocab, device=device)
         self.reset_parameters(generator)
 
     @torch.no_grad()
@@ -126,10 +133,18 @@ class MoETransformer(nn.Module):
             routes.append(route)
         return self.head(self.ln_f(x)), routes  # (B, S, V)
 
-    @staticmethod
-    def aux_loss(routes: list[RouterOutput]) -> torch.Tensor:
-        """Sum of the layers' auxiliary losses (0 for controllers and no balancer)."""
-        return torch.stack([r.aux_loss for r in routes]).sum()
+    def aux_loss(self, routes: list[RouterOutput], attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The auxiliary loss pooled over the layers as Hugging Face pools it (0 for controllers and no
+        balancer): the loss balancer is applied once to the layers' stacked logits ``(L, B, S, E)``
+        and indices ``(L, B, S, k)``; ``attention_mask (B, S)`` drops padding in every layer."""
+        if len(routes) != len(self.blocks):
+            raise ValueError(f"routes must hold one RouterOutput per layer ({len(self.blocks)}), got {len(routes)}")
+        balancer = self.blocks[0].moe.router.balancer
+        if balancer is None or is_controller(balancer):
+            return routes[0].logits.new_zeros(())
+        logits = torch.stack([r.logits for r in routes])  # (L, B, S, E)
+        indices = torch.stack([r.indices for r in routes])  # (L, B, S, k)
+        return balancer.loss(logits, indices, attention_mask)[0]
 
     def update_balancers(self, routes: list[RouterOutput]) -> list[dict[str, Any]]:
         """Call ``update(load)`` on every layer's bias controller; returns their stats."""

@@ -1,7 +1,11 @@
 """Figures for MoE load balancing: expert load over steps, balance curves, biases, primal-dual view.
 
 - :func:`load_heatmap`: relative load ``A_i / mean(A)`` (steps x experts) per run, side by side.
-- :func:`balance_curves`: max violation, loss and gate distortion against step for several runs.
+- :func:`layer_load_heatmaps`: the same for every layer of a multi-layer model (``layer_load``),
+  one row of heatmaps per run (e.g. with and without a balancer on a Hugging Face model).
+- :func:`balance_curves`: max violation, loss, interference and gate distortion against step.
+- :func:`loss_gap`: each run's loss minus a reference run's (same seed, same batches), smoothed: the
+  price a balancer pays in the main loss, too small to see on the loss curves themselves.
 - :func:`bias_figure`: each expert's bias (the dual price) over time for the controller runs.
 - :func:`primal_dual_figure`: the Lagrangian (deterministic) or the cumulative regret (online)
   against step, with the max violation.
@@ -47,8 +51,35 @@ def load_heatmap(runs: History | Mapping[str, History], *, zmax: float = 3.0,
     return fig
 
 
+def layer_load_heatmaps(runs: History | Mapping[str, History], *, zmax: float = 3.0,
+                        title: str | None = None) -> go.Figure:
+    """Rows = runs, columns = layers: expert (y) by step (x), colour = load relative to the layer's mean."""
+    runs = _as_runs(runs)
+    labels = [label for label, h in runs.items() if "layer_load" in h]
+    if not labels:
+        raise ValueError("no run has a 'layer_load' metric")
+    n_layers = max(np.asarray(runs[label]["layer_load"]).shape[1] for label in labels)
+    names = [f"{label} · layer {j}" for label in labels for j in range(n_layers)]
+    fig = make_subplots(rows=len(labels), cols=n_layers, subplot_titles=names, shared_xaxes=True,
+                        shared_yaxes=True, horizontal_spacing=0.03, vertical_spacing=0.12)
+    for r, label in enumerate(labels, start=1):
+        steps, load = runs[label].series("layer_load")  # (steps, L, E)
+        load = np.asarray(load, dtype=float)
+        mean = load.mean(axis=2, keepdims=True)
+        rel = np.divide(load, mean, out=np.ones_like(load), where=mean > 0)
+        for j in range(load.shape[1]):
+            fig.add_trace(go.Heatmap(z=rel[:, j].T, x=steps, y=list(range(load.shape[2])), zmin=0.0, zmax=zmax,
+                                     colorscale="RdBu_r", zmid=1.0, showscale=r == 1 and j == 0,
+                                     colorbar=dict(title="A/mean")), row=r, col=j + 1)
+            fig.update_xaxes(title_text="step", row=r, col=j + 1)
+        fig.update_yaxes(title_text="expert", row=r, col=1)
+    fig.update_layout(title=title or "per-layer expert load over training (1 = balanced)", template="plotly_white",
+                      height=220 * len(labels) + 80, margin=dict(l=50, r=20, t=70, b=40))
+    return fig
+
+
 def balance_curves(runs: History | Mapping[str, History],
-                   metrics: Sequence[str] = ("max_violation", "loss", "gate_distortion"),
+                   metrics: Sequence[str] = ("max_violation", "loss", "interference", "gate_distortion"),
                    title: str | None = None) -> go.Figure:
     """Stacked curves of balance and loss metrics, one colour per run."""
     runs = _as_runs(runs)
@@ -56,6 +87,29 @@ def balance_curves(runs: History | Mapping[str, History],
     if not present:
         raise ValueError(f"none of the metrics {list(metrics)} is in the runs")
     return curves(runs, present, title=title)
+
+
+def loss_gap(runs: Mapping[str, History], reference: str = "none", *, window: int = 10,
+             title: str | None = None) -> go.Figure:
+    """``loss(run) - loss(reference)`` per step, moving average over ``window`` steps; one line per run."""
+    runs = _as_runs(runs)
+    if reference not in runs:
+        raise ValueError(f"reference run {reference!r} not among {list(runs)}")
+    ref = np.asarray(runs[reference]["loss"], dtype=float)
+    fig = go.Figure()
+    for i, (label, h) in enumerate(runs.items()):
+        if label == reference:
+            continue
+        gap = np.asarray(h["loss"], dtype=float)[: len(ref)] - ref[: len(h["loss"])]
+        w = max(1, min(window, len(gap)))
+        smooth = np.convolve(gap, np.ones(w) / w, mode="valid")
+        fig.add_trace(go.Scatter(x=h.series("loss")[0][w - 1: len(gap)], y=smooth, mode="lines", name=label,
+                                 line=dict(color=color(i))))
+    fig.add_hline(y=0.0, line=dict(color="gray", dash="dot"))
+    fig.update_layout(title=title or f"loss minus the {reference!r} run's (moving average of {window} steps)",
+                      template="plotly_white", height=300, xaxis_title="step", yaxis_title="Δ loss",
+                      margin=dict(l=50, r=20, t=60, b=40))
+    return fig
 
 
 def bias_figure(runs: History | Mapping[str, History], title: str | None = None) -> go.Figure:
@@ -87,4 +141,5 @@ def primal_dual_figure(runs: History | Mapping[str, History], title: str | None 
     return fig
 
 
-__all__ = ["balance_curves", "bias_figure", "load_heatmap", "primal_dual_figure", "relative_load"]
+__all__ = ["balance_curves", "bias_figure", "layer_load_heatmaps", "load_heatmap", "loss_gap", "primal_dual_figure",
+           "relative_load"]

@@ -58,6 +58,12 @@ def test_empty_step_changes_nothing_and_bad_input_raises():
         AuxFreeBias(3, u=0.0)
     with pytest.raises(ValueError, match="schedule"):
         AuxFreeBias(3, schedule="cosine")
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        dual_step(torch.ones(3), 0, 1.0, "inv_n")  # step counts start at 1 (no division by zero)
+    with pytest.raises(KeyError, match="'n'"):
+        bal.load_state_dict({"bias": torch.zeros(3)})
+    with pytest.raises(ValueError, match="scores must have shape"):
+        bal.selection(torch.zeros(2, 4))
 
 
 def _stream_router(u, seed=0):

@@ -1,4 +1,6 @@
 """MoE experiments, the tiny MoE transformer and the figures."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -20,15 +22,31 @@ def test_every_catalog_balancer_is_registered_and_buildable():
     assert isinstance(af, AuxFreeBias) and af.u == 0.05 and af.schedule == "linear"  # spec wins
 
 
-@pytest.mark.slow
-def test_routing_sim_bias_balances_where_no_balancing_does_not():
-    none = run("moe_routing_sim", balancer="none")
-    free = run("moe_routing_sim", balancer="aux_free_bias")
+def test_routing_sim_bias_balances_without_interference_where_the_aux_loss_bends_the_gates():
+    runs = compare_balancers("moe_routing_sim", RoutingSimConfig(), ("none", "switch_aux", "aux_free_bias"))
+    none, aux, free = runs["none"], runs["switch_aux"], runs["aux_free_bias"]
     tail = slice(-30, None)
     assert none["max_violation"][tail].mean() > 0.8
     assert free["max_violation"][tail].mean() < 0.5 * none["max_violation"][tail].mean()
-    assert free["bias"].shape == (200, 8) and "bias" not in none
-    assert none["gate_distortion"].max() < free["gate_distortion"][tail].mean()  # balancing moved tokens
+    assert free["bias"].shape == (100, 8) and "bias" not in none
+    # no balancer: the router is its own twin; the bias adds no gradient; the aux loss does
+    assert (none["gate_distortion"] == 0).all() and (none["interference"] == 0).all()
+    assert (free["interference"] == 0).all() and aux["interference"][tail].mean() > 0.3
+    # the aux loss's gradient bends the router's scores; the bias leaves them near the twin's
+    assert aux["gate_distortion"][tail].mean() > 0.1
+    assert free["gate_distortion"][tail].mean() < 0.25 * aux["gate_distortion"][tail].mean()
+    # the twin is trained exactly like the router minus the balancing: with a zero coefficient they coincide
+    idle = run("moe_routing_sim", balancer="switch_aux", aux_coef=0.0, steps=30)
+    assert (idle["gate_distortion"] == 0).all() and (idle["interference"] == 0).all()
+
+
+def test_moe_hf_records_every_layers_load():
+    h = run("moe_hf", arch="qwen3_moe", balancer="aux_free_bias", steps=3, batch=2, seq_len=6, n_layers=2,
+            device="cpu")
+    layer_load = h["layer_load"]  # (steps, layers, experts)
+    assert layer_load.shape == (3, 2, 8) and (layer_load.sum(-1) == 2 * 2 * 6).all()  # k * B * S per layer
+    assert (h["load"] == layer_load[:, 0]).all() and h["layer_bias"].shape == (3, 2, 8)
+    assert h.meta["layers"] == ["model.layers.0.mlp.gate", "model.layers.1.mlp.gate"]
 
 
 def test_routing_sim_aux_loss_trades_task_loss_for_balance():
@@ -41,8 +59,10 @@ def test_routing_sim_aux_loss_trades_task_loss_for_balance():
 
 def test_routing_sim_drift_and_capacity():
     h = run("moe_routing_sim", balancer="none", drift=0.05, steps=120, capacity_factor=1.0, lr=0.0)
-    busiest = h["load"].argmax(-1)
-    assert busiest[0] != busiest[-1]  # the popular expert moved
+    load = h["load"]
+    # the popularity bump sits at expert 0 and travels drift * E / (2 pi) experts per step:
+    # around step 76 it has moved 0.05 * 76 * 8 / (2 pi) = 4.8 experts, to expert 5
+    assert load[:8].sum(0).argmax() == 0 and load[72:80].sum(0).argmax() == 5
     assert 0.1 < h["dropped"].mean() < 1.0
 
 
@@ -66,6 +86,16 @@ def test_moe_transformer_learns_and_bias_balances():
     assert free["loss"][-10:].mean() < free["loss"][:5].mean() - 0.3
     assert free["max_violation"][-20:].mean() < 0.7 * none["max_violation"][-20:].mean()
     assert free["aux_loss"].max() == 0.0 and "bias" in free
+    assert (none["interference"] == 0).all() and (free["interference"] == 0).all()
+
+
+def test_moe_transformer_interference_is_the_aux_losss_share_of_the_router_gradient():
+    zero = run("moe_transformer", balancer="switch_aux", aux_coef=0.0, steps=5)
+    strong = run("moe_transformer", balancer="switch_aux", aux_coef=1.0, steps=5)
+    assert (zero["interference"] == 0).all()  # a zero coefficient adds no gradient
+    assert (strong["interference"] > 0.2).all() and (strong["interference"] < 1).all()
+    twin = run("moe_transformer", balancer="switch_aux", aux_coef=1.0, steps=5, twin=True)
+    assert twin["gate_distortion"][0] == 0.0 < twin["gate_distortion"][-1]  # same start, then apart
 
 
 def test_transformer_module_contract():
@@ -104,3 +134,33 @@ def test_schedule_field_lists_the_controller_schedules():
     from lab.moe.aux_free import SCHEDULES
 
     assert typing.get_args(Schedule) == SCHEDULES
+
+
+MOE_EXPERIMENTS = ["moe_routing_sim", "alf_primal_dual", "moe_transformer", "moe_hf"]
+
+
+@pytest.mark.parametrize("name", MOE_EXPERIMENTS)
+def test_bad_config_values_are_named(name):
+    from lab.experiments import config_of
+    from lab.registry import get
+
+    smoke = get("experiment", name).smoke
+    floats = [f.name for f in dataclasses.fields(config_of(name)) if type(getattr(config_of(name)(), f.name)) is float]
+    assert floats
+    for field in floats:
+        with pytest.raises(ValueError, match=field):
+            run(name, **{**smoke, field: float("nan")})
+    with pytest.raises(ValueError, match="seed"):
+        run(name, **{**smoke, "seed": -1})
+    with pytest.raises(ValueError, match="steps"):
+        run(name, **{**smoke, "steps": 0})
+
+
+@pytest.mark.parametrize("name", MOE_EXPERIMENTS)
+def test_smoke_config_is_reproducible_by_seed(name):
+    from lab.registry import get
+
+    smoke = get("experiment", name).smoke
+    a, b = run(name, **smoke, device="cpu"), run(name, **smoke, device="cpu")
+    assert [row for _, row in a.rows] == [row for _, row in b.rows]
+    assert run(name, **{**smoke, "seed": 1}, device="cpu").rows != a.rows

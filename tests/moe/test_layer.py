@@ -87,3 +87,76 @@ def test_layer_errors():
         MoELayer(4, 2, 1, priority="random")
     with pytest.raises(ValueError, match="x must have shape"):
         MoELayer(4, 2, 1)(torch.randn(3, 5))
+
+
+def _grads(layer, x, impl, upstream):
+    layer.impl = impl
+    layer.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    y, route = layer(x)
+    y.backward(upstream)
+    return y.detach(), [p.grad.clone() for p in layer.parameters()] + [x.grad.clone()], route
+
+
+@pytest.mark.parametrize("dtype,impl,tol", [(torch.float32, "grouped_mm", 1e-6), (torch.float32, "bmm", 1e-6),
+                                            (torch.float64, "bmm", 1e-12), (torch.float32, "auto", 1e-6)])
+@pytest.mark.parametrize("capacity_factor", [None, 0.75])
+def test_fast_dispatch_equals_the_loop_reference(dtype, impl, tol, capacity_factor):
+    # Prepare: skewed routing (some experts empty, some overflowing) and random upstream gradients
+    g = torch.Generator().manual_seed(0)
+    layer = MoELayer(8, 6, 2, d_hidden=12, capacity_factor=capacity_factor).to(dtype)
+    with torch.no_grad():
+        layer.router.gate.weight.normal_(0.0, 2.0, generator=g)
+        layer.router.gate.weight[5] = -10.0  # x > 0 below: expert 5 is never chosen
+        layer.b1.normal_(generator=g)
+        layer.b2.normal_(generator=g)
+    x = torch.randn(3, 11, 8, generator=g, dtype=dtype).abs()
+    upstream = torch.randn(3, 11, 8, generator=g, dtype=dtype)
+    # Execute
+    y_ref, g_ref, route = _grads(layer, x, "loop", upstream)
+    y, grads, _ = _grads(layer, x, impl, upstream)
+    # Assert: same outputs and same gradients for every parameter (router included) and for x
+    assert route.load[5] == 0  # an expert without tokens
+    if capacity_factor is not None:
+        assert route.dropped.any()
+    assert (y - y_ref).abs().max() <= tol * max(1.0, y_ref.abs().max())
+    for a, b in zip(grads, g_ref):
+        assert (a - b).abs().max() <= tol * max(1.0, b.abs().max())
+    assert grads[0].abs().sum() > 0  # the router weight learns through the gates
+
+
+def test_auto_picks_grouped_mm_where_usable_and_bmm_otherwise():
+    from lab.moe.layer import grouped_mm_usable
+
+    layer = MoELayer(8, 4, 2, d_hidden=12)
+    x = torch.randn(5, 8)
+    has = hasattr(torch.nn.functional, "grouped_mm") and grouped_mm_usable(x, layer.w1)
+    assert layer.resolved_impl(x) == ("grouped_mm" if has else "bmm")
+    assert layer.double().resolved_impl(x.double()) == "bmm"  # no float64 grouped GEMM
+    assert MoELayer(6, 4, 2, d_hidden=5).resolved_impl(torch.randn(3, 6)) == "bmm"  # rows not 16-byte multiples
+    with pytest.raises(ValueError, match="impl"):
+        MoELayer(8, 4, 2, impl="triton")
+
+
+@pytest.mark.parametrize("impl", ["loop", "grouped_mm", "bmm"])
+def test_no_token_and_all_dropped_give_zero_output(impl):
+    layer = MoELayer(8, 4, 1, impl=impl, capacity_factor=1e-9)  # C = ceil(tiny) = 1 per expert
+    y, route = layer(torch.zeros(0, 8))
+    assert y.shape == (0, 8) and route.load.sum() == 0
+    x = torch.randn(12, 8, generator=torch.Generator().manual_seed(1))
+    y, route = layer(x)
+    kept = ~route.dropped.squeeze(-1)
+    assert kept.sum() <= 4 and (y[~kept] == 0).all() and (y[kept] != 0).any()
+
+
+def test_expert_capacity_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="n_tokens"):
+        expert_capacity(-5, 4, 2, 1.0)
+    with pytest.raises(ValueError, match="capacity_factor"):
+        expert_capacity(5, 4, 2, float("nan"))
+    with pytest.raises(ValueError, match="n_experts"):
+        expert_capacity(5, 0, 2, 1.0)
+    with pytest.raises(ValueError, match="indices must lie"):
+        capacity_keep(torch.tensor([[5]]), 2, 1)
+    with pytest.raises(TypeError, match="indices must be an integer"):
+        capacity_keep(torch.zeros(3, 1), 2, 1)

@@ -157,3 +157,87 @@ def test_seq_aux_sees_sequence_imbalance_that_the_batch_loss_cannot():
     assert torch.autograd.grad(batch, logits)[0].abs().max() < 1e-12
     assert seq.item() == pytest.approx(2.8)
     assert torch.autograd.grad(seq, logits)[0].abs().max() > 0.01
+
+
+@pytest.mark.parametrize("name", ["switch_aux", "z_loss", "seq_aux"])
+@pytest.mark.parametrize("shape", [(0, 4), (2, 0, 4), (0, 3, 4)])
+def test_zero_token_batch_gives_exactly_zero_loss_and_zero_gradient(name, shape):
+    # documented choice: nothing routed -> nothing out of balance (HF's helper returns NaN here)
+    logits = torch.zeros(shape, requires_grad=True)
+    indices = torch.zeros(shape[:-1] + (2,), dtype=torch.int64)
+    loss, stats = make("balancer", name, 4).loss(logits, indices)
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad.shape == shape
+    assert all(torch.isfinite(v).all() for v in stats.values() if isinstance(v, torch.Tensor))
+
+
+@pytest.mark.parametrize("name", ["switch_aux", "z_loss", "seq_aux"])
+def test_all_padding_gives_zero_and_padding_is_ignored(name):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 4, generator=g)
+    indices = logits.topk(2, -1).indices
+    bal = make("balancer", name, 4, coef=1.0)
+    assert bal.loss(logits, indices, torch.zeros(2, 5))[0].item() == 0.0
+    mask = torch.ones(2, 5)
+    mask[1, 3:] = 0
+    masked = bal.loss(logits, indices, mask)[0]
+    junk = logits.clone()
+    junk[1, 3:] = 50.0 * torch.randn(2, 4, generator=g)  # whatever sits in the padding ...
+    assert bal.loss(junk, indices, mask)[0].item() == pytest.approx(masked.item(), rel=1e-6)  # ... is ignored
+    assert masked.item() != pytest.approx(bal.loss(logits, indices)[0].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["switch_aux", "z_loss", "seq_aux"])
+def test_bad_attention_masks_are_named(name):
+    bal = make("balancer", name, 4)
+    logits, indices = torch.zeros(2, 5, 4), torch.zeros(2, 5, 1, dtype=torch.int64)
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        bal.loss(logits, indices, torch.ones(5, 2))
+    with pytest.raises(ValueError, match="attention_mask must hold 0"):
+        bal.loss(logits, indices, torch.full((2, 5), 0.5))
+
+
+def test_switch_aux_pools_layers_like_hugging_face_several_layers_and_mask():
+    mixtral = pytest.importorskip("transformers.models.mixtral.modeling_mixtral")
+    g = torch.Generator().manual_seed(4)
+    n_layers, b, s, e, k = 3, 2, 6, 8, 2
+    # layers with very different balance: the pooled f P is not the mean of per-layer f P
+    logits = torch.randn(n_layers, b, s, e, generator=g) * torch.tensor([0.5, 2.0, 4.0]).reshape(3, 1, 1, 1)
+    indices = logits.softmax(-1).topk(k, -1).indices
+    ours, _ = switch_aux_loss(logits, indices)
+    theirs = mixtral.load_balancing_loss_func(tuple(logits.reshape(n_layers, -1, e)), e, k)
+    assert ours.item() == pytest.approx(float(theirs), abs=1e-6)
+    per_layer = [switch_aux_loss(logits[i], indices[i])[0].item() for i in range(n_layers)]
+    assert abs(sum(per_layer) - ours.item()) > 1.0  # summing the layers would be ~L times too strong
+    assert abs(sum(per_layer) / n_layers - ours.item()) > 1e-3  # and pooling is not averaging
+    mask = torch.ones(b, s, dtype=torch.int64)
+    mask[1, 2:] = 0
+    ours_m, _ = switch_aux_loss(logits, indices, attention_mask=mask)  # (B, S) broadcast over layers
+    theirs_m = mixtral.load_balancing_loss_func(tuple(logits.reshape(n_layers, -1, e)), e, k, attention_mask=mask)
+    assert ours_m.item() == pytest.approx(float(theirs_m), abs=1e-6)
+
+
+def test_z_loss_pools_layers_like_hugging_face_switch_transformers():
+    switch = pytest.importorskip("transformers.models.switch_transformers.modeling_switch_transformers")
+    layers = torch.randn(3, 2, 5, 4, generator=torch.Generator().manual_seed(2)) * torch.tensor([1.0, 3.0, 6.0]).reshape(3, 1, 1, 1)
+    hf = switch.router_z_loss_func(torch.cat(tuple(layers), dim=1))  # HF concatenates the layers' tokens
+    assert router_z_loss(layers).item() == pytest.approx(float(hf), rel=1e-6)
+
+
+def test_seq_aux_pools_layers_as_the_mean_over_layer_sequences():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 2, 6, 4, generator=g)
+    indices = logits.topk(2, -1).indices
+    stacked, stats = seq_aux_loss(logits, indices)
+    per_layer = torch.stack([seq_aux_loss(logits[i], indices[i])[0] for i in range(3)])
+    assert stacked.item() == pytest.approx(per_layer.mean().item(), rel=1e-6)
+    assert stats["f_seq"].shape == (3, 2, 4)
+
+
+def test_seq_aux_mask_hand_checked():
+    # sequence 1 has one real token (expert 1): f = [0, 2], P = [0.2, 0.8] -> 1.6 ; sequence 0 as before: 1.4
+    logits = _logits([[[0.8, 0.2], [0.6, 0.4]], [[0.2, 0.8], [0.7, 0.3]]])
+    indices = torch.tensor([[[0], [0]], [[1], [0]]])
+    raw, stats = seq_aux_loss(logits, indices, attention_mask=torch.tensor([[1, 1], [1, 0]]))
+    assert stats["f_seq"].tolist() == [[2.0, 0.0], [0.0, 2.0]]
+    assert raw.item() == pytest.approx((1.4 + 1.6) / 2)

@@ -46,3 +46,27 @@ def test_topic_corpus():
     probs = c.topic_probs()
     assert probs[0] > probs[-1] and probs.sum().item() == pytest.approx(1.0)
     assert 0 < c.entropy_rate() < torch.log(torch.tensor(16.0)).item()
+
+
+def test_sample_steps_follows_each_steps_topic_frequencies():
+    g = torch.Generator().manual_seed(0)
+    c = TopicMarkovCorpus(16, 4, skew=2.0, drift=1.0)  # the ranking rotates by one topic per step
+    tokens, topics = c.sample_steps(4, 4000, 3, generator=g)
+    assert tokens.shape == (4, 4000, 3) and topics.shape == (4, 4000)
+    for n in range(4):
+        freq = torch.bincount(topics[n], minlength=4).double() / 4000
+        assert torch.allclose(freq, c.topic_probs(n).double(), atol=0.03)
+    assert topics[0].bincount(minlength=4).argmax() != topics[1].bincount(minlength=4).argmax()
+    static = TopicMarkovCorpus(16, 4, skew=2.0)
+    _, t0 = static.sample_steps(2, 4000, 2, generator=g)
+    assert t0[0].bincount(minlength=4).argmax() == t0[1].bincount(minlength=4).argmax() == 0
+
+
+def test_token_skew_makes_a_few_tokens_frequent():
+    g = torch.Generator().manual_seed(1)
+    flat, _ = TopicMarkovCorpus(32, 4).sample_steps(1, 500, 16, generator=g)
+    skewed, _ = TopicMarkovCorpus(32, 4, token_skew=1.5).sample_steps(1, 500, 16, generator=g)
+    share = lambda t: (t.reshape(-1).bincount(minlength=32).sort(descending=True).values[:3].sum() / t.numel()).item()  # noqa: E731
+    assert share(skewed) > 0.25 > 0.2 > share(flat)  # the 3 most frequent tokens: 0.31 vs 0.15
+    with pytest.raises(ValueError, match="token_skew"):
+        TopicMarkovCorpus(8, 2, token_skew=-1.0)
