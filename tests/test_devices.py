@@ -26,6 +26,8 @@ NOT_YET: set[str] = set(NAMES) - {   # every experiment, until its area moves it
     "optimizer_on_surface", "digits_mlp", "algoperf", "sharp_flat", "sharpness_digits",
     "memory_efficient", "es_regression", "es_cartpole", "es_rank_sweep",
     "policy_optimization", "padding_drift", "logits_memory",
+    "preference_training", "step_dpo_chains", "sft_divergences", "unlearning",
+    "curriculum", "value_augmented_sampling",
 }
 
 
