@@ -31,6 +31,8 @@ NOT_YET: set[str] = set(NAMES) - {   # every experiment, until its area moves it
     "policy_optimization", "padding_drift", "logits_memory",
     "advantage_zoo", "token_view", "segment_advantages", "truncation_window", "hybrid_post_training",
     "moe_routing_sim", "alf_primal_dual", "moe_transformer", "moe_hf",
+    "preference_training", "step_dpo_chains", "sft_divergences", "unlearning",
+    "curriculum", "value_augmented_sampling",
 }
 
 

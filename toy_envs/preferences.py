@@ -65,12 +65,14 @@ class PreferenceTask:
         ref_alignment: how much the reference's logits follow the hidden token quality.
         ref_noise: standard deviation of the reference's logit noise.
         eos_logit: the reference's ``<eos>`` logit once ``min_len`` tokens are out.
-        seed: seed of the hidden qualities and the reference's noise.
+        seed: seed of the hidden qualities and the reference's noise (drawn on the CPU, so the task
+            is the same on every device).
+        device: where the task's tensors live (default CPU); samples land on the generator's device.
     """
 
     def __init__(self, n_prompts: int = 4, n_tokens: int = 6, min_len: int = 1, max_len: int = 4,
                  scale: float = 2.0, ref_alignment: float = 0.5, ref_noise: float = 1.0, eos_logit: float = 0.0,
-                 seed: int = 0):
+                 seed: int = 0, device: torch.device | str | None = None):
         check_int("n_prompts", n_prompts, minimum=1)
         check_int("n_tokens", n_tokens, minimum=2)
         check_int("min_len", min_len, minimum=1)
@@ -82,9 +84,10 @@ class PreferenceTask:
         self.n_prompts, self.n_tokens, self.min_len, self.max_len = n_prompts, n_tokens, min_len, max_len
         self.scale, self.ref_alignment, self.ref_noise = float(scale), float(ref_alignment), float(ref_noise)
         self.eos_logit = float(eos_logit)
+        self.device = torch.device("cpu" if device is None else device)
         g = torch.Generator().manual_seed(seed)
-        self.quality = torch.randn(n_prompts, n_tokens, generator=g)          # w[x, v]
-        self._noise = torch.randn(n_prompts, max_len + 1, n_tokens, generator=g)
+        self.quality = torch.randn(n_prompts, n_tokens, generator=g, device="cpu").to(self.device)  # w[x, v]
+        self._noise = torch.randn(n_prompts, max_len + 1, n_tokens, generator=g, device="cpu").to(self.device)
         self.vocab_size = n_tokens + 2
         self.prompt_len = 1
         self.max_new_tokens = max_len + 1
@@ -96,14 +99,14 @@ class PreferenceTask:
         content = responses >= 2                                                # (N, T)
         idx = (responses.long() - 2).clamp_min(0)
         w = self.quality[x[:, None].expand_as(idx), idx]                        # (N, T)
-        total = torch.where(content, w, torch.zeros(())).sum(-1)
+        total = torch.where(content, w, torch.zeros((), device=w.device)).sum(-1)
         return self.scale * total / content.sum(-1).clamp_min(1)
 
     # ---- the reference policy ---------------------------------------------------------------
     def reference_logits(self) -> torch.Tensor:
         """(C, T, V) logits of the reference table (C = vocabulary size, one row per prompt token)."""
         V, T = self.vocab_size, self.max_new_tokens
-        logits = torch.full((V, T, V), NEG_INF)
+        logits = torch.full((V, T, V), NEG_INF, device=self.device)
         for x in range(self.n_prompts):
             content = self.ref_alignment * self.quality[x] + self.ref_noise * self._noise[x]   # (T, n_tokens)
             logits[x + 2, :, 2:] = content
@@ -116,15 +119,15 @@ class PreferenceTask:
         """The frozen reference as a :class:`lab.models.TabularPolicy` (a fresh trainable copy each call)."""
         from lab.models.policy import TabularPolicy
 
-        policy = TabularPolicy(self.vocab_size, self.prompt_len, self.max_new_tokens)
+        policy = TabularPolicy(self.vocab_size, self.prompt_len, self.max_new_tokens, device=self.device)
         with torch.no_grad():
             policy.logits.copy_(self.reference_logits())
         return policy
 
     # ---- data -------------------------------------------------------------------------------
     def sample_prompts(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """(n, 1) prompt tokens, uniform over the prompts."""
-        return torch.randint(0, self.n_prompts, (n, 1), generator=generator) + 2
+        """(n, 1) prompt tokens, uniform over the prompts (on the generator's device)."""
+        return torch.randint(0, self.n_prompts, (n, 1), generator=generator, device=generator.device) + 2
 
     def sample_responses(self, prompts: torch.Tensor, generator: torch.Generator):
         """Responses of the reference policy: ``(tokens (N, T), mask (N, T) bool)``."""
@@ -147,7 +150,7 @@ class PreferenceTask:
             same = (a == b).all(-1)
         r_a, r_b = self.reward(prompts, a), self.reward(prompts, b)
         p_a = torch.sigmoid(r_a - r_b)                                           # P(a ≻ b)
-        a_wins = torch.rand(n, generator=generator) < p_a if noisy_labels else r_a >= r_b
+        a_wins = torch.rand(n, generator=generator, device=generator.device) < p_a if noisy_labels else r_a >= r_b
         pick = a_wins[:, None]
         return PreferencePairs(
             prompts=prompts,
@@ -165,17 +168,21 @@ class StepTask:
         n_tokens: content tokens.
         n_steps: K steps per solution.
         step_len: content tokens per step.
-        seed: seed of the correct steps.
+        seed: seed of the correct steps (drawn on the CPU, so the task is the same on every device).
+        device: where the task's tensors live (default CPU); samples land on the generator's device.
     """
 
-    def __init__(self, n_problems: int = 4, n_tokens: int = 4, n_steps: int = 3, step_len: int = 2, seed: int = 0):
+    def __init__(self, n_problems: int = 4, n_tokens: int = 4, n_steps: int = 3, step_len: int = 2, seed: int = 0,
+                 device: torch.device | str | None = None):
         check_int("n_problems", n_problems, minimum=1)
         check_int("n_tokens", n_tokens, minimum=2)
         check_int("n_steps", n_steps, minimum=1)
         check_int("step_len", step_len, minimum=1)
         self.n_problems, self.n_tokens, self.n_steps, self.step_len = n_problems, n_tokens, n_steps, step_len
+        self.device = torch.device("cpu" if device is None else device)
         g = torch.Generator().manual_seed(seed)
-        self.solutions = torch.randint(2, n_tokens + 2, (n_problems, n_steps, step_len), generator=g)   # (X, K, s)
+        self.solutions = torch.randint(2, n_tokens + 2, (n_problems, n_steps, step_len), generator=g,
+                                       device="cpu").to(self.device)                      # (X, K, s)
         self.vocab_size = max(n_tokens + 2, n_problems + 2)
         self.prompt_len = 1 + (n_steps - 1) * step_len
         self.max_new_tokens = step_len
@@ -183,24 +190,25 @@ class StepTask:
     def state(self, problem: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """Prompts (N, P): ``<pad>``… ⊕ problem token ⊕ the given steps (N, k−1, step_len), left-padded."""
         n, done = problem.shape[0], steps.shape[1] * self.step_len
-        pad = torch.full((n, self.prompt_len - 1 - done), PAD, dtype=torch.long)
+        pad = torch.full((n, self.prompt_len - 1 - done), PAD, dtype=torch.long, device=problem.device)
         return torch.cat([pad, problem[:, None] + 2, steps.reshape(n, done)], dim=1)
 
     def step_pairs(self, n: int, generator: torch.Generator) -> PreferencePairs:
         """``n`` pairs (state before step k, correct step k, a wrong step k) with uniform problem and k."""
         check_int("n", n, minimum=1)
-        problem = torch.randint(0, self.n_problems, (n,), generator=generator)
-        k = torch.randint(0, self.n_steps, (n,), generator=generator)           # 0-based step index
+        dev = generator.device
+        problem = torch.randint(0, self.n_problems, (n,), generator=generator, device=dev)
+        k = torch.randint(0, self.n_steps, (n,), generator=generator, device=dev)     # 0-based step index
         prompts = torch.stack([self.state(problem[i:i + 1], self.solutions[problem[i], :k[i]][None])[0]
                                for i in range(n)])
         chosen = self.solutions[problem, k]                                      # (n, s)
-        wrong = torch.randint(2, self.n_tokens + 2, chosen.shape, generator=generator)
+        wrong = torch.randint(2, self.n_tokens + 2, chosen.shape, generator=generator, device=dev)
         same = (wrong == chosen).all(-1)
         wrong[same, 0] = (chosen[same, 0] - 2 + 1) % self.n_tokens + 2           # make it differ
-        ones = torch.ones(n, self.step_len, dtype=torch.bool)
+        ones = torch.ones(n, self.step_len, dtype=torch.bool, device=dev)
         return PreferencePairs(prompts=prompts, chosen=chosen, chosen_mask=ones, rejected=wrong,
-                               rejected_mask=ones.clone(), pref_prob=torch.ones(n),
-                               chosen_reward=torch.ones(n), rejected_reward=torch.zeros(n))
+                               rejected_mask=ones.clone(), pref_prob=torch.ones(n, device=dev),
+                               chosen_reward=torch.ones(n, device=dev), rejected_reward=torch.zeros(n, device=dev))
 
     @torch.no_grad()
     def chain_accuracy(self, policy) -> tuple[float, float]:
@@ -208,9 +216,10 @@ class StepTask:
 
         A step after the first mistake counts as wrong (the state is off the correct chain).
         """
-        problems = torch.arange(self.n_problems)
-        steps = torch.zeros(self.n_problems, 0, self.step_len, dtype=torch.long)
-        on_track = torch.ones(self.n_problems, dtype=torch.bool)
+        dev = self.device
+        problems = torch.arange(self.n_problems, device=dev)
+        steps = torch.zeros(self.n_problems, 0, self.step_len, dtype=torch.long, device=dev)
+        on_track = torch.ones(self.n_problems, dtype=torch.bool, device=dev)
         correct_steps = 0
         for k in range(self.n_steps):
             gen = policy.generate(self.state(problems, steps), self.step_len, temperature=0.0)

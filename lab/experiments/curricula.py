@@ -41,7 +41,7 @@ import torch
 
 from lab import progress
 from lab.checks import check_int, check_positive
-from lab.experiments._base import experiment
+from lab.experiments._base import experiment, resolve_device
 from lab.experiments.policy import build_model
 from lab.history import History, Runs
 from lab.registry import make, parse_spec
@@ -71,6 +71,7 @@ class CurriculumConfig:
     max_rounds: int = 3  # difficulty_filter: rollout rounds to refill the batch
     temperature: float = 1.0  # sampling temperature
     seed: int = 0  # seed of the pool, sampling and initialization
+    device: str = "auto"  # "auto" = CUDA when available, else CPU (the samplers' bookkeeping stays on the CPU)
 
 
 def _plot(history: History):
@@ -134,9 +135,10 @@ def concat_rollouts(parts: list[Rollout]) -> Rollout:
 def take_groups(ro: Rollout, groups: torch.Tensor) -> Rollout:
     """The rows of the given groups (in that order), renumbered 0..len(groups)−1."""
     G = ro.group_size
-    rows = (groups[:, None] * G + torch.arange(G)).reshape(-1)
+    dev = ro.rewards.device
+    rows = (groups[:, None] * G + torch.arange(G, device=dev)).reshape(-1)
     return Rollout(ro.prompts[rows], ro.tokens[rows], ro.mask[rows], ro.logprobs[rows], ro.entropy[rows],
-                   ro.rewards[rows], ro.correct[rows], torch.arange(len(groups)).repeat_interleave(G), G)
+                   ro.rewards[rows], ro.correct[rows], torch.arange(len(groups), device=dev).repeat_interleave(G), G)
 
 
 @torch.no_grad()
@@ -187,17 +189,21 @@ def _zero_std_frac(ro: Rollout) -> float:
 
 
 @experiment("curriculum", CurriculumConfig, paper=DUMP_PAPER, arxiv="2504.09710", plot=_plot,
+            smoke={"steps": 2, "pool_size": 4, "n_prompts": 4, "group_size": 4, "sampler": "vade"},
             summary="GRPO on a mixture of arithmetic difficulties, prompts chosen by a sampler")
 def curriculum(cfg: CurriculumConfig) -> History:
     for name in ("pool_size", "steps", "n_prompts", "group_size", "max_rounds"):
         check_int(name, getattr(cfg, name), minimum=1)
     check_positive("lr", cfg.lr)
     check_positive("temperature", cfg.temperature)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    dev = resolve_device(cfg.device)
+    generator = torch.Generator(device=dev).manual_seed(cfg.seed)
+    # the samplers keep their statistics on the CPU and draw from their own CPU generator
+    sampler_generator = torch.Generator().manual_seed(cfg.seed + 2)
     tasks = load_sources(cfg.sources)
     J = len(tasks)
     pool = torch.cat([t.sample_prompts(cfg.pool_size, generator) for t in tasks])          # (N, P)
-    pool_source = torch.arange(J).repeat_interleave(cfg.pool_size)                         # (N,)
+    pool_source = torch.arange(J, device=dev).repeat_interleave(cfg.pool_size)             # (N,)
     N = pool.shape[0]
     if cfg.n_prompts > N:
         raise ValueError(f"n_prompts must be <= the pool size {N}, got {cfg.n_prompts}")
@@ -214,11 +220,11 @@ def curriculum(cfg: CurriculumConfig) -> History:
     estimator = make_fn("advantage", cfg.advantage)
     loss_fn = make_fn("policy_loss", cfg.loss)
     widest = max(tasks, key=lambda t: t.max_new_tokens)
-    model = build_model(cfg.model, widest, value_head=False, generator=generator)
+    model = build_model(cfg.model, widest, value_head=False, generator=generator, device=dev)
     # fused: one pass over the (mostly untouched) tabular logit table per step
     opt = make("optimizer", "adam", model.parameters(), lr=cfg.lr, fused=True)
     history = History(meta={"algorithm": cfg.sampler, "sources": list(cfg.sources), "seed": cfg.seed})
-    eval_generator = torch.Generator().manual_seed(cfg.seed + 1)
+    eval_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
     rollouts = 0
 
     for step in progress.steps(cfg.steps, desc=f"curriculum {cfg.sampler}"):
@@ -229,7 +235,7 @@ def curriculum(cfg: CurriculumConfig) -> History:
             kept_parts, kept_ids, n_kept = [], [], 0
             for _ in range(cfg.max_rounds):
                 n_cand = min(N, sampler.n_candidates(cfg.n_prompts - n_kept))
-                cand = torch.randperm(N, generator=generator)[:n_cand]
+                cand = torch.randperm(N, generator=generator, device=dev)[:n_cand]
                 ro_c, ids_c = mixture_rollout(model, tasks, pool, pool_source, cand, cfg.group_size,
                                               temperature=cfg.temperature, generator=generator)
                 rollouts += ro_c.rewards.numel()
@@ -247,14 +253,15 @@ def curriculum(cfg: CurriculumConfig) -> History:
             ro, ids = (concat_rollouts(kept_parts), torch.cat(kept_ids)) if kept_parts else (None, None)
         else:
             if sampler_name == "uniform":
-                ids = torch.randperm(N, generator=generator)[:cfg.n_prompts]
+                ids = torch.randperm(N, generator=generator, device=dev)[:cfg.n_prompts]
             elif sampler_name == "dump":
-                sources, dmetrics = sampler.select(cfg.n_prompts, generator=generator)
-                offsets = torch.randint(0, cfg.pool_size, (cfg.n_prompts,), generator=generator)
-                ids = sources * cfg.pool_size + offsets
+                sources, dmetrics = sampler.select(cfg.n_prompts, generator=sampler_generator)
+                offsets = torch.randint(0, cfg.pool_size, (cfg.n_prompts,), generator=generator, device=dev)
+                ids = sources.to(dev) * cfg.pool_size + offsets
                 row["dump_weights"] = dmetrics["dump/weights"]
             else:
-                ids, _ = sampler.select(cfg.n_prompts, generator=generator)
+                ids, _ = sampler.select(cfg.n_prompts, generator=sampler_generator)
+                ids = ids.to(dev)
             ro, ids = mixture_rollout(model, tasks, pool, pool_source, ids, cfg.group_size,
                                       temperature=cfg.temperature, generator=generator)
             rollouts += ro.rewards.numel()
@@ -266,12 +273,14 @@ def curriculum(cfg: CurriculumConfig) -> History:
             # ---- feedback to the sampler ------------------------------------------------------
             group_source = pool_source[ids]                                                   # (n,)
             if sampler_name == "dump":
-                sampler.update(advantages, group_source.repeat_interleave(cfg.group_size), ro.mask)
+                sampler.update(advantages.cpu(), group_source.repeat_interleave(cfg.group_size).cpu(),
+                               ro.mask.cpu())
             elif sampler_name == "vade":
-                unique, inverse = torch.unique(ids, return_inverse=True)
-                succ, fail = _group_sums(ro)
-                sampler.update(unique, torch.zeros(len(unique), dtype=succ.dtype).index_add_(0, inverse, succ),
-                               torch.zeros(len(unique), dtype=fail.dtype).index_add_(0, inverse, fail))
+                unique, inverse = torch.unique(ids.cpu(), return_inverse=True)
+                succ, fail = (x.cpu() for x in _group_sums(ro))
+                sampler.update(unique, torch.zeros(len(unique), dtype=succ.dtype, device="cpu").index_add_(
+                    0, inverse, succ), torch.zeros(len(unique), dtype=fail.dtype, device="cpu").index_add_(
+                    0, inverse, fail))
             # ---- log ----------------------------------------------------------------------------
             share = torch.bincount(group_source, minlength=J).float() / len(ids)
             row.update(reward=ro.rewards.mean(), accuracy=ro.correct.float().mean(), loss=float(loss),
@@ -313,6 +322,7 @@ class VASConfig:
     betas: tuple[float, ...] = (0.0, 2.0, 8.0)  # guidance strengths β evaluated after training
     eval_prompts: int = 16  # prompts of the evaluation (each sampled group_size times)
     seed: int = 0  # seed of π_0, the value model, sampling
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def _plot_vas(history: History):
@@ -324,6 +334,7 @@ def _plot_vas(history: History):
 @experiment("value_augmented_sampling", VASConfig,
             paper="Value Augmented Sampling for Language Model Alignment and Personalization",
             arxiv="2405.06639", plot=_plot_vas,
+            smoke={"steps": 2, "n_prompts": 4, "group_size": 2, "eval_prompts": 4, "betas": (0.0, 2.0)},
             summary="Fit a small value model on a frozen policy's samples; decode with top-k + beta*V")
 def value_augmented_sampling(cfg: VASConfig) -> History:
     from lab.models.policy import TabularPolicy
@@ -336,17 +347,18 @@ def value_augmented_sampling(cfg: VASConfig) -> History:
         raise ValueError("betas must hold at least one guidance strength")
     for beta in cfg.betas:
         check_positive("betas", beta, allow_zero=True)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    dev = resolve_device(cfg.device)
+    generator = torch.Generator(device=dev).manual_seed(cfg.seed)
     name, kwargs = parse_spec(cfg.task)
     task = make_task(name, **kwargs)
-    base = TabularPolicy.for_task(task, init_std=cfg.init_std, generator=generator)   # π_0, never trained
+    base = TabularPolicy.for_task(task, init_std=cfg.init_std, generator=generator, device=dev)   # π_0, frozen
     before = {k: v.clone() for k, v in base.state_dict().items()}
     if cfg.value_model == "tabular":
-        value_model = TabularValue.for_task(task)
+        value_model = TabularValue.for_task(task, device=dev)
     elif cfg.value_model == "transformer":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            value_model = TokenValueModel.for_task(task, d_model=cfg.d_model)
+            value_model = TokenValueModel.for_task(task, d_model=cfg.d_model, device=dev)
     else:
         raise KeyError(f"unknown value_model {cfg.value_model!r}; valid: tabular, transformer")
     sampler = VAS(value_model, k=cfg.k, beta=cfg.betas[-1], lr=cfg.value_lr)
@@ -359,7 +371,7 @@ def value_augmented_sampling(cfg: VASConfig) -> History:
     rewards, accuracy = [], []
     for beta in cfg.betas:
         sampler.beta = float(beta)
-        eval_generator = torch.Generator().manual_seed(cfg.seed + 1)   # same draws for every β
+        eval_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1)   # same draws for every β
         ro = rollout(ValueGuidedPolicy(base, sampler), task, 0, cfg.group_size, prompts=prompts,
                      generator=eval_generator)
         rewards.append(float(ro.rewards.mean()))

@@ -41,7 +41,7 @@ import torch
 
 from lab import progress
 from lab.checks import check_choice, check_int, check_positive
-from lab.experiments._base import experiment
+from lab.experiments._base import experiment, resolve_device
 from lab.history import History
 from lab.rl.core import call_with, make_fn, masked_sum
 from lab.preference.fdiv_sft import DIVERGENCES, fdiv_sft
@@ -74,6 +74,7 @@ class PreferenceConfig:
     ideal_beta: float | None = None  # β of the idealized optimum (None: the loss's β if it uses a reference)
     n_samples: int = 64  # fresh samples per step for the true reward
     seed: int = 0  # seed of the task, data and sampling
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def _plot(history: History):
@@ -96,14 +97,16 @@ def _score(policy: Any, prompts: torch.Tensor, responses: torch.Tensor) -> torch
 
 @experiment("preference_training", PreferenceConfig,
             paper="Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
-            arxiv="2305.18290", plot=_plot,
+            arxiv="2305.18290", plot=_plot, smoke={"steps": 3, "n_pairs": 8, "n_samples": 8},
             summary="A pair loss on Bradley–Terry toy data: displacement, margins, ranking accuracy")
 def preference_training(cfg: PreferenceConfig) -> History:
     for name in ("steps", "n_pairs", "n_prompts", "max_len", "n_samples"):
         check_int(name, getattr(cfg, name), minimum=1)
     check_positive("lr", cfg.lr)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    task = PreferenceTask(n_prompts=cfg.n_prompts, max_len=cfg.max_len, ref_noise=cfg.ref_noise, seed=cfg.seed)
+    dev = resolve_device(cfg.device)
+    generator = torch.Generator(device=dev).manual_seed(cfg.seed)
+    task = PreferenceTask(n_prompts=cfg.n_prompts, max_len=cfg.max_len, ref_noise=cfg.ref_noise, seed=cfg.seed,
+                          device=dev)
     data = task.sample_pairs(cfg.n_pairs, generator, noisy_labels=cfg.noisy_labels)
     loss_fn = make_fn("preference_loss", cfg.loss)
     params = set(inspect.signature(loss_fn).parameters)
@@ -123,7 +126,7 @@ def preference_training(cfg: PreferenceConfig) -> History:
                             "loss_hparams": {k: overrides.get(k, _loss_default(loss_fn, k)) for k in OVERRIDES
                                              if k in params},
                             "ideal_beta": ideal_beta})
-    sample_generator = torch.Generator().manual_seed(cfg.seed + 1)
+    sample_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
     ref_s_w, ref_s_l = masked_sum(ref_w, data.chosen_mask, dim=-1), masked_sum(ref_l, data.rejected_mask, dim=-1)
     chosen_means, hard = [], None
     for step in progress.steps(cfg.steps + 1, desc=cfg.loss):
@@ -179,6 +182,7 @@ class StepConfig:
     n_steps: int = 3  # steps per solution
     init_std: float = 1.0  # standard deviation of the random reference's logits
     seed: int = 0  # seed of the task, the reference and the pairs
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def _plot_steps(history: History):
@@ -189,18 +193,21 @@ def _plot_steps(history: History):
 
 @experiment("step_dpo_chains", StepConfig,
             paper="Step-DPO: Step-wise Preference Optimization for Long-chain Reasoning of LLMs",
-            arxiv="2406.18629", plot=_plot_steps, summary="Step-DPO on step pairs: greedy chain accuracy")
+            arxiv="2406.18629", plot=_plot_steps, smoke={"steps": 3, "n_pairs": 8},
+            summary="Step-DPO on step pairs: greedy chain accuracy")
 def step_dpo_chains(cfg: StepConfig) -> History:
     from lab.models.policy import TabularPolicy
 
     for name in ("steps", "n_pairs", "n_problems", "n_steps"):
         check_int(name, getattr(cfg, name), minimum=1)
     check_positive("lr", cfg.lr)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    task = StepTask(n_problems=cfg.n_problems, n_steps=cfg.n_steps, seed=cfg.seed)
+    dev = resolve_device(cfg.device)
+    generator = torch.Generator(device=dev).manual_seed(cfg.seed)
+    task = StepTask(n_problems=cfg.n_problems, n_steps=cfg.n_steps, seed=cfg.seed, device=dev)
     policy = TabularPolicy(task.vocab_size, task.prompt_len, task.max_new_tokens, init_std=cfg.init_std,
-                           generator=generator)
-    reference = TabularPolicy(task.vocab_size, task.prompt_len, task.max_new_tokens).requires_grad_(False)
+                           generator=generator, device=dev)
+    reference = TabularPolicy(task.vocab_size, task.prompt_len, task.max_new_tokens,
+                              device=dev).requires_grad_(False)
     reference.load_state_dict(policy.state_dict())
     loss_fn = make_fn("preference_loss", cfg.loss)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
@@ -240,6 +247,7 @@ class SFTConfig:
     n_ref_samples: int = 128  # responses sampled from the reference for the E_ref term
     n_samples: int = 64  # fresh policy samples per step (KL and true reward)
     seed: int = 0  # seed of the task, data and sampling
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def _plot_sft(history: History):
@@ -250,15 +258,17 @@ def _plot_sft(history: History):
 
 @experiment("sft_divergences", SFTConfig,
             paper="Implicit Reward as the Bridge: A Unified View of SFT and DPO Connections", arxiv="2507.00018",
-            plot=_plot_sft, summary="SFT vs f-divergence SFT and a reduced learning rate: drift from the reference")
+            plot=_plot_sft, smoke={"steps": 3, "n_demos": 8, "n_ref_samples": 8, "n_samples": 8, "divergence": "js"},
+            summary="SFT vs f-divergence SFT and a reduced learning rate: drift from the reference")
 def sft_divergences(cfg: SFTConfig) -> History:
     for name in ("steps", "n_demos", "n_ref_samples", "n_samples"):
         check_int(name, getattr(cfg, name), minimum=1)
     check_positive("lr", cfg.lr)
     check_positive("lr_factor", cfg.lr_factor)
     check_choice("divergence", cfg.divergence, ("sft", *DIVERGENCES))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    task = PreferenceTask(seed=cfg.seed)
+    dev = resolve_device(cfg.device)
+    generator = torch.Generator(device=dev).manual_seed(cfg.seed)
+    task = PreferenceTask(seed=cfg.seed, device=dev)
     demos = task.sample_pairs(cfg.n_demos, generator, noisy_labels=False)
     ref_prompts = task.sample_prompts(cfg.n_ref_samples, generator)
     ref_tokens, ref_mask = task.sample_responses(ref_prompts, generator)
@@ -269,7 +279,7 @@ def sft_divergences(cfg: SFTConfig) -> History:
         ref_demo = _score(reference, demos.prompts, demos.chosen)
         ref_sample_ref = _score(reference, ref_prompts, ref_tokens)
     history = History(meta={"algorithm": f"{cfg.divergence} (lr x{cfg.lr_factor:g})", "seed": cfg.seed})
-    sample_generator = torch.Generator().manual_seed(cfg.seed + 1)
+    sample_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
     for step in progress.steps(cfg.steps + 1, desc=cfg.divergence):
         logp = _score(policy, demos.prompts, demos.chosen)
         if cfg.divergence == "sft":
@@ -309,6 +319,7 @@ class UnlearningConfig:
     n_sequences: int = 48  # sequences sampled from the preference task's reference (all prompts)
     d_model: int = 32  # transformer width
     seed: int = 0  # seed of the data and the model
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def _plot_unlearning(history: History):
@@ -325,7 +336,8 @@ def _lm_logits(model: Any, prompts: torch.Tensor, responses: torch.Tensor) -> to
 
 @experiment("unlearning", UnlearningConfig,
             paper="Towards Robust and Parameter-Efficient Knowledge Unlearning for LLMs", arxiv="2408.06621",
-            plot=_plot_unlearning, summary="Forget one prompt's responses: inverted hinge vs gradient ascent")
+            plot=_plot_unlearning, smoke={"steps": 2, "pretrain_steps": 2, "n_sequences": 8, "d_model": 8},
+            summary="Forget one prompt's responses: inverted hinge vs gradient ascent")
 def unlearning(cfg: UnlearningConfig) -> History:
     from lab.models.transformer import TinyTransformer
 
@@ -334,15 +346,16 @@ def unlearning(cfg: UnlearningConfig) -> History:
     check_positive("lr", cfg.lr)
     if cfg.method not in ("ihl", "ga"):
         raise ValueError(f"method must be 'ihl' or 'ga', got {cfg.method!r}")
-    generator = torch.Generator().manual_seed(cfg.seed)
-    task = PreferenceTask(seed=cfg.seed)
+    dev = resolve_device(cfg.device)
+    generator = torch.Generator(device=dev).manual_seed(cfg.seed)
+    task = PreferenceTask(seed=cfg.seed, device=dev)
     prompts = task.sample_prompts(cfg.n_sequences, generator)
     tokens, mask = task.sample_responses(prompts, generator)
     forget = prompts[:, 0] == 2                                                # prompt 0's responses
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = TinyTransformer(task.vocab_size, d_model=cfg.d_model, n_layers=1, n_heads=2,
-                                max_len=1 + task.max_new_tokens)
+                                max_len=1 + task.max_new_tokens, device=dev)
     labels = torch.where(mask, tokens, torch.full_like(tokens, -100))
 
     def forward() -> tuple[torch.Tensor, torch.Tensor]:

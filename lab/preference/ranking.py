@@ -108,7 +108,8 @@ def likelihood_displacement(chosen_logps: Any) -> torch.Tensor:
     ``chosen_logps``: (steps, N) per pair, or (steps,) already averaged over pairs. Returns (steps,);
     D_t < 0 means the chosen responses became less likely than at the start (displacement).
     """
-    x = torch.as_tensor(chosen_logps, dtype=torch.float64)
+    device = chosen_logps.device if isinstance(chosen_logps, torch.Tensor) else "cpu"   # lists: CPU
+    x = torch.as_tensor(chosen_logps, dtype=torch.float64, device=device)
     if x.dim() not in (1, 2) or x.shape[0] == 0:
         raise ValueError(f"chosen_logps must be a non-empty (steps,) or (steps, N) array, got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():

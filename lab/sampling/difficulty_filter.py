@@ -58,8 +58,9 @@ def pass_rates(rewards: torch.Tensor, *, group_size: int | None = None,
     if rewards.numel() and (rewards.min() < 0 or rewards.max() > 1):
         raise ValueError("rewards must lie in [0, 1] (a pass/fail verdict or a partial credit)")
     index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
-    total = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, index, rewards)
-    count = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, index, torch.ones_like(rewards))
+    total = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, index, rewards)
+    count = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(
+        0, index, torch.ones_like(rewards))
     return total / count
 
 

@@ -74,11 +74,12 @@ class DUMP:
         self.temperature = check_positive("temperature", temperature)
         self.exploration = check_positive("exploration", exploration, allow_zero=True)
         self.windows: list[deque[float]] = [deque(maxlen=window) for _ in range(n_sources)]
-        self.counts = torch.zeros(n_sources, dtype=torch.long)                    # n_j
+        self.counts = torch.zeros(n_sources, dtype=torch.long, device="cpu")      # n_j (on the CPU)
 
     def learnability(self) -> torch.Tensor:
         """L̂_j = mean |a| over each source's window (0 where empty), (J,) float64."""
-        return torch.tensor([sum(w) / len(w) if w else 0.0 for w in self.windows], dtype=torch.float64)
+        return torch.tensor([sum(w) / len(w) if w else 0.0 for w in self.windows], dtype=torch.float64,
+                            device="cpu")
 
     def scores(self) -> torch.Tensor:
         """The UCB scores s_j (J,)."""
@@ -97,7 +98,7 @@ class DUMP:
         n = check_int("n", n, minimum=0)
         probs = self.probs()
         ids = (torch.multinomial(probs, n, replacement=True, generator=generator) if n
-               else torch.zeros(0, dtype=torch.long))
+               else torch.zeros(0, dtype=torch.long, device="cpu"))
         return ids, {"dump/weights": probs.tolist(), "dump/learnability": self.learnability().tolist()}
 
     def update(self, advantages: torch.Tensor, source_ids: torch.Tensor,
@@ -140,7 +141,7 @@ class DUMP:
                              f"counts for n_sources={restored.n_sources}")
         for w, values in zip(restored.windows, state["windows"]):
             w.extend(float(v) for v in values)
-        restored.counts = torch.tensor(state["counts"], dtype=torch.long)
+        restored.counts = torch.tensor(state["counts"], dtype=torch.long, device="cpu")
         self.__dict__.update(restored.__dict__)
 
 

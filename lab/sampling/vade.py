@@ -59,7 +59,7 @@ def beta_sample(alpha: torch.Tensor, beta: torch.Tensor, generator: torch.Genera
     check_tensor("beta", beta, shape=tuple(alpha.shape), finite=True)
     if alpha.numel() and (alpha.min() <= 0 or beta.min() <= 0):
         raise ValueError("alpha and beta must be > 0")
-    u = torch.rand(alpha.shape, generator=generator, dtype=torch.float64)
+    u = torch.rand(alpha.shape, generator=generator, dtype=torch.float64, device=alpha.device)
     return torch.from_numpy(betaincinv(alpha.double().numpy(), beta.double().numpy(), u.numpy()))
 
 
@@ -86,9 +86,9 @@ class VADE:
         self.decay = check_range("decay", decay, 0.0, 1.0)
         self.stale_decay = check_range("stale_decay", stale_decay, 0.0, 1.0)
         self.stale_after = check_int("stale_after", stale_after, minimum=0)
-        self.alpha = torch.full((n_samples,), self.prior[0], dtype=torch.float64)
-        self.beta = torch.full((n_samples,), self.prior[1], dtype=torch.float64)
-        self.last_seen = torch.full((n_samples,), -1, dtype=torch.long)          # −1: never
+        self.alpha = torch.full((n_samples,), self.prior[0], dtype=torch.float64, device="cpu")
+        self.beta = torch.full((n_samples,), self.prior[1], dtype=torch.float64, device="cpu")
+        self.last_seen = torch.full((n_samples,), -1, dtype=torch.long, device="cpu")  # −1: never
         self.step = 0
 
     def mean(self) -> torch.Tensor:
@@ -140,7 +140,7 @@ class VADE:
                 raise ValueError(f"{name} must be >= 0")
         a0, b0 = self.prior
         # slow scale: every posterior shrinks toward the prior
-        factor = torch.full((self.n_samples,), self.decay, dtype=torch.float64)
+        factor = torch.full((self.n_samples,), self.decay, dtype=torch.float64, device="cpu")
         # fast scale: prompts unseen for more than stale_after steps shrink further
         stale = (self.last_seen >= 0) & (self.step - self.last_seen > self.stale_after)
         factor[stale] *= self.stale_decay
@@ -163,9 +163,9 @@ class VADE:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         restored = VADE(state["n_samples"], tuple(state["prior"]), state["decay"],
                         state["stale_decay"], state["stale_after"])
-        restored.alpha = torch.tensor(state["alpha"], dtype=torch.float64)
-        restored.beta = torch.tensor(state["beta"], dtype=torch.float64)
-        restored.last_seen = torch.tensor(state["last_seen"], dtype=torch.long)
+        restored.alpha = torch.tensor(state["alpha"], dtype=torch.float64, device="cpu")
+        restored.beta = torch.tensor(state["beta"], dtype=torch.float64, device="cpu")
+        restored.last_seen = torch.tensor(state["last_seen"], dtype=torch.long, device="cpu")
         for name in ("alpha", "beta", "last_seen"):
             if getattr(restored, name).shape != (restored.n_samples,):
                 raise ValueError(f"state {name} must hold {restored.n_samples} entries")

@@ -73,18 +73,22 @@ def vas_logits(logits: torch.Tensor, candidate_values: torch.Tensor, top_ids: to
 class TokenValueModel(nn.Module):
     """A tiny causal transformer with a scalar head: token ids (N, L) -> values (N, L).
 
-    Args: ``vocab_size``, ``d_model`` (32), ``n_layers`` (1), ``n_heads`` (2), ``max_len``.
+    Args: ``vocab_size``, ``d_model`` (32), ``n_layers`` (1), ``n_heads`` (2), ``max_len``,
+    ``device`` (where the weights live; default: the current default device).
     """
 
     def __init__(self, vocab_size: int, d_model: int = 32, n_layers: int = 1, n_heads: int = 2,
-                 max_len: int = 64):
+                 max_len: int = 64, device: torch.device | str | None = None):
         super().__init__()
-        self.body = TinyTransformer(vocab_size, d_model, n_layers, n_heads, max_len, value_head=True)
+        self.body = TinyTransformer(vocab_size, d_model, n_layers, n_heads, max_len, value_head=True,
+                                    device=device)
 
     @classmethod
-    def for_task(cls, task: Any, d_model: int = 32, n_layers: int = 1, n_heads: int = 2) -> "TokenValueModel":
+    def for_task(cls, task: Any, d_model: int = 32, n_layers: int = 1, n_heads: int = 2,
+                 device: torch.device | str | None = None) -> "TokenValueModel":
         """Sized for a ``toy_envs`` token task (prompt + response + one candidate token)."""
-        return cls(task.vocab_size, d_model, n_layers, n_heads, task.prompt_len + task.max_new_tokens + 1)
+        return cls(task.vocab_size, d_model, n_layers, n_heads, task.prompt_len + task.max_new_tokens + 1,
+                   device=device)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.body.value_head(self.body.forward_hidden(input_ids))[..., 0]   # (N, L)
@@ -97,20 +101,22 @@ class TabularValue(nn.Module):
     earlier response tokens are not read, which is exact (up to a constant shared by the top-k
     candidates, removed by the centring) for an open-loop policy and a per-position reward.
 
-    Args: ``vocab_size``, ``prompt_len``, ``max_new_tokens``.
+    Args: ``vocab_size``, ``prompt_len``, ``max_new_tokens``, ``device`` (where the table lives).
     """
 
-    def __init__(self, vocab_size: int, prompt_len: int, max_new_tokens: int):
+    def __init__(self, vocab_size: int, prompt_len: int, max_new_tokens: int,
+                 device: torch.device | str | None = None):
         super().__init__()
         check_int("vocab_size", vocab_size, minimum=2)
         self.prompt_len = check_int("prompt_len", prompt_len, minimum=1)
         self.max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
-        self.table = nn.Parameter(torch.zeros(vocab_size ** prompt_len, max_new_tokens, vocab_size))
-        self.register_buffer("radix", vocab_size ** torch.arange(prompt_len - 1, -1, -1), persistent=False)
+        self.table = nn.Parameter(torch.zeros(vocab_size ** prompt_len, max_new_tokens, vocab_size, device=device))
+        self.register_buffer("radix", vocab_size ** torch.arange(prompt_len - 1, -1, -1, device=device),
+                             persistent=False)
 
     @classmethod
-    def for_task(cls, task: Any) -> "TabularValue":
-        return cls(task.vocab_size, task.prompt_len, task.max_new_tokens)
+    def for_task(cls, task: Any, device: torch.device | str | None = None) -> "TabularValue":
+        return cls(task.vocab_size, task.prompt_len, task.max_new_tokens, device=device)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         P = self.prompt_len
@@ -119,8 +125,8 @@ class TabularValue(nn.Module):
             raise ValueError(f"input_ids must hold the {P} prompt tokens and at most "
                              f"{self.max_new_tokens} response tokens, got {input_ids.shape[1]} tokens")
         c = (input_ids[:, :P].long() * self.radix).sum(-1)                           # (N,)
-        q = self.table[c[:, None], torch.arange(T)[None, :], input_ids[:, P:].long()]  # (N, T)
-        return torch.cat([torch.zeros(input_ids.shape[0], P, dtype=q.dtype), q], dim=1)
+        q = self.table[c[:, None], torch.arange(T, device=c.device)[None, :], input_ids[:, P:].long()]  # (N, T)
+        return torch.cat([torch.zeros(input_ids.shape[0], P, dtype=q.dtype, device=q.device), q], dim=1)
 
 
 @register("sampler", "vas", paper=PAPER, arxiv=ARXIV,
