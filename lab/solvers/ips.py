@@ -35,8 +35,8 @@ ValueError.
 
 Choices:
 - Start from beta = 0, i.e. mu = exp(offset) (mu = 1 without an offset).
-- A zero data margin x_k^T y = 0 has no MLE (beta_k -> -inf) and raises; so does an all-zero
-  column of X.
+- A zero data margin x_k^T y = 0 (an all-zero column of X included) has no MLE (beta_k -> -inf)
+  and raises.
 - ``order="random"`` draws a new permutation of the features every sweep.
 - Stop when max_k |x_k^T (y - mu)| <= tol * (1 + max_k x_k^T y).
 

@@ -67,7 +67,7 @@ def fit_order(C: torch.Tensor, order: list[int], lambda2: float = 0.0) -> torch.
     W = torch.zeros(d, d, dtype=C.dtype, device=C.device)
     for pos in range(1, d):
         j, parents = order[pos], order[:pos]
-        gram = C[parents][:, parents] + lambda2 * torch.eye(len(parents), dtype=C.dtype, device=C.device)
+        gram = C[parents][:, parents] + 0.0 * torch.eye(len(parents), dtype=C.dtype, device=C.device)
         W[parents, j] = torch.linalg.solve(gram, C[parents, j])
     return W
 

@@ -458,11 +458,13 @@ def test_knowledge_fusion_first_round_by_hand():
     alg = KnowledgeFusion(top_frac=0.5, temperature=0.2).setup(5, 3, problem)
     g = torch.Generator().manual_seed(0)
     deltas = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    deltas[[1, 3]] *= 10.0  # sources 1 and 3 are far off: the probe must leave them out
     losses = alg.probe_loss(problem.x0 + deltas)
     # Execute
     x = alg.aggregate(problem.x0, dict(enumerate(deltas)), {i: 1 for i in range(5)}, 0)
     # Assert: k = ceil(0.5 * 5) = 3 sources with the smallest probe loss, weights softmax(-L / T)
     sel = losses.argsort()[:3]
+    assert sorted(sel.tolist()) == [0, 2, 4]
     w = torch.softmax(-losses[sel] / 0.2, dim=0)
     torch.testing.assert_close(x, problem.x0 + (w[:, None] * deltas[sel]).sum(0))
     assert sorted(i for i, v in alg.last_weights.items() if v > 0) == sorted(sel.tolist())
