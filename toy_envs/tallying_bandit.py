@@ -1,30 +1,44 @@
-"""The Weighted Tallying Bandit (WTB) and the modified successive elimination that solves it.
+"""Weighted Tallying Bandit (WTB): the environment, and the modified successive elimination that solves it.
 
-Paper: "Weighted Tallying Bandits: Overcoming Intractability via Repeated Exposure Optimality"
-(D. Malik, C. Igoe, Y. Li, A. Singh), ICML 2023, arXiv 2305.02955.
+Paper: "Weighted Tallying Bandits: Overcoming Intractability via Repeated Exposure Optimality",
+Malik, Igoe, Li, Singh, ICML 2023, arXiv 2305.02955.
 
-Setting: K arms, horizon T, memory m, weights w_1..w_m >= 0 (here w_j = lambda^(j-1)). The weighted
-tally of arm a at time t counts its recent plays, the recent ones more:
+The model: K arms, horizon T, memory m, weights w_1..w_m >= 0 (here w_j = lambda^(j-1)). The
+weighted tally of arm a at time t counts its recent plays, the recent ones more:
 
     tau_t(a) = sum_{j=1..m} w_j 1[a_{t-j} = a]        (0 <= tau <= W = sum_j w_j)
 
-and the loss of the played arm depends on it: l_t = f_{a_t}(tau_t(a_t)) + N(0, noise^2). Two
-families: "habituation" f_a(tau) = mu_a - g_a min(tau / W, 1) (an arm gets better the more it was
-just played; the best *saturated* arm a* = argmin(mu_a - g_a) is not the best fresh arm argmin mu_a,
+where a_t is the arm played at time t, and the loss of the played arm depends on it:
+l_t = f_{a_t}(tau_t(a_t)) + N(0, noise^2). Two families, with a base loss mu_a and a gain g_a per
+arm: "habituation" f_a(tau) = mu_a - g_a min(tau / W, 1) (an arm gets better the more it was just
+played; the best *saturated* arm a* = argmin(mu_a - g_a) is not the best fresh arm argmin mu_a,
 so an interleaving learner is misled); "boredom" f_a(tau) = mu_a + g_a tau / W (repetition hurts).
 Repeated Exposure Optimality (REO) holds for habituation: always playing a* beats every sequence.
 Complete policy regret (CPR) compares with the best fixed sequence evaluated on its *own* history;
 under REO that is "always a*", whose losses :meth:`WeightedTallyingBanditEnv.comparator_losses` gives.
 
-Modified successive elimination (the lab's reconstruction of the paper's algorithm, [unverified]
-against its box): only an upper bound M >= m is known. Active set A = all arms; in phase l each
-active arm is played for M + n_l consecutive rounds (n_l = 2^l); the first M losses are thrown away
-(the tally is still filling up) and the other n_l, all at the saturated tally W, enter the arm's
-mean. After the phase every arm with LCB_a > min_b UCB_b is eliminated (losses; radius
-sigma sqrt(2 log(2 K T / delta) / N_a), sigma = the sub-Gaussian scale of the observed losses: 1/2
-for any loss in [0, 1], the noise std when the noise is Gaussian). Once one arm is left it is played
-to the end. Standard SE (``interleave=True``) plays the active arms round-robin and discards
-nothing: it only ever sees fresh-arm losses and keeps the wrong arm.
+The algorithm, modified successive elimination (the lab's reconstruction of the paper's
+algorithm, [unverified] against its box): only an upper bound M >= m is known. Active set A = all
+arms; in phase l each active arm is played for M + n_l consecutive rounds (n_l = 2^l); the first
+M losses are thrown away (the tally is still filling up) and the other n_l, all at the saturated
+tally W, enter the arm's mean. After the phase every arm with LCB_a > min_b UCB_b is eliminated
+(losses; radius sigma sqrt(2 log(2 K T / delta) / N_a), N_a the kept observations of arm a, delta
+the confidence level, sigma = the sub-Gaussian scale of the observed losses: 1/2 for any loss in
+[0, 1], the noise std when the noise is Gaussian). Once one arm is left it is played to the end.
+Intuition: an arm must be judged on the losses it gives once it is habitual, so each arm is
+played in long blocks and only the saturated part of a block is believed.
+
+Where it departs from successive elimination: standard SE (``interleave=True``) plays the active
+arms round-robin and discards nothing: it only ever sees fresh-arm losses and keeps the wrong
+arm. The modified SE plays blocks and throws away the first M losses of each.
+
+Choices:
+- Weights decay geometrically, w_j = lambda^(j-1) (``decay``); the noise is Gaussian.
+- Default arms mu_a = 0.5 + 0.1 a, g_a = 0.15 a: the last arm is a* while the first is best
+  when fresh.
+- Block lengths n_l = 2^l, the radius above with ``sigma`` = 1/2 by default; the comparator of
+  CPR is always-a*, a* being the arm with the smallest total loss of repeated play over the
+  horizon (:meth:`WeightedTallyingBanditEnv.best_fixed_arm`).
 """
 from __future__ import annotations
 

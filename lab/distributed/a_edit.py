@@ -1,23 +1,35 @@
 """A-EDiT: asynchronous EDiT for heterogeneous workers (time-based synchronization).
 
-Paper: "EDiT: A Local-SGD-Based Efficient Distributed Training Method for Large Language Models"
-(arXiv 2412.07210), its asynchronous variant.
+Paper: "EDiT: A Local-SGD-Based Efficient Distributed Training Method for Large Language Models",
+Cheng et al., arXiv 2412.07210, its asynchronous variant (reference code: atorch ``local_sgd``,
+``use_async`` and ``use_step_weight``).
 
 EDiT (``lab.distributed.edit``) synchronizes every H inner steps, so every round waits for the
 slowest worker: wall-clock per round = H * max_k t_k (t_k = seconds per step of worker k).
-A-EDiT synchronizes every ``sync_time`` seconds instead: in a round worker k takes as many steps
-as it can, s_k = floor(sync_time / t_k), and nobody waits. Since a fast worker's pseudo-gradient
-covers more steps, the reduction mixes step weights into EDiT's norm weights:
+A-EDiT synchronizes every ``sync_time`` seconds instead.
+
+The update: in a round worker k takes as many steps as it can, s_k = floor(sync_time / t_k), and
+nobody waits. Since a fast worker's pseudo-gradient covers more steps, the reduction mixes step
+weights into EDiT's norm weights:
 
     w_k <- (1 - rho) * softmax_k(-n_k / T) + rho * s_k / sum_j s_j          (rho = step_weight_ratio)
     w_k  = s_k / sum_j s_j                                                   (no temperature)
 
-Everything else (per-layer anomaly elimination, clipping, outer step) is EDiT's. Choices: a worker
-that finished no step in a window (s_k = 0) has Delta_k = 0 and only keeps the norm-weight part; a
-flagged worker (Delta_k <- 0) keeps its step share, as in the spec's order of operations, which
-shrinks that round's step by up to rho * s_k / sum_j s_j (the panel shows A-EDiT absorbing bad shards
-less well than EDiT for this reason);
-the simulation's clock is ideal (no communication time).
+where n_k is worker k's per-layer pseudo-gradient norm (plus 1e6 if flagged) and T EDiT's
+temperature. Intuition: the clock, not the slowest worker, sets the pace; weighting by steps
+counts a worker by how much work its pseudo-gradient holds.
+
+Where it departs from EDiT: time-based instead of step-based synchronization, and the step
+share in the weights. Everything else (per-layer anomaly elimination, clipping, outer step) is
+EDiT's.
+
+Choices:
+- A worker that finished no step in a window (s_k = 0) has Delta_k = 0 and only keeps the
+  norm-weight part.
+- A flagged worker (Delta_k <- 0) keeps its step share, as in the spec's order of operations,
+  which shrinks that round's step by up to rho * s_k / sum_j s_j (the panel shows A-EDiT absorbing
+  bad shards less well than EDiT for this reason).
+- The simulation's clock is ideal (no communication time).
 """
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
 """EDiT: Local SGD with layer-wise synchronization and a pseudo-gradient penalty.
 
-Paper: "EDiT: A Local-SGD-Based Efficient Distributed Training Method for Large Language Models"
-(arXiv 2412.07210); the rules below follow the authors' atorch ``local_sgd`` code as summarized in
-the spec sheet (the paper's own hyperparameter values are [unverified]).
+Paper: "EDiT: A Local-SGD-Based Efficient Distributed Training Method for Large Language Models",
+Cheng et al., arXiv 2412.07210 (reference code: atorch ``local_sgd`` in
+intelligent-machine-learning/dlrover); the rules below follow that code as summarized in the spec
+sheet (the paper's own hyperparameter values are [unverified]).
 
-Same round as Local SGD (``lab.distributed.local_sgd``), but the reduction of the K pseudo-gradients
-Delta_k = theta_anchor - theta_k is done per layer l (a slice of the flat vector), with a penalty
-against loss spikes caused by a worker whose local run went astray:
+The update: same round as Local SGD (``lab.distributed.local_sgd``), but the reduction of the K
+pseudo-gradients Delta_k = theta_anchor - theta_k is done per layer l (a slice of the flat
+vector), with a penalty against loss spikes caused by a worker whose local run went astray:
 
     n_k   = ||Delta_k^l||                                   per-layer norm
     flag  = EWMA detector: z_k = (n_k - m_k)/s_k > threshold * max(1, std recent z)   (anomaly)
@@ -16,12 +17,23 @@ against loss spikes caused by a worker whose local run went astray:
     Delta^l <- Delta^l * min(1, c / (||Delta^l|| + 1e-6))    (clip)
     theta_anchor <- OuterSGD(theta_anchor, Delta)             (skipped if every worker is flagged)
 
-Departs from Local SGD only in ``reduce``. In the paper the per-layer sync overlaps with the next
-forward pass of sharded models; a one-process simulation has nothing to overlap, so "layer-wise"
-only means "norms, weights and clipping per layer" (``layer_sizes``). Choices: the detector keeps
-atorch's defaults (alpha 0.02, warm-up 120 syncs, threshold 3); the penalty is on by default here
-(anomaly elimination, T = 1) while atorch's config leaves it off; clipping is off unless ``clip`` is
-given; the outer optimizer defaults to DiLoCo's like the Local SGD baseline.
+where m_k and s_k are the running (EWMA) mean and standard deviation of worker k's norms, T the
+softmax temperature, c the clipping norm and OuterSGD Local SGD's outer step. Intuition: a worker
+whose pseudo-gradient suddenly jumps has probably hit a bad shard; dropping it and leaning on the
+workers that moved least keeps one bad run from kicking the shared model.
+
+Where it departs from Local SGD: only in ``reduce``. In the paper the per-layer sync overlaps with
+the next forward pass of sharded models; a one-process simulation has nothing to overlap, so
+"layer-wise" only means "norms, weights and clipping per layer" (``layer_sizes``).
+
+Choices:
+- The detector keeps atorch's defaults (alpha 0.02, warm-up 120 syncs, threshold 3), one detector
+  per layer: a worker is eliminated only from the layers where it jumped.
+- The penalty is on by default here (anomaly elimination, T = 1) while atorch's config leaves it
+  off; clipping is off unless ``clip`` is given.
+- Without a temperature (``temperature=None``) the weights stay 1/K, so an eliminated worker's
+  zeroed Delta_k still takes its 1/K share (atorch's plain mean of the Delta_k).
+- The outer optimizer defaults to DiLoCo's, like the Local SGD baseline.
 """
 from __future__ import annotations
 

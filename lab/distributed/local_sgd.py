@@ -1,10 +1,10 @@
 """Local SGD with an outer step (DiLoCo-style baseline).
 
-Papers: "DiLoCo: Distributed Low-Communication Training of Language Models" (arXiv 2311.08105) for
-the outer Nesterov step; used as the baseline of "EDiT: A Local-SGD-Based Efficient Distributed
-Training Method for Large Language Models" (arXiv 2412.07210).
+Paper: "DiLoCo: Distributed Low-Communication Training of Language Models", Douillard et al.,
+arXiv 2311.08105, for the outer Nesterov step; used as the baseline of "EDiT: A Local-SGD-Based
+Efficient Distributed Training Method for Large Language Models", Cheng et al., arXiv 2412.07210.
 
-K workers hold copies theta_k of one model. A round:
+The update: K workers hold copies theta_k of one model. A round:
 
     theta_k <- theta_anchor                         for every worker k
     H inner steps of AdamW (or SGD) on worker k's own minibatches
@@ -12,14 +12,26 @@ K workers hold copies theta_k of one model. A round:
     Delta   = (1/K) sum_k Delta_k                    plain average              (p,)
     theta_anchor <- OuterSGD(theta_anchor, Delta)    eta_out, Nesterov mu
 
-One all-reduce every H inner steps instead of every step: H times less communication. With
-eta_out = 1, mu = 0 the outer step is model averaging ("Local SGD"); with additionally H = 1
-and inner SGD it is exactly synchronous data-parallel SGD on the averaged gradient.
+where theta_anchor (p,) is the shared model of the last synchronization, p the number of
+parameters and OuterSGD torch's SGD with the outer learning rate eta_out and Nesterov momentum mu
+on the "gradient" Delta: ``b <- Delta`` at the first outer step, ``b <- mu b + Delta`` after,
+``theta_anchor <- theta_anchor - eta_out (Delta + mu b)`` (see ``lab.distributed.core``).
+Intuition: one all-reduce every H inner steps instead of every step: H times less communication,
+and the outer momentum smooths the rounds' averaged moves.
 
-Defaults are DiLoCo's (eta_out = 0.7, mu = 0.9, Nesterov) [unverified values]; the spec keeps the
-inner optimizer's state per worker across rounds (not reset at a sync). The simulation runs the K
-workers vectorized (``lab.distributed.simulate``); :func:`lab.distributed.core.distributed_sync`
-is the same outer step over real processes.
+Where it departs from synchronous data-parallel SGD: it is the parent of EDiT and A-EDiT (which
+change only the reduction). With eta_out = 1, mu = 0 the outer step is model averaging ("Local
+SGD"); with additionally H = 1 and inner SGD it is exactly synchronous data-parallel SGD on the
+averaged gradient.
+
+Choices:
+- Defaults are DiLoCo's (eta_out = 0.7, mu = 0.9, Nesterov) [unverified values]; Nesterov is
+  switched off when mu = 0 (where it makes no difference).
+- As in the spec, the inner optimizer's state is kept per worker across rounds (not reset at a
+  sync); only the parameters are reset to the anchor.
+
+The simulation runs the K workers vectorized (``lab.distributed.simulate``);
+:func:`lab.distributed.core.distributed_sync` is the same outer step over real processes.
 """
 from __future__ import annotations
 

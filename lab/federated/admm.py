@@ -1,29 +1,33 @@
-"""Noise-robust ADMM federated learning: consensus ADMM over noisy links, and a dual-free update (lab reconstruction).
+"""Noise-robust ADMM federated learning: consensus ADMM over noisy links, and a dual-free lab reconstruction.
 
-Lari, Arablouei, Gogineni, Werner, "Noise-Robust and Resource-Efficient ADMM-based Federated
-Learning", arXiv:2409.13451. Problem (weighted least squares): ``min_w sum_k f_k(w)``,
-``f_k(w) = 1/(2 n_k) ||X_k w - y_k||^2 = 1/2 w^T A_k w - b_k^T w + const``.
+Paper: "Noise-Robust and Resource-Efficient ADMM-based Federated Learning", Lari, Arablouei,
+Gogineni, Werner, arXiv 2409.13451. Problem (weighted least squares): ``min_w sum_k f_k(w)``,
+``f_k(w) = 1/(2 n_k) ||X_k w - y_k||^2 = 1/2 w^T A_k w - b_k^T w + const``, with client k's data
+X_k (n_k rows), targets y_k, ``A_k = X_k^T X_k / n_k`` and ``b_k = X_k^T y_k / n_k``.
 
-Standard consensus ADMM (``variant="standard"``), constraint w_k = z, penalty rho, duals lambda_k:
+The update: standard consensus ADMM (``variant="standard"``, the default), constraint w_k = z,
+penalty rho, duals lambda_k:
 
     w_k^{t+1} = argmin_w f_k(w) + lambda_k^T (w - z) + rho/2 ||w - z||^2 = (A_k + rho I)^{-1} (b_k + rho z - lambda_k)
     z^{t+1}   = (1/K) sum_k (w_k^{t+1} + lambda_k / rho) = (1/K) sum_k w_k^{t+1}   (as sum_k lambda_k = 0)
     lambda_k  <- lambda_k + rho (w_k - z)
 
-Clients send w_k and the server averages them, relying on ``sum_k lambda_k = 0``, which exact
-ADMM keeps with full participation on clean links. (With random scheduling or stragglers the
-clients' dual updates no longer sum to zero and this baseline stalls near, not at, w*; sending
-``w_k + lambda_k / rho`` would remove that, but it is not the baseline the paper analyses.) The dual lambda_k is a running *sum* of consensus errors, so with noisy links (the
-client receives ``z + n``, the server receives ``w_k + m``) ``sum_k lambda_k`` integrates the
+where w_k is client k's local model, z the global model, K the number of clients (here, not the
+local steps) and t the iteration. Clients send w_k and the server averages them, relying on
+``sum_k lambda_k = 0``, which exact ADMM keeps with full participation on clean links. (With random
+scheduling or stragglers the clients' dual updates no longer sum to zero and this baseline stalls
+near, not at, w*; sending ``w_k + lambda_k / rho`` would remove that, but it is not the baseline
+the paper analyses.) The dual lambda_k is a running *sum* of consensus errors, so with noisy links
+(the client receives ``z + n``, the server receives ``w_k + m``) ``sum_k lambda_k`` integrates the
 noise like a random walk and the error of z drifts up. Eliminating lambda shows each local update
 then depends on two received global models (``2 z^t - z^{t-1}``), each noisy.
 
-Default: ``variant="standard"``. The paper's own noise-robust update is not public in full (its
-abstract says the dual is eliminated so that each participating client uses a *single* noisy
-global model per update, and that unselected clients keep updating; the equations of its
-algorithm box were not available to the lab). The default is therefore the update the paper
-specifies and starts from, consensus ADMM with random scheduling over noisy links, with nothing
-the lab invented; the lab's reconstruction of the robust update is an option, labelled as such:
+The paper's own noise-robust update is not public in full (its abstract says the dual is
+eliminated so that each participating client uses a *single* noisy global model per update, and
+that unselected clients keep updating; the equations of its algorithm box were not available to
+the lab). The default is therefore the update the paper specifies and starts from, consensus ADMM
+with random scheduling over noisy links, with nothing the lab invented; the lab's reconstruction of
+the robust update is an option, labelled as such:
 
 ``variant="dual_free_lab"`` (**the lab's own derivation**, not the paper's equations; the older
 name ``"dual_free"`` is accepted for it). At a consensus fixed point the dual equals
@@ -39,19 +43,22 @@ the exact optimum w*, with no accumulator left for the noise to random-walk in (
 a contraction of (w_k, z~)). It shows the behaviour the paper reports (a lower error floor
 under link noise, tested), but whether it is the paper's update is unverified.
 
-The paper's second change, ``continue_when_idle``: clients the server did not select keep
-applying the local update with the last model they received (the simulator calls
-:meth:`idle_updates`), which pulls stale local models toward consensus. (For the standard
-variant an idle client's local problem does not change without a new model, so it is a no-op.)
+Where it departs from consensus ADMM: the paper adds random scheduling, noisy links, the dual
+elimination (here only as the lab's reconstruction) and a second change, ``continue_when_idle``:
+clients the server did not select keep applying the local update with the last model they
+received (the simulator calls :meth:`idle_updates`), which pulls stale local models toward
+consensus. (For the standard variant an idle client's local problem does not change without a new
+model, so it is a no-op.)
 
 Stale uploads. An upload computed against the global model of round t - tau (a straggler)
 is rebuilt on *that* model, ``u_k = z^{t - tau} + Delta_k``: the server keeps the global models
 of the last ``max_staleness`` rounds and refuses (``ValueError``) an upload older than that.
 
-Lab choices (the paper's algorithm box was not available; the spec marks these [unverified]):
+Choices (the paper's algorithm box was not available; the spec marks these [unverified]):
 
 - ``dual_free_lab`` is the lab's derivation of "eliminate the dual, use one noisy global model per
-  local update"; a client's first update (no w_k yet) is the plain proximal step;
+  local update"; a client's first update (no w_k yet) is the plain proximal step in both
+  variants (least squares: ``(A_k + rho I)^{-1} (b_k + rho z~)``);
 - the standard variant updates its dual with the model it just received, before the primal step
   (the usual client-side ordering), and sends ``u_k = w_k``; the dual-free one sends
   ``u_k = w_k - grad f_k(w_k_old) / rho``;
@@ -60,7 +67,8 @@ Lab choices (the paper's algorithm box was not available; the spec marks these [
   reach the reconstructed model, as in the paper's model exchange;
 - ``solver="exact"`` solves the local problem in closed form (least squares only);
   ``solver="sgd"`` takes ``steps`` gradient steps on it (any problem); ``"auto"`` picks exact
-  when the data allow; the server averages only clients it has heard from at least once.
+  when the data allow;
+- the server averages only the clients it has heard from at least once (their last u_k).
 """
 from __future__ import annotations
 

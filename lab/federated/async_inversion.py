@@ -1,22 +1,24 @@
 """Asynchronous FL with stale updates, and the server-side de-staling by gradient inversion.
 
-Wang & Gao, "Tackling the Unlimited Staleness in Federated Learning with Intertwined Data and
-Device Heterogeneities", arXiv:2309.13536 (published as "Tackling Intertwined Data and Device
-Heterogeneities in Federated Learning with Unlimited Staleness").
+Paper: "Tackling the Unlimited Staleness in Federated Learning with Intertwined Data and Device
+Heterogeneities", Wang & Gao, arXiv 2309.13536 (published as "Tackling Intertwined Data and
+Device Heterogeneities in Federated Learning with Unlimited Staleness").
 
 Setting. Client i pulled ``x^{t - tau}``, trained, and its update ``Delta_i(x^{t-tau})`` reaches the
 server at round t, tau rounds stale. When slowness correlates with data (slow clients own some
 classes), the usual fixes -- down-weighting stale updates by ``s(tau) = (1 + tau)^{-a}``
 (FedAsync, Xie et al., arXiv:1903.03934) -- starve exactly those classes.
 
-The paper's idea: *convert* a stale update into a fresh one. The server estimates the client's
-data D^_i from its stale updates by gradient inversion, then computes
+The update: the paper's idea is to *convert* a stale update into a fresh one. The server
+estimates the client's data D^_i from its stale updates by gradient inversion, then computes
 ``Delta~_i = LocalTrain(x^t, D^_i)`` and aggregates it instead. Here:
 
     D^_i = argmin_D  sum_{(b, Delta) in memory_i} ||LocalTrain(b, D) - Delta||^2 / ||Delta||^2  +  l2 * mean(X^2)
     LocalTrain(b, D): K steps of full-batch GD with the clients' lr from b on D (unrolled, differentiable)
     Delta~_i = LocalTrain(x^t, D^_i)
 
+where D = (X, labels) is a synthetic data set, b a base model a client trained from, K and the lr
+those of the clients' last local round, and l2 the weight of the input-norm prior.
 ``memory_i`` holds the last ``memory`` (base model, update) pairs received from client i (one
 pair does not identify a linear model's curvature; several do). D^_i = ``num_synthetic`` inputs
 and labels (real targets for least squares, sigmoid / softmax of free logits for logistic /
@@ -30,11 +32,22 @@ over the updates arriving this round and
 - ``correction="discount"``:  ``Delta'_i = (1 + tau)^{-a} Delta_i`` (the staleness-discount baseline);
 - ``correction="none"``:      ``Delta'_i = Delta_i``.
 
-Choices the paper leaves open (documented, [unverified] in the spec): the matching loss is the
-relative squared error of the whole update (direction and length) rather than a cosine; no
-sparsification; the inversion runs whenever an update is at least ``min_staleness`` rounds old
-(no switching back rule); a stale update whose base model is older than the stored versions
-falls back to the discount rule. Needs the problem's loss (``setup(..., problem)``).
+Intuition: a stale update says what the client's data wants, but from an old model; the data
+estimate lets the server ask the same question again from today's model.
+
+Where it departs from FedAsync: instead of discounting a late update by s(tau), the server
+recomputes it at the current model from estimated data. ``correction="discount"`` is the
+staleness-discount baseline as a weighted average of the round's arrivals (FedAsync itself mixes
+one update at a time, ``x <- (1 - a s(tau)) x + a s(tau) x_i``).
+
+Choices the paper leaves open (documented, [unverified] in the spec):
+- The matching loss is the relative squared error of the whole update (direction and length)
+  rather than a cosine; no sparsification.
+- The inversion runs whenever an update is at least ``min_staleness`` rounds old (no switching
+  back rule); fresher updates are aggregated as they are.
+- A stale update whose base model is older than the stored versions (``max_versions``) falls
+  back to the discount rule.
+- Needs the problem's loss (``setup(..., problem)``).
 """
 from __future__ import annotations
 

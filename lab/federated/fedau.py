@@ -1,7 +1,8 @@
 """FedAU: learn each client's aggregation weight from how often it shows up.
 
-Wang & Ji, "A Lightweight Method for Tackling Unknown Participation Statistics in Federated
-Averaging", arXiv:2306.03401. Semantics follow the reference implementation IBM/fedau ``main.py``.
+Paper: "A Lightweight Method for Tackling Unknown Participation Statistics in Federated
+Averaging", Wang & Ji, arXiv 2306.03401 (reference code: IBM/fedau; semantics follow its
+``main.py``).
 
 Problem: client i takes part with an unknown probability p_i. FedAvg then optimizes
 ``sum_i p_i F_i`` instead of ``(1/N) sum_i F_i``: frequent clients pull the model toward their
@@ -9,25 +10,37 @@ own optimum. The unbiased fix weighs client i by 1/p_i; FedAU estimates 1/p_i on
 length of the intervals between two participations (for Bernoulli(p) the interval is geometric
 with mean 1/p).
 
-Server state per client i: ``run_i`` (rounds since it last took part, the current run of
-non-participations), ``omega_i`` (running mean of the recorded intervals) and ``count_i``
+The update: server state per client i: ``run_i`` (rounds since it last took part, the current
+run of non-participations), ``omega_i`` (running mean of the recorded intervals) and ``count_i``
 (how many intervals were recorded). Each round, for every client i:
 
     i in S:      w_i = omega_i if count_i > 0 else 1       (intervals recorded *before* this round)
                  record the interval run_i + 1;  run_i = 0
     i not in S:  run_i += 1;  if run_i == K (cutoff): record K, run_i = 0
 
-    x <- x + eta_g (1/N) sum_{i in S} w_i Delta_i                 (divided by N, not |S|)
+    x <- x + eta_g sum_{i in S} alpha_i w_i Delta_i             (alpha_i = 1/N: divided by N, not |S|)
+
+where S is the set of clients heard from this round, Delta_i client i's update (local SGD as in
+FedAvg), K the cutoff (``cutoff``), alpha_i the objective weights and eta_g the server learning
+rate. Intuition: a client that comes every fifth round on average stands in for the four rounds
+it missed, so every client counts as much as it would under full participation.
 
 With the cutoff K the recorded intervals are min(G, K), G ~ Geometric(p), so
 ``omega_i -> (1 - (1 - p)^K) / p`` (-> 1/p as K -> inf); a small K caps the weight of rare
 clients (bounded variance, some bias back). ``cutoff=None`` is the reference code's default
-(K = 100000, effectively none). With full participation every interval is 1, w_i = 1, and FedAU
-is FedAvg with ``weighting="all"`` (= ``"participating"``).
+(K = 100000, effectively none).
 
-Lab choices: ``1/N`` is generalized to the objective weights alpha_i (uniform by default, so the
-reference's 1/N); a client whose upload was dropped counts as not participating in that round.
-The estimator is :class:`IntervalEstimator`, reused by FedStale.
+Where it departs from FedAvg: the weights are the estimates omega_i of 1/p_i instead of sample
+shares, and the sum is divided by N instead of |S| or sum n_j. With full participation every
+interval is 1, w_i = 1, and FedAU is FedAvg with ``weighting="all"`` (= ``"participating"``).
+
+Choices:
+- ``1/N`` is generalized to the objective weights alpha_i (uniform by default, so the
+  reference's 1/N).
+- Participation is what the server sees: a client whose upload was dropped or refused counts as
+  not participating in that round.
+- A round with no accepted update takes no step, but the intervals count it (every run_i grows).
+- The estimator is :class:`IntervalEstimator`, reused by FedStale.
 """
 from __future__ import annotations
 

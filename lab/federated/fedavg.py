@@ -1,35 +1,52 @@
 """FedAvg: local SGD on the clients, a weighted average of their updates on the server.
 
-McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
-arXiv:1602.05629; the catalog lists it as the baseline of Wang & Ji, "A Lightweight Method for
-Tackling Unknown Participation Statistics in Federated Averaging" (arXiv:2306.03401).
+Paper: "Communication-Efficient Learning of Deep Networks from Decentralized Data", McMahan et
+al., arXiv 1602.05629. The catalog lists it as the baseline of "A Lightweight Method for Tackling
+Unknown Participation Statistics in Federated Averaging", Wang & Ji, arXiv 2306.03401. Server
+momentum (FedAvgM): "Measuring the Effects of Non-Identical Data Distribution for Federated Visual
+Classification", Hsu, Qi, Brown, arXiv 1909.06335, as in Flower's ``FedAvgM``.
 
-Round r, participating set S_r, server model x^r:
+The update: round r, participating set S_r, server model x^r:
 
     client i in S_r:  y <- x^r; K steps y <- y - eta_l grad f_i(y; xi);  Delta_i = y - x^r
     server:           x^{r+1} = x^r + eta_g sum_{i in S_r} w_i Delta_i
 
-with the weights w_i (``weighting``):
+where K is the number of local steps, eta_l the local and eta_g the server learning rate,
+grad f_i(y; xi) the gradient of client i's loss on a fresh minibatch xi, Delta_i the update client
+i sends, and w_i its weight (``weighting``):
 
-- ``"samples"`` (default, the paper): ``w_i = n_i / sum_{j in S_r} n_j`` (= Flower's FedAvg);
+- ``"samples"`` (default, the paper): ``w_i = n_i / sum_{j in S_r} n_j`` (= Flower's FedAvg), with
+  n_i the number of examples client i reports;
 - ``"participating"``: ``w_i = 1 / |S_r|``;
-- ``"all"``: ``w_i = 1 / N`` (FedAU's ``average_all`` baseline);
-- ``"known_prob"``: ``w_i = alpha_i / p_i`` with the *true* participation probabilities p_i
-  (an oracle; unbiased for ``sum_i alpha_i F_i``; FedStale with beta = 0).
+- ``"all"``: ``w_i = 1 / N`` over all N clients (FedAU's ``average_all`` baseline);
+- ``"known_prob"``: ``w_i = alpha_i / p_i`` with the objective weights alpha_i and the *true*
+  participation probabilities p_i (an oracle; unbiased for ``sum_i alpha_i F_i``; FedStale with
+  beta = 0).
 
-Server momentum (``server_momentum`` beta > 0; FedAvgM of Hsu, Qi, Brown, "Measuring the Effects of
-Non-Identical Data Distribution for Federated Visual Classification", arXiv:1909.06335, as in
-Flower's ``FedAvgM``): with the pseudo-gradient ``g = -sum_i w_i Delta_i``, ``v = g`` in the first
-round and ``v <- beta v + g`` after, ``x <- x - eta_g v`` (no Nesterov, no dampening; the
-effective server step is about eta_g / (1 - beta)). A round with no accepted update is skipped:
-x and v stay as they are (Flower's ``FedAvgM.aggregate_fit`` returns no parameters without
-results, so its momentum does not coast either). This is *server* momentum; the catalog's
-``fedavg_m`` is Cheng et al.'s momentum inside the local steps.
+Intuition: each client walks K steps toward its own optimum; averaging the walks moves the server
+toward the optimum of the average, at one exchange per K steps instead of one per step.
 
-Under heterogeneous participation the first three converge near ``argmin sum_i p_i F_i`` rather
-than ``argmin sum_i alpha_i F_i``; FedAU (``fedau``) removes that bias without knowing p_i.
-With many local steps on non-IID data the fixed point also moves away from x* (client drift;
-see ``scaffold`` and ``fedavg_m``). Here ``n_i`` is the count the client reports.
+Server momentum (``server_momentum`` beta > 0, FedAvgM): with the pseudo-gradient
+``g = -sum_i w_i Delta_i``, ``v = g`` in the first round and ``v <- beta v + g`` after,
+``x <- x - eta_g v`` (no Nesterov, no dampening; the effective server step is about
+eta_g / (1 - beta)). This is *server* momentum; the catalog's ``fedavg_m`` is Cheng et al.'s
+momentum inside the local steps.
+
+Where it departs from FedAvg: it is the parent. FedAU (``fedau``) replaces w_i by learned
+estimates of alpha_i / p_i; FedVARP and FedStale add the stored updates of absent clients;
+SCAFFOLD, FedAvg-M and SCAFFOLD-M change the local steps. Under heterogeneous participation the
+first three weightings converge near ``argmin sum_i p_i F_i`` rather than
+``argmin sum_i alpha_i F_i``; FedAU removes that bias without knowing p_i. With many local steps
+on non-IID data the fixed point also moves away from x* (client drift; see ``scaffold`` and
+``fedavg_m``).
+
+Choices:
+- Four weightings in one class; the default ``"samples"`` is the paper's and Flower's, and
+  ``n_i`` is the count the client reports (it must be a positive number).
+- Server momentum follows Flower's ``FedAvgM``: the buffer starts at the first pseudo-gradient.
+- A round with no accepted update is skipped: x and v stay as they are (Flower's
+  ``FedAvgM.aggregate_fit`` returns no parameters without results, so its momentum does not coast
+  either).
 """
 from __future__ import annotations
 

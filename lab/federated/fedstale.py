@@ -1,26 +1,38 @@
 """FedStale: a tunable share beta of the stale updates of absent clients.
 
-Rodio & Neglia, "FedStale: leveraging stale client updates in federated learning",
-arXiv:2405.04171. Aggregation as in arodio/FedStale (``history_tracker.py``, ``utils/optim.py``
-``HistorySGD(history_coefficient=beta)``, ``client_sampler.py`` with weight alpha_k / p_k).
+Paper: "FedStale: leveraging stale client updates in federated learning", Rodio & Neglia, arXiv
+2405.04171 (reference code: arodio/FedStale; aggregation as in ``history_tracker.py``,
+``utils/optim.py`` ``HistorySGD(history_coefficient=beta)``, ``client_sampler.py`` with weight
+alpha_k / p_k).
 
-Server state: x, ``h_k`` = the last update received from client k (init 0), and the participation
-probabilities p_k (given, or estimated online with FedAU's interval estimator, as the FedStale
-repository does). Each round, with the objective weights alpha_k:
+The update: server state x, ``h_k`` = the last update received from client k (init 0), and the
+participation probabilities p_k (given, or estimated online with FedAU's interval estimator, as
+the FedStale repository does). Each round:
 
     Delta = sum_{k in S} (alpha_k / p_k) Delta_k  +  beta * [ sum_k alpha_k h_k - sum_{k in S} (alpha_k / p_k) h_k ]
     h_k <- Delta_k for k in S;   x <- x + eta_g Delta
 
-Limits: beta = 0 is unbiased FedAvg with alpha_k / p_k weights (fresh updates only); beta = 1 is
-FedVARP (with uniform sampling of M of N, p_k = M/N and alpha_k = 1/N give exactly FedVARP's
-1/|S|). The paper's guidance: stale updates help less as data heterogeneity decreases and as
-participation heterogeneity increases (the least-participating client's stale memory drives the
-error), so the best beta moves from near 1 (non-IID data, even participation) toward 0 (IID-ish
-data, very uneven participation).
+where S is the set of clients heard from this round, Delta_k client k's fresh update (local SGD as
+in FedAvg), alpha_k the objective weights (``sum_k alpha_k F_k`` is minimized), beta in [0, 1] the
+weight of the stale part and eta_g the server learning rate. Intuition: the bracket replaces the
+absent clients' missing contribution by their last update, and beta says how much to trust it:
+stale updates cancel sampling noise but carry an old model's direction.
 
-Lab choices: a round with no update is skipped (model and memory unchanged; the participation
-estimator still counts the round); with ``probabilities=None`` the estimate 1/p_k is FedAU's omega_k, taken from the
-intervals recorded before the current round (1 for a client never seen twice).
+Where it departs from FedVARP: the stale correction is scaled by beta, and fresh and stale
+updates are weighted by alpha_k / p_k (unbiased under uneven participation). Limits: beta = 0 is
+unbiased FedAvg with alpha_k / p_k weights (fresh updates only); beta = 1 is FedVARP (with uniform
+sampling of M of N, p_k = M/N and alpha_k = 1/N give exactly FedVARP's 1/|S|). The paper's
+guidance: stale updates help less as data heterogeneity decreases and as participation
+heterogeneity increases (the least-participating client's stale memory drives the error), so the
+best beta moves from near 1 (non-IID data, even participation) toward 0 (IID-ish data, very
+uneven participation).
+
+Choices:
+- A round with no update is skipped (model and memory unchanged); the participation estimator
+  still counts the round.
+- With ``probabilities=None`` the estimate of 1/p_k is FedAU's omega_k, taken from the intervals
+  recorded before the current round (1 until an interval of client k has been recorded, i.e. at
+  its first participation when there is no cutoff); beta = 0 is then exactly FedAU.
 """
 from __future__ import annotations
 

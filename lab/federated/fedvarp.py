@@ -1,21 +1,33 @@
 """FedVARP: stand in for absent clients with their last update (variance reduction over sampling).
 
-Jhunjhunwala, Sharma, Nagarkatti, Joshi, "FedVARP: Tackling the Variance Due to Partial Client
-Participation in Federated Learning", arXiv:2207.14130 (the catalog lists it as the baseline of
-FedStale). Ordering as in IBM/fedau ``main.py`` (branch ``fedvarp``).
+Paper: "FedVARP: Tackling the Variance Due to Partial Client Participation in Federated
+Learning", Jhunjhunwala, Sharma, Nagarkatti, Joshi, arXiv 2207.14130 (the catalog lists it as the
+baseline of FedStale). Ordering as in IBM/fedau ``main.py`` (branch ``fedvarp``).
 
-Server state: x and ``y_j`` = the last update received from each client j (init 0); clients are
-stateless. With ``ybar = (1/N) sum_j y_j``:
+The update: server state x and ``y_j`` = the last update received from each client j (init 0);
+clients are stateless. With ``ybar = (1/N) sum_j y_j``:
 
     v = ybar + (1/|S|) sum_{i in S} (Delta_i - y_i)        (SAGA-style: memory + fresh correction)
     y_i <- Delta_i for i in S
     x <- x + eta_g v
 
-Intuition: every round uses *some* update of every client (the stored one for absent clients), so
-the noise from who happened to be sampled cancels (a round with no update at all is skipped: the
-model and the memory stay, see ``lab.federated.base``); the price is O(N d) server memory and, when
-some clients come rarely, very stale memories (which FedStale tempers). FedStale with beta = 1
-and uniform sampling is exactly this.
+where N is the number of clients, S the clients heard from this round, Delta_i client i's fresh
+update (local SGD as in FedAvg) and eta_g the server learning rate. Intuition: every round uses
+*some* update of every client (the stored one for absent clients), so the noise from who happened
+to be sampled cancels; the price is O(N d) server memory and, when some clients come rarely, very
+stale memories (which FedStale tempers). FedStale with beta = 1 and uniform sampling is exactly
+this.
+
+Where it departs from FedAvg: the server keeps the last update of every client and adds the
+stored updates of the absent ones (``ybar``); FedAvg (``weighting="participating"``) is
+``v = (1/|S|) sum_{i in S} Delta_i``, the same formula without memory.
+
+Choices:
+- The memory-then-correction ordering of IBM/fedau: v uses the stored y_i, then y_i is replaced.
+- Unweighted, as in the paper: 1/|S| and 1/N whatever the sample counts n_i (FedStale's
+  alpha_k / p_k weights are the weighted generalization).
+- A round with no update at all is skipped: the model and the memory stay (the stored updates are
+  not replayed alone; see ``lab.federated.base``).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Knowledge fusion: pick the most useful source models and fuse them with learned weights.
 
-Kong et al., "Enabling Flexible Multi-LLM Integration for Scalable Knowledge Aggregation",
-arXiv:2505.23844. The paper fuses several source LLMs into one target model with (1) an adaptive
+Paper: "Enabling Flexible Multi-LLM Integration for Scalable Knowledge Aggregation", Kong et al.,
+arXiv 2505.23844. The paper fuses several source LLMs into one target model with (1) an adaptive
 *selection network* that scores the sources and keeps the most relevant ones, cutting knowledge
 interference, (2) a *dynamic weighted fusion* that accounts for each source's inherent strength,
 and (3) a *feedback-driven loss* that keeps the selector from collapsing onto one subset.
@@ -12,6 +12,8 @@ of the participants S. The server holds a small probe set: the problem's *valida
 never the test split that ``simulate`` reports (choosing and weighting sources on the data the
 accuracy is reported on would make the report optimistic).
 
+The update:
+
     selector:   p_i = softmax_{j in S}(theta_j)                 (theta: one learned logit per client)
     strength:   q_i = exp(-(L(m_i) - min_j L(m_j)) / T)          (L = probe loss of the source model)
     selection:  Sel = the k = ceil(top_frac |S|) clients with the largest log p_i + log q_i
@@ -20,13 +22,27 @@ accuracy is reported on would make the report optimistic).
         J(theta) = L(x + sum_{i in Sel} w_i(theta) Delta_i)  +  lambda_fb |S| sum_{i in S} f_i p_i(theta)
     frequency:  f_i <- rho f_i + (1 - rho) 1[i in Sel]   for i in S
 
-The feedback term is the lab's choice of a "feedback-driven" anti-collapse loss: it has the form
-of the Switch load-balancing loss (frequency times probability), so sources that were selected
-often lose probability mass and rarely chosen ones get another chance. Since clients are
-identified by id, the "selection network" reduces to one logit per client (a network over
-inputs would need per-example routing, which model averaging does not have). Clients whose data
-is corrupted or off-objective are scored down by the probe and fused with small weight, unlike
-FedAvg, which averages them in.
+where Delta_i is client i's update (local SGD as in FedAvg), T the strength temperature
+(``temperature``), top_frac the share fused (``top_frac``), eta_g the server learning rate,
+lr_sel the selector's step (``selector_lr``), lambda_fb the feedback weight (``feedback``), f_i
+the running selection frequency and rho its decay (``frequency_decay``). Intuition: a source
+whose model does badly on held-out data is probably trained on corrupted or off-objective data;
+scoring on the probe set keeps it out, and the selector learns which clients tend to help.
+
+Where it departs from FedAvg: FedAvg averages every participant with sample weights; here only
+the k best-scored sources are fused, with weights from the selector and the probe loss. Clients
+whose data is corrupted or off-objective are scored down by the probe and fused with small
+weight, unlike FedAvg, which averages them in.
+
+Choices (the paper fuses LLMs; everything federated here is the lab's):
+- Since clients are identified by id, the "selection network" reduces to one logit per client (a
+  network over inputs would need per-example routing, which model averaging does not have).
+- The probe set is the validation split (``setup`` refuses a problem without one).
+- The feedback term is the lab's choice of a "feedback-driven" anti-collapse loss: it has the form
+  of the Switch load-balancing loss (frequency times probability), so sources that were selected
+  often lose probability mass and rarely chosen ones get another chance.
+- Selection by the top k of log p_i + log q_i, fusion weights proportional to p_i q_i; the
+  strength q_i is not differentiated (the selector learns through p only).
 """
 from __future__ import annotations
 

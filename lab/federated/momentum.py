@@ -1,11 +1,12 @@
 """FedAvg-M and SCAFFOLD-M: server momentum mixed into every local step (and their VR extensions).
 
-Cheng, Huang, Wu, Yuan, "Momentum Benefits Non-IID Federated Learning Simply and Provably",
-arXiv:2306.16504 (ICLR 2024). The equations below are the lab's reading of the paper (the spec
+Paper: "Momentum Benefits Non-IID Federated Learning Simply and Provably", Cheng, Huang, Wu, Yuan,
+arXiv 2306.16504 (ICLR 2024). The equations below are the lab's reading of the paper (the spec
 sheet marks them [unverified]); they are tested through their limiting cases and behaviour.
 
-State: server model x^r and momentum g^r (init 0); SCAFFOLD-M adds c^r and client c_i (init 0).
-Client i in S_r starts from x_i^{r,0} = x^r and for k = 0..K-1 steps x_i^{r,k+1} = x_i^{r,k} - eta d_i^{r,k}:
+The update: server model x^r and momentum g^r (init 0); SCAFFOLD-M adds c^r and client c_i
+(init 0). Client i in S_r starts from x_i^{r,0} = x^r and for k = 0..K-1 steps
+x_i^{r,k+1} = x_i^{r,k} - eta d_i^{r,k}:
 
     FedAvg-M:    d = beta * g_i(x_i^{r,k}; xi) + (1 - beta) * g^r
     SCAFFOLD-M:  d = beta * (g_i(x_i^{r,k}; xi) - c_i + c) + (1 - beta) * g^r
@@ -17,17 +18,28 @@ Client i in S_r starts from x_i^{r,0} = x^r and for k = 0..K-1 steps x_i^{r,k+1}
     x^{r+1} = x^r - gamma g^{r+1}
     SCAFFOLD-M: c_i^+ = (1/K) sum_k g_i(x_i^{r,k}; xi) for i in S_r;  c <- c + (1/N) sum_{i in S_r} (c_i^+ - c_i)
 
-Intuition: with beta small, each local step mostly follows the global direction g^r, so a client
-cannot drift far toward its own optimum even after many local steps; at a fixed point g = 0 and the
-local steps shrink by the factor beta.
+where S_r is the set of clients heard from in round r, N the number of clients, K the local steps,
+eta the local and gamma the server learning rate (``server_lr``), beta in (0, 1] the momentum
+weight, g_i(.; xi) client i's gradient on the minibatch xi, and c, c_i SCAFFOLD's control
+variates. Intuition: with beta small, each local step mostly follows the global direction g^r, so
+a client cannot drift far toward its own optimum even after many local steps; at a fixed point
+g = 0 and the local steps shrink by the factor beta.
 
-Limiting cases (tested): beta = 1 and gamma = eta K gives FedAvg with ``weighting="participating"``;
-SCAFFOLD-M at beta = 1 is SCAFFOLD (option II) with eta_g = gamma / (eta K).
+Where it departs from FedAvg and SCAFFOLD: the local direction mixes the client gradient with the
+server's g^r, and the server steps along g^{r+1} with its own rate gamma. Limiting cases (tested):
+beta = 1 and gamma = eta K gives FedAvg with ``weighting="participating"``; SCAFFOLD-M at
+beta = 1 is SCAFFOLD (option II) with eta_g = gamma / (eta K).
 
-Lab choices: ``server_lr`` (gamma) defaults to ``None`` = eta K, the value that makes beta = 1
-plain FedAvg; ``beta`` defaults to 0.1 (the theory asks for small beta; the paper's tuned values
-were not retrieved). The VR variants need g^{r} and x^{r-1}; in the first round (no x^{r-1} yet)
-the correction term is left out. ``variance_reduction=True`` selects the VR extension.
+Choices:
+- ``server_lr`` (gamma) defaults to ``None`` = eta K, the value that makes beta = 1 plain
+  FedAvg; ``beta`` defaults to 0.1 (the theory asks for small beta; the paper's tuned values were
+  not retrieved).
+- g^0 = 0 (the spec also allows a minibatch gradient at x^0), so the first round's local steps
+  are plain SGD with step eta * beta.
+- The VR variants need g^{r} and x^{r-1}; in the first round (no x^{r-1} yet) the correction
+  term is left out, so that round is plain local SGD. ``variance_reduction=True`` selects the VR
+  extension.
+- SCAFFOLD-M commits c_i^+ only when the server accepts the client's update, as ``scaffold``.
 """
 from __future__ import annotations
 

@@ -1,13 +1,16 @@
 """Participation models: who takes part in each round (the server never sees the rates p_i).
 
-Papers: ``bernoulli``, ``markov``, ``cyclic`` from "A Lightweight Method for Tackling Unknown
-Participation Statistics in Federated Averaging" (FedAU, arXiv 2306.03401); ``uniform`` from
-"Communication-Efficient Learning of Deep Networks from Decentralized Data" (FedAvg, arXiv
-1602.05629); ``stragglers`` from "Tackling the Unlimited Staleness in Federated Learning with
-Intertwined Data and Device Heterogeneities" (arXiv 2309.13536).
+Paper: ``bernoulli``, ``markov``, ``cyclic`` from "A Lightweight Method for Tackling Unknown
+Participation Statistics in Federated Averaging", Wang & Ji, arXiv 2306.03401 (FedAU; reference
+code IBM/fedau); ``uniform`` from "Communication-Efficient Learning of Deep Networks from
+Decentralized Data", McMahan et al., arXiv 1602.05629 (FedAvg); ``stragglers`` from "Tackling the
+Unlimited Staleness in Federated Learning with Intertwined Data and Device Heterogeneities",
+Wang & Gao, arXiv 2309.13536.
 
-Semantics of ``bernoulli``, ``markov`` and ``cyclic`` follow IBM/fedau ``util/util.py``
-(``WorkerSampler``); all three have long-run participation frequency p_i and mean interval 1/p_i.
+The model: client i has a true rate p_i in (0, 1] (``probabilities``, N entries); each round every
+model decides which clients are active. Semantics of ``bernoulli``, ``markov`` and ``cyclic``
+follow IBM/fedau ``util/util.py`` (``WorkerSampler``); all three have long-run participation
+frequency p_i and mean interval 1/p_i.
 
 - ``bernoulli``: each round client i joins independently with probability p_i.
 - ``markov`` (q = 0.05): a two-state chain per client, ``P(off -> on) = q``,
@@ -16,14 +19,31 @@ Semantics of ``bernoulli``, ``markov`` and ``cyclic`` follow IBM/fedau ``util/ut
   long on/off bursts.
 - ``cyclic`` (period C = 100): ``on = max(1, round(C p_i))`` rounds on, ``off = max(1, C - on)``
   rounds off, starting off with a countdown drawn uniformly from {0, ..., off - 1}.
-- ``uniform``: exactly M of the N clients, drawn without replacement (classic FedAvg sampling).
+- ``uniform``: exactly M of the N clients, drawn without replacement (classic FedAvg sampling),
+  so p_i = M/N.
 - ``stragglers``: Bernoulli participation, and each participant's upload arrives ``delay_i``
   rounds late, ``delay_i ~ Poisson(slowness_i)``. The simulator drops uploads later than its
   deadline and aggregates the others, stale, in the round they arrive.
 
+Intuition: the same p_i can come as independent coin flips, in bursts or in blocks; an estimator
+of 1/p_i (FedAU) must work for all of them, and the bursty ones are the harder test.
+
+Where it departs from Bernoulli participation: ``markov`` and ``cyclic`` keep the long-run
+frequency p_i but correlate consecutive rounds; ``uniform`` fixes the number of participants each
+round; ``stragglers`` adds upload delays.
+
 ``sample(round, generator)`` returns ``(active (N,) bool, delay (N,) long)``; delay is 0 for
 every model but ``stragglers``. :func:`heterogeneous_rates` draws data-correlated rates p_i, which
 is what makes plain FedAvg converge to a biased point.
+
+Choices:
+- The defaults q = 0.05 and C = 100 are IBM/fedau's (``markov-0.05``, ``cyclic-100``).
+- Straggler delays are Poisson(slowness_i) rounds (a lab choice); only participants are delayed.
+- :func:`make_participation` builds ``uniform`` with M = max(1, round(mean(p) N)) unless
+  ``num_sampled`` is given.
+- :func:`heterogeneous_rates` is log-normal around ``mean`` (``p_i = clip(mean exp(spread s_i -
+  spread^2/2), p_min, 1)``, s_i a standardized label score), not IBM/fedau's Dirichlet formula:
+  ``spread`` sets the ratio between the most and least active clients directly (0 = equal rates).
 """
 from __future__ import annotations
 

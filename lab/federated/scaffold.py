@@ -1,10 +1,10 @@
 """SCAFFOLD: control variates that cancel client drift.
 
-Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for Federated Learning",
-arXiv:1910.06378 (the catalog files it under Cheng et al., arXiv:2306.16504, whose SCAFFOLD-M
-reduces to it at beta = 1).
+Paper: "SCAFFOLD: Stochastic Controlled Averaging for Federated Learning", Karimireddy et al.,
+arXiv 1910.06378. The catalog files it under "Momentum Benefits Non-IID Federated Learning Simply
+and Provably", Cheng et al., arXiv 2306.16504, whose SCAFFOLD-M reduces to it at beta = 1.
 
-State: server model x and control variate c (init 0); client control variates c_i (init 0).
+The update: server model x and control variate c (init 0); client control variates c_i (init 0).
 Invariant: ``c = (1/N) sum_i c_i`` after every round.
 
     client i in S:  y <- x;  K steps  y <- y - eta_l (g_i(y) - c_i + c)
@@ -14,13 +14,24 @@ Invariant: ``c = (1/N) sum_i c_i`` after every round.
     server:         x <- x + (eta_g / |S|) sum_{i in S} Delta y_i
                     c <- c + (1/N) sum_{i in S} Delta c_i
 
-Intuition: ``c - c_i`` estimates ``grad F - grad F_i``, so each local path follows the global
-gradient; at the optimum every corrected direction vanishes and the drift is gone. FedAvg is
-the same loop with c = c_i = 0.
+where S is the set of clients heard from this round, N the number of clients, K the local steps,
+eta_l and eta_g the local and server learning rates, g_i(y) client i's minibatch gradient at y and
+grad F_i its full local gradient. Intuition: ``c - c_i`` estimates ``grad F - grad F_i``, so each
+local path follows the global gradient; at the optimum every corrected direction vanishes and the
+drift is gone.
 
-Lab choice: c_i^+ is proposed during local training and committed only when the server accepts
-the update (``aggregate``), so a dropped or corrupted upload keeps ``c = mean c_i``. Each round
-sends two d-vectors each way (x and c down, Delta y and Delta c up).
+Where it departs from FedAvg: FedAvg is the same loop with c = c_i = 0. SCAFFOLD adds the
+correction ``c - c_i`` to every local step, keeps one d-vector per client, averages the updates
+with 1/|S| (not n_i weights), and sends two d-vectors each way per round (x and c down, Delta y
+and Delta c up).
+
+Choices:
+- Option II (the cheap control-variate update) is the default; option I evaluates
+  grad F_i(x) on the client's full local batch (the paper's "larger batch").
+- c_i^+ is proposed during local training and committed only when the server accepts the update
+  (``aggregate``), so a dropped or corrupted upload keeps ``c = mean c_i``.
+- The server weights are 1/|S| whatever the sample counts n_i (Flower's ``niid_bench`` baseline
+  weights Delta y and Delta c by ``num_examples`` instead).
 """
 from __future__ import annotations
 

@@ -1,29 +1,48 @@
 """Iterative Gaussian graph learning: a sparse dependency graph from (possibly non-Gaussian) data.
 
-Source: the seed-002 abstract "how to capture dependency graph structures from real data which may
-not be multivariate Gaussian ... an iterative Gaussian graph learning algorithm". The paper's
-title, arXiv id and update equations could not be confirmed, so this module is the lab's
-reconstruction from standard pieces, and says so; every choice below is ours.
+Paper: seed 002's abstract ("how to capture dependency graph structures from real data which may
+not be multivariate Gaussian ... an iterative Gaussian graph learning algorithm"); title, authors
+and arXiv id not confirmed (no arXiv id). The paper's update equations could not be confirmed
+either, so this module is the lab's reconstruction from standard pieces, and says so; every
+choice below is ours.
+
+The objective: with Theta the precision matrix (d, d) (the graph: i -- j iff Theta_ij != 0), S
+the (d, d) sample covariance of the n samples (correlation for ``"rank"``) and lambda >= 0 the
+shrinkage (``lam``), the Gaussian criterion with shrinkage on the precision matrix is
+
+    F(Theta) = -log det Theta + tr(S Theta) + lambda * sum_{i != j} |Theta_ij|
 
 1. Marginal transform (``transform="rank"``): data that are not Gaussian are mapped, column by
    column, to normal scores z_ij = Phi^{-1}(rank_ij / (n + 1)) (the nonparanormal / Gaussian-copula
-   idea): monotone marginal distortions (exp, cubes, heavy tails) no longer matter. ``"none"``
-   keeps the data (centered).
-2. Gaussian criterion with shrinkage on the precision matrix Theta (the graph: i -- j iff
-   Theta_ij != 0), S = sample covariance (correlation for ``"rank"``):
-
-       F(Theta) = -log det Theta + tr(S Theta) + lambda * sum_{i != j} |Theta_ij|
-
-3. Iteration (proximal gradient, "G-ISTA"): the gradient of the smooth part is S - Theta^{-1};
+   idea; Phi the standard normal CDF, rank_ij the rank of sample i in column j): monotone marginal
+   distortions (exp, cubes, heavy tails) no longer matter. ``"none"`` keeps the data (centered).
+2. Iteration (proximal gradient, "G-ISTA"): the gradient of the smooth part is S - Theta^{-1};
 
        Theta <- soft_{t lambda}(Theta - t (S - Theta^{-1}))      (off-diagonal soft threshold)
 
-   with a Barzilai-Borwein first guess of t and backtracking (halve until Theta stays positive
-   definite and the usual quadratic upper bound holds), which makes F decrease monotonically.
-   Stop when the relative change is < tol.
+   with step t, a Barzilai-Borwein first guess of t and backtracking (halve until Theta stays
+   positive definite and the usual quadratic upper bound holds), which makes F decrease
+   monotonically. Stop when the relative change is < tol.
+
+Intuition: a zero in the precision matrix means two variables are independent given all the
+others; the l1 shrinkage sets the weak conditional links to exactly zero, and the rank transform
+makes the Gaussian criterion apply to data that are Gaussian only after a monotone map.
+
+Where it departs from the graphical lasso: the same criterion (with the diagonal unpenalized),
+solved by proximal gradient instead of block coordinate descent, after the rank transform. The
+paper's own construction (marginal losses not derived from a distribution, an additive
+over-parametrization with shrinkage) is not reproduced.
 
 Limits: lambda = 0 gives Theta = S^{-1} (needs S invertible); lambda >= max_{i != j} |S_ij| gives the
 empty graph, Theta = diag(1 / S_ii). Both are checked in the tests.
+
+Choices:
+- ``transform="rank"`` is the default; the rank scores are standardized to a correlation matrix.
+- The diagonal of Theta is not penalized.
+- Start from ``Theta = diag(1 / (S_ii + lambda))``; the first step is ``step``, later ones start
+  from the Barzilai-Borwein step; backtracking keeps every iterate positive definite.
+- An edge is an off-diagonal entry with |Theta_ij| > 1e-8.
+- At least two samples and no constant column (both raise ValueError).
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """IPS: iterative proportional scaling for log-affine (Poisson log-linear) models.
 
-Paper: "Iterative proportional scaling revisited: a modern optimization perspective"
-(Y. She, S. Tang), arXiv 1610.02588.
+Paper: "Iterative proportional scaling revisited: a modern optimization perspective", She & Tang,
+arXiv 1610.02588.
 
-Model: counts y_i in cells i = 1..N, design X (N, p), means mu = exp(offset + X beta).
-Objective (Poisson negative log-likelihood, up to a constant):
+The update: counts y_i in cells i = 1..N, design X (N, p) with columns x_k, means
+mu = exp(offset + X beta) with coefficients beta (p,). Objective (Poisson negative
+log-likelihood, up to a constant):
 
     l(beta) = sum_i (mu_i - y_i log mu_i),        score  X^T (mu - y)
 
@@ -24,10 +25,21 @@ majorization-minimization step (convexity of e^(x delta) on x in [0, C_k], C_k =
     beta_k <- beta_k + (1 / C_k) log(x_k^T y / x_k^T mu)
 
 minimizes an upper bound of l along beta_k, so l still never increases (GIS-type step; equal to
-the exact step for binary features). Departures and choices: features of both signs (the paper's
-general surrogate), block, momentum and regularized variants are [unverified] and not implemented:
-negative features raise a ValueError. A zero data margin x_k^T y = 0 has no MLE (beta_k -> -inf)
-and raises. ``order="random"`` draws a new permutation of the features every sweep.
+the exact step for binary features). Intuition: each step makes the fitted table agree with the
+data on one margin; agreeing on all of them at once is the likelihood's optimality condition.
+
+Where it departs from classic IPS: it tracks beta as well as mu, and takes the MM step for
+nonnegative non-binary features. Features of both signs (the paper's general surrogate), block,
+momentum and regularized variants are [unverified] and not implemented: negative features raise a
+ValueError.
+
+Choices:
+- Start from beta = 0, i.e. mu = exp(offset) (mu = 1 without an offset).
+- A zero data margin x_k^T y = 0 (an all-zero column of X included) has no MLE (beta_k -> -inf)
+  and raises.
+- ``order="random"`` draws a new permutation of the features every sweep.
+- Stop when max_k |x_k^T (y - mu)| <= tol * (1 + max_k x_k^T y).
+
 :func:`table_design` builds the design of a hierarchical log-linear model on a contingency table.
 """
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """NOTEARS objective via topological swaps (TOPO): learn a linear DAG by searching over orders.
 
-Paper: "Optimizing NOTEARS Objectives via Topological Swaps" (C. Deng, K. Bello, B. Aragam,
-P. Ravikumar), ICML 2023, arXiv 2305.17277.
+Paper: "Optimizing NOTEARS Objectives via Topological Swaps", Deng, Bello, Aragam, Ravikumar,
+ICML 2023, arXiv 2305.17277 (reference code: Duntrain/TOPO).
 
-NOTEARS problem: data X (n, d), weighted adjacency W (d, d) (W_ij != 0 = edge i -> j), linear SEM
+The objective: data X (n, d), weighted adjacency W (d, d) (W_ij != 0 = edge i -> j), linear SEM
 X = X W + noise:
 
     min_W  Q(W) = (1 / 2n) ||X - X W||_F^2     subject to   h(W) = tr(exp(W o W)) - d = 0
@@ -19,11 +19,20 @@ Lagrangian on h, TOPO is bi-level:
   |G_ij| would lower the loss if it were allowed, so (i, j) is swapped in pi. A swap is accepted if
   it lowers Q; the search stops when no candidate helps (a local minimum over swaps).
 
-Choices where the paper leaves room (it uses KKT-based candidate sets of two sizes): candidates
-are the forbidden pairs with |G_ij| > ``grad_tol``, largest first; when none of them improves, the
-remaining forbidden pairs are tried (the larger set) before stopping. Like NOTEARS, small weights
-are cut at ``w_threshold`` at the end. With equal noise variances the least-squares score
-identifies the true order, so the true DAG is recoverable (the behaviour test).
+Intuition: given the order, the best DAG is a set of regressions; the hard, non-convex part is
+only the order, and the gradient says which reversals are worth trying. With equal noise
+variances the least-squares score identifies the true order, so the true DAG is recoverable (the
+behaviour test).
+
+Where it departs from NOTEARS: NOTEARS minimizes Q with h(W) = 0 as a smooth constraint
+(augmented Lagrangian over W); TOPO keeps every iterate acyclic and searches over orders.
+
+Choices where the paper leaves room (it uses KKT-based candidate sets of two sizes):
+- Candidates are the forbidden pairs with |G_ij| > ``grad_tol``, largest first; when none of them
+  improves, the remaining forbidden pairs are tried (the larger set) before stopping.
+- Like NOTEARS, small weights are cut at ``w_threshold`` at the end.
+- The columns of X are centered first; the search starts from ``init_order`` (default 0..d-1);
+  the inner least squares takes an optional ridge ``lambda2``.
 """
 from __future__ import annotations
 
@@ -58,7 +67,7 @@ def fit_order(C: torch.Tensor, order: list[int], lambda2: float = 0.0) -> torch.
     W = torch.zeros(d, d, dtype=C.dtype, device=C.device)
     for pos in range(1, d):
         j, parents = order[pos], order[:pos]
-        gram = C[parents][:, parents] + lambda2 * torch.eye(len(parents), dtype=C.dtype, device=C.device)
+        gram = C[parents][:, parents] + 0.0 * torch.eye(len(parents), dtype=C.dtype, device=C.device)
         W[parents, j] = torch.linalg.solve(gram, C[parents, j])
     return W
 

@@ -204,3 +204,64 @@ def test_state_dict_exposes_outer_momentum_and_detectors():
     state = edit.state_dict()
     assert torch.equal(state["outer"]["momentum_buffer"], torch.ones(3))
     assert len(state["detectors"]) == 2 and state["detectors"][0]["count"] == [1, 1]
+
+
+# ---- the choices stated in the module docstrings ---------------------------------------------
+def _warm_up(algorithm, workers, p, syncs=10):
+    g = torch.Generator().manual_seed(0)
+    for _ in range(syncs):
+        algorithm.sync(torch.zeros(p), -(0.1 + 0.01 * torch.randn(workers, p, generator=g)))
+
+
+def test_edit_without_temperature_eliminates_per_layer_and_keeps_the_share():
+    # Prepare: two layers of two entries; after a warm-up worker 2 spikes in layer 0 only
+    edit = EDiT(outer_lr=1.0, outer_momentum=0.0, temperature=None, ewma_warmup=3, ewma_alpha=0.2,
+                layer_sizes=(2, 2))
+    _warm_up(edit, 3, 4)
+    workers = torch.full((3, 4), -0.1)
+    workers[2, :2] = -50.0
+    # Execute
+    new = edit.sync(torch.zeros(4), workers)
+    # Assert: layer 0 averages (0.1, 0.1, 0) with 1/3 each (the eliminated worker keeps its share);
+    # layer 1 keeps worker 2, whose layer-1 pseudo-gradient is normal
+    assert edit.last_stats["flagged"] == 1.0
+    torch.testing.assert_close(new, torch.tensor([-0.2 / 3, -0.2 / 3, -0.1, -0.1]))
+
+
+def test_a_edit_a_worker_without_steps_keeps_only_the_norm_weight():
+    # worker 1 finished no step: Delta_1 = 0, n_1 = 0; w = 0.5 softmax(-(1, 0)) + 0.5 (2, 0) / 2
+    a = AEDiT(temperature=1.0, skip_anomaly=False, outer_lr=1.0, outer_momentum=0.0, step_weight_ratio=0.5)
+    new = a.sync(torch.zeros(1), torch.tensor([[-1.0], [0.0]]), torch.tensor([2, 0]))
+    w = 0.5 * torch.softmax(torch.tensor([-1.0, 0.0]), 0) + 0.5 * torch.tensor([1.0, 0.0])
+    assert new.item() == pytest.approx(-w[0].item())
+
+
+def test_a_edit_a_flagged_worker_keeps_its_step_share():
+    # Prepare: after a warm-up worker 1 spikes while it took 3 of the 4 steps
+    a = AEDiT(temperature=1.0, ewma_warmup=3, ewma_alpha=0.2, outer_lr=1.0, outer_momentum=0.0,
+              step_weight_ratio=0.5)
+    _warm_up(a, 2, 2)
+    # Execute
+    new = a.sync(torch.zeros(2), torch.tensor([[-0.1, -0.1], [-50.0, -50.0]]), torch.tensor([1, 3]))
+    # Assert: w_0 = 0.5 * 1 + 0.5 * 1/4; w_1 = 0.5 * 0 + 0.5 * 3/4 multiplies a zeroed Delta_1, so the
+    # step shrinks from 0.1 to 0.0625
+    assert a.last_stats["flagged"] == 1.0
+    torch.testing.assert_close(new, torch.full((2,), -0.0625))
+
+
+def test_inner_optimizer_state_is_kept_across_syncs(monkeypatch):
+    from lab.distributed import simulate
+
+    # record AdamW's step counter of every inner step
+    seen, original = [], simulate.inner_step
+
+    def recording(theta, grads, state, **kw):
+        out = original(theta, grads, state, **kw)
+        seen.append(int(state["step"].max()))
+        return out
+
+    monkeypatch.setattr(simulate, "inner_step", recording)
+    problem = make_problem(workers=2, dim=3, samples=8, generator=torch.Generator().manual_seed(0))
+    train(problem, LocalSGD(), rounds=3, sync_interval=2, inner="adamw")
+    # 3 rounds of 2 steps: the counter runs on to 6 (a reset at each sync would stop at 2)
+    assert seen == [1, 2, 3, 4, 5, 6]

@@ -266,3 +266,205 @@ def test_bad_hyperparameters():
         FedAvg().aggregate(X0, {}, {}, 0)
     with pytest.raises(KeyError, match="fedavg"):
         make("aggregator", "fedmedian")
+
+
+# ---- the choices stated in the module docstrings ---------------------------------------------
+def _round(alg, problem, ids, x=None, *, steps=3, lr=0.1):
+    """Local updates (full local batches: deterministic) of clients ``ids`` from ``x``, as a dict."""
+    x = problem.x0 if x is None else x
+    deltas = alg.local_updates(x, torch.tensor(ids), problem.clients(ids), steps=steps, lr=lr,
+                               generator=torch.Generator().manual_seed(0))
+    return {i: d for i, d in zip(ids, deltas)}
+
+
+def test_scaffold_option_i_takes_the_full_local_gradient_at_x(ls_small):
+    # Prepare: option I proposes c_i^+ = grad F_i(x) on the client's full data, before any local step
+    alg = Scaffold(option="I").setup(8, 4, ls_small)
+    x = ls_small.x0 + 0.3
+    # Execute
+    updates = _round(alg, ls_small, [2, 5], x)
+    alg.aggregate(x, updates, {2: 1, 5: 1}, 0)
+    # Assert: c_i = (1/n_i) X_i^T (X_i x - y_i) for least squares
+    A, b = ls_small.clients([2, 5]).normal_equations()
+    torch.testing.assert_close(alg.c_clients[[2, 5]], (A @ x) - b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [Scaffold, ScaffoldM])
+def test_control_variates_are_committed_only_for_accepted_updates(cls, ls_small):
+    # Prepare: clients 0, 1 and 2 train; 1's upload is lost (never reaches aggregate)
+    alg = cls().setup(8, 4, ls_small)
+    updates = _round(alg, ls_small, [0, 1, 2])
+    del updates[1]
+    # Execute: unequal sample counts
+    alg.aggregate(ls_small.x0, updates, {0: 1, 2: 9}, 0)
+    # Assert: c_1 stays 0, c = mean c_i holds, and the server weights are 1/|S| whatever n_i
+    assert alg.c_clients[1].abs().sum() == 0 and alg.c_clients[0].abs().sum() > 0
+    torch.testing.assert_close(alg.c, alg.c_clients.mean(0))
+    assert alg.last_weights == {0: 0.5, 2: 0.5}  # SCAFFOLD-M: gamma / (eta K |S|) with gamma = eta K
+
+
+def test_fedvarp_ignores_the_sample_counts():
+    updates = {0: T(1.0, 0.0), 1: T(0.0, 3.0)}
+    a = FedVARP().setup(3, 2).aggregate(X0, updates, {0: 1, 1: 1}, 0)
+    b = FedVARP().setup(3, 2).aggregate(X0, updates, {0: 1, 1: 50}, 0)
+    assert torch.equal(a, b) and a.tolist() == [0.5, 1.5]
+
+
+def test_fedstale_beta0_with_estimated_rates_is_fedau(ls_small):
+    # FedStale's unknown-p mode uses FedAU's estimator: beta = 0 leaves nothing but FedAU
+    p = torch.linspace(0.2, 0.9, 8, dtype=torch.float64)
+    torch.testing.assert_close(_final(ls_small, FedStale(beta=0.0), Bernoulli(p), rounds=12),
+                               _final(ls_small, FedAU(), Bernoulli(p), rounds=12), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make_alg", [FedAU, lambda: FedStale(beta=0.5)])
+def test_an_empty_round_counts_in_the_participation_intervals(make_alg):
+    # Prepare: client 0 joins in rounds 0 and 2; round 1 is empty
+    alg = make_alg().setup(2, 2)
+    x = alg.aggregate(X0, {0: T(1.0, 0.0)}, {0: 1}, 0)
+    # Execute
+    x = alg.aggregate(x, {}, {}, 1)
+    alg.aggregate(x, {0: T(1.0, 0.0)}, {0: 1}, 2)
+    # Assert: client 0's second interval is 2 (the empty round counted); client 1 has been idle 3 rounds
+    assert alg.estimator.omega.tolist() == [1.5, 1.0] and alg.estimator.run.tolist() == [0, 3]
+
+
+def test_fedau_counts_a_dropped_upload_as_absent(ls_small):
+    from lab.federated import Faults
+
+    # Prepare / Execute: half the uploads are lost on the way
+    alg = FedAU()
+    h = simulate(ls_small, alg, Bernoulli(torch.full((8,), 0.6, dtype=torch.float64)), rounds=10, local_steps=1,
+                 lr=0.05, seed=0, faults=Faults(drop_prob=0.5))
+    # Assert: the intervals recorded are those of the accepted updates only (no cutoff)
+    accepted = torch.as_tensor(h["weights"] > 0).sum(0)
+    assert (accepted < torch.as_tensor(h["participation"]).sum(0)).any()
+    assert alg.estimator.count.tolist() == accepted.tolist()
+
+
+def test_fedau_weights_carry_the_objective_weights():
+    from toy_envs.federated import least_squares
+
+    # Prepare: sample-weighted objective, clients of unequal sizes: alpha_i = n_i / sum n
+    problem = least_squares(num_clients=4, dim=2, samples_per_client=10, size_skew=1.0, weighting="samples", seed=0)
+    assert problem.weights.unique().numel() > 1
+    alg = FedAU().setup(4, 2, problem)
+    # Execute: a first round (omega = 1 for everyone)
+    alg.aggregate(problem.x0, {i: T(1.0, 0.0) for i in range(4)}, {i: 1 for i in range(4)}, 0)
+    # Assert: w_i = omega_i alpha_i = alpha_i
+    assert alg.last_weights == pytest.approx(dict(enumerate(problem.weights.tolist())), abs=1e-15)
+
+
+@pytest.mark.parametrize("variance_reduction", [False, True])
+def test_momentum_first_round_is_plain_local_sgd(variance_reduction, ls_small):
+    from lab.federated import local_sgd
+
+    # g^0 = 0: FedAvg-M's first local steps are SGD with step eta * beta; the VR variant leaves
+    # its correction out in the first round (no x^{r-1}), so its steps are plain SGD with eta
+    alg = FedAvgM(beta=0.3, variance_reduction=variance_reduction).setup(8, 4, ls_small)
+    got = _round(alg, ls_small, [1, 4], steps=4, lr=0.1)
+    step = 0.1 if variance_reduction else 0.03
+    want = local_sgd(ls_small.clients([1, 4]), ls_small.x0, steps=4, lr=step, generator=torch.Generator()).delta
+    torch.testing.assert_close(torch.stack([got[1], got[4]]), want, rtol=1e-12, atol=1e-12)
+
+
+# ---- admm_robust -------------------------------------------------------------------------------
+def test_admm_first_update_is_the_proximal_step_and_the_dual_uses_the_received_model(ls_small):
+    from lab.federated.admm import RobustADMM
+
+    # Prepare
+    rho = 2.0
+    alg = RobustADMM(rho=rho).setup(8, 4, ls_small)
+    A, b = ls_small.client(3).normal_equations()
+    A, b, eye = A[0], b[0], torch.eye(4, dtype=torch.float64)
+    z1, z2 = ls_small.x0 + 0.5, ls_small.x0 - 0.25
+    # Execute / Assert: first update (no w yet, lambda = 0): w = (A + rho I)^{-1} (b + rho z1), sent as is
+    u1 = z1 + _round(alg, ls_small, [3], z1)[3]
+    w1 = torch.linalg.solve(A + rho * eye, b + rho * z1)
+    torch.testing.assert_close(u1, w1)
+    # second update: lambda <- rho (w1 - z2) first, then w2 = (A + rho I)^{-1} (b + rho z2 - lambda)
+    u2 = z2 + _round(alg, ls_small, [3], z2)[3]
+    lam = rho * (w1 - z2)
+    torch.testing.assert_close(alg.lam[3], lam)
+    torch.testing.assert_close(u2, torch.linalg.solve(A + rho * eye, b + rho * z2 - lam))
+
+
+def test_admm_averages_only_the_clients_it_has_heard_from():
+    from lab.federated.admm import RobustADMM
+
+    alg = RobustADMM().setup(3, 2)
+    z1 = alg.aggregate(T(1.0, 1.0), {0: T(1.0, 0.0)}, {0: 1}, 0)
+    assert z1.tolist() == [2.0, 1.0]  # u_0 alone, not u_0 / 3
+    z2 = alg.aggregate(z1, {2: T(0.0, 1.0)}, {2: 1}, 1)
+    assert z2.tolist() == [2.0, 1.5]  # mean(u_0 = (2, 1), u_2 = (2, 2))
+
+
+def test_admm_idle_clients_keep_updating_only_in_the_dual_free_variant(ls_small):
+    from lab.federated.admm import RobustADMM
+
+    moved = {}
+    for variant, idle in [("dual_free_lab", True), ("dual_free_lab", False), ("standard", True)]:
+        # Prepare: clients 0 and 1 train once; then client 1 is not selected
+        alg = RobustADMM(variant=variant, continue_when_idle=idle).setup(8, 4, ls_small)
+        _round(alg, ls_small, [0, 1], ls_small.x0 + 1.0)
+        _round(alg, ls_small, [0, 1], ls_small.x0)
+        before = alg.w[1].clone()
+        # Execute
+        alg.idle_updates(torch.tensor([1]), ls_small.clients([1]), steps=1, lr=0.1,
+                         generator=torch.Generator().manual_seed(0))
+        moved[variant, idle] = float((alg.w[1] - before).norm())
+    # Assert: the dual-free client keeps solving with its last model; otherwise nothing happens
+    assert moved["dual_free_lab", True] > 1e-6
+    assert moved["dual_free_lab", False] == 0.0 and moved["standard", True] == 0.0
+
+
+def test_admm_sgd_solver_approaches_the_exact_local_solution(ls_small):
+    from lab.federated.admm import RobustADMM
+
+    z = ls_small.x0 + 0.5
+    exact = _round(RobustADMM(solver="exact").setup(8, 4, ls_small), ls_small, [2, 6], z)
+    sgd = _round(RobustADMM(solver="sgd").setup(8, 4, ls_small), ls_small, [2, 6], z, steps=400, lr=0.1)
+    for i in (2, 6):
+        torch.testing.assert_close(sgd[i], exact[i], rtol=1e-6, atol=1e-8)
+
+
+# ---- async_inversion ---------------------------------------------------------------------------
+def test_async_discount_and_fallback_by_hand():
+    from lab.federated.async_inversion import AsyncInversion
+
+    updates, n = {0: T(2.0, 0.0), 1: T(0.0, 4.0)}, {0: 1, 1: 3}
+    # discount: Delta' = (1 + tau)^(-a) Delta, weights n_i / sum n = (1/4, 3/4); tau = (3, 0), a = 0.5
+    alg = AsyncInversion(correction="discount", staleness_exponent=0.5).setup(2, 2)
+    x = alg.aggregate(X0, updates, n, 5, staleness={0: 3})
+    torch.testing.assert_close(x, T(0.25 * 2.0 / 2.0, 0.75 * 4.0))
+    # inversion whose base model is older than the stored versions: the discount rule instead
+    alg = AsyncInversion(correction="inversion", staleness_exponent=0.5, max_versions=2).setup(2, 2)
+    x = alg.aggregate(X0, updates, n, 5, staleness={0: 3})
+    torch.testing.assert_close(x, T(0.25 * 2.0 / 2.0, 0.75 * 4.0))
+    assert alg.converted == 0
+    # fresher than min_staleness: aggregated as it is
+    alg = AsyncInversion(correction="discount", min_staleness=4).setup(2, 2)
+    x = alg.aggregate(X0, updates, n, 5, staleness={0: 3})
+    torch.testing.assert_close(x, T(0.25 * 2.0, 0.75 * 4.0))
+
+
+# ---- knowledge_fusion --------------------------------------------------------------------------
+def test_knowledge_fusion_first_round_by_hand():
+    from lab.federated.knowledge_fusion import KnowledgeFusion
+    from toy_envs.federated import least_squares
+
+    # Prepare: 5 sources; theta = 0, so p is uniform and the probe loss alone decides
+    problem = least_squares(num_clients=5, dim=3, seed=0)
+    alg = KnowledgeFusion(top_frac=0.5, temperature=0.2).setup(5, 3, problem)
+    g = torch.Generator().manual_seed(0)
+    deltas = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    deltas[[1, 3]] *= 10.0  # sources 1 and 3 are far off: the probe must leave them out
+    losses = alg.probe_loss(problem.x0 + deltas)
+    # Execute
+    x = alg.aggregate(problem.x0, dict(enumerate(deltas)), {i: 1 for i in range(5)}, 0)
+    # Assert: k = ceil(0.5 * 5) = 3 sources with the smallest probe loss, weights softmax(-L / T)
+    sel = losses.argsort()[:3]
+    assert sorted(sel.tolist()) == [0, 2, 4]
+    w = torch.softmax(-losses[sel] / 0.2, dim=0)
+    torch.testing.assert_close(x, problem.x0 + (w[:, None] * deltas[sel]).sum(0))
+    assert sorted(i for i, v in alg.last_weights.items() if v > 0) == sorted(sel.tolist())

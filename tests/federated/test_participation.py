@@ -86,3 +86,14 @@ def test_bad_inputs():
         Markov(P, q=0.0)
     with pytest.raises(ValueError, match="slowness"):
         Stragglers(P, slowness=-1.0)
+
+
+def test_make_participation_picks_m_from_the_mean_rate():
+    from lab.federated import make_participation
+
+    # mean rate 0.3 of 10 clients -> M = 3 each round; a spec's num_sampled wins; at least one
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.1, 0.5] * 5, dtype=torch.float64)
+    assert int(make_participation("uniform", p).sample(0, g)[0].sum()) == 3
+    assert int(make_participation("uniform(num_sampled=7)", p).sample(0, g)[0].sum()) == 7
+    assert make_participation("uniform", torch.full((10,), 0.01, dtype=torch.float64)).num_sampled == 1

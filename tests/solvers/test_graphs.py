@@ -60,6 +60,16 @@ def test_gaussian_graph_bad_input():
     with pytest.raises(ValueError, match="transform"):
         gaussian_graph(torch.randn(5, 2), transform="log")
     assert objective(torch.diag(torch.tensor([1.0, -1.0])), torch.eye(2), 0.1) == float("inf")  # not PD
+    with pytest.raises(ValueError, match="2 samples"):
+        gaussian_graph(torch.randn(1, 3))
+
+
+def test_rank_scores_are_standardized_to_a_correlation_matrix():
+    # with lambda above every |S_ij| the graph is empty and Theta = diag(1 / S_ii): the identity when
+    # S is a correlation matrix, whatever the scale of the data
+    Z, _ = chain_samples(200)
+    result = gaussian_graph(100.0 * Z, lam=5.0, transform="rank")
+    assert torch.allclose(result.precision, torch.eye(6, dtype=torch.float64), atol=1e-10)
 
 
 # ---- notears_topo --------------------------------------------------------------------------
@@ -96,6 +106,21 @@ def test_finds_the_true_dag_from_the_reversed_order(seed):
     assert torch.allclose(result.W[W_true != 0], W_true[W_true != 0], atol=0.15)
     Xc = X - X.mean(0)
     assert score(Xc, result.W) < score(Xc, fit_order(Xc.T @ Xc / 1000, [4, 3, 2, 1, 0]))
+
+
+def test_second_tier_candidates_are_tried_when_the_first_tier_is_empty():
+    # grad_tol above every |G_ij|: no first-tier candidate, so only the remaining forbidden pairs
+    # can move the order; the search still finds the true DAG
+    W_true = true_dag()
+    X = linear_sem(W_true, 1000, generator=torch.Generator().manual_seed(0))
+    result = notears_topo(X, init_order=[4, 3, 2, 1, 0], grad_tol=1e9)
+    assert result.swaps > 0 and torch.equal(result.W != 0, W_true != 0)
+
+
+def test_columns_are_centered():
+    X = linear_sem(true_dag(), 300, generator=torch.Generator().manual_seed(1))
+    shifted = notears_topo(X + 5.0)
+    assert torch.allclose(shifted.W, notears_topo(X).W, atol=1e-10)
 
 
 def test_notears_topo_bad_input():

@@ -54,6 +54,17 @@ def test_random_order_same_fit():
     assert torch.allclose(a.mu, b.mu, atol=1e-8)
 
 
+def test_start_and_offset():
+    # beta = 0 at the start: nll[0] is the likelihood of mu = exp(offset); the fit is mu = exp(offset + X beta)
+    table = torch.tensor([[3.0, 8.0], [6.0, 2.0]], dtype=torch.float64)
+    X = table_design((2, 2), ((0,), (1,)))
+    offset = torch.log(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
+    result = ips(table.reshape(-1), X, offset=offset, tol=1e-12, max_sweeps=200)
+    assert result.nll[0] == pytest.approx(poisson_nll(table.reshape(-1), offset.exp()))
+    assert torch.allclose(result.mu, (offset + X @ result.beta).exp())
+    assert torch.allclose(X.T @ result.mu, X.T @ table.reshape(-1), atol=1e-8)  # margins matched
+
+
 def test_registered():
     from lab.registry import get
     assert get("solver", "ips") is ips
@@ -73,6 +84,8 @@ def test_zero_margin_and_bad_input():
         ips([1.0, 2.0], X)
     with pytest.raises(ValueError, match="order"):
         ips(torch.ones(4), X, order="zigzag")
+    with pytest.raises(ValueError, match="feature 4 has a zero data margin"):  # an all-zero column
+        ips(torch.ones(4), torch.cat([X, torch.zeros(4, 1, dtype=torch.float64)], dim=1))
 
 
 def test_poisson_nll_zero_counts_finite():
