@@ -1,5 +1,11 @@
 """Plotly figure builders: a History (or Runs) in, a ``go.Figure`` out. No widget needed.
 
+Every figure of the lab uses one plotly template, :data:`TEMPLATE` (registered as ``"trainlab"``
+and made plotly's default when :mod:`lab.viz` is imported): white, a lean layout-only template
+(small to send, fast to build), readable exponents (``1e-3``, never SI prefixes such as ``100μ``
+or ``1T``) on every axis, legends outside the plotting area, the lab's palette. Builders label
+every axis they draw data on; ``tests/test_figure_hygiene.py`` walks every builder and checks it.
+
 - :func:`curves`: one metric (or several, as stacked subplots) against step for several runs.
 - :func:`trajectory_figure`: a surface's contours with the optimizer trajectories of runs.
 - :func:`heatmap`: a matrix (per-token advantages, expert load over steps) as a heatmap.
@@ -11,12 +17,41 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
+import plotly.io as pio
+from plotly.subplots import make_subplots as _make_subplots
 
 from lab.history import History, Runs
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
+GRID, LINE, INK = "#E5EAF2", "#B8C2D0", "#2a3f5f"
+_AXIS = dict(gridcolor=GRID, linecolor=LINE, zerolinecolor="#CFD6E2", zerolinewidth=1.2, showline=True,
+             ticks="outside", tickcolor=LINE, ticklen=4, automargin=True, exponentformat="e",
+             showexponent="all", title=dict(standoff=6, font=dict(size=12)))
+TEMPLATE_NAME = "trainlab"
+TEMPLATE = go.layout.Template(layout=dict(
+    font=dict(family="Helvetica Neue, Helvetica, Arial, sans-serif", size=12, color=INK),
+    paper_bgcolor="white", plot_bgcolor="white", colorway=list(PALETTE),
+    xaxis=_AXIS, yaxis=_AXIS,
+    legend=dict(bgcolor="rgba(255,255,255,0)", borderwidth=0, tracegroupgap=2, font=dict(size=11)),
+    title=dict(x=0.0, xref="paper", xanchor="left", font=dict(size=14)),
+    coloraxis=dict(colorbar=dict(outlinewidth=0, ticks="outside", len=0.8, thickness=14,
+                                 exponentformat="e")),
+    colorscale=dict(sequential="Viridis", diverging="RdBu"),
+    hovermode="closest", hoverlabel=dict(align="left"),
+    margin=dict(l=60, r=20, t=60, b=50),
+))
+"""The lab's plotly template (layout only)."""
+pio.templates[TEMPLATE_NAME] = TEMPLATE
+pio.templates.default = TEMPLATE_NAME
+
+
+def make_subplots(*args, **kwargs) -> go.Figure:
+    """``plotly.subplots.make_subplots`` on a figure with the lab's template (built without first
+    loading plotly's default template, which is slow), vertical spacing that leaves room for the
+    x-axis titles of every row."""
+    kwargs.setdefault("figure", go.Figure(layout=dict(template=TEMPLATE)))
+    return _make_subplots(*args, **kwargs)
 
 
 def _as_runs(runs: History | Mapping[str, History]) -> Runs:
@@ -61,7 +96,7 @@ def curves(runs: History | Mapping[str, History], metrics: str | Sequence[str], 
                 fig.update_yaxes(type="log", row=r, col=1)
     fig.update_xaxes(title_text=x, row=len(metrics), col=1)
     fig.update_layout(title=title, height=height or 260 * len(metrics) + 80,
-                      margin=dict(l=50, r=20, t=60, b=40), template="plotly_white")
+                      margin=dict(l=50, r=20, t=60, b=40), template=TEMPLATE)
     return fig
 
 
@@ -96,7 +131,7 @@ def trajectory_figure(runs: History | Mapping[str, History], surface: str | None
     fig.add_trace(go.Scatter(x=mins[:, 0], y=mins[:, 1], mode="markers", name="minimum",
                              marker=dict(symbol="star", size=14, color="gold",
                                          line=dict(color="black", width=1))))
-    fig.update_layout(title=title or f"{s.name}", template="plotly_white", height=480,
+    fig.update_layout(title=title or f"{s.name}", template=TEMPLATE, height=480,
                       xaxis=dict(range=list(s.x_range), title="x"),
                       yaxis=dict(range=list(s.y_range), title="y"),
                       margin=dict(l=50, r=20, t=50, b=40))
@@ -111,7 +146,7 @@ def heatmap(matrix, *, x: Sequence | None = None, y: Sequence | None = None,
     if z.ndim != 2:
         raise ValueError(f"matrix must be 2-D, got shape {z.shape}")
     fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale=colorscale, zmid=zmid))
-    fig.update_layout(title=title, template="plotly_white",
+    fig.update_layout(title=title, template=TEMPLATE,
                       xaxis_title=x_title, yaxis_title=y_title, margin=dict(l=50, r=20, t=50, b=40))
     return fig
 
@@ -135,7 +170,7 @@ def bar(values: Mapping[str, float], *, title: str | None = None, y_title: str |
     labels = list(values)
     fig = go.Figure(go.Bar(x=labels, y=[values[k] for k in labels],
                            marker_color=[color(i) for i in range(len(labels))]))
-    fig.update_layout(title=title, yaxis_title=y_title, template="plotly_white",
+    fig.update_layout(title=title, yaxis_title=y_title, template=TEMPLATE,
                       margin=dict(l=50, r=20, t=50, b=40))
     if log_y:
         fig.update_yaxes(type="log")
@@ -147,6 +182,6 @@ def grouped_bars(series: Mapping[str, Sequence[float]], x: Sequence[str], *, tit
     """Grouped bars: categories on x, one colored bar series per name (e.g. per estimator)."""
     fig = go.Figure([go.Bar(x=list(x), y=list(values), name=name, marker_color=color(k))
                      for k, (name, values) in enumerate(series.items())])
-    fig.update_layout(barmode="group", template="plotly_white", title=title, yaxis_title=y_title,
+    fig.update_layout(barmode="group", template=TEMPLATE, title=title, yaxis_title=y_title,
                       margin=dict(l=50, r=20, t=50, b=40), height=height)
     return fig
