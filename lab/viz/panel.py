@@ -656,7 +656,7 @@ class Panel(widgets.VBox):
     def _draw(self, figs: list[go.Figure], ghost: list[go.Figure] | None = None) -> None:
         self._shown = (figs, ghost)
         data = [_traces(fig, ghost[i] if ghost and i < len(ghost) else None) for i, fig in enumerate(figs)]
-        layouts = [fig.layout.to_plotly_json() for fig in figs]
+        layouts = [jsonable(fig.layout.to_plotly_json()) for fig in figs]
         if len(figs) != len(self._figures):
             self._figures = [go.FigureWidget(data=d, layout=lay) for d, lay in zip(data, layouts)]
             self._sent = [(d, lay) for d, lay in zip(data, layouts)]
@@ -772,6 +772,43 @@ def _diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> d
     return out
 
 
+def jsonable(value: Any) -> Any:
+    """A figure's JSON made safe and light for the widget channel (what the panel sends).
+
+    ipywidgets sends numpy arrays of one dimension as binary buffers and everything else as
+    strict JSON, where NaN and infinity are errors ("Out of range float values are not JSON
+    compliant"). Here: NaN and ±inf inside 2-D arrays and lists become ``None`` (a gap); ±inf in 1-D
+    arrays becomes NaN (a gap); numeric lists and int64 arrays become float arrays, so that they
+    travel as binary buffers.
+    """
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "f":
+            finite = np.isfinite(value)
+            if finite.all():
+                return value
+            if value.ndim == 1:
+                return np.where(finite, value, np.nan)
+            out = value.astype(object)
+            out[~finite] = None
+            return out.tolist()
+        if value.dtype.kind in "iub" and value.ndim == 1 and value.size and np.abs(value).max() < 2 ** 53:
+            return value.astype(np.float64)
+        if value.dtype.kind == "O":
+            return [jsonable(v) for v in value.tolist()]
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if len(value) > 8 and all(type(v) in (int, float) for v in value):
+            return jsonable(np.asarray(value, dtype=np.float64))
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    return value
+
+
 def _thin(values: Any, n: int) -> Any:
     if values is None:
         return None
@@ -784,7 +821,7 @@ def _thin(values: Any, n: int) -> Any:
 
 def _traces(fig: go.Figure, ghost: go.Figure | None) -> list[dict]:
     """The figure's traces as plotly JSON, after the grey ghosts of the previous run's lines."""
-    traces = [t.to_plotly_json() for t in fig.data]
+    traces = [jsonable(t.to_plotly_json()) for t in fig.data]
     if ghost is None:
         return traces
     axes = {(t.get("xaxis"), t.get("yaxis")) for t in traces}
@@ -805,7 +842,7 @@ def _traces(fig: go.Figure, ghost: go.Figure | None) -> list[dict]:
             g["xaxis"] = t.xaxis
         if t.yaxis:
             g["yaxis"] = t.yaxis
-        ghosts.append(g)
+        ghosts.append(jsonable(g))
         first = False
     at = next((i for i, t in enumerate(traces) if t.get("type") in ("scatter", "scattergl")), len(traces))
     return traces[:at] + ghosts + traces[at:]       # above filled contours/heatmaps, below the lines
