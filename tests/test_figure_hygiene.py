@@ -36,7 +36,7 @@ CARTESIAN = {"scatter", "scattergl", "bar", "heatmap", "contour", "histogram", "
 IDENTIFIER = re.compile(r"^[a-z0-9]+(_[a-z0-9]+){2,}$")
 WIDTH_PX = 900                      # a notebook output area
 SKIP_MODULES = {"panel", "lessons"}
-NOT_BUILDERS = {"figures.make_subplots"}        # plotly's make_subplots with the lab's template
+NOT_BUILDERS = {"figures.make_subplots", "figures.dash_legend"}   # helpers: a figure in, a figure out
 
 
 # ---- finding the builders --------------------------------------------------------------------
@@ -230,7 +230,8 @@ def _axes(fig: go.Figure) -> list[str]:
 
 def _legend(fig: go.Figure) -> list[str]:
     bad = []
-    shown = [t for t in fig.data if t.showlegend is not False and (t.name or t.type in ("scatter", "bar"))]
+    shown = [t for t in fig.data if t.type not in ("table",) and t.showlegend is not False
+             and (t.name or t.type in ("scatter", "bar"))]
     legend_on = fig.layout.showlegend is not False and (len(shown) > 1 or fig.layout.showlegend)
     lx, ly = fig.layout.legend.x, fig.layout.legend.y
     if legend_on and lx is not None and 0 <= lx <= 1 and (ly is None or 0 <= ly <= 1):
@@ -245,7 +246,7 @@ def _legend(fig: go.Figure) -> list[str]:
             if bar is not None and (bar.x is None or bar.x > 1) and bar.orientation != "h":
                 bad.append(f"colour bar of {t.name or t.type!r} on top of the legend")
     for t in fig.data:
-        if IDENTIFIER.match(t.name or "") and t.showlegend is not False:
+        if IDENTIFIER.match(getattr(t, "name", None) or "") and getattr(t, "showlegend", None) is not False:
             bad.append(f"trace named by a bare identifier: {t.name!r}")
     dashes_explained = {(t.line.dash or "solid") for t in fig.data
                         if t.type == "scatter" and t.showlegend is not False and fig.layout.showlegend is not False}

@@ -222,10 +222,10 @@ class ESRankSweepConfig:
 def _plot_rank_sweep(result: History):
     """Cosine, relative variance and wall time against rank; full-rank ES as a dashed line."""
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    from lab.viz.figures import make_subplots
 
     metrics = ("cosine", "rel_variance", "wall_time")
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.09, subplot_titles=[
         "cosine with backprop gradient", "relative variance", "seconds per estimate"])
     es = result.artifacts.get("es", {})
     for col, metric in enumerate(metrics, start=1):
@@ -237,7 +237,8 @@ def _plot_rank_sweep(result: History):
                                      name="full-rank ES", showlegend=col == 1,
                                      line=dict(color="#1f77b4", dash="dash")), row=1, col=col)
         fig.update_xaxes(type="log", title_text="rank", row=1, col=col)
-    fig.update_layout(template="plotly_white", height=340, margin=dict(l=50, r=20, t=50, b=40))
+        fig.update_yaxes(title_text=("cosine", "relative variance", "seconds")[col - 1], row=1, col=col)
+    fig.update_layout(height=340, margin=dict(l=60, r=20, t=50, b=40))
     return fig
 
 

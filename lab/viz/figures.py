@@ -65,6 +65,31 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+LABELS = {"kl": "KL", "clip_frac": "clip fraction", "clip_frac_low": "clip fraction (low)",
+          "clip_frac_high": "clip fraction (high)", "wall_time": "wall time (s)", "lr": "learning rate",
+          "adv_mean": "mean advantage", "adv_std": "advantage std", "grad_norm": "gradient norm",
+          "max_violation": "max violation", "test_accuracy": "test accuracy", "test_loss": "test loss",
+          "eval_reward": "evaluation reward", "top_eigenvalue": "top Hessian eigenvalue λ_max",
+          "sharp_frac": "share in the sharp minimum", "saddle_frac": "share at the saddle",
+          "cpr": "complete policy regret", "response_length": "response length"}
+"""Readable axis names of common metrics (others: underscores become spaces)."""
+
+
+def label(metric: str) -> str:
+    """A metric name as an axis title: ``"clip_frac"`` -> ``"clip fraction"``."""
+    return LABELS.get(metric, metric.replace("_", " "))
+
+
+def dash_legend(fig: go.Figure, meanings: Mapping[str, str], *, color: str = "#555") -> go.Figure:
+    """Grey legend-only entries saying what each dash style means, e.g. ``{"solid": "reward",
+    "dash": "accuracy"}``, for figures whose colours are runs and whose dashes are metrics."""
+    for dash, meaning in meanings.items():
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=meaning, legendgroup=f"dash {dash}",
+                                 line=dict(color=color, dash=dash), hoverinfo="skip",
+                                 legendgrouptitle=None))
+    return fig
+
+
 def curves(runs: History | Mapping[str, History], metrics: str | Sequence[str], *,
            x: str = "step", log_y: bool | Sequence[bool] = False, title: str | None = None,
            height: int | None = None) -> go.Figure:
@@ -75,9 +100,10 @@ def curves(runs: History | Mapping[str, History], metrics: str | Sequence[str], 
     runs = _as_runs(runs)
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     logs = [log_y] * len(metrics) if isinstance(log_y, bool) else list(log_y)
-    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=metrics,
-                        vertical_spacing=0.08 if len(metrics) > 1 else 0.0)
-    for i, (label, h) in enumerate(runs.items()):
+    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True,
+                        vertical_spacing=0.05 if len(metrics) > 1 else 0.0)
+    for i, (name, h) in enumerate(runs.items()):
+        shown = False
         for r, metric in enumerate(metrics, start=1):
             if metric not in h:
                 continue
@@ -88,15 +114,15 @@ def curves(runs: History | Mapping[str, History], metrics: str | Sequence[str], 
                 keep = [k for k, s in enumerate(steps.tolist()) if s in lookup]
                 steps = np.array([lookup[steps[k]] for k in keep])
                 values = values[keep]
-            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=label,
-                                     legendgroup=label, showlegend=r == 1,
+            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=name,
+                                     legendgroup=name, showlegend=not shown,
                                      line=dict(color=color(i))), row=r, col=1)
-        for r, log in enumerate(logs, start=1):
-            if log:
-                fig.update_yaxes(type="log", row=r, col=1)
-    fig.update_xaxes(title_text=x, row=len(metrics), col=1)
-    fig.update_layout(title=title, height=height or 260 * len(metrics) + 80,
-                      margin=dict(l=50, r=20, t=60, b=40), template=TEMPLATE)
+            shown = True
+    for r, (metric, log) in enumerate(zip(metrics, logs), start=1):
+        fig.update_yaxes(title_text=label(metric), type="log" if log else None, row=r, col=1)
+    fig.update_xaxes(title_text=label(x), row=len(metrics), col=1)
+    fig.update_layout(title=title, height=height or 220 * len(metrics) + 90,
+                      margin=dict(l=60, r=20, t=60 if title else 30, b=40), template=TEMPLATE)
     return fig
 
 
@@ -140,12 +166,13 @@ def trajectory_figure(runs: History | Mapping[str, History], surface: str | None
 
 def heatmap(matrix, *, x: Sequence | None = None, y: Sequence | None = None,
             title: str | None = None, colorscale: str = "RdBu", zmid: float | None = 0.0,
-            x_title: str | None = None, y_title: str | None = None) -> go.Figure:
+            x_title: str = "column", y_title: str = "row", z_title: str | None = None) -> go.Figure:
     """A matrix as a heatmap (rows = y, columns = x); NaN cells are left blank (e.g. padding)."""
     z = np.asarray(matrix, dtype=float)
     if z.ndim != 2:
         raise ValueError(f"matrix must be 2-D, got shape {z.shape}")
-    fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale=colorscale, zmid=zmid))
+    fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale=colorscale, zmid=zmid,
+                               colorbar=dict(title=z_title) if z_title else None))
     fig.update_layout(title=title, template=TEMPLATE,
                       xaxis_title=x_title, yaxis_title=y_title, margin=dict(l=50, r=20, t=50, b=40))
     return fig
@@ -164,13 +191,13 @@ def history_figure(history: History | Mapping[str, History], *, max_metrics: int
     return curves(runs, scalar[:max_metrics])
 
 
-def bar(values: Mapping[str, float], *, title: str | None = None, y_title: str | None = None,
-        log_y: bool = False) -> go.Figure:
+def bar(values: Mapping[str, float], *, title: str | None = None, y_title: str = "value",
+        log_y: bool = False, x_title: str = "method") -> go.Figure:
     """A labelled bar chart (e.g. optimizer-state bytes per parameter by method)."""
     labels = list(values)
-    fig = go.Figure(go.Bar(x=labels, y=[values[k] for k in labels],
+    fig = go.Figure(go.Bar(x=labels, y=[values[k] for k in labels], showlegend=False,
                            marker_color=[color(i) for i in range(len(labels))]))
-    fig.update_layout(title=title, yaxis_title=y_title, template=TEMPLATE,
+    fig.update_layout(title=title, yaxis_title=y_title, xaxis_title=x_title, template=TEMPLATE,
                       margin=dict(l=50, r=20, t=50, b=40))
     if log_y:
         fig.update_yaxes(type="log")
@@ -178,10 +205,11 @@ def bar(values: Mapping[str, float], *, title: str | None = None, y_title: str |
 
 
 def grouped_bars(series: Mapping[str, Sequence[float]], x: Sequence[str], *, title: str | None = None,
-                 y_title: str | None = None, height: int = 360) -> go.Figure:
+                 y_title: str = "value", height: int = 360, x_title: str = "response") -> go.Figure:
     """Grouped bars: categories on x, one colored bar series per name (e.g. per estimator)."""
     fig = go.Figure([go.Bar(x=list(x), y=list(values), name=name, marker_color=color(k))
                      for k, (name, values) in enumerate(series.items())])
     fig.update_layout(barmode="group", template=TEMPLATE, title=title, yaxis_title=y_title,
+                      xaxis_title=x_title,
                       margin=dict(l=50, r=20, t=50, b=40), height=height)
     return fig

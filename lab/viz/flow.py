@@ -25,7 +25,8 @@ def samples_figure(sets: dict[str, list], *, center: list | None = None, title: 
         fig.add_trace(go.Scatter(x=radius * np.cos(angle), y=radius * np.sin(angle), mode="lines",
                                  name="modes circle", line=dict(dash="dot", color="grey")))
     fig.update_layout(title=title, xaxis=dict(range=[-8, 8], title="x₁"),
-                      yaxis=dict(range=[-8, 8], title="x₂", scaleanchor="x"), height=420, width=460)
+                      yaxis=dict(range=[-8, 8], title="x₂", scaleanchor="x"), height=420, width=560,
+                      margin=dict(l=60, r=20, t=60, b=50))
     return fig
 
 
@@ -36,7 +37,8 @@ def metric_figure(history: History, metrics: list[str], *, title: str | None = N
         steps, values = history.series(key)
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=key,
                                  line=dict(color=color(i)), marker=dict(size=4)))
-    fig.update_layout(title=title, xaxis_title="step", height=360)
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="value", height=360,
+                      margin=dict(l=60, r=20, t=60, b=50))
     return fig
 
 

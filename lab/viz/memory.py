@@ -18,7 +18,7 @@ def memory_bars(runs: Mapping[str, History], *, title: str | None = None) -> go.
     """Peak bytes in ``optimizer.state`` per model parameter, by method."""
     values = {label: h.artifacts["memory"]["bytes_per_param"] for label, h in runs.items()}
     fig = bar(values, title=title or "optimizer state: bytes per parameter (float32 AdamW = 8)",
-              y_title="bytes / parameter")
+              y_title="bytes / parameter", x_title="method")
     fig.update_traces(text=[f"{v:.2f}" for v in values.values()], textposition="outside")
     return fig
 
