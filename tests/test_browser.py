@@ -40,7 +40,10 @@ LESSONS = [("00_tour", "lr"), ("06_policy_gradients", "group_size"), ("08_federa
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage"]
-RUN_ALL_TIMEOUT_S = 240
+RUN_ALL_TIMEOUT_S = 300
+# static figures (plotly's MIME renderer, not a FigureWidget) that must render: the lumino-1-declared
+# part of jupyterlab-plotly (see pyproject.toml)
+STATIC_FIGURES = {"06_policy_gradients": 1}
 MOVES = 5
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -166,6 +169,7 @@ JS_STATE = """() => {
           text: document.body.innerText.includes('Error displaying widget'),
           kernel: indicator ? indicator.getAttribute('data-status') : null,
           panels: document.querySelectorAll('.lab-panel').length,
+          static: document.querySelectorAll('.jp-RenderedPlotly .js-plotly-plot').length,
           plots: document.querySelectorAll('.lab-panel .js-plotly-plot').length};
 }"""
 
@@ -253,7 +257,7 @@ def _run_all(page, lab, stem: str) -> dict:
     kernel = page.evaluate(JS_KERNEL_READY)
     if kernel[:2] != ["connected", "idle"]:
         return dict(prompts=[], statuses=[], stderr=[], text=False, kernel=str(kernel), panels=0, plots=0,
-                    seconds=0.0)
+                    static=0, seconds=0.0)
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     start = time.monotonic()
     state = {}
@@ -287,6 +291,8 @@ def test_lessons_run_in_jupyterlab_and_panels_answer_the_keyboard(lab, browser):
             problems.append(f"error/stderr output: {state['stderr']}")
         if state["text"]:
             problems.append("'Error displaying widget' on the page")
+        if state["static"] < STATIC_FIGURES.get(stem, 0):
+            problems.append(f"{state['static']} static figures drawn, expected {STATIC_FIGURES[stem]}")
         if not state["panels"] or state["plots"] < state["panels"]:
             problems.append(f"{state['panels']} panels but {state['plots']} drawn plots")
         bad = [s for s in state["statuses"] if "ran in" not in s]

@@ -63,3 +63,33 @@ def test_a_server_started_in_the_notebooks_folder_strips_too(tmp_path):
     cm = FileContentsManager(root_dir=str(root), config=_config())
     cm.save({"type": "notebook", "content": _notebook_with_outputs()}, "00_tour.ipynb")
     assert _read(root / "00_tour.ipynb").cells[1].outputs == []
+
+
+def _labextension(name: str) -> dict:
+    import json
+
+    from jupyter_core.paths import jupyter_path
+
+    for folder in jupyter_path("labextensions"):
+        path = pathlib.Path(folder) / name / "package.json"
+        if path.exists():
+            return json.loads(path.read_text())
+    pytest.fail(f"labextension {name} is not installed")
+
+
+def test_the_plotly_labextension_warning_is_what_pyproject_documents():
+    """`jupyter labextension list` marks jupyterlab-plotly 5.24 "X" because of its declared lumino 1
+    ranges; pyproject.toml explains why that is harmless. If plotly or the widget manager changes,
+    this fails, so that the note is revisited (and the browser test re-checks the rendering)."""
+    import plotly
+
+    plotly_ext = _labextension("jupyterlab-plotly")
+    manager = _labextension("@jupyter-widgets/jupyterlab-manager")
+    assert plotly.__version__.startswith("5.") and plotly_ext["version"] == plotly.__version__
+    deps = plotly_ext["dependencies"]
+    assert deps["@lumino/widgets"].startswith("^1") and deps["@lumino/messaging"].startswith("^1")
+    assert set(plotly_ext["jupyterlab"]["sharedPackages"]) == {"@jupyter-widgets/base"}
+    # the widget base that JupyterLab 4's widget manager provides lies in plotly's declared range
+    assert deps["@jupyter-widgets/base"] == ">=2.0.0 <7.0.0"
+    provided_major = int(manager["dependencies"]["@jupyter-widgets/base"].lstrip("^~").split(".")[0])
+    assert 2 <= provided_major < 7

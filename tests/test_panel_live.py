@@ -275,3 +275,14 @@ def test_registry_discovery_is_safe_from_two_threads():
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     counts = [int(v) for v in out.stdout.split()]
     assert counts[-1] > 5 and len(set(counts)) == 1, counts
+
+
+def test_controls_that_do_not_apply_are_greyed_out():
+    from lab.viz.rl import CalculatorConfig, advantage_calculator, calculator_figures
+
+    p = panel(advantage_calculator, {**{f"r{i}": bool for i in range(8)}, "group_size": (2, 8, 1)},
+              calculator_figures, config=CalculatorConfig(group_size=6))
+    assert [p.controls[f"r{i}"].disabled for i in range(8)] == [False] * 6 + [True] * 2
+    p.controls["group_size"].value = 3
+    assert [p.controls[f"r{i}"].disabled for i in range(8)] == [False] * 3 + [True] * 5
+    assert len(p.result["rewards"]) == 3

@@ -112,7 +112,7 @@ def es_regression(cfg: ESRegressionConfig) -> History:
     fitness = _mse_fitness(model, opt, x, y) if _gradient_free(opt) else None
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     elapsed = 0.0
-    for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer):
+    for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer, history=history):
         with torch.no_grad():
             history.append(step, loss=((model(x) - y) ** 2).mean().item(), wall_time=elapsed)
         if step == cfg.steps:
@@ -192,7 +192,7 @@ def es_cartpole(cfg: ESCartPoleConfig) -> History:
     if not _gradient_free(opt):
         raise ValueError(f"optimizer must be gradient-free (es, eggroll) for CartPole, got {cfg.optimizer!r}")
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
-    for gen in progress.steps(cfg.generations, desc=cfg.optimizer):
+    for gen in progress.steps(cfg.generations, desc=cfg.optimizer, history=history):
         env_seed = cfg.seed * 100_003 + gen
 
         def fitness(batch):  # batch = [weight (N, 2, 4) or LowRankBatch, bias (N, 2)]

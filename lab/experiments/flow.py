@@ -359,7 +359,7 @@ def flow_finetune(cfg: FlowFinetuneConfig) -> History:
                 "modes": modes_covered(after, centers), "ode_reward": float(run.reward_fn(after).mean())}
 
     history.append(0, **evaluate())
-    for step in progress.steps(cfg.steps, desc=cfg.method):
+    for step in progress.steps(cfg.steps, desc=cfg.method, history=history):
         loss, metrics, rewards = update(run, step)
         run.opt.zero_grad()
         loss.backward()

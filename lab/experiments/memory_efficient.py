@@ -100,7 +100,7 @@ def memory_efficient(cfg: MemoryConfig) -> History:
     opt = build(cfg.optimizer, model, cfg)
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     order, cursor, peak, by_key = torch.randperm(len(y_train), generator=generator), 0, -1, {}
-    for step in progress.steps(cfg.steps, desc=cfg.optimizer):
+    for step in progress.steps(cfg.steps, desc=cfg.optimizer, history=history):
         if cursor + cfg.batch_size > len(order):
             order, cursor = torch.randperm(len(y_train), generator=generator), 0
         idx = order[cursor:cursor + cfg.batch_size]

@@ -104,7 +104,7 @@ def moe_routing_sim(cfg: RoutingSimConfig) -> History:
     opt = torch.optim.SGD(router.parameters(), lr=cfg.lr) if cfg.lr > 0 else None
     gen = torch.Generator().manual_seed(cfg.seed)
     history = History(meta={"algorithm": cfg.balancer, "seed": cfg.seed})
-    for step in progress.steps(cfg.steps, desc=cfg.balancer):
+    for step in progress.steps(cfg.steps, desc=cfg.balancer, history=history):
         x, _ = stream.sample(cfg.batch, step, gen)  # (T, d)
         gamma = stream.affinity(x)  # (T, E)
         out = router(x)
@@ -167,7 +167,7 @@ def alf_primal_dual(cfg: PrimalDualConfig) -> History:
     fixed = gumbel_affinities(cfg.skew * torch.cos(angles), t, gen) if cfg.mode == "deterministic" else None
     history = History(meta={"algorithm": f"aux_free_bias({cfg.schedule})", "seed": cfg.seed})
     regret = 0.0
-    for step in progress.steps(cfg.steps, desc=cfg.schedule):
+    for step in progress.steps(cfg.steps, desc=cfg.schedule, history=history):
         mu = cfg.skew * torch.cos(angles - cfg.drift * step)  # (E,)
         gamma = fixed if fixed is not None else gumbel_affinities(mu, t, gen)  # (T, E)
         row: dict[str, Any] = {"bias": controller.bias.clone()}
@@ -238,7 +238,7 @@ def moe_transformer(cfg: MoETransformerConfig) -> History:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     history = History(meta={"algorithm": cfg.balancer, "seed": cfg.seed,
                              "entropy_rate": corpus.entropy_rate()})
-    for step in progress.steps(cfg.steps, desc=cfg.balancer):
+    for step in progress.steps(cfg.steps, desc=cfg.balancer, history=history):
         tokens, _ = corpus.sample(cfg.batch, cfg.seq_len + 1, step, torch_gen)
         logits, routes = model(tokens[:, :-1])
         lm = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab), tokens[:, 1:].reshape(-1))

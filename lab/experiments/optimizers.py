@@ -106,7 +106,7 @@ def digits_mlp(cfg: DigitsConfig) -> History:
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     order = torch.randperm(len(y_train), generator=generator)
     cursor, wall = 0, 0.0
-    for step in progress.steps(cfg.steps, desc=cfg.optimizer):
+    for step in progress.steps(cfg.steps, desc=cfg.optimizer, history=history):
         if cursor + cfg.batch_size > len(order):
             order, cursor = torch.randperm(len(y_train), generator=generator), 0
         idx = order[cursor:cursor + cfg.batch_size]

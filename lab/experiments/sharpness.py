@@ -99,7 +99,7 @@ def sharp_flat(cfg: SharpFlatConfig) -> History:
     closures = [_closure(w, noises[k]) for k, w in enumerate(points)]
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     paths = [[w.detach().tolist()] for w in points]
-    for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer):
+    for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer, history=history):
         with torch.no_grad():
             loss = sharp_flat_loss(torch.stack([w.detach() for w in points]))  # (K,)
         row = {"loss": loss.mean().item()}
@@ -179,7 +179,7 @@ def sharpness_digits(cfg: SharpnessDigitsConfig) -> History:
                          {"rho": cfg.rho, "gamma": cfg.gamma})
     probe = x_train[:128], y_train[:128]  # fixed subset for the Hessian
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
-    for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer):
+    for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer, history=history):
         if step % cfg.eval_every == 0 or step == cfg.steps:
             history.append(step, **_evaluate(model, x_train, y_train, x_test, y_test, probe, cfg, g))
         if step == cfg.steps:

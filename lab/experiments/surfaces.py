@@ -60,7 +60,7 @@ def optimizer_on_surface(cfg: SurfaceConfig) -> History:
         loss.backward()
         return loss
 
-    for step in progress.steps(cfg.steps, desc=cfg.optimizer):
+    for step in progress.steps(cfg.steps, desc=cfg.optimizer, history=history):
         before = xy.detach().clone()
         loss = closure()
         grad = xy.grad.detach().clone()

@@ -263,6 +263,7 @@ class Panel(widgets.VBox):
         for widget in self.controls.values():
             widget.observe(self._on_change, names="value")
         self._refresh_buttons(running=False)
+        self._refresh_active()
         _PANELS.add(self)
         if run:
             self._trigger()
@@ -312,7 +313,21 @@ class Panel(widgets.VBox):
         """The base config with every control's value applied."""
         return replace(self._config, **{k: w.value for k, w in self.controls.items()})
 
+    def _refresh_active(self) -> None:
+        """Grey out the controls that do nothing under the current values: the config's
+        ``inactive_fields()`` (e.g. the responses beyond the group size of a calculator)."""
+        if not callable(getattr(self._config, "inactive_fields", None)):
+            return
+        try:
+            inactive = set(self.current_config().inactive_fields())
+        except Exception:                          # an invalid combination: leave the controls as they are
+            return
+        for name, widget in self.controls.items():
+            if hasattr(widget, "disabled"):
+                widget.disabled = name in inactive
+
     def _on_change(self, change: Mapping[str, Any]) -> None:
+        self._refresh_active()
         if self._applying:
             return
         if self.presets and self.preset.value != "(custom)":
@@ -336,6 +351,7 @@ class Panel(widgets.VBox):
                 self.controls[k].value = v
         finally:
             self._applying = False
+        self._refresh_active()
 
     def apply_preset(self, name: str) -> bool:
         """Set every control (and config field) the preset names at once, then run once.

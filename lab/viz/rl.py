@@ -118,6 +118,10 @@ class CalculatorConfig:
     lengths: tuple[int, ...] = (2, 9, 4, 12, 3, 7, 6, 10)  # response lengths (tokens)
     estimators: tuple[str, ...] = ("reinforce_baseline", "rloo", "grpo", "grpo(std='population')", "dr_grpo")  # specs
 
+    def inactive_fields(self) -> set[str]:
+        """The responses beyond the group (r_G .. r7): a panel greys their checkboxes out."""
+        return {f"r{i}" for i in range(max(self.group_size, 0), 8)}
+
 
 def advantage_calculator(cfg: CalculatorConfig) -> dict:
     """Each estimator's advantages for the group, and each aggregation mode's per-token weight.
