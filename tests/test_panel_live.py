@@ -109,6 +109,7 @@ def test_results_reach_the_widgets_only_through_the_main_loop():
 
 def test_long_runs_stream_frames_while_they_go(monkeypatch):
     monkeypatch.setattr(panel_mod, "FIRST_FRAME_S", 0.0)
+    monkeypatch.setattr(panel_mod, "FIRST_FRAME_UNKNOWN_S", 0.0)
     monkeypatch.setattr(panel_mod, "FRAME_INTERVAL_S", 0.0)
     monkeypatch.setattr(panel_mod, "FRAME_COST_FACTOR", 0.0)
     lengths = []

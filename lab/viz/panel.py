@@ -50,7 +50,8 @@ from lab.registry import get
 Plot = Callable[..., "go.Figure | Sequence[go.Figure]"]
 
 OK_COLOR, WARN_COLOR, ERROR_COLOR, BUSY_COLOR = "#2e7d32", "#b26a00", "#b00020", "#555555"
-FIRST_FRAME_S = 0.1          # a streaming run draws its first frame after this long
+FIRST_FRAME_S = 0.1          # a streaming run that took > 0.3 s last time draws its first frame after this
+FIRST_FRAME_UNKNOWN_S = 0.25  # ... otherwise (a first run, or one that was fast) after this long
 FRAME_INTERVAL_S = 0.25      # ... and then at most every this long,
 FRAME_COST_FACTOR = 4        # ... or this many times a frame's own cost (streaming costs <= 20 %)
 PROGRESS_AFTER_S = 0.5       # the progress bar appears for runs longer than this
@@ -228,6 +229,7 @@ class Panel(widgets.VBox):
         self._figures: list[go.FigureWidget] = []
         self._sent: list[tuple[list[dict], dict]] = []          # what each widget was last sent
         self._latest_figs: list[go.Figure] | None = None        # the last completed run's figures
+        self._expected: float | None = None                     # the last run's seconds (streaming)
         self._shown: tuple[list[go.Figure], list[go.Figure] | None] | None = None
         self._result: Any = None
         self._last_error: BaseException | None = None
@@ -404,7 +406,8 @@ class Panel(widgets.VBox):
     # ---- play / pause / step --------------------------------------------------------------
     def pause(self) -> None:
         """Pause the run in progress at its next step (its figure shows the run so far)."""
-        self._resume.clear()
+        if self.running:
+            self._resume.clear()
         self._refresh_buttons()
 
     def play(self) -> None:
@@ -501,6 +504,7 @@ class Panel(widgets.VBox):
                        first_frame=job.first_frame, frames=job.frames)
         elapsed = done - job.t0
         self._latest_figs = figs
+        self._expected = ran - job.t0
         warnings = _warnings(result)
         if warnings:
             status = _span(WARN_COLOR, "⚠ " + "; ".join(warnings) + f" (ran in {elapsed:.2f} s)")
@@ -524,7 +528,8 @@ class Panel(widgets.VBox):
             if job.watch and (inner.k % stride == 0 or inner.k == inner.n):
                 time.sleep(max(0.0, WATCH_FRAME_S - (now - job.last_frame)))
                 self._frame(job, inner.k)
-            elif not job.watch and elapsed >= FIRST_FRAME_S and \
+            elif not job.watch and elapsed >= (FIRST_FRAME_S if (self._expected or 0.0) > 0.3
+                                               else FIRST_FRAME_UNKNOWN_S) and \
                     now - job.last_frame >= max(FRAME_INTERVAL_S, FRAME_COST_FACTOR * job.frame_cost):
                 self._frame(job, inner.k)
             while True:                               # step(): run `stride` steps, then pause
