@@ -188,7 +188,7 @@ def test_status_warns_on_divergence_and_on_a_reported_warning():
         h = History(meta={"algorithm": "sgd"})
         h.append(0, y=1.0)
         if cfg.x > 5:
-            h.meta["diverged"] = 3
+            h.meta["diverged"] = 3 if cfg.x < 8 else 0        # step 0 is a divergence too
         if cfg.x < 0:
             h.meta["warning"] = "nothing was clipped"
         return h
@@ -198,6 +198,8 @@ def test_status_warns_on_divergence_and_on_a_reported_warning():
     p.controls["x"].value = 6.0
     assert panel_mod.WARN_COLOR in p.status.value and "diverged at step 3" in p.status.value
     assert panel_mod.OK_COLOR not in p.status.value
+    p.controls["x"].value = 9.0
+    assert "diverged at step 0" in p.status.value
     p.controls["x"].value = -1.0
     assert "nothing was clipped" in p.status.value and panel_mod.WARN_COLOR in p.status.value
 
@@ -226,6 +228,30 @@ def test_redraws_send_only_what_changed():
     assert set(restyle) == {"y"}, "x, names and styles are unchanged: not resent"
     assert "template" not in relayout
     np.testing.assert_array_equal(fig.data[0].y, 2.0 * np.arange(50))
+
+
+def test_a_property_the_new_figure_drops_is_reset():
+    def plot(h):
+        fig = curves(h, "y")
+        if h["y"][-1] > 100:
+            fig.update_yaxes(type="log", title_text="y (log)")
+            fig.update_layout(title="large")
+        return fig
+
+    def experiment(cfg):
+        h = History(meta={"algorithm": "run"})
+        for k in range(1, 50):
+            h.append(k, y=cfg.x * k)
+        return h
+
+    p = panel(experiment, {"x": (0.0, 10.0, 1.0)}, plot, config=Cfg(x=1.0), ghost=False)
+    fig = p.figures[0]
+    assert fig.layout.yaxis.type is None and fig.layout.title.text is None
+    p.controls["x"].value = 5.0
+    assert fig.layout.yaxis.type == "log" and fig.layout.title.text == "large"
+    p.controls["x"].value = 1.0
+    assert fig.layout.yaxis.type is None and fig.layout.title.text is None, "stale layout keys are cleared"
+    assert fig.layout.yaxis.title.text == "y"
 
 
 def test_progress_hook_sees_nested_loops_and_cancels_between_steps():
