@@ -377,3 +377,36 @@ def test_the_checks_catch_what_they_are_for():
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="v")
     assert any("below" in p for p in problems(fig))
+
+
+@pytest.mark.parametrize("kwargs", [dict(rows=1, cols=1), dict(rows=2, cols=1, shared_xaxes=True),
+                                    dict(rows=2, cols=2, shared_xaxes=True, vertical_spacing=0.06,
+                                         horizontal_spacing=0.12),
+                                    dict(rows=1, cols=3, shared_yaxes=True, subplot_titles=("a", "b", "c")),
+                                    dict(rows=3, cols=2, subplot_titles=("a", "b", "c", "d", "e", "f"))])
+def test_the_lab_make_subplots_matches_plotly(kwargs):
+    from plotly.subplots import make_subplots as plotly_make_subplots
+
+    from lab.viz.figures import make_subplots
+
+    ours, theirs = make_subplots(**kwargs), plotly_make_subplots(**kwargs)
+    a, b = ours.layout.to_plotly_json(), theirs.layout.to_plotly_json()
+    for layout in (a, b):
+        layout.pop("template", None)
+        for note in layout.get("annotations", []):
+            note.pop("font", None)
+    def rounded(v):
+        if isinstance(v, float):
+            return round(v, 9) + 0.0
+        if isinstance(v, dict):
+            return {k: rounded(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [rounded(x) for x in v]
+        return v
+
+    assert json.dumps(rounded(a), sort_keys=True) == json.dumps(rounded(b), sort_keys=True)
+    assert ours._grid_ref == theirs._grid_ref
+    rows, cols = kwargs["rows"], kwargs["cols"]
+    ours.add_trace(go.Scatter(y=[1, 2]), row=rows, col=cols)
+    theirs.add_trace(go.Scatter(y=[1, 2]), row=rows, col=cols)
+    assert (ours.data[0].xaxis, ours.data[0].yaxis) == (theirs.data[0].xaxis, theirs.data[0].yaxis)
