@@ -89,6 +89,7 @@ EXAMPLES = {
                                ((_surface_runs(), "loss"), {})],
     "figures.trajectory_figure": lambda: [((_surface_runs(),), {})],
     "figures.heatmap": lambda: [(([[1.0, np.nan], [0.0, -1.0]],), {"x_title": "token", "y_title": "response"})],
+    "figures.pending": lambda: [(("advantage per token",), {"what": "the last batch"})],
     "figures.history_figure": lambda: [((smoke("optimizer_on_surface"),), {})],
     "figures.bar": lambda: [(({"adamw": 8.0, "galore": 2.0},), {"y_title": "bytes", "log_y": True})],
     "figures.grouped_bars": lambda: [(({"grpo": [1.0, -1.0], "rloo": [2.0, -2.0]}, ["y0", "y1"]),

@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 import plotly.graph_objects as go
 from lab.history import History, Runs
-from lab.viz.figures import color, curves, make_subplots
+from lab.viz.figures import color, curves, make_subplots, pending
 
 
 def _runs(runs: History | Mapping[str, History]) -> Runs:
@@ -35,6 +35,8 @@ def convergence_figure(runs: History | Mapping[str, History]) -> go.Figure:
 def weights_figure(runs: History | Mapping[str, History]) -> go.Figure:
     """Left: each client's share of the aggregate vs its true p_i. Right: learned 1/p_i vs true 1/p_i."""
     runs = _runs(runs)
+    if not all("probabilities" in h.artifacts for h in runs.values()):     # written at the end of a run
+        return pending("client's share of the aggregate vs participation rate", "each client's share")
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=(
         "client's share of the aggregate vs participation rate", "learned weight vs true 1/p"))
     p = None

@@ -106,6 +106,17 @@ def make_subplots(rows: int = 1, cols: int = 1, *, shared_xaxes: bool = False, s
     return fig
 
 
+def pending(title: str, what: str = "this figure", height: int = 300) -> go.Figure:
+    """A placeholder while a run streams: ``what`` is drawn from a result the run writes at its end
+    (an artifact such as the last batch), so a live panel shows this until then."""
+    fig = go.Figure(layout=dict(template=TEMPLATE))
+    fig.add_annotation(text=f"{what} appears when the run ends", x=0.5, y=0.5, xref="paper", yref="paper",
+                       showarrow=False, font=dict(size=13, color="#8a94a6"))
+    fig.update_layout(title=title, height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      margin=dict(l=60, r=20, t=50, b=40))
+    return fig
+
+
 def _as_runs(runs: History | Mapping[str, History]) -> Runs:
     if isinstance(runs, History):
         return Runs({str(runs.meta.get("algorithm", "run")): runs})

@@ -44,10 +44,14 @@ def metric_figure(history: History, metrics: list[str], *, title: str | None = N
 
 def finetune_figures(history: History) -> list[go.Figure]:
     """Samples before/after fine-tuning, reward curve, divergence and diversity."""
+    from lab.viz.figures import pending
+
     art = history.artifacts
     algo = history.meta.get("algorithm", "")
-    return [samples_figure({"pretrained": art["before"], "fine-tuned": art["after"]},
-                           center=art["center"], title=f"{algo}: samples before / after"),
+    samples = (samples_figure({"pretrained": art["before"], "fine-tuned": art["after"]}, center=art["center"],
+                              title=f"{algo}: samples before / after") if "after" in art
+               else pending(f"{algo}: samples before / after", "the fine-tuned samples", height=420))
+    return [samples,
             metric_figure(history, ["reward", "ode_reward", "target_frac"], title="reward"),
             metric_figure(history, ["divergence", "kl", "modes"], title="divergence from the pretrained model")]
 

@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 import plotly.graph_objects as go
 from lab.history import History, Runs
-from lab.viz.figures import color, curves, make_subplots, trajectory_figure
+from lab.viz.figures import color, curves, make_subplots, pending, trajectory_figure
 
 
 def _as_runs(runs: History | Mapping[str, History]) -> Runs:
@@ -34,8 +34,8 @@ def effective_step_figure(runs: History | Mapping[str, History], *, title: str |
     series = {label: np.asarray(h.artifacts.get("effective_step", []), dtype=float)
               for label, h in runs.items()}
     dims = max((s.shape[1] for s in series.values() if s.ndim == 2 and len(s)), default=0)
-    if dims == 0:
-        raise ValueError("no run has artifacts['effective_step'] to plot")
+    if dims == 0:                                        # a run in progress writes it at its end
+        return pending(title or "effective step size per coordinate", "the per-coordinate step")
     names = "xyzw"
     fig = make_subplots(rows=dims, cols=1, shared_xaxes=True, vertical_spacing=0.05)
     for i, (label, s) in enumerate(series.items()):

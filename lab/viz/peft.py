@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from lab.history import History
-from lab.viz.figures import bar, color, curves, heatmap
+from lab.viz.figures import bar, color, curves, heatmap, pending
 
 
 def loss_vs_params(runs: Mapping[str, History]) -> go.Figure:
@@ -60,6 +60,9 @@ def merging_figure(history: History) -> list[go.Figure]:
     """Test loss along the run with the checkpoints marked, MWA weights, and the comparison bars."""
     a = history.artifacts
     run = curves(history, "test_loss", title="LoRA run (held-out loss); checkpoints marked")
+    if "ckpt_steps" not in a:                        # the merges are made at the end of the run
+        return [run, pending("MWA weights per checkpoint", "the merge weights"),
+                pending("held-out loss", "the merged models' loss")]
     steps = np.asarray(history.steps)
     at = [float(history["test_loss"][np.searchsorted(steps, s - 1)]) for s in a["ckpt_steps"]]
     run.add_trace(go.Scatter(x=[s - 1 for s in a["ckpt_steps"]], y=at, mode="markers", name="checkpoints",

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 from lab.history import History, Runs
-from lab.viz.figures import _as_runs, color, dash_legend, grouped_bars, heatmap, label, make_subplots
+from lab.viz.figures import _as_runs, color, dash_legend, grouped_bars, heatmap, label, make_subplots, pending
 
 PANELS = (("reward", "accuracy"), ("entropy",), ("clip_frac",), ("kl",))
 AGG_NAMES = {
@@ -63,8 +63,8 @@ def training_figure(runs: History | Mapping[str, History], panels: Sequence[Sequ
 def advantage_heatmap(history: History, title: str | None = None) -> go.Figure:
     """Per-token advantages of the last sampled batch (``artifacts['last_batch']``)."""
     art = history.artifacts.get("last_batch")
-    if art is None:
-        raise ValueError("history has no 'last_batch' artifact (run policy_optimization)")
+    if art is None:                                  # policy_optimization writes it at the end of a run
+        return pending(title or "advantage per token (last batch)", "the last batch's advantages")
     adv = np.array(art["advantages"], dtype=float)
     labels = [f"{i}: {t} (R={r:.2f})" for i, (t, r) in enumerate(zip(art["texts"], art["rewards"]))]
     if adv.shape[1] == 1:                            # one-token responses: one bar per response
