@@ -2,6 +2,9 @@
 #   TORCH_SPEC  the torch requirement installed when the venv has none (default: a CPU build here)
 #   NO_BROWSER=1  start JupyterLab without opening a browser;  PORT=8888  its port
 #   PYTEST_ARGS   extra arguments for pytest (e.g. -k notebooks)
+#   The browser test (tests/test_browser.py) drives Debian's chromium with playwright; `make test`
+#   installs chromium with apt-get when it is missing and this runs as root (as in CI). Set
+#   TRAINLAB_SKIP_BROWSER=1 to skip that test on a machine without chromium.
 
 PYTHON     ?= python3
 VENV       ?= .venv
@@ -11,7 +14,7 @@ JOBS       ?= auto
 PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: lab test bench venv torch install-notebooks install-dev clean
+.PHONY: lab test bench venv torch install-notebooks install-dev install-browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,12 +33,29 @@ install-notebooks: torch
 install-dev: torch
 	$(PIP) install --quiet -e ".[dev]"
 
+# chromium for the browser test: Debian's package (playwright's own browser downloads are not used).
+# Only as root with apt-get; otherwise the test says how to install it. The log goes to test-artifacts/.
+CHROMIUM_LOG := test-artifacts/chromium-install.log
+install-browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  mkdir -p test-artifacts; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (apt-get) for the browser test"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	      >$(CHROMIUM_LOG) 2>&1 || echo "chromium could not be installed: see $(CHROMIUM_LOG)"; \
+	  else \
+	    echo "chromium is missing and this is not root with apt-get: install it (apt-get install chromium)" \
+	      | tee $(CHROMIUM_LOG); \
+	  fi; }
+
+# JUPYTER_CONFIG_PATH adds this folder's jupyter_server_config.py: saving a lesson strips its outputs.
 lab: install-notebooks
+	JUPYTER_CONFIG_PATH="$(CURDIR)$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
 	$(PY) -m jupyter lab notebooks/00_tour.ipynb --port=$(PORT) \
 		$(if $(NO_BROWSER),--no-browser,) $(if $(filter 0,$(shell id -u)),--allow-root,) \
 		--ServerApp.root_dir="$(CURDIR)"
 
-test: install-dev
+test: install-dev install-browser
 	$(PY) -m pytest -n $(JOBS) $(PYTEST_ARGS)
 
 bench: install-dev

@@ -1,17 +1,45 @@
-"""Progress bars for long runs, shown only where someone is watching.
+"""Progress of long runs: tqdm bars where someone is watching, and hooks for live panels.
 
-Experiments loop with ``for step in progress.steps(n, desc="adam"):``. By default this is a plain
-``range`` (tests, notebooks and benchmarks stay quiet). Inside ``with progress.enabled():`` (the
-command line turns it on) it becomes a tqdm bar that appears only once a run has taken longer
-than ``delay`` seconds, so short runs print nothing.
+Experiments loop with ``for step in progress.steps(n, desc="adam", history=h):``. By default this
+is a plain ``range`` (tests, notebooks and benchmarks stay quiet, at no cost). Two things can
+watch it:
+
+- ``with progress.enabled():`` (the command line turns it on) shows a tqdm bar that appears only
+  once a run has taken longer than ``delay`` seconds, so short runs print nothing;
+- ``with progress.hook(fn):`` calls ``fn(frames)`` at the start of every iteration of every
+  progress loop run *on this thread* (a live panel runs its experiment on a worker thread with
+  a hook installed). ``frames`` is the stack of open loops, outermost first, each a
+  :class:`Frame` ``(desc, k, n, history)``: iteration ``k`` of ``n`` is about to run, and
+  ``history`` is the run's partial :class:`~lab.history.History` when the experiment handed it
+  over (its rows are the steps done so far), so the panel can redraw the run as it goes. A hook
+  may block (pause) and may raise :class:`Cancelled` to stop the run between two steps; the
+  exception derives from ``BaseException`` so an experiment's ``except Exception`` does not
+  swallow it. After the last iteration the hook is called once more with ``k == n``.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator, TypeVar
+import dataclasses
+import threading
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 _STATE = {"on": False, "delay": 1.0}
+_LOCAL = threading.local()          # .hooks: installed callables; .stack: open loops (Frames)
+
+
+class Cancelled(BaseException):
+    """Raised by a progress hook to stop a run between two steps (e.g. a newer run was asked for)."""
+
+
+@dataclasses.dataclass
+class Frame:
+    """One open progress loop: iteration ``k`` of ``n`` (``n`` None when unknown) is next."""
+
+    desc: str | None
+    k: int
+    n: int | None
+    history: Any = None             # the run's partial History, when the experiment passed it
 
 
 @contextlib.contextmanager
@@ -25,15 +53,58 @@ def enabled(delay: float = 1.0) -> Iterator[None]:
         _STATE.update(old)
 
 
-def track(iterable: Iterable[T], total: int | None = None, desc: str | None = None) -> Iterable[T]:
-    """Wrap ``iterable`` in a delayed tqdm bar when progress is enabled."""
-    if not _STATE["on"]:
-        return iterable
-    from tqdm.auto import tqdm
+@contextlib.contextmanager
+def hook(fn: Callable[[Sequence[Frame]], None]) -> Iterator[None]:
+    """Call ``fn(frames)`` before every iteration of every progress loop on this thread."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    hooks = getattr(_LOCAL, "hooks", None)
+    if hooks is None:
+        hooks = _LOCAL.hooks = []
+        _LOCAL.stack = []
+    hooks.append(fn)
+    try:
+        yield
+    finally:
+        hooks.remove(fn)
 
-    return tqdm(iterable, total=total, desc=desc, delay=_STATE["delay"], leave=False)
+
+def _hooked(iterable: Iterable[T], total: int | None, desc: str | None, history: Any) -> Iterator[T]:
+    hooks, stack = _LOCAL.hooks, _LOCAL.stack
+    frame = Frame(desc, 0, total, history)
+    stack.append(frame)
+    try:
+        for k, item in enumerate(iterable):
+            frame.k = k
+            for fn in list(hooks):
+                fn(tuple(stack))
+            yield item
+        frame.k = frame.n if frame.n is not None else frame.k + 1
+        for fn in list(hooks):
+            fn(tuple(stack))
+    finally:
+        stack.remove(frame)
 
 
-def steps(n: int, desc: str | None = None) -> Iterable[int]:
-    """``range(n)``, with a delayed progress bar when enabled."""
-    return track(range(n), total=n, desc=desc)
+def track(iterable: Iterable[T], total: int | None = None, desc: str | None = None,
+          history: Any = None) -> Iterable[T]:
+    """Wrap ``iterable`` in a delayed tqdm bar when progress is enabled, and report each
+    iteration (with ``history``, the run's partial History, if given) to this thread's hooks."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    if _STATE["on"]:
+        from tqdm.auto import tqdm
+
+        iterable = tqdm(iterable, total=total, desc=desc, delay=_STATE["delay"], leave=False)
+    if getattr(_LOCAL, "hooks", None):
+        return _hooked(iterable, total, desc, history)
+    return iterable
+
+
+def steps(n: int, desc: str | None = None, history: Any = None) -> Iterable[int]:
+    """``range(n)``, with a delayed progress bar when enabled; ``history`` (the run's partial
+    History) lets a live panel redraw the run while it goes."""
+    return track(range(n), total=n, desc=desc, history=history)
+
+
+__all__ = ["Cancelled", "Frame", "enabled", "hook", "steps", "track"]

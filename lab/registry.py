@@ -26,6 +26,7 @@ import ast
 import importlib
 import pkgutil
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -55,7 +56,9 @@ class Entry:
 
 
 _REGISTRY: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-_DISCOVERED = False
+_DISCOVERED = False            # discovery started (on some thread)
+_DISCOVERY_DONE = False        # discovery finished: every module imported
+_DISCOVERY_LOCK = threading.RLock()
 
 
 def _check_kind(kind: str) -> None:
@@ -106,21 +109,25 @@ def discover() -> None:
     Modules whose name starts with an underscore (and ``lab.__main__``) are skipped. Optional
     dependencies (transformers, flwr) must be imported inside functions, never at module level.
     """
-    global _DISCOVERED
-    if _DISCOVERED:
+    global _DISCOVERED, _DISCOVERY_DONE
+    if _DISCOVERY_DONE:
         return
-    _DISCOVERED = True
-    import lab
+    with _DISCOVERY_LOCK:            # another thread (a panel's run) may be discovering right now
+        if _DISCOVERED:              # done, or re-entered by an import of this very discovery
+            return
+        _DISCOVERED = True
+        import lab
 
-    for mod in pkgutil.walk_packages(lab.__path__, prefix="lab."):
-        leaf = mod.name.rsplit(".", 1)[-1]
-        if leaf.startswith("_"):
-            continue
-        importlib.import_module(mod.name)
-    try:
-        import toy_envs  # noqa: F401  (registers gymnasium envs and toy generators)
-    except ImportError:  # pragma: no cover - toy_envs ships with lab
-        pass
+        for mod in pkgutil.walk_packages(lab.__path__, prefix="lab."):
+            leaf = mod.name.rsplit(".", 1)[-1]
+            if leaf.startswith("_"):
+                continue
+            importlib.import_module(mod.name)
+        try:
+            import toy_envs  # noqa: F401  (registers gymnasium envs and toy generators)
+        except ImportError:  # pragma: no cover - toy_envs ships with lab
+            pass
+        _DISCOVERY_DONE = True
 
 
 def available(kind: str | None = None) -> list[str]:

@@ -30,6 +30,9 @@ def test_executes_headless_in_time(path):
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    # In a kernel, panels run on a worker thread: a failing run shows in the panel's status line,
+    # not as a cell error. This last cell waits for every panel and raises if a run failed.
+    nb.cells.append(nbformat.v4.new_code_cell("from lab.viz.panel import check_panels\ncheck_panels()"))
     client = NotebookClient(nb, timeout=TIME_LIMIT_S * 2, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()

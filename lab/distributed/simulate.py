@@ -120,7 +120,7 @@ def train(problem: Problem, algorithm: LocalSGD, *, rounds: int = 30, sync_inter
     history.append(0, loss=problem.loss(anchor), wall_clock=0.0, inner_steps=0.0,
                    dist_to_opt=float((anchor - problem.w_opt).norm()))
     clock, total = 0.0, 0
-    for r in progress.steps(rounds, desc=type(algorithm).__name__):
+    for r in progress.steps(rounds, desc=type(algorithm).__name__, history=history):
         r += 1
         theta = anchor.expand(K, d).clone()  # (K, p)
         scale = torch.where(torch.rand(K, generator=g, device=g.device) < outlier_prob, 20.0, 1.0).to(dev)  # (K,)

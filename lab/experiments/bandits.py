@@ -62,7 +62,7 @@ def tallying_bandit(cfg: BanditConfig) -> History:
     out = run_agent(env, agent, seed=cfg.seed)
     history = History(meta={"agent": cfg.agent})
     every = max(1, cfg.horizon // 200)
-    for t in progress.steps(cfg.horizon, desc="bandit"):
+    for t in progress.steps(cfg.horizon, desc="bandit", history=history):
         if (t + 1) % every == 0 or t + 1 == cfg.horizon:
             window = out["loss_mean"][max(0, t + 1 - every):t + 1]
             history.append(t + 1, cpr=out["cpr"][t], loss=float(window.mean()), reward=-float(window.mean()))

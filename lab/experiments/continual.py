@@ -107,7 +107,7 @@ def stability_gap_digits(cfg: StabilityGapConfig) -> History:
     all_ends = [(i + 1) * cfg.steps_per_task - 1 for i in range(len(tasks))]   # |T_i|
     acc_rows, task_ends, step = [], [], 0
     for t, (x_tr, y_tr, _, _) in enumerate(tasks):
-        for _ in progress.steps(cfg.steps_per_task, desc=f"task {t + 1}"):
+        for _ in progress.steps(cfg.steps_per_task, desc=f"task {t + 1}", history=history):
             idx = drawn_on_cpu(torch.randint, 0, len(y_tr), (cfg.batch_size,), generator=g, device=dev)
             xb, yb = x_tr[idx], y_tr[idx]                                   # (B, 64), (B,)
             if len(buffer_y):
@@ -185,7 +185,7 @@ def cpt_digits(cfg: CPTConfig) -> History:
     history = History(meta={"algorithm": f"{cfg.subset}, mix {cfg.mix:g}", "seed": cfg.seed})
     history.append(0, old_accuracy=_accuracy(model, x_old_te, y_old_te),
                    new_accuracy=_accuracy(model, x_new_te, y_old_te))
-    for step in progress.steps(cfg.steps, desc="continual pre-train"):
+    for step in progress.steps(cfg.steps, desc="continual pre-train", history=history):
         new_idx, old_idx = plan[step]
         xb = torch.cat([x_new[new_idx], x_old[old_idx]])                  # (B, 64)
         yb = torch.cat([y_new[new_idx], y_old[old_idx]])                  # (B,)

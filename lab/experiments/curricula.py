@@ -227,7 +227,7 @@ def curriculum(cfg: CurriculumConfig) -> History:
     eval_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
     rollouts = 0
 
-    for step in progress.steps(cfg.steps, desc=f"curriculum {cfg.sampler}"):
+    for step in progress.steps(cfg.steps, desc=f"curriculum {cfg.sampler}", history=history):
         model.eval()
         row: dict[str, Any] = {}
         # ---- choose the prompts and roll them out -------------------------------------------
@@ -363,7 +363,7 @@ def value_augmented_sampling(cfg: VASConfig) -> History:
         raise KeyError(f"unknown value_model {cfg.value_model!r}; valid: tabular, transformer")
     sampler = VAS(value_model, k=cfg.k, beta=cfg.betas[-1], lr=cfg.value_lr)
     history = History(meta={"algorithm": "vas", "task": cfg.task, "seed": cfg.seed})
-    for step in progress.steps(cfg.steps, desc="vas value model"):
+    for step in progress.steps(cfg.steps, desc="vas value model", history=history):
         ro = rollout(base, task, cfg.n_prompts, cfg.group_size, generator=generator)   # π_0's samples
         history.append(step, reward=ro.rewards.mean(), **sampler.update(ro.prompts, ro.tokens, ro.mask,
                                                                           ro.rewards))

@@ -123,7 +123,7 @@ def es_regression(cfg: ESRegressionConfig) -> History:
     fitness = _mse_fitness(model, opt, x, y) if _gradient_free(opt) else None
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     elapsed, losses, times = 0.0, [], []
-    for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer):
+    for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer, history=history):
         with torch.no_grad():
             losses.append(((model(x) - y) ** 2).mean())
         times.append(elapsed)
@@ -214,7 +214,7 @@ def es_cartpole(cfg: ESCartPoleConfig) -> History:
         raise ValueError(f"optimizer must be gradient-free (es, eggroll) for CartPole, got {cfg.optimizer!r}")
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     rewards_by_gen = []
-    for gen in progress.steps(cfg.generations, desc=cfg.optimizer):
+    for gen in progress.steps(cfg.generations, desc=cfg.optimizer, history=history):
         env_seed = cfg.seed * 100_003 + gen
         current: list[torch.Tensor] = []
 
@@ -267,10 +267,10 @@ class ESRankSweepConfig:
 def _plot_rank_sweep(result: History):
     """Cosine, relative variance and wall time against rank; full-rank ES as a dashed line."""
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    from lab.viz.figures import make_subplots
 
     metrics = ("cosine", "rel_variance", "wall_time")
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.09, subplot_titles=[
         "cosine with backprop gradient", "relative variance", "seconds per estimate"])
     es = result.artifacts.get("es", {})
     for col, metric in enumerate(metrics, start=1):
@@ -282,7 +282,8 @@ def _plot_rank_sweep(result: History):
                                      name="full-rank ES", showlegend=col == 1,
                                      line=dict(color="#1f77b4", dash="dash")), row=1, col=col)
         fig.update_xaxes(type="log", title_text="rank", row=1, col=col)
-    fig.update_layout(template="plotly_white", height=340, margin=dict(l=50, r=20, t=50, b=40))
+        fig.update_yaxes(title_text=("cosine", "relative variance", "seconds")[col - 1], row=1, col=col)
+    fig.update_layout(height=340, margin=dict(l=60, r=20, t=50, b=40))
     return fig
 
 

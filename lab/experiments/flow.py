@@ -504,7 +504,7 @@ def flow_finetune(cfg: FlowFinetuneConfig) -> History:
 
     history.append(0, **evaluate())
     n_groups = cfg.batch // cfg.group_size
-    for step in progress.steps(cfg.steps, desc=cfg.method):
+    for step in progress.steps(cfg.steps, desc=cfg.method, history=history):
         batch = collect(run, step)
         updates = []
         for _ in range(cfg.epochs):

@@ -106,7 +106,7 @@ def memory_efficient(cfg: MemoryConfig) -> History:
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     order, cursor, peak, by_key = torch.randperm(len(y_train), generator=generator, device=dev), 0, -1, {}
     losses, energies, used_bytes = [], [], []
-    for step in progress.steps(cfg.steps, desc=cfg.optimizer):
+    for step in progress.steps(cfg.steps, desc=cfg.optimizer, history=history):
         if cursor + cfg.batch_size > len(order):
             order, cursor = torch.randperm(len(y_train), generator=generator, device=dev), 0
         idx = order[cursor:cursor + cfg.batch_size]

@@ -144,7 +144,7 @@ def moe_routing_sim(cfg: RoutingSimConfig) -> History:
     weight = router.gate.weight
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     history = History(meta={"algorithm": cfg.balancer, "seed": cfg.seed})
-    for step in progress.steps(cfg.steps, desc=cfg.balancer):
+    for step in progress.steps(cfg.steps, desc=cfg.balancer, history=history):
         x, _ = stream.sample(cfg.batch, step, gen)  # (T, d)
         gamma = stream.affinity(x)  # (T, E)
         out = router(x)
@@ -219,7 +219,7 @@ def alf_primal_dual(cfg: PrimalDualConfig) -> History:
     fixed = gumbel_affinities(cfg.skew * torch.cos(angles), t, gen) if cfg.mode == "deterministic" else None
     history = History(meta={"algorithm": f"aux_free_bias({cfg.schedule})", "seed": cfg.seed})
     regret = 0.0
-    for step in progress.steps(cfg.steps, desc=cfg.schedule):
+    for step in progress.steps(cfg.steps, desc=cfg.schedule, history=history):
         mu = cfg.skew * torch.cos(angles - cfg.drift * step)  # (E,)
         gamma = fixed if fixed is not None else gumbel_affinities(mu, t, gen)  # (T, E)
         row: dict[str, Any] = {"bias": controller.bias.cpu()}
@@ -307,7 +307,7 @@ def moe_transformer(cfg: MoETransformerConfig) -> History:
     batches, _ = corpus.sample_steps(cfg.steps, cfg.batch, cfg.seq_len + 1, data_gen)  # (N, B, S+1)
     history = History(meta={"algorithm": cfg.balancer, "seed": cfg.seed,
                             "entropy_rate": corpus.entropy_rate()})
-    for step in progress.steps(cfg.steps, desc=cfg.balancer):
+    for step in progress.steps(cfg.steps, desc=cfg.balancer, history=history):
         tokens = batches[step]
         logits, routes = model(tokens[:, :-1])
         lm = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab), tokens[:, 1:].reshape(-1))

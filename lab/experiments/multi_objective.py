@@ -253,7 +253,7 @@ def multi_objective(cfg: MultiObjectiveConfig) -> History:
     history = History(meta={"algorithm": cfg.method, "task": cfg.task, "seed": cfg.seed,
                             "objectives": list(task.objective_names)})
 
-    for step in progress.steps(cfg.steps, desc=f"multi-objective {cfg.method}"):
+    for step in progress.steps(cfg.steps, desc=f"multi-objective {cfg.method}", history=history):
         # ---- rollout and per-objective scores ---------------------------------------------------
         ro = rollout(model, task, cfg.n_prompts, cfg.group_size, generator=generator)
         objectives = task.objectives(ro.prompts, ro.tokens).float()                     # (B, K)

@@ -120,7 +120,7 @@ def digits_mlp(cfg: DigitsConfig) -> History:
     order = torch.randperm(len(y_train), generator=generator, device=dev)
     cursor, wall, evals = 0, 0.0, [0]
     rows = []                                                # per step, on the device
-    for step in progress.steps(cfg.steps, desc=cfg.optimizer):
+    for step in progress.steps(cfg.steps, desc=cfg.optimizer, history=history):
         if cursor + cfg.batch_size > len(order):
             order, cursor = torch.randperm(len(y_train), generator=generator, device=dev), 0
         idx = order[cursor:cursor + cfg.batch_size]

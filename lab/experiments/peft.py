@@ -143,7 +143,7 @@ def peft_finetune(cfg: PeftConfig) -> History:
     history = History(meta={"algorithm": cfg.method, "seed": cfg.seed})
     history.artifacts.update(trainable=n_trainable, base_test_loss=base_test, layers=list(adapters(model)))
     if cfg.method == "frozen":
-        for step in progress.steps(cfg.steps, desc="frozen"):
+        for step in progress.steps(cfg.steps, desc="frozen", history=history):
             history.append(step, loss=float(F.mse_loss(model(x), y).detach()), test_loss=base_test)
         return history
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -153,7 +153,7 @@ def peft_finetune(cfg: PeftConfig) -> History:
     ist = IST(adapters(model), k=cfg.ist_k, generator=g) if cfg.method == "ist" else None
     glad = GLAD(params, lam=cfg.glad_lam) if cfg.method == "glad" else None
     rank_history = []
-    for step in progress.steps(cfg.steps, desc=cfg.method):
+    for step in progress.steps(cfg.steps, desc=cfg.method, history=history):
         opt.zero_grad()
         if ist is not None:
             ist.select()
@@ -247,7 +247,7 @@ def checkpoint_merging(cfg: MergingConfig) -> History:
         with torch.no_grad():
             return float(F.mse_loss(model(x_test), y_test))
 
-    for step in progress.steps(cfg.steps, desc="lora"):
+    for step in progress.steps(cfg.steps, desc="lora", history=history):
         idx = torch.randint(len(x), (cfg.batch_size,), generator=g, device=dev)
         loss = F.mse_loss(model(x[idx]), y[idx])
         opt.zero_grad()

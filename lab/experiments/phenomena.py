@@ -154,7 +154,7 @@ def opposing_signals(cfg: OpposingConfig) -> History:
     opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "gd"
            else torch.optim.Adam(params, lr=cfg.lr))
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
-    for step in progress.steps(cfg.steps, desc=cfg.optimizer):
+    for step in progress.steps(cfg.steps, desc=cfg.optimizer, history=history):
         opt.zero_grad()
         per_point = F.cross_entropy(model(x), y, reduction="none")              # (n,)
         loss = per_point.mean()
@@ -221,7 +221,7 @@ def large_batch_gap(cfg: LargeBatchConfig) -> History:
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     history = History(meta={"algorithm": f"B={cfg.batch_size}", "seed": cfg.seed})
     step = 0
-    for epoch in progress.steps(epochs, desc=f"B={cfg.batch_size}"):
+    for epoch in progress.steps(epochs, desc=f"B={cfg.batch_size}", history=history):
         order = drawn_on_cpu(torch.randperm, len(y), generator=g, device=dev)
         for batch in order.split(cfg.batch_size):
             if len(batch) < 2:
@@ -286,7 +286,7 @@ def highdim_dynamics(cfg: HighDimConfig) -> History:
     g = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
     w = cfg.init_scale * drawn_on_cpu(torch.randn, cfg.d, generator=g, dtype=torch.float64, device=dev)
     history = History(meta={"algorithm": "gd", "seed": cfg.seed})
-    for step in progress.steps(cfg.steps + 1, desc="gd"):
+    for step in progress.steps(cfg.steps + 1, desc="gd", history=history):
         if step % cfg.log_every == 0 or step == cfg.steps:
             # test error on fresh x ~ N(0, I): E (x.w - x.beta - noise)^2 = ||w - beta||^2 + sigma^2
             history.append(step, train_error=float(((x @ w - y) ** 2).mean()),

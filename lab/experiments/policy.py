@@ -289,7 +289,7 @@ def policy_optimization(cfg: PolicyConfig) -> History:
     tau = cfg.temperature
     eval_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
 
-    for step in progress.steps(cfg.steps, desc=f"{cfg.advantage}+{cfg.loss}"):
+    for step in progress.steps(cfg.steps, desc=f"{cfg.advantage}+{cfg.loss}", history=history):
         # ---- rollout: G responses per prompt from the current (old) policy -------------------
         model.eval()
         def sample() -> Any:

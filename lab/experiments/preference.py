@@ -129,7 +129,7 @@ def preference_training(cfg: PreferenceConfig) -> History:
     sample_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
     ref_s_w, ref_s_l = masked_sum(ref_w, data.chosen_mask, dim=-1), masked_sum(ref_l, data.rejected_mask, dim=-1)
     chosen_means, hard = [], None
-    for step in progress.steps(cfg.steps + 1, desc=cfg.loss):
+    for step in progress.steps(cfg.steps + 1, desc=cfg.loss, history=history):
         logp_w, logp_l = _score(policy, data.prompts, data.chosen), _score(policy, data.prompts, data.rejected)
         batch = {"chosen_logprobs": logp_w, "rejected_logprobs": logp_l, "chosen_mask": data.chosen_mask,
                  "rejected_mask": data.rejected_mask, "ref_chosen_logprobs": ref_w,
@@ -212,7 +212,7 @@ def step_dpo_chains(cfg: StepConfig) -> History:
     loss_fn = make_fn("preference_loss", cfg.loss)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     history = History(meta={"algorithm": cfg.loss, "seed": cfg.seed})
-    for step in progress.steps(cfg.steps + 1, desc=cfg.loss):
+    for step in progress.steps(cfg.steps + 1, desc=cfg.loss, history=history):
         step_acc, chain_acc = task.chain_accuracy(policy)
         if step == cfg.steps:
             history.append(step, step_accuracy=step_acc, chain_accuracy=chain_acc)
@@ -280,7 +280,7 @@ def sft_divergences(cfg: SFTConfig) -> History:
         ref_sample_ref = _score(reference, ref_prompts, ref_tokens)
     history = History(meta={"algorithm": f"{cfg.divergence} (lr x{cfg.lr_factor:g})", "seed": cfg.seed})
     sample_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
-    for step in progress.steps(cfg.steps + 1, desc=cfg.divergence):
+    for step in progress.steps(cfg.steps + 1, desc=cfg.divergence, history=history):
         logp = _score(policy, demos.prompts, demos.chosen)
         if cfg.divergence == "sft":
             loss, metrics = sft(logp, demos.chosen_mask)
@@ -371,7 +371,7 @@ def unlearning(cfg: UnlearningConfig) -> History:
         optimizer.step()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history = History(meta={"algorithm": cfg.method, "seed": cfg.seed})
-    for step in progress.steps(cfg.steps + 1, desc=cfg.method):
+    for step in progress.steps(cfg.steps + 1, desc=cfg.method, history=history):
         logits, logp = forward()
         retain_nll, _ = sft(logp[~forget], mask[~forget])
         forget_nll, _ = sft(logp[forget], mask[forget])

@@ -345,7 +345,7 @@ def hybrid_post_training(cfg: HybridConfig) -> History:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     estimator = make_fn("advantage", cfg.advantage)
     history = History(meta={"algorithm": f"hpt(gate={cfg.gate})", "task": cfg.task, "seed": cfg.seed})
-    for step in progress.steps(cfg.steps, desc="hpt"):
+    for step in progress.steps(cfg.steps, desc="hpt", history=history):
         model.eval()
         ro = rollout(model, task, cfg.n_prompts, cfg.group_size, temperature=cfg.temperature, generator=gen)
         prompts = ro.prompts[::cfg.group_size]                                  # (N, P) one per group

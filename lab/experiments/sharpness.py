@@ -260,7 +260,7 @@ def sharpness_digits(cfg: SharpnessDigitsConfig) -> History:
     probe = x_train[:128], y_train[:128]  # fixed subset for the Hessian
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     losses = []                                              # per step, on the device
-    for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer):
+    for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer, history=history):
         if step % cfg.eval_every == 0 or step == cfg.steps:
             history.append(step, **_evaluate(model, x_train, y_train, x_test, y_test, probe, cfg, g))
         if step == cfg.steps:

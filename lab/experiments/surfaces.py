@@ -72,7 +72,7 @@ def optimizer_on_surface(cfg: SurfaceConfig) -> History:
 
     points, losses, grads = [], [], []          # per step: xy_t, f(xy_t), g_t (all on dev)
     diverged = None
-    for step in progress.steps(cfg.steps, desc=cfg.optimizer):
+    for step in progress.steps(cfg.steps, desc=cfg.optimizer, history=history):
         points.append(xy.detach().clone())
         losses.append(closure().detach())
         grads.append(xy.grad.detach().clone())

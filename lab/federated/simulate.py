@@ -151,7 +151,7 @@ def simulate(problem: Any, algorithm: Aggregator | str, participation: Participa
                              "local_steps": local_steps, "lr": lr, "faults": asdict(faults)})
     history.append(0, **_evaluate(problem, x), bytes=0.0)
 
-    for r in progress.steps(rounds, desc=name):
+    for r in progress.steps(rounds, desc=name, history=history):
         active, delay = participation.sample(r, g_part)
         active = active & ~busy
         ids = active.nonzero().squeeze(1)

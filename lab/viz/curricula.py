@@ -12,10 +12,8 @@ from typing import Mapping
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 from lab.history import History
-from lab.viz.figures import _as_runs, color
+from lab.viz.figures import _as_runs, color, make_subplots
 
 DASHES = ("solid", "dash", "dot", "dashdot")
 
@@ -29,7 +27,7 @@ def curriculum_figure(runs: History | Mapping[str, History], height: int = 760) 
     """A 3×2 grid of curriculum curves; one color per run, per-source panels one color per source
     and one dash style per run."""
     runs = _as_runs(runs)
-    fig = make_subplots(rows=3, cols=2, horizontal_spacing=0.1, vertical_spacing=0.09,
+    fig = make_subplots(rows=3, cols=2, horizontal_spacing=0.12, vertical_spacing=0.16,
                         subplot_titles=("greedy accuracy on the pool", "accuracy vs rollouts spent",
                                         "share of zero-variance groups", "training reward",
                                         "sampling weight per source", "greedy accuracy per source"))
@@ -58,10 +56,13 @@ def curriculum_figure(runs: History | Mapping[str, History], height: int = 760) 
                 fig.add_trace(go.Scatter(x=steps, y=values[:, j], mode="lines", name=f"{name} ({label})",
                                          legendgroup=f"{label}-{j}", showlegend=col == 1,
                                          line=dict(color=color(j + 3), dash=dash)), row=3, col=col)
-    fig.update_xaxes(title_text="step", row=3)
+    fig.update_xaxes(title_text="step")
     fig.update_xaxes(title_text="responses generated", row=1, col=2)
+    for (r, c), name in {(1, 1): "greedy accuracy", (1, 2): "greedy accuracy", (2, 1): "zero-variance share",
+                         (2, 2): "reward", (3, 1): "sampling weight", (3, 2): "greedy accuracy"}.items():
+        fig.update_yaxes(title_text=name, row=r, col=c)
     fig.update_yaxes(range=[-0.02, 1.02], row=3)
-    fig.update_layout(template="plotly_white", height=height, margin=dict(l=50, r=20, t=50, b=40))
+    fig.update_layout(height=height + 60, margin=dict(l=60, r=20, t=50, b=40))
     return fig
 
 
@@ -84,7 +85,9 @@ def vas_figure(history: History) -> go.Figure:
                              line=dict(color=color(2), dash="dash")), row=1, col=2)
     fig.update_xaxes(title_text="step", row=1, col=1)
     fig.update_xaxes(title_text="β (0 = the frozen policy)", row=1, col=2)
-    fig.update_layout(template="plotly_white", height=380, margin=dict(l=50, r=20, t=50, b=40))
+    fig.update_yaxes(title_text="value loss", row=1, col=1)
+    fig.update_yaxes(title_text="reward / exact accuracy", row=1, col=2)
+    fig.update_layout(height=380, margin=dict(l=60, r=20, t=50, b=40))
     return fig
 
 

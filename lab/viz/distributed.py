@@ -5,18 +5,17 @@ from __future__ import annotations
 from typing import Mapping
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 from lab.history import History
-from lab.viz.figures import color
+from lab.viz.figures import TEMPLATE, color, make_subplots
 
 
 def distributed_figure(runs: History | Mapping[str, History]) -> go.Figure:
     """Three panels: loss vs communication round (log y), loss vs wall-clock, mean ||Delta_k||."""
     if isinstance(runs, History):
         runs = {str(runs.meta.get("algorithm", "run")): runs}
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("loss vs communication rounds", "loss vs wall-clock (s)",
-                                                        "mean pseudo-gradient norm"))
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.09,
+                        subplot_titles=("loss vs communication rounds", "loss vs wall-clock (s)",
+                                        "mean pseudo-gradient norm"))
     optimum = None
     for i, (label, h) in enumerate(runs.items()):
         style = dict(color=color(i))
@@ -40,7 +39,10 @@ def distributed_figure(runs: History | Mapping[str, History]) -> go.Figure:
     fig.update_xaxes(title_text="round", row=1, col=1)
     fig.update_xaxes(title_text="seconds", row=1, col=2)
     fig.update_xaxes(title_text="round", row=1, col=3)
-    fig.update_layout(height=360, template="plotly_white", margin=dict(l=50, r=20, t=50, b=40))
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig.update_yaxes(title_text="loss", row=1, col=2)
+    fig.update_yaxes(title_text="‖Δ_k‖", row=1, col=3)
+    fig.update_layout(height=360, margin=dict(l=60, r=20, t=50, b=40))
     return fig
 
 
@@ -69,6 +71,6 @@ def real_vs_simulated_figure(runs: Mapping[str, History]) -> go.Figure:
     fig.update_yaxes(type="log", exponentformat="e", title_text="absolute difference", row=1, col=2)
     fig.update_xaxes(title_text="communication round", row=1, col=1)
     fig.update_xaxes(title_text="communication round", row=1, col=2)
-    fig.update_layout(height=380, template="plotly_white", margin=dict(l=50, r=20, t=50, b=40),
+    fig.update_layout(height=380, template=TEMPLATE, margin=dict(l=50, r=20, t=50, b=40),
                       legend=dict(orientation="h", y=-0.25))
     return fig

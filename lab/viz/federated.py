@@ -14,10 +14,8 @@ from typing import Mapping
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 from lab.history import History, Runs
-from lab.viz.figures import color, curves
+from lab.viz.figures import color, curves, make_subplots, pending
 
 
 def _runs(runs: History | Mapping[str, History]) -> Runs:
@@ -37,7 +35,9 @@ def convergence_figure(runs: History | Mapping[str, History]) -> go.Figure:
 def weights_figure(runs: History | Mapping[str, History]) -> go.Figure:
     """Left: each client's share of the aggregate vs its true p_i. Right: learned 1/p_i vs true 1/p_i."""
     runs = _runs(runs)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+    if not all("probabilities" in h.artifacts for h in runs.values()):     # written at the end of a run
+        return pending("client's share of the aggregate vs participation rate", "each client's share")
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=(
         "client's share of the aggregate vs participation rate", "learned weight vs true 1/p"))
     p = None
     for i, (label, h) in enumerate(runs.items()):
@@ -60,7 +60,7 @@ def weights_figure(runs: History | Mapping[str, History]) -> go.Figure:
     fig.update_yaxes(title_text="share of aggregate", row=1, col=1)
     fig.update_xaxes(title_text="true 1/p_i", type="log", row=1, col=2)
     fig.update_yaxes(title_text="estimated 1/p_i", type="log", row=1, col=2)
-    fig.update_layout(height=380, template="plotly_white", margin=dict(l=50, r=20, t=60, b=40))
+    fig.update_layout(height=380, margin=dict(l=60, r=20, t=60, b=40))
     return fig
 
 
@@ -80,7 +80,7 @@ def participation_raster(history: History, *, title: str | None = None) -> go.Fi
                                  mode="markers", marker=dict(symbol="x", color="#d62728", size=7),
                                  text=[d["reason"] for d in dropped], name="refused upload"))
     fig.update_layout(title=title or f"participation ({history.meta.get('algorithm', '')})", height=320,
-                      xaxis_title="round", yaxis_title="client", template="plotly_white",
+                      xaxis_title="round", yaxis_title="client",
                       margin=dict(l=50, r=20, t=50, b=40))
     return fig
 

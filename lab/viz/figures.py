@@ -1,5 +1,11 @@
 """Plotly figure builders: a History (or Runs) in, a ``go.Figure`` out. No widget needed.
 
+Every figure of the lab uses one plotly template, :data:`TEMPLATE` (registered as ``"trainlab"``
+and made plotly's default when :mod:`lab.viz` is imported): white, a lean layout-only template
+(small to send, fast to build), readable exponents (``1e-3``, never SI prefixes such as ``100μ``
+or ``1T``) on every axis, legends outside the plotting area, the lab's palette. Builders label
+every axis they draw data on; ``tests/test_figure_hygiene.py`` walks every builder and checks it.
+
 - :func:`curves`: one metric (or several, as stacked subplots) against step for several runs.
 - :func:`trajectory_figure`: a surface's contours with the optimizer trajectories of runs.
 - :func:`heatmap`: a matrix (per-token advantages, expert load over steps) as a heatmap.
@@ -11,12 +17,104 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
+import plotly.io as pio
+from plotly.subplots import make_subplots as _make_subplots
 
 from lab.history import History, Runs
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
+GRID, LINE, INK = "#E5EAF2", "#B8C2D0", "#2a3f5f"
+_AXIS = dict(gridcolor=GRID, linecolor=LINE, zerolinecolor="#CFD6E2", zerolinewidth=1.2, showline=True,
+             ticks="outside", tickcolor=LINE, ticklen=4, automargin=True, exponentformat="e",
+             showexponent="all", title=dict(standoff=6, font=dict(size=12)))
+TEMPLATE_NAME = "trainlab"
+TEMPLATE = go.layout.Template(layout=dict(
+    font=dict(family="Helvetica Neue, Helvetica, Arial, sans-serif", size=12, color=INK),
+    paper_bgcolor="white", plot_bgcolor="white", colorway=list(PALETTE),
+    xaxis=_AXIS, yaxis=_AXIS,
+    legend=dict(bgcolor="rgba(255,255,255,0)", borderwidth=0, tracegroupgap=2, font=dict(size=11)),
+    title=dict(x=0.0, xref="paper", xanchor="left", font=dict(size=14)),
+    coloraxis=dict(colorbar=dict(outlinewidth=0, ticks="outside", len=0.8, thickness=14,
+                                 exponentformat="e")),
+    colorscale=dict(sequential="Viridis", diverging="RdBu"),
+    hovermode="closest", hoverlabel=dict(align="left"),
+    margin=dict(l=60, r=20, t=60, b=50),
+))
+"""The lab's plotly template (layout only)."""
+pio.templates[TEMPLATE_NAME] = TEMPLATE
+pio.templates.default = TEMPLATE_NAME
+
+
+SUBPLOT_TITLE_SIZE = 13
+
+
+def make_subplots(rows: int = 1, cols: int = 1, *, shared_xaxes: bool = False, shared_yaxes: bool = False,
+                  horizontal_spacing: float | None = None, vertical_spacing: float | None = None,
+                  subplot_titles: Sequence[str] | None = None, **kwargs) -> go.Figure:
+    """``plotly.subplots.make_subplots`` for a plain grid of x-y subplots, built directly.
+
+    Plotly's own ``make_subplots`` takes tens of milliseconds per call (it validates the layout
+    piece by piece); this writes the same layout (domains, anchors, shared axes as ``matches``
+    with the inner tick labels hidden, subplot titles as paper annotations) and the same grid
+    reference in one go, so ``add_trace(row=, col=)`` and ``update_xaxes(row=, col=)`` work as
+    usual (``tests/test_figure_hygiene.py`` compares both). Other options (``specs``, ...) go to
+    plotly's function.
+    """
+    if kwargs or shared_xaxes not in (True, False) or shared_yaxes not in (True, False):
+        return _make_subplots(rows=rows, cols=cols, shared_xaxes=shared_xaxes, shared_yaxes=shared_yaxes,
+                              horizontal_spacing=horizontal_spacing, vertical_spacing=vertical_spacing,
+                              subplot_titles=subplot_titles,
+                              figure=kwargs.pop("figure", None) or go.Figure(layout=dict(template=TEMPLATE)),
+                              **kwargs)
+    from plotly._subplots import SubplotRef
+
+    hs = 0.2 / cols if horizontal_spacing is None else horizontal_spacing
+    vs = (0.5 if subplot_titles else 0.3) / rows if vertical_spacing is None else vertical_spacing
+    width, height = (1.0 - hs * (cols - 1)) / cols, (1.0 - vs * (rows - 1)) / rows
+    layout: dict = {"template": TEMPLATE}
+    grid, annotations = [], []
+    titles = list(subplot_titles or [])
+    for r in range(rows):
+        grid_row = []
+        for c in range(cols):
+            k = r * cols + c + 1
+            suffix = "" if k == 1 else str(k)
+            x0 = c * (width + hs)
+            y1 = 1.0 - r * (height + vs)
+            xdom, ydom = [x0, min(1.0, x0 + width)], [max(0.0, y1 - height), y1]
+            xaxis, yaxis = {"anchor": f"y{suffix}", "domain": xdom}, {"anchor": f"x{suffix}", "domain": ydom}
+            if shared_xaxes and r < rows - 1:
+                bottom = (rows - 1) * cols + c + 1
+                xaxis.update(matches=f"x{'' if bottom == 1 else bottom}", showticklabels=False)
+            if shared_yaxes and c > 0:
+                first = r * cols + 1
+                yaxis.update(matches=f"y{'' if first == 1 else first}", showticklabels=False)
+            layout[f"xaxis{suffix}"], layout[f"yaxis{suffix}"] = xaxis, yaxis
+            if k - 1 < len(titles) and titles[k - 1]:
+                annotations.append(dict(text=titles[k - 1], x=(xdom[0] + xdom[1]) / 2, y=ydom[1], xref="paper",
+                                        yref="paper", xanchor="center", yanchor="bottom", showarrow=False,
+                                        font=dict(size=SUBPLOT_TITLE_SIZE)))
+            grid_row.append((SubplotRef("xy", (f"xaxis{suffix}", f"yaxis{suffix}"),
+                                        {"xaxis": f"x{suffix}", "yaxis": f"y{suffix}"}),))
+        grid.append(grid_row)
+    if annotations:
+        layout["annotations"] = annotations
+    fig = go.Figure(layout=layout)
+    fig._grid_ref = grid
+    fig._grid_str = "\n".join("  ".join(f"[ ({r + 1},{c + 1}) ]" for c in range(cols)) for r in range(rows))
+    return fig
+
+
+def pending(title: str, what: str = "this figure", height: int = 300) -> go.Figure:
+    """A placeholder while a run streams: ``what`` is drawn from a result the run writes at its end
+    (an artifact such as the last batch), so a live panel shows this until then."""
+    fig = go.Figure(layout=dict(template=TEMPLATE))
+    fig.add_annotation(text=f"{what} appears when the run ends", x=0.5, y=0.5, xref="paper", yref="paper",
+                       showarrow=False, font=dict(size=13, color="#8a94a6"))
+    fig.update_layout(title=title, height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      margin=dict(l=60, r=20, t=50, b=40))
+    return fig
 
 
 def _as_runs(runs: History | Mapping[str, History]) -> Runs:
@@ -30,6 +128,31 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+LABELS = {"kl": "KL", "clip_frac": "clip fraction", "clip_frac_low": "clip fraction (low)",
+          "clip_frac_high": "clip fraction (high)", "wall_time": "wall time (s)", "lr": "learning rate",
+          "adv_mean": "mean advantage", "adv_std": "advantage std", "grad_norm": "gradient norm",
+          "max_violation": "max violation", "test_accuracy": "test accuracy", "test_loss": "test loss",
+          "eval_reward": "evaluation reward", "top_eigenvalue": "top Hessian eigenvalue λ_max",
+          "sharp_frac": "share in the sharp minimum", "saddle_frac": "share at the saddle",
+          "cpr": "complete policy regret", "response_length": "response length"}
+"""Readable axis names of common metrics (others: underscores become spaces)."""
+
+
+def label(metric: str) -> str:
+    """A metric name as an axis title: ``"clip_frac"`` -> ``"clip fraction"``."""
+    return LABELS.get(metric, metric.replace("_", " "))
+
+
+def dash_legend(fig: go.Figure, meanings: Mapping[str, str], *, color: str = "#555") -> go.Figure:
+    """Grey legend-only entries saying what each dash style means, e.g. ``{"solid": "reward",
+    "dash": "accuracy"}``, for figures whose colours are runs and whose dashes are metrics."""
+    for dash, meaning in meanings.items():
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=meaning, legendgroup=f"dash {dash}",
+                                 line=dict(color=color, dash=dash), hoverinfo="skip",
+                                 legendgrouptitle=None))
+    return fig
+
+
 def curves(runs: History | Mapping[str, History], metrics: str | Sequence[str], *,
            x: str = "step", log_y: bool | Sequence[bool] = False, title: str | None = None,
            height: int | None = None) -> go.Figure:
@@ -40,9 +163,10 @@ def curves(runs: History | Mapping[str, History], metrics: str | Sequence[str], 
     runs = _as_runs(runs)
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     logs = [log_y] * len(metrics) if isinstance(log_y, bool) else list(log_y)
-    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=metrics,
-                        vertical_spacing=0.08 if len(metrics) > 1 else 0.0)
-    for i, (label, h) in enumerate(runs.items()):
+    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True,
+                        vertical_spacing=0.05 if len(metrics) > 1 else 0.0)
+    for i, (name, h) in enumerate(runs.items()):
+        shown = False
         for r, metric in enumerate(metrics, start=1):
             if metric not in h:
                 continue
@@ -53,15 +177,15 @@ def curves(runs: History | Mapping[str, History], metrics: str | Sequence[str], 
                 keep = [k for k, s in enumerate(steps.tolist()) if s in lookup]
                 steps = np.array([lookup[steps[k]] for k in keep])
                 values = values[keep]
-            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=label,
-                                     legendgroup=label, showlegend=r == 1,
+            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=name,
+                                     legendgroup=name, showlegend=not shown,
                                      line=dict(color=color(i))), row=r, col=1)
-        for r, log in enumerate(logs, start=1):
-            if log:
-                fig.update_yaxes(type="log", row=r, col=1)
-    fig.update_xaxes(title_text=x, row=len(metrics), col=1)
-    fig.update_layout(title=title, height=height or 260 * len(metrics) + 80,
-                      margin=dict(l=50, r=20, t=60, b=40), template="plotly_white")
+            shown = True
+    for r, (metric, log) in enumerate(zip(metrics, logs), start=1):
+        fig.update_yaxes(title_text=label(metric), type="log" if log else None, row=r, col=1)
+    fig.update_xaxes(title_text=label(x), row=len(metrics), col=1)
+    fig.update_layout(title=title, height=height or 220 * len(metrics) + 90,
+                      margin=dict(l=60, r=20, t=60 if title else 30, b=40), template=TEMPLATE)
     return fig
 
 
@@ -119,7 +243,7 @@ def trajectory_figure(runs: History | Mapping[str, History], surface: str | None
     fig.add_trace(go.Scatter(x=mins[:, 0], y=mins[:, 1], mode="markers", name="minimum",
                              marker=dict(symbol="star", size=14, color="gold",
                                          line=dict(color="black", width=1))))
-    fig.update_layout(title=title or f"{s.name}", template="plotly_white", height=480,
+    fig.update_layout(title=title or f"{s.name}", template=TEMPLATE, height=480,
                       xaxis=dict(range=list(x_range), title="x"),
                       yaxis=dict(range=list(y_range), title="y"),
                       margin=dict(l=50, r=20, t=50, b=40))
@@ -128,13 +252,14 @@ def trajectory_figure(runs: History | Mapping[str, History], surface: str | None
 
 def heatmap(matrix, *, x: Sequence | None = None, y: Sequence | None = None,
             title: str | None = None, colorscale: str = "RdBu", zmid: float | None = 0.0,
-            x_title: str | None = None, y_title: str | None = None) -> go.Figure:
+            x_title: str = "column", y_title: str = "row", z_title: str | None = None) -> go.Figure:
     """A matrix as a heatmap (rows = y, columns = x); NaN cells are left blank (e.g. padding)."""
     z = np.asarray(matrix, dtype=float)
     if z.ndim != 2:
         raise ValueError(f"matrix must be 2-D, got shape {z.shape}")
-    fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale=colorscale, zmid=zmid))
-    fig.update_layout(title=title, template="plotly_white",
+    fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale=colorscale, zmid=zmid,
+                               colorbar=dict(title=z_title) if z_title else None))
+    fig.update_layout(title=title, template=TEMPLATE,
                       xaxis_title=x_title, yaxis_title=y_title, margin=dict(l=50, r=20, t=50, b=40))
     return fig
 
@@ -152,13 +277,13 @@ def history_figure(history: History | Mapping[str, History], *, max_metrics: int
     return curves(runs, scalar[:max_metrics])
 
 
-def bar(values: Mapping[str, float], *, title: str | None = None, y_title: str | None = None,
-        log_y: bool = False) -> go.Figure:
+def bar(values: Mapping[str, float], *, title: str | None = None, y_title: str = "value",
+        log_y: bool = False, x_title: str = "method") -> go.Figure:
     """A labelled bar chart (e.g. optimizer-state bytes per parameter by method)."""
     labels = list(values)
-    fig = go.Figure(go.Bar(x=labels, y=[values[k] for k in labels],
+    fig = go.Figure(go.Bar(x=labels, y=[values[k] for k in labels], showlegend=False,
                            marker_color=[color(i) for i in range(len(labels))]))
-    fig.update_layout(title=title, yaxis_title=y_title, template="plotly_white",
+    fig.update_layout(title=title, yaxis_title=y_title, xaxis_title=x_title, template=TEMPLATE,
                       margin=dict(l=50, r=20, t=50, b=40))
     if log_y:
         fig.update_yaxes(type="log")
@@ -166,10 +291,11 @@ def bar(values: Mapping[str, float], *, title: str | None = None, y_title: str |
 
 
 def grouped_bars(series: Mapping[str, Sequence[float]], x: Sequence[str], *, title: str | None = None,
-                 y_title: str | None = None, height: int = 360) -> go.Figure:
+                 y_title: str = "value", height: int = 360, x_title: str = "response") -> go.Figure:
     """Grouped bars: categories on x, one colored bar series per name (e.g. per estimator)."""
     fig = go.Figure([go.Bar(x=list(x), y=list(values), name=name, marker_color=color(k))
                      for k, (name, values) in enumerate(series.items())])
-    fig.update_layout(barmode="group", template="plotly_white", title=title, yaxis_title=y_title,
+    fig.update_layout(barmode="group", template=TEMPLATE, title=title, yaxis_title=y_title,
+                      xaxis_title=x_title,
                       margin=dict(l=50, r=20, t=50, b=40), height=height)
     return fig

@@ -25,7 +25,8 @@ def samples_figure(sets: dict[str, list], *, center: list | None = None, title: 
         fig.add_trace(go.Scatter(x=radius * np.cos(angle), y=radius * np.sin(angle), mode="lines",
                                  name="modes circle", line=dict(dash="dot", color="grey")))
     fig.update_layout(title=title, xaxis=dict(range=[-8, 8], title="x₁"),
-                      yaxis=dict(range=[-8, 8], title="x₂", scaleanchor="x"), height=420, width=460)
+                      yaxis=dict(range=[-8, 8], title="x₂", scaleanchor="x"), height=420, width=560,
+                      margin=dict(l=60, r=20, t=60, b=50))
     return fig
 
 
@@ -36,16 +37,21 @@ def metric_figure(history: History, metrics: list[str], *, title: str | None = N
         steps, values = history.series(key)
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=key,
                                  line=dict(color=color(i)), marker=dict(size=4)))
-    fig.update_layout(title=title, xaxis_title="step", height=360)
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="value", height=360,
+                      margin=dict(l=60, r=20, t=60, b=50))
     return fig
 
 
 def finetune_figures(history: History) -> list[go.Figure]:
     """Samples before/after fine-tuning, reward curve, divergence and diversity, the clipped fraction."""
+    from lab.viz.figures import pending
+
     art = history.artifacts
     algo = history.meta.get("algorithm", "")
-    return [samples_figure({"pretrained": art["before"], "fine-tuned": art["after"]},
-                           center=art["center"], title=f"{algo}: samples before / after"),
+    samples = (samples_figure({"pretrained": art["before"], "fine-tuned": art["after"]}, center=art["center"],
+                              title=f"{algo}: samples before / after") if "after" in art
+               else pending(f"{algo}: samples before / after", "the fine-tuned samples", height=420))
+    return [samples,
             metric_figure(history, ["reward", "ode_reward", "target_frac"], title="reward"),
             metric_figure(history, ["divergence", "kl", "modes"], title="divergence from the pretrained model"),
             metric_figure(history, ["clip_frac"],

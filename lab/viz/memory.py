@@ -11,14 +11,16 @@ from typing import Mapping
 import plotly.graph_objects as go
 
 from lab.history import History
-from lab.viz.figures import bar, curves
+from lab.viz.figures import bar, curves, pending
 
 
 def memory_bars(runs: Mapping[str, History], *, title: str | None = None) -> go.Figure:
     """Peak bytes in ``optimizer.state`` per model parameter, by method."""
+    if not all("memory" in h.artifacts for h in runs.values()):      # measured at the end of a run
+        return pending(title or "optimizer state: bytes per parameter", "the measured state memory")
     values = {label: h.artifacts["memory"]["bytes_per_param"] for label, h in runs.items()}
     fig = bar(values, title=title or "optimizer state: bytes per parameter (float32 AdamW = 8)",
-              y_title="bytes / parameter")
+              y_title="bytes / parameter", x_title="method")
     fig.update_traces(text=[f"{v:.2f}" for v in values.values()], textposition="outside")
     return fig
 

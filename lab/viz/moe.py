@@ -16,10 +16,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 from lab.history import History
-from lab.viz.figures import _as_runs, color, curves
+from lab.viz.figures import TEMPLATE, _as_runs, color, curves, make_subplots
 
 
 def relative_load(history: History) -> np.ndarray:
@@ -46,8 +44,8 @@ def load_heatmap(runs: History | Mapping[str, History], *, zmax: float = 3.0,
                                  colorbar=dict(title="A/mean")), row=1, col=c)
         fig.update_xaxes(title_text="step", row=1, col=c)
     fig.update_yaxes(title_text="expert", row=1, col=1)
-    fig.update_layout(title=title or "expert load over steps (1 = balanced)", template="plotly_white",
-                      height=320, margin=dict(l=50, r=20, t=60, b=40))
+    fig.update_layout(title=title or "expert load over steps (1 = balanced)",
+                      height=320, margin=dict(l=60, r=20, t=60, b=40))
     return fig
 
 
@@ -73,7 +71,7 @@ def layer_load_heatmaps(runs: History | Mapping[str, History], *, zmax: float = 
                                      colorbar=dict(title="A/mean")), row=r, col=j + 1)
             fig.update_xaxes(title_text="step", row=r, col=j + 1)
         fig.update_yaxes(title_text="expert", row=r, col=1)
-    fig.update_layout(title=title or "per-layer expert load over training (1 = balanced)", template="plotly_white",
+    fig.update_layout(title=title or "per-layer expert load over training (1 = balanced)", template=TEMPLATE,
                       height=220 * len(labels) + 80, margin=dict(l=50, r=20, t=70, b=40))
     return fig
 
@@ -107,7 +105,7 @@ def loss_gap(runs: Mapping[str, History], reference: str = "none", *, window: in
                                  line=dict(color=color(i))))
     fig.add_hline(y=0.0, line=dict(color="gray", dash="dot"))
     fig.update_layout(title=title or f"loss minus the {reference!r} run's (moving average of {window} steps)",
-                      template="plotly_white", height=300, xaxis_title="step", yaxis_title="Δ loss",
+                      template=TEMPLATE, height=300, xaxis_title="step", yaxis_title="Δ loss",
                       margin=dict(l=50, r=20, t=60, b=40))
     return fig
 
@@ -116,7 +114,8 @@ def bias_figure(runs: History | Mapping[str, History], title: str | None = None)
     """Each expert's bias over steps; one subplot per run that has biases (controllers)."""
     runs = _as_runs(runs)
     labels = [label for label, h in runs.items() if "bias" in h]
-    fig = make_subplots(rows=1, cols=max(1, len(labels)), subplot_titles=labels or ["no bias controller"])
+    fig = make_subplots(rows=1, cols=max(1, len(labels)), subplot_titles=labels or ["no bias controller"],
+                        shared_yaxes=True, horizontal_spacing=0.03)
     for c, label in enumerate(labels, start=1):
         steps, bias = runs[label].series("bias")
         bias = np.where(np.isfinite(bias), bias, np.nan)  # an exhausted expert's log-price is -inf
@@ -125,8 +124,9 @@ def bias_figure(runs: History | Mapping[str, History], title: str | None = None)
                                      legendgroup=f"e{i}", showlegend=c == 1, line=dict(color=color(i))),
                           row=1, col=c)
         fig.update_xaxes(title_text="step", row=1, col=c)
-    fig.update_layout(title=title or "biases (dual prices) over steps", template="plotly_white", height=320,
-                      margin=dict(l=50, r=20, t=60, b=40))
+    fig.update_yaxes(title_text="bias b_i", row=1, col=1)
+    fig.update_layout(title=title or "biases (dual prices) over steps", height=320,
+                      margin=dict(l=60, r=20, t=60, b=40))
     return fig
 
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 from lab.history import History
-from lab.viz.figures import _as_runs, color
+from lab.viz.figures import _as_runs, color, dash_legend, make_subplots
 
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 
@@ -24,7 +22,7 @@ DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 def training_figure(runs: History | Mapping[str, History], height: int = 720) -> go.Figure:
     """A 2×2 grid: objectives, hypervolume, weights/multipliers, proxy vs true reward."""
     runs = _as_runs(runs)
-    fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.1, vertical_spacing=0.13,
+    fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.12, vertical_spacing=0.16,
                         subplot_titles=("objectives (batch mean; dash = objective index)",
                                         "hypervolume of the greedy front so far",
                                         "weights (solid) / Lagrange multipliers λ (dot)",
@@ -57,8 +55,15 @@ def training_figure(runs: History | Mapping[str, History], height: int = 720) ->
             steps, true = h.series("true_reward")
             fig.add_trace(go.Scatter(x=steps, y=true, mode="lines", name=f"{label}: true", legendgroup=label,
                                      showlegend=False, line=dict(color=color(i), dash="dash")), row=2, col=2)
-    fig.update_xaxes(title_text="step", row=2)
-    fig.update_layout(height=height, template="plotly_white", margin=dict(l=50, r=20, t=60, b=40))
+    fig.update_xaxes(title_text="step")
+    for (r, c), name in {(1, 1): "objective (batch mean)", (1, 2): "hypervolume", (2, 1): "weight / λ",
+                         (2, 2): "reward"}.items():
+        fig.update_yaxes(title_text=name, row=r, col=c)
+    if any("true_reward" in h for h in runs.values()):
+        dash_legend(fig, {"solid": "solid: proxy reward", "dash": "dashed: hidden true reward"})
+    if any("lambda" in h for h in runs.values()):
+        dash_legend(fig, {"dot": "dotted: Lagrange multiplier λ"})
+    fig.update_layout(height=height, margin=dict(l=60, r=20, t=60, b=40))
     return fig
 
 
@@ -86,7 +91,7 @@ def pareto_figure(runs: History | Mapping[str, History], height: int = 460) -> g
                                  name=f"{label}: front (HV {h['hypervolume'][-1]:.3f})" if "hypervolume" in h
                                  else f"{label}: front", legendgroup=label, line=dict(color=color(i), shape="hv")))
     _task_front(fig, task_front)
-    fig.update_layout(height=height, template="plotly_white", xaxis_title=names[0], yaxis_title=names[1],
+    fig.update_layout(height=height, xaxis_title=names[0], yaxis_title=names[1],
                       title="Greedy points over training and their Pareto front", margin=dict(l=50, r=20, t=60, b=40))
     return fig
 
@@ -101,7 +106,7 @@ def sweep_figure(results: Mapping[str, Mapping[str, Any]], task_front: Any = Non
                                  name=f"{label} (HV {res['hypervolume']:.3f})", marker=dict(color=color(i), size=11,
                                                                                            symbol=i)))
     _task_front(fig, task_front)
-    fig.update_layout(height=height, template="plotly_white", xaxis_title="objective 0", yaxis_title="objective 1",
+    fig.update_layout(height=height, xaxis_title="objective 0", yaxis_title="objective 1",
                       title="Final greedy points of a weight sweep", margin=dict(l=50, r=20, t=60, b=40))
     return fig
 

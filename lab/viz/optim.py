@@ -14,10 +14,8 @@ from typing import Mapping
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 from lab.history import History, Runs
-from lab.viz.figures import color, curves, trajectory_figure
+from lab.viz.figures import TEMPLATE, color, curves, make_subplots, pending, trajectory_figure
 
 
 def _as_runs(runs: History | Mapping[str, History]) -> Runs:
@@ -37,12 +35,10 @@ def effective_step_figure(runs: History | Mapping[str, History], *, title: str |
     series = {label: np.asarray(h.artifacts.get("effective_step", []), dtype=float)
               for label, h in runs.items()}
     dims = max((s.shape[1] for s in series.values() if s.ndim == 2 and len(s)), default=0)
-    if dims == 0:
-        raise ValueError("no run has artifacts['effective_step'] to plot")
+    if dims == 0:                                        # a run in progress writes it at its end
+        return pending(title or "effective step size per coordinate", "the per-coordinate step")
     names = "xyzw"
-    fig = make_subplots(rows=dims, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=[f"coordinate {names[d] if d < 4 else d}: |dx| / |g|"
-                                        for d in range(dims)])
+    fig = make_subplots(rows=dims, cols=1, shared_xaxes=True, vertical_spacing=0.05)
     for i, (label, s) in enumerate(series.items()):
         if s.ndim != 2 or not len(s):
             continue
@@ -51,11 +47,11 @@ def effective_step_figure(runs: History | Mapping[str, History], *, title: str |
             fig.add_trace(go.Scatter(x=np.arange(len(s)), y=values, mode="lines", name=label,
                                      legendgroup=label, showlegend=d == 0,
                                      line=dict(color=color(i))), row=d + 1, col=1)
-        for d in range(dims):
-            fig.update_yaxes(type="log", row=d + 1, col=1)
+    for d in range(dims):
+        fig.update_yaxes(type="log", title_text=f"|dx| / |g| of {names[d] if d < 4 else d}", row=d + 1, col=1)
     fig.update_xaxes(title_text="step", row=dims, col=1)
-    fig.update_layout(title=title or "effective step size per coordinate", template="plotly_white",
-                      height=240 * dims + 80, margin=dict(l=50, r=20, t=60, b=40))
+    fig.update_layout(title=title or "effective step size per coordinate",
+                      height=220 * dims + 90, margin=dict(l=60, r=20, t=60, b=40))
     return fig
 
 
@@ -87,7 +83,7 @@ def time_to_target_table(runs: History | Mapping[str, History], metric: str = "t
                              cells=dict(values=cells, align="left")))
     sign = ">=" if higher_is_better else "<="
     fig.update_layout(title=f"time to target ({metric} {sign} {target:g}), ranked by {basis}",
-                      template="plotly_white", height=90 + 28 * (len(rows) + 1),
+                      template=TEMPLATE, height=90 + 28 * (len(rows) + 1),
                       margin=dict(l=20, r=20, t=50, b=10))
     return fig
 

@@ -16,15 +16,12 @@ from typing import Mapping
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 from lab.history import History, Runs
-from lab.viz.figures import color
+from lab.viz.figures import color, make_subplots
 
 
 def _layout(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
-    fig.update_layout(title=title, template="plotly_white", height=height,
-                      margin=dict(l=50, r=20, t=60, b=40))
+    fig.update_layout(title=title, height=height, margin=dict(l=60, r=20, t=60, b=40))
     return fig
 
 
@@ -64,6 +61,7 @@ def useful_figure(history: History) -> go.Figure:
                              marker_color=color(i), text=[f"{r[g[0]]:.3f}" for g in groups]))
     lo = min(min(r[g[0]] for g in groups) for r in results.values())
     fig.update_yaxes(title_text="test accuracy", range=[max(0.0, lo - 0.1), 1.0])
+    fig.update_xaxes(title_text="test points")
     purity = history.artifacts.get("hard_purity", float("nan"))
     base = history.artifacts.get("complex_only_rate", float("nan"))
     return _layout(fig, f"USEFUL: hard cluster is {purity:.0%} complex-only (base rate {base:.0%})")
@@ -78,16 +76,16 @@ def ibcl_figure(history: History) -> go.Figure:
                              marker=dict(color=color(1), size=8, symbol="x"), text=text))
     fig.add_trace(go.Scatter(x=ibcl[:, 0], y=ibcl[:, 1], mode="markers", name="IBCL (zero-shot)",
                              marker=dict(color=w[:, 0], colorscale="Viridis", size=9,
-                                         colorbar=dict(title="w_1")), text=text))
+                                         colorbar=dict(title="w_1", orientation="h", y=-0.3, yanchor="top",
+                                                       len=0.5, thickness=10)), text=text))
     fig.update_xaxes(title_text="loss on task 1")
     fig.update_yaxes(title_text="loss on task 2")
-    return _layout(fig, "IBCL: one model per preference, no training per preference")
+    return _layout(fig, "IBCL: one model per preference, no training per preference", height=440)
 
 
 def double_descent_figure(history: History) -> go.Figure:
     """Test (top) and train (bottom) MSE against p: min-norm fit and budgeted GD; line at p = n."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=["test MSE", "train MSE"],
-                        vertical_spacing=0.1)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06)
     p = history["p"]
     for i, (key, label) in enumerate((("", "min-norm / ridge"), ("_gd", "gradient descent"))):
         fig.add_trace(go.Scatter(x=p, y=history["test_mse" + key], mode="lines+markers", name=label,
@@ -100,15 +98,14 @@ def double_descent_figure(history: History) -> go.Figure:
         fig.add_vline(x=n, line=dict(color="gray", dash="dash"))
     fig.update_xaxes(type="log", title_text="random features p", row=2, col=1)
     fig.update_xaxes(type="log", row=1, col=1)
-    fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_yaxes(type="log", row=2, col=1)
+    fig.update_yaxes(type="log", title_text="test MSE", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="train MSE", row=2, col=1)
     return _layout(fig, "model-wise double descent (dashed: p = n)", height=560)
 
 
 def opposing_signals_figure(history: History) -> go.Figure:
     """Per-group losses (top) and the top Hessian eigenvalue against 2/lr (bottom)."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
-                        subplot_titles=["loss per group", "sharpness lambda_max"])
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06)
     for i, (key, label) in enumerate((("loss", "all"), ("loss_normal", "normal"),
                                       ("loss_a", "group A"), ("loss_b", "group B"))):
         if key in history:
@@ -116,12 +113,14 @@ def opposing_signals_figure(history: History) -> go.Figure:
             fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=label,
                                      line=dict(color=color(i))), row=1, col=1)
     steps, values = history.series("sharpness")
-    fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name="lambda_max",
+    fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name="λ_max",
                              line=dict(color=color(4))), row=2, col=1)
     two = history.artifacts.get("two_over_lr")
     if two is not None:
         fig.add_hline(y=two, line=dict(color="gray", dash="dash"), row=2, col=1)
     fig.update_xaxes(title_text="step", row=2, col=1)
+    fig.update_yaxes(title_text="loss per group", row=1, col=1)
+    fig.update_yaxes(title_text="sharpness λ_max", row=2, col=1)
     return _layout(fig, "opposing signals (dashed: 2 / lr)", height=560)
 
 
@@ -129,7 +128,8 @@ def large_batch_figure(runs: History | Mapping[str, History]) -> go.Figure:
     """Test error per epoch (left) and ||w_t - w_0|| against the update count, log x (right)."""
     if isinstance(runs, History):
         runs = Runs({str(runs.meta.get("algorithm", "run")): runs})
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["test error", "||w_t - w_0|| (log t)"])
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
+                        subplot_titles=["test error", "‖w_t − w_0‖ against log t"])
     for i, (label, h) in enumerate(runs.items()):
         _, err = h.series("test_error")
         fig.add_trace(go.Scatter(x=h["epoch"], y=err, mode="lines+markers", name=label,
@@ -139,6 +139,8 @@ def large_batch_figure(runs: History | Mapping[str, History]) -> go.Figure:
                                  legendgroup=label, line=dict(color=color(i))), row=1, col=2)
     fig.update_xaxes(title_text="epoch", row=1, col=1)
     fig.update_xaxes(title_text="update t", type="log", row=1, col=2)
+    fig.update_yaxes(title_text="test error", row=1, col=1)
+    fig.update_yaxes(title_text="‖w_t − w_0‖", row=1, col=2)
     return _layout(fig, "large-batch generalization gap")
 
 

@@ -15,49 +15,72 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 from lab.history import History, Runs
-from lab.viz.figures import _as_runs, color, grouped_bars, heatmap
+from lab.viz.figures import _as_runs, color, dash_legend, grouped_bars, heatmap, label, make_subplots, pending
 
 PANELS = (("reward", "accuracy"), ("entropy",), ("clip_frac",), ("kl",))
+AGG_NAMES = {
+    "token_mean": "token_mean: 1/Σ|y| (DAPO, PPO)",
+    "seq_mean_token_mean": "seq_mean_token_mean: 1/(G·|y_i|) (GRPO, GSPO)",
+    "seq_mean_token_sum": "seq_mean_token_sum: 1/G (REINFORCE)",
+    "seq_mean_token_sum_norm": "seq_mean_token_sum_norm: 1/(G·C) (Dr. GRPO)",
+}
+"""Legend names of the aggregation modes: the weight per token and the methods that use each."""
 
 
 def training_figure(runs: History | Mapping[str, History], panels: Sequence[Sequence[str]] = PANELS,
                     height: int = 520) -> go.Figure:
     """A 2×2 grid of curves (reward and accuracy share a panel, dashed accuracy)."""
     runs: Runs = _as_runs(runs)
-    titles = [" / ".join(p) for p in panels]
     rows = (len(panels) + 1) // 2
-    fig = make_subplots(rows=rows, cols=2, subplot_titles=titles, horizontal_spacing=0.1,
-                        vertical_spacing=0.15)
-    for i, (label, h) in enumerate(runs.items()):
+    fig = make_subplots(rows=rows, cols=2, shared_xaxes=True, horizontal_spacing=0.12,
+                        vertical_spacing=0.06)
+    for i, (name, h) in enumerate(runs.items()):
         for k, metrics in enumerate(panels):
             r, c = k // 2 + 1, k % 2 + 1
             for j, metric in enumerate(metrics):
                 if metric not in h:
                     continue
                 steps, values = h.series(metric)
-                fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=label, legendgroup=label,
+                fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=name, legendgroup=name,
                                          showlegend=k == 0 and j == 0,
                                          line=dict(color=color(i), dash="dash" if j else "solid"),
-                                         hovertemplate=f"{metric}: %{{y:.3g}}<extra>{label}</extra>"),
+                                         hovertemplate=f"{metric}: %{{y:.3g}}<extra>{name}</extra>"),
                               row=r, col=c)
-    fig.update_layout(template="plotly_white", height=height, margin=dict(l=50, r=20, t=50, b=40))
+    for k, metrics in enumerate(panels):
+        fig.update_yaxes(title_text=" / ".join(label(m) for m in metrics), row=k // 2 + 1, col=k % 2 + 1)
+    fig.update_xaxes(title_text="step", row=rows)
+    if rows * 2 > len(panels):                      # an odd panel count: the last row's right cell is empty
+        fig.update_xaxes(title_text="step", row=rows - 1, col=2, showticklabels=True)
+    pairs = [p for p in panels if len(p) > 1]
+    if pairs:
+        dash_legend(fig, {"solid": "solid: " + ", ".join(label(p[0]) for p in pairs),
+                          "dash": "dashed: " + ", ".join(label(p[1]) for p in pairs)})
+    fig.update_layout(height=height, margin=dict(l=60, r=20, t=50, b=40))
     return fig
 
 
 def advantage_heatmap(history: History, title: str | None = None) -> go.Figure:
     """Per-token advantages of the last sampled batch (``artifacts['last_batch']``)."""
     art = history.artifacts.get("last_batch")
-    if art is None:
-        raise ValueError("history has no 'last_batch' artifact (run policy_optimization)")
+    if art is None:                                  # policy_optimization writes it at the end of a run
+        return pending(title or "advantage per token (last batch)", "the last batch's advantages")
     adv = np.array(art["advantages"], dtype=float)
     labels = [f"{i}: {t} (R={r:.2f})" for i, (t, r) in enumerate(zip(art["texts"], art["rewards"]))]
-    fig = heatmap(adv, y=labels, x=list(range(adv.shape[1])), x_title="response token",
-                  title=title or "advantage per token (last batch; blank = padding)")
+    if adv.shape[1] == 1:                            # one-token responses: one bar per response
+        rewards = np.asarray(art["rewards"], dtype=float)
+        fig = go.Figure(go.Bar(x=list(range(len(labels))), y=adv[:, 0], hovertext=labels, showlegend=False,
+                               marker_color=[color(0) if r > 0 else color(1) for r in rewards]))
+        fig.update_layout(title=title or "advantage of each response (last batch; blue: reward > 0)",
+                          xaxis_title="response", yaxis_title="advantage A_i", height=300,
+                          margin=dict(l=60, r=20, t=50, b=40))
+        return fig
+    padded = bool(np.isnan(adv).any())
+    fig = heatmap(adv, y=labels, x=list(range(adv.shape[1])), x_title="response token", y_title="response",
+                  z_title="A", title=title or ("advantage per token (last batch" +
+                                               ("; blank = padding)" if padded else ")")))
     fig.update_yaxes(autorange="reversed", showticklabels=len(labels) <= 32)
-    fig.update_layout(height=min(700, 120 + 14 * len(labels)))
+    fig.update_layout(height=min(560, 120 + 14 * len(labels)))
     return fig
 
 
@@ -72,7 +95,8 @@ def aggregation_weights(weights: Mapping[str, Sequence[float]], lengths: Sequenc
                         title: str = "gradient weight per token by aggregation mode") -> go.Figure:
     """Bars: for each response (labelled by length), the weight ∂L/∂(A·ℓ_t) of each of its tokens."""
     x = [f"y{i} (|y|={n})" for i, n in enumerate(lengths)]
-    return grouped_bars(weights, x, title=title, y_title="weight per token")
+    return grouped_bars({AGG_NAMES.get(k, k): v for k, v in weights.items()}, x, title=title,
+                        y_title="weight per token")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +117,10 @@ class CalculatorConfig:
     group_size: int = 6  # G: how many of r0..r7 form the group
     lengths: tuple[int, ...] = (2, 9, 4, 12, 3, 7, 6, 10)  # response lengths (tokens)
     estimators: tuple[str, ...] = ("reinforce_baseline", "rloo", "grpo", "grpo(std='population')", "dr_grpo")  # specs
+
+    def inactive_fields(self) -> set[str]:
+        """The responses beyond the group (r_G .. r7): a panel greys their checkboxes out."""
+        return {f"r{i}" for i in range(max(self.group_size, 0), 8)}
 
 
 def advantage_calculator(cfg: CalculatorConfig) -> dict:

@@ -15,10 +15,8 @@ from typing import Mapping
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 from lab.history import History
-from lab.viz.figures import _as_runs, bar, color, curves, heatmap
+from lab.viz.figures import TEMPLATE, _as_runs, bar, color, curves, heatmap, make_subplots
 
 SIGN_MODES = ("psr", "nsr", "w_reinforce", "grpo_n")
 
@@ -26,14 +24,16 @@ SIGN_MODES = ("psr", "nsr", "w_reinforce", "grpo_n")
 def segment_figure(history: History) -> list[go.Figure]:
     """SPO: variance/cost vs interval, per-token advantages (finest, coarsest), tree vs chain."""
     k = history.steps
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("advantage variance across re-estimates",
-                                                        "MC samples per state"))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14,
+                        subplot_titles=("advantage variance across re-estimates", "MC samples per state"))
     fig.add_trace(go.Scatter(x=k, y=history["adv_var"], mode="lines+markers", name="Var(Â)",
                              line=dict(color=color(0))), row=1, col=1)
     fig.add_trace(go.Bar(x=k, y=history["samples_per_state"], name="samples / state",
                          marker_color=color(1)), row=1, col=2)
     fig.update_xaxes(title_text="cut interval (1 = token-level MC)")
-    fig.update_layout(template="plotly_white", height=320, margin=dict(l=50, r=20, t=50, b=40))
+    fig.update_yaxes(title_text="Var(Â)", row=1, col=1)
+    fig.update_yaxes(title_text="samples per state", row=1, col=2)
+    fig.update_layout(height=320, margin=dict(l=60, r=20, t=50, b=40))
     figs = [fig]
     examples = history.artifacts.get("advantages", {})
     texts = history.artifacts.get("texts")
@@ -44,7 +44,7 @@ def segment_figure(history: History) -> list[go.Figure]:
     if tree is not None:
         chain = history.artifacts["chain_response_tokens"] + float(history["mc_tokens_per_response"][-1])
         figs.append(bar({"chain (response + MC)": chain, "tree (shared prefixes)": tree["tokens_per_leaf"]},
-                        title="generated tokens per trajectory", y_title="tokens"))
+                        title="generated tokens per trajectory", y_title="tokens", x_title="rollout scheme"))
     return figs
 
 
@@ -64,7 +64,7 @@ def kl_schedule_figure(total_steps: int = 100, beta_min: float = 0.0, beta_max: 
     beta = [kl_schedule(int(x), total_steps, beta_min=beta_min, beta_max=beta_max, warm_frac=warm_frac)
             for x in s]
     fig = go.Figure(go.Scatter(x=s, y=beta, mode="lines", line=dict(color=color(0)), name="β(s)"))
-    fig.update_layout(template="plotly_white", title="GRPO-D KL coefficient", xaxis_title="step",
+    fig.update_layout(title="GRPO-D KL coefficient", xaxis_title="step",
                       yaxis_title="β", height=300, margin=dict(l=50, r=20, t=50, b=40))
     return fig
 
@@ -89,7 +89,7 @@ def copo_figure(runs: Mapping[str, History]) -> list[go.Figure]:
             steps, values = runs[label].series(key)
             fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=f"{label}: {key}",
                                      line=dict(color=color(i))))
-    fig.update_layout(template="plotly_white", title="responses without a learning signal",
+    fig.update_layout(template=TEMPLATE, title="responses without a learning signal",
                       xaxis_title="step", yaxis_title="share", height=300, margin=dict(l=50, r=20, t=50, b=40))
     return [curves(runs, ["reward", "entropy"]), fig]
 

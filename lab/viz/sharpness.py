@@ -52,7 +52,7 @@ def sharp_flat_figure(result: History | Mapping[str, History], *, grid: int = 10
                                  textposition="top center", showlegend=False,
                                  marker=dict(symbol="star", size=14, color="gold",
                                              line=dict(color="black", width=1))))
-    fig.update_layout(title="sharp vs flat minimum: paths and end points", template="plotly_white",
+    fig.update_layout(title="sharp vs flat minimum: paths and end points",
                       height=460, xaxis_title="w1", yaxis_title="w2",
                       margin=dict(l=50, r=20, t=50, b=40))
     return fig

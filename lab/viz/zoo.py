@@ -13,9 +13,8 @@ from typing import Mapping
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 from lab.history import History
+from lab.viz.figures import make_subplots
 from lab.viz.rl import training_figure
 
 HEAD_TO_HEAD_PANELS = (("reward", "accuracy"), ("entropy",), ("clip_frac_low", "clip_frac_high"),
@@ -39,13 +38,15 @@ def advantage_zoo_figure(history: History) -> go.Figure:
     z = np.array([table[n] for n in names], dtype=float)
     fig = go.Figure(go.Heatmap(z=z, x=art["labels"], y=names, colorscale="RdBu", zmid=0.0,
                                text=np.round(z, 2), texttemplate="%{text}", colorbar=dict(title="A")))
+    fig.update_xaxes(title_text="response (reward, length)")
+    fig.update_yaxes(title_text="estimator")
     G = art["group_size"]
     for k in range(1, len(art["groups"])):
         fig.add_vline(x=k * G - 0.5, line=dict(color="black", width=2))
     skipped = art.get("skipped") or {}
     note = f"<br><sup>not computable here: {', '.join(skipped)}</sup>" if skipped else ""
     fig.update_layout(title=f"advantage of each response under every estimator{note}",
-                      template="plotly_white", height=140 + 28 * len(names),
+                      height=140 + 28 * len(names),
                       margin=dict(l=130, r=20, t=70, b=110))
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(tickangle=-40)
@@ -68,7 +69,7 @@ def token_view_figure(history: History) -> go.Figure:
     labels = [f"{i}: {art['prompts'][i // G]}→ R={r:.2f} A={a:+.2f}"                # unique rows
               for i, (r, a) in enumerate(zip(art["rewards"], art["advantages"]))]
     fig = make_subplots(rows=3, cols=2, subplot_titles=[p[1] for p in TOKEN_PANELS],
-                        horizontal_spacing=0.16, vertical_spacing=0.08)
+                        horizontal_spacing=0.04, vertical_spacing=0.1)
     for k, (key, _, scale, mid) in enumerate(TOKEN_PANELS):
         z = np.array([[np.nan if v is None else v for v in row] for row in art[key]], dtype=float)
         text = [[tok if v is not None else "" for tok, v in zip(trow, row)] for trow, row in zip(tokens, art[key])]
@@ -77,8 +78,10 @@ def token_view_figure(history: History) -> go.Figure:
                                  hovertemplate="%{y}<br>pos %{x}: %{text}<br>value %{z:.3f}<extra></extra>"),
                       row=k // 2 + 1, col=k % 2 + 1)
         fig.update_yaxes(autorange="reversed", row=k // 2 + 1, col=k % 2 + 1,
-                         showticklabels=k % 2 == 0, tickfont=dict(size=9))
-    fig.update_layout(template="plotly_white", height=260 * 3 + 60,
+                         showticklabels=k % 2 == 0, tickfont=dict(size=9),
+                         title_text="response" if k % 2 == 0 else None)
+        fig.update_xaxes(title_text="token position", row=k // 2 + 1, col=k % 2 + 1)
+    fig.update_layout(height=280 * 3 + 60,
                       title="what each method does to each token of one sampled batch",
                       margin=dict(l=170, r=20, t=80, b=30))
     return fig

@@ -116,7 +116,8 @@ def test_advantage_calculator_and_figures():
     assert len(calculator_figures(result)) == 2
     h = E.run("policy_optimization", steps=2)
     figs = policy_figures(h)
-    assert len(figs) == 2 and len(figs[1].data[0].z) == 64
+    shown = figs[1].data[0]                       # one-token bandit: one bar per response, not a heatmap
+    assert len(figs) == 2 and shown.type == "bar" and len(shown.y) == 64
     with pytest.raises(ValueError, match="group_size"):
         advantage_calculator(CalculatorConfig(group_size=1))
 
