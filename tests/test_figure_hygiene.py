@@ -147,6 +147,14 @@ EXAMPLES = {
     "segments.truncation_figure": lambda: [((smoke("truncation_window"),), {})],
     "segments.kl_schedule_figure": lambda: [((), {})],
     "segments.sign_figure": lambda: [((_sign_runs(),), {})],
+    "segments.copo_figure": lambda: [((Runs({"grpo": smoke("policy_optimization"),
+                                             "copo": smoke("policy_optimization")}),), {})],
+    "distributed.real_vs_simulated_figure": lambda: [((Runs({"simulated: local_sgd": smoke("distributed_training"),
+                                                             "2 processes: local_sgd": smoke("distributed_training")}),),
+                                                      {})],
+    "moe.layer_load_heatmaps": lambda: [((smoke("moe_hf"),), {})],
+    "moe.loss_gap": lambda: [((Runs({"none": smoke("moe_transformer"), "switch_aux": smoke("moe_transformer")}),),
+                              {"window": 2})],
     "segments.grpo_d_plot": lambda: [((smoke("policy_optimization"),), {})],
     "sharpness.sharp_flat_figure": lambda: [((runs("sharp_flat"),), {})],
     "sharpness.sharpness_curves": lambda: [((runs("sharpness_digits"),), {})],
@@ -160,7 +168,7 @@ EXAMPLES = {
 
 def _sign_runs():
     h = smoke("policy_optimization")
-    h.artifacts.setdefault("distinct_correct", 1)
+    h.artifacts.setdefault("effective_correct", 1.0)
     return Runs({"psr": h, "nsr": h})
 
 

@@ -66,7 +66,7 @@ def real_vs_simulated_figure(runs: Mapping[str, History]) -> go.Figure:
                                  marker=dict(color=color(i), symbol="circle-open", size=9)), 1, 1)
         gap = abs(real["loss"] - sim["loss"][:len(real["loss"])])
         fig.add_trace(go.Scatter(x=real.steps, y=gap + 1e-12, name=f"gap: {alg}", legendgroup=alg, showlegend=False,
-                                 line=dict(color=color(i), dash="dot")), 1, 2)
+                                 line=dict(color=color(i))), 1, 2)
     fig.update_yaxes(type="log", title_text="global loss", row=1, col=1)
     fig.update_yaxes(type="log", exponentformat="e", title_text="absolute difference", row=1, col=2)
     fig.update_xaxes(title_text="communication round", row=1, col=1)
