@@ -77,8 +77,9 @@ class MultiObjectiveTask(TokenTask):
         self.objective_names = ("correctness", "brevity", "clean")[:n_objectives]
 
     def sample_prompts(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        digit = torch.randint(0, self.n_digits, (n,), generator=generator) + DIGIT0
-        mode = torch.tensor(self.modes)[torch.randint(0, 2, (n,), generator=generator)]
+        dev = generator.device                                       # prompts live with the generator
+        digit = torch.randint(0, self.n_digits, (n,), generator=generator, device=dev) + DIGIT0
+        mode = torch.tensor(self.modes, device=dev)[torch.randint(0, 2, (n,), generator=generator, device=dev)]
         return torch.stack([digit, mode], -1)
 
     def objectives(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
@@ -102,9 +103,9 @@ class MultiObjectiveTask(TokenTask):
     def correct(self, prompts, responses) -> torch.Tensor:
         return self.objectives(prompts, responses)[:, 0] >= 1.0
 
-    def front(self) -> torch.Tensor:
+    def front(self, device: torch.device | str | None = None) -> torch.Tensor:
         """The objective vectors of the deterministic responses "d written m times", m = 0..L (L+1, K)."""
-        m = torch.arange(self.length + 1, dtype=torch.float32)
+        m = torch.arange(self.length + 1, dtype=torch.float32, device=device)
         cols = [(m / self.length) ** self.power, 1 - m / self.length]
         if self.n_objectives == 3:
             cols.append(torch.ones_like(m))
@@ -118,7 +119,7 @@ class MultiObjectiveTask(TokenTask):
         """(n, K) objectives of the response the prompt's user prefers: the full answer for ``c``,
         the empty answer for ``b``."""
         wants_answer = prompts[:, 1] == self.modes[0]
-        front = self.front()
+        front = self.front(prompts.device)
         return torch.where(wants_answer[:, None], front[-1], front[0])
 
 
@@ -152,7 +153,7 @@ class ProxyRewardTask(TokenTask):
         self.objective_names = ("keyword_rm", "answer_rm")
 
     def sample_prompts(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, self.n_digits, (n, 1), generator=generator) + DIGIT0
+        return torch.randint(0, self.n_digits, (n, 1), generator=generator, device=generator.device) + DIGIT0
 
     def objectives(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
         """(n, 2) component RM scores: keyword density, answer density."""

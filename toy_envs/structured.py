@@ -81,7 +81,7 @@ class StructuredTask(TokenTask):
         self.objective_names = ("struct", "format", "valid", "correct", "length")
 
     def sample_prompts(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, self.n_digits, (n, 2), generator=generator) + self.digit0
+        return torch.randint(0, self.n_digits, (n, 2), generator=generator, device=generator.device) + self.digit0
 
     def reference(self, prompt: torch.Tensor) -> dict[str, str]:
         """The reference pairs of one prompt."""
@@ -96,13 +96,13 @@ class StructuredTask(TokenTask):
             out.append([index[c] for c in text] + [self.eos_id])
         return out
 
-    def template_prior(self) -> torch.Tensor:
+    def template_prior(self, device: torch.device | str | None = None) -> torch.Tensor:
         """(max_new_tokens, V) 0/1: the structural token of the reference at each position
         (``{ a : , b : } <eos>``; every digit at the two value slots) — a "pretrained" prior that
         knows the syntax but not which value goes where."""
         index = {s: i for i, s in enumerate(self.vocab)}
         template = ["{", "a", ":", None, ",", "b", ":", None, "}", "<eos>"]
-        prior = torch.zeros(self.max_new_tokens, self.vocab_size)
+        prior = torch.zeros(self.max_new_tokens, self.vocab_size, device=device)
         for t, tok in enumerate(template):
             if tok is not None:
                 prior[t, index[tok]] = 1.0
@@ -121,7 +121,8 @@ class StructuredTask(TokenTask):
     def objectives(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
         """(n, 5) component scores (struct, format, valid, correct, length)."""
         prompts, responses = self.check_batch(prompts, responses)
-        return torch.tensor([component_scores(t, self.reference(p)) for t, p in zip(self.texts(responses), prompts)])
+        return torch.tensor([component_scores(t, self.reference(p)) for t, p in zip(self.texts(responses), prompts)],
+                            device=responses.device)
 
     def reward(self, prompts, responses, generator=None) -> torch.Tensor:
         """Exact match (1 or 0)."""

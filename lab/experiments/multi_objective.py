@@ -47,7 +47,7 @@ import torch
 
 from lab import progress
 from lab.checks import check_choice, check_int, check_positive
-from lab.experiments._base import experiment
+from lab.experiments._base import experiment, resolve_device
 from lab.experiments.policy import build_model
 from lab.history import History, Runs
 from lab.registry import make, parse_spec
@@ -91,6 +91,7 @@ class MultiObjectiveConfig:
     eval_prompts: int = 16  # prompts of each greedy evaluation
     hv_reference: float = -0.1  # every coordinate of the hypervolume reference point
     seed: int = 0  # seed of prompts, sampling and initialization
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
 
 
 def make_task(spec: str) -> Any:
@@ -111,7 +112,7 @@ class _Method:
     gives_advantages = False
 
     def __init__(self, cfg: MultiObjectiveConfig, task: Any, generator: torch.Generator):
-        self.weights = torch.tensor(cfg.weights, dtype=torch.float64)
+        self.weights = torch.tensor(cfg.weights, dtype=torch.float64, device=generator.device)
 
     def combine(self, ctx: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         return weighted_sum(ctx["objectives"], self.weights), {"weights": self.weights.tolist()}
@@ -172,7 +173,7 @@ class _Pro(_Method):
         if not (hasattr(task, "prompt_features") and hasattr(task, "preferred_objectives")):
             raise ValueError(f"method 'pro' needs a task with prompt features and preferred responses "
                              f"(task 'multi_objective'), got {cfg.task!r}")
-        self.shaper = PreferenceOrchestrator(2, len(cfg.weights), lr=0.2)
+        self.shaper = PreferenceOrchestrator(2, len(cfg.weights), lr=0.2, device=generator.device)
 
     def combine(self, ctx):
         prompts = ctx["prompts"]
@@ -226,28 +227,30 @@ def greedy_objectives(model: Any, task: Any, prompts: torch.Tensor) -> tuple[tor
 
 
 @experiment("multi_objective", MultiObjectiveConfig, paper=PAPER, arxiv="2509.11452", plot=_plot,
+            smoke={"steps": 2, "n_prompts": 2, "group_size": 2, "eval_prompts": 2},
             summary="GRPO on K conflicting rewards: fixed, dynamic, constrained and prompt-aware weighting")
 def multi_objective(cfg: MultiObjectiveConfig) -> History:
     check_choice("method", cfg.method, tuple(METHODS))
     for name in ("steps", "n_prompts", "group_size", "eval_prompts"):
         check_int(name, getattr(cfg, name), minimum=1)
     check_positive("lr", cfg.lr)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    dev = resolve_device(cfg.device)
+    generator = torch.Generator(device=dev).manual_seed(cfg.seed)
     task = make_task(cfg.task)
     K = len(task.objective_names)
     if len(cfg.weights) != K:
         raise ValueError(f"weights must have {K} entries for task {cfg.task!r} "
                          f"({', '.join(task.objective_names)}), got {len(cfg.weights)}")
     method = METHODS[cfg.method](cfg, task, generator)
-    model = build_model("tabular", task, value_head=False)
+    model = build_model("tabular", task, value_head=False, device=dev)
     if cfg.prior and hasattr(task, "template_prior"):
         with torch.no_grad():
-            model.logits += cfg.prior * task.template_prior()                  # (C, T, V) += (T, V)
+            model.logits += cfg.prior * task.template_prior(dev)                  # (C, T, V) += (T, V)
     reference = copy.deepcopy(model).requires_grad_(False)
     optimizer = make("optimizer", "adam", model.parameters(), lr=cfg.lr)
     estimator = make_fn("advantage", cfg.advantage)
     loss_fn = make_fn("policy_loss", cfg.loss)
-    eval_prompts = task.sample_prompts(cfg.eval_prompts, torch.Generator().manual_seed(cfg.seed + 1))
+    eval_prompts = task.sample_prompts(cfg.eval_prompts, torch.Generator(device=dev).manual_seed(cfg.seed + 1))
     ref_point = [cfg.hv_reference] * K
     points: list[list[float]] = []
     history = History(meta={"algorithm": cfg.method, "task": cfg.task, "seed": cfg.seed,
@@ -296,7 +299,7 @@ def multi_objective(cfg: MultiObjectiveConfig) -> History:
         row.update({f"obj/{n}": float(objectives[:, k].mean()) for k, n in enumerate(task.objective_names)})
         row.update({f"eval/{n}": float(evaluation[k]) for k, n in enumerate(task.objective_names)})
         row.update(loss=float(loss.detach()), reward=float(signal.mean()) if not method.gives_advantages else
-                   float(weighted_sum(objectives, torch.tensor(cfg.weights)).mean()),
+                   float(weighted_sum(objectives, torch.tensor(cfg.weights, device=dev)).mean()),
                    hypervolume=hypervolume(pareto_front(points), ref_point) if K <= 3 else float("nan"))
         if hasattr(task, "true_reward"):
             row["true_reward"] = float(task.true_reward(ro.prompts, ro.tokens).mean())
@@ -308,7 +311,7 @@ def multi_objective(cfg: MultiObjectiveConfig) -> History:
     history.artifacts["front"] = pareto_front(points).tolist()
     history.artifacts["final"] = points[-1]
     if hasattr(task, "front"):
-        history.artifacts["task_front"] = task.front().tolist()
+        history.artifacts["task_front"] = task.front("cpu").tolist()
     return history
 
 

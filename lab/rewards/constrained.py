@@ -65,7 +65,7 @@ class ConstrainedLagrangian:
 
     def __init__(self, thresholds: Any, *, lagrange_lr: float = 1e-2, momentum: float = 0.1,
                  squash: bool = True, init_std: float = 0.01, generator: torch.Generator | None = None):
-        theta = torch.as_tensor(thresholds, dtype=torch.float64)
+        theta = torch.as_tensor(thresholds, dtype=torch.float64, device="cpu")   # bookkeeping: CPU
         check_tensor("thresholds", theta, ndim=1, finite=True)
         if theta.numel() == 0:
             raise ValueError("thresholds must name at least one component RM")
@@ -74,7 +74,8 @@ class ConstrainedLagrangian:
         self.momentum = check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
         self.squash = bool(squash)
         check_positive("init_std", init_std, allow_zero=True)
-        noise = torch.randn(theta.shape[0], generator=generator, dtype=torch.float64)
+        noise = torch.randn(theta.shape[0], generator=generator, dtype=torch.float64,
+                            device=generator.device if generator is not None else "cpu").cpu()
         self.lambdas = noise * init_std if squash else (noise * init_std).clamp_min(0.0)
         self.velocity = torch.zeros_like(self.lambdas)
 
@@ -98,7 +99,7 @@ class ConstrainedLagrangian:
         if a.shape[1] != self.n_components:
             raise ValueError(f"rewards must have {self.n_components} columns (one per threshold), "
                              f"got shape {tuple(a.shape)}")
-        mixed = _normalize(a) @ self.weights()                                    # (B,)
+        mixed = _normalize(a) @ self.weights().to(a.device)                                    # (B,)
         if kl_advantages is not None:
             check_tensor("kl_advantages", kl_advantages, shape=(a.shape[0],), finite=True)
             mixed = mixed + self.kl_weight() * _normalize(kl_advantages.double())
@@ -108,7 +109,7 @@ class ConstrainedLagrangian:
 
     def update(self, returns: Any) -> dict[str, Any]:
         """One SGD step on L_λ = Σ σ̃(λ_k)·(J_k − θ_k) given the RMs' returns J (K,)."""
-        J = torch.as_tensor(returns, dtype=torch.float64)
+        J = torch.as_tensor(returns, dtype=torch.float64, device="cpu")
         check_tensor("returns", J, shape=(self.n_components,), finite=True)
         gap = J - self.thresholds                                                  # J_k − θ_k
         if self.squash:
@@ -128,9 +129,9 @@ class ConstrainedLagrangian:
                 "thresholds": self.thresholds.tolist()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lambdas = torch.tensor(state["lambdas"], dtype=torch.float64)
-        self.velocity = torch.tensor(state["velocity"], dtype=torch.float64)
-        self.thresholds = torch.tensor(state["thresholds"], dtype=torch.float64)
+        self.lambdas = torch.tensor(state["lambdas"], dtype=torch.float64, device="cpu")
+        self.velocity = torch.tensor(state["velocity"], dtype=torch.float64, device="cpu")
+        self.thresholds = torch.tensor(state["thresholds"], dtype=torch.float64, device="cpu")
 
 
 __all__ = ["ConstrainedLagrangian"]

@@ -32,7 +32,8 @@ from lab.checks import check_tensor
 
 def check_weights(weights: Any, n_objectives: int, *, name: str = "weights") -> torch.Tensor:
     """Non-negative finite weights of shape (K,) or (B, K), not all zero in a row (float64)."""
-    w = torch.as_tensor(weights, dtype=torch.float64) if not isinstance(weights, torch.Tensor) else weights.double()
+    w = (weights.double() if isinstance(weights, torch.Tensor)
+         else torch.as_tensor(weights, dtype=torch.float64, device="cpu"))          # Python numbers: CPU
     check_tensor(name, w, ndim=(1, 2), finite=True)
     if w.shape[-1] != n_objectives:
         raise ValueError(f"{name} must have {n_objectives} entries (one per objective), got shape {tuple(w.shape)}")
@@ -54,14 +55,15 @@ def check_objectives(rewards: Any, *, name: str = "rewards") -> torch.Tensor:
 def weighted_sum(rewards: torch.Tensor, weights: Any) -> torch.Tensor:
     """R_i = Σ_k w_k r_{i,k}: ``rewards`` (B, K), ``weights`` (K,) or (B, K) -> (B,) (dtype of rewards)."""
     r = check_objectives(rewards)
-    w = check_weights(weights, r.shape[1]).to(r.dtype)
+    w = check_weights(weights, r.shape[1]).to(device=r.device, dtype=r.dtype)
     if w.dim() == 2 and w.shape[0] != r.shape[0]:
         raise ValueError(f"weights of shape {tuple(w.shape)} must have one row per response ({r.shape[0]})")
     return (r * w).sum(-1)                                                     # (B,)
 
 
 def _points(points: Any, name: str = "points") -> torch.Tensor:
-    p = torch.as_tensor(points, dtype=torch.float64) if not isinstance(points, torch.Tensor) else points.double()
+    p = (points.double() if isinstance(points, torch.Tensor)
+         else torch.as_tensor(points, dtype=torch.float64, device="cpu"))           # Python numbers: CPU
     if p.dim() == 1 and p.numel() == 0:
         p = p.reshape(0, 0)
     check_tensor(name, p, ndim=2, finite=True)
@@ -102,7 +104,7 @@ def _hv2(p: torch.Tensor, ref: torch.Tensor) -> float:
 def hypervolume(points: Any, reference: Any) -> float:
     """Exact HV of ``points`` (N, K) above ``reference`` (K,), K in {1, 2, 3}; maximization."""
     p = _points(points)
-    z = torch.as_tensor(reference, dtype=torch.float64)
+    z = torch.as_tensor(reference, dtype=torch.float64, device=p.device)
     check_tensor("reference", z, ndim=1, finite=True)
     if p.shape[0] == 0:
         return 0.0
@@ -129,7 +131,8 @@ def hypervolume(points: Any, reference: Any) -> float:
 
 def hypervolume_contribution(point: Any, points: Any, reference: Any) -> float:
     """ΔHV = HV(P ∪ {v}) − HV(P): how much ``point`` v (K,) enlarges the dominated region of P."""
-    v = _points(torch.as_tensor(point, dtype=torch.float64).reshape(1, -1), "point")
+    v = _points(torch.as_tensor(point, dtype=torch.float64, device=point.device if isinstance(point, torch.Tensor)
+                                else "cpu").reshape(1, -1), "point")
     p = _points(points)
     if p.shape[0] and p.shape[1] != v.shape[1]:
         raise ValueError(f"point has {v.shape[1]} objectives, points have {p.shape[1]}")

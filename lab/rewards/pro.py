@@ -37,7 +37,7 @@ def target_weights(preferred_scores: torch.Tensor, temperature: float = 1.0, eps
     """w* (B, K) = softmax over objectives of the per-RM z-scored scores of preferred responses."""
     s = check_objectives(preferred_scores, name="preferred_scores").double()
     check_positive("temperature", temperature)
-    std = s.std(0, unbiased=False) if s.shape[0] > 1 else torch.zeros(s.shape[1], dtype=s.dtype)
+    std = s.std(0, unbiased=False) if s.shape[0] > 1 else torch.zeros(s.shape[1], dtype=s.dtype, device=s.device)
     z = (s - s.mean(0)) / (std + eps)                                             # (B, K)
     return torch.softmax(z / temperature, dim=-1)
 
@@ -53,21 +53,23 @@ class PreferenceOrchestrator(nn.Module):
         lr: Adam learning rate of :meth:`fit` (0.05).
         temperature: τ of the target softmax (1.0).
         generator: initializes the adapter (zeros if None: uniform weights).
+        device: where the adapter lives (the generator's device if given, else the CPU).
     """
 
     def __init__(self, n_features: int, n_objectives: int, lr: float = 0.05, temperature: float = 1.0,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None):
         super().__init__()
+        device = torch.device(device if device is not None else generator.device if generator is not None else "cpu")
         self.n_features = check_int("n_features", n_features, minimum=1)
         self.n_objectives = check_int("n_objectives", n_objectives, minimum=1)
         self.lr = check_positive("lr", lr)
         self.temperature = check_positive("temperature", temperature)
-        self.adapter = nn.Linear(n_features, n_objectives)
+        self.adapter = nn.Linear(n_features, n_objectives, device=device)
         with torch.no_grad():
             if generator is None:
                 self.adapter.weight.zero_()
             else:
-                self.adapter.weight.copy_(0.01 * torch.randn(n_objectives, n_features, generator=generator))
+                self.adapter.weight.copy_(0.01 * torch.randn(n_objectives, n_features, generator=generator, device=device))
             self.adapter.bias.zero_()
         self.optimizer = torch.optim.Adam(self.adapter.parameters(), lr=lr)
 

@@ -105,24 +105,24 @@ class RECAP:
         self.rule = check_choice("rule", rule, self.RULES)
         self.initial: list[float] | None = None
         self.history: deque[list[float]] = deque(maxlen=2 * window)
-        self.lambdas = torch.ones(n_objectives, dtype=torch.float64)
+        self.lambdas = torch.ones(n_objectives, dtype=torch.float64, device="cpu")  # bookkeeping: CPU
 
     def update(self, objective_losses: Any) -> dict[str, Any]:
         """Append this step's losses (K,) and recompute λ."""
-        losses = torch.as_tensor(objective_losses, dtype=torch.float64)
+        losses = torch.as_tensor(objective_losses, dtype=torch.float64, device="cpu")
         check_tensor("objective_losses", losses, shape=(self.n_objectives,), finite=True)
         self.history.append(losses.tolist())
         if self.initial is None:
             self.initial = losses.tolist()
         if self.rule == "level" and len(self.history) >= self.window:
-            h = torch.tensor(list(self.history)[-self.window:], dtype=torch.float64).T   # (K, W)
-            scores = level_scores(h, torch.tensor(self.initial))
+            h = torch.tensor(list(self.history)[-self.window:], dtype=torch.float64, device="cpu").T   # (K, W)
+            scores = level_scores(h, torch.tensor(self.initial, device="cpu"))
             self.lambdas = recap_weights(scores, self.temperature)
             return {"recap/lambda": self.lambdas.tolist(), "recap/score": scores.tolist()}
         if len(self.history) < 2 * self.window:
-            self.lambdas = torch.ones(self.n_objectives, dtype=torch.float64)
+            self.lambdas = torch.ones(self.n_objectives, dtype=torch.float64, device="cpu")
             return {"recap/lambda": self.lambdas.tolist()}
-        h = torch.tensor(list(self.history), dtype=torch.float64).T                  # (K, 2W)
+        h = torch.tensor(list(self.history), dtype=torch.float64, device="cpu").T                  # (K, 2W)
         scores = recap_scores(h[:, self.window:], h[:, :self.window])
         self.lambdas = recap_weights(scores, self.temperature)
         return {"recap/lambda": self.lambdas.tolist(), "recap/score": scores.tolist()}
@@ -132,7 +132,7 @@ class RECAP:
         check_tensor("rewards", rewards, ndim=2, finite=True)
         if rewards.shape[1] != self.n_objectives:
             raise ValueError(f"rewards must have {self.n_objectives} columns, got shape {tuple(rewards.shape)}")
-        combined = rewards.double() @ self.lambdas / self.n_objectives             # (B,)
+        combined = rewards.double() @ self.lambdas.to(rewards.device) / self.n_objectives             # (B,)
         return combined.to(rewards.dtype), {"recap/lambda": self.lambdas.tolist(), "reward": float(combined.mean())}
 
     def state_dict(self) -> dict[str, Any]:
@@ -141,7 +141,7 @@ class RECAP:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = deque((list(h) for h in state["history"]), maxlen=2 * self.window)
-        self.lambdas = torch.tensor(state["lambdas"], dtype=torch.float64)
+        self.lambdas = torch.tensor(state["lambdas"], dtype=torch.float64, device="cpu")
         self.initial = state["initial"]
 
 

@@ -62,7 +62,7 @@ def initial_weights(weights: Any, n_objectives: int | None) -> torch.Tensor:
         if n_objectives is None:
             raise ValueError("give weights or n_objectives")
         n = check_int("n_objectives", n_objectives, minimum=1)
-        return torch.full((n,), 1.0 / n, dtype=torch.float64)
+        return torch.full((n,), 1.0 / n, dtype=torch.float64, device="cpu")  # bookkeeping: CPU
     w = check_weights(weights, len(weights) if not isinstance(weights, torch.Tensor) else weights.shape[-1])
     if w.dim() != 1:
         raise ValueError(f"weights must be one vector (K,), got shape {tuple(w.shape)}")
@@ -107,7 +107,7 @@ class HypervolumeWeighting:
 
     def update(self, evaluation: Any) -> dict[str, float]:
         """Feed one evaluation vector v (K,) (higher is better); updates meta and the buffer."""
-        v = torch.as_tensor(evaluation, dtype=torch.float64)
+        v = torch.as_tensor(evaluation, dtype=torch.float64, device="cpu")
         check_tensor("evaluation", v, shape=(self.n_objectives,), finite=True)
         if not self.buffer:
             self.buffer.append(v.tolist())
@@ -173,7 +173,7 @@ class GradientWeighting:
         """Feed per-objective flat gradients (K, P); moves the weights every ``accumulation`` calls."""
         if gradients.dim() != 2 or gradients.shape[0] != self.weights.shape[0]:
             raise ValueError(f"gradients must have shape ({self.weights.shape[0]}, P), got {tuple(gradients.shape)}")
-        self._scores.append(self.influence(gradients))
+        self._scores.append(self.influence(gradients).to(self.weights.device))   # (K,) to the CPU
         scores = torch.stack(self._scores).mean(0)
         if len(self._scores) >= self.accumulation:
             self.weights = mirror_step(self.weights, scores, self.lr, self.reg)
@@ -184,8 +184,8 @@ class GradientWeighting:
         return {"weights": self.weights.tolist(), "scores": [s.tolist() for s in self._scores]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.weights = torch.tensor(state["weights"], dtype=torch.float64)
-        self._scores = [torch.tensor(s, dtype=torch.float64) for s in state["scores"]]
+        self.weights = torch.tensor(state["weights"], dtype=torch.float64, device="cpu")
+        self._scores = [torch.tensor(s, dtype=torch.float64, device="cpu") for s in state["scores"]]
 
 
 __all__ = ["HypervolumeWeighting", "GradientWeighting", "hypervolume_meta", "mirror_step"]
