@@ -36,8 +36,10 @@ panel's "the paper's effect" / "the control" presets.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -218,7 +220,13 @@ def presets(claims: Sequence[Claim], extra: Mapping[str, Mapping[str, Any]] | No
     claim's as ``"<name>: the paper's effect"``, then ``extra`` named scenarios."""
     out: dict[str, dict[str, Any]] = {}
     for i, claim in enumerate(claims):
-        for key, overrides in claim.presets().items():
+        if i == 0:                       # the panel opens on this claim's config: overrides suffice
+            items = claim.presets().items()
+        else:                            # every field, so nothing of the first claim's config lingers
+            skip = {claim.seed_field, "device"}
+            items = [(key, {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in skip})
+                     for key, cfg in ((EFFECT, claim.configured("effect")), (CONTROL, claim.configured("control")))]
+        for key, overrides in items:
             label = key if i == 0 else f"{claim.name or i}: {key}"
             out[label] = overrides
     for key, overrides in (extra or {}).items():
@@ -235,6 +243,33 @@ def table(claims: Sequence[Claim] | None = None) -> str:
     return "\n".join(rows)
 
 
+def readme_map(text: str, claims: Sequence[Claim] | None = None) -> str:
+    """``text`` (the README) with each lesson-map row's claims rewritten from the claims' data.
+
+    A row of the ``<!-- notebook-map -->`` table is ``| [`NN_name`](...) | what you see<br>**Claim:**
+    ... | algorithms |``; everything from the first ``<br>**`` of the middle cell on is replaced by
+    the notebook's claims, so the README cannot drift from what the claims test checks.
+    """
+    claims = list(claims if claims is not None else all_claims())
+    start, end = "<!-- notebook-map -->", "<!-- /notebook-map -->"
+    if start not in text or end not in text:
+        raise ValueError("the README has no <!-- notebook-map --> section")
+    head, rest = text.split(start, 1)
+    table, tail = rest.split(end, 1)
+    lines = []
+    for line in table.split("\n"):
+        m = re.match(r"^\| \[`(\d\d_[\w-]+)`\]", line)
+        if m:
+            cells = line.split(" | ")
+            what = cells[1].split("<br>**", 1)[0]
+            notes = [("**Claim:** " if c.reproduced else "**Not reproduced here:** ")
+                     + c.text.replace("|", "\\|").replace("\n", " ") for c in claims if c.notebook == m.group(1)]
+            cells[1] = "<br>".join([what, *notes])
+            line = " | ".join(cells)
+        lines.append(line)
+    return head + start + "\n".join(lines) + end + tail
+
+
 def as_dict(claim: Claim) -> dict[str, Any]:
     """A JSON-friendly summary (for reports)."""
     return {"id": claim.id, "text": claim.text, "config": dict(claim.config),
@@ -242,6 +277,17 @@ def as_dict(claim: Claim) -> dict[str, Any]:
             "variants": {k: dict(v) for k, v in (claim.variants or {}).items()}}
 
 
-__all__ = ["Claim", "ClaimResult", "all_claims", "claims_for", "show", "presets", "markdown",
+__all__ = ["Claim", "ClaimResult", "all_claims", "claims_for", "show", "presets", "markdown", "readme_map",
            "table", "as_dict", "EFFECT", "CONTROL"]
 
+
+if __name__ == "__main__":   # python -m lab.claims readme: rewrite the README's lesson-map claims
+    import pathlib
+    import sys
+
+    if sys.argv[1:] != ["readme"]:
+        raise SystemExit("usage: python -m lab.claims readme")
+    path = pathlib.Path("README.md")
+    from lab.claims import readme_map as _readme_map    # the package's module, not this __main__ copy
+
+    path.write_text(_readme_map(path.read_text()))

@@ -94,6 +94,11 @@ def test_panel_presets_set_all_controls_at_once():
     assert p.controls["optimizer"].value == "sgd" and p.result["distance"][-1] > 0.05
     p.controls["lr"].value = 0.01                    # a manual change leaves the preset
     assert p.preset.value == "(custom)"
+    p.apply_preset("adam")                           # names lr: set; everything else from the opening view
+    assert p.controls["lr"].value == 0.05 and p.controls["optimizer"].value == "adam"
+    p.controls["lr"].value = 0.02
+    p.apply_preset(claims_mod.EFFECT)                # does not name lr: back to the opening value
+    assert p.controls["lr"].value == p._default_values["lr"] and p.result["distance"][-1] < 0.05
     with pytest.raises(KeyError, match="unknown config field"):
         panel("optimizer_on_surface", {}, presets={"x": {"nope": 1}}, run=False)
 
@@ -110,3 +115,24 @@ def test_a_panel_must_open_on_its_claims_config():
         panel("optimizer_on_surface", {"lr": (0.01, 0.1, 0.01)}, config=cfg, claims=[claim], run=False)
     assert panel("optimizer_on_surface", {"lr": (0.001, 0.1, 0.001)}, config=cfg, claims=[claim],
                  run=False).config == cfg
+
+
+def test_every_notebook_has_claims_and_every_panel_shows_them():
+    # issue 14: at least one claim per notebook, 25 or more in all, and each live panel a notebook
+    # builds passes its claims (segment_panel passes them itself)
+    import json
+    import pathlib
+    import re
+
+    from lab.claims import all_claims
+
+    notebooks = sorted(p.stem for p in pathlib.Path("notebooks").glob("[0-9][0-9]_*.ipynb"))
+    by_notebook = {nb: [c for c in all_claims() if c.notebook == nb] for nb in notebooks}
+    assert not [nb for nb, claims in by_notebook.items() if not claims]
+    assert sum(map(len, by_notebook.values())) >= 25
+    for nb in notebooks:
+        cells = json.loads(pathlib.Path(f"notebooks/{nb}.ipynb").read_text())["cells"]
+        for cell in cells:
+            src = "".join(cell["source"])
+            if cell["cell_type"] == "code" and re.search(r"(?<![\w.])panel\(", src):
+                assert "claims" in src, f"{nb}: a panel without its claims:\n{src[:200]}"

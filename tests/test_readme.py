@@ -33,3 +33,13 @@ def test_notebook_map_lists_every_notebook():
     listed = set(re.findall(r"notebooks/([\w-]+\.ipynb)", _section("The lessons")))
     present = {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
     assert listed == present
+
+
+def test_notebook_map_lists_every_claim_as_the_claims_state_it():
+    # the lesson map's claims are generated from lab.claims (python -m lab.claims readme)
+    from lab.claims import all_claims, readme_map
+
+    text = (ROOT / "README.md").read_text()
+    assert readme_map(text) == text, "README lesson map is stale: run `python -m lab.claims readme`"
+    section = _section("The lessons")
+    assert all(c.text.replace("|", r"\|").replace("\n", " ") in section for c in all_claims())

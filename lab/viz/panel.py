@@ -374,12 +374,15 @@ class Panel(widgets.VBox):
     def apply_preset(self, name: str) -> bool:
         """Set every control (and config field) the preset names at once, then run once.
 
-        Returns False if the run failed (in the background, True once the run is queued).
+        A preset applies on top of the panel's opening view: controls and config fields it does not
+        name go back to their opening values, so a preset shows the same run whatever was moved
+        before. Returns False if the run failed (in the background, True once the run is queued).
         """
         if name not in self.presets:
             raise KeyError(f"unknown preset {name!r}; valid presets: {', '.join(self.presets)}")
         overrides = self.presets[name]
-        self._set_controls({k: v for k, v in overrides.items() if k in self.controls},
+        self._config = self.defaults
+        self._set_controls({**self._default_values, **{k: v for k, v in overrides.items() if k in self.controls}},
                            {k: v for k, v in overrides.items() if k not in self.controls})
         self._applying = True
         try:
