@@ -28,10 +28,6 @@ LABELS = [
 ]
 
 PENDING: set[str] = {
-    "lab.continual.cpt",
-    "lab.continual.ibcl",
-    "lab.continual.metrics",
-    "lab.continual.useful",
     "lab.merge.ensemble",
     "lab.merge.mwa",
     "lab.models.ghost_bn",
