@@ -1,25 +1,38 @@
-"""Continual pre-training strategies that mitigate the stability gap.
+"""Continual pre-training strategies: spend the step budget on data that keeps the stability gap small.
 
-Paper: "Efficient Continual Pre-training by Mitigating the Stability Gap",
+Paper: "Efficient Continual Pre-training by Mitigating the Stability Gap", Guo et al.,
 arXiv 2406.14833.
 
-When a pre-trained model continues pre-training on a new domain corpus, its performance first
-*drops* and only later recovers and improves (the stability gap of continual learning, seen in
-LLM continual pre-training). The paper's three strategies change *which data* the budget of
-``S`` steps of batch ``B`` is spent on:
+The algorithm: a budget of ``S`` steps of batch ``B`` on a new-domain corpus ``D_new``
+(``|D_new| >= S B``) and the original pre-training data ``D_old``; the paper's three strategies
+change *which data* the budget is spent on:
 
-1. **subset, several epochs** -- instead of one pass over the large new corpus ``D_new``
-   (``|D_new| >= S B``), draw a subset of ``rho |D_new|`` examples and cycle over it for several
-   epochs (``S B / (rho |D_new|)`` epochs);
+1. **subset, several epochs** -- instead of one pass over ``D_new``, draw a subset of
+   ``rho |D_new|`` examples and cycle over it for several epochs (``S B / (rho |D_new|)`` epochs);
 2. **high-quality subset** -- the subset is the top ``rho`` fraction of ``D_new`` by a quality
    score ``q(x)`` (the paper uses a quality classifier; here the caller passes the scores);
-3. **pre-training-like mixture** -- a fraction ``m`` of every batch is drawn from the original
-   pre-training data ``D_old``, so the data distribution moves less abruptly.
+3. **pre-training-like mixture** -- a fraction ``m`` of every batch is drawn from ``D_old``, so the
+   data distribution moves less abruptly.
+
+where ``rho`` = ``subset_fraction`` and ``m`` = ``mix``. Intuition: when a pre-trained model
+continues pre-training on a new domain, its performance first *drops* and only later recovers (the
+stability gap of continual learning, seen in LLM continual pre-training); a small, good subset
+seen several times gets through the drop faster, and old data in every batch makes it shallower.
+
+Where it departs from plain continual pre-training: ``subset="all", mix=0`` is that baseline, a
+single pass over D_new (reshuffled when exhausted); the strategies only change the batch plan,
+not the loss or the optimizer.
+
+Choices ([unverified] constants):
+- ``rho`` and ``m`` are free; the strategies compose (a quality subset with a mixture, ...).
+- The subset keeps ``max(1, round(rho |D_new|))`` examples; the random subset is drawn once.
+- The mixed part of a batch is ``round(m B)`` examples drawn with replacement from ``D_old``.
+- Epochs over the pool are reshuffled passes, concatenated.
+- Without a ``generator`` the plan uses a CPU generator seeded with 0 (the same plan every call);
+  the plan is CPU indices, which index data on any device.
 
 :func:`cpt_batches` returns the batch plan ``[(new_idx, old_idx)] * S``; the trainer indexes its two
-corpora with it. ``subset="all", mix=0`` is the baseline single pass (reshuffled when exhausted).
-Choices ([unverified] constants): ``rho`` and ``m`` are free; the mixed part of a batch is
-``round(m B)`` examples drawn with replacement from ``D_old``; the strategies compose.
+corpora with it.
 """
 from __future__ import annotations
 

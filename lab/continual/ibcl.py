@@ -1,13 +1,12 @@
 """IBCL: a credal-set knowledge base that returns a model for any task trade-off, zero-shot.
 
-Paper: "IBCL: Zero-shot Model Generation for Task Trade-offs in Continual Learning"
-(Lu, Caprio, Eaton, Lee), arXiv 2305.14782 (later retitled "... under Stability-Plasticity
-Trade-offs").
+Paper: "IBCL: Zero-shot Model Generation for Task Trade-offs in Continual Learning", Lu et al.,
+arXiv 2305.14782 (later retitled "... under Stability-Plasticity Trade-offs").
 
-Continual learning usually returns one model; a user may want any trade-off between the tasks,
-given as a preference ``w in simplex^K`` (``w_i >= 0``, ``sum_i w_i = 1``). IBCL (Imprecise
-Bayesian Continual Learning) keeps a *knowledge base*: a finitely generated credal set, the convex
-hull of a finite set of parameter distributions ``Q_1..Q_m`` (its extreme points).
+The algorithm: a user may want any trade-off between K tasks, given as a preference
+``w in simplex^K`` (``w_i >= 0``, ``sum_i w_i = 1``). IBCL (Imprecise Bayesian Continual
+Learning) keeps a *knowledge base*: a finitely generated credal set, the convex hull of a finite
+set of parameter distributions ``Q_1..Q_m`` (its extreme points).
 
 - New task ``i``: learn a posterior ``Q = N(mu, Sigma)`` (here: the Laplace approximation of a
   Bayesian logistic regression, MAP by damped Newton, prior ``N(mu_prev, prior_var I)`` from the
@@ -16,14 +15,25 @@ hull of a finite set of parameter distributions ``Q_1..Q_m`` (its extreme points
   for task ``i``. Old extreme points are never modified (no backward interference).
 - Preference ``w``: combine the extreme points associated with the tasks,
   ``Q_w = N(sum_i w_i mu_i, sum_i w_i Sigma_i)``, and return its alpha-level highest-density
-  region ``HDR_alpha = {theta : (theta - m_w)^T S_w^{-1} (theta - m_w) <= chi2_D(1 - alpha)}``
-  (``D`` parameters). The model used is the HDR's centre ``m_w``; sampling from the HDR gives more.
-  No training per preference: the cost is constant in the number of preferences.
+  region ``HDR_alpha = {theta : (theta - m_w)^T S_w^{-1} (theta - m_w) <= chi2_D(1 - alpha)}``,
+  where ``m_w``/``S_w`` are Q_w's mean and covariance, D the number of parameters and chi2_D the
+  chi-square quantile. The model used is the HDR's centre ``m_w``; sampling from the HDR gives more.
 
-Choices ([unverified] mechanics): the paper combines distributions; the lab combines the Gaussian
-*parameters* (means and covariances), which makes the HDR an ellipsoid with a closed form and makes
-the trade-off monotone for convex per-task losses (the task-i loss is convex on the segment from
-``mu_i``). Distance between extreme points: Euclidean distance of the means.
+Intuition: the posteriors of the tasks span a set of models; a preference picks a point in it, so
+no training per preference is needed and the cost is constant in the number of preferences.
+
+Where it departs from standard continual learning: it returns a family of models (one per
+preference) instead of one model, and never updates what it learned for earlier tasks.
+
+Choices ([unverified] mechanics):
+- The paper combines distributions; the lab combines the Gaussian *parameters* (means and
+  covariances), which makes the HDR an ellipsoid with a closed form and makes the trade-off monotone
+  for convex per-task losses (the task-i loss is convex on the segment from ``mu_i``).
+- Distance between extreme points: Euclidean distance of the means; ``d`` = 0.1,
+  ``prior_var`` = 10 by default; the first task's prior mean is 0.
+- The damped Newton step is halved until the objective does not increase; ``Sigma`` is the inverse
+  Hessian at the MAP.
+- HDR samples are drawn by rejection (``n`` from Q_w restricted to the ellipsoid).
 """
 from __future__ import annotations
 

@@ -1,17 +1,12 @@
-"""Continual evaluation: min-ACC, WC-ACC and windowed forgetting expose the stability gap.
+"""Continual evaluation metrics (min-ACC, WC-ACC, windowed forgetting): measure the stability gap.
 
-Paper: "Continual evaluation for lifelong learning: Identifying the stability gap"
-(De Lange, van de Ven, Tuytelaars), arXiv 2205.13452.
+Paper: "Continual evaluation for lifelong learning: Identifying the stability gap", De Lange et al.,
+arXiv 2205.13452.
 
-Standard continual-learning metrics evaluate the model only at the *end* of each task. Evaluating
-after every iteration shows more: right after the switch to a new task, the accuracy on earlier
-tasks collapses and then (with replay) mostly recovers -- the *stability gap*. End-of-task
-evaluation sees only the recovered value.
-
-Notation. ``A[n, i]`` = accuracy on task ``i``'s evaluation set after iteration ``n``
+The metric: ``A[n, i]`` = accuracy on task ``i``'s evaluation set after iteration ``n``
 (``n = 0..t``, evaluation every iteration); ``e_i = |T_i|`` = the last iteration of task ``i``;
 the current time is ``t`` and the current task is ``k`` (1-based: tasks ``1..k-1`` have ended,
-``e_i < t``).
+``e_i < t``); ``w`` is the window of the windowed forgetting; ``(·)^+ = max(·, 0)``.
 
 - min-ACC (average over previous tasks of the worst accuracy seen since that task ended)::
 
@@ -21,18 +16,30 @@ the current time is ``t`` and the current task is ``k`` (1-based: tasks ``1..k-1
 
       WC-ACC_t = (1/k) * A[t, k] + (1 - 1/k) * min-ACC_t
 
-- windowed forgetting with window ``w``: per previous task the largest drop within ``w``
-  iterations after the task ended, averaged over previous tasks::
+- windowed forgetting: per previous task the largest drop within ``w`` iterations, averaged over
+  previous tasks::
 
       WF^w_t = 1/(k-1) * sum_{i<k} max_{e_i <= n < n' <= min(n + w, t)} (A[n, i] - A[n', i])^+
 
 - for contrast, the standard end-of-task metrics: ``ACC_t = mean_{i<=k} A[t, i]`` and
   ``forgetting_t = 1/(k-1) sum_{i<k} (A[e_i, i] - A[t, i])``.
 
-Choices where the spec is loose ([unverified] notation): the window of WF starts at the end of the
-task (``n >= e_i``, so the drop from the end-of-task accuracy counts) and negative drops count
-as 0; with a single task (``k = 1``) min-ACC, WF and forgetting are NaN and WC-ACC equals the
-current accuracy.
+Intuition: evaluating only at the *end* of each task sees the recovered accuracy; evaluating after
+every iteration shows that right after the switch to a new task the accuracy on earlier tasks
+collapses and then (with replay) mostly recovers -- the *stability gap* -- and min-ACC and WF
+measure its depth.
+
+Where it departs from end-of-task evaluation (ACC and forgetting above): it needs the whole
+per-iteration accuracy matrix instead of one row per task, and takes minima (and windowed maxima
+of drops) over time instead of the values at the task ends.
+
+Choices (the spec's notation is [unverified]):
+- The window of WF starts at the end of the task (``n >= e_i``), so the drop from the
+  end-of-task accuracy counts; negative drops count as 0.
+- A task has ended once ``e_i < t``; the current task is the first that has not.
+- With a single task (``k = 1``) min-ACC, WF and forgetting are NaN and WC-ACC equals the current
+  accuracy.
+- ``t`` defaults to the last row; ``acc`` must be finite and ``task_ends`` increasing, one per task.
 """
 from __future__ import annotations
 

@@ -1,24 +1,35 @@
 """USEFUL: upsample the examples an early network has not learned, to reduce simplicity bias.
 
 Paper: "Changing the Training Data Distribution to Reduce Simplicity Bias Improves
-In-distribution Generalization", arXiv 2404.17768.
+In-distribution Generalization", Nguyen et al., arXiv 2404.17768.
 
-Simplicity bias: gradient descent first learns the *simple* (large-margin, few-coordinate)
-features; examples that can only be classified by the *complex* features are learned late and
-poorly. USEFUL ("UpSample Early For Uniform Learning") changes the training distribution once:
+The algorithm: USEFUL ("UpSample Early For Uniform Learning") changes the training distribution
+once:
 
 1. train the network briefly (a few early epochs);
 2. per class ``c``, cluster the network outputs ``f(x)`` of the class's training examples with
    k-means, ``k = 2``;
 3. the cluster with the *lower mean loss* ``l(x) = CE(f(x), c)`` is the one learned early
    ("easy", explained by the simple feature); every other cluster is "hard";
-4. duplicate the hard examples (upsampling factor 2: each appears twice), then retrain from
+4. duplicate the hard examples (upsampling ``factor`` 2: each appears twice), then retrain from
    scratch on the new data set (the paper pairs it with SGD or SAM).
 
-Symbols: ``f(x) in R^C`` the logits, ``k`` the clusters per class, ``factor`` the copies of each
-hard example. Choices where the paper is loose ([unverified] constants): the clustered vectors are
-the logits; k-means is Lloyd's algorithm started from the two points of lowest and highest loss
-(deterministic), ``iters`` rounds; a class with fewer than ``k`` examples keeps all of them easy.
+where ``f(x) in R^C`` are the logits, ``k`` the clusters per class, ``CE`` the cross-entropy and
+``factor`` the copies of each hard example. Intuition: gradient descent first learns the *simple*
+(large-margin, few-coordinate) features; examples that can only be classified by the *complex*
+features are learned late and poorly, and upsampling them evens out the speed at which features
+are learned (simplicity bias).
+
+Where it departs from ERM training: the same loss and optimizer, on a data set where the
+early-unlearned examples appear ``factor`` times.
+
+Choices ([unverified] constants):
+- The clustered vectors are the logits.
+- k-means is Lloyd's algorithm started from the examples of lowest and highest loss (``k`` centres
+  spread evenly over the loss order; deterministic), ``iters`` = 20 rounds.
+- A class with fewer than ``k`` examples keeps all of them easy.
+- The returned index list holds every example once and each hard one ``factor - 1`` more times,
+  sorted; ``factor = 1`` is the unchanged data set.
 """
 from __future__ import annotations
 

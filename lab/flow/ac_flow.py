@@ -1,19 +1,39 @@
 """AC-Flow: reward-weighted flow matching with a critic on intermediate states.
 
-"Fine-tuning Flow Matching Generative Models with Intermediate Feedback" (Fan, Cheng, Shen, Zhou,
-Liu, arXiv 2510.18072). Parent: ORW-CFM-W2 (online reward-weighted CFM with a W2 regulariser):
-sample ``x_0 ~ π_old``, re-noise at ``(t, ε)`` and minimise
+Paper: "Fine-tuning Flow Matching Generative Models with Intermediate Feedback", Fan et al.,
+arXiv 2510.18072.
+
+The loss: sample ``x_0 ~ π_old``, re-noise at ``(t, ε)``, ``x_t = (1 − t)x_0 + tε``, and minimise
 
     L = mean_i w_i ‖v_θ(x_t, t) − (ε − x_0)‖² + α · mean_i ‖v_θ(x_t, t) − v_ref(x_t, t)‖²,
 
-where the second term bounds the W2 distance to the reference model (keeps diversity).
-ORW uses outcome weights ``w ∝ exp(r̃/τ)``; AC-Flow replaces the outcome by an advantage at the
-*intermediate* state, ``A = r̃ − V_φ(x_t, t)`` from a critic trained by regression on the shaped
-returns, **clipped** to [−c, c], and weights ``w = B·softmax_i(A_i/τ)`` (mean 1). Further pieces:
-(1) reward shaping: ``r̃`` standardised per batch (or rank-transformed) so critic targets are
-bounded; (2) critic warm-up: for the first N_w iterations only the critic trains and the actor uses
-the outcome weights. Exact formulas beyond this structure are [unverified]; these are the lab's
-concrete reading (spec C.7), each piece a named argument so the ablation grid is a config change.
+    w = B · softmax_i(clip(A_i, −c, c)/τ),   A_i = r̃_i − V_φ(x_t, t),
+
+where ``v_θ`` is the trained field, ``v_ref`` the frozen reference, B the batch size (so w has
+mean 1), τ = ``tau``, c = ``adv_clip``, α = ``alpha``, ``r̃`` the shaped reward of the final sample
+(standardised over the batch, or centred ranks in [−0.5, 0.5]) and ``V_φ`` a critic (:class:`Critic`)
+regressed on ``r̃`` at the intermediate state. Intuition: samples whose reward beats what the critic
+expected from the state they passed through are up-weighted in the matching loss, while the W2
+term bounds the distance to the reference model (keeps diversity).
+
+Where it departs from ORW-CFM-W2 (online reward-weighted CFM with a W2 regulariser): ORW weights by
+the outcome, ``w ∝ exp(r̃/τ)``; AC-Flow replaces the outcome by the critic's advantage at the
+intermediate state, clipped, adds reward shaping so critic targets are bounded, and a critic
+warm-up during which the actor uses the outcome weights.
+
+Choices: exact formulas beyond the structure are [unverified]; this is the lab's concrete reading
+(spec C.7), each piece a named argument so the ablation grid is a config change.
+- ``‖·‖²`` sums over coordinates and both terms average over the batch; with equal advantages and
+  ``v_ref = v_θ`` the loss is exactly CFM.
+- Weights ``B·softmax(clip(A, ±c)/τ)``, c = 2 and τ = 1 by default; ``adv_clip=None`` disables the
+  clipping.
+- Shaping ``"standardize"`` (default) is ``(r − mean)/(std + 1e-6)`` with the unbiased std;
+  ``"rank"`` gives centred ranks ``rank/(B − 1) − 1/2``; a single reward is shaped to 0.
+- The weights see detached advantages (no gradient into the critic through the actor loss).
+
+On the toy (``flow_finetune``): the critic is an MLP on ``[x, e(t)]`` trained by MSE at every update
+on a fresh ``(t, ε)``; for the first ``warmup`` = 5 rollouts the actor uses ``A = r̃`` (outcome
+weights).
 """
 from __future__ import annotations
 
@@ -31,7 +51,9 @@ def shape_rewards(rewards: torch.Tensor, kind: str = "standardize", eps: float =
     check_tensor("rewards", rewards, ndim=1)
     if not torch.isfinite(rewards).all():
         raise ValueError("rewards must be finite")
-    if kind == "rank" or rewards.numel() < 2:
+    if rewards.numel() < 2:                        # one reward: its centred rank (and z-score) is 0
+        return torch.zeros_like(rewards)
+    if kind == "rank":
         ranks = rewards.argsort().argsort().to(rewards.dtype)
         return ranks / max(rewards.numel() - 1, 1) - 0.5
     return (rewards - rewards.mean()) / (rewards.std() + eps)

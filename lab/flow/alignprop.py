@@ -1,18 +1,33 @@
 """AlignProp: backpropagate a differentiable reward through the whole sampling chain.
 
-"Aligning Text-to-Image Diffusion Models with Reward Backpropagation" (Prabhudesai, Goyal, Pathak,
-Fragkiadaki, arXiv 2310.03739). No policy gradient, no log-probs: the sampler is a differentiable
-function ``x_0 = Φ_θ(ε)`` of the parameters, so for a differentiable reward
+Paper: "Aligning Text-to-Image Diffusion Models with Reward Backpropagation", Prabhudesai et al.,
+arXiv 2310.03739 (reference code: mihirp1998/AlignProp).
 
-    L(θ) = −loss_coeff · mean_i r(Φ_θ(ε_i)),   ∇_θ L by backpropagation through all S steps.
+The loss: the sampler is a differentiable function ``x_0 = Φ_θ(ε)`` of the parameters, so for a
+differentiable reward r
 
-To save memory and variance the paper truncates: only the last K steps keep the graph (earlier
-states are detached); the paper's ``truncated_backprop_rand`` draws K at random each call (range
-(0, 50) with 50 steps); here ``randomize=True`` draws K uniformly from {1, …, backprop_steps}. Here the sampler is the
-deterministic Euler ODE of :mod:`lab.flow.core` (the paper: DDIM with guidance; LoRA params and
-gradient checkpointing are not needed on the toy). Defaults: ``loss_coeff`` 0.01 (the paper's),
-K = all steps. Expected on the toy: the fastest reward ascent of all methods, and with the
-unbounded reward ``r = x_1`` unbounded drift off the data (over-optimisation).
+    L(θ) = −loss_coeff · mean_i r(Φ_θ(ε_i)),   ∇_θ L by backpropagation through the last K steps,
+
+where ``ε_i`` are the initial noises, Φ_θ the S-step sampler of the field v_θ, ``loss_coeff`` = 0.01
+(the paper's) and K = ``backprop_steps`` the number of final sampler steps that keep the graph
+(earlier states are detached). Intuition: no policy gradient and no log-probs — the reward's own
+gradient is pushed back through the sampler, the lowest-variance signal there is, and with an
+unbounded reward also the fastest way to over-optimise.
+
+Where it departs from DDPO: a pathwise (reparameterised) gradient of the reward instead of a
+score-function estimate over stochastic steps; it needs a differentiable reward but no SDE,
+advantages, ratios or clipping.
+
+Choices:
+- The sampler is the deterministic Euler ODE of :mod:`lab.flow.core` (the paper: DDIM with guidance;
+  LoRA parameters and gradient checkpointing are not needed on the toy).
+- K defaults to all steps, and a K larger than the number of steps is cut to it.
+- ``randomize=True`` draws K uniformly from {1, …, K} with the given ``generator`` (required) — the
+  paper's ``truncated_backprop_rand`` draws from (0, 50) with 50 steps.
+
+Expected on the toy: the fastest reward ascent of all methods, and with the unbounded reward
+``r = x_1`` unbounded drift off the data (over-optimisation). The samples come back (detached) in
+the metrics under ``"samples"``, with the K used under ``"backprop_steps"``.
 """
 from __future__ import annotations
 

@@ -1,24 +1,32 @@
 """Adaptive Projected Guidance (APG): classifier-free guidance without oversaturation.
 
-"Eliminating Oversaturation and Artifacts of High Guidance Scales in Diffusion Models" (Sadat,
-Hilliges, Weber, arXiv 2410.02416). Classifier-free guidance (CFG) with scale w moves the
-conditional prediction D_c further from the unconditional D_u:
+Paper: "Eliminating Oversaturation and Artifacts of High Guidance Scales in Diffusion Models",
+Sadat et al., arXiv 2410.02416.
 
-    D_CFG = D_c + (w − 1)·Δ,   Δ = D_c − D_u.
+The rule: with ``D_c``/``D_u`` the conditional/unconditional denoised predictions, w =
+``guidance_scale``, ``Δ = D_c − D_u``,
 
-At high w the part of Δ *parallel* to D_c mostly scales the prediction up (images: oversaturated
-colours; the 2-D toy: samples pushed radially beyond the mode, ‖x‖ inflation), while the
-orthogonal part sharpens the condition. APG:
+1. momentum: ``Δ̄ ← Δ + β·Δ̄`` (β = ``momentum``; buffer per sampling run, starts at 0);
+2. rescale: ``Δ ← Δ̄·min(1, r/‖Δ̄‖)`` (r = ``norm_threshold``, 0 disables; norm over coordinates);
+3. project on D_c: ``Δ_∥ = ⟨Δ, D̂_c⟩D̂_c``, ``Δ_⊥ = Δ − Δ_∥`` with ``D̂_c = D_c/‖D_c‖``;
+4. ``D_APG = D_c + (w − 1)·(Δ_⊥ + η·Δ_∥)`` (η = ``eta``, paper default 0).
 
-1. momentum: ``Δ̄ ← Δ + β·Δ̄`` (buffer per sampling run, starts at 0; the paper uses β < 0);
-2. rescale: ``Δ ← Δ·min(1, r/‖Δ‖)`` (r = ``norm_threshold``, 0 disables; norm over coordinates);
-3. project on D_c: ``Δ_∥ = ⟨Δ, D̂_c⟩D̂_c``, ``Δ_⊥ = Δ − Δ_∥``;
-4. ``D_APG = D_c + (w − 1)·(Δ_⊥ + η·Δ_∥)``, paper default η = 0.
+Intuition: at high w the part of Δ *parallel* to D_c mostly scales the prediction up (images:
+oversaturated colours; the 2-D toy: samples pushed radially beyond the mode, ‖x‖ inflation), while
+the orthogonal part sharpens the condition; APG keeps the orthogonal part and damps the parallel.
 
-The lab uses this ``D_c + (w − 1)(…)`` form (not diffusers' ``D_u + w(…)`` variant); CFG is exactly
-η = 1, r = 0, β = 0. As in the paper, guidance acts on denoised predictions: for a flow field,
-``x̂_0 = x − t·v`` is guided and converted back, ``v = (x − x̂_0)/t`` (:class:`GuidedVelocity`).
-Momentum β default −0.5 [unverified]; ``guidance_scale`` default 7.5 (a common CFG scale).
+Where it departs from classifier-free guidance: CFG is ``D_c + (w − 1)·Δ``, i.e. exactly APG with
+η = 1, r = 0, β = 0 (``GuidedVelocity(method="cfg")``).
+
+Choices:
+- The ``D_c + (w − 1)(…)`` form (not diffusers' ``D_u + w(…)`` variant).
+- The momentum buffer returned (and carried) is Δ̄ *before* the rescaling.
+- β defaults to −0.5 (the paper uses β < 0; the value is [unverified]); ``guidance_scale``
+  defaults to 7.5 (a common CFG scale).
+- As in the paper, guidance acts on denoised predictions: for a flow field, ``x̂_0 = x − t·v`` is
+  guided and converted back, ``v = (x − x̂_0)/t`` (:class:`GuidedVelocity`); its buffer advances once
+  per sampler time, so repeated calls at the same t (DiffIER's corrections) start from the buffer of
+  the previous time; the conditional and unconditional predictions come from one forward pass.
 """
 from __future__ import annotations
 

@@ -1,21 +1,35 @@
-"""Advantage Weighted Matching (AWM): policy gradient through the flow-matching loss itself.
+"""Advantage Weighted Matching (AWM): a policy gradient through the flow-matching loss itself.
 
-"Advantage Weighted Matching: Aligning RL with Pretraining in Diffusion Models" (Xue et al.,
-arXiv 2509.25050). Flow-GRPO scores a sample by the log-probs of the SDE steps that produced it,
-a high-variance estimate. AWM instead re-noises each *final* sample x_0 at a fresh time ``t`` and
-noise ``ε`` and uses the negative flow-matching error as a surrogate log-likelihood:
+Paper: "Advantage Weighted Matching: Aligning RL with Pretraining in Diffusion Models", Xue et al.,
+arXiv 2509.25050 (reference code: scxue/advantage_weighted_matching).
+
+The loss: re-noise each *final* sample x_0 at a time ``t`` and noise ``ε`` and use the negative
+flow-matching error as a surrogate log-likelihood,
 
     x_t = (1 − t)x_0 + tε,   ℓ_θ = −mean_d (v_θ(x_t, t) − (ε − x_0))²,   ρ = exp(ℓ_θ − ℓ_old),
 
-with ``ℓ_old`` from the sampling policy on the same (t, ε). The loss is PPO's clipped surrogate with
-group advantages ``A`` (clipped to ±5) plus an optional KL to a reference field:
+    L = mean_i max(−A_i ρ_i, −A_i clip(ρ_i, 1 ± ε_c)) + β · mean_i mean_d (v_θ − v_ref)²,
 
-    L = mean_i max(−A_i ρ_i, −A_i clip(ρ_i, 1 ± ε_c)) + β · mean_i mean_d (v_θ − v_ref)².
+where ``v_θ`` is the trained field, ``ℓ_old`` the same quantity under the sampling policy on the
+same (t, ε), ``A_i`` the group advantage of sample i (clipped to ±``adv_clip_max`` = 5), ``ε_c`` =
+``clip_range`` = 1e-4, ``v_ref`` a frozen reference field at the same ``(x_t, t)``, β = ``beta`` and
+mean_d the mean over the d coordinates. Intuition: on-policy (ρ = 1) the gradient is
+``∇ mean_i A_i ‖v_θ − (ε − x_0)‖²/d`` — pretraining's CFM loss with per-sample weights −A: samples
+with positive advantage are "pretrained on", negative ones pushed away.
 
-On-policy (ρ = 1) its gradient is ``∇ mean_i A_i ‖v_θ − (ε − x_0)‖²/d``: pretraining's CFM loss
-with per-sample weights −A — samples with positive advantage are "pretrained on", negative ones
-pushed away. The sampler can be the plain ODE (no SDE needed). Choices: uniform time weighting
-(``weighting='Uniform'``), the ``exp_first`` ratio (per sample), the ``Uniform`` KL form.
+Where it departs from Flow-GRPO: Flow-GRPO scores a sample by the log-probs of the SDE steps that
+produced it (a high-variance estimate that needs an SDE sampler); AWM scores the final sample by
+the matching error, so the sampler can be the plain ODE. The clipped surrogate is the same.
+
+Choices:
+- Uniform time weighting (the reference code's ``weighting='Uniform'``): no weight depends on t.
+- The ratio is taken per sample (``exp_first``) on the mean over coordinates, not per coordinate.
+- The KL to the reference is the ``Uniform`` form, the plain mean squared velocity difference;
+  β defaults to 0 (off).
+- The loss clips the advantages it is given to ±``adv_clip_max``.
+
+On the toy (``flow_finetune``) each sample gets one ``(t, ε)`` with ``t ~ U[0, 1]`` clamped to
+[0.02, 0.98], kept for all updates of the rollout, and the advantages are Flow-GRPO's group ones.
 """
 from __future__ import annotations
 

@@ -1,25 +1,34 @@
 """B²-DiffuRL: backward progressive training and branch-based sampling for sparse rewards.
 
-"Towards Better Alignment: Training Diffusion Models with Reinforcement Learning Against Sparse
-Rewards" (Hu et al., CVPR 2025, arXiv 2503.11240). With a sparse, terminal reward (success or not)
-DDPO credits every one of the S denoising steps with the same advantage, most groups are all-0
-and the signal is tiny. Two fixes, both compatible with DDPO / Flow-GRPO losses:
+Paper: "Towards Better Alignment: Training Diffusion Models with Reinforcement Learning Against
+Sparse Rewards", Hu et al., CVPR 2025, arXiv 2503.11240 (reference code: hu-zijing/B2-DiffuRL; the
+arXiv id, unconfirmed in spec C.9, was checked against the arXiv listing).
 
-- **Backward progressive training.** Split the S steps into ``n_stages`` intervals from the end
-  (data side). Stage 1 trains only the last interval; stage k trains the last k intervals
-  (:func:`window_steps`), until all steps are trained. Late steps are easy to credit; earlier ones
-  are added once the later policy is good.
-- **Branch-based sampling.** For the current window, P prefixes are sampled deterministically up to
-  the window start, then each is branched into M stochastic continuations through the window.
-  Branches of one prefix differ only in the trained steps, so the within-branch relative advantage
+The loss: the DDPO clipped surrogate over the steps of the current training window only,
 
-      A_i = r_i − mean_{branch(i)} r
+    L = mean_{i, j ∈ W_k} max(−A_i ρ_ij, −A_i clip(ρ_ij, 1 ± ε_c)),   A_i = r_i − mean_{b(i)} r,
 
-  attributes reward differences to exactly those steps (:func:`lab.rl.core.group_normalize` with
-  the branch as group and ``std="none"``). The loss is the DDPO clipped surrogate over the window.
+where the S sampler steps are split into ``n_stages`` intervals counted from the end (data side),
+``W_k`` is the window of stage k — the last ``ceil(k·S/n_stages)`` steps (:func:`window_steps`) —,
+b(i) the branch set of sample i (the M stochastic continuations through the window of one shared
+deterministic prefix), r the sparse terminal reward, ``ρ_ij`` the per-step ratio and ``ε_c`` =
+``clip_range`` = 1e-4; A is clipped to ±``adv_clip_max`` = 5. Intuition: branches of one prefix
+differ only in the trained steps, so the within-branch reward difference is credited to exactly
+those steps; late steps are easy to credit, earlier ones join once the later policy is good.
 
-Concrete reading [unverified in detail; spec C.9]: intervals of equal length, cumulative windows,
-un-normalised (mean-centred) branch advantages, steps outside the window deterministic (ODE).
+Where it departs from DDPO: DDPO credits all S steps of a trajectory with one batch-normalised
+advantage, so with a sparse reward most signal is noise; B²-DiffuRL trains a backward-growing
+window and uses branch-relative advantages (the same clipped surrogate).
+
+Choices (a concrete reading, [unverified] in detail; spec C.9):
+- Intervals of equal length, rounded up (``ceil``), and cumulative windows: stage k trains the
+  last k intervals; stage ``n_stages`` trains every step.
+- Branch advantages are mean-centred, not divided by a std (:func:`lab.rl.core.group_normalize`
+  with ``std="none"``); an all-equal branch set gives zero advantages (``informative_frac`` counts
+  the non-zero ones).
+- Steps outside the window are deterministic (ODE) and carry no log-prob; on the toy
+  (``flow_finetune``) the stage is ``1 + step·n_stages // steps`` and ``group_size`` branches share
+  each prefix noise.
 """
 from __future__ import annotations
 

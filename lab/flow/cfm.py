@@ -1,26 +1,39 @@
-"""Conditional flow matching (CFM) and Weighted CFM with Gibbs-kernel weights.
+"""Conditional flow matching (CFM) and Weighted CFM: regress a velocity field on the path's velocity.
 
-**CFM** ("Flow Matching for Generative Modeling", Lipman et al., arXiv 2210.02747; the same
-linear path as rectified flow, arXiv 2209.03003). Draw data ``x_0``, noise ``ε ~ N(0, I)`` and
-``t ~ U[0, 1]``; regress the field on the path's velocity:
+Paper: "Flow Matching for Generative Modeling", Lipman et al., arXiv 2210.02747 (the same linear
+path as rectified flow, "Flow Straight and Fast", Liu et al., arXiv 2209.03003) for ``cfm``;
+"Weighted Conditional Flow Matching", Calvo-Ordoñez et al., arXiv 2507.22270 for ``wcfm``.
 
-    L_CFM(θ) = E_{t, x_0, ε} ‖v_θ(x_t, t) − (ε − x_0)‖²,   x_t = (1 − t)x_0 + tε.
+The loss: draw data ``x_0``, noise ``ε ~ N(0, I)`` and ``t ~ U[0, 1]``, and
 
-The minimiser is the marginal velocity ``E[ε − x_0 | x_t]``, whose ODE carries N(0, I) to the data.
+    L_CFM(θ) = E_{t, x_0, ε} ‖v_θ(x_t, t) − (ε − x_0)‖²,   x_t = (1 − t)x_0 + tε,
+
+    L_W(θ; ε_G) = E[ w(x_0, ε) · ‖v_θ(x_t, t) − (ε − x_0)‖² ],   w(x_0, ε) = exp(−c(x_0, ε)/ε_G),
+
+where ``v_θ`` is the field being trained, ``x_t`` the point of the linear path at time t (t = 0
+data, t = 1 noise, the lab's convention), ``ε − x_0`` the path's velocity, ``c(x_0, ε) = ‖ε − x_0‖²``
+the transport cost of the pair and ``ε_G`` the Gibbs temperature. Intuition: the minimiser of
+L_CFM is the marginal velocity ``E[ε − x_0 | x_t]``, whose ODE carries N(0, I) to the data; W-CFM
+lets cheap (short) pairs dominate, which approximates the entropic-OT coupling (straighter paths,
+like minibatch OT-CFM) at plain CFM cost, at the price of tilting the marginals when ε_G is small.
 (torchcfm writes the same loss with source x0 = noise, target x1 = data and ``u_t = x1 − x0``: the
-lab's t is their 1 − t.) ``‖·‖²`` sums over coordinates; the batch is averaged.
+lab's t is their 1 − t.)
 
-**W-CFM** ("Weighted Conditional Flow Matching", Calvo-Ordoñez et al., arXiv 2507.22270). Weight
-each independent pair by a Gibbs kernel of its transport cost:
+Where it departs from CFM: ``cfm`` is the parent (of W-CFM here, and the pretraining loss whose
+per-sample reweighting AWM and AC-Flow build on). W-CFM only multiplies each independent pair's
+error by its Gibbs weight; ε_G → ∞ gives w ≡ 1, i.e. CFM.
 
-    L_W(θ; ε) = E[ w_ε(x_0, ε) · ‖v_θ(x_t, t) − (ε − x_0)‖² ],   w_ε = exp(−c(x_0, ε)/ε_G),
+Choices:
+- ``‖·‖²`` sums over the coordinates; the batch is averaged (``cfm_loss``, ``wcfm_loss``).
+- W-CFM's weights are divided by their batch mean, so the loss scale matches CFM (the paper
+  summary is ambiguous here [unverified]).
+- The temperature is relative to the data: ``ε_G = epsilon · median_batch(c)`` (``epsilon`` = 1 by
+  default); ``epsilon=math.inf`` returns w ≡ 1 exactly.
+- The weights are detached and computed with the batch's minimum cost subtracted before ``exp``
+  (the batch-mean normalisation cancels it), so a cold kernel does not underflow to 0/0.
 
-c = squared Euclidean distance between the noise and the data point. Cheap pairs dominate, which
-approximates the entropic-OT coupling (straighter paths, like minibatch OT-CFM) at plain CFM cost;
-the price is a tilt of the marginals when ε_G is small. ε_G → ∞ gives w ≡ 1, i.e. CFM.
-Choices where the paper summary is ambiguous [unverified]: weights are normalised by their batch
-mean (so the loss scale matches CFM), and the temperature is given relative to the data,
-``ε_G = epsilon · median_batch(c)``.
+``straightness`` measures how far an Euler ODE trajectory's velocities stray from its chord (0 for
+straight paths), the quantity W-CFM is meant to lower.
 """
 from __future__ import annotations
 

@@ -1,17 +1,28 @@
-"""Denoising-difficulty curriculum: train the easy (noisy) timesteps first, add harder ones.
+"""Denoising-difficulty curriculum: train the easy (noisy) timesteps first, then add harder ones.
 
-"Denoising Task Difficulty-based Curriculum for Training Diffusion Models" (Kim, Go, Kwon, Kim,
-arXiv 2403.10348). Observation: denoising tasks near the data (low noise) converge slower and are
-harder. Partition the time range into N clusters of equal width, ``C_k = [(k−1)/N, k/N)`` in the
-lab's convention (t = 1 noise, so C_1 is the hardest and C_N the easiest). Stage s = 1..N trains
-on ``C_N ∪ … ∪ C_{N−s+1}``, i.e. ``t ~ U[(N − s)/N, 1]``; after stage N, training is uniform as
-usual. Pacing is adaptive: advance when the training loss has stopped improving for ``patience``
-updates (plateau, measured on an exponential moving average of the loss with relative tolerance
-``tol``), or after ``max_stage_steps`` updates at most.
+Paper: "Denoising Task Difficulty-based Curriculum for Training Diffusion Models", Kim et al.,
+arXiv 2403.10348.
 
-It departs from CFM (:mod:`lab.flow.cfm`) only in the distribution of t; the loss is unchanged.
-N, patience and the plateau rule are [unverified] (exposed; the toy defaults are small so that all
-stages fit into a one-second pretraining run).
+The rule: partition the time range into N = ``n_clusters`` clusters of equal width,
+``C_k = [(k−1)/N, k/N)`` (t = 1 noise, so C_1 is the hardest and C_N the easiest); stage
+s = 1..N draws the training times from ``C_N ∪ … ∪ C_{N−s+1}``, i.e. ``t ~ U[(N − s)/N, 1]``; after
+stage N training is uniform as usual. Pacing: advance when the EMA of the training loss,
+``m ← λ m + (1 − λ) loss`` (λ = ``ema``), has not improved on its best by a relative ``tol`` for
+``patience`` updates, or after ``max_stage_steps`` updates at most. Intuition: denoising near the
+data (low noise) converges slower and is harder; learning the coarse, noisy tasks first gives
+the later ones a better start.
+
+Where it departs from CFM: only in the distribution of t; the loss (:mod:`lab.flow.cfm`) is
+unchanged.
+
+Choices:
+- N, patience and the plateau rule are [unverified] and exposed; the defaults (N = 5,
+  patience 20, ``max_stage_steps`` 80, tol 0.01, EMA 0.9) are small so all stages fit into a
+  one-second pretraining run.
+- Improvement means ``m < best·(1 − tol)``; each new stage restarts the EMA, the best value and
+  both counters; once every cluster is in, ``update`` does nothing and returns False.
+
+State (``state_dict``): ``stage``, ``stage_steps``, ``wait``, ``smoothed`` (the EMA), ``best``.
 """
 from __future__ import annotations
 

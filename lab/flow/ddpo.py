@@ -1,23 +1,36 @@
-"""DDPO: each denoising step of a stochastic sampler is an action of an MDP.
+"""DDPO: each denoising step of a stochastic sampler is an action of an MDP, trained by PPO or REINFORCE.
 
-"Training Diffusion Models with Reinforcement Learning" (Black, Janner, Du, Kostrikov, Levine,
-arXiv 2305.13301). State ``(x_j, σ_j)``, action ``x_{j+1}``, policy one sampler step
-``π_θ(x_{j+1} | x_j) = N(μ_θ(x_j), s_j² I)``, reward ``r(x_S)`` only at the end. With advantage
-``A`` (batch-normalised reward, clipped to ±``adv_clip_max``) and ratio
-``ρ_j = exp(log π_θ − log π_old)`` per step, the DDPO_IS loss is PPO's clipped surrogate averaged
-over samples i and trained steps j:
+Paper: "Training Diffusion Models with Reinforcement Learning", Black et al., arXiv 2305.13301
+(reference code: kvablack/ddpo-pytorch).
 
-    L(θ) = mean_{i,j} max(−A_i ρ_ij, −A_i clip(ρ_ij, 1 − ε_c, 1 + ε_c)),   ε_c = 1e-4,
+The loss: state ``(x_j, σ_j)``, action ``x_{j+1}``, policy one sampler step
+``π_θ(x_{j+1} | x_j) = N(μ_θ(x_j), s_j² I)``, reward ``r(x_S)`` only at the end. DDPO_IS
+(``mode="is"``) is PPO's clipped surrogate averaged over samples i and trained steps j,
 
-and DDPO_SF (``mode="sf"``) is REINFORCE, ``L = −mean_{i,j} A_i log π_θ``.
+    L(θ) = mean_{i,j} max(−A_i ρ_ij, −A_i clip(ρ_ij, 1 − ε_c, 1 + ε_c)),
 
-Departures / choices: the paper's policy is a DDIM(η = 1) step; on the lab's flow toy the policy is
-the marginal-preserving Euler–Maruyama step of :mod:`lab.flow.core` (as the spec asks). The paper
-normalises rewards per prompt with a running tracker; the toy is unconditional, so the whole batch is
-one group (:func:`lab.rl.core.group_normalize` with ``group_size = B``). Log-probs are means over
-coordinates (as in ddpo-pytorch), so ``ε_c = 1e-4`` is a very tight trust region: with one inner
-epoch the first update is exactly on-policy (ρ = 1) and the clip only matters on later epochs.
-The same clipped surrogate and ratio as every lab policy loss come from :mod:`lab.rl.core`.
+and DDPO_SF (``mode="sf"``) is REINFORCE, ``L = −mean_{i,j} A_i log π_θ(x_{j+1} | x_j)``, where
+``A_i = clip((r_i − mean_B r)/(std_B r + 1e-6), ±adv_clip_max)`` is the batch-normalised reward of
+sample i (B samples, ``adv_clip_max`` = 5), ``ρ_ij = exp(log π_θ − log π_old)`` the per-step ratio
+to the sampling policy and ``ε_c`` = ``clip_range`` = 1e-4. Intuition: every step of a sample
+that scored above the batch average is made more likely, by the same amount.
+
+Where it departs from PPO: no value function and no per-step reward — one terminal advantage is
+shared by all steps of a trajectory; the "tokens" are Gaussian denoising steps. It is the parent
+of Flow-GRPO (``flow_grpo``), B²-DiffuRL (``b2_diffurl``) and AWM (``awm``).
+
+Choices:
+- The policy is the marginal-preserving Euler–Maruyama step of :mod:`lab.flow.core` on the lab's
+  flow toy (the paper: a DDIM(η = 1) step), as spec C.3 asks.
+- The toy is unconditional, so the whole batch is one group (:func:`lab.rl.core.group_normalize`
+  with ``group_size = B``) instead of the paper's per-prompt running tracker; equal rewards give
+  zero advantages.
+- Log-probs are means over the coordinates (as in ddpo-pytorch), so ``ε_c = 1e-4`` is a very tight
+  trust region: the first update of a rollout is exactly on-policy (ρ = 1) and the clip only acts
+  on later minibatches/epochs.
+- The loss clips the advantages it is given to ±``adv_clip_max`` again (so advantages from
+  elsewhere are bounded too); DDPO_SF uses the same clipped advantages.
+- The clipped surrogate and the ratio come from :mod:`lab.rl.core`, as for every lab policy loss.
 """
 from __future__ import annotations
 

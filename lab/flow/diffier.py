@@ -1,26 +1,41 @@
 """DiffIER [reconstruction]: reduce the error accumulated along the sampling trajectory at inference time.
 
-"DiffIER: Optimizing Diffusion Models with Iterative Error Reduction" (Chen, Ding, Xue,
-arXiv 2508.13628). What the paper's abstract says, and all the lab takes from it: (1) a
-"training–inference gap" exists and is *quantified by the error accumulated during inference*;
-(2) the choice of the CFG weight correlates with minimising that gap; (3) DiffIER is a
+Paper: "DiffIER: Optimizing Diffusion Models with Iterative Error Reduction", Chen et al.,
+arXiv 2508.13628 (no public code was found). What the paper's abstract says, and all the lab takes
+from it: (1) a "training–inference gap" exists and is *quantified by the error accumulated during
+inference*; (2) the choice of the CFG weight correlates with minimising that gap; (3) DiffIER is a
 training-free, plug-and-play optimisation that runs *an iterative error minimisation at each
 inference step*. The paper's definition of the error and its update rule are not in the abstract,
-and no public code was found; so this module is a **reconstruction**, and everything concrete
-below is the lab's choice, not the paper's:
+so this module is a **reconstruction**: everything concrete below — the error, the minimisation,
+the accumulated error and the defaults — is the lab's, not the paper's.
 
-- the error: the disagreement of consecutive denoised predictions. With ``x̂_0(x, t) = x − t·v(x, t)``
-  and an Euler step ``x_{j+1} = x_j + v(x_j, σ_j)·dt``,
+The algorithm (the lab's): with ``x̂_0(x, t) = x − t·v(x, t)`` the denoised prediction implied by
+the field v, sampler times ``1 = σ_0 > … > σ_S = 0`` and the Euler step
+``x_{j+1} = x_j + v(x_j, σ_j)·(σ_{j+1} − σ_j)``, define the per-point error of the new state
 
-      e_j(x) = ½ ‖x̂_0(x, σ_{j+1}) − x̂_0(x_j, σ_j)‖²   (per point; zero for an exact flow of a point mass);
+    e_j(x) = ½ ‖x̂_0(x, σ_{j+1}) − x̂_0(x_j, σ_j)‖²,
 
-- the minimisation: K gradient steps on the new state, ``x ← x − γ ∇_x e_j(x)``, with a per-point
-  step halving (at most 6 halvings) that never lets ``e_j`` increase;
-- the accumulated error: ``E = Σ_j mean_i e_j`` (the last term uses ``x̂_0(x, 0) = x``);
-- the defaults K = 3, γ = 0.1 (K = 0 is the plain Euler sampler).
+the disagreement of consecutive denoised predictions (zero for an exact flow of a point mass),
+and after each Euler step take K = ``iterations`` gradient steps ``x ← x − γ ∇_x e_j(x)`` on it
+(γ = ``step_size``). The accumulated error reported is ``E = Σ_j mean_i e_j`` over the corrected
+trajectory (the last term uses ``x̂_0(x, 0) = x``). Intuition: a state whose denoised prediction
+jumps between steps sits where the field was not trained to be; nudging it back lowers the jump.
+
+Where it departs from Euler ODE sampling: it is the Euler sampler of :mod:`lab.flow.core` plus the
+per-step correction; K = 0 is the plain Euler sampler. The paper's own procedure may differ in every
+concrete respect (see above).
+
+Choices (all the lab's, since the paper's rule is not public):
+- The error is the jump of the x̂_0 prediction between consecutive sampler steps, summed over the
+  coordinates, halved.
+- Each gradient step halves its step size per point (at most 6 halvings) and keeps the old point if
+  no halving helps, so a correction never increases ``e_j``.
+- Defaults K = 3, γ = 0.1.
+- At σ = 0 the field is not called (``x̂_0(x, 0) = x``; guided fields divide by σ).
 
 On the 2-D toy the correction lowers E, but lowering this proxy does not by itself keep high-w
-CFG samples on their mode (notebook 13 shows both).
+CFG samples on their mode (notebook 13 shows both). The registry summary of ``diffier`` starts with
+``[reconstruction]``.
 """
 from __future__ import annotations
 

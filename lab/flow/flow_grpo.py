@@ -1,31 +1,43 @@
-"""Flow-GRPO / DanceGRPO: GRPO on the steps of a marginal-preserving SDE sampler.
+"""Flow-GRPO / DanceGRPO: GRPO on the steps of a marginal-preserving SDE sampler of a flow model.
 
-"Flow-GRPO: Training Flow Matching Models via Online RL" (Liu et al., arXiv 2505.05470) and
-"DanceGRPO: Unleashing GRPO on Visual Generation" (Xue et al., arXiv 2505.07818).
+Paper: "Flow-GRPO: Training Flow Matching Models via Online RL", Liu et al., arXiv 2505.05470
+(reference code: yifan123/flow_grpo) and "DanceGRPO: Unleashing GRPO on Visual Generation", Xue
+et al., arXiv 2505.07818 (reference code: XueZeyue/DanceGRPO).
 
-1. ODE → SDE. A flow model samples by the ODE ``dx = v dt``, which has no log-probabilities.
-   Both papers replace it by an SDE with the same marginals (see :mod:`lab.flow.core`):
-   ``μ_j = x_j + [v + (g_j²/(2σ_j))(x_j + (1 − σ_j)v)]dt``, ``x_{j+1} = μ_j + g_j sqrt(−dt) z``.
-   Flow-GRPO uses ``g = a·sqrt(σ/(1 − σ))`` (``schedule="flow_grpo"``, a = 0.7); DanceGRPO a constant
-   ``g = η`` (``schedule="dance"``) — the same function with a pluggable schedule.
-2. Group advantages. G samples share a condition (a group); ``A_i = (r_i − mean_g r)/std_g r``,
-   or with ``global_std`` the batch std in the denominator, clipped to ±``adv_clip_max`` = 5.
-   The group statistics are :func:`lab.rl.core.group_normalize` (the GRPO estimator of the lab).
-3. Loss per step j: the DDPO clipped surrogate (``clip_range`` 1e-4) plus a KL term to the frozen
-   reference, scaled as the authors' code scales it (``train_sd3.py``: ``((prev_sample_mean −
-   prev_sample_mean_ref)²).mean() / (2·std_dev_t²)`` with ``std_dev_t`` = g_j):
+The loss: a flow model samples by the ODE ``dx = v dt``, which has no log-probabilities; both
+papers replace it by an SDE with the same marginals (:mod:`lab.flow.core`),
+``μ_j = x_j + [v + (g_j²/(2σ_j))(x_j + (1 − σ_j)v)]dt_j``, ``x_{j+1} = μ_j + g_j sqrt(−dt_j) z``,
+and train each step as a Gaussian policy with group advantages and a KL to a frozen reference:
 
-       L = mean_{i,j} max(−A_i ρ_ij, −A_i clip(ρ_ij, 1 ± ε_c)) + β · mean_{i,j} mean_d (μ_θ − μ_ref)² / (2 g_j²).
+    L = mean_{i,j} max(−A_i ρ_ij, −A_i clip(ρ_ij, 1 ± ε_c)) + β · mean_{i,j} mean_d (μ_θ − μ_ref)² / (2 g_j²),
 
-   Both step distributions are Gaussians with the same std ``s_j = g_j sqrt(|dt_j|)``, so the exact
-   KL per coordinate is ``(μ_θ − μ_ref)²/(2 s_j²)``; the reference term is that KL times ``|dt_j|``
-   (:func:`gaussian_mean_kl` gives the exact one). The lab follows the code, so that β values from
-   Flow-GRPO configs (0.04) mean what they mean there.
+where σ_j is the sampler time of step j, ``dt_j = σ_{j+1} − σ_j < 0``, z ~ N(0, I), g_j the
+diffusion coefficient (``schedule="flow_grpo"``: ``g = a·sqrt(σ/(1 − σ))``, a = 0.7;
+``schedule="dance"``: the constant ``g = η``), ``ρ_ij`` the per-step ratio to the sampling policy,
+``ε_c`` = ``clip_range`` = 1e-4, ``A_i = clip((r_i − mean_g r)/(std_g r + 1e-6), ±5)`` with the mean
+and std over the G samples of i's group g (with ``global_std`` the batch std in the denominator),
+``μ_θ``/``μ_ref`` the step means of the trained and the reference field on the same stored state,
+mean_d the mean over the d coordinates, and β = ``beta``. Intuition: within a group of samples of
+one condition, steps of the better-than-average samples are made more likely, while the KL keeps
+each step's mean near the pretrained model's.
 
-Departure from DDPO (:mod:`lab.flow.ddpo`): group- rather than batch-normalised advantages and
-the analytic per-step KL. β defaults to 0.04 (most Flow-GRPO configs; the base config has 0.0).
-On the unconditional toy a "group" is a block of G consecutive samples; DanceGRPO's shared initial
-noise per group is an option of the experiment, not of the loss.
+Where it departs from DDPO: group- rather than batch-normalised advantages and the analytic
+per-step KL to a reference; the sampler is the flow's SDE with a pluggable noise schedule (one
+function for both papers).
+
+Choices:
+- The KL term is scaled as the authors' code scales it (``train_sd3.py``:
+  ``((prev_sample_mean − prev_sample_mean_ref)²).mean() / (2·std_dev_t²)`` with ``std_dev_t`` = g_j,
+  not the step std ``s_j = g_j sqrt|dt_j|``): it equals ``|dt_j|`` × the exact KL of the two
+  Gaussian steps, ``(μ_θ − μ_ref)²/(2 s_j²)`` per coordinate, which :func:`gaussian_mean_kl` gives
+  with ``std = s_j``. Following the code keeps β values from Flow-GRPO configs meaningful.
+- β defaults to 0.04 (most Flow-GRPO configs; their base config has 0.0); the KL is only added when
+  ``ref_mean`` is given, and then ``mean`` and ``std_dev_t`` are required (``ValueError``).
+- On the unconditional toy a group is a block of G consecutive samples; the group std is the
+  unbiased one; DanceGRPO's shared initial noise per group is an option of the ``flow_finetune``
+  experiment (``shared_noise``), not of the loss.
+- The clipped surrogate, ratio clipping and advantage clipping are DDPO's
+  (:func:`lab.flow.ddpo.clipped_step_loss`).
 """
 from __future__ import annotations
 

@@ -1,15 +1,14 @@
-"""Auxiliary-loss-free load balancing (ALF-LB): per-expert biases as dual prices.
+"""Auxiliary-loss-free load balancing (ALF-LB): per-expert selection biases updated as dual prices.
 
-DeepSeek's rule ("Auxiliary-Loss-Free Load Balancing Strategy for Mixture-of-Experts", arXiv
-2408.15664; used in the "DeepSeek-V3 Technical Report", arXiv 2412.19437) and its primal-dual
-analysis ("A Theoretical Framework for Auxiliary-Loss-Free Load Balancing of Sparse
-Mixture-of-Experts in Large-Scale AI Models", Han & Zhong, arXiv 2512.03915).
+Paper: "Auxiliary-Loss-Free Load Balancing Strategy for Mixture-of-Experts", Wang et al., arXiv
+2408.15664 (DeepSeek's rule, used in the "DeepSeek-V3 Technical Report", arXiv 2412.19437) and its
+primal-dual analysis "A Theoretical Framework for Auxiliary-Loss-Free Load Balancing of Sparse
+Mixture-of-Experts in Large-Scale AI Models", Han & Zhong, arXiv 2512.03915.
 
-Symbols: T tokens, E experts, k per token, affinities (router scores) ``gamma_{t,i}``, bias (dual
-price) ``p_i``, load ``A_i`` = assignments to expert i in a step, target ``L = kT/E``.
-
-Assignment problem and its Lagrangian (expert constraints priced by p; the token constraint
-``sum_i x_{t,i} = k`` is kept and solved by top-k)::
+The update: T tokens, E experts, k per token, affinities (router scores) ``gamma_{t,i}``, bias
+(dual price) ``p_i``, load ``A_i`` = assignments to expert i in a step, target ``L = kT/E``, step
+size ``eps_i^n``. The assignment problem and its Lagrangian (expert constraints priced by p; the
+token constraint ``sum_i x_{t,i} = k`` is kept and solved by top-k)::
 
     max_x sum_{t,i} gamma_{t,i} x_{t,i}   s.t.  sum_i x_{t,i} = k,  sum_t x_{t,i} = L,  x in {0, 1}
     Lagr(x, p) = sum_{t,i} (gamma_{t,i} + p_i) x_{t,i} - L sum_i p_i
@@ -19,15 +18,36 @@ One primal-dual step per training iteration n::
     primal:  x_{t,i} = 1[i in TopK_j(gamma_{t,j} + p_j^n)]          (the router's biased selection)
     dual:    p_i^{n+1} = p_i^n + eps_i^n (L - A_i^n)                  (``update(load)``)
 
-The gate weights never see p (they come from the unbiased scores, see ``lab.moe.router``), so
-balancing changes *which* experts a token uses but not the weights of a chosen expert.
-
 Step-size schedules (``schedule``; ``u`` is the speed):
 
     "sign"        eps_i^n = u / |L - A_i^n|   ->  p_i += u * sign(L - A_i)   (DeepSeek, u = 1e-3)
     "linear"      eps^n   = u / L             ->  p_i += u * (L - A_i) / L   (constant step)
     "inv_n"       eps^n   = u / (L n)         (decaying; logarithmic regret, see below)
     "inv_sqrt_n"  eps^n   = u / (L sqrt(n))   (decaying; the merely-convex rate)
+
+Intuition: an overloaded expert's price falls and an underloaded one's rises, until the biased
+top-k spreads the tokens; no gradient and no loss term interferes with the language-model loss.
+
+Where it departs from the Switch aux loss: no auxiliary loss at all (``aux_loss`` is 0): balance
+comes from a bias on the *selection*, updated outside backpropagation. The gate weights never see p
+(they come from the unbiased scores, see :mod:`lab.moe.router`), so balancing changes *which*
+experts a token uses but not the weights of a chosen expert.
+
+Choices:
+- The target L is the step's mean load ``mean_i A_i`` (= kT/E), so ``update`` needs only the load.
+- A step with no token (all loads 0) changes nothing, not even the step count n.
+- ``"inv_n"`` is the standard strongly-convex schedule ``u/(L n)`` (an [unverified] reading of the
+  theory paper's "certain step-size choices"; u of order ``L / mu``); n counts from 1.
+- With group-limited routing (:class:`lab.moe.router.TopKRouter` ``n_group``/``topk_group``, as
+  DeepSeek-V3) the group scores are computed on the biased selection ``s + p``, as in Hugging Face's
+  ``DeepseekV3TopkRouter``.
+- On a Hugging Face DeepSeek-V3 model (:func:`lab.moe.hf.attach`, ``update_rate`` = u) the
+  controller writes its biases into the router's ``e_score_correction_bias`` buffer, starting from
+  the buffer's values (a pretrained model keeps its correction), and ``detach`` restores them; on
+  Mixtral/Qwen the hook re-selects ``TopK(softmax(h) + p)`` and keeps the unbiased gates.
+
+State (``state_dict``): ``bias`` (E,) the dual prices p (float64, on ``device``: the router's, to avoid
+a copy per step), and ``n`` the number of updates.
 
 Why these. ``f(p) = max_x Lagr(x, p) = sum_t TopKSum(gamma_t + p) - L sum_i p_i`` is the LP dual
 function: convex, >= the LP optimum for every p, with (sub)gradient ``A(p) - L``. So the dual step is

@@ -1,28 +1,39 @@
-"""DeepSeek-V3's complementary sequence-wise balance loss.
+"""Sequence-wise balance loss (DeepSeek-V3): the Switch product per sequence, with a tiny weight.
 
-"DeepSeek-V3 Technical Report" (arXiv 2412.19437). For one sequence of T tokens, E routed experts,
-k experts per token, scores ``s_{t,i}`` (sigmoid in DeepSeek-V3, softmax here by default)::
+Paper: "DeepSeek-V3 Technical Report", DeepSeek-AI, arXiv 2412.19437 (the complementary
+sequence-wise auxiliary loss).
 
-    s'_{t,i} = s_{t,i} / sum_j s_{t,j}                      normalized affinity
+The loss: for one sequence of T tokens, E routed experts, k experts per token, scores
+``s_{t,i}`` (sigmoid in DeepSeek-V3, softmax here by default) and chosen experts S_t::
+
+    s'_{t,i} = s_{t,i} / sum_j s_{t,j}                      normalised affinity
     P_i      = (1/T) sum_t s'_{t,i}
     f_i      = E / (k T) * sum_t 1[i in S_t]                 dispatch share, 1 when balanced
     L_Bal    = alpha * sum_i f_i P_i                         averaged over the sequences of a batch
 
-Balanced routing (f_i = 1, P_i = 1/E) gives ``L_Bal = alpha``. Where it departs from the Switch loss
-(``switch_aux``): the statistics are per *sequence*, not per batch, so one sequence that sends all
-its tokens to one expert is penalized even when the batch as a whole is balanced; and alpha is tiny
-(1e-4), because DeepSeek-V3 balances the batch with the loss-free bias (``aux_free_bias``) and only
-wants to stop extreme sequences. ``indices`` are the actual (bias-selected) choices, so f counts
-the real dispatch (the report does not say otherwise; an [unverified] reading).
+with alpha = ``coef`` (DeepSeek-V3: 1e-4). Balanced routing (f_i = 1, P_i = 1/E) gives
+``L_Bal = alpha``. Intuition: one sequence that sends all its tokens to one expert is penalised even
+when the batch as a whole is balanced.
 
-Shapes: ``router_logits (..., S, E)``: every axis in front of the sequence axis S indexes a
-sequence (``(B, S, E)`` is B sequences, ``(L, B, S, E)`` is the B sequences of L stacked layers);
-``(T, E)`` is one sequence. Several layers are pooled like every sequence of the batch: the loss is
-the mean over all (layer, sequence) pairs, i.e. the mean of the per-layer losses (Hugging Face has
-no sequence-wise loss; DeepSeek's own code adds one loss per layer, which is ``n_layers`` times
-this - scale ``coef`` accordingly). ``attention_mask (..., S)`` (1 = real token) restricts T to a
-sequence's real tokens; a sequence without real tokens is left out of the mean, and a batch without
-any gives exactly 0 (a finite, documented result instead of a division by zero).
+Where it departs from the Switch aux loss (``switch_aux``): the statistics are per *sequence*, not
+per batch, the affinities are renormalised scores, and alpha is tiny, because DeepSeek-V3 balances
+the batch with the loss-free bias (``aux_free_bias``) and only wants to stop extreme sequences.
+
+Choices:
+- ``indices`` are the actual (bias-selected, possibly group-limited) choices, so f counts the real
+  dispatch (the report does not say otherwise; an [unverified] reading).
+- Scores default to softmax; ``score_fn="sigmoid"`` gives DeepSeek-V3's (s' renormalises them over
+  all experts). :func:`lab.moe.hf.attach` scores with the sigmoid on a sigmoid router.
+- Shapes: ``router_logits (..., S, E)``: every axis in front of the sequence axis S indexes a
+  sequence (``(B, S, E)`` is B sequences, ``(L, B, S, E)`` the B sequences of L stacked layers);
+  ``(T, E)`` is one sequence. Several layers are pooled like every sequence of the batch: the loss
+  is the mean over all (layer, sequence) pairs, i.e. the mean of the per-layer losses (Hugging Face
+  has no sequence-wise loss; DeepSeek's own code adds one loss per layer, which is ``n_layers``
+  times this - scale ``coef`` accordingly).
+- ``attention_mask (..., S)`` (1 = real token) restricts T to a sequence's real tokens; a sequence
+  without real tokens is left out of the mean, and a batch without any gives exactly 0 (a finite,
+  documented result instead of a division by zero).
+- The metric ``seq_max_violation`` is the mean over sequences of ``max_i f_i − 1``.
 """
 from __future__ import annotations
 

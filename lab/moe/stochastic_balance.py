@@ -1,31 +1,47 @@
 """StochasticBalance: online matching with stochastic rewards, and a routing baseline built on it.
 
-"Online Matching with Stochastic Rewards: Advanced Analyses Using Configuration Linear Programs"
-(Huang, Jiang, Shen, Song, Wu, Zhang; arXiv 2309.10289) analyses StochasticBalance for the problem of
-Mehta & Panigrahi (2012): offline vertices u (experts), online vertices v (tokens) arriving one by
-one with edge success probabilities ``p_{uv}``; v is assigned irrevocably to one *available*
-neighbour, the assignment succeeds with probability ``p_{uv}``, and a successfully matched u leaves.
+Paper: "Online Matching with Stochastic Rewards: Advanced Analyses Using Configuration Linear
+Programs", Huang et al., arXiv 2309.10289 (NeurIPS 2023; the id, unconfirmed in spec B.8, was
+checked against the arXiv listing). The problem is Mehta & Panigrahi's (2012).
+
+The algorithm: offline vertices u (experts), online vertices v (tokens) arriving one by one with
+edge success probabilities ``p_{uv}``; v is assigned irrevocably to one *available* neighbour, the
+assignment succeeds with probability ``p_{uv}``, and a successfully matched u leaves::
 
     StochasticBalance:  v -> argmax_{u available} p_{uv} * psi(l_u),   psi(l) = 1 - exp(l - 1)
                         l_u = sum of p_{u v'} over earlier (all failed) assignments to u
     Ranking:            y_u ~ U[0, 1] once;  v -> argmax_{u available} p_{uv} * psi(y_u)
     Greedy:             v -> argmax_{u available} p_{uv}
 
-psi is the Balance penalty for vanishing probabilities (an [unverified] choice of the exact psi;
-the paper analyses the algorithm, whose competitive ratio it raises from 0.596 to 0.611 for vanishing
-p). The benchmark is the budget LP ``max sum p x  s.t. sum_u x_{uv} <= 1, sum_v p_{uv} x_{uv} <= 1,
-x >= 0`` (:func:`lp_benchmark`, ``scipy.optimize.linprog``), an upper bound on any algorithm's
-expected number of successes.
+where psi is the Balance penalty and l_u the budget u has already spent on failures. Intuition: an
+expert that has absorbed much failed mass is discounted, so later tokens go where success is still
+cheap; the paper raises the proven competitive ratio of StochasticBalance from 0.596 to 0.611 for
+vanishing p. The benchmark is the budget LP ``max sum p x  s.t. sum_u x_{uv} <= 1,
+sum_v p_{uv} x_{uv} <= 1, x >= 0`` (:func:`lp_benchmark`, ``scipy.optimize.linprog``), an upper
+bound on any algorithm's expected number of successes.
 
-Routing baseline (registered ``balancer/stochastic_balance``). Tokens are online vertices and
-experts offline vertices with a budget of ``c * L`` assignments per step (``L = kT/E``, c the
-``capacity_factor``). The controller keeps the consumed budget ``l_i``, an exponential moving average
-over steps of ``A_i / (c L)`` (``memory`` rho), and chooses experts by ``TopK_i (s_{t,i} psi(l_i))``:
-the Balance price discounts an expert as its budget fills, and an expert with ``l_i >= 1`` is
-unavailable. Departures from the matching problem (the spec's B.8): an MoE budget replenishes every
-step instead of being consumed for good (hence the moving average), each routed token consumes one
-unit (the reward probability of an assignment is taken as 1), and the price is per step, not per
-token (no sequential loop inside a batch). Its ``bias`` is the log-price ``log psi(l_i)``.
+Where it departs from the Switch aux loss: as a router (registered ``balancer/stochastic_balance``)
+it is a selection controller, like ``aux_free_bias``, with no loss (``aux_loss`` is 0): tokens are
+online vertices and experts offline vertices with a budget of ``c * L`` assignments per step
+(``L = kT/E``, c the ``capacity_factor``); the controller keeps the consumed budget ``l_i`` and
+chooses experts by ``TopK_i (s_{t,i} psi(l_i))``; an expert with ``l_i >= 1`` is unavailable.
+
+Choices:
+- psi is the Balance penalty ``1 - exp(l - 1)`` for vanishing probabilities (an [unverified] choice
+  of the exact psi), clamped at 0 once the budget is used up.
+- An MoE budget replenishes every step instead of being consumed for good, so ``l_i`` is an
+  exponential moving average over steps, ``l_i <- rho l_i + (1 - rho) A_i / (c L)`` (rho =
+  ``memory`` = 0.9, c = 1.25 by default, c >= 1 required); a step without tokens leaves it as is.
+- Each routed token consumes one unit (the reward probability of an assignment is taken as 1), and
+  the price is per step, not per token (no sequential loop inside a batch).
+- An exhausted expert's selection score is −1, so it is chosen only when k forces it; ``bias`` is
+  the log-price ``log psi(l_i)`` (−inf when exhausted).
+- On Hugging Face models (:func:`lab.moe.hf.attach`, ``update_rate`` = 1 − rho) the hook re-selects
+  with ``s * psi`` and keeps the unbiased gates; on DeepSeek-V3 it keeps the model's group-limited
+  routing and ``routed_scaling_factor`` (the selection is not additive; a non-zero
+  ``e_score_correction_bias`` is added to it).
+
+State (``state_dict``): ``consumed`` (E,) the budget use l, ``n`` the number of updates.
 """
 from __future__ import annotations
 

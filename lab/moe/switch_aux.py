@@ -1,34 +1,47 @@
-"""Switch / GShard auxiliary load-balancing loss.
+"""Switch / GShard auxiliary load-balancing loss: penalise routers that send many tokens to one expert.
 
-"Switch Transformers: Scaling to Trillion Parameter Models with Simple and Efficient Sparsity"
-(arXiv 2101.03961, eqs. 4-6); GShard (arXiv 2006.16668) uses the same ``f * P`` product. Over T
-tokens routed to E experts with softmax probabilities ``p_t = softmax(h_t)`` and top-k choices S_t::
+Paper: "Switch Transformers: Scaling to Trillion Parameter Models with Simple and Efficient
+Sparsity", Fedus et al., arXiv 2101.03961 (eqs. 4-6); GShard ("GShard: Scaling Giant Models with
+Conditional Computation and Automatic Sharding", Lepikhin et al., arXiv 2006.16668) uses the same
+``f * P`` product. In the catalog it is the baseline of "A Theoretical Framework for
+Auxiliary-Loss-Free Load Balancing of Sparse Mixture-of-Experts in Large-Scale AI Models".
+
+The loss: over T tokens routed to E experts with softmax probabilities ``p_t = softmax(h_t)`` and
+top-k choices S_t::
 
     f_i   = (1/T) sum_t 1[i in S_t]          fraction of tokens dispatched to expert i (sum_i f_i = k)
     P_i   = (1/T) sum_t p_{t,i}              mean router probability of expert i
     L_aux = alpha * E * sum_i f_i * P_i
 
-f is a count, so the gradient flows through P only: the loss lowers the probability of experts
-that receive many tokens. Under uniform routing (f_i = k/E, P_i = 1/E) ``L_aux = alpha * k``, which
-is also its minimum over P for fixed uniform f; for k = 1 this is Switch's balanced value alpha.
+where ``h_t`` are token t's router logits and alpha = ``coef`` (Switch: 1e-2; Hugging Face's
+``router_aux_loss_coef`` for Mixtral and Qwen-MoE configs: 1e-3). Intuition: f is a count, so the
+gradient flows through P only: the loss lowers the probability of experts that receive many
+tokens. Under uniform routing (f_i = k/E, P_i = 1/E) ``L_aux = alpha * k``, which is also its
+minimum over P for fixed uniform f; for k = 1 this is Switch's balanced value alpha.
 
-Several MoE layers are **pooled**, as Hugging Face does (Mixtral, Qwen2-MoE, Qwen3-MoE
-``load_balancing_loss_func``): the layers' tokens count as one batch of ``n_layers * T`` tokens, so
-f and P are means over all layers and tokens and there is one ``E * sum_i f_i P_i`` (not one per
-layer, not a sum over layers). Pass the layers stacked on a leading axis, ``router_logits (L, ...,
-E)`` and ``indices (L, ..., k)``: every axis in front of the expert axis counts as tokens. This is
-what makes ``router_aux_loss_coef`` values from Hugging Face configs transfer (tested against
-``load_balancing_loss_func`` with several layers). ``attention_mask`` (1 = real token) drops
-padding from both means and broadcasts over the leading layer axis.
+Where it departs from the Switch aux loss: it is the parent — of the sequence-wise loss
+(``seq_aux``, the same product per sequence) and the baseline that loss-free balancing
+(``aux_free_bias``) and StochasticBalance (``stochastic_balance``) replace by a selection bias.
 
-Where the lab departs from the Hugging Face helper: ``indices`` are the router's actual choices
-(possibly a biased selection), so f counts the real dispatch; Hugging Face recomputes
-``TopK(softmax(h))``, which is the same thing for an unbiased softmax router. A batch with no
-(unmasked) token gives a loss of exactly 0 with a zero gradient (Hugging Face divides by zero and
-returns NaN): nothing was routed, so nothing is out of balance.
+Choices:
+- Several MoE layers are **pooled**, as Hugging Face does (Mixtral, Qwen2-MoE, Qwen3-MoE
+  ``load_balancing_loss_func``): the layers' tokens count as one batch of ``n_layers * T`` tokens,
+  so f and P are means over all layers and tokens and there is one ``E * sum_i f_i P_i`` (not one per
+  layer, not a sum over layers). Pass the layers stacked on a leading axis, ``router_logits (L, ...,
+  E)`` and ``indices (L, ..., k)``: every axis in front of the expert axis counts as tokens. This is
+  what makes ``router_aux_loss_coef`` values from Hugging Face configs transfer (tested against
+  ``load_balancing_loss_func`` with several layers).
+- ``indices`` are the router's actual choices (possibly a biased or group-limited selection, see
+  :class:`lab.moe.router.TopKRouter`), so f counts the real dispatch; Hugging Face recomputes
+  ``TopK(softmax(h))``, which is the same thing for an unbiased softmax router.
+- ``attention_mask`` (1 = real token) drops padding from both means and broadcasts over the leading
+  layer axis.
+- A batch with no (unmasked) token gives a loss of exactly 0 with a zero gradient (Hugging Face
+  divides by zero and returns NaN): nothing was routed, so nothing is out of balance.
 
-Registered as ``balancer/switch_aux``; in the catalog it is the baseline of "A Theoretical Framework
-for Auxiliary-Loss-Free Load Balancing of Sparse Mixture-of-Experts in Large-Scale AI Models".
+On a Hugging Face MoE model, :func:`lab.moe.hf.attach` (``"switch_aux"``) stacks the layers' logits
+and hands them to this loss once per forward; given by name without a ``coef`` it takes the model's
+``config.router_aux_loss_coef``.
 """
 from __future__ import annotations
 

@@ -1,19 +1,28 @@
 """Router z-loss: keep the router logits small.
 
-"ST-MoE: Designing Stable and Transferable Sparse Expert Models" (arXiv 2202.08906). Over T tokens
-with router logits ``h_t`` (E per token)::
+Paper: "ST-MoE: Designing Stable and Transferable Sparse Expert Models", Zoph et al.,
+arXiv 2202.08906.
+
+The loss: over T tokens with router logits ``h_t`` (E per token)::
 
     L_z = c_z * (1/T) sum_t ( log sum_j exp h_{t,j} )^2
 
-Intuition: large logits overflow in low precision and make the softmax router brittle; the squared
-log-partition penalizes their overall scale while leaving the softmax probabilities almost free
-(adding a constant to every logit of a token changes L_z but not p_t). It does not balance load by
-itself: it is the usual companion of the Switch auxiliary loss (ST-MoE: c_z = 1e-3 with the
-auxiliary loss at 1e-2). Same value as Hugging Face's Switch Transformers ``router_z_loss_func``,
-including how it pools several layers: Hugging Face concatenates the layers' tokens, so stacked
-``(L, ..., E)`` logits give the mean over all layers' tokens. ``attention_mask`` (1 = real token,
-an addition of the lab) excludes padding; a batch with no (unmasked) token gives exactly 0. The
-``indices`` argument is accepted for the balancer contract and only checked.
+where ``h_{t,j}`` is token t's logit for expert j and c_z = ``coef`` (ST-MoE: 1e-3, with the
+auxiliary loss at 1e-2). Intuition: large logits overflow in low precision and make the softmax
+router brittle; the squared log-partition penalises their overall scale while leaving the softmax
+probabilities almost free (adding a constant to every logit of a token changes L_z but not p_t).
+
+Where it departs from the Switch aux loss: it does not balance load by itself — it acts on the
+scale of the logits, not on who gets the tokens — and is the usual companion of ``switch_aux``.
+
+Choices:
+- Same value as Hugging Face's Switch Transformers ``router_z_loss_func``, including how it pools
+  several layers: Hugging Face concatenates the layers' tokens, so stacked ``(L, ..., E)`` logits
+  give the mean over all layers' tokens (:func:`lab.moe.hf.attach` with ``"z_loss"`` does this on a
+  Hugging Face MoE model).
+- ``attention_mask`` (1 = real token, an addition of the lab) excludes padding; a batch with no
+  (unmasked) token gives exactly 0.
+- The ``indices`` argument is accepted for the balancer contract and only checked.
 """
 from __future__ import annotations
 

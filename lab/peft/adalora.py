@@ -1,25 +1,27 @@
 """AdaLoRA: an SVD-shaped LoRA whose rank budget moves to the matrices that need it.
 
-"Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning", arXiv 2303.10512
-(OpenReview lq62uWRJjiY; equations as in ``peft`` AdaLoRA).
+Paper: "Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning", Zhang et al., arXiv
+2303.10512 (OpenReview lq62uWRJjiY; reference code: QingruZhang/AdaLoRA; equations as in ``peft``
+AdaLoRA).
 
-Parameterization (per adapted matrix, initial rank r₀)::
+The update: per adapted matrix W0 ∈ ℝ^{d×k}, initial rank r₀::
 
     ΔW = s/(r₀ + 1e-5) · P·diag(Λ ⊙ m)·Q     P ∈ ℝ^{d×r₀} ("B"), Λ ∈ ℝ^{r₀} ("E"), Q ∈ ℝ^{r₀×k} ("A")
     h  = W0·x + ΔW·x                         s = α (``alpha``), Λ = 0 and P, Q ~ N(0, 0.02²) at init
 
-so the output equals the base model's at init. Pruning a triplet (P_{:,i}, Λ_i, Q_{i,:}) sets
-Λ_i = 0 (``peft`` does the same; the lab also records it in a mask m so the learner can see
-which ranks are alive). Q and P are kept near-orthogonal by a regularizer added to the loss::
+where m ∈ {0, 1}^{r₀} is the rank mask, so the output equals the base model's at init. Q and P
+are kept near-orthogonal by a regulariser added to the loss::
 
     R = γ · mean over adapted matrices of ( ‖Q·Qᵀ − I‖_F + ‖Pᵀ·P − I‖_F )     γ = orth_reg_weight
 
-Importance of a triplet, from the sensitivity |w·∂L/∂w| of each entry w, smoothed::
+Importance of a triplet (P_{:,i}, Λ_i, Q_{i,:}), from the sensitivity |w·∂L/∂w| of each entry w,
+smoothed::
 
     I = |w ⊙ ∂L/∂w|,  Ī ← β1·Ī + (1−β1)·I,  Ū ← β2·Ū + (1−β2)·|I − Ī|,  score = Ī ⊙ Ū
     S_i = score(Λ_i) + mean_j score(Q_{i,j}) + mean_j score(P_{j,i})
 
-Budget (total live ranks) on a cubic schedule from b₀ = Σ r₀ to b_T = target_r × #matrices::
+Budget (total live ranks) on a cubic schedule from b₀ = Σ r₀ to b_T = target_r × #matrices, with
+T = ``total_step``, t the step, t_init/t_final the warm-up and final phases::
 
     b(t) = b₀                                                   t ≤ t_init
          = b_T                                                  t > T − t_final
@@ -28,10 +30,24 @@ Budget (total live ranks) on a cubic schedule from b₀ = Σ r₀ to b_T = targe
 Masking: every ΔT steps in the cubic phase, and every step in the final phase, the triplets whose
 S_i is at or below the (b₀ − b(t))-th smallest score get Λ_i = 0 (they may come back later, unless
 in the final phase, where the mask is frozen). Importance EMAs are updated while t < T − t_final.
-Defaults (``peft`` AdaLoraConfig): init_r 12, target_r 8, t_init 0, t_final 0, ΔT 1, β1 = β2 = 0.85,
-orth_reg_weight 0.5. Departure from LoRA: the rank of each matrix is not fixed but earned.
+Intuition: singular values whose removal would change the loss most (and most reliably) keep their
+rank; the rest is handed to the matrices that need it.
+
+Where it departs from LoRA: the rank of each matrix is not fixed but earned — the increment is
+SVD-shaped so a rank can be switched off by zeroing one singular value, and a global budget shrinks
+on a schedule.
+
+Choices:
+- Pruning sets Λ_i = 0 (``peft`` does the same); the lab also records it in a mask m
+  (``rank_mask``) so the learner can see which ranks are alive; ties at the threshold are pruned.
+- The final-phase mask is computed once, at entry, and re-applied every step.
+- b_T is capped at b₀ (a ``target_r`` above the initial rank keeps every rank).
+- Defaults (``peft`` AdaLoraConfig): init_r 12, target_r 8, t_init 0, t_final 0, ΔT 1,
+  β1 = β2 = 0.85, orth_reg_weight 0.5; α = 8.
+
 Worked example: 4 matrices, r₀ = 12, target 8 → b₀ = 48, b_T = 32; t_init = t_final = 100,
-T = 1000, t = 550 → (1 − 450/800)³ = 0.0837 → b = ⌊33.34⌋ = 33.
+T = 1000, t = 550 → (1 − 450/800)³ = 0.0837 → b = ⌊33.34⌋ = 33. Call
+:meth:`RankAllocator.update_and_allocate` after ``backward()`` and before the gradients are cleared.
 """
 from __future__ import annotations
 

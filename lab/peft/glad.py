@@ -1,11 +1,12 @@
 """GLAD: LoRA whose gradient is steered by a sharpness-aware (SAM) reference gradient.
 
-"GLAD: Generalizable Tuning for Vision-Language Models", arXiv 2507.13089.
+Paper: "GLAD: Generalizable Tuning for Vision-Language Models", Peng et al., arXiv 2507.13089 (no
+public code when surveyed).
 
-GLAD (Generalizable LoRA tuning with RegulArized graDient) shows that plain LoRA is a strong
-few-shot tuner and curbs its overfitting with a gradient-based regularizer that "uses the gradient
-computed via Sharpness-Aware Minimization as a reference signal to steer the original gradient".
-The paper's exact combination rule and coefficients were not available to the lab
+The update: GLAD (Generalizable LoRA tuning with RegulArized graDient) shows that plain LoRA is a
+strong few-shot tuner and curbs its overfitting with a gradient-based regulariser that "uses the
+gradient computed via Sharpness-Aware Minimization as a reference signal to steer the original
+gradient". The paper's exact combination rule and coefficients were not available to the lab
 ([unverified]); the lab's rule, stated so it can be checked::
 
     g     = ∇L(θ)                                  the original gradient (LoRA parameters θ)
@@ -13,10 +14,20 @@ The paper's exact combination rule and coefficients were not available to the la
     g_sam = ∇L(θ + ε)                              the reference gradient
     ĝ     = g + λ·(g_sam − g)                      the steered gradient handed to the optimizer
 
-Why this is a regularizer: to first order g_sam − g ≈ ρ·H·g/‖g‖ = ρ·∇‖∇L‖, so ĝ ≈ ∇(L + λρ·‖∇L‖):
-descending ĝ minimizes the loss plus a gradient-norm penalty that favours flat regions (which
-transfer better under distribution shift). λ = 0 is plain LoRA, λ = 1 is SAM. Cost: two
-forward-backward passes per step. Defaults (the lab's): ρ = 0.05 (SAM's), λ = 0.5.
+where L is the training loss, ρ = ``rho`` the ascent radius and λ = ``lam``. Intuition: to first
+order g_sam − g ≈ ρ·H·g/‖g‖ = ρ·∇‖∇L‖ (H the Hessian), so ĝ ≈ ∇(L + λρ·‖∇L‖): descending ĝ
+minimises the loss plus a gradient-norm penalty that favours flat regions (which transfer better
+under distribution shift).
+
+Where it departs from LoRA: the same adapters (``adapter = LoRALinear``), but each step's gradient
+is replaced by ĝ, at the cost of two forward-backward passes; λ = 0 is plain LoRA, λ = 1 is SAM.
+
+Choices:
+- The rule above (the lab's, [unverified]).
+- ‖g‖ is the norm over all given parameters together (one ε for the whole adapter set, as SAM);
+  1e-12 guards a zero gradient.
+- The parameters are restored after the second pass, also when it raises.
+- Defaults (the lab's): ρ = 0.05 (SAM's), λ = 0.5.
 """
 from __future__ import annotations
 

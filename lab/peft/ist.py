@@ -1,23 +1,34 @@
 """IST: each step, update the adapters of only a few layers, chosen by learned layer importance.
 
-"Layer-wise Importance Matters: Less Memory for Better Performance in Parameter-efficient
-Fine-tuning of Large Language Models", arXiv 2410.11772 (EMNLP 2024).
+Paper: "Layer-wise Importance Matters: Less Memory for Better Performance in Parameter-efficient
+Fine-tuning of Large Language Models", Yao et al., arXiv 2410.11772 (EMNLP 2024 Findings;
+repository Kaiseem/IST, which held no code when surveyed).
 
-IST is a plug-in for any per-layer PEFT module (here LoRA). It runs two loops: a fine-tuning loop
-that updates the adapters of a selected subset of L' of the L layers each step (the others get no
-gradient and keep no activation graph), and an importance loop that scores each layer by the
-"response suppression" of its adapter. The paper's exact selection rule and score update were not
-available to the lab ([unverified]); the lab's choices, stated so they can be checked::
+The algorithm: IST is a plug-in for any per-layer PEFT module (here LoRA). It runs two loops: a
+fine-tuning loop that updates the adapters of a selected subset of L' of the L layers each step
+(the others get no gradient and keep no activation graph), and an importance loop that scores each
+layer by the "response suppression" of its adapter. The paper's exact selection rule and score
+update were not available to the lab ([unverified]); the lab's rule, stated so it can be checked::
 
     selection:   sample L' layers without replacement, P(l) ∝ exp(s_l / τ)        (τ → 0: top-L')
     suppression: d_l = L(θ with adapter l switched off) − L(θ)   on the current batch, l selected
     importance:  s_l ← β·s_l + (1 − β)·d_l                                        (selected layers)
 
-A layer whose adapter, when silenced, hurts the loss most is the one that matters and gets picked
-more often; the softmax keeps exploring the others. Defaults (the lab's): L' = half the layers
-(at least 1), τ = 1, β = 0.9, scores start at 0 (uniform selection). Departure from plain LoRA:
-only the selected adapters have ``requires_grad`` in a step, so memory and compute of the
-backward scale with L' instead of L.
+where s_l is layer l's importance score, τ = ``temperature``, β = ``beta``, L the training loss
+and θ all parameters. Intuition: a layer whose adapter, when silenced, hurts the loss most is the
+one that matters and gets picked more often; the softmax keeps exploring the others.
+
+Where it departs from LoRA: only the selected adapters have ``requires_grad`` in a step, so memory
+and compute of the backward scale with L' instead of L.
+
+Choices:
+- The selection and score rules above (the lab's, [unverified]); τ = 0 is a deterministic top-L'.
+- Defaults: L' = half the layers (at least 1), τ = 1, β = 0.9, scores start at 0 (uniform
+  selection).
+- Unselected layers' gradients are cleared (``grad = None``) when a step's layers are chosen, and
+  only the selected layers' scores move.
+- Suppression switches the adapter off with ``enabled = False`` (:class:`lab.peft.core.AdapterLinear`).
+- Scores, selection counts and the generator live on the CPU, wherever the model is.
 """
 from __future__ import annotations
 

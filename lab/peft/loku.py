@@ -1,11 +1,12 @@
-"""LoKU: unlearn with LoRA started from a Fisher-weighted low-rank piece of the weight (FILA),
-trained with the inverted hinge loss.
+"""LoKU: unlearn with LoRA started from a Fisher-weighted low-rank piece of the weight (FILA), with IHL.
 
-"Towards Robust and Parameter-Efficient Knowledge Unlearning for LLMs", arXiv 2408.06621 (ICLR 2025).
+Paper: "Towards Robust and Parameter-Efficient Knowledge Unlearning for LLMs", Cha et al., arXiv
+2408.06621 (ICLR 2025; reference code: csm9493/efficient-llm-unlearning).
 
-Two parts. The loss, IHL, lives in :mod:`lab.preference.inverted_hinge` (registered as preference_loss
-``inverted_hinge``) and is reused here, not rewritten; the total objective of the released code is
-IHL(forget batch) + NLL(retain batch). This module adds the initialization, FILA::
+The update: two parts. The loss, the inverted hinge loss (IHL), lives in
+:mod:`lab.preference.inverted_hinge` (registered as preference_loss ``inverted_hinge``) and is
+reused here, not rewritten; the total objective of the released code is IHL(forget batch) +
+NLL(retain batch). This module adds the initialization, FILA, for each adapted weight W ∈ ℝ^{d×k}::
 
     F_f = Σ_b n_b·(∂L_f/∂W)² / N_f        Fisher diagonal of W on the forget set (NLL per batch b)
     F_r = the same on the retain set
@@ -16,12 +17,20 @@ IHL(forget batch) + NLL(retain batch). This module adds the initialization, FILA
     A = (V·sqrt(S))ᵀ,   B = diag(1/(w + 1e-5))·U·sqrt(S)
     W_res = W − s·B·A                                the base weight is replaced by the residual
 
-so the adapted model computes exactly what the original computed, while the adapter starts on
-the directions of W that carry the forget set (a weighted low-rank approximation). Departure from
-LoRA: B ≠ 0 at init and the *base weight changes* (save the merged model, not only the adapter).
-Departure from the released code: it calls the randomized ``torch.svd_lowrank(·, q=r)``; the lab
-takes the exact SVD and keeps the top r triplets (deterministic, and exactly the truncation that
-the randomized routine approximates; at q = r the approximation can be loose on small matrices).
+where n_b is the size of batch b, N the number of examples of the set, L_f the NLL of a forget
+batch and r the LoRA rank. Intuition: the adapted model computes exactly what the original
+computed, while the adapter starts on the directions of W that carry the forget set (a weighted
+low-rank approximation), so unlearning moves those first.
+
+Where it departs from LoRA: B ≠ 0 at init and the *base weight changes* (save the merged model,
+not only the adapter).
+
+Choices:
+- The exact SVD, keeping the top r triplets, where the released code calls the randomized
+  ``torch.svd_lowrank(·, q=r)``: deterministic, and exactly the truncation the randomized routine
+  approximates (at q = r the approximation can be loose on small matrices).
+- Fisher and importance inputs must be finite and non-negative, of the weight's shape, and the
+  rank at most min(d, k) (``ValueError``).
 """
 from __future__ import annotations
 

@@ -1,20 +1,34 @@
 """LoRA: learn a low-rank increment B·A beside a frozen weight.
 
-"LoRA: Low-Rank Adaptation of Large Language Models", arXiv 2106.09685 (the catalog lists it as
-the baseline of "Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning").
+Paper: "LoRA: Low-Rank Adaptation of Large Language Models", Hu et al., arXiv 2106.09685
+(reference code: microsoft/LoRA; peer: ``peft`` LoraConfig). The catalog lists it as the baseline
+of "Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning" (AdaLoRA).
 
-For a frozen W0 ∈ ℝ^{d×k} (d outputs, k inputs) LoRA learns A ∈ ℝ^{r×k} and B ∈ ℝ^{d×r}, r ≪ d, k::
+The update: for a frozen W0 ∈ ℝ^{d×k} (d outputs, k inputs) with bias b, LoRA learns
+A ∈ ℝ^{r×k} and B ∈ ℝ^{d×r}, r ≪ d, k::
 
     h = W0·x + b + s·B·(A·dropout(x))        s = α / r   (rsLoRA: s = α / √r)
-    merge:  W = W0 + s·B·A                    unmerge: W0 = W − s·B·A
+    merge:  W = W0 + s·B·A                    unmerge: W ← W0 (kept, see Choices)
 
-A starts Kaiming-uniform (a = √5, as ``nn.Linear``), B starts at zero, so at initialization the
-adapted model computes exactly what the base model computes; the first gradient reaches B only.
-Trainable parameters: r·(d + k) per matrix instead of d·k. Dropout acts on the LoRA branch only.
-Defaults: r = 8, α = 8 (``peft`` LoraConfig), dropout 0.
+where x is the layer input, r = ``rank``, α = ``alpha`` and s the scale. Intuition: the change
+fine-tuning needs has low "intrinsic rank", so a rank-r increment captures most of it at a
+fraction of the parameters and optimizer state: r·(d + k) trainable parameters per matrix instead
+of d·k.
 
-Intuition: the change fine-tuning needs has low "intrinsic rank", so a rank-r increment captures
-most of it at a fraction of the parameters and optimizer state.
+Where it departs from LoRA: it is the parent — of AdaLoRA (``adalora``, SVD-shaped with a moving
+rank budget), HUT (``hut``, a multiplicative update), LoKU's FILA start (``loku``), and the layers
+that IST (``ist``) and GLAD (``glad``) train.
+
+Choices:
+- A starts Kaiming-uniform (a = √5, as ``nn.Linear``: bound 1/√k), B starts at zero, so at
+  initialization the adapted model computes exactly what the base model computes; the first
+  gradient reaches B only.
+- Dropout acts on the LoRA branch's input only, never on the base path.
+- Defaults: r = 8, α = 8 (``peft`` LoraConfig), dropout 0.
+- Merge keeps W0 (a non-persistent buffer) and unmerge puts it back bit for bit, instead of
+  subtracting s·B·A again, which is not exact in floating point (:class:`lab.peft.core.AdapterLinear`);
+  merging twice does not count the update twice, and a merged layer skips the branch.
+- The branch is computed as ``s·B·(A·x)``, never forming the d×k matrix.
 """
 from __future__ import annotations
 

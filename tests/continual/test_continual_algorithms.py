@@ -165,3 +165,20 @@ def test_cpt_strategies_on_digits():
     assert mixed["old_final"] > base["old_final"] + 0.01
     assert quality["new_final"] > base["new_final"] + 0.1
     assert base["old_min"] < base["old_before"]
+
+
+def test_cpt_epochs_are_reshuffled_passes_mix_draws_with_replacement_and_default_seed():
+    plan = cpt_batches(3, 0, 3, 2, generator=torch.Generator().manual_seed(1))
+    seen = torch.cat([n for n, _ in plan]).tolist()
+    assert sorted(seen[:3]) == [0, 1, 2] and sorted(seen[3:]) == [0, 1, 2]   # two whole passes
+    (_, old), = cpt_batches(4, 2, 1, 10, mix=0.5)
+    assert len(old) == 5 and set(old.tolist()) <= {0, 1}                     # 5 draws from 2: repeats
+    a = cpt_batches(10, 5, 3, 4, subset="random", mix=0.5)
+    b = cpt_batches(10, 5, 3, 4, subset="random", mix=0.5, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(x, y) and torch.equal(u, v) for (x, u), (y, v) in zip(a, b))   # seed 0 by default
+
+
+def test_ibcl_prior_of_a_new_task_is_the_previous_tasks_extreme_point():
+    kb, tasks = _kb(d=0.0)
+    second, _ = laplace_logistic(*tasks[1], kb.extremes[0].mean, 10.0)
+    torch.testing.assert_close(kb.extremes[1].mean, second)

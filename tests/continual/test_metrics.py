@@ -86,3 +86,9 @@ def test_stability_gap_experiment_rejects_bad_config():
         run("stability_gap_digits", lr=-1.0)
     with pytest.raises(TypeError, match="replay"):
         run("stability_gap_digits", replay=1.5)
+
+
+def test_rising_accuracy_gives_no_windowed_forgetting_and_one_task_has_no_forgetting():
+    acc = np.array([[0.5, 0.0], [0.6, 0.0], [0.7, 0.1], [0.9, 0.2]])
+    assert windowed_forgetting(acc, [0, 3], window=3) == 0.0    # negative drops count as 0
+    assert math.isnan(continual_metrics(np.array([[0.2], [0.5]]), [1])["forgetting"])

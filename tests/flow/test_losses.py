@@ -237,3 +237,102 @@ def test_diffier_reconstruction_by_hand_on_a_linear_field():
     assert registry.info("flow_loss", "diffier").summary.startswith("[reconstruction]")
     with pytest.raises(ValueError, match="step_size"):
         diffier_sample(velocity, torch.zeros(1, 2), torch.tensor([1.0, 0.0]), step_size=0.0)
+
+
+# --- the choices the module docstrings state -------------------------------------------------
+def test_wcfm_cold_kernel_stays_finite_because_the_min_cost_is_subtracted():
+    x0, noise = torch.zeros(2, 2), torch.tensor([[100.0, 0.0], [101.0, 0.0]])   # costs 1e4 and 10201
+    w = wcfm_weights(x0, noise, epsilon=1e-3)          # exp(−1e4/10.1) alone underflows to 0
+    assert torch.isfinite(w).all() and float(w[0]) == pytest.approx(2.0, rel=1e-6)
+
+
+def test_ddpo_and_flow_grpo_losses_clip_the_advantages_they_are_given():
+    for mode in ("is", "sf"):
+        logp = torch.zeros(2, 3, requires_grad=True)
+        ddpo_loss(logp, logp.detach(), torch.tensor([10.0, -10.0]), mode=mode)[0].backward()
+        torch.testing.assert_close(logp.grad, -torch.tensor([5.0, -5.0])[:, None].expand(2, 3) / 6)
+
+
+def test_flow_grpo_beta_defaults_to_0_04():
+    mean, ref = torch.ones(1, 2, 3), torch.zeros(1, 2, 3)
+    loss, metrics = flow_grpo_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2), mean=mean,
+                                   ref_mean=ref, std_dev_t=torch.ones(1))
+    assert metrics["kl"] == pytest.approx(0.5) and float(loss) == pytest.approx(0.04 * 0.5)
+
+
+def test_awm_clips_the_advantages():
+    v = torch.zeros(1, 2, requires_grad=True)
+    x0, noise = torch.zeros(1, 2), torch.ones(1, 2)
+    (g_big,) = torch.autograd.grad(awm_loss(v, v.detach(), x0, noise, torch.tensor([50.0]))[0], v)
+    (g_five,) = torch.autograd.grad(awm_loss(v, v.detach(), x0, noise, torch.tensor([5.0]))[0], v)
+    torch.testing.assert_close(g_big, g_five)
+
+
+def test_ac_flow_w2_term_sums_coordinates_and_shaping_by_hand():
+    gen = torch.Generator().manual_seed(3)
+    v, x0, noise = (torch.randn(4, 2, generator=gen) for _ in range(3))
+    loss, metrics = ac_flow_loss(v, v + 1.0, x0, noise, torch.zeros(4), alpha=0.5)
+    assert metrics["kl"] == pytest.approx(2.0)                       # ‖(1, 1)‖² = 2 per sample
+    torch.testing.assert_close(loss, cfm_loss(v, x0, noise)[0] + 0.5 * 2.0)
+    torch.testing.assert_close(shape_rewards(torch.tensor([1.0, 2.0, 3.0])), torch.tensor([-1.0, 0.0, 1.0]),
+                               atol=1e-5, rtol=0)                    # unbiased std of (1, 2, 3) is 1
+    for kind in ("standardize", "rank"):                             # one reward: centred, i.e. 0
+        assert torch.equal(shape_rewards(torch.tensor([7.0]), kind), torch.zeros(1))
+
+
+def test_alignprop_caps_k_at_the_step_count_and_draws_it_with_randomize():
+    from lab.flow.alignprop import alignprop_loss
+    from lab.flow.core import sigmas
+
+    field = lambda x, t: -x  # noqa: E731
+    noise, grid = torch.randn(4, 2, generator=torch.Generator().manual_seed(0)), sigmas(5)
+    reward = lambda x: x[:, 0]  # noqa: E731
+    assert alignprop_loss(field, noise, grid, reward, backprop_steps=100)[1]["backprop_steps"] == 5
+    gen = torch.Generator().manual_seed(0)
+    ks = {alignprop_loss(field, noise, grid, reward, backprop_steps=3, randomize=True, generator=gen)[1]
+          ["backprop_steps"] for _ in range(40)}
+    assert ks == {1, 2, 3}
+
+
+def test_apg_buffer_is_the_momentum_difference_before_rescaling():
+    d_c, d_u = torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 4.0]])
+    _, buf = apg_guidance(d_c, d_u, norm_threshold=0.1, momentum=-0.5, buffer=torch.tensor([[2.0, 2.0]]))
+    torch.testing.assert_close(buf, torch.tensor([[2.0, -5.0]]))     # Δ + βΔ̄, not rescaled to norm 0.1
+
+
+def test_guided_velocity_is_cfg_in_the_limit_and_advances_its_buffer_once_per_time():
+    from lab.flow.apg import GuidedVelocity
+
+    class Field(torch.nn.Module):        # v = 1 for a class, 0 for the null class (n_classes = 1)
+        n_classes = 1
+
+        def forward(self, x, t, c):
+            return (c != self.n_classes).to(x.dtype)[:, None].expand_as(x)
+
+    x, cond = torch.full((2, 2), 0.3), torch.zeros(2, dtype=torch.long)
+    cfg = GuidedVelocity(Field(), cond, method="cfg", guidance_scale=3.0)
+    torch.testing.assert_close(cfg(x, 1.0), torch.full((2, 2), 3.0))  # x̂_0 = x − t·(1 + (w − 1)·1)
+    apg = GuidedVelocity(Field(), cond, method="apg", guidance_scale=3.0, eta=1.0, momentum=-0.5)
+    torch.testing.assert_close(apg(x, 1.0), torch.full((2, 2), 3.0))  # Δ = −t = −1, no buffer yet
+    torch.testing.assert_close(apg(x, 1.0), torch.full((2, 2), 3.0))  # same t: same start buffer
+    # t = 0.5: Δ̄ = −0.5 + (−0.5)(−1) = 0, so the guided field is the conditional one, v = 1;
+    # a second call at t = 0.5 starts again from the t = 1 buffer, not from its own
+    torch.testing.assert_close(apg(x, 0.5), torch.ones(2, 2))
+    torch.testing.assert_close(apg(x, 0.5), torch.ones(2, 2))
+
+
+def test_curriculum_advances_after_max_stage_steps_and_resets_its_counters():
+    cur = DifficultyCurriculum(n_clusters=3, patience=100, max_stage_steps=5)
+    advanced = [cur.update(10.0 * 0.5 ** k) for k in range(5)]       # improving, but the cap is 5
+    assert advanced == [False] * 4 + [True] and cur.stage == 2
+    assert cur.state_dict() == {"stage": 2, "stage_steps": 0, "wait": 0, "smoothed": None, "best": math.inf}
+
+
+def test_diffier_step_halving_never_increases_the_error():
+    from lab.flow.diffier import diffier_sample
+
+    velocity, noise, grid = (lambda x, t: x), torch.tensor([[2.0, 0.0]]), torch.tensor([1.0, 0.5, 0.0])
+    _, plain = diffier_sample(velocity, noise, grid, iterations=0)
+    huge, info = diffier_sample(velocity, noise, grid, iterations=2, step_size=1e3)  # 6 halvings do not help
+    assert info["accumulated_error"] <= plain["accumulated_error"]
+    torch.testing.assert_close(huge, torch.tensor([[0.5, 0.0]]))      # the point is kept: plain Euler

@@ -241,3 +241,18 @@ def test_seq_aux_mask_hand_checked():
     raw, stats = seq_aux_loss(logits, indices, attention_mask=torch.tensor([[1, 1], [1, 0]]))
     assert stats["f_seq"].tolist() == [[2.0, 0.0], [0.0, 2.0]]
     assert raw.item() == pytest.approx((1.4 + 1.6) / 2)
+
+
+def test_switch_aux_counts_the_given_choices_not_the_argmax():
+    # uniform probabilities, but a (biased) router sent every token to expert 2: f follows the dispatch
+    raw, stats = switch_aux_loss(torch.zeros(4, 4), torch.full((4, 1), 2))
+    assert stats["f"].tolist() == [0.0, 0.0, 1.0, 0.0]
+    assert raw.item() == pytest.approx(4 * 1.0 * 0.25)
+
+
+def test_seq_aux_max_violation_is_the_mean_over_sequences_of_max_f_minus_one():
+    # two sequences of 2 tokens, E = 2, k = 1: one balanced (max f = 1), one all on expert 0 (max f = 2)
+    logits = torch.zeros(2, 2, 2)
+    indices = torch.tensor([[[0], [1]], [[0], [0]]])
+    _, stats = SeqAux(2).loss(logits, indices)
+    assert stats["seq_max_violation"].item() == pytest.approx((0.0 + 1.0) / 2)

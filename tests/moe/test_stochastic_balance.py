@@ -86,3 +86,12 @@ def test_errors():
         online_match(torch.tensor([[0.5]]), "random")
     with pytest.raises(ValueError, match="load"):
         StochasticBalance(4).update(torch.ones(3))
+
+
+def test_a_step_without_tokens_leaves_the_budget_and_the_count_unchanged():
+    bal = StochasticBalance(3, capacity_factor=1.0, memory=0.5)
+    bal.update(torch.tensor([3.0, 0.0, 0.0]))
+    before = bal.state_dict()
+    out = bal.update(torch.zeros(3))
+    assert bal.n == before["n"] == 1 and torch.equal(bal.consumed, before["consumed"])
+    assert torch.equal(out["consumed"], before["consumed"])

@@ -107,3 +107,22 @@ def test_bad_inputs():
         RankAllocator(model, total_step=10, beta1=1.0)
     with pytest.raises(ValueError, match="total_step"):
         budget_schedule(0, total_step=0, initial_budget=4, target_budget=2)
+
+
+def test_final_mask_is_chosen_once_and_target_budget_is_capped():
+    model = nn.Sequential(nn.Linear(3, 3))
+    apply(model, "adalora", rank=2)
+    assert RankAllocator(model, target_r=5, total_step=10).target_budget == 2   # capped at b₀
+    alloc = RankAllocator(model, target_r=1, total_step=10, tfinal=5)
+    m = model[0]
+    alloc.ipt[id(m.lora_E)], alloc.unc[id(m.lora_E)] = torch.tensor([[0.1], [0.4]]), torch.ones(2, 1)
+    with torch.no_grad():
+        m.lora_E.fill_(1.0)
+    assert alloc.update_and_allocate(6) == 1                 # final phase: prune the 0.1 triplet
+    assert m.rank_mask.tolist() == [False, True]
+    alloc.ipt[id(m.lora_E)] = torch.tensor([[0.9], [0.0]])   # the scores flip ...
+    with torch.no_grad():
+        m.lora_E.fill_(1.0)
+    alloc.update_and_allocate(7)
+    assert m.rank_mask.tolist() == [False, True]             # ... but the final mask stays
+    assert m.lora_E[:, 0].tolist() == [0.0, 1.0]             # and is re-applied to Λ

@@ -129,3 +129,10 @@ def test_ist_bad_inputs():
         IST({"a": nn.Linear(2, 2)})
     with pytest.raises(TypeError, match="scores"):
         select_layers([1.0, 2.0], 1)
+
+
+def test_ist_default_k_is_half_the_layers_and_its_bookkeeping_is_on_the_cpu():
+    layers = {str(i): HUTLinear(nn.Linear(2, 2)) for i in range(5)}
+    ist = IST(layers)
+    assert ist.k == 2 and IST({"a": layers["0"]}).k == 1
+    assert ist.scores.device.type == "cpu" and torch.equal(ist.scores, torch.zeros(5, dtype=torch.float64))

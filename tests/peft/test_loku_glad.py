@@ -131,3 +131,28 @@ def test_loku_unlearns_the_forget_class_and_keeps_the_rest():
     with torch.no_grad():
         a = acc(model)
     assert a[forget].mean() < 0.2 and a[retain].mean() > 0.9
+
+
+def test_fila_rejects_a_rank_above_min_d_k():
+    layer = FILALinear(nn.Linear(3, 2), rank=3)
+    with pytest.raises(ValueError, match="rank"):
+        fila_init(layer, torch.ones(2, 3), torch.ones(2, 3))
+
+
+def test_glad_ascent_uses_the_joint_norm_and_restores_parameters_on_error():
+    a, b = nn.Parameter(torch.tensor([1.0])), nn.Parameter(torch.tensor([1.0]))
+    closure = lambda: 0.5 * a.sum() ** 2 + 1.5 * b.sum() ** 2         # noqa: E731  g = (1, 3)
+    GLAD([a, b], rho=0.5, lam=1.0).regularized_gradient(closure)      # λ = 1: ĝ = g_sam
+    eps = 0.5 * torch.tensor([1.0, 3.0]) / 10 ** 0.5                   # ρ g / ‖(1, 3)‖
+    torch.testing.assert_close(torch.cat([a.grad, b.grad]), torch.tensor([1.0, 3.0]) * (1 + eps))
+    calls = []
+
+    def failing():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("second pass")
+        return closure()
+
+    with pytest.raises(RuntimeError):
+        GLAD([a, b]).regularized_gradient(failing)
+    assert a.item() == pytest.approx(1.0, abs=1e-6) and b.item() == pytest.approx(1.0, abs=1e-6)

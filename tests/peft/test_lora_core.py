@@ -140,3 +140,19 @@ def test_bad_inputs_name_the_argument():
         apply(nn.Sequential(nn.Linear(2, 2)), "no_such_method")
     with pytest.raises(TypeError, match="target"):
         apply(copy.deepcopy(nn.Sequential(nn.Linear(2, 2))), "lora", target="0")
+
+
+def test_lora_init_bound_and_dropout_only_on_the_branch():
+    base = nn.Linear(16, 4)
+    layer = LoRALinear(base, rank=3, dropout=0.5, generator=torch.Generator().manual_seed(0))
+    assert layer.lora_A.abs().max() <= 1 / 16 ** 0.5 and torch.equal(layer.lora_B, torch.zeros(4, 3))
+    layer.train()
+    x = torch.randn(8, 16)
+    assert torch.equal(layer(x), base(x))                  # B = 0: dropout never touches the base path
+    with torch.no_grad():
+        layer.lora_B.fill_(1.0)
+    torch.manual_seed(1)
+    drop_mask = (nn.Dropout(0.5)(torch.ones(8, 16)))       # the mask the branch will draw next
+    torch.manual_seed(1)
+    expected = base(x) + layer.scaling * ((x * drop_mask) @ layer.lora_A.T) @ layer.lora_B.T
+    torch.testing.assert_close(layer(x), expected)
