@@ -60,6 +60,11 @@ METHODS = {
     "frugal_blockwise": lambda ps: FRUGAL(ps, lr=1e-2, density=0.5, update_proj_gap=5, projection="blockwise"),
     "badam": lambda ps: BAdam(ps, lr=5e-2, switch_block_every=3, switch_mode="random"),
     "gradnorm_lorp": lambda ps: GradNormLoRP(ps, lr=1e-2, rank=4, update_proj_gap=5),
+    # svd="lowrank": the randomized SVD draws from the optimizer's generator, saved in state_dict
+    "galore_lowrank": lambda ps: GaLore(ps, lr=1e-2, rank=4, update_proj_gap=5, svd="lowrank"),
+    "fira_lowrank": lambda ps: Fira(ps, lr=1e-2, rank=4, update_proj_gap=5, svd="lowrank"),
+    "frugal_lowrank": lambda ps: FRUGAL(ps, lr=1e-2, density=0.25, update_proj_gap=5, svd="lowrank"),
+    "gradnorm_lorp_lowrank": lambda ps: GradNormLoRP(ps, lr=1e-2, rank=4, update_proj_gap=5, svd="lowrank"),
 }
 
 
@@ -183,6 +188,24 @@ def test_fira_first_step_adds_the_norm_scaled_residual():
     step_size = 0.1 * math.sqrt(0.001) / 0.1
     torch.testing.assert_close(wf.detach() - wg.detach(), -step_size * s)
     assert float(((wf.detach() - wg.detach()) @ p.T).abs().max()) < 1e-12  # outside the subspace
+
+
+def test_fira_left_projection_scales_the_residual_per_column():
+    # The docstring's choice: the scaling axis follows the projection side. A 4 x 6 weight is
+    # projected from the left (P = U_r, R = P^T G, 1 x 6), so phi is one number per column.
+    grad = torch.randn(4, 6, generator=_gen(7), dtype=D64)
+    wf, wg = nn.Parameter(torch.zeros(4, 6, dtype=D64)), nn.Parameter(torch.zeros(4, 6, dtype=D64))
+    fira, galore = Fira([wf], lr=0.1, rank=1), GaLore([wg], lr=0.1, rank=1)
+    wf.grad, wg.grad = grad.clone(), grad.clone()
+    fira.step()
+    galore.step()
+    p = torch.linalg.svd(grad)[0][:, :1]  # (4, 1)
+    r = p.T @ grad  # (1, 6)
+    n = 0.1 * r / (math.sqrt(0.001) * r.abs() + 1e-6)
+    phi = n.abs() / (r.abs() + 1e-8)  # (1, 6): per column
+    s = phi * (grad - p @ r)
+    step_size = 0.1 * math.sqrt(0.001) / 0.1
+    torch.testing.assert_close(wf.detach() - wg.detach(), -step_size * s)
 
 
 def test_fira_limiter_caps_residual_growth_under_a_gradient_spike():
@@ -421,6 +444,23 @@ def test_state_dict_round_trip_continues_bit_identically(name):
     _train(clone, restored, 9, data)
     for a, b in zip(model.parameters(), clone.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["galore_lowrank", "fira_lowrank", "frugal_lowrank", "gradnorm_lorp_lowrank"])
+def test_lowrank_svd_draws_from_the_optimizers_seed_not_the_global_rng(name):
+    # The docstrings' choice: svd="lowrank" uses the optimizer's generator (seed), so the global
+    # RNG does not change the run and the seed does (the 16 x 16 layer is truly randomized).
+    def run(seed, global_seed):
+        model = _mlp()
+        opt = METHODS[name](model.parameters())
+        opt.generator.manual_seed(seed)
+        torch.manual_seed(global_seed)
+        _train(model, opt, 6, _data())
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    base = run(0, 0)
+    assert torch.equal(base, run(0, 123))
+    assert not torch.equal(base, run(1, 0))
 
 
 @pytest.mark.parametrize("name", ["galore", "fira", "gradnorm_lorp", "frugal", "badam"])
