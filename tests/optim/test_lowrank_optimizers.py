@@ -286,6 +286,17 @@ def test_frugal_coordinates_leave_unselected_columns_to_sign_descent():
     torch.testing.assert_close(w.detach()[:, cols], -0.1 * grad[:, cols] / (grad[:, cols].abs() + 1e-8))
 
 
+@pytest.mark.parametrize("projection", ["svd", "random", "coordinates"])
+def test_frugal_rounds_the_subspace_size_for_every_projection(projection):
+    # The docstring's choice: r = round(rho * projected dim) everywhere (the fork floors for
+    # coordinates). 6 x 5 weight, columns projected (m >= n), rho = 0.35: 1.75 -> r = 2, not 1.
+    w = nn.Parameter(torch.zeros(6, 5, dtype=D64))
+    opt = FRUGAL([w], density=0.35, projection=projection)
+    w.grad = torch.randn(6, 5, generator=_gen(8), dtype=D64)
+    opt.step()
+    assert opt.state[w]["exp_avg"].shape == (6, 2)
+
+
 def test_frugal_resets_subspace_statistics_at_refresh():
     g = _gen(11)
     w = nn.Parameter(torch.zeros(6, 4, dtype=D64))
@@ -388,6 +399,35 @@ def test_gradnorm_lorp_radial_gradient_only_changes_row_norms():
     unit = lambda m: m / m.norm(dim=1, keepdim=True)  # noqa: E731
     torch.testing.assert_close(unit(w.detach()), unit(start))
     assert torch.all(w.detach().norm(dim=1) < start.norm(dim=1))
+
+
+def test_gradnorm_lorp_magnitude_is_signed_a_row_can_flip():
+    # The docstring's choice: g is a signed scalar (not clamped at 0). Row 0 is short (norm 1e-3)
+    # and its gradient is radial and positive, so the magnitude's first Adam step (~ lr = 0.01)
+    # carries g through 0: the row comes out pointing the other way, with norm ~ 0.009.
+    start = torch.tensor([[1e-3, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]], dtype=D64)
+    w = nn.Parameter(start.clone())
+    opt = GradNormLoRP([w], lr=0.01, rank=1)
+    w.grad = torch.zeros_like(start)
+    w.grad[0, 0] = 1.0
+    opt.step()
+    assert float(w.detach()[0, 0]) == pytest.approx(1e-3 - 0.01, rel=1e-4)
+    torch.testing.assert_close(w.detach()[0, 1:], torch.zeros(2, dtype=D64))
+
+
+def test_gradnorm_lorp_norm_dim_zero_is_the_transposed_problem():
+    # norm_dim=0 (one magnitude per column) on W is norm_dim=1 on W^T, step for step
+    w0 = torch.randn(6, 4, generator=_gen(16), dtype=D64)
+    a, b = nn.Parameter(w0.clone()), nn.Parameter(w0.T.clone())
+    opt_a = GradNormLoRP([a], lr=0.01, rank=4, norm_dim=0)
+    opt_b = GradNormLoRP([b], lr=0.01, rank=4, norm_dim=1)
+    gen = _gen(17)
+    for _ in range(3):
+        g = torch.randn(6, 4, generator=gen, dtype=D64)
+        a.grad, b.grad = g.clone(), g.T.clone()
+        opt_a.step()
+        opt_b.step()
+    torch.testing.assert_close(a.detach(), b.detach().T, rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------- the papers' claimed effect
