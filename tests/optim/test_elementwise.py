@@ -333,6 +333,22 @@ def test_lion_kappa_nuclear_step_is_an_orthogonal_matrix_times_lr():
     torch.testing.assert_close(singular, torch.ones(3, dtype=F64), rtol=1e-10, atol=1e-10)
 
 
+def test_lion_kappa_nuclear_drops_the_null_part_and_is_l2_on_vectors():
+    # Docstring choices: singular values below max(S) n eps are dropped, so a rank-1 c gives the
+    # rank-1 polar factor u v^T (not round-off directions); a 1-D tensor is a 1 x n matrix: l2.
+    u = torch.tensor([1.0, 2.0, 2.0], dtype=F64) / 3
+    v = torch.tensor([0.6, 0.8], dtype=F64)
+    x = torch.zeros(3, 2, dtype=F64, requires_grad=True)
+    move = feed(LionKappa([x], lr=0.2, kappa="nuclear"), x, [5.0 * torch.outer(u, v)])[0]
+    torch.testing.assert_close(move, -0.2 * torch.outer(u, v), rtol=1e-10, atol=1e-12)
+    g = torch.tensor([3.0, -4.0], dtype=F64)
+    y, z = (torch.zeros(2, dtype=F64, requires_grad=True) for _ in range(2))
+    nuclear = feed(LionKappa([y], lr=0.2, kappa="nuclear"), y, [g])[0]
+    l2 = feed(LionKappa([z], lr=0.2, kappa="l2"), z, [g])[0]
+    torch.testing.assert_close(nuclear, l2, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(l2, -0.2 * g / 5)
+
+
 def test_lion_kappa_half_l2_first_step_is_scaled_gradient():
     x = torch.ones(3, dtype=F64, requires_grad=True)
     g = torch.tensor([1.0, -2.0, 4.0], dtype=F64)
