@@ -4,8 +4,8 @@ Paper: "Lion Secretly Solves Constrained Optimization: As Lyapunov Predicts", Ch
 and Liu, arXiv 2310.05898. The nuclear-norm member comes from the same group's follow-up note
 "Muon is a Nuclear Lion King".
 
-The update (learning rate eps, weight decay lambda, momentum coefficients beta1, beta2, gradient g_t,
-momentum m, interpolation c, kappa a convex function with (sub)gradient grad_kappa)::
+The update: learning rate eps, weight decay lambda, momentum coefficients beta1, beta2, gradient g_t,
+momentum m, interpolation c, kappa a convex function with (sub)gradient grad_kappa::
 
     c      = beta1 m + (1 - beta1) g_t          (the paper's n~ = -c: it stores negative gradients)
     theta <- theta (1 - eps lambda) - eps grad_kappa(c)
