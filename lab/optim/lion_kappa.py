@@ -1,7 +1,7 @@
 """Lion-kappa: Lion with ``sign`` replaced by the (sub)gradient of a convex function kappa.
 
-Paper: "Lion Secretly Solves Constrained Optimization: As Lyapunov Predicts", Chen, Liu, Liang
-and Liu, arXiv 2310.05898. The nuclear-norm member comes from the same group's follow-up note
+Paper: "Lion Secretly Solves Constrained Optimization: As Lyapunov Predicts", Chen et al. (with
+Liu, Liang, Liu), arXiv 2310.05898. The nuclear-norm member comes from the same group's follow-up note
 "Muon is a Nuclear Lion King".
 
 The update: learning rate eps, weight decay lambda, momentum coefficients beta1, beta2, gradient g_t,

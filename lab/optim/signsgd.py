@@ -1,7 +1,7 @@
 """signSGD and Signum: step along the sign of the gradient (or of its momentum).
 
-Paper: "signSGD: Compressed Optimisation for Non-Convex Problems", Bernstein, Wang,
-Azizzadenesheli and Anandkumar, arXiv 1802.04434. The catalog lists it as the state-free baseline
+Paper: "signSGD: Compressed Optimisation for Non-Convex Problems", Bernstein et al. (with Wang,
+Azizzadenesheli, Anandkumar), arXiv 1802.04434. The catalog lists it as the state-free baseline
 of "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable Training"
 (arXiv 2411.07837), which uses signSGD for the state-free part of the gradient.
 

@@ -348,6 +348,19 @@ def test_badam_freezes_inactive_blocks():
     assert all(p.grad is None for p in list(model.parameters())[4:])
 
 
+def test_badam_defaults_are_adams_and_inactive_blocks_get_no_decay():
+    # Docstring choices: torch.optim.Adam's defaults; inactive blocks neither step nor decay
+    ws = [nn.Parameter(torch.ones(3, dtype=D64)) for _ in range(3)]
+    group = BAdam(ws).param_groups[0]
+    assert (group["lr"], group["eps"], group["weight_decay"]) == (1e-3, 1e-8, 0.0)
+    opt = BAdam(ws, lr=0.1, weight_decay=0.5, switch_block_every=5, freeze_inactive=False)
+    for w in ws:
+        w.grad = torch.ones(3, dtype=D64)
+    opt.step()
+    assert all(torch.equal(w.detach(), torch.ones(3, dtype=D64)) for w in ws[:2])
+    assert not torch.equal(ws[2].detach(), torch.ones(3, dtype=D64))  # the active (last) block
+
+
 def test_badam_fixed_single_block_is_torch_adamw():
     data = torch.randn(5, generator=_gen(12), dtype=D64)
     w1 = nn.Parameter(torch.zeros(5, dtype=D64))
