@@ -351,7 +351,7 @@ def test_badam_freezes_inactive_blocks():
 def test_badam_defaults_are_adams_and_inactive_blocks_get_no_decay():
     # Docstring choices: torch.optim.Adam's defaults; inactive blocks neither step nor decay
     ws = [nn.Parameter(torch.ones(3, dtype=D64)) for _ in range(3)]
-    group = BAdam(ws).param_groups[0]
+    group = BAdam([nn.Parameter(torch.ones(3))]).param_groups[0]  # (freezing would touch ws)
     assert (group["lr"], group["eps"], group["weight_decay"]) == (1e-3, 1e-8, 0.0)
     opt = BAdam(ws, lr=0.1, weight_decay=0.5, switch_block_every=5, freeze_inactive=False)
     for w in ws:
