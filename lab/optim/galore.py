@@ -39,7 +39,7 @@ Choices (where the reference leaves room):
   beside the paper's SVD.
 - The SVD runs in the weight's dtype (float32 for half precision).
 - The refresh counter is per parameter, read before increment (refresh at calls 1, T+1, 2T+1,
-  ...; galore-torch refreshes one step earlier).
+  ..., as galore-torch; ``pytorch_optimizer.GaLore`` refreshes one step earlier, at 1, T, 2T).
 - A rank larger than the projected dimension is clamped to it.
 - ``svd="lowrank"`` draws its random test matrix from the optimizer's own generator (``seed``),
   not from the global RNG; the generator state is saved in ``state_dict()``, so a resumed run
