@@ -1,24 +1,40 @@
-"""Ensembling and distillation, the two levers of "Pre-training under infinite compute".
+"""Ensembling and distillation: the two levers of "Pre-training under infinite compute".
 
-"Pre-training under infinite compute", arXiv 2509.14786.
+Paper: "Pre-training under infinite compute", Kim et al., arXiv 2509.14786.
 
 Setting: data are fixed, compute is not. Two findings the lab turns into tools. (i) Regularize
 much harder than usual: the optimal weight decay is about 30× the standard value (a standard 0.1
 becomes ≈ 3; an experiment knob, not code here). (ii) Ensembles of K independently trained models
 (different seeds, same data) reach a lower loss asymptote than any single regularized model, and
 distilling the ensemble into a smaller student keeps most of the gain (83% for an 8× smaller
-student in the paper). The ensemble predicts with the average of its members' probabilities::
+student in the paper).
+
+The model: the ensemble predicts with the average of its members' probabilities::
 
     p_ens(y | x) = (1/K)·Σ_k softmax(f_k(x))_y         (regression: the mean of the outputs)
 
-and distillation trains a student f_s to match it::
+where f_k(x) are the logits of member k and K the number of members; and distillation trains a
+student f_s to match it::
 
-    L_distill = KL(p_ens(· | x) ‖ softmax(f_s(x)/T))·T²        (regression: ‖f_s(x) − mean_k f_k(x)‖²)
+    L_distill = KL(softmax(log p_ens(· | x)/T) ‖ softmax(f_s(x)/T))·T²   (regression: ‖f_s(x) − mean_k f_k(x)‖²)
+
+with T the distillation temperature (at T = 1 the target is p_ens itself).
 
 Why it helps: the members' errors from their different random initializations and data orders are
 partly independent, so averaging cancels the variance part of the error, which a single model,
-however long it trains on the same data, cannot remove. Choices: probability (not logit)
-averaging; the lab's distillation temperature T = 1.
+however long it trains on the same data, cannot remove.
+
+Where it departs from a single model: K models instead of one, trained independently on the same
+data; only their predictions are combined (no weight averaging, unlike :mod:`lab.merge.mwa`).
+
+Choices:
+- Probability (not logit) averaging; :class:`Ensemble` returns log p_ens (computed as a
+  logsumexp of the members' log-softmax minus log K).
+- Distillation temperature T = 1 by default; at T ≠ 1 the teacher's log-probabilities are divided
+  by T too, and the loss is multiplied by T² (Hinton's gradient scaling).
+- :func:`distill` trains the student with Adam on minibatches drawn with replacement from
+  ``inputs`` (``torch.randint`` with the caller's ``generator``); the teacher's targets are
+  computed once, without gradients.
 """
 from __future__ import annotations
 

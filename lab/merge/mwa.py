@@ -1,8 +1,9 @@
 """MWA: merge checkpoints of one fine-tuning run with weights set by a training metric.
 
-"Parameter-Efficient Checkpoint Merging via Metrics-Weighted Averaging", arXiv 2504.18580.
+Paper: "Parameter-Efficient Checkpoint Merging via Metrics-Weighted Averaging", Yu et al., arXiv
+2504.18580 (no public code surveyed).
 
-K checkpoints θ_1..θ_K of one run (typically LoRA adapters) are merged into one::
+The rule: K checkpoints θ_1..θ_K of one run (typically LoRA adapters) are merged into one::
 
     θ = Σ_k w_k·θ_k,      Σ_k w_k = 1
 
@@ -13,16 +14,24 @@ formula was not available to the lab ([unverified]); the lab uses power weights:
     metric = "loss":  w_k = m_k^{−p} / Σ_j m_j^{−p}       (m_k > 0)
     metric = "step":  w_k = m_k^{p}  / Σ_j m_j^{p}        (m_k > 0)
 
-p = 0 gives the uniform average 1/K (the paper's baseline); p → ∞ puts all weight on the best
-checkpoint (lowest loss / last step); p in between trades the two. Hand-checked: losses (1, 2),
-p = 1 → weights (2/3, 1/3).
+Intuition: p = 0 gives the uniform average 1/K (the paper's baseline); p → ∞ puts all weight on
+the best checkpoint (lowest loss / last step); p in between trades the two. Hand-checked: losses
+(1, 2), p = 1 → weights (2/3, 1/3).
 
-What is averaged: the lab averages every tensor of the state dicts as given, i.e. LoRA's *factors*
-A and B separately when adapter state dicts are passed. Averaging factors is not averaging the
-updates (mean(B)·mean(A) ≠ mean(B·A)); to average the updates ΔW = s·B·A instead, merge each
-checkpoint's adapters first (``lab.peft.merge``) and average the merged weights — both are one
-call of :func:`average_state_dicts`. Along a single run the factors move little between late
-checkpoints, so the two nearly agree; across independent runs they do not.
+Where it departs from uniform checkpoint averaging: only the weights w_k (uniform is p = 0).
+
+Choices:
+- Power weights of the metric (above), computed as a softmax of ``∓p log m_k`` so that a large p
+  neither overflows nor underflows; metrics must be > 0 (``ValueError``).
+- Defaults: ``penalty=1.0``, ``metric="loss"``.
+- Every floating tensor is averaged in float64 and cast back to its dtype; non-floating entries
+  (integer buffers such as BatchNorm's ``num_batches_tracked``) are taken from the first state.
+- What is averaged: every tensor of the state dicts as given, i.e. LoRA's *factors* A and B
+  separately when adapter state dicts are passed. Averaging factors is not averaging the
+  updates (mean(B)·mean(A) ≠ mean(B·A)); to average the updates ΔW = s·B·A instead, merge each
+  checkpoint's adapters first (``lab.peft.merge``) and average the merged weights — both are
+  one call of :func:`average_state_dicts`. Along a single run the factors move little between
+  late checkpoints, so the two nearly agree; across independent runs they do not.
 """
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
 """Ghost Batch Normalization and regime adaptation for large-batch training.
 
 Paper: "Train longer, generalize better: closing the generalization gap in large batch training
-of neural networks" (Hoffer, Hubara, Soudry), arXiv 1705.08741.
+of neural networks", Hoffer et al., arXiv 1705.08741 (reference code: eladhoffer/bigBatch).
 
-Claim: the generalization gap of large batches comes from making *too few updates*, not from
-the batch size itself. Three fixes, used together:
+The paper's claim: the generalization gap of large batches comes from making *too few updates*,
+not from the batch size itself. Three fixes, used together:
+
+The model:
 
 1. **Ghost Batch Normalization (GBN).** A batch of ``B_L`` examples is split into
    ``k = ceil(B_L / B_g)`` ghost batches ``x_1..x_k``; each is normalized with its own statistics
@@ -12,19 +14,27 @@ the batch size itself. Three fixes, used together:
 
        y_j = gamma * (x_j - mu_j) / sqrt(sigma_j^2 + eps) + beta,   mu_j, sigma_j^2 = mean, var of x_j
 
-   The running statistics are updated once per ghost batch (so BN's ``momentum`` is applied
-   ``k`` times per step); evaluation uses the running statistics, exactly as BatchNorm. The
-   noise of small-batch statistics, which large batches lose, is put back.
-2. **Learning-rate rule:** ``eta_L = eta_S * sqrt(B_L / B_S)`` (keeps the update's noise scale).
+   (gamma, beta = the learned scale and shift, eps = BatchNorm's epsilon, B_g = the ghost batch
+   size.) The running statistics are updated once per ghost batch (so BN's ``momentum`` is
+   applied ``k`` times per step); evaluation uses the running statistics, exactly as BatchNorm.
+   The noise of small-batch statistics, which large batches lose, is put back.
+2. **Learning-rate rule:** ``eta_L = eta_S * sqrt(B_L / B_S)`` (eta_S tuned at the small batch
+   ``B_S``; keeps the update's noise scale).
 3. **Regime adaptation:** multiply the number of epochs (and every schedule milestone) by
    ``ceil(B_L / B_S)``, so the large-batch run makes as many updates as the small-batch one.
 
-Departure from BatchNorm: only the chunking. With ``B_g >= B`` (one ghost batch) GBN is
+Where it departs from BatchNorm: only the chunking. With ``B_g >= B`` (one ghost batch) GBN is
 ``torch.nn.BatchNorm1d``; its output equals BatchNorm applied to each chunk separately.
-Choices: the chunks are ``torch.tensor_split`` into ``ceil(B / B_g)`` near-equal pieces (equal
-when ``B_g`` divides ``B``, as the paper assumes), so no trailing chunk of one example, which
-BatchNorm cannot normalize, can occur. The paper's default ghost batch is 128 ([unverified]).
-The reference code also clips the gradient norm at 5; the lab leaves clipping to the trainer.
+
+Choices:
+- The chunks are ``torch.tensor_split`` into ``ceil(B / B_g)`` near-equal pieces (equal when
+  ``B_g`` divides ``B``, as the paper assumes), so no trailing chunk of one example, which
+  BatchNorm cannot normalize, can occur.
+- The default ghost batch is 128 (the reference code's ``main_gbn.py``; the paper's own value
+  is [unverified]).
+- The reference code also clips the gradient norm at 5; the lab leaves clipping to the trainer.
+- :func:`regime_adaptation` multiplies epochs and milestones by ``ceil(B_L / B_S)`` (the
+  reference's ``main_normal.py`` scales by ``ceil(B/256)`` instead, an inconsistency there).
 """
 from __future__ import annotations
 

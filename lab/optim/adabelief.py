@@ -4,7 +4,8 @@ Paper: "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradie
 arXiv 2010.07468 (NeurIPS 2020). Defaults and step order follow the authors' package
 ``adabelief-pytorch`` 0.2.1.
 
-Per step t (learning rate eta, betas beta1, beta2, eps, weight decay lambda, m_0 = s_0 = 0)::
+The update: per step t (learning rate eta, betas beta1, beta2, eps, weight decay lambda,
+gradient g, parameter theta, first moment m, belief s, m_0 = s_0 = 0)::
 
     theta <- theta (1 - eta lambda)                      weight_decouple (default); fixed_decay: (1 - lambda)
        or  g <- g + lambda theta                          weight_decouple=False (L2)
@@ -17,16 +18,21 @@ Per step t (learning rate eta, betas beta1, beta2, eps, weight decay lambda, m_0
                      theta <- theta - eta r_t/(1 - beta1^t) * m / (sqrt(s) + eps)
         rho_t <  5:  theta <- theta - eta m/(1 - beta1^t)  if degenerated_to_sgd, else no step
 
+(rho_t = length of the approximated simple moving average, r_t = RAdam's variance rectification.)
 Intuition: Adam divides by the size of the gradient; AdaBelief divides by how far the gradient
 is from its prediction m. A consistent gradient (small g - m) gives a small s and a large step;
 a noisy one (large g - m) a small step.
 
-Departure from Adam: only the second moment (and eps is added inside s every step, so s >=
+Where it departs from Adam: only the second moment (and eps is added inside s every step, so s >=
 eps/(1 - beta2) and AdaBelief's eps=1e-16 plays the role of Adam's eps=1e-8). With beta2 = 0.999,
 rectify=True makes the first 5 steps SGD-with-momentum steps (rho_t < 5 for t <= 5).
-Choices: the three published peers disagree on defaults (see the spec); this follows the authors'
-package 0.2.1: eps 1e-16, weight_decouple True, rectify True, degenerated_to_sgd True. The rectified
-step size is recomputed each step (the package caches it; same numbers).
+
+Choices:
+- The three published peers disagree on defaults (see the spec); this follows the authors'
+  package 0.2.1: eps 1e-16, weight_decouple True, rectify True, degenerated_to_sgd True.
+- The rectified step size is recomputed each step (the package caches it; same numbers).
+- With weight_decouple=False the L2 term is added to a new gradient tensor; ``p.grad`` is left
+  untouched.
 
 State (per parameter): ``step``, ``exp_avg`` (m), ``exp_avg_var`` (s), and ``max_exp_avg_var``
 with amsgrad (the running max of s, used in the denominator).

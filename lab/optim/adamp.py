@@ -9,8 +9,8 @@ effective step is ~ eta/||w||^2. Momentum adds a radial component that makes ||w
 shrinking the effective step prematurely. AdamP/SGDP detect such weights and project the radial
 component out of the update, so ||w|| grows far less.
 
-Projection Pi(theta, g, u) -> (u', r) for a tensor with ``dim() > 1`` (delta, eps; r = weight-decay
-ratio)::
+The update: a projection Pi(theta, g, u) -> (u', r) of the update u of a tensor theta with
+``dim() > 1`` and raw gradient g (threshold delta, eps; r = weight-decay ratio ``wd_ratio``)::
 
     for view in (channel view: rows = theta.reshape(size(0), -1),  layer view: theta.reshape(1, -1)):
         c_i = |cos(g_i, theta_i)|                    per row i, on the RAW gradient g
@@ -20,16 +20,20 @@ ratio)::
             return u, wd_ratio                        the first matching view wins
     return u, 1                                       (1-D tensors are never projected)
 
-AdamP (Form A eps, decoupled decay with ratio r)::
+AdamP (Form A eps, decoupled decay with ratio r; lr eta, betas beta1, beta2, weight decay lambda,
+moments m, v, step t)::
 
     m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2
     u  = m / (sqrt(v)/sqrt(1 - beta2^t) + eps)      (nesterov: (beta1 m + (1 - beta1) g) in place of m)
     (u, r) = Pi(theta, g, u);  theta <- theta (1 - eta lambda r);  theta <- theta - eta/(1 - beta1^t) u
 
-SGDP (momentum buffer b starts at 0, unlike torch.optim.SGD)::
+SGDP (momentum mu, dampening tau, momentum buffer b starts at 0, unlike torch.optim.SGD)::
 
     b <- mu b + (1 - tau) g;  d = g + mu b (nesterov) or d = b
     (d, r) = Pi(theta, g, d);  theta <- theta (1 - eta lambda r / (1 - mu));  theta <- theta - eta d
+
+Intuition: on a scale-invariant weight only the tangential part of a step changes the function;
+the radial part only inflates ||w||, so removing it keeps the effective step size.
 
 SGDP follows the paper's Algorithm (SGDP, Algorithm 1 of arXiv 2006.08217): the momentum p_t is
 accumulated from the raw gradients and only the update q_t = Pi(p_t) is projected; the buffer
@@ -40,18 +44,25 @@ the two drift apart by ~1 in 30 steps). ``project_momentum=True`` reproduces the
 projected step the buffer is replaced by its projection (with ``nesterov=True`` the package's
 ``d_p`` is a new tensor, so the flag changes nothing there, as in the package).
 
-Departures: AdamP with ``delta = 0`` never projects and is exactly torch.optim.AdamW; SGDP with
-``delta = 0``, ``weight_decay = 0`` and ``dampening = 0`` is exactly torch.optim.SGD. Kept for
-parity with the reference: the cosine (as ``F.cosine_similarity``) is taken on the raw gradient; a zero
-gradient counts as scale-invariant (cos = 0), and so does a gradient whose squared norm overflows the
-dtype (|g| above ~1e19 in float32: ||g||^2 = inf, cos = 0, as ``F.cosine_similarity`` gives); SGDP
-divides the decay by (1 - mu). The code folds
-1/sqrt(1 - beta2^t) into eps and the step size (same quantity, one op fewer), so the update u it
-projects is sqrt(1 - beta2^t) times the u above (the projection is linear, the result the same).
-The moment updates run through ``torch._foreach_*``; the projection is a per-tensor loop (it
-needs per-row reductions and a data-dependent branch). ``fused=True`` runs :func:`adamp_fused` /
-:func:`sgdp_fused` compiled (:mod:`lab.optim._fused`): both views' cosines are computed and the
-branch becomes a ``torch.where``. A NaN/Inf gradient raises before the step
+Where it departs from AdamW (AdamP) and SGD (SGDP): only the projection Pi and the decay ratio r.
+AdamP with ``delta = 0`` never projects and is exactly torch.optim.AdamW; SGDP with
+``delta = 0``, ``weight_decay = 0`` and ``dampening = 0`` is exactly torch.optim.SGD.
+
+Choices (kept for parity with the reference where it is specific):
+- The cosine (as ``F.cosine_similarity``) is taken on the raw gradient; a zero gradient counts as
+  scale-invariant (cos = 0), and so does a gradient whose squared norm overflows the dtype (|g|
+  above ~1e19 in float32: ||g||^2 = inf, cos = 0, as ``F.cosine_similarity`` gives).
+- SGDP divides the decay by (1 - mu) (the package does).
+- SGDP's default ``project_momentum=False`` is the paper's algorithm (buffer unprojected);
+  ``True`` is the package's.
+- The code folds 1/sqrt(1 - beta2^t) into eps and the step size (same quantity, one op fewer), so
+  the update u it projects is sqrt(1 - beta2^t) times the u above (the projection is linear, the
+  result the same).
+
+Paths: the moment updates run through ``torch._foreach_*``; the projection is a per-tensor loop
+(it needs per-row reductions and a data-dependent branch). ``fused=True`` runs
+:func:`adamp_fused` / :func:`sgdp_fused` compiled (:mod:`lab.optim._fused`): both views' cosines
+are computed and the branch becomes a ``torch.where``. A NaN/Inf gradient raises before the step
 (``check_finite=False`` to opt out).
 
 State (per parameter): AdamP ``step``, ``exp_avg``, ``exp_avg_sq``; SGDP ``step``, ``momentum``.

@@ -4,7 +4,8 @@ Paper: "AGD: an Auto-switchable Optimizer using Stepwise Gradient Difference as 
 Matrix", Yue et al., arXiv 2312.01658 (NeurIPS 2023). Equations and defaults follow the authors'
 code (atorch ``optimizers/agd.py``). Not "Automatic Gradient Descent", a different method.
 
-Per step t (learning rate eta, betas beta1, beta2, threshold delta, weight decay lambda)::
+The update: per step t (learning rate eta, betas beta1, beta2, threshold delta, weight decay
+lambda, gradient g_t, momentum m, preconditioner b, clip bound ``clip``, m_0 = b_0 = 0)::
 
     theta <- theta (1 - eta lambda)                    weight_decouple (default); fixed_decay: (1 - lambda)
        or  g <- g + lambda theta                        weight_decouple=False (L2)
@@ -21,16 +22,21 @@ The *auto-switch*: where ``sqrt(b_hat) <= delta`` the coordinate takes an SGD-wi
 ``(eta/delta) m_hat``; elsewhere an adaptive step. Larger delta -> more coordinates in SGD mode
 (:func:`sgd_fraction` measures the fraction).
 
-Departure from Adam: b tracks s^2 (change of the momentum) instead of g^2, and delta floors the
-denominator instead of being added to it.
+Where it departs from Adam: b tracks s^2 (change of the momentum) instead of g^2, and delta floors
+the denominator instead of being added to it.
 
-Choices and warnings: ``delta`` defaults to the code's 1e-5; the authors' README recommends
-1e-14 for Transformer-like models, contradicting the code default, so pass delta explicitly.
-delta must be > 0 (delta = 0 turns a zero gradient into 0/0). Under a *constant* gradient s_t = 0
-after t = 1, so b_hat ~ 1/t shrinks and the step grows ~ sqrt(t) until sqrt(b_hat) < delta, when it
-jumps to ``eta m_hat/delta`` (huge for tiny delta): use ``clip`` (e.g. 5) if training is
-unstable. With weight_decouple=False the L2 term is added to a new gradient tensor; ``p.grad`` is
-not modified (the reference modifies it).
+Choices:
+- ``delta`` defaults to the code's 1e-5; the authors' README recommends 1e-14 for
+  Transformer-like models, contradicting the code default, so pass delta explicitly.
+- delta must be > 0 (delta = 0 turns a zero gradient into 0/0): ``ValueError``.
+- s_1 = g_1 (there is no m_0 difference to take at the first step), as the authors' code.
+- With weight_decouple=False the L2 term is added to a new gradient tensor; ``p.grad`` is not
+  modified (the reference modifies it).
+- ``win=True`` requires ``weight_decouple=True`` and ``fixed_decay=False`` (``ValueError``).
+
+Warning: under a *constant* gradient s_t = 0 after t = 1, so b_hat ~ 1/t shrinks and the step
+grows ~ sqrt(t) until sqrt(b_hat) < delta, when it jumps to ``eta m_hat/delta`` (huge for tiny
+delta): use ``clip`` (e.g. 5) if training is unstable.
 
 ``win=True``: the authors' code also offers Win acceleration ("Win: Weight-Decay-Integrated Nesterov
 Acceleration for Adaptive Gradient Algorithms", Zhou, Xie and Yan, ICLR 2023, OpenReview

@@ -3,8 +3,8 @@
 Paper: "BAdam: A Memory Efficient Full Parameter Optimization Method for Large Language Models",
 Luo et al., arXiv 2404.02827 (reference code: PyPI ``badam`` ``BlockOptimizer``).
 
-The parameters are split into D blocks (in an LLM: one transformer layer each). With active block
-i and K = ``switch_block_every``:
+The update: the parameters are split into D blocks theta_1..theta_D (in an LLM: one transformer
+layer each). With active block i, its gradient G_i and K = ``switch_block_every``:
 
     for K steps:  theta_i <- AdamW step on theta_i with gradient G_i      (other blocks frozen)
     then:         clear the Adam state (m, v, t: bias correction restarts), i <- next(i)
@@ -18,21 +18,26 @@ counter restarts at 1 (a full-magnitude first Adam step, about -lr sign(g)).
 Intuition: every parameter is trained (full-parameter, unlike LoRA), but Adam's two moments and
 the gradients exist for one block only: optimizer memory ~ 2/D of AdamW's.
 
-Lab API: the blocks are the param groups (``module_blocks(model)`` builds one group per module
-that owns parameters; with a single group every tensor is its own block). With
-``freeze_inactive=True`` (the paper's memory saving) the optimizer sets ``requires_grad`` so that
-only the active block receives gradients; with False all gradients are computed and the inactive
-ones ignored (useful to measure gradient energy). The switch happens at the end of the K-th step,
-so that the next backward already fills the new block. Inactive blocks get no update and no decay.
+Where it departs from AdamW: only one block steps at a time and its Adam state restarts at every
+switch; the active block's step is torch.optim.AdamW's arithmetic (decoupled decay before the
+update, Form-A eps).
 
-Departure from Adam: the active block's step is torch.optim.AdamW's arithmetic (decoupled decay
-before the update, Form-A eps); the hyperparameters are the base optimizer's (the reference wraps
-any), so defaults are torch.optim.Adam's (lr 1e-3, eps 1e-8, weight_decay 0). The reference's
-``include_embedding`` / ``include_lm_head`` prefix rules are replaced by explicit param groups.
+Choices:
+- The blocks are the param groups (``module_blocks(model)`` builds one group per module that owns
+  parameters; with a single group every tensor is its own block). The reference's
+  ``include_embedding`` / ``include_lm_head`` prefix rules are replaced by explicit param groups.
+- With ``freeze_inactive=True`` (the paper's memory saving) the optimizer sets ``requires_grad``
+  so that only the active block receives gradients; with False all gradients are computed and
+  the inactive ones ignored (useful to measure gradient energy).
+- The switch happens at the end of the K-th step, so that the next backward already fills the
+  new block. Inactive blocks get no update and no decay.
+- The hyperparameters are the base optimizer's (the reference wraps any), so defaults are
+  torch.optim.Adam's (lr 1e-3, eps 1e-8, weight_decay 0).
+- Frozen parameters: a parameter whose ``requires_grad`` is False when the optimizer is built was
+  frozen by the user; BAdam never trains it and never turns its ``requires_grad`` on (it only
+  toggles the parameters that were trainable).
+- Half-precision weights keep float32 Adam state.
 
-Frozen parameters: a parameter whose ``requires_grad`` is False when the optimizer is built was
-frozen by the user; BAdam never trains it and never turns its ``requires_grad`` on (it only
-toggles the parameters that were trainable). Half-precision weights keep float32 Adam state.
 ``fused=True`` runs the block's AdamW step as one compiled region per device/dtype; a NaN/Inf
 gradient raises ``ValueError`` naming the parameter (``check_finite=False`` to opt out).
 """

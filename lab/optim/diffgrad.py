@@ -4,7 +4,8 @@ Paper: "diffGrad: An Optimization Method for Convolutional Neural Networks", Dub
 arXiv 1909.11015. Equations follow the authors' ``diffGrad_v2.py`` (their ``diffGrad.py`` keeps a
 reference to ``p.grad`` instead of a copy, so with in-place zeroing the change is always 0).
 
-Per step t (learning rate eta, betas beta1, beta2, eps, L2 coefficient lambda, g_prev = 0 at t=1)::
+The update: per step t (learning rate eta, betas beta1, beta2, eps, L2 coefficient lambda, gradient
+g, moments m and v, previous gradient g_prev = 0 at t=1, friction coefficient xi)::
 
     g  <- g + lambda theta                              coupled (L2) weight decay
     m  <- beta1 m + (1 - beta1) g
@@ -17,10 +18,15 @@ Intuition: where the gradient barely changes between steps (flat region or near 
 xi -> 0.5 and the step is halved ("friction"); where it changes fast xi -> 1 and the step is
 Adam's. diffGrad never steps further than Adam, and at most a factor 2 shorter.
 
-Departure from Adam: the factor xi on the momentum. Adam's eps is in the legacy place (Form B:
-``sqrt(v) + eps`` with the bias corrections in the step size), so with eps = 0 a diffGrad step
-is exactly xi times a torch.optim.Adam step from the same moments. Choice: the L2 term is added
-to a *new* gradient tensor; ``p.grad`` is left untouched (the reference adds it in place).
+Where it departs from Adam: the factor xi on the momentum. Adam's eps is in the legacy place (Form
+B: ``sqrt(v) + eps`` with the bias corrections in the step size), so with eps = 0 a diffGrad step
+is exactly xi times a torch.optim.Adam step from the same moments.
+
+Choices:
+- The L2 term is added to a *new* gradient tensor; ``p.grad`` is left untouched (the reference
+  adds it in place).
+- g_prev is a copy of the gradient (as ``diffGrad_v2.py``), including the L2 term, so the result
+  does not depend on how the gradients are zeroed.
 
 State (per parameter): ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v), ``previous_grad`` (3 x p).
 Paths: eager foreach (default) or per-tensor loop; ``fused=True`` runs :func:`diffgrad_fused`

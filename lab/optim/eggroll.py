@@ -1,12 +1,13 @@
 """EGGROLL: evolution strategies whose perturbation of each weight matrix has rank r.
 
-Paper: "Evolution Strategies at the Hyperscale" (Sarkar, Fellows, Duque et al.), arXiv
+Paper: "Evolution Strategies at the Hyperscale", Sarkar et al. (with Fellows, Duque, ...), arXiv
 2511.16652 ("Evolution Guided GeneRal Optimisation via Low-rank Learning"). Reference code:
 ESHyperscale/HyperscaleES (JAX, ``noiser/eggroll.py``); the lab follows the code where the paper
 leaves constants open.
 
-ES (``lab.optim.es``) perturbs a matrix W (out x in) with a full Gaussian matrix: each member
-costs an (out x in) tensor and its own matmul. EGGROLL draws two thin factors instead:
+The update: ES (``lab.optim.es``) perturbs a matrix W (out x in) with a full Gaussian matrix: each
+member costs an (out x in) tensor and its own matmul. EGGROLL draws two thin factors instead
+(symbols defined below the block):
 
     A_k ~ N(0, 1)^(out x r),  B_k ~ N(0, 1)^(in x r),   E_k = A_k B_k^T / sqrt(r)
     member i (pair k = i // 2, sign s_i = +1 for even i, -1 for odd i):
@@ -21,8 +22,9 @@ Other parameters (biases, norms, any tensor that is not 2-D) get full-rank noise
 ``s_i sigma eps_k`` and ``g_hat = sqrt(N) mean_i(f~_i s_i sigma eps_k(i))``.
 
 Symbols: r = rank, sigma = noise scale, N = population (even: antithetic pairs share A_k, B_k),
-f~ = z-scored fitness. The 1/sqrt(r) keeps every entry of E_k at unit variance for any r, so
-E_k has the same covariance as a full Gaussian matrix; what differs is higher moments (e.g.
+f = fitness of each member (higher is better), f~ = z-scored fitness, x = an input batch,
+B(., grad) = the outer (base) optimizer's step, eps_k = full-rank Gaussian noise. The 1/sqrt(r)
+keeps every entry of E_k at unit variance for any r, so E_k has the same covariance as a full Gaussian matrix; what differs is higher moments (e.g.
 E[E_ij^4] = 3 + 6/r), so the expected update converges to the full-rank ES update as r grows,
 at the rate O(1/r) the paper proves. A sum of N/2 rank-r terms is high-rank: the update is not
 confined to a rank-r subspace.
@@ -31,7 +33,7 @@ Where it departs from ES: low-rank noise on matrices; z-score instead of centere
 the update is scaled by sigma*sqrt(N) relative to ES's (with full-rank Gaussian noise in place of
 E_k, ``g_hat_EGGROLL = sigma sqrt(N) g_hat_ES`` for the same shaped fitness); SGD outer step.
 
-Choices where the paper is silent or the code is specific:
+Choices (where the paper is silent or the code is specific):
 - Constants follow the reference code (the spec marks the paper-level sigma / sqrt(N)
   placement as unverified; the code's ``-sqrt(N) * mean(...)`` was checked).
 - Defaults: sigma 1e-3 and rank 1 (reference init and LLM script), SGD outer optimizer. The

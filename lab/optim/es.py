@@ -1,11 +1,12 @@
 """OpenAI-style evolution strategies: a gradient estimate from the fitness of perturbed copies.
 
-Paper: "Evolution Strategies as a Scalable Alternative to Reinforcement Learning" (Salimans, Ho,
-Chen, Sidor, Sutskever), arXiv 1703.03864; reference code openai/evolution-strategies-starter.
+Paper: "Evolution Strategies as a Scalable Alternative to Reinforcement Learning", Salimans et al.
+(with Ho, Chen, Sidor, Sutskever), arXiv 1703.03864 (reference code:
+openai/evolution-strategies-starter).
 In the lab it is the full-rank baseline of EGGROLL (``lab.optim.eggroll``).
 
-ES ascends the Gaussian-smoothed fitness ``F_sigma(theta) = E_eps[F(theta + sigma eps)]``,
-whose gradient is ``E[F(theta + sigma eps) eps] / sigma``. Per step, population N:
+The update: ES ascends the Gaussian-smoothed fitness ``F_sigma(theta) = E_eps[F(theta + sigma
+eps)]``, whose gradient is ``E[F(theta + sigma eps) eps] / sigma``. Per step, population N:
 
     eps_k ~ N(0, I)                       k = 1..N/2 (antithetic) or 1..N
     member i: theta_i = theta + s_i sigma eps_k(i)       antithetic: pair k = i // 2,
@@ -17,10 +18,14 @@ whose gradient is ``E[F(theta + sigma eps) eps] / sigma``. Per step, population 
                                           weight decay adds l2coeff * theta to the "gradient"
 
 Symbols: F = fitness (higher is better), sigma = noise scale, s_i = antithetic sign, w = shaped
-fitness. As in the reference code the estimate has no 1/sigma (it is absorbed in the step
+fitness, eps_k = a standard Gaussian draw of theta's shape, g_hat = the gradient estimate. As in the reference code the estimate has no 1/sigma (it is absorbed in the step
 size): with raw fitness, E[g_hat] = sigma grad F_sigma(theta), which for a quadratic F is exactly
 sigma grad F(theta). Antithetic pairs cancel the even part of F; ranks make the step invariant to
 monotone transformations of the fitness and robust to outliers.
+
+Where it departs from back-propagation with the base optimizer B (its parent here): the gradient
+is not back-propagated but estimated from N fitness values; B only applies it. ES is itself the parent
+(the full-rank baseline) of EGGROLL.
 
 API (DESIGN.md): ``step(fitness)`` where ``fitness(params_batch)`` evaluates the whole
 population at once and returns one number per member, shape (N,). ``params_batch`` is a list
@@ -33,7 +38,7 @@ aligned with :attr:`ES.params` (every group's parameters in order), each entry o
         return -((out - y) ** 2).mean(dim=(1, 2))                 # (N,)
     opt.step(fitness)
 
-Choices where the reference is silent or differs:
+Choices (where the reference is silent or differs):
 - Defaults follow the reference humanoid config: sigma 0.02, Adam lr 0.01, l2 coefficient 0.005
   (``weight_decay`` of the base optimizer), centered ranks, antithetic pairs. The reference
   evaluates about 10,000 episodes per step; the lab's default population is 64 (a laptop).

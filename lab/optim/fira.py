@@ -3,8 +3,9 @@
 Paper: "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint?", Chen et al.,
 arXiv 2410.01623 (reference code: xichen-fy/Fira, PyPI ``fira`` ``FiraAdamW``).
 
-For a 2-D weight with gradient G (m x n), projector P and scale alpha (all as in
-:mod:`lab.optim.galore`), at step t:
+The update: for a 2-D weight W with gradient G (m x n), projector P, scale alpha, lr, betas b1, b2,
+eps and weight decay lambda (all as in :mod:`lab.optim.galore`; project/lift = multiply by P
+and back), at step t:
 
     R = project(G);  m, v <- Adam moments of R;  N = m / (sqrt(v) + eps)      GaLore part
     S_raw = G - alpha lift(R)                                                 residual, outside P
@@ -23,18 +24,27 @@ without storing any state for it, borrowing the low-rank Adam's per-row gain, an
 gradient spikes with the norm-growth limiter.
 
 Where it departs from GaLore: only the added ``S`` term; bias correction multiplies ``S`` too (as
-in the reference). Choices: the scaling axis is taken from the projection side (right -> per row,
-left -> per column); the reference decides it from R's shape, which agrees whenever the rank is at
-most the projected dimension (always true here, ranks are clamped). Two-sided ``"full"``
-projection is not offered (its R is r x r and has no per-row gain). Pitfall kept on purpose:
-rows whose projected gradient is zero get phi = 0 and lose their residual.
+in the reference).
+
+Choices:
+- The scaling axis is taken from the projection side (right -> per row, left -> per column); the
+  reference decides it from R's shape, which agrees whenever the rank is at most the projected
+  dimension (always true here, ranks are clamped).
+- Two-sided ``"full"`` projection is not offered (its R is r x r and has no per-row gain):
+  ``ValueError``.
+- On the first step the limiter only records ||S||_F (there is no s_prev to compare with).
+- Pitfall kept on purpose (as the reference): rows whose projected gradient is zero get phi = 0
+  and lose their residual.
 
 Defaults: those of the reference's ``FiraAdamW`` and ``divide_params`` (lr 1e-3, eps 1e-6,
 weight_decay 0, rank 8, update_proj_gap 200, alpha 1.0); gamma = 1.01 is hard-coded there. The
 repository's LLaMA pre-training scripts use lr 0.01, alpha 0.25, rank 128-256.
 Memory: GaLore's plus one scalar per matrix. Full-rank path: as GaLore (Form-B AdamW). As GaLore:
-``svd``, ``fused``, ``check_finite``, and float32 state and arithmetic for half-precision weights
-(in float16 the 1e-8 guards round to 0 and the first step would be 0/0).
+``svd="lowrank"`` (randomized SVD at each projector refresh), ``fused=True`` (the group's Adam
+moments and directions compiled; projections and the residual stay eager), ``check_finite``
+(a NaN/Inf gradient raises ``ValueError`` naming the parameter before anything changes), and
+float32 state and arithmetic for half-precision weights (in float16 the 1e-8 guards round to 0
+and the first step would be 0/0).
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Paper: "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable Training",
 Zmushko et al., arXiv 2411.07837 (ICML 2025; code read from a public fork of the paper's code).
 
-Per step, for every parameter theta with gradient G (lr = eta, density = rho):
+The update: per step, for every parameter theta with gradient G (lr = eta, density = rho, weight
+decay lambda; project/lift = into the subspace and back):
 
     theta <- theta (1 - eta lambda)                                decoupled decay, on every tensor
     projected 2-D weights:
@@ -34,13 +35,22 @@ Intuition: the update is full-rank (every direction moves), but only the small s
 Adam's memory; the rest follows signSGD, which needs no state. Limits [derived]: blockwise at
 rho = 1 is exactly torch AdamW; rho = 0 gives ``theta <- theta (1 - eta lambda) - eta sign(G)``.
 
-Choices where the fork leaves room: one rounding rule (``round``) for every projection (the fork
-floors for coordinates); coordinates follow the SVD's side rule (columns when m >= n); when r
-reaches the full projected dimension the residual is set to exactly 0 (otherwise sign() would turn
-round-off into full steps); in blockwise mode tensors that turn inactive drop their state, and the
-count of active tensors uses the constructor's density. Defaults are the fork's (rho 0.25, T 200,
-signSGD, lr 1e-3, eps 1e-8, weight_decay 0.01). The paper's recommended state-free lr ratio is
-not verified here: ``state_free_lr_scale`` defaults to 1.
+Where it departs from GaLore (and AdamW): GaLore drops G_rest and keeps its moments across
+refreshes; FRUGAL steps along G_rest with a state-free rule (the update is full-rank) and by
+default restarts the subspace's moments at each refresh. The state-full rule is torch AdamW's
+Form A, not GaLore's Form B.
+
+Choices (where the fork leaves room):
+- One rounding rule (``round``) for every projection (the fork floors for coordinates).
+- Coordinates follow the SVD's side rule (columns when m >= n).
+- When r reaches the full projected dimension the residual is set to exactly 0 (otherwise sign()
+  would turn round-off into full steps).
+- In blockwise mode tensors that turn inactive drop their state, and the count of active tensors
+  uses the constructor's density.
+- Defaults are the fork's (rho 0.25, T 200, signSGD, lr 1e-3, eps 1e-8, weight_decay 0.01). The
+  paper's recommended state-free lr ratio is not verified here: ``state_free_lr_scale``
+  defaults to 1.
+- ``svd="lowrank"`` draws from the optimizer's generator (``seed``), saved in ``state_dict()``.
 
 Half precision: the AdamW state and the subspace arithmetic are float32 (in float16 the default
 eps 1e-8 rounds to 0, and the first step of a zero coordinate would be 0/0 = NaN).

@@ -3,7 +3,8 @@
 Paper: "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection", Zhao et al.,
 arXiv 2403.03507 (reference code: galore-torch ``GaLoreAdamW``).
 
-For a 2-D weight ``W`` (m x n, m >= n under ``proj_type="std"``) with gradient ``G_t``, at step t:
+The update: for a 2-D weight ``W`` (m x n, m >= n under ``proj_type="std"``) with gradient ``G_t``,
+at step t (lr, betas b1, b2, eps; m_t, v_t the Adam moments of the projected gradient R_t):
 
     P_t = top-r right singular vectors of G_t  (r x n),  recomputed when (t-1) % T == 0, else P_{t-1}
     R_t = G_t P_t^T                                      (m x r)   project
@@ -27,21 +28,30 @@ per-coordinate adaptivity acts in the rotated basis ``G P^T`` (equal only if P i
 
 Full-rank path: parameters that are not 2-D (biases, norms), and every parameter of a group with
 ``rank=None``, get the same Form-B AdamW step on their full gradient (as galore-torch's non-GaLore
-groups). A rank larger than the projected dimension is clamped to it.
+groups).
 
 Defaults: galore-torch's (lr 1e-3, eps 1e-6, weight_decay 0, ``update_proj_gap`` 200, ``scale`` 1.0
 -- the projector's own default); rank 128 is the repository's LLaMA pre-training recipe, whose
 scripts pair it with ``scale`` 0.25 and lr 0.01.
 
-Choices where the reference leaves room: ``projection="random"`` (a random orthonormal P from
-``seed``) and ``"coordinates"`` are offered beside the paper's SVD; the SVD runs in the weight's
-dtype (float32 for half precision); the refresh counter is per parameter, read before increment
-(refresh at calls 1, T+1, 2T+1, ...). State per weight: ``step``, ``exp_avg`` and ``exp_avg_sq``
+Choices (where the reference leaves room):
+- ``projection="random"`` (a random orthonormal P from ``seed``) and ``"coordinates"`` are offered
+  beside the paper's SVD.
+- The SVD runs in the weight's dtype (float32 for half precision).
+- The refresh counter is per parameter, read before increment (refresh at calls 1, T+1, 2T+1,
+  ..., as galore-torch; ``pytorch_optimizer.GaLore`` refreshes one step earlier, at 1, T, 2T).
+- A rank larger than the projected dimension is clamped to it.
+- ``svd="lowrank"`` draws its random test matrix from the optimizer's own generator (``seed``),
+  not from the global RNG; the generator state is saved in ``state_dict()``, so a resumed run
+  refreshes with the same subspaces.
+
+State per weight: ``step``, ``exp_avg`` and ``exp_avg_sq``
 (shape of R), ``projector`` (see :mod:`lab.optim.projection`). Half-precision weights keep that
 state in float32 and compute the update in float32.
 
-``svd="lowrank"``: the refresh uses a randomized SVD (``torch.svd_lowrank``, Halko et al.; a few
-power iterations) instead of the exact one: O(m n r) instead of O(m n min(m, n)) per refresh.
+``svd="lowrank"``: the refresh uses a randomized SVD (:func:`lab.optim.projection.randomized_svd`,
+the Halko et al. range finder of ``torch.svd_lowrank`` with oversampling 8 and 2 power
+iterations) instead of the exact one: O(m n r) instead of O(m n min(m, n)) per refresh.
 Its subspace captures nearly the energy of the exact top-r one when the spectrum decays
 (``benchmarks/optim_memory.py`` reports the ratio; a test bounds it).
 ``fused=True``: the Adam moments and directions of a param group run as one compiled region per
@@ -80,8 +90,8 @@ class GaLore(LowRankBase):
         scale (alpha): multiplies the lifted update.
         proj_type: ``"std"``, ``"reverse_std"``, ``"right"``, ``"left"`` or ``"full"``.
         projection: ``"svd"`` (paper), ``"random"`` or ``"coordinates"``.
-        svd: ``"exact"`` (``torch.linalg.svd``) or ``"lowrank"`` (randomized, ``torch.svd_lowrank``).
-        seed: seeds the generator of random projections.
+        svd: ``"exact"`` (``torch.linalg.svd``) or ``"lowrank"`` (randomized, :func:`~lab.optim.projection.randomized_svd`).
+        seed: seeds the generator of random projections and of ``svd="lowrank"``.
         fused: the inner Adam steps as one compiled region per device/dtype (None = no).
         check_finite: raise ``ValueError`` naming the parameter on a NaN/Inf gradient.
     """

@@ -6,8 +6,13 @@ arXiv 2412.19616 (AAAI 2025). Only the paper's two summary equations could be ch
     W = M (W0 + I J) / ||W0 + I J||_c            weight-normalized, low-rank-updated weight
     D~_t = U_t eta_t(U_t^T D_t V_t) V_t^T        the gradient D_t seen through a rank-r projection
 
-Implemented here, for a 2-D weight W (m x n) with gradient G, one magnitude per row (``norm_dim=1``:
-per output unit of an ``nn.Linear``):
+(M = magnitudes, W0 = the initial weight, I J = a rank-r update, ||.||_c =
+column-wise norm, D_t = gradient, U_t, V_t = projectors, eta_t = the inner optimizer.)
+
+The update: implemented here, for a 2-D weight W (m x n) with gradient G, one magnitude g per row
+(``norm_dim=1``: per output unit of an ``nn.Linear``), direction v, lr, betas b1, b2, eps,
+weight decay lambda, scale alpha, Adam moments m, s of the projected direction gradient R, and
+Adam_g(.) the magnitudes' own Adam direction:
 
     g = ||W_i||  (m x 1),  v = W / g              re-anchor: v has unit rows (free: weight norm
                                                    is invariant to the scale of v)
@@ -21,7 +26,11 @@ Why this realizes ``W0 + I J``: between two refreshes of the projector P, every 
 ``lift(N) = N P`` has rank <= r in the same row space, so their sum is a rank-r ``I J`` with
 ``J = P`` -- the low-rank update of the paper's first equation, without storing I and J.
 
-Choices where the public material is silent (each documented, none verified against the paper):
+Where it departs from GaLore: GaLore projects the gradient of W itself; GradNormLoRP splits W into
+magnitude x direction, gives the magnitudes their own small Adam, and projects only the gradient
+of the (unit-row) direction, with the radial part of each row removed.
+
+Choices (where the public material is silent; each documented, none verified against the paper):
 - D_t is the gradient with respect to the direction v (not W), taken at the unit anchor, so that the
   angular step of a row is about lr whatever its norm.
 - One magnitude per row of torch's (out, in) layout, i.e. per output unit (as Salimans & Kingma's

@@ -2,7 +2,7 @@
 
 Paper: "Symbolic Discovery of Optimization Algorithms", Chen et al., arXiv 2302.06675.
 
-Per step t, for each parameter theta with gradient g_t (learning rate eta, weight decay lambda,
+The update: per step t, for each parameter theta with gradient g_t (learning rate eta, weight decay lambda,
 momentum coefficients beta1, beta2, exp_avg m, m_0 = 0)::
 
     theta <- theta (1 - eta lambda)                 decoupled weight decay, on theta_{t-1}
@@ -12,14 +12,15 @@ momentum coefficients beta1, beta2, exp_avg m, m_0 = 0)::
 
 Intuition: only the *direction* of each coordinate's recent gradient matters; the interpolation
 ``c`` reacts to the current gradient (beta1 = 0.9) while the state remembers longer (beta2 = 0.99).
-Departure from its parents: unlike Signum (sign of a single EMA) the update uses a different
-beta than the state; unlike Adam it keeps one moment, no second one, so ``|update| = eta`` per
+Where it departs from Adam and Signum: unlike Signum (sign of a single EMA) the update uses a
+different beta than the state; unlike Adam it keeps one moment, no second one, so ``|update| = eta`` per
 coordinate and the learning rate should be 3-10x smaller than AdamW's (and lambda 3-10x larger,
 the effective decay is eta * lambda).
 
-Choices: ``sign(0) = 0`` (an exact-zero interpolation gives no update, as in torch). The
-interpolation is computed with ``lerp`` (``m + (1-beta1)(g - m)``), the same rounding in the
-per-tensor and the ``torch._foreach_*`` path.
+Choices:
+- ``sign(0) = 0`` (an exact-zero interpolation gives no update, as in torch).
+- The interpolation is computed with ``lerp`` (``m + (1-beta1)(g - m)``), the same rounding in
+  the per-tensor and the ``torch._foreach_*`` path.
 
 Paths: ``foreach`` (default) and a per-tensor loop run eagerly; ``fused=True`` runs
 :func:`lion_fused` compiled (:mod:`lab.optim._fused`). A NaN/Inf gradient raises before the

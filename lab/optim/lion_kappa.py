@@ -1,10 +1,11 @@
 """Lion-kappa: Lion with ``sign`` replaced by the (sub)gradient of a convex function kappa.
 
-Paper: "Lion Secretly Solves Constrained Optimization: As Lyapunov Predicts", Chen, Liu, Liang
-and Liu, arXiv 2310.05898. The nuclear-norm member comes from the same group's follow-up note
+Paper: "Lion Secretly Solves Constrained Optimization: As Lyapunov Predicts", Chen et al. (with
+Liu, Liang, Liu), arXiv 2310.05898. The nuclear-norm member comes from the same group's follow-up note
 "Muon is a Nuclear Lion King".
 
-Update (learning rate eps, weight decay lambda, momentum coefficients beta1, beta2, kappa convex)::
+The update: learning rate eps, weight decay lambda, momentum coefficients beta1, beta2, gradient g_t,
+momentum m, interpolation c, kappa a convex function with (sub)gradient grad_kappa::
 
     c      = beta1 m + (1 - beta1) g_t          (the paper's n~ = -c: it stores negative gradients)
     theta <- theta (1 - eps lambda) - eps grad_kappa(c)
@@ -24,16 +25,21 @@ kappa, kappa* is the indicator of the dual-norm unit ball, so the weight decay i
 | ``half_l2``      | c                        | min f + (lambda/2) ||x||^2 (momentum GD with WD)  |
 | ``nuclear``      | U V^T, c = U S V^T       | min f  s.t. ||X||_op <= 1/lambda (Muon-like)      |
 
-Choices where the paper leaves room: norms are taken **per tensor** (the constraint set is a
-product of per-tensor balls, not one global ball); ``grad_kappa(0) = 0``; for ``nuclear`` a
-tensor is viewed as the matrix ``(size(0), numel/size(0))`` (a 1-D tensor is a 1 x n matrix, so
-there ``nuclear`` coincides with ``l2``) and singular values below ``max(S) * n * machine_eps``
-are dropped (the polar factor of the non-null part). The Nesterov-like term uses m_t, not
-m_{t+1} (the paper's form), so ``kappa="l1"`` reproduces Lion bit for bit. With ``l2`` and
-``nuclear`` each tensor moves by eps (l2 norm) resp. eps (operator norm) per step regardless of its
-size: a different learning-rate scale than Lion.
+Where it departs from Lion: only ``grad_kappa`` (``kappa="l1"`` is Lion).
 
-Departure from Lion: only ``grad_kappa``. State (per parameter): ``step``, ``exp_avg`` (1 x p).
+Choices (where the paper leaves room):
+- Norms are taken **per tensor** (the constraint set is a product of per-tensor balls, not one
+  global ball).
+- ``grad_kappa(0) = 0``.
+- For ``nuclear`` a tensor is viewed as the matrix ``(size(0), numel/size(0))`` (a 1-D tensor is
+  a 1 x n matrix, so there ``nuclear`` coincides with ``l2``), and singular values below
+  ``max(S) * n * machine_eps`` are dropped (the polar factor of the non-null part).
+- The Nesterov-like term uses m_t, not m_{t+1} (the paper's form), so ``kappa="l1"`` reproduces
+  Lion bit for bit.
+- With ``l2`` and ``nuclear`` each tensor moves by eps (l2 norm) resp. eps (operator norm) per
+  step regardless of its size: a different learning-rate scale than Lion.
+
+State (per parameter): ``step``, ``exp_avg`` (1 x p).
 Paths: eager foreach / per-tensor, and ``fused=True`` (:func:`lion_kappa_fused` compiled; the
 nuclear kappa's SVD runs inside the graph as an external kernel). A NaN/Inf gradient raises
 before the step (``check_finite=False`` to opt out).

@@ -1,11 +1,11 @@
 """SAM: step with the gradient taken at the worst point of a small ball around the weights.
 
-Paper: "Sharpness-Aware Minimization for Efficiently Improving Generalization" (Foret, Kleinberg,
-Mobahi, Neyshabur), arXiv 2010.01412; the adaptive variant (ASAM) is "ASAM: Adaptive
-Sharpness-Aware Minimization for Scale-Invariant Learning of Deep Neural Networks", arXiv
-2102.11600. In the lab SAM is also the baseline of WSAM (``lab.optim.wsam``).
+Paper: "Sharpness-Aware Minimization for Efficiently Improving Generalization", Foret et al.
+(with Kleinberg, Mobahi, Neyshabur), arXiv 2010.01412; the adaptive variant (ASAM) is "ASAM:
+Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning of Deep Neural Networks", Kwon
+et al., arXiv 2102.11600. In the lab SAM is also the baseline of WSAM (``lab.optim.wsam``).
 
-Objective: ``min_theta  max_{||e||_2 <= rho}  L(theta + e)``. One step, with a base optimizer B
+The objective: ``min_theta  max_{||e||_2 <= rho}  L(theta + e)``. One step, with a base optimizer B
 (SGD, Adam, ... anything that reads ``p.grad``):
 
     g     = grad L(theta)                          pass 1 (forward + backward)
@@ -21,7 +21,10 @@ keeps the division finite at a zero gradient (then e = 0).
 Intuition: at a sharp minimum a step of length rho already climbs far up the wall, so the
 gradient there pushes the weights out; in a flat basin it stays small, so SAM settles there.
 
-Where the lab departs from / settles what the reference leaves open:
+Where it departs from the base optimizer B (SGD, Adam, ...): B steps with the gradient taken at
+theta + e instead of at theta, which costs a second forward and backward pass on the same batch.
+
+Choices (what the lab settles where the reference leaves it open):
 - ``step(closure)`` runs both passes itself and returns the pass-1 loss. It zeroes the gradients
   before each pass, so a closure that forgets to (or a stray ``backward()`` before ``step``)
   cannot double-count the gradient.

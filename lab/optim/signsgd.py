@@ -1,11 +1,12 @@
 """signSGD and Signum: step along the sign of the gradient (or of its momentum).
 
-Paper: "signSGD: Compressed Optimisation for Non-Convex Problems", Bernstein, Wang,
-Azizzadenesheli and Anandkumar, arXiv 1802.04434. The catalog lists it as the state-free baseline
+Paper: "signSGD: Compressed Optimisation for Non-Convex Problems", Bernstein et al. (with Wang,
+Azizzadenesheli, Anandkumar), arXiv 1802.04434. The catalog lists it as the state-free baseline
 of "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable Training"
 (arXiv 2411.07837), which uses signSGD for the state-free part of the gradient.
 
-Per step, learning rate eta, momentum beta, decoupled weight decay lambda::
+The update: per step, learning rate eta, momentum beta, decoupled weight decay lambda, gradient g_t,
+momentum buffer m::
 
     theta <- theta (1 - eta lambda)
     signSGD  (beta = 0):  theta <- theta - eta sign(g_t)                          no state
@@ -14,10 +15,15 @@ Per step, learning rate eta, momentum beta, decoupled weight decay lambda::
 Intuition: one bit per coordinate carries the direction; the step length is eta for every
 coordinate that has a non-zero gradient, whatever the gradient's scale.
 
-Choices: ``sign(0) = 0`` (no random tie-breaking); the default is the state-free signSGD
-(``momentum=0``), Signum is ``momentum=0.9`` (``"signsgd(momentum=0.9)"``); weight decay is
-decoupled (multiplies theta, like the peer ``pytorch_optimizer.SignSGD``), so it is not fed through
-the sign. Relative to Lion, Signum uses one beta for the update and the state.
+Where it departs from SGD (with momentum): only the sign; it is the state-free baseline of FRUGAL
+and the parent of Lion (relative to Lion, Signum uses one beta for the update and the state).
+
+Choices:
+- ``sign(0) = 0`` (no random tie-breaking).
+- The default is the state-free signSGD (``momentum=0``); Signum is ``momentum=0.9``
+  (``"signsgd(momentum=0.9)"``).
+- Weight decay is decoupled (multiplies theta, like the peer ``pytorch_optimizer.SignSGD``), so it
+  is not fed through the sign.
 
 Paths: ``foreach`` (default) and a per-tensor loop run eagerly; ``fused=True`` runs
 :func:`signsgd_fused` compiled (:mod:`lab.optim._fused`). A NaN/Inf gradient raises before the

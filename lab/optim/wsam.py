@@ -1,10 +1,10 @@
 """WSAM: sharpness as an explicitly weighted regularizer, between the base optimizer and SAM.
 
-Paper: "Sharpness-Aware Minimization Revisited: Weighted Sharpness as a Regularization Term"
-(Yue et al., KDD 2023), arXiv 2305.15817. Reference code: ``atorch/optimizers/wsam.py``
+Paper: "Sharpness-Aware Minimization Revisited: Weighted Sharpness as a Regularization Term", Yue
+et al. (KDD 2023), arXiv 2305.15817. Reference code: ``atorch/optimizers/wsam.py``
 (class ``WeightedSAM``) in intelligent-machine-learning/dlrover.
 
-Objective, with the sharpness ``S(theta) = max_{||e|| <= rho} L(theta + e) - L(theta)``:
+The objective, with the sharpness ``S(theta) = max_{||e|| <= rho} L(theta + e) - L(theta)``:
 
     min_theta  L(theta) + alpha * S(theta),        alpha = gamma / (1 - gamma),  gamma in [0, 1)
 
@@ -24,12 +24,13 @@ lr); for plain SGD both forms agree.
 Where it departs from SAM: SAM hands B the perturbed gradient g1 alone; WSAM mixes g0 and g1 with
 weight alpha, and by default applies the sharpness part outside B.
 
-Choices where the reference is specific or silent:
+Choices (where the reference is specific or silent):
 - Defaults follow the spec sheet: rho 0.05, gamma 0.9 (alpha = 9), eps 1e-12, adaptive False,
   decouple True, max_norm None. (The dlrover file's own signature defaults differ: gamma 0.88,
   max_norm 1.0.) gamma must lie in [0, 1): gamma = 1 divides by zero.
 - ``max_norm``: as in the reference, the global norm of g0 and (separately) of g1 is clipped;
-  the perturbation e is computed from the unclipped g0.
+  the perturbation e is computed from the unclipped g0 (e is invariant to the scale of g0, so this
+  matters only through eps).
 - Same two-pass contract, BatchNorm handling, restore-by-copy and base-optimizer forms as SAM.
 - State: nothing persistent besides B's; during a step WSAM holds theta and g0 (2 x p).
 """

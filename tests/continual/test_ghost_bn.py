@@ -78,6 +78,14 @@ def test_regime_adaptation_worked_example():
     assert regime_adaptation(0.1, 4096, 128, 10, scale_lr=False, adapt_regime=False)[:2] == (0.1, 10)
 
 
+def test_regime_rounds_the_factor_up_and_the_default_ghost_batch_is_128():
+    # Docstring choices: epochs and milestones times ceil(B_L / B_S) (200/128 = 1.56 -> 2, so the
+    # large-batch run makes at least as many updates); lr uses the exact sqrt(1.5625) = 1.25
+    lr, epochs, milestones = regime_adaptation(0.1, 200, 128, 10, (3,))
+    assert lr == pytest.approx(0.125) and epochs == 20 and milestones == (6,)
+    assert GhostBatchNorm1d(3).ghost_batch_size == 128
+
+
 def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="ghost_batch_size"):
         GhostBatchNorm1d(3, ghost_batch_size=1)

@@ -130,6 +130,22 @@ def test_diffgrad_independent_of_zero_grad_mode():
     torch.testing.assert_close(run(True), run(False), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name, kwargs", [
+    ("adabelief", {"weight_decouple": False}), ("agd", {"weight_decouple": False}), ("diffgrad", {}),
+])
+@pytest.mark.parametrize("foreach", [True, False])
+def test_l2_weight_decay_leaves_p_grad_untouched(name, kwargs, foreach):
+    # The docstrings' choice: the L2 term lambda theta is added to a new gradient tensor, so the
+    # gradient the user reads after step() is the loss gradient (the references add it in place).
+    p = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=F64, requires_grad=True)
+    opt = make("optimizer", name, [p], lr=0.1, weight_decay=0.5, foreach=foreach, **kwargs)
+    g = torch.tensor([[0.3, -0.1], [0.2, 0.4]], dtype=F64)
+    for _ in range(2):
+        p.grad = g.clone()
+        opt.step()
+        assert torch.equal(p.grad, g)
+
+
 def test_adamp_worked_projection():
     # p = [[3, 4]], g = [[4, -3]] (cos = 0 -> projected), t = 1, eta = 1e-3
     p = torch.tensor([[3.0, 4.0]], dtype=F64, requires_grad=True)
@@ -161,6 +177,16 @@ def test_project_radial_skips_vectors_and_correlated_gradients():
     w = torch.tensor([[3.0, 4.0]], dtype=F64)
     out, r = project_radial(w, w.clone(), u.reshape(1, 2), delta=0.1, eps=1e-8, wd_ratio=0.1)
     assert r == 1.0 and torch.equal(out, u.reshape(1, 2))  # gradient parallel to w: not invariant
+
+
+def test_a_zero_gradient_counts_as_scale_invariant():
+    # AdamP's choice (as F.cosine_similarity): cos(0, w) = 0 < delta/sqrt(n), so the tensor is
+    # treated as scale-invariant: the radial part of u is removed and the decay ratio applies.
+    w = torch.tensor([[3.0, 4.0]], dtype=F64)
+    u = torch.tensor([[1.0, 1.0]], dtype=F64)
+    out, r = project_radial(w, torch.zeros_like(w), u, delta=0.1, eps=1e-8, wd_ratio=0.1)
+    assert r == 0.1
+    assert abs(float((out * w).sum())) < 1e-7 and not torch.equal(out, u)
 
 
 def test_agd_worked_examples():
@@ -305,6 +331,22 @@ def test_lion_kappa_nuclear_step_is_an_orthogonal_matrix_times_lr():
     move = feed(LionKappa([x], lr=0.2, kappa="nuclear"), x, [torch.randn(4, 3, generator=gen, dtype=F64)])[0]
     singular = torch.linalg.svdvals(move / 0.2)
     torch.testing.assert_close(singular, torch.ones(3, dtype=F64), rtol=1e-10, atol=1e-10)
+
+
+def test_lion_kappa_nuclear_drops_the_null_part_and_is_l2_on_vectors():
+    # Docstring choices: singular values below max(S) n eps are dropped, so a rank-1 c gives the
+    # rank-1 polar factor u v^T (not round-off directions); a 1-D tensor is a 1 x n matrix: l2.
+    u = torch.tensor([1.0, 2.0, 2.0], dtype=F64) / 3
+    v = torch.tensor([0.6, 0.8], dtype=F64)
+    x = torch.zeros(3, 2, dtype=F64, requires_grad=True)
+    move = feed(LionKappa([x], lr=0.2, kappa="nuclear"), x, [5.0 * torch.outer(u, v)])[0]
+    torch.testing.assert_close(move, -0.2 * torch.outer(u, v), rtol=1e-10, atol=1e-12)
+    g = torch.tensor([3.0, -4.0], dtype=F64)
+    y, z = (torch.zeros(2, dtype=F64, requires_grad=True) for _ in range(2))
+    nuclear = feed(LionKappa([y], lr=0.2, kappa="nuclear"), y, [g])[0]
+    l2 = feed(LionKappa([z], lr=0.2, kappa="l2"), z, [g])[0]
+    torch.testing.assert_close(nuclear, l2, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(l2, -0.2 * g / 5)
 
 
 def test_lion_kappa_half_l2_first_step_is_scaled_gradient():

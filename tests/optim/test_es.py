@@ -31,6 +31,12 @@ def test_centered_ranks_are_invariant_to_monotone_transforms():
     torch.testing.assert_close(centered_ranks(f), centered_ranks(torch.exp(3 * f) - 7))
 
 
+def test_centered_rank_ties_are_broken_by_position():
+    # ES's choice (stable argsort): equal values get increasing ranks in order of appearance
+    out = centered_ranks(torch.tensor([2.0, 1.0, 2.0, 2.0]))
+    torch.testing.assert_close(out, torch.tensor([-1 / 6, -0.5, 1 / 6, 0.5], dtype=torch.float64))
+
+
 # ---- hand-checked steps ------------------------------------------------------------------------
 def test_es_step_by_hand():
     # Prepare: N = 4 (two antithetic pairs), sigma 0.5, plain SGD lr 1 without decay
@@ -301,6 +307,53 @@ def test_registry_builds_both():
     assert isinstance(make("optimizer", "es(sigma=0.1)", [p]), ES)
     egg = make("optimizer", "eggroll(rank=2)", [p], lr=0.1)
     assert isinstance(egg, EGGROLL) and egg.param_groups[0]["rank"] == 2 and egg.requires_fitness
+
+
+def test_documented_defaults():
+    # ES: the reference humanoid config (sigma 0.02, Adam lr 0.01, l2 0.005, centered ranks,
+    # antithetic) with population 64; EGGROLL: sigma 1e-3, rank 1, z-scores, SGD with lr 1e-3.
+    p = torch.zeros(2, 2, requires_grad=True)
+    es = ES([p])
+    assert isinstance(es.base_optimizer, torch.optim.Adam) and es.population == 64 and es.antithetic
+    assert es.param_groups[0]["sigma"] == 0.02 and es.fitness_shaping == "centered_rank"
+    assert es.param_groups[0]["lr"] == 0.01 and es.param_groups[0]["weight_decay"] == 0.005
+    egg = EGGROLL([p])
+    assert isinstance(egg.base_optimizer, torch.optim.SGD) and egg.population == 64
+    assert egg.param_groups[0]["sigma"] == 1e-3 and egg.param_groups[0]["rank"] == 1
+    assert egg.param_groups[0]["lr"] == 1e-3 and egg.fitness_shaping == "zscore"
+
+
+@pytest.mark.parametrize("cls", [ES, EGGROLL])
+def test_step_leaves_minus_g_hat_in_grad(cls):
+    # The documented contract: step writes -g_hat (g_hat = the ascent estimate) into p.grad, kept
+    # there for inspection, and B steps on it. A twin with the same seed gives g_hat by estimate().
+    def fitness(batch):
+        members = batch[0].materialize() if isinstance(batch[0], LowRankBatch) else batch[0]
+        return -(members - 1).pow(2).sum((1, 2))
+
+    theta, twin = (torch.zeros(2, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    opt = cls([theta], torch.optim.SGD([theta], lr=0.5), population=4, seed=1)
+    g_hat = cls([twin], torch.optim.SGD([twin], lr=0.5), population=4, seed=1).estimate(fitness)[0][0]
+    opt.step(fitness)
+    assert g_hat.abs().sum() > 0
+    torch.testing.assert_close(theta.grad, -g_hat, rtol=0, atol=0)
+    torch.testing.assert_close(theta.detach(), 0.5 * g_hat)  # SGD ascends the fitness
+
+
+def test_eggroll_rank_may_exceed_the_matrix_dimensions():
+    # rank 5 on a 2 x 3 matrix: allowed; every member is W +- sigma A B^T / sqrt(5)
+    W = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    opt = EGGROLL([W], lr=1.0, sigma=0.1, rank=5, population=2, seed=0)
+    seen = {}
+
+    def fitness(batch):
+        seen["members"] = batch[0].materialize()  # its weight is W itself: read before the update
+        return torch.tensor([1.0, 0.0])
+
+    opt.step(fitness)
+    factors = torch.randn((1, 5, 5), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    E = factors[0, :2] @ factors[0, 2:].T / math.sqrt(5)
+    torch.testing.assert_close(seen["members"], torch.stack([0.1 * E, -0.1 * E]))
 
 
 def test_base_optimizer_instance_brings_its_own_settings():

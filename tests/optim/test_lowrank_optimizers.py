@@ -60,6 +60,11 @@ METHODS = {
     "frugal_blockwise": lambda ps: FRUGAL(ps, lr=1e-2, density=0.5, update_proj_gap=5, projection="blockwise"),
     "badam": lambda ps: BAdam(ps, lr=5e-2, switch_block_every=3, switch_mode="random"),
     "gradnorm_lorp": lambda ps: GradNormLoRP(ps, lr=1e-2, rank=4, update_proj_gap=5),
+    # svd="lowrank": the randomized SVD draws from the optimizer's generator, saved in state_dict
+    "galore_lowrank": lambda ps: GaLore(ps, lr=1e-2, rank=4, update_proj_gap=5, svd="lowrank"),
+    "fira_lowrank": lambda ps: Fira(ps, lr=1e-2, rank=4, update_proj_gap=5, svd="lowrank"),
+    "frugal_lowrank": lambda ps: FRUGAL(ps, lr=1e-2, density=0.25, update_proj_gap=5, svd="lowrank"),
+    "gradnorm_lorp_lowrank": lambda ps: GradNormLoRP(ps, lr=1e-2, rank=4, update_proj_gap=5, svd="lowrank"),
 }
 
 
@@ -185,6 +190,24 @@ def test_fira_first_step_adds_the_norm_scaled_residual():
     assert float(((wf.detach() - wg.detach()) @ p.T).abs().max()) < 1e-12  # outside the subspace
 
 
+def test_fira_left_projection_scales_the_residual_per_column():
+    # The docstring's choice: the scaling axis follows the projection side. A 4 x 6 weight is
+    # projected from the left (P = U_r, R = P^T G, 1 x 6), so phi is one number per column.
+    grad = torch.randn(4, 6, generator=_gen(7), dtype=D64)
+    wf, wg = nn.Parameter(torch.zeros(4, 6, dtype=D64)), nn.Parameter(torch.zeros(4, 6, dtype=D64))
+    fira, galore = Fira([wf], lr=0.1, rank=1), GaLore([wg], lr=0.1, rank=1)
+    wf.grad, wg.grad = grad.clone(), grad.clone()
+    fira.step()
+    galore.step()
+    p = torch.linalg.svd(grad)[0][:, :1]  # (4, 1)
+    r = p.T @ grad  # (1, 6)
+    n = 0.1 * r / (math.sqrt(0.001) * r.abs() + 1e-6)
+    phi = n.abs() / (r.abs() + 1e-8)  # (1, 6): per column
+    s = phi * (grad - p @ r)
+    step_size = 0.1 * math.sqrt(0.001) / 0.1
+    torch.testing.assert_close(wf.detach() - wg.detach(), -step_size * s)
+
+
 def test_fira_limiter_caps_residual_growth_under_a_gradient_spike():
     g = _gen(6)
     base = torch.randn(6, 4, generator=g, dtype=D64)
@@ -263,6 +286,17 @@ def test_frugal_coordinates_leave_unselected_columns_to_sign_descent():
     torch.testing.assert_close(w.detach()[:, cols], -0.1 * grad[:, cols] / (grad[:, cols].abs() + 1e-8))
 
 
+@pytest.mark.parametrize("projection", ["svd", "random", "coordinates"])
+def test_frugal_rounds_the_subspace_size_for_every_projection(projection):
+    # The docstring's choice: r = round(rho * projected dim) everywhere (the fork floors for
+    # coordinates). 6 x 5 weight, columns projected (m >= n), rho = 0.35: 1.75 -> r = 2, not 1.
+    w = nn.Parameter(torch.zeros(6, 5, dtype=D64))
+    opt = FRUGAL([w], density=0.35, projection=projection)
+    w.grad = torch.randn(6, 5, generator=_gen(8), dtype=D64)
+    opt.step()
+    assert opt.state[w]["exp_avg"].shape == (6, 2)
+
+
 def test_frugal_resets_subspace_statistics_at_refresh():
     g = _gen(11)
     w = nn.Parameter(torch.zeros(6, 4, dtype=D64))
@@ -312,6 +346,19 @@ def test_badam_freezes_inactive_blocks():
     _train(model, opt, 3, _data())
     assert [p.requires_grad for p in model.parameters()] == [False, False, True, True, False, False]
     assert all(p.grad is None for p in list(model.parameters())[4:])
+
+
+def test_badam_defaults_are_adams_and_inactive_blocks_get_no_decay():
+    # Docstring choices: torch.optim.Adam's defaults; inactive blocks neither step nor decay
+    ws = [nn.Parameter(torch.ones(3, dtype=D64)) for _ in range(3)]
+    group = BAdam([nn.Parameter(torch.ones(3))]).param_groups[0]  # (freezing would touch ws)
+    assert (group["lr"], group["eps"], group["weight_decay"]) == (1e-3, 1e-8, 0.0)
+    opt = BAdam(ws, lr=0.1, weight_decay=0.5, switch_block_every=5, freeze_inactive=False)
+    for w in ws:
+        w.grad = torch.ones(3, dtype=D64)
+    opt.step()
+    assert all(torch.equal(w.detach(), torch.ones(3, dtype=D64)) for w in ws[:2])
+    assert not torch.equal(ws[2].detach(), torch.ones(3, dtype=D64))  # the active (last) block
 
 
 def test_badam_fixed_single_block_is_torch_adamw():
@@ -365,6 +412,35 @@ def test_gradnorm_lorp_radial_gradient_only_changes_row_norms():
     unit = lambda m: m / m.norm(dim=1, keepdim=True)  # noqa: E731
     torch.testing.assert_close(unit(w.detach()), unit(start))
     assert torch.all(w.detach().norm(dim=1) < start.norm(dim=1))
+
+
+def test_gradnorm_lorp_magnitude_is_signed_a_row_can_flip():
+    # The docstring's choice: g is a signed scalar (not clamped at 0). Row 0 is short (norm 1e-3)
+    # and its gradient is radial and positive, so the magnitude's first Adam step (~ lr = 0.01)
+    # carries g through 0: the row comes out pointing the other way, with norm ~ 0.009.
+    start = torch.tensor([[1e-3, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]], dtype=D64)
+    w = nn.Parameter(start.clone())
+    opt = GradNormLoRP([w], lr=0.01, rank=1)
+    w.grad = torch.zeros_like(start)
+    w.grad[0, 0] = 1.0
+    opt.step()
+    assert float(w.detach()[0, 0]) == pytest.approx(1e-3 - 0.01, rel=1e-4)
+    torch.testing.assert_close(w.detach()[0, 1:], torch.zeros(2, dtype=D64))
+
+
+def test_gradnorm_lorp_norm_dim_zero_is_the_transposed_problem():
+    # norm_dim=0 (one magnitude per column) on W is norm_dim=1 on W^T, step for step
+    w0 = torch.randn(6, 4, generator=_gen(16), dtype=D64)
+    a, b = nn.Parameter(w0.clone()), nn.Parameter(w0.T.clone())
+    opt_a = GradNormLoRP([a], lr=0.01, rank=4, norm_dim=0)
+    opt_b = GradNormLoRP([b], lr=0.01, rank=4, norm_dim=1)
+    gen = _gen(17)
+    for _ in range(3):
+        g = torch.randn(6, 4, generator=gen, dtype=D64)
+        a.grad, b.grad = g.clone(), g.T.clone()
+        opt_a.step()
+        opt_b.step()
+    torch.testing.assert_close(a.detach(), b.detach().T, rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------- the papers' claimed effect
@@ -421,6 +497,23 @@ def test_state_dict_round_trip_continues_bit_identically(name):
     _train(clone, restored, 9, data)
     for a, b in zip(model.parameters(), clone.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["galore_lowrank", "fira_lowrank", "frugal_lowrank", "gradnorm_lorp_lowrank"])
+def test_lowrank_svd_draws_from_the_optimizers_seed_not_the_global_rng(name):
+    # The docstrings' choice: svd="lowrank" uses the optimizer's generator (seed), so the global
+    # RNG does not change the run and the seed does (the 16 x 16 layer is truly randomized).
+    def run(seed, global_seed):
+        model = _mlp()
+        opt = METHODS[name](model.parameters())
+        opt.generator.manual_seed(seed)
+        torch.manual_seed(global_seed)
+        _train(model, opt, 6, _data())
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    base = run(0, 0)
+    assert torch.equal(base, run(0, 123))
+    assert not torch.equal(base, run(1, 0))
 
 
 @pytest.mark.parametrize("name", ["galore", "fira", "gradnorm_lorp", "frugal", "badam"])

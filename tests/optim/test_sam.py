@@ -183,6 +183,18 @@ def test_wsam_max_norm_clips_the_gradients():
     assert (torch.tensor([30.0, 40.0], dtype=torch.float64) - x.detach()).norm().item() == pytest.approx(0.1, rel=1e-5)
 
 
+def test_documented_defaults():
+    # SAM: rho 0.05, eps 1e-12, not adaptive, SGD base; WSAM (the spec sheet's): gamma 0.9,
+    # decoupled, no clipping (the dlrover signature's gamma 0.88 / max_norm 1.0 are not used)
+    x = torch.zeros(2, requires_grad=True)
+    for opt in (SAM([x], lr=0.1), WSAM([x], lr=0.1)):
+        group = opt.param_groups[0]
+        assert (group["rho"], group["eps"], group["adaptive"]) == (0.05, 1e-12, False)
+        assert isinstance(opt.base_optimizer, torch.optim.SGD)
+    wsam = WSAM([x], lr=0.1)
+    assert wsam.param_groups[0]["gamma"] == 0.9 and wsam.decouple is True and wsam.max_norm is None
+
+
 # ---- contract ----------------------------------------------------------------------------------
 def test_step_calls_the_closure_twice_and_restores_theta_exactly():
     # Prepare: lr = 0, so after the step theta must equal its value before, bit for bit
@@ -203,6 +215,31 @@ def test_step_calls_the_closure_twice_and_restores_theta_exactly():
     # Assert
     assert len(calls) == 2
     assert torch.equal(x.detach(), before)
+
+
+@pytest.mark.parametrize("cls", [SAM, WSAM])
+def test_non_finite_gradient_in_the_second_pass_restores_theta_and_skips_the_base_step(cls):
+    # Docstring choice: a NaN/Inf in either pass raises ValueError, theta restored, B not stepped
+    x = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    opt = cls([x], "sgd(momentum=0.9)", lr=0.1)
+    opt.step(_half_square(x))  # one good step: B has a momentum buffer
+    before, state = x.detach().clone(), copy.deepcopy(opt.state_dict())
+    calls = []
+
+    def closure():
+        calls.append(1)
+        x.grad = None
+        loss = 0.5 * (x ** 2).sum()
+        loss.backward()
+        if len(calls) == 2:
+            x.grad[1] = float("nan")
+        return loss
+
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        opt.step(closure)
+    assert len(calls) == 2 and torch.equal(x.detach(), before)
+    after = opt.state_dict()["base"]["state"][0]["momentum_buffer"]
+    assert torch.equal(after, state["base"]["state"][0]["momentum_buffer"])
 
 
 def test_closure_without_zero_grad_does_not_double_count():

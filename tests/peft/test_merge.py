@@ -83,6 +83,31 @@ def test_distillation_moves_student_toward_ensemble():
         distill(student, teacher, torch.randn(4, 2), steps=0)
 
 
+def test_distillation_tempers_teacher_and_student_and_scales_by_t_squared():
+    # Ensemble docstring choice: L = KL(softmax(log p_ens / T) || softmax(f_s / T)) T^2. A student
+    # with zero weights outputs its bias on every input, so the first loss is batch-independent.
+    teacher = Ensemble([_Const([2.0, 0.0, -1.0]), _Const([0.0, 1.0, 0.0])])
+    student = nn.Linear(2, 3)
+    with torch.no_grad():
+        student.weight.zero_()
+        student.bias.copy_(torch.tensor([0.5, 0.0, -0.5]))
+    log_p = teacher(torch.zeros(1, 2))[0]
+    p, q = torch.softmax(log_p / 2.0, 0), torch.softmax(torch.tensor([0.5, 0.0, -0.5]) / 2.0, 0)
+    expected = float((p * (p.log() - q.log())).sum()) * 4.0
+    losses = distill(student, teacher, torch.randn(8, 2), steps=1, temperature=2.0,
+                     generator=torch.Generator().manual_seed(0))
+    assert losses[0] == pytest.approx(expected, rel=1e-4)  # float32
+
+
+def test_mwa_averages_floats_in_float64_and_keeps_integer_entries_of_the_first_state():
+    # MWA docstring choice: floating tensors averaged (dtype kept), non-floating from state 0
+    a = {"w": torch.tensor([1.0], dtype=torch.float16), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([2.0], dtype=torch.float16), "n": torch.tensor(7)}
+    merged = average_state_dicts([a, b], [0.25, 0.75])
+    assert merged["w"].dtype == torch.float16 and float(merged["w"]) == 1.75
+    assert int(merged["n"]) == 3
+
+
 def test_checkpoint_averaging_beats_last_checkpoint_and_mwa_zero_is_uniform():
     import lab.experiments as E
 
