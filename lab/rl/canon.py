@@ -14,7 +14,8 @@ G⁺, then
     A_o = μ·A^inter_o + (1 − μ)·A^intra_o                  (no std normalization)
 
 where R_o is the reward of response o, G⁻ and G⁺ the halves of its group and μ ∈ [0, 1] (``mu``)
-the weight of the inter-group signal (1: CANON-Inter, 0: CANON-Intra).
+the weight of the inter-group signal (1: CANON-Inter, 0: CANON-Intra; the default μ = 1 is the
+paper's math setting).
 
 If the high-entropy half is the more successful one, A^inter lifts every high-entropy response and
 lowers every low-entropy one: the metric's useful direction is amplified without being named.

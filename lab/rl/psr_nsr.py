@@ -33,6 +33,8 @@ Choices where the public material is ambiguous:
 - psr/nsr/w_reinforce ignore the ``advantages`` argument (the method defines its own); grpo_n
   ignores ``rewards``.
 - A batch with nothing kept (e.g. nsr with every answer correct) gives loss 0 with the graph kept.
+- ``mode="grpo_n"`` by default (it needs only the advantages of the loop); the clip range is the
+  lab's PPO default ε_low = ε_high = 0.2, no KL (β = 0).
 
 On the toy tasks (``policy_optimization`` with ``loss="psr_nsr(mode='nsr')"``): on a bandit with
 three equally correct arms PSR sharpens onto one of them (entropy towards 0) while NSR stops once
