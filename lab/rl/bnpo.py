@@ -1,14 +1,15 @@
 """BNPO: Beta normalization of binary-reward advantages, with parameters refitted every batch.
 
-Paper: "BNPO: Beta Normalization Policy Optimization", arXiv 2506.02864 (reference code:
-changyi7231/BNPO, ``compute_bnpo_outcome_advantage``).
+Paper: "BNPO: Beta Normalization Policy Optimization", Xiao et al., arXiv 2506.02864 (reference
+code: changyi7231/BNPO, ``compute_bnpo_outcome_advantage``).
 
 Not to be confused with TRL's ``loss_type="bnpo"``: that is only a token normalization of the
 loss (a token mean over the local batch). This module is the paper's *advantage* normalization.
 
-With binary rewards, a prompt's success rate p = E[R | q] is a probability, and across the prompts
-of a batch it is distributed roughly as a Beta(a, b) density that moves as the policy learns. BNPO
-divides the baseline-corrected reward by a Beta density evaluated at the group's success rate:
+The estimator: with binary rewards, a prompt's success rate p = E[R | q] is a probability, and
+across the prompts of a batch it is distributed roughly as a Beta(a, b) density that moves as the
+policy learns. BNPO divides the baseline-corrected reward by a Beta density evaluated at the
+group's success rate:
 
     R̃_i = (R_i − r_min) / (r_max − r_min)                 rewards mapped into [0, 1]
     p_g = mean_{i∈g} R̃_i                                   group success rate (the baseline)
@@ -17,8 +18,10 @@ divides the baseline-corrected reward by a Beta density evaluated at the group's
     α = max(1 + a/3, 1),  β = max(1 + b/3, 1)              the variance-minimizing normalizer
     w_g = min(1 / f(p_g; α, β), w_max),  A_i = w_{g(i)} · (R̃_i − p_{g(i)})
 
-f(·; α, β) is the Beta(α, β) density. Because α, β are refitted on every batch, the normalization
-follows the changing distribution of difficulty ("dynamically updated parameters").
+R_i is the reward of response i, r_min and r_max the reward range, g(i) its group; f(·; α, β) is
+the Beta(α, β) density, w_max a cap on the weight (``weight_max`` = 1e6, as the reference code).
+Because α, β are refitted on every batch, the normalization follows the changing distribution of
+difficulty ("dynamically updated parameters").
 
 Limiting cases (the paper's): α = β = 1 gives f ≡ 1, A = R̃ − p, REINFORCE with a group-mean
 baseline; α = β = 3/2 gives f(p) = sqrt(p(1−p))/B(3/2, 3/2) = (8/π)·σ_pop(p), so
@@ -35,7 +38,7 @@ A = [0.51855, −0.17285, −0.17285, −0.17285].
 
 Where it departs from GRPO: the per-group scale is 1/f(p_g; α, β), a function of the success rate
 whose shape is fitted to the whole batch, instead of 1/std_g; rewards are centred by p_g.
-The loss is any PPO-clip loss (the paper's runs: ε_low 0.2, ε_high 0.28, dual clip 10,
+BNPO's loss is any PPO-clip loss (the paper's runs: ε_low 0.2, ε_high 0.28, dual clip 10,
 ``seq_mean_token_sum``, no KL) — use ``policy_loss/dapo`` or ``grpo`` with those arguments.
 
 Choices where the public material is ambiguous:
@@ -53,6 +56,9 @@ Choices where the public material is ambiguous:
 - Singleton groups: the reference code sets p := 0 (A = R̃); the lab uses p = R̃ (A = 0, the
   package rule for singleton groups).
 - Rewards outside [r_min, r_max] raise ValueError.
+
+Shared pieces: the groups and their means are ``lab.rl.core.group_index`` / ``group_stats``
+(the singleton rule above is BNPO's own), the metrics ``lab.rl.core.advantage_metrics``.
 """
 from __future__ import annotations
 

@@ -1,16 +1,21 @@
 """CANON: conditional advantages from regrouping each group by a metric (entropy or length).
 
 Paper: "Conditional Advantage Estimation for Reinforcement Learning in Large Reasoning Models",
-arXiv 2509.23962 (public code: biuboomc/CANON, a verl fork).
+Chen et al., arXiv 2509.23962 (public code: biuboomc/CANON, a verl fork).
 
-Entropy or response length correlate with how a model reasons, but whether *higher* or *lower* is
-better depends on the task. CANON does not presume a direction: it sorts the G responses of a
-prompt by a metric and splits them into a lower half G⁻ and a higher half G⁺, then
+The estimator: entropy or response length correlate with how a model reasons, but whether
+*higher* or *lower* is better depends on the task. CANON does not presume a direction: it sorts
+the G responses of a prompt by a metric and splits them into a lower half G⁻ and a higher half
+G⁺, then
 
     A^inter_o = R_o − mean(R_{G⁺})          if o ∈ G⁻     (compare with the *other* trend:
     A^inter_o = R_o − mean(R_{G⁻})          if o ∈ G⁺      which direction of the metric wins?)
     A^intra_o = R_o − mean(R_{own half})                   (which response wins within a trend?)
     A_o = μ·A^inter_o + (1 − μ)·A^intra_o                  (no std normalization)
+
+where R_o is the reward of response o, G⁻ and G⁺ the halves of its group and μ ∈ [0, 1] (``mu``)
+the weight of the inter-group signal (1: CANON-Inter, 0: CANON-Intra; the default μ = 1 is the
+paper's math setting).
 
 If the high-entropy half is the more successful one, A^inter lifts every high-entropy response and
 lowers every low-entropy one: the metric's useful direction is amplified without being named.
@@ -38,6 +43,9 @@ Choices where the public material is ambiguous (the public code settles the firs
   main variant); ``by="length"`` uses the response length; an explicit ``metric`` (B,) wins.
 - Singleton groups (and any response whose other half is empty) get A = 0.
 - CANON-Dynamic's switch point is a free parameter (``switch_step``; None = never switch).
+
+Shared pieces: the groups are ``lab.rl.core.group_index`` / ``group_stats``, the default entropy
+metric is ``lab.rl.core.masked_mean`` of the token entropies.
 """
 from __future__ import annotations
 

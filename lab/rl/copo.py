@@ -1,8 +1,9 @@
 """COPO: consistency-aware policy optimization (global, prompt-level advantage + entropy blending).
 
-Paper: "COPO: Consistency-Aware Policy Optimization", arXiv 2508.04138 (code: hijih/copo-code).
+Paper: "COPO: Consistency-Aware Policy Optimization", Han et al., arXiv 2508.04138
+(code: hijih/copo-code).
 
-Problem: when all G responses of a prompt reach the same outcome, GRPO's local advantage is zero
+The loss: when all G responses of a prompt reach the same outcome, GRPO's local advantage is zero
 and the prompt teaches nothing. COPO adds a *global* signal that compares prompts with each other.
 For prompt q with group g(q), rewards R_i and final answers a_i:
 
@@ -13,9 +14,10 @@ For prompt q with group g(q), rewards R_i and final answers a_i:
     blend       w_q      = σ(γ·(H_q − ρ))          weight of the local loss; 1 − w_q of the global
     loss        L        = agg( w_q·pg(A^loc_i) + (1 − w_q)·pg(A^glob_q) )
 
-pg(A) = max(−ρA, −clip(ρ, 1−ε_low, 1+ε_high)A) per token (ρ here is the importance ratio; the
-blending threshold is ``rho``). Consistent groups (low H_q: all answers alike) are trained by the
-global signal, diverse groups (high H_q) by the local one.
+pg(A) = max(−ρA, −clip(ρ, 1−ε_low, 1+ε_high)A) per token (``lab.rl.core.clipped_surrogate``; ρ
+here is the importance ratio, the blending threshold is ``rho``), γ the blending sharpness, σ the
+logistic function, agg the loss aggregation and eps = 1e-6. Consistent groups (low H_q: all
+answers alike) are trained by the global signal, diverse groups (high H_q) by the local one.
 
 Two registered pieces:
 - ``advantage/copo`` returns the blended advantage A_i = w_q A^loc_i + (1 − w_q) A^glob_q, usable
@@ -43,9 +45,9 @@ Choices (the paper's text is not specific; the public code is the reference):
   std 0, so A^glob = 0 there.
 
 Minibatches: A^glob compares the prompts of the *whole* batch and w_q needs the whole group, so
-:func:`copo_batch_inputs` (the loss's ``batch_inputs`` hook) computes both once on the full batch;
-``policy_optimization`` runs it before splitting the batch, and each minibatch row carries its
-``global_advantages`` and ``local_weights``.
+:func:`copo_batch_inputs` (the loss's ``batch_inputs`` hook, found by ``lab.rl.core.batch_hook``)
+computes both once on the full batch; ``policy_optimization`` runs it before splitting the batch,
+and each minibatch row carries its ``global_advantages`` and ``local_weights``.
 
 In ``policy_optimization``: ``loss="copo"`` (with GRPO's advantages) is the paper's loss blend;
 ``advantage="copo"`` works with any loss. A batch where *every* prompt fails alike has no global

@@ -1,15 +1,23 @@
-"""DAPO: GRPO made stable for long chains of thought.
+"""DAPO: GRPO made stable for long chains of thought (clip-higher and a token-level loss).
 
-"DAPO: An Open-Source LLM Reinforcement Learning System at Scale", arXiv 2503.14476.
+Paper: "DAPO: An Open-Source LLM Reinforcement Learning System at Scale", Yu et al.,
+arXiv 2503.14476.
 
-Four changes to GRPO (advantages stay group-normalized, ``advantage/grpo``):
+The loss (``policy_loss/dapo``; advantages stay group-normalized, ``advantage/grpo``)::
 
-1. Clip-higher: decoupled clip range [1 − ε_low, 1 + ε_high] with ε_high = 0.28 > ε_low = 0.2, so
+    L = Σ_{i,t} m_{i,t} max(−ρ_{i,t} A_i, −clip(ρ_{i,t}, 1 − ε_low, 1 + ε_high) A_i) / Σ_{i,t} m_{i,t}
+
+where m is the response mask (1 on the valid tokens of response i), ρ_{i,t} = exp(ℓ_{i,t} −
+ℓ^old_{i,t}) the importance ratio of token t, A_i the advantage of response i, and ε_low = 0.2,
+ε_high = 0.28. It holds two of DAPO's four changes to GRPO:
+
+1. Clip-higher: decoupled clip range [1 − ε_low, 1 + ε_high] with ε_high > ε_low, so
    low-probability tokens with A > 0 can grow further (keeps entropy from collapsing).
-2. Token-level loss: every token of the batch weighs the same,
-   ``L = Σ_{i,t} m max(−ρA, −clip(ρ)A) / Σ_{i,t} m`` (``agg="token_mean"``; with gradient
-   accumulation the denominator is the global token count, ``norm=GlobalNorm.of(full_mask)``), so
-   long responses are not down-weighted per token as in GRPO's per-response mean.
+2. Token-level loss: every token of the batch weighs the same (``agg="token_mean"``), so long
+   responses are not down-weighted per token as in GRPO's per-response mean.
+
+The other two run through the generic switches of ``policy_optimization``:
+
 3. Dynamic sampling: drop groups whose rewards are all equal (A = 0, no gradient) and keep sampling
    until the batch is full: the sampler ``dynamic_sampling`` (:mod:`lab.sampling.dynamic_sampling`).
 4. Overlong reward shaping, with L_max and the buffer L_cache: the soft overlong punishment added
@@ -22,8 +30,19 @@ Four changes to GRPO (advantages stay group-normalized, ``advantage/grpo``):
    or overlong filtering, truncated responses leave the loss (sampler ``overlong_filter``,
    :mod:`lab.sampling.overlong_filter`).
 
-No KL term (β = 0). This module is the loss (1 and 2). All four parts run through the generic
-switches of ``policy_optimization``::
+Intuition: let rare good tokens grow, and let every token of a long answer count as much as a token
+of a short one.
+
+Where it departs from GRPO: decoupled clip range with ε_high > ε_low, the batch token mean instead
+of the per-response mean, no KL term (β = 0), plus dynamic sampling and overlong shaping in the loop.
+
+Choices:
+- The loss is ``lab.rl.core.clipped_policy_loss`` with ``agg="token_mean"``. With gradient
+  accumulation the denominator Σ m must be the global token count: pass
+  ``norm=GlobalNorm.of(full_mask)`` (without it each call divides by its own tokens).
+- β = 0 by default (the paper drops the KL); ``beta > 0`` adds GRPO's k3 loss term.
+
+Example (all four parts)::
 
     run("policy_optimization", task="reverse(difficulty=3, slack=3)", advantage="grpo", loss="dapo",
         group_filter="dynamic_sampling(max_rounds=4)",

@@ -1,18 +1,33 @@
 """Dr. GRPO: GRPO without its two normalization biases.
 
-"Understanding R1-Zero-Like Training: A Critical Perspective", arXiv 2503.20783.
+Paper: "Understanding R1-Zero-Like Training: A Critical Perspective", Liu et al., arXiv 2503.20783.
 
-GRPO divides each advantage by the group's reward std (prompts that are nearly always solved or
-nearly always failed get blown-up advantages: a question-difficulty bias) and each response's loss
-by its own length |y_i| (a short wrong answer is punished more per token than a long wrong one: a
-length bias that lets wrong answers grow). Dr. GRPO removes both::
+The update: GRPO divides each advantage by the group's reward std (prompts that are nearly always
+solved or nearly always failed get blown-up advantages: a question-difficulty bias) and each
+response's loss by its own length |y_i| (a short wrong answer is punished more per token than a
+long wrong one: a length bias that lets wrong answers grow). Dr. GRPO removes both::
 
-    A_i = R_i − mean_g R
+    A_i = R_i − mean_g R                                                       (``advantage/dr_grpo``)
     L   = Σ_{i,t} m_{i,t} max(−ρ A_i, −clip(ρ, 1−ε, 1+ε) A_i) / (B · C)       (agg "seq_mean_token_sum_norm")
 
-with C a constant, the maximum response length (``norm=GlobalNorm(norm_const=C)``; default: the
-padded width T of the batch). β = 0 as in the paper. With std = 1 and every |y_i| = C it equals
-GRPO. Peers scale differently: verl divides by C only, TRL by B_local·C.
+where R_i is the reward of response i, mean_g the mean over its group, m the response mask,
+ρ = exp(ℓ − ℓ^old) the per-token importance ratio, ε = 0.2, B the number of rows of the batch and
+C a constant, the maximum response length. Intuition: every token of every response gets the same
+weight 1/(B·C), whatever the prompt's difficulty or the response's length.
+
+Where it departs from GRPO: no division by the std, no division by |y_i| (a constant instead), and
+β = 0 as in the paper. With std = 1 and every |y_i| = C it equals GRPO.
+
+Choices:
+- C is ``norm_const``; by default the padded width T of the batch (``lab.rl.core.aggregate``), and
+  a ``norm_const`` smaller than T raises ValueError. Under gradient accumulation pass
+  ``norm=GlobalNorm.of(full_mask)`` (or ``norm_const=C``) so B and C are the full batch's.
+- B counts every row, empty ones included. Peers scale differently: verl divides by C only,
+  TRL by B_local·C.
+- β = 0 by default; ``beta > 0`` adds a k3 KL loss term as GRPO's.
+
+The advantage is ``lab.rl.core.group_normalize(std="none")`` (all-equal and singleton groups give
+A = 0), the loss ``lab.rl.core.clipped_policy_loss``.
 """
 from __future__ import annotations
 

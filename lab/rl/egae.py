@@ -1,11 +1,14 @@
 """EGAE: generalized advantage estimation extended to truncated (unfinished) responses.
 
-Paper: "Truncated Proximal Policy Optimization", arXiv 2506.15050 (no public code).
+Paper: "Truncated Proximal Policy Optimization", Fan et al., arXiv 2506.15050 (no public code).
 
 T-PPO does not wait for every long response to finish: it generates in fixed windows and updates
 on what exists so far. A response cut at length l (not finished) has no final reward and no state
 after its last token, so EGAE bootstraps that state with the last value available,
-V(s_l) := V(s_{l−1}). Per row, backwards over the valid tokens t = l−1, …, 0:
+V(s_l) := V(s_{l−1}).
+
+The estimator: per row, with r_t the token rewards, V(s_t) the critic's values, γ the discount
+and λ the GAE weight, backwards over the valid tokens t = l−1, …, 0:
 
     δ_t = r_t + γ·V(s_{t+1}) − V(s_t),            V(s_l) = 0 if finished else V(s_{l−1})
     Â_t = δ_t + γλ·Â_{t+1},                        Â_l = 0

@@ -1,9 +1,9 @@
 """GRAO: group-relative exploration, imitation of a reference answer, and alignment to it.
 
 Paper: "Learning to Align, Aligning to Learn: A Unified Approach for Self-Optimized Alignment"
-(GRAO, Group Relative Alignment Optimization), arXiv 2508.07750, eqs. 2-4. No public code.
+(GRAO, Group Relative Alignment Optimization), Wang et al., arXiv 2508.07750, eqs. 2-4. No public code.
 
-For a query q the model samples G answers o_1..o_G; a reference answer y (a demonstration) is
+The objective: for a query q the model samples G answers o_1..o_G; a reference answer y (a demonstration) is
 given. With length-normalized log-likelihoods
 
     J_expl(o) = (1/|o|) Σ_t log π_θ(o_t | q, o_<t),     J_imit(y) = (1/|y|) Σ_t log π_θ(y_t | q, y_<t)
@@ -12,7 +12,7 @@ and advantages normalized over the group of rewards {R(o_1), …, R(o_G), R(y)} 
 
     Â_k = (R_k − μ_r) / σ_r,
 
-GRAO maximizes
+(R the reward, μ_r and σ_r the mean and population std of those G + 1 rewards), GRAO maximizes
 
     J_GRAO = (1/G) Σ_i [ Â_{o_i}·J_expl(o_i) + β·Â_y·J_imit(y) + λ·Â_{o_i}·(J_expl(o_i) − J_imit(y)) ]
 
@@ -47,9 +47,9 @@ Choices where the paper is ambiguous:
   over {samples, reference}; ``old_logprobs`` only feed the ``ratio_*`` metrics (no ratio in the
   objective). Without ``demo_logprobs`` the β and λ terms vanish (pure exploration term).
 - Minibatches: Â_o and Â_y are group statistics, so they are computed once on the full batch by
-  :func:`grao_batch_inputs` (the loss's ``batch_inputs`` hook, which ``policy_optimization`` runs
-  before splitting the batch) and reach each minibatch row as ``sample_advantages`` /
-  ``reference_advantages``; a minibatch holding part of a group then trains exactly as the full
+  :func:`grao_batch_inputs` (the loss's ``batch_inputs`` hook, found by ``lab.rl.core.batch_hook``,
+  which ``policy_optimization`` runs before splitting the batch) and reach each minibatch row as
+  ``sample_advantages`` / ``reference_advantages``; a minibatch holding part of a group then trains exactly as the full
   batch would (recomputing them on the partial group moved Â from 1.016 to 0.816 in one case).
 - ``lab.experiments.policy_optimization`` runs GRAO by name; with ``demonstrations=True`` it scores
   each prompt's reference answer (``task.targets``) and all three terms train, without it only the

@@ -1,19 +1,39 @@
 """GRPO: group-normalized advantages, no critic, PPO clipping, KL loss to a reference.
 
-"DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
-arXiv 2402.03300.
+Paper: "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
+Shao et al., arXiv 2402.03300.
 
-Sample G responses per prompt; every token of response i gets the advantage
-``A_i = (R_i − mean_g R) / (std_g R + eps)``. The objective is PPO's clipped surrogate averaged per
-response and then over responses (``agg="seq_mean_token_mean"``), minus a KL penalty *in the loss*
-with the k3 estimator computed from the current policy (the gradient flows through ℓ)::
+The update: sample G responses per prompt; every token of response i gets the advantage
+(``advantage/grpo``)::
+
+    A_i = (R_i − mean_g R) / (std_g R + eps)
+
+and the loss (``policy_loss/grpo``) is PPO's clipped surrogate averaged per response and then over
+responses (``agg="seq_mean_token_mean"``), plus a KL penalty *in the loss* with the k3 estimator
+computed from the current policy (the gradient flows through ℓ)::
 
     L = (1/G) Σ_i (1/|y_i|) Σ_t [ max(−ρ A_i, −clip(ρ, 1−ε, 1+ε) A_i) + β (π_ref/π − log(π_ref/π) − 1) ]
 
-Departs from PPO: no value function (the group mean is the baseline), std normalization, KL as a
-loss term instead of a reward penalty. Choices where the paper is silent: ε = 0.2 (TRL/verl),
-std unbiased with eps = 1e-6 (verl; ``std="population"`` available), β = 0.04 (paper). A group whose
-rewards are all equal gets A = 0 (only the KL term acts); ``frac_zero_std_groups`` reports them.
+where R_i is the reward of response y_i, mean_g and std_g are taken over the G rewards of its
+group g, |y_i| is its number of valid tokens, ρ = ρ_{i,t} = exp(ℓ_{i,t} − ℓ^old_{i,t}) the
+importance ratio of token t (ℓ = log π_θ, ℓ^old the log-prob at sampling time), π_ref the frozen
+reference policy, ε the clip range and β the KL weight. Intuition: the other answers to the same
+prompt are the baseline a critic would otherwise have to learn, and dividing by their spread puts
+every prompt on the same scale.
+
+Where it departs from PPO: no value function (the group mean is the baseline), std normalization,
+KL as a loss term instead of a reward penalty.
+
+Choices (β = 0.04 and k3 are the paper's):
+- ε = 0.2 on both sides (TRL/verl; the paper gives no value); ``clip_eps_low``/``clip_eps_high``
+  decouple them, ``dual_clip`` adds the dual clip of ``lab.rl.core.clipped_surrogate``.
+- std unbiased (Bessel) with eps = 1e-6 (verl); ``std="population"`` is available.
+- A group whose rewards are all equal, and a group of one, gets A = 0 (only the KL term acts);
+  ``frac_zero_std_groups`` reports them.
+
+Both functions are thin: the group statistics are ``lab.rl.core.group_normalize``, the loss is
+``lab.rl.core.clipped_policy_loss`` (ratio, clipping, KL estimators, masked aggregation, and the
+tensor convention of DESIGN.md: (B, T) log-probs, (B,) or (B, T) advantages, a 0/1 mask).
 """
 from __future__ import annotations
 

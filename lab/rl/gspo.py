@@ -1,20 +1,32 @@
 """GSPO: clip a sequence-level, length-normalized importance ratio.
 
-"Group Sequence Policy Optimization", arXiv 2507.18071.
+Paper: "Group Sequence Policy Optimization", Zheng et al., arXiv 2507.18071.
 
-GRPO's per-token ratio ρ_{i,t} is a noisy one-sample importance weight; the reward belongs to the
-whole sequence. GSPO uses the geometric mean of the token ratios of response i::
+The loss: GRPO's per-token ratio ρ_{i,t} is a noisy one-sample importance weight, while the reward
+belongs to the whole sequence. GSPO uses the geometric mean of the token ratios of response i::
 
-    s_i = (π_θ(y_i|x) / π_old(y_i|x))^{1/|y_i|} = exp( (1/|y_i|) Σ_t m (ℓ_{i,t} − ℓ^old_{i,t}) )
+    s_i = (π_θ(y_i|x) / π_old(y_i|x))^{1/|y_i|} = exp( (1/|y_i|) Σ_t m_{i,t} (ℓ_{i,t} − ℓ^old_{i,t}) )
     L   = −(1/G) Σ_i min( s_i A_i, clip(s_i, 1−ε_low, 1+ε_high) A_i )
 
-with the tiny clip range of the paper (ε_low = 3e-4, ε_high = 4e-4) and β = 0. Implemented in the
-GSPO-token form ``s_{i,t} = sg[s_i] · exp(ℓ_{i,t} − sg[ℓ_{i,t}])`` (value s_i at every token, gradient
-of a token term) fed to the shared clipped loss with ``agg="seq_mean_token_mean"``: for (B,)
-advantages this is exactly the sequence objective above (same value, same gradient), and it also
-accepts token-level advantages (B, T). Fully on-policy, s_i = 1 and the gradient equals GRPO's.
-The log of s_i is clamped to ≤ 10 (verl). ``ratio_*`` metrics are over the sequence ratios s_i;
-clip fractions are over tokens (all tokens of a clipped sequence count).
+where y_i is response i to prompt x, |y_i| its number of valid tokens, m the response mask,
+ℓ, ℓ^old the current and sampling log-probs, A_i the (group-normalized) advantage, G the number of
+responses, with the tiny clip range of the paper (ε_low = 3e-4, ε_high = 4e-4) and β = 0.
+Intuition: one ratio per answer, matching one reward per answer, so a single odd token can
+neither clip nor inflate the whole update.
+
+Where it departs from GRPO: the ratio, and therefore the clipping, is per sequence and
+length-normalized instead of per token; the clip range is three orders of magnitude smaller; no KL.
+Fully on-policy, s_i = 1 and the gradient equals GRPO's.
+
+Choices:
+- Implemented in the GSPO-token form ``s_{i,t} = sg[s_i] · exp(ℓ_{i,t} − sg[ℓ_{i,t}])`` (value s_i at
+  every token, gradient of a token term) fed to ``lab.rl.core.clipped_policy_loss`` with
+  ``agg="seq_mean_token_mean"``: for (B,) advantages this is exactly the sequence objective above
+  (same value, same gradient), and it also accepts token-level advantages (B, T).
+- log s_i is clamped to ≤ 10 (verl), so a far off-policy sequence gives a finite ratio e^10.
+- ``ratio_*`` metrics are over the sequence ratios s_i; clip fractions are over tokens (all
+  tokens of a clipped sequence count).
+- β = 0 by default; ``beta > 0`` adds a k3 KL loss term as GRPO's.
 """
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 Paper: "GTPO: Trajectory-Based Policy Optimization in Large Language Models" (later version:
 "GTPO: Stabilizing Group Relative Policy Optimization via Gradient and Entropy Control"),
-arXiv 2508.03772 (reference code: winstonsmith1897/GTPO, ``build_conflict_mask``,
+Simoni et al., arXiv 2508.03772 (reference code: winstonsmith1897/GTPO, ``build_conflict_mask``,
 ``gtpo_compute_loss``).
 
-Conflict tokens. Within a group, P = {i : A_i > 0} and N = {i : A_i < 0}. Token v at position t
+The loss: conflict tokens. Within a group, P = {i : A_i > 0} and N = {i : A_i < 0}. Token v at position t
 of a completion is a *forward* conflict if v sits at position t in some P and in some N completion
 and every earlier position of that completion is a forward conflict too (the shared leading run,
 e.g. a common format prefix); a *backward* conflict likewise counted from the last valid token
@@ -22,7 +22,9 @@ drifted towards a flat distribution are not trained on (they would flatten it fu
 
     L = (1/B') Σ_i (1/L_i) Σ_t m_{i,t} · (−ρ_{i,t} · A_i · λ_{i,t}),   ρ = exp(ℓ − ℓ^old)
 
-(``seq_mean_token_mean``, no clipping, no KL, no reference model). Example: group of 2,
+with B' the number of non-empty completions, L_i the length of completion i, m the token mask,
+ℓ, ℓ^old the current and sampling log-probs (``seq_mean_token_mean``, no clipping, no KL, no
+reference model). Example: group of 2,
 o_1 = [5, 9, 7] (A = +1), o_2 = [5, 9, 8] (A = −1): forward conflicts at positions 0, 1 ->
 λ_1 = [2, 2, 1], λ_2 = [0, 0, 1]; the last tokens differ, so the backward run is empty.
 
@@ -47,8 +49,8 @@ Choices where the public material is ambiguous:
 - Backward positions count valid tokens from the end, so padding (and holes in the mask) do not
   break the alignment.
 - Conflicts are a property of the whole group: :func:`gtpo_batch_inputs` (the loss's
-  ``batch_inputs`` hook, which ``policy_optimization`` runs once on the full batch) finds them
-  and every minibatch row carries its ``conflict_forward`` / ``conflict_backward`` runs. Called
+  ``batch_inputs`` hook, found by ``lab.rl.core.batch_hook``, which ``policy_optimization`` runs
+  once on the full batch) finds them and every minibatch row carries its ``conflict_forward`` / ``conflict_backward`` runs. Called
   without them, the loss finds conflicts among the rows it is given.
 """
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """HAPO: one normalized token-entropy signal drives sampling temperature, advantages and clipping.
 
 Paper: "From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature",
-arXiv 2509.16591 (reference code: starriver030515/HAPO, a verl fork).
+Liu et al., arXiv 2509.16591 (reference code: starriver030515/HAPO, a verl fork).
 
-Entropy signal (``compute_entropy_h``). With H_{i,t} the token entropy and the statistics taken over
+The update: entropy signal (``compute_entropy_h``). With H_{i,t} the token entropy and the statistics taken over
 the valid tokens of the batch:
 
     u = log max(H, 1e-8);  q = quantile_p(u) ('nearest', p = entropy_pivot = 0.8)

@@ -1,6 +1,6 @@
 """HPT: hybrid post-training, switching per prompt between SFT on a demonstration and RL.
 
-Paper: "Towards a Unified View of Large Language Model Post-Training", arXiv 2509.04419
+Paper: "Towards a Unified View of Large Language Model Post-Training", Lv et al., arXiv 2509.04419
 (code: TsinghuaC3I/Unify-Post-Training).
 
 The unified policy gradient estimator writes SFT and RL gradients as instances of one form,
@@ -11,7 +11,7 @@ with 1_stable a stabilization mask (e.g. PPO's "not clipped"), π_ref the refere
 (π_θ itself for SFT and on-policy PG, giving ∇log π_θ; π_old for PPO), Â an advantage (1 on
 demonstrations for SFT; R − b or group-normalized for RL) and ∇π_θ the likelihood gradient.
 
-HPT picks the signal per prompt q from the model's own success: with n rollouts of which k_q are
+The loss: HPT picks the signal per prompt q from the model's own success: with n rollouts of which k_q are
 correct and a gate γ,
 
     k_q ≤ γ   ->  SFT on the demonstration:   L_SFT = −(1/N_demo) Σ_{demo tokens} ℓ^demo
@@ -35,9 +35,9 @@ the recipe's second threshold ``switch_gate_off`` has unclear semantics and is n
 pure RL; ``gate >= n`` is pure SFT (where demonstrations exist).
 
 Minibatches: the SFT/RL decision belongs to the prompt, so it must see the whole group.
-:func:`hpt_batch_inputs` (the loss's ``batch_inputs`` hook, run by ``policy_optimization`` once on
-the full batch) gives each response its group's success count k_q (``group_correct``); with it a
-minibatch holding 1 of a prompt's 8 rollouts decides exactly as the full batch does.
+:func:`hpt_batch_inputs` (the loss's ``batch_inputs`` hook, found by ``lab.rl.core.batch_hook``,
+run by ``policy_optimization`` once on the full batch) gives each response its group's success
+count k_q (``group_correct``); with it a minibatch holding 1 of a prompt's 8 rollouts decides exactly as the full batch does.
 
 Where to run it: ``policy_optimization(loss="hpt", demonstrations=True)`` feeds the task's target
 answers as demonstrations (without ``demonstrations`` it is the RL part alone); the experiment

@@ -1,33 +1,54 @@
 """PPO for language models: clipped surrogate, clipped value loss, and GAE advantages.
 
-"Proximal Policy Optimization Algorithms", arXiv 1707.06347; GAE from "High-Dimensional Continuous
-Control Using Generalized Advantage Estimation", arXiv 1506.02438; the RLHF form (one action per
-token, outcome reward on the last token) from Ziegler et al., arXiv 1909.08593.
+Paper: "Proximal Policy Optimization Algorithms", Schulman et al., arXiv 1707.06347; GAE from
+"High-Dimensional Continuous Control Using Generalized Advantage Estimation", Schulman et al.,
+arXiv 1506.02438; the RLHF form (one action per token, outcome reward on the last token) from
+"Fine-Tuning Language Models from Human Preferences", Ziegler et al., arXiv 1909.08593.
 
-GAE (``advantage/gae``), per response, backwards over its valid tokens, V after the last token = 0::
+The update: GAE (``advantage/gae``), per response, backwards over its valid tokens, V after the
+last token = 0::
 
     δ_t = r_t + γ V_{t+1} − V_t,     Â_t = δ_t + γλ Â_{t+1},     R̂_t = Â_t + V_t   (returns)
 
-then Â is whitened over the valid tokens of the batch (``whiten=True``). The metric
-``explained_variance`` = 1 − Var(R̂ − V)/Var(R̂) says how much of the returns the critic predicts. ``r_{i,t}`` are the
-``token_rewards`` (the outcome reward on the last token, optionally minus a per-token KL penalty),
-``V = values`` the critic's predictions at sampling time. The returns R̂ are handed to the loss
-through the batch (the estimator's metrics carry the tensor ``returns``). Masks are assumed to be
-prefixes (the response tokens of a row are contiguous from position 0).
+where ``r_{i,t}`` are the ``token_rewards`` (the outcome reward on the last token, optionally minus
+a per-token KL penalty), ``V = values`` the critic's predictions at sampling time, γ the discount
+and λ the GAE weight; then Â is whitened over the valid tokens of the batch (``whiten=True``).
+The returns R̂ are handed to the loss through the batch (the estimator's metrics carry the tensor
+``returns``).
 
-Loss (``policy_loss/ppo``), ρ = π_θ/π_old per token::
+Loss (``policy_loss/ppo``), ρ_t = π_θ/π_old = exp(ℓ_t − ℓ^old_t) per token::
 
     pg_t = max(−Â_t ρ_t, −Â_t clip(ρ_t, 1−ε_low, 1+ε_high))        (dual clip: min(pg, −c Â) for Â<0)
     V^clip = V_old + clip(V − V_old, −ε_v, ε_v)
     L = agg(pg) + c_v · ½ agg(max((V − R̂)², (V^clip − R̂)²)) + β·agg(KL_est(ℓ, ℓ^ref))
 
-With no critic (``values=None``) only the policy part is used. The PPO paper's entropy bonus
-``− c_H·mean(H)`` is applied by the training loop for every loss alike
-(``policy_optimization(entropy_coef=...)``, as verl's ``entropy_coeff``). Lab defaults: ε = 0.2, ε_v = 0.2, c_v = 0.1, γ = 1, λ = 0.95, no dual clip, β = 0.
-RLHF-PPO puts the KL penalty into the *reward* instead (``reward/kl_penalty``: k1, β = 0.05; in the
-loop ``policy_optimization(reward_shaping="kl_penalty")``). A KL *loss* term uses k3 by default,
-as GRPO does: k1 as a loss term has zero expected gradient on-policy (E_π[∇ℓ] = 0), so it would
-not hold the policy near the reference.
+where V is the critic being trained, V_old its values at sampling time, ε_v the value clip range,
+c_v the value-loss weight, c the dual-clip constant, β the KL weight and ℓ^ref the reference
+log-probs. Intuition: take the largest policy step whose ratio stays inside [1 − ε, 1 + ε], and
+let the critic move only ε_v per update, both so that one batch cannot throw the policy far.
+
+Where it departs from REINFORCE: a learned critic as baseline (GAE trades bias for variance with
+λ), an importance ratio so that several epochs can reuse one batch, and clipping that removes the
+gradient once the ratio leaves the trust region. It is the parent of GRPO, DAPO, GSPO and the
+other clipped losses of ``lab.rl``.
+
+Choices:
+- Lab defaults: ε = 0.2, ε_v = 0.2, c_v = 0.1, γ = 1, λ = 0.95, whitening on, no dual clip, β = 0,
+  ``agg="token_mean"``.
+- A KL *loss* term uses k3 by default, as GRPO does: k1 as a loss term has zero expected gradient
+  on-policy (E_π[∇ℓ] = 0), so it would not hold the policy near the reference. RLHF-PPO puts the
+  KL penalty into the *reward* instead (``reward/kl_penalty``: k1, β = 0.05; in the loop
+  ``policy_optimization(reward_shaping="kl_penalty")``).
+- The PPO paper's entropy bonus ``− c_H·mean(H)`` is applied by the training loop for every loss
+  alike (``policy_optimization(entropy_coef=...)``, as verl's ``entropy_coeff``).
+- With no critic (``values=None``) only the policy part is used; ``values`` without ``returns``
+  raises ValueError; ``old_values=None`` means V_old = V (no value clipping).
+- Masks are assumed to be prefixes (the response tokens of a row are contiguous from position 0).
+- The metric ``explained_variance`` = 1 − Var(R̂ − V)/Var(R̂) over valid tokens says how much of
+  the returns the critic predicts (NaN when the returns do not vary).
+
+The policy part is ``lab.rl.core.clipped_policy_loss``; masked means, variances and whitening are
+``lab.rl.core``'s.
 """
 from __future__ import annotations
 

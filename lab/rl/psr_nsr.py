@@ -1,15 +1,15 @@
 """PSR / NSR / W-REINFORCE / GRPO-N: learning from positive or negative samples only.
 
-Papers: "The Debate on RLVR Reasoning Capability Boundary: Shrinkage, Expansion, or Both? A
+Paper: "The Debate on RLVR Reasoning Capability Boundary: Shrinkage, Expansion, or Both? A
 Two-Stage Dynamic View", arXiv 2510.04028 (relative negative gradients, GRPO-N), and "The
-Surprising Effectiveness of Negative Reinforcement in LLM Reasoning", arXiv 2506.01347 (PSR, NSR,
-W-REINFORCE).
+Surprising Effectiveness of Negative Reinforcement in LLM Reasoning", Zhu et al., arXiv 2506.01347
+(PSR, NSR, W-REINFORCE).
 
-The policy gradient of a binary-reward objective splits into a positive part (push up correct
-samples: sharpens the distribution, exploitation) and a negative part (push down incorrect
-samples: the freed mass spreads over *all other* tokens in proportion to their probability,
-exploration). With c_i = 1[R_i > threshold] ("correct"), each mode sets the per-response advantage
-A_i and which responses enter the loss (keep_i):
+The loss: the policy gradient of a binary-reward objective splits into a positive part (push up
+correct samples: sharpens the distribution, exploitation) and a negative part (push down
+incorrect samples: the freed mass spreads over *all other* tokens in proportion to their
+probability, exploration). With c_i = 1[R_i > threshold] ("correct"), each mode sets the
+per-response advantage A_i and which responses enter the loss (keep_i):
 
     psr          A_i = +1 on correct,                  incorrect rows dropped
     nsr          A_i = −1 on incorrect,                correct rows dropped
@@ -33,6 +33,8 @@ Choices where the public material is ambiguous:
 - psr/nsr/w_reinforce ignore the ``advantages`` argument (the method defines its own); grpo_n
   ignores ``rewards``.
 - A batch with nothing kept (e.g. nsr with every answer correct) gives loss 0 with the graph kept.
+- ``mode="grpo_n"`` by default (it needs only the advantages of the loop); the clip range is the
+  lab's PPO default ε_low = ε_high = 0.2, no KL (β = 0).
 
 On the toy tasks (``policy_optimization`` with ``loss="psr_nsr(mode='nsr')"``): on a bandit with
 three equally correct arms PSR sharpens onto one of them (entropy towards 0) while NSR stops once

@@ -1,24 +1,39 @@
 """REINFORCE and REINFORCE with a baseline: the plain policy gradient.
 
-"Simple Statistical Gradient-Following Algorithms for Connectionist Reinforcement Learning"
-(Williams, 1992; no arXiv id).
+Paper: "Simple Statistical Gradient-Following Algorithms for Connectionist Reinforcement Learning",
+Williams, 1992 (Machine Learning 8; no arXiv id). The whitened baseline: REINFORCE++, arXiv
+2501.03262.
 
-Loss (``policy_loss/reinforce``), with A the (detached) advantage of each response or token::
+The update (``policy_loss/reinforce``), with A the (detached) advantage of each response or token::
 
     L = −agg( sg[w_{i,t}] · sg[A_{i,t}] · ℓ_{i,t} ),      ∇L = −E[A ∇ log π(y|x)]
 
-``agg`` defaults to ``seq_mean_token_sum`` (L = −(1/B') Σ_i A_i Σ_t ℓ_{i,t}: the score-function
-gradient of the sequence reward). ``w = min(exp(ℓ − ℓ^old), is_cap)`` is an optional truncated
-importance weight for updates on stale samples (off by default: pure on-policy REINFORCE). There is
-no ratio clipping; an optional KL loss term ``β·agg(KL_est(ℓ, ℓ^ref))`` is shared with the PPO family.
+where ℓ_{i,t} = log π_θ(y_{i,t} | x, y_{i,<t}) is the log-prob of token t of response i, sg stops
+the gradient, agg reduces over the valid tokens (default ``seq_mean_token_sum``:
+L = −(1/B') Σ_i A_i Σ_t ℓ_{i,t} with B' the non-empty responses, the score-function gradient of the
+sequence reward), and w = min(exp(ℓ − ℓ^old), is_cap) is an optional truncated importance weight
+for updates on stale samples (ℓ^old the sampling log-probs). Intuition: raise the log-probability
+of what scored above the baseline, lower what scored below, in proportion to the gap.
 
-Baseline (``advantage/reinforce_baseline``): ``A_i = R_i − b_i`` with ``b_i`` the mean reward of the
-group of response i (``baseline="group_mean"``, default), of the whole batch (``"batch_mean"``), or
-``b = 0`` (``"none"``: plain REINFORCE with the raw rewards). ``whiten=True`` then normalizes A over
-all valid tokens of the batch, ``(A − mean)/sqrt(var + 1e-8)`` (REINFORCE++-baseline, arXiv
-2501.03262), which returns per-token advantages (B, T). Any baseline that does not depend on the
-sampled response leaves the gradient unbiased and lowers its variance. Singleton groups get A = 0
-(verl keeps A = R there).
+Baseline (``advantage/reinforce_baseline``): ``A_i = R_i − b_i`` with R_i the reward of response i
+and ``b_i`` the mean reward of its group (``baseline="group_mean"``, default), of the whole batch
+(``"batch_mean"``), or ``b = 0`` (``"none"``: plain REINFORCE with the raw rewards). Any baseline
+that does not depend on the sampled response leaves the gradient unbiased and lowers its variance.
+
+Where it departs from PPO: it is the parent of the whole family (PPO, GRPO, RLOO, ... add ratios,
+clipping, critics or group statistics to it): no ratio clipping, no critic, no trust region.
+
+Choices:
+- ``agg="seq_mean_token_sum"`` by default (the sequence-level estimator); any mode of
+  ``lab.rl.core.aggregate`` can be passed.
+- The importance weight is off by default (pure on-policy REINFORCE); with ``is_cap`` it is
+  min(π/π_old, is_cap), detached, with the log-ratio clamped at 20 before the exp.
+- An optional KL loss term ``β·agg(KL_est(ℓ, ℓ^ref))`` (``lab.rl.core.kl_penalty``, β = 0 by
+  default, k3), shared with the PPO family.
+- ``whiten=True`` normalizes A over all valid tokens of the batch, ``(A − mean)/sqrt(var + 1e-8)``
+  with the unbiased variance (``lab.rl.core.masked_whiten``, REINFORCE++-baseline), which returns
+  per-token advantages (B, T) and needs the mask (ValueError without it).
+- Singleton groups get A = 0 under ``group_mean`` (verl keeps A = R there).
 """
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
 """SPO: segment policy optimization (SPO-chain and SPO-tree advantages, probability-mask loss).
 
 Paper: "Segment Policy Optimization: Effective Segment-Level Credit Assignment in RL for Large
-Language Models", arXiv 2505.23564 (code: AIFrameResearch/SPO, built on VinePPO).
+Language Models", Guo et al., arXiv 2505.23564 (code: AIFrameResearch/SPO, built on VinePPO).
 
 Credit assignment at segment granularity: cut a response into segments, estimate the value of the
 state at each cut by Monte Carlo (MC) rollouts of the policy from that prefix (no critic), and
 give every token of a segment the value difference across it.
 
-SPO-chain (``advantage/spo_chain``), for response y with old token probabilities p_t = π_old(y_t):
+The estimators: SPO-chain (``advantage/spo_chain``), for response y with old token probabilities
+p_t = π_old(y_t):
 
     cut points   P = {t − 1 : p_t < ρ}  (the state *before* each uncertain token), then every
                  ``interval``-th element of P kept: c_1 < c_2 < … < c_K

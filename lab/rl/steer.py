@@ -1,9 +1,10 @@
 """STEER: reweight each token by how much its update would change the policy's entropy.
 
-Paper: "Rethinking Entropy Interventions in RLVR: An Entropy Change Perspective", arXiv 2510.10150
+Paper: "Rethinking Entropy Interventions in RLVR: An Entropy Change Perspective", Hao et al.,
+arXiv 2510.10150
 (reference code: zz-haooo/STEER, ``compute_token_weights``).
 
-For a softmax policy, a policy-gradient step on token y at a position with probability x = π(y|·),
+The loss: for a softmax policy, a policy-gradient step on token y at a position with probability x = π(y|·),
 entropy H and advantage A changes that position's entropy, to first order, in proportion to
 
     Ω_{i,t} = | (A_{i,t} / x_old) · x(1 − x) · (log x + H_{i,t}) |

@@ -1,10 +1,13 @@
 """T-PPO: PPO on truncated windows, with the value model trained on finished responses only.
 
-Paper: "Truncated Proximal Policy Optimization", arXiv 2506.15050 (no public code).
+Paper: "Truncated Proximal Policy Optimization", Fan et al., arXiv 2506.15050 (no public code).
 
 T-PPO generates in fixed windows and updates the policy on the tokens generated so far, finished
-or not, with advantages from EGAE (``advantage/egae``). Policy and value are optimized
-independently, each on its own tokens:
+or not, with advantages from EGAE (``advantage/egae``).
+
+The loss: policy and value are optimized independently, each on its own tokens (ρ = π_θ/π_old,
+Â the EGAE advantages, V the critic, V_old its sampling-time values, V^clip = V_old +
+clip(V − V_old, −ε_v, ε_v), R̂ the EGAE returns, m the token mask):
 
     policy   L_pg = agg_{m^win}( max(−ρÂ, −clip(ρ, 1−ε_low, 1+ε_high)Â) )
              m^win_{i,t} = m_{i,t}·1[t < window]        (prompt and out-of-window tokens filtered)

@@ -324,3 +324,77 @@ def test_losses_empty_mask_and_bad_inputs(loss_name):
         fn(lp, None, torch.ones(3, dtype=torch.float64), torch.ones(2, 3))
     with pytest.raises(ValueError, match="old_logprobs"):
         fn(lp, lp, adv, torch.ones(2, 3))
+
+
+# ---------------------------------------------------------------- documented choices (module docstrings)
+@pytest.mark.parametrize("loss_name", ["dapo", "dr_grpo", "gspo", "reinforce", "ppo"])
+def test_no_kl_term_by_default_and_k3_when_beta_is_set(loss_name):
+    # β = 0 by default: a distant reference changes nothing; with β > 0 the term is β·agg(k3)
+    fn = get("policy_loss", loss_name)
+    lp = torch.full((1, 2), -1.0, dtype=torch.float64, requires_grad=True)
+    ref = torch.full((1, 2), -1.5, dtype=torch.float64)
+    adv = torch.ones(1, dtype=torch.float64)
+    mask = torch.ones(1, 2)
+    plain, _ = fn(lp, lp.detach(), adv, mask)
+    far, _ = fn(lp, lp.detach(), adv, mask, ref_logprobs=ref)
+    assert far.item() == pytest.approx(plain.item())
+    with_kl, m = fn(lp, lp.detach(), adv, mask, ref_logprobs=ref, beta=0.1)
+    k3 = math.exp(-0.5) - 1 + 0.5                                           # Δ = ℓ − ℓ^ref = 0.5
+    assert m["kl"] == pytest.approx(k3)
+    # every default aggregation of these losses reduces a constant per-token k3 to k3 itself,
+    # except reinforce's seq_mean_token_sum (sums 2 tokens) and dr_grpo's sum/(B·C) (C = T = 2)
+    per_agg = 2 * k3 if loss_name == "reinforce" else k3
+    assert with_kl.item() - plain.item() == pytest.approx(0.1 * per_agg)
+
+
+def test_gspo_log_ratio_clamp_and_default_lower_clip():
+    lp = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(1, 2)
+    # log s = 50 is clamped to 10: a finite ratio e^10 in the metrics and the loss
+    _, m = gspo(lp, lp.detach() - 50.0, torch.ones(1, dtype=torch.float64), mask,
+                clip_eps_low=0.2, clip_eps_high=1e6)
+    assert m["ratio_max"] == pytest.approx(math.exp(10.0))
+    loss, _ = gspo(lp, lp.detach() - 50.0, torch.ones(1, dtype=torch.float64), mask,
+                   clip_eps_low=0.2, clip_eps_high=1e6)
+    assert loss.item() == pytest.approx(-math.exp(10.0))
+    # ε_low = 3e-4 by default: s = e^{−0.1} with A = −1 is clipped up to 1 − 3e-4
+    loss, _ = gspo(lp, lp.detach() + 0.1, -torch.ones(1, dtype=torch.float64), mask)
+    assert loss.item() == pytest.approx(1 - 3e-4)
+
+
+def test_rloo_whiten_normalizes_over_the_batch_responses():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    plain, _ = rloo(rewards, group_size=3)
+    white, _ = rloo(rewards, group_size=3, whiten=True)
+    expected = (plain - plain.mean()) / torch.sqrt(plain.var(unbiased=True) + 1e-8)
+    assert torch.allclose(white, expected)
+    assert white.mean().item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ppo_and_gae_lab_defaults():
+    # GAE: γ = 1, λ = 0.95 and whitening by default
+    r = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
+    v = torch.tensor([[0.5, 0.6, 0.8]], dtype=torch.float64)
+    mask = torch.ones(1, 3)
+    raw, _ = gae(r, v, mask, whiten=False)
+    assert raw[0].tolist() == pytest.approx([0.4705, 0.39, 0.2])
+    assert torch.allclose(gae(r, v, mask)[0], core.masked_whiten(raw, mask))
+    # PPO: c_v = 0.1 and ε_v = 0.2; old_values=None means V_old = V (no value clipping)
+    lp = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+    values = torch.tensor([[0.5, 1.5]], dtype=torch.float64, requires_grad=True)
+    returns = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64)
+    loss, m = ppo(lp, None, zero, torch.ones(1, 2), values=values, returns=returns)
+    assert m["value_loss"] == pytest.approx(0.5 * 0.25) and m["value_clip_frac"] == 0.0
+    assert loss.item() == pytest.approx(0.1 * 0.5 * 0.25)
+    _, m = ppo(lp, None, zero, torch.ones(1, 2), values=values, returns=returns,
+               old_values=torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+    assert m["value_loss"] == pytest.approx(0.5 * (0.64 + 0.25) / 2)        # clipped at ε_v = 0.2
+
+
+def test_reinforce_importance_log_ratio_is_clamped_at_20():
+    lp = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
+    loss, _ = reinforce(lp, lp.detach() - 100.0, torch.ones(1, dtype=torch.float64), torch.ones(1, 1),
+                        is_cap=1e12)
+    (g,) = torch.autograd.grad(loss, lp)
+    assert g.item() == pytest.approx(-math.exp(20.0))

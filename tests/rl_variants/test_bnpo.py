@@ -163,3 +163,11 @@ def test_runs_through_the_training_loop_by_name_and_refits_every_batch():
     assert m["bnpo/alpha"] == pytest.approx(float(alphas[-1]))
     logged = torch.tensor([[a for a in row if a == a][0] for row in last["advantages"]])
     assert torch.allclose(logged, expected.float(), atol=1e-6)
+
+
+def test_singleton_group_gets_zero_advantage_unlike_the_reference_code():
+    # reference code: p := 0 for a group of one (A = R̃·w ≠ 0); the lab: p = R̃, A = 0
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    adv, _ = bnpo_advantages(rewards, group_ids=torch.tensor([0, 0, 1, 1, 2]))
+    assert adv[4].item() == 0.0
+    assert adv[0].item() > 0 > adv[1].item()

@@ -111,3 +111,10 @@ def test_through_the_training_loop_mu_one_half_is_dr_grpo_step_for_step():
     inter = run("policy_optimization", advantage="canon(mu=1.0)", **kw)
     assert np.array_equal(half["reward"], dr["reward"]) and np.allclose(half["loss"], dr["loss"])
     assert not np.allclose(inter["loss"], dr["loss"])
+
+
+def test_default_mu_is_canon_inter():
+    # μ = 1 by default (the paper's math setting): A = A^inter = [0.5, 0.5, −1, 0] on the spec example
+    adv, _ = canon_advantages(torch.tensor([1., 1, 0, 1]), group_size=4,
+                              metric=torch.tensor([0.1, 0.2, 0.9, 0.8]))
+    assert adv.tolist() == pytest.approx([0.5, 0.5, -1.0, 0.0])

@@ -109,3 +109,14 @@ def test_through_the_training_loop_without_demonstrations():
     assert np.all(h["grao/imitation"] == 0) and np.all(h["grao/imitation_logprob"] == 0)
     assert np.all(h["grao/adv_ref_mean"] > 0) and np.all(h["grad_norm"] > 0)
     assert np.all(h["ratio_max"] > 1.0) and np.all(h["clip_frac"] == 0)
+
+
+def test_reference_reward_defaults_to_a_correct_answer():
+    # R(y) = 1.0 unless given: the reference answer of a verifiable task is correct
+    def run(**kw):
+        lp = torch.zeros(3, 1, requires_grad=True)
+        demo = torch.full((1, 2), -1.0, requires_grad=True)
+        return grao(lp, None, torch.zeros(3), torch.ones(3, 1), rewards=torch.tensor([0.6, 0.3, 0.5]),
+                    group_size=3, demo_logprobs=demo, **kw)[0].item()
+    assert run() == pytest.approx(run(ref_reward=1.0))
+    assert run() != pytest.approx(run(ref_reward=0.0))

@@ -199,3 +199,37 @@ def test_through_the_loop_code_rule_filters_a_uniform_policy_paper_rule_does_not
     paper_rule = run("policy_optimization", loss=f"gtpo(initial_entropy={math.log(11):.4f})", **kwargs)
     assert (code_rule["grad_norm"] == 0).all()
     assert (paper_rule["grad_norm"] > 0).all()
+
+
+def test_token_in_both_runs_gets_w_squared():
+    # identical completions: every token is in the forward and the backward run
+    tokens = torch.tensor([[5, 7, 5], [5, 7, 5]])
+    adv = torch.tensor([1.0, -1.0])
+    fwd, bwd = conflict_masks(tokens, adv, torch.ones(2, 3), group_size=2)
+    assert fwd.all() and bwd.all()
+    assert conflict_weights(fwd, bwd, adv).tolist() == [[4.0] * 3, [0.0] * 3]
+
+
+def test_positive_and_negative_sets_come_from_the_advantages_before_the_entropy_penalty():
+    # A_1 = +0.05, ⟨H⟩ = 0.6: A' = 0.05 − 0.1·0.6 = −0.01 < 0, yet completion 1 stays in P
+    tokens = torch.tensor([[5, 9, 7], [5, 9, 8]])
+    adv = torch.tensor([0.05, -1.0], dtype=torch.float64)
+    lp = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    entropy = torch.full((2, 3), 0.6, dtype=torch.float64)
+    _, m = gtpo(lp, None, adv, torch.ones(2, 3), token_ids=tokens, group_size=2, entropy=entropy,
+                return_per_token=True)
+    assert m["lambda"][0].tolist() == [2.0, 2.0, 1.0] and m["lambda"][1].tolist() == [0.0, 0.0, 1.0]
+    # the conflict tokens of completion 1 are clamped at 0 (never pushed down), its last token is not
+    assert m["per_token_loss"][0].tolist() == pytest.approx([0.0, 0.0, 0.01])
+
+
+def test_off_policy_ratio_is_unclipped_unless_a_clip_range_is_given():
+    tokens = torch.tensor([[1, 2], [3, 4]])                                 # no conflicts
+    adv = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    lp = torch.zeros(2, 2, dtype=torch.float64, requires_grad=True)
+    old = lp.detach() - math.log(2.0)                                       # ρ = 2
+    loss, _ = gtpo(lp, old, adv, torch.ones(2, 2), token_ids=tokens, group_size=2)
+    assert loss.item() == pytest.approx((-2.0 + 1.0) / 2)
+    clipped, _ = gtpo(lp, old, adv, torch.ones(2, 2), token_ids=tokens, group_size=2,
+                      clip_eps_low=0.2, clip_eps_high=0.2)
+    assert clipped.item() == pytest.approx((-1.2 + 1.0) / 2)

@@ -125,3 +125,10 @@ def test_segment_panel_hpt_view():
     p = segment_panel("hpt", run=False)
     p.controls["steps"].value = 5
     assert p.last_error is None and p.result["sft_frac"][0] == 1.0
+
+
+def test_correct_means_reward_strictly_above_one_half_by_default():
+    from lab.rl.hpt import hpt_batch_inputs
+    rewards = torch.tensor([0.6, 0.5, 0.4, 1.0])
+    assert hpt_batch_inputs(rewards, group_size=4)["group_correct"].tolist() == [2.0] * 4
+    assert hpt_batch_inputs(rewards, group_size=4, threshold=0.7)["group_correct"].tolist() == [1.0] * 4

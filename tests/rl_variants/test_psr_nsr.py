@@ -143,3 +143,17 @@ def test_segment_panel_sign_view():
     p = segment_panel("sign", run=False)
     p.controls["steps"].value = 10
     assert p.last_error is None and set(p.result) == {"psr", "nsr"} and len(p.figures) == 2
+
+
+def test_default_mode_is_grpo_n_with_the_ppo_clip_range():
+    lp = torch.zeros(2, 1, dtype=torch.float64, requires_grad=True)
+    old = lp.detach() - torch.tensor([[0.4], [0.4]], dtype=torch.float64)     # ρ = e^0.4 ≈ 1.49
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    default, _ = psr_nsr(lp, old, adv, torch.ones(2, 1))
+    grpo_n, _ = psr_nsr(lp, old, adv, torch.ones(2, 1), mode="grpo_n")
+    assert default.item() == pytest.approx(grpo_n.item())
+    # grpo_n keeps the negative row only: max(−ρ·(−1), −clip(ρ, 0.8, 1.2)·(−1)) = ρ (unclipped side)
+    assert default.item() == pytest.approx(np.exp(0.4))
+    # psr on the correct row: max(−ρ, −1.2) = −1.2, the upper clip at 1 + 0.2
+    psr, _ = psr_nsr(lp, old, adv, torch.ones(2, 1), mode="psr", rewards=torch.tensor([1.0, 0.0]))
+    assert psr.item() == pytest.approx(-1.2)

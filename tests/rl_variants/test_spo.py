@@ -182,3 +182,11 @@ def test_segment_panel_shows_the_spo_view():
     assert p.last_error is None and len(p.figures) == 4
     with pytest.raises(ValueError, match="view"):
         segment_panel("nope")
+
+
+def test_probability_mask_is_strict():
+    from lab.rl.spo import uncertain_tokens
+    old = torch.log(torch.tensor([[0.5, 0.25, 0.75]], dtype=torch.float64))
+    assert old.exp()[0, 0].item() == 0.5                                   # exactly at ρ
+    keep = uncertain_tokens(old, torch.ones(1, 3), prob_threshold=0.5)
+    assert keep.tolist() == [[False, True, False]]                          # p < ρ, not p ≤ ρ

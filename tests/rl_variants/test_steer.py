@@ -151,3 +151,11 @@ def test_through_the_training_loop_the_weights_span_their_range_and_change_the_r
     assert np.allclose(h["steer/weight_min"][1:], 0.8) and np.allclose(h["steer/weight_max"][1:], 1.2)
     assert np.all(flat["steer/weight_mean"] == 1.0)
     assert not np.allclose(h["loss"], flat["loss"])
+
+
+def test_non_finite_omega_is_set_to_zero():
+    lp = torch.log(torch.tensor([[0.5, 0.5]], dtype=torch.float64))
+    adv = torch.tensor([[float("inf"), 1.0]], dtype=torch.float64)
+    omega = entropy_change_score(lp, lp, adv, torch.ones(1, 2, dtype=torch.float64))
+    assert omega[0, 0].item() == 0.0
+    assert omega[0, 1].item() == pytest.approx(2 * 0.25 * (math.log(0.5) + 1))
