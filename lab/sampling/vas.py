@@ -15,8 +15,9 @@ centred values of the k most likely next tokens to the base logits:
                      z'_a = z_a + β · (V(s ⊕ a) − Q̄)   for a ∈ K,   z'_a = z_a otherwise
 
 where x is the prompt, y a response, r_t the per-token reward (the outcome reward on the last valid
-token), γ the discount, λ the TD(λ) mixing, s the current prefix, V the vocabulary size (for z), k
-the number of candidates and β ≥ 0 the guidance strength. Intuition: β trades reward for closeness
+token), γ the discount, λ the TD(λ) mixing, s the current prefix, z the base logits over the
+vocabulary (of size V in ``(B, V)``; V(·) is the value model), k the number of candidates and
+β ≥ 0 the guidance strength. Intuition: β trades reward for closeness
 to π_0 (β = 0 is π_0 itself); centring makes the shift of a token relative to its top-k neighbours.
 Because only logits move, the same frozen π_0 can be served with several value models (rewards
 composed, or personalized) without retraining it.

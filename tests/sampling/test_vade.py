@@ -137,3 +137,17 @@ def test_bookkeeping_stays_on_the_cpu_whatever_the_default_device():
     assert ids.device.type == "cpu"
     assert {t.device.type for t in (sampler.alpha, sampler.beta, sampler.last_seen)} == {"cpu"}
     assert sampler.alpha[ids].tolist() == [2.0, 2.0]
+
+
+def test_partial_credit_counts_as_fractional_successes():
+    from types import SimpleNamespace
+
+    from lab.experiments.curricula import _group_sums
+
+    # two groups of G = 2: rewards (1, 0.5) and (0.25, 0): s = Σ R, f = Σ (1 − R)
+    ro = SimpleNamespace(rewards=torch.tensor([1.0, 0.5, 0.25, 0.0]), group_size=2)
+    succ, fail = _group_sums(ro)
+    assert succ.tolist() == [1.5, 0.25] and fail.tolist() == [0.5, 1.75]
+    v = VADE(2, decay=1.0)
+    v.update(torch.tensor([0, 1]), succ.double(), fail.double())
+    assert v.alpha.tolist() == [2.5, 1.25] and v.beta.tolist() == [1.5, 2.75]
