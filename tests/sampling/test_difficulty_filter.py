@@ -117,3 +117,13 @@ def test_select_computes_on_the_rewards_device_and_keeps_host_bookkeeping():
         f.update(3, len(keep))
     assert keep.device == rewards.device and keep.tolist() == [1]
     assert isinstance(f.keep_rate, float) and f.n_candidates(2) == 3     # keep rate 0.9 + 0.1/3
+
+
+def test_curriculum_with_the_filter_passes_the_device_guard():
+    # as tests/test_devices.py (whose smoke config uses VADE): nothing may land on the default device
+    from lab.experiments import run
+
+    with torch.device("meta"):
+        h = run("curriculum", device="cpu", sampler="difficulty_filter", steps=2, pool_size=4, n_prompts=4,
+                group_size=4)
+    assert len(h["reward"]) == 2
