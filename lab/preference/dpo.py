@@ -1,27 +1,45 @@
-"""DPO: the KL-regularized RLHF optimum fitted directly with a Bradley–Terry loss.
+"""DPO: the KL-regularized RLHF optimum fitted directly with a Bradley–Terry loss on preference pairs.
 
-"Direct Preference Optimization: Your Language Model is Secretly a Reward Model", arXiv 2305.18290
-(the catalog row cites "Unpacking DPO and PPO: Disentangling Best Practices for Learning from
-Preference Feedback", which studies this loss against PPO).
+Paper: "Direct Preference Optimization: Your Language Model is Secretly a Reward Model", Rafailov
+et al., arXiv 2305.18290. The catalog row cites "Unpacking DPO and PPO: Disentangling Best Practices
+for Learning from Preference Feedback", Ivison et al., arXiv 2406.09279, which studies this loss
+against PPO.
 
-The optimum of ``max_π E[r] − β KL(π ‖ π_ref)`` is ``π*(y|x) ∝ π_ref(y|x) exp(r(x,y)/β)``, so any
-policy defines an *implicit reward* ``r_θ = β log π_θ/π_ref`` (+ a prompt-only constant that
+The loss: the optimum of ``max_π E[r] − β KL(π ‖ π_ref)`` is ``π*(y|x) ∝ π_ref(y|x) exp(r(x,y)/β)``,
+so any policy defines an *implicit reward* ``r_θ = β log π_θ/π_ref`` (+ a prompt-only constant that
 cancels in a pair). Fitting it to preferences by maximum likelihood under Bradley–Terry::
 
-    z = (S_w − S_w^ref) − (S_l − S_l^ref)           S = Σ_t m ℓ, the sequence log-prob
+    z = (S_w − S_w^ref) − (S_l − S_l^ref)
     L = mean_P [ −log σ(β z) ]                        (loss_type="sigmoid")
       = mean_P [ −(1−ε) log σ(βz) − ε log σ(−βz) ]    (label_smoothing ε: cDPO, noisy labels)
       = mean_P [ relu(1 − βz) ]                        (loss_type="hinge")
 
-Gradient: ``−β σ(−βz) (∇S_w − ∇S_l)``: each pair is weighted by how wrongly the implicit reward
-orders it. Nothing anchors S_w itself, only the difference: S_w can *fall* while the margin grows
-(likelihood displacement, see :mod:`lab.preference.ranking`). Defaults: β = 0.1, ε = 0 (TRL). Identical
-chosen and rejected give z = 0, L = ln 2 and zero gradient. Example (spec): β = 0.1, S_w = −10,
-S_l = −12, S_w^ref = S_l^ref = −11 → z = 2, L = log(1 + e^{−0.2}) = 0.59814.
+where P is the number of pairs (x, y_w, y_l), S = Σ_t m_t ℓ_t the sequence log-prob of a response
+under π_θ (ℓ_t the token log-probs, m_t the response mask), S^ref the same under the frozen
+reference π_ref, w/l the chosen/rejected response, β > 0 the KL strength and σ the logistic
+function. Intuition: the gradient ``−β σ(−βz) (∇S_w − ∇S_l)`` weights each pair by how wrongly the
+implicit reward orders it. Nothing anchors S_w itself, only the difference: S_w can *fall* while
+the margin grows (likelihood displacement, see :mod:`lab.preference.ranking`).
 
-``length_normalize=True`` uses S̄ = S/L in place of S (not in the paper; exposed for the notebook).
-Reference log-probs may be per token or precomputed sums (P,) (computed once, as TRL's
-``precompute_ref_log_probs``). Metrics: the implicit rewards r = β(S − S^ref) of Part F.3.
+Where it departs from RLHF with PPO: no reward model and no rollouts; the policy's own log-ratio to
+the reference is the reward, fitted offline on fixed pairs. It is the parent of the lab's other
+pair losses (IPO changes the link, SimPO/AlphaPO the reward, Step-DPO the data).
+
+Choices:
+- ``label_smoothing`` is the cDPO/OpenRLHF form inside the sigmoid loss (TRL's ``"sigmoid"``
+  ignores it); smoothing and hinge apply only one at a time.
+- ``length_normalize=True`` uses S̄ = S/L in place of S (not in the paper; exposed for the
+  notebook's comparison); default False, the paper's sums.
+- Reference log-probs may be per token or precomputed sums (P,) (computed once, as TRL's
+  ``precompute_ref_log_probs``); both give the same loss.
+- An empty batch gives 0 with the graph kept; half-precision inputs are upcast to float32; padded
+  positions may hold anything (−inf included) and are replaced by 0.
+- Metrics: the implicit rewards r = β(S − S^ref) of the spec's Part F.3 (``reward_margin``,
+  ``reward_acc``, ...).
+
+Defaults: β = 0.1, ε = 0 (TRL). Identical chosen and rejected give z = 0, L = ln 2 and zero
+gradient. Example (spec): β = 0.1, S_w = −10, S_l = −12, S_w^ref = S_l^ref = −11 → z = 2,
+L = log(1 + e^{−0.2}) = 0.59814.
 """
 from __future__ import annotations
 

@@ -1,21 +1,25 @@
-"""SFT as implicit-reward learning, and SFT objectives from other f-divergences.
+"""f-divergence SFT: SFT read as implicit-reward learning, and SFT objectives from other f-divergences.
 
-"Implicit Reward as the Bridge: A Unified View of SFT and DPO Connections", arXiv 2507.00018.
-No public code; the paper's specific losses and its learning-rate factor are not recoverable from
-the public summary, so this module is a *documented template* built from the paper's stated idea
-(every choice below is ours and says so).
+Paper: "Implicit Reward as the Bridge: A Unified View of SFT and DPO Connections", Wang et al.,
+arXiv 2507.00018. No public code; the paper's specific losses and its learning-rate factor are not
+recoverable from the public summary, so this module is a *documented template* built from the
+paper's stated idea (every choice below is the lab's and says so).
 
 The paper's view. A policy defines the implicit reward r_θ(x,y) = β log π_θ(y|x)/π_ref(y|x) (DPO's).
 SFT on demonstrations y ∼ P_data is distribution matching, and its KL-to-reference term is
 *constant in θ*, so nothing constrains how far SFT moves from π_ref. Remedies named by the paper:
 (a) a smaller SFT learning rate; (b) SFT objectives from other f-divergences that keep a
-policy-dependent term. Our instantiation of (b), the variational (Nguyen–Wainwright–Jordan) bound
+policy-dependent term.
+
+The objective: the lab's instantiation of (b), the variational (Nguyen–Wainwright–Jordan) bound
 
     D_f(P_data ‖ π_ref) ≥ sup_T  E_{y∼P_data}[T(y)] − E_{y∼π_ref}[f*(T(y))]
 
 with the critic tied to the implicit reward through the density ratio u_θ = π_θ/π_ref = exp(r_θ/β):
 T = f'(u_θ) (the optimal critic is f'(P_data/π_ref), so the maximizer is π_θ = P_data for every f).
-With sequence-level log-ratios log u = S − S^ref (S = Σ_t m ℓ), the loss is minus the bound::
+With sequence-level log-ratios log u = S − S^ref (S = Σ_t m_t ℓ_t the response's log-prob under
+π_θ, S^ref under π_ref), f a convex function with f(1) = 0 and f* its convex conjugate, the loss is
+minus the bound::
 
     divergence   f(u)                       E_data term  f'(u)        E_ref term f*(f'(u))
     kl           u log u                    1 + log u                  u   (E_ref[u] = 1: constant)
@@ -26,20 +30,29 @@ With sequence-level log-ratios log u = S − S^ref (S = Σ_t m ℓ), the loss is
 
     L = −E_data[f'(u)] + E_ref[f*(f'(u))]
 
+Intuition: for ``hellinger`` and ``js`` the data-term weight ∂f'(u)/∂log u (u^{−1/2}/2, σ(−log u))
+*decays* once a demonstration is more likely under π_θ than under π_ref, so the pull saturates,
+unlike NLL's constant weight 1.
+
 Anchor (the one testable fact): for ``kl`` the reference term is E_{π_ref}[π_θ/π_ref] = 1 for every
 θ (the constant KL term of the paper), so L = −mean(S − S^ref) − 1 + 1, i.e. the sequence NLL up to a
 constant: the gradient equals SFT's with ``agg="seq_mean_token_sum"``. For the other f the E_ref
 term depends on θ and needs responses sampled from π_ref (``ref_sample_*``: their log-probs under
 π_θ with grad and under π_ref), averaged with optional ``ref_sample_weights`` (e.g. exact
-probabilities when all responses can be enumerated). For ``hellinger`` and ``js`` the data-term
-weight ∂f'(u)/∂log u (u^{−1/2}/2, σ(−log u)) *decays* once a demonstration is more likely under
-π_θ than under π_ref, so the pull saturates, unlike NLL's constant weight 1.
+probabilities when all responses can be enumerated).
 
-Choices: sequence-level ratios (not per token); log u clamped to ±20 before exp (as
-:func:`lab.rl.core.ratio`); β only scales the reported implicit reward (the bound is β-free);
-the learning-rate reduction is a training choice, exposed as ``lr_factor`` of the experiment
-``sft_divergences`` (default 1 = no reduction; the paper's factor is not public, the notebook
-suggests 0.1).
+Where it departs from SFT: the data term f'(u) replaces the log-likelihood, and (except for ``kl``)
+a reference-sample term E_ref[f*(f'(u))] pulls π_θ back on what π_ref generates.
+
+Choices:
+- Sequence-level ratios (not per token).
+- log u clamped to ±20 before exp (as :func:`lab.rl.core.ratio`).
+- β only scales the reported implicit reward (the bound is β-free).
+- For ``kl`` the E_ref term is the constant 1 exactly (no samples needed).
+- ``ref_sample_weights`` are normalized to sum 1 (uniform by default).
+- The learning-rate reduction is a training choice, exposed as ``lr_factor`` of the experiment
+  ``sft_divergences`` (default 1 = no reduction; the paper's factor is not public, the notebook
+  suggests 0.1).
 """
 from __future__ import annotations
 

@@ -1,23 +1,36 @@
-"""LoKU's inverted hinge loss: unlearn a sequence by making each target token lose to its runner-up.
+"""Inverted hinge loss (LoKU): unlearn a sequence by making each target token lose to its runner-up.
 
-"Towards Robust and Parameter-Efficient Knowledge Unlearning for LLMs" (LoKU), arXiv 2408.06621.
+Paper: "Towards Robust and Parameter-Efficient Knowledge Unlearning for LLMs" (LoKU), Cha et al.,
+arXiv 2408.06621 (reference code: csm9493/efficient-llm-unlearning, ``TOFU/dataloader.py``).
 
-Gradient ascent on the NLL of a forget sequence is unbounded: it keeps pushing p(x_t) → 0 and the
-mass it removes lands anywhere, which wrecks fluency. The inverted hinge loss (IHL) only asks that
-the target token x_t stop being the most likely one, by a margin, against the *best alternative*::
+The loss::
 
-    p_t = softmax(z_t)                               z_t (V,) the logits predicting token t
+    p_t = softmax(z_t)
     IHL_t = max(0, 1 + p_t(x_t) − max_{v ≠ x_t} p_t(v))
-    L = mean over forget tokens (mask, or labels ≠ ignore_index) [ + c · NLL(retain) ]
+    L = mean over forget tokens [ IHL_t ]  [ + c · NLL(retain) ]
 
-The gradient lowers p(x_t) and raises the runner-up v* = argmax_{v≠x_t} p(v) (a plausible
-replacement), and IHL ∈ [0, 2]. With margin 1 the hinge never switches off (p(x_t) − p(v*) ≥ −1), so
-the loss keeps acting until p(x_t) → 0, but its per-token gradient is bounded. In the released
-TOFU code the total is IHL(forget) + NLL(retain) (``retain_coef`` c = 1, retain log-probs
-optional). LoKU's Fisher-weighted LoRA initialization is out of scope. Departure from the code:
-the released helper applies softmax only when some value lies outside [0, 1] (logits already in
-[0, 1] are read as probabilities); the lab always applies softmax. Example (spec): p(x_t) = 0.6,
-runner-up 0.3 → IHL = 1.3; after unlearning p(x_t) = 0.1, runner-up 0.5 → 0.6.
+where z_t (V,) are the logits predicting forget token x_t, V the vocabulary size, the forget tokens
+are those of the mask with labels ≠ ``ignore_index``, and c (``retain_coef``) weights the optional
+NLL of retain data. Intuition: the gradient lowers p(x_t) and raises the runner-up
+v* = argmax_{v≠x_t} p(v) (a plausible replacement), instead of pushing mass anywhere.
+
+Where it departs from gradient ascent on the NLL (the unlearning baseline): ascent is unbounded — it
+keeps pushing p(x_t) → 0 and the mass it removes lands anywhere, which wrecks fluency; IHL ∈ [0, 2]
+has a bounded per-token gradient aimed at the runner-up. With margin 1 the hinge never switches off
+(p(x_t) − p(v*) ≥ −1), so the loss keeps acting until p(x_t) → 0.
+
+Choices:
+- The lab always applies softmax; the released helper applies it only when some value lies outside
+  [0, 1] (logits already in [0, 1] would be read as probabilities).
+- Margin 1 (``margin``, a Crammer–Singer hinge, not squared); ``mask`` is combined with
+  ``labels != ignore_index``.
+- The retain term is the token-mean NLL (:func:`lab.preference.sft.sft`) with c = 1 by default, as
+  the TOFU code's IHL(forget) + NLL(retain).
+- No forget token: loss 0 with the graph kept.
+- LoKU's Fisher-weighted LoRA initialization is out of scope here.
+
+Example (spec): p(x_t) = 0.6, runner-up 0.3 → IHL = 1.3; after unlearning p(x_t) = 0.1,
+runner-up 0.5 → 0.6.
 """
 from __future__ import annotations
 

@@ -1,23 +1,34 @@
 """IPO: regress the preference log-ratio margin to a finite target instead of pushing it to ∞.
 
-"A General Theoretical Paradigm to Understand Learning from Human Preferences", arXiv 2310.12036.
+Paper: "A General Theoretical Paradigm to Understand Learning from Human Preferences", Azar et al.,
+arXiv 2310.12036.
 
-DPO's Bradley–Terry loss keeps rewarding a larger margin even for pairs it already orders
-(σ(βz) → 1 only as z → ∞), so with deterministic preferences the KL regularization is lost. IPO
-(the ΨPO family with Ψ = identity) replaces the logistic link by a squared error to a target::
+The loss (the ΨPO family with Ψ = identity, paper eq. 17)::
 
     h = (S_w − S_w^ref) − (S_l − S_l^ref)
-    L = mean_P [ (h − 1/(2τ))² ]                    (paper eq. 17)
+    L = mean_P [ (h − 1/(2τ))² ]
 
-with τ the regularization strength (``beta``, as TRL names it; τ = 0.1 → target 5).
-``length_normalize=True`` divides each log-ratio by its completion length,
-``h = (S_w − S_w^ref)/L_w − (S_l − S_l^ref)/L_l`` (TRL's ``loss_type="ipo"``, "confirmed with the
-authors"); the default ``False`` is the paper's equation (OpenRLHF). The two differ by orders of
-magnitude on long responses. Example (spec): log-ratios +2 (L_w = 4) and −2 (L_l = 2), τ = 0.1:
-normalized h = 1.5 → L = 12.25; unnormalized h = 4 → L = 1.
+where P is the number of pairs, S = Σ_t m_t ℓ_t the sequence log-prob of the chosen (w) or
+rejected (l) response under π_θ, S^ref the same under the frozen reference, and τ > 0 the
+regularization strength (the target margin is 1/(2τ); τ = 0.1 → 5). Intuition: DPO's logistic loss
+keeps rewarding a larger margin even for pairs it already orders (σ(βz) → 1 only as z → ∞), so with
+deterministic preferences the KL regularization is lost; a squared error to a finite target stops
+there.
 
-Departs from DPO in the link only (same implicit reward, same inputs). Metrics report the
-implicit rewards τ·(S − S^ref) for comparability with DPO; ``ipo/margin_h`` is mean h.
+Where it departs from DPO: in the link only (a squared error to 1/(2τ) instead of −log σ(βz)); the
+implicit reward and the inputs are DPO's.
+
+Choices:
+- τ is passed as ``beta`` (as TRL names it).
+- ``length_normalize=False`` (default) is the paper's equation (OpenRLHF);
+  ``length_normalize=True`` divides each log-ratio by its completion length,
+  ``h = (S_w − S_w^ref)/L_w − (S_l − S_l^ref)/L_l`` (TRL's ``loss_type="ipo"``, "confirmed with the
+  authors"). The two differ by orders of magnitude on long responses.
+- Metrics report the implicit rewards τ·(S − S^ref) for comparability with DPO; ``ipo/margin_h`` is
+  mean h.
+
+Example (spec): log-ratios +2 (L_w = 4) and −2 (L_l = 2), τ = 0.1: normalized h = 1.5 → L = 12.25;
+unnormalized h = 4 → L = 1.
 """
 from __future__ import annotations
 

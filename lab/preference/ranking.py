@@ -1,30 +1,43 @@
-"""Ranking accuracy, its idealized value, and likelihood displacement: what preference training did.
+"""Ranking accuracy: how often a model ranks the chosen response above the rejected one, vs its ideal.
 
-Ranking accuracy — "Preference Learning Algorithms Do Not Learn Preference Rankings",
-arXiv 2405.19534. A model ranks a pair correctly when it gives the chosen response the higher
-likelihood::
+Paper: "Preference Learning Algorithms Do Not Learn Preference Rankings", Chen et al., arXiv
+2405.19534 (reference code: angie-chen55/pref-learning-ranking-acc). Likelihood displacement and
+CHES: "Unintentional Unalignment: Likelihood Displacement in Direct Preference Optimization", Razin
+et al., arXiv 2410.08847.
+
+The metric::
 
     R(π) = (1/N) Σ_n 1[S_w > S_l]           (``length_normalize``: 1[S̄_w > S̄_l])
-
-Ties count as wrong (the paper's repository marks a tie within a ratio of 1 ± 0.05; here
-``tie_tol`` on the log scale, default 0: strict). The *idealized* ranking accuracy is that of the
-exact optimum of the DPO/RLHF objective, π*(y|x) ∝ π_ref(y|x) exp(r*(x,y)/β), with the
-Bradley–Terry reward whose preference probability is α_n = P(y_w ≻ y_l) (the annotators' share)::
-
     log π*(y_w)/π*(y_l) = (S^ref_w − S^ref_l) + (1/β) log(α_n / (1 − α_n))
     R* = (1/N) Σ_n 1[ S^ref_w − S^ref_l + (1/β) log(α_n/(1−α_n)) > 0 ]
 
-(α clipped to [1e-3, 1 − 1e-3]). A reference that misranks a pair by a wide margin stays wrong
-even at the optimum unless (1/β)·logit(α) beats it; and a trained model falls short of R* on the
-pairs its reference misranks: DPO ranks a pair correctly iff L_DPO(pair) < −log σ(β(S^ref_l − S^ref_w))
+where N is the number of pairs, S = Σ_t m_t ℓ_t the sequence log-prob of the chosen (w) or rejected
+(l) response under π (S̄ = S/L length-normalized), S^ref the same under the reference, β the KL
+strength of the RLHF/DPO objective and α_n = P(y_w ≻ y_l) the annotators' share preferring y_w.
+R* (the *idealized* ranking accuracy) is that of the exact optimum
+π*(y|x) ∝ π_ref(y|x) exp(r*(x,y)/β) with the Bradley–Terry reward whose preference probability is
+α_n. Intuition: a reference that misranks a pair by a wide margin stays wrong even at the optimum
+unless (1/β)·logit(α) beats it; and a trained model falls short of R* on the pairs its reference
+misranks: DPO ranks a pair correctly iff L_DPO(pair) < −log σ(β(S^ref_l − S^ref_w))
 (:func:`ranking_loss_threshold`), a low loss that a badly misranked pair reaches only after long
 training (the paper reports real DPO models far below R*; on the lab's toy, whose responses are
-short, the gap shows on the misranked pairs, see ``preference_training``). Example (spec): β = 0.1, α = 0.8, S^ref_w − S^ref_l = −15 → −15 + 10 ln 4 = −1.137 < 0;
-the pair needs L_DPO < −log σ(1.5) = 0.20141.
+short, the gap shows on the misranked pairs, see ``preference_training``).
 
-Likelihood displacement — "Unintentional Unalignment: Likelihood Displacement in Direct Preference
-Optimization", arXiv 2410.08847. During DPO-like training the loss falls and the margin grows
-while mean_n log π(y_w) *falls*: probability moves to other responses. Metric:
+Where it departs from DPO's ``reward_acc``: DPO's metric compares implicit rewards β(S − S^ref), this
+one compares the likelihoods themselves (what generation uses); it is a metric, no gradient.
+
+Choices:
+- Ties count as wrong: a pair is right iff S_w − S_l > ``tie_tol`` (default 0, strict; the paper's
+  repository marks a tie within a ratio of 1 ± 0.05, here ``tie_tol`` on the log scale).
+- α clipped to [1e-3, 1 − 1e-3] (the repository's eps), so unanimous pairs stay finite.
+- The idealized margin always uses sums S (the optimum is a statement about whole-sequence
+  probabilities), whatever ``length_normalize`` says.
+
+Example (spec): β = 0.1, α = 0.8, S^ref_w − S^ref_l = −15 → −15 + 10 ln 4 = −1.137 < 0; the pair
+needs L_DPO < −log σ(1.5) = 0.20141.
+
+Likelihood displacement: during DPO-like training the loss falls and the margin grows while
+mean_n log π(y_w) *falls*: probability moves to other responses. Metric:
 D_t = mean_n (S_w^(t) − S_w^(0)) (< 0: displacement). CHES (centered hidden embedding similarity)
 predicts it from the last hidden states h_k that predict each token, S_h(y) = Σ_k h_k::
 

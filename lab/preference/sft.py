@@ -1,19 +1,29 @@
 """SFT: maximum likelihood on demonstrations (the negative log-likelihood of the response tokens).
 
-Catalog source: "Implicit Reward as the Bridge: A Unified View of SFT and DPO Connections",
-arXiv 2507.00018, which reads SFT as implicit-reward learning (see :mod:`lab.preference.fdiv_sft`).
+Paper: "Implicit Reward as the Bridge: A Unified View of SFT and DPO Connections", Wang et al.,
+arXiv 2507.00018 (the catalog source), which reads SFT as implicit-reward learning (see
+:mod:`lab.preference.fdiv_sft`).
 
-With ℓ_{i,t} = log π_θ(y_{i,t} | x_i, y_{i,<t}) on response tokens (``mask``; prompt tokens are
-masked out, "completion-only" training)::
+The loss: for B demonstrations with token log-probs ℓ_{i,t} = log π_θ(y_{i,t} | x_i, y_{i,<t}) and
+the response mask m_{i,t} (prompt tokens masked out, "completion-only" training), L_i = Σ_t m_{i,t}::
 
     token_mean            L = −Σ_{i,t} m ℓ / Σ_{i,t} m                 (TRL SFTTrainer, HPT)
     seq_mean_token_mean   L = −(1/B) Σ_i (1/L_i) Σ_t m ℓ               (GRAO's J_SFT)
     seq_mean_token_sum    L = −(1/B) Σ_i Σ_t m ℓ                       (= −mean S, the sequence NLL)
 
-The token aggregation is :func:`lab.rl.core.aggregate` (``agg``). The modes differ when lengths
-differ: ℓ = [[−1, −2], [−3, pad]] gives 2.0 (token mean) and 2.25 (sequence mean). An empty mask
-gives 0 with the graph kept. In the implicit-reward view, minimizing −mean S is maximizing the
-implicit reward β(S − S^ref) of the demonstrations, as the reference term is constant in θ.
+Intuition: in the implicit-reward view, minimizing −mean S maximizes the implicit reward
+β(S − S^ref) of the demonstrations, as the reference term is constant in θ.
+
+Where it departs from DPO: it is the baseline, not a variant — one response per prompt, no rejected
+response and no reference. It is the parent of the SFT terms of HPT and GRAO and of
+:mod:`lab.preference.fdiv_sft`.
+
+Choices:
+- The token aggregation is :func:`lab.rl.core.aggregate` (``agg``), default ``token_mean`` (TRL).
+  The modes differ when lengths differ: ℓ = [[−1, −2], [−3, pad]] gives 2.0 (token mean) and 2.25
+  (sequence mean).
+- An empty mask gives 0 with the graph kept; padded positions may hold anything and are replaced
+  by 0.
 """
 from __future__ import annotations
 

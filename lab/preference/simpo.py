@@ -1,22 +1,34 @@
-"""SimPO: a reference-free implicit reward, the length-normalized log-likelihood, with a margin γ.
+"""SimPO: a reference-free implicit reward, the length-normalized log-likelihood, with a target margin γ.
 
-"SimPO: Simple Preference Optimization with a Reference-Free Reward", arXiv 2405.14734 (the catalog
-row lists it with "AlphaPO – Reward shape matters for LLM alignment", arXiv 2501.03884, whose
-parent it is; see :mod:`lab.preference.alphapo`).
+Paper: "SimPO: Simple Preference Optimization with a Reference-Free Reward", Meng et al., arXiv
+2405.14734 (reference code: princeton-nlp/SimPO). The catalog row lists it with "AlphaPO – Reward
+shape matters for LLM alignment", Gupta et al., arXiv 2501.03884, whose parent it is (see
+:mod:`lab.preference.alphapo`).
 
-DPO's reward β log π/π_ref needs a reference model and is a *sum* over tokens (long responses get
-large rewards of either sign), while generation ranks by average log-likelihood. SimPO uses the
-generation metric itself as the reward and asks for a target margin γ::
+The loss::
 
-    r(y) = β S̄(y),  S̄ = (1/L) Σ_t m ℓ                 (no reference)
+    r(y) = β S̄(y),  S̄ = (1/L) Σ_t m_t ℓ_t                 (no reference)
     L = mean_P [ −log σ( β (S̄_w − S̄_l) − γ ) ]
 
-The released code writes the logit as ``β·((S̄_w − S̄_l) − γ/β)`` with ``gamma_beta_ratio`` γ/β;
-here γ is absolute (as TRL's ``simpo_gamma``). Defaults from princeton-nlp/SimPO: β = 2.0,
-γ/β = 0.25 → γ = 0.5 (per-model configs use β ∈ [2, 10], γ/β ∈ [0.1, 0.8]); no SFT term.
-``label_smoothing`` and ``loss_type="hinge"`` follow the released trainer. ``length_normalize=False``
-uses sums S (CPO-like, for the notebook's comparison). An empty response has S̄ = 0 (L clamped to 1).
-Example (spec): β = 2, γ = 1, S̄_w = −0.5, S̄_l = −1 → 2·0.5 − 1 = 0 → L = ln 2.
+where ℓ_t are the token log-probs of a response under π_θ, m_t its mask, L = Σ_t m_t its length,
+w/l the chosen/rejected response, P the number of pairs, β > 0 the reward scale and γ the target
+margin. Intuition: DPO's reward β log π/π_ref needs a reference model and is a *sum* over tokens
+(long responses get large rewards of either sign), while generation ranks by average
+log-likelihood; SimPO uses the generation metric itself as the reward and asks for a margin γ.
+
+Where it departs from DPO: no reference model; the reward is the length-normalized log-likelihood
+instead of the log-ratio sum; a target margin γ is subtracted inside the sigmoid.
+
+Choices:
+- γ is absolute (as TRL's ``simpo_gamma``); the released code writes the logit as
+  ``β·((S̄_w − S̄_l) − γ/β)`` with ``gamma_beta_ratio`` γ/β — the same loss.
+- ``label_smoothing`` and ``loss_type="hinge"`` follow the released trainer; no SFT term.
+- ``length_normalize=False`` uses sums S (CPO-like, for the notebook's comparison); default True.
+- An empty response has S̄ = 0 (its length is clamped to 1).
+
+Defaults from princeton-nlp/SimPO: β = 2.0, γ/β = 0.25 → γ = 0.5 (per-model configs use
+β ∈ [2, 10], γ/β ∈ [0.1, 0.8]). Example (spec): β = 2, γ = 1, S̄_w = −0.5, S̄_l = −1 →
+2·0.5 − 1 = 0 → L = ln 2.
 """
 from __future__ import annotations
 

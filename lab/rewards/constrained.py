@@ -1,11 +1,12 @@
 """Constrained RLHF: Lagrange multipliers as the weights of component reward models.
 
-Paper: "Confronting Reward Model Overoptimization with Constrained RLHF" (Moskovitz et al.),
+Paper: "Confronting Reward Model Overoptimization with Constrained RLHF", Moskovitz et al.,
 arXiv 2310.04373 (reference code: tedmoskovitz/ConstrainedRL4LMs, ``ConstrainedPPO``).
 
-Each component RM k is a useful proxy only up to its *proxy point* θ_k: past it, more RM reward
-means worse human ratings. The policy therefore maximizes −KL(π‖π_ref) subject to keeping each
-RM's expected return J_k at θ_k, and the weights of the RMs become learned Lagrange multipliers:
+The rule: each component RM k is a useful proxy only up to its *proxy point* θ_k: past it, more RM
+reward means worse human ratings. The policy therefore maximizes −KL(π‖π_ref) subject to keeping
+each RM's expected return J_k at θ_k, and the weights of the RMs become learned Lagrange
+multipliers:
 
     Â_k   = (A_k − mean A_k) / (std A_k + 1e-8)           per-RM advantages, batch-normalized (B,)
     Â_KL  = the same for the advantage of the −KL reward
@@ -14,18 +15,27 @@ RM's expected return J_k at θ_k, and the weights of the RMs become learned Lagr
     A_mix = Â_KL + Σ_k λ_k Â_k                                            (no squash)
     L_λ   = Σ_k σ̃(λ_k) · sg[J_k − θ_k]        one SGD step (momentum μ) on λ per batch
 
-So ∂L_λ/∂λ_k = σ̃'(λ_k)(J_k − θ_k): once RM k passes its threshold (J_k > θ_k) its multiplier λ_k
-falls, the weight moves from RM k to staying near the reference (the KL term), and J_k is pulled
-back to θ_k; below the threshold λ_k rises again. Fixed weights have no such brake: an RM that
-keeps paying past its proxy point is over-optimized and the true reward collapses.
+where K is the number of component RMs, B the batch size, A_k the advantages computed from RM k's
+reward alone, λ_k the multipliers, J_k RM k's expected return, θ_k its threshold, sg a stop-gradient
+and μ the SGD momentum. Intuition: ∂L_λ/∂λ_k = σ̃'(λ_k)(J_k − θ_k): once RM k passes its threshold
+(J_k > θ_k) its multiplier λ_k falls, the weight moves from RM k to staying near the reference (the
+KL term), and J_k is pulled back to θ_k; below the threshold λ_k rises again. Fixed weights have no
+such brake: an RM that keeps paying past its proxy point is over-optimized and the true reward
+collapses.
 
 Where it departs from PPO/GRPO: only the advantage fed to the clipped loss is mixed.
 
+Choices:
+- The paper's gradient-free search for θ (Nelder–Mead) is not implemented: thresholds are given.
+- ``kl_advantages`` may be omitted (then Â_KL = 0, i.e. no pull to the reference); reading the
+  code's ``kl_advantages`` as the advantage of the −KL reward is the lab's.
+- J_k is whatever the caller measures as RM k's expected return (the batch mean of r_k in the lab).
+- Batch normalization uses the unbiased std; a batch of one is centred to 0.
+- Momentum in the velocity form v ← μ v + ∇, λ ← λ − lr · v (torch SGD); without squash λ is clamped
+  at 0 after each step.
+
 Defaults as the reference code: lagrange_lr = 1e-2, SGD momentum 0.1, λ_init ~ N(0, 0.01²),
-squash = True. Choices: the paper's gradient-free search for θ (Nelder–Mead) is not implemented:
-thresholds are given. ``kl_advantages`` may be omitted (then Â_KL = 0, i.e. no pull to the
-reference); reading the code's ``kl_advantages`` as the advantage of the −KL reward is the lab's.
-J_k is whatever the caller measures as RM k's expected return (the batch mean of r_k in the lab).
+squash = True.
 
 Example: K = 2, λ = (0, 0): σ̃ = (0.5, 0.5), A_mix = 1.0·Â_KL + 0.5·Â_1 + 0.5·Â_2; with
 J_1 − θ_1 = 0.2 the gradient on λ_1 is 0.2·σ'(0) = 0.05, so λ_1 falls by lr·0.05 (no momentum yet).

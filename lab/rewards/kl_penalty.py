@@ -1,33 +1,42 @@
-"""The KL penalty in the reward (RLHF-PPO's way to stay near the reference policy).
+"""KL penalty in the reward: RLHF-PPO's way to stay near the reference policy, fixed or adaptive β.
 
-"Fine-Tuning Language Models from Human Preferences" (Ziegler et al.), arXiv 1909.08593, and the
-InstructGPT paper, arXiv 2203.02155. Per response token, with Δ_{i,t} = ℓ^old_{i,t} − ℓ^ref_{i,t}
-on the sampled tokens (detached)::
+Paper: "Fine-Tuning Language Models from Human Preferences", Ziegler et al., arXiv 1909.08593 (the
+adaptive coefficient), and "Training language models to follow instructions with human feedback"
+(InstructGPT), Ouyang et al., arXiv 2203.02155.
+
+The update: per response token, with Δ_{i,t} = ℓ^old_{i,t} − ℓ^ref_{i,t} on the sampled tokens
+(detached)::
 
     r_{i,t} ← r_{i,t} − β · KL_{i,t},      KL ∈ {k1 = Δ, k2 = Δ²/2, k3 = e^{−Δ} − 1 + Δ}
 
-where ``r`` are the ``token_rewards`` (the outcome reward R_i on the last valid token). Summed over a
-response this is R_i − β Σ_t KL_{i,t}, the sequence-level penalty of TRL's RLOO. Lab defaults as
-TRL's PPO: β = 0.05, k1.
-
-Why the penalty goes into the *reward* for PPO and not into the loss as ``β·agg(k1)``: on-policy
-E_π[∇ℓ] = 0, so a k1 *loss* term has zero expected gradient and restrains nothing, while a reward
-term is credited through the advantages like any other reward and its policy gradient is the
-gradient of −β·KL(π‖π_ref) (the same fact that makes GRPO use k3 as a loss term).
-
-Shape: unlike the sequence-level reward functions of Part F.2 this one maps per-token rewards to
-per-token rewards (B, T); :func:`lab.experiments.policy_optimization` then sets
-``rewards = Σ_t token_rewards`` so the two views of the batch stay equal.
+where i indexes the B responses, t the valid tokens (mask m), ℓ^old / ℓ^ref the token log-probs
+under the sampling policy and the frozen reference, r the ``token_rewards`` (the outcome reward R_i
+on the last valid token) and β ≥ 0 the coefficient. Summed over a response this is
+R_i − β Σ_t KL_{i,t}, the sequence-level penalty of TRL's RLOO. Intuition: the penalty is credited
+through the advantages like any other reward, so its policy gradient is the gradient of
+−β·KL(π‖π_ref); a k1 *loss* term instead has zero expected gradient on-policy (E_π[∇ℓ] = 0) and
+restrains nothing (the same fact that makes GRPO use k3 as a loss term).
 
 ``reward/adaptive_kl_penalty`` is the same penalty with Ziegler et al.'s adaptive coefficient: after
 each batch of n responses whose mean sequence KL is KL = mean_i Σ_t KL_{i,t},
 
     e = clip(KL / KL_target − 1, −0.2, 0.2),      β ← β · (1 + e · n / horizon)
 
-so β grows while the policy drifts further than the target and shrinks while it stays closer. The
-batch is penalized with the β from before its own update. Defaults as TRL's classic ``PPOConfig``
-(β₀ = 0.2, KL_target = 6 nats, horizon = 10000); the toys drift far less, so pass a smaller
-target there. "Current KL" is the mean *sequence* KL (TRL); verl uses the mean per-token KL.
+so β grows while the policy drifts further than the target and shrinks while it stays closer.
+
+Where it departs from PPO's KL loss term (``policy_loss/ppo`` with a k3 term, as GRPO): the KL goes
+into the reward, token by token, instead of into the loss.
+
+Choices:
+- Lab defaults as TRL's PPO: β = 0.05, k1; the adaptive controller as TRL's classic ``PPOConfig``
+  (β₀ = 0.2, KL_target = 6 nats, horizon = 10000; the toys drift far less, so pass a smaller
+  target there).
+- The penalty lands on every valid token; padding stays 0.
+- The adaptive controller penalizes a batch with the β from before its own update.
+- "Current KL" is the mean *sequence* KL (TRL); verl uses the mean per-token KL.
+- Shape: unlike the sequence-level reward functions of Part F.2 this one maps per-token rewards to
+  per-token rewards (B, T); :func:`lab.experiments.policy_optimization` then sets
+  ``rewards = Σ_t token_rewards`` so the two views of the batch stay equal.
 """
 from __future__ import annotations
 

@@ -1,22 +1,25 @@
-"""Multi-objective GRPO with a multi-label reward model: K reward heads, one scalar reward.
+"""Multi-objective GRPO with a multi-label reward model: K reward heads combined into one scalar reward.
 
-Paper: "Optimizing Safe and Aligned Language Generation: A Multi-Objective GRPO Approach",
+Paper: "Optimizing Safe and Aligned Language Generation: A Multi-Objective GRPO Approach", Li et al.,
 arXiv 2503.21819.
 
-One reward model regresses K alignment scores ŝ_k(x, y) (in the paper: politeness, meaningfulness,
-actionability, safety); their weighted sum is the scalar reward handed to GRPO:
+The rule: one reward model regresses K alignment scores ŝ_k(x, y) (in the paper: politeness,
+meaningfulness, actionability, safety); their weighted sum is the scalar reward handed to GRPO:
 
     sum_then_normalize   R_i = Σ_k w_k ŝ_{i,k}                                 (the paper's form)
     normalize_then_sum   R_i = Σ_k w_k (ŝ_{i,k} − mean_g ŝ_k) / (std_g ŝ_k + eps)
 
-where mean_g / std_g are over the G responses of response i's group (std unbiased). GRPO then
-normalizes R within each group. The second form keeps a head with a large scale from drowning the
-others (the option TRL calls ``multi_objective_aggregation="normalize_then_sum"``).
+where i indexes the B responses, w_k the head weights, and mean_g / std_g are over the G responses
+of response i's group (std unbiased). GRPO then normalizes R within each group. Intuition: the
+second form keeps a head with a large scale from drowning the others (the option TRL calls
+``multi_objective_aggregation="normalize_then_sum"``).
 
 Where it departs from GRPO: only the reward; advantages and loss are GRPO's.
 
-Choices (the paper's head weights and normalization are not public): equal weights w_k = 1/K by
-default; ``sum_then_normalize`` by default.
+Choices (the paper's head weights and normalization are not public):
+- Equal weights w_k = 1/K by default.
+- ``sum_then_normalize`` by default; ``normalize_then_sum`` uses the unbiased group std plus
+  ``eps`` = 1e-6.
 
 Example: ŝ = [[0.9, 0.2], [0.5, 0.6]], w = (0.5, 0.5) → R = [0.55, 0.55], so a group of these two
 gets GRPO advantages [0, 0]: the heads' disagreement cancels.

@@ -1,11 +1,11 @@
 """PRO (Preference Orchestrator): prompt-aware objective weights from a small adapter.
 
 Paper: "Preference Orchestrator: Prompt-Aware Multi-Objective Alignment for Large Language
-Models", arXiv 2511.10656. No public code.
+Models", Liu et al., arXiv 2511.10656. No public code.
 
-Instead of one user-chosen weight vector for every prompt, a lightweight adapter f_φ reads the
-prompt and outputs weights on the simplex. It is trained on the reward-model scores of *preferred*
-responses, which show how the objectives should be balanced for that kind of prompt:
+The rule: instead of one user-chosen weight vector for every prompt, a lightweight adapter f_φ reads
+the prompt and outputs weights on the simplex. It is trained on the reward-model scores of
+*preferred* responses, which show how the objectives should be balanced for that kind of prompt:
 
     z_k(x)   = (ŝ_k(x, y⁺) − mean_k) / (std_k + ε)      each RM's scores z-scored over the batch
     w*(x)    = softmax_k(z(x) / τ)                        target weights
@@ -13,11 +13,23 @@ responses, which show how the objectives should be balanced for that kind of pro
     L(φ)     = − Σ_k w*_k(x) log f_φ(x)_k                 cross-entropy to the target
     R(x, y)  = Σ_k f_φ(x)_k · r_k(x, y)                   the prompt-aware reward for RL
 
-Where it departs from fixed-weight scalarization: the weights are a function of the prompt.
+where k indexes the K objectives (reward models), ŝ_k(x, y⁺) is RM k's score of the preferred
+response to prompt x, mean_k / std_k are over the batch, ε = 1e-6, τ the target temperature,
+φ(x) ∈ R^D the prompt features, (W, b) the adapter's weights and r_k(x, y) RM k's reward of a
+sampled response. Intuition: an objective on which a prompt's preferred answer stands out is the
+one that matters for that prompt.
 
-Choices (the paper's adapter, target normalization and loss are not public; this is the lab's
-template): a linear adapter on given prompt features, z-scoring per RM over the batch, softmax
-with τ = 1, cross-entropy, Adam steps inside :meth:`fit`. Identical scores give uniform targets.
+Where it departs from fixed-weight scalarization (R = Σ_k w_k r_k, one w for all prompts): the
+weights are a function of the prompt.
+
+Choices: the paper's adapter, target normalization and loss are not public; this is the lab's
+template:
+- A linear adapter on given prompt features, zero-initialized (uniform weights) unless a generator
+  is given.
+- z-scoring per RM over the batch with the population std; identical scores (or a batch of one)
+  give uniform targets.
+- Softmax with τ = 1, cross-entropy, Adam steps inside :meth:`fit` (lr 0.05).
+- The weights enter R without gradient (the adapter is trained only by :meth:`fit`).
 
 Example: z-scored scores (1, −1), τ = 1 → w* = softmax(1, −1) = (0.881, 0.119).
 """

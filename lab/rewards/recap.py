@@ -1,12 +1,12 @@
 """RECAP: dynamic reweighting of K training objectives from short-horizon convergence and instability.
 
 Paper: "Beyond Reasoning Gains: Mitigating General Capabilities Forgetting in Large Reasoning
-Models" (Phan et al.), arXiv 2510.21978. RLVR plus replay of general-capability objectives; the
+Models", Phan et al., arXiv 2510.21978. RLVR plus replay of general-capability objectives; the
 weights of the objectives adapt online, away from saturated objectives and toward ones that still
 move or wobble. No extra model is trained.
 
-For objective k with loss L_k^(t) (lower is better; pass −reward for a reward), keep the last 2W
-values and let
+The rule: for objective k with loss L_k^(t) (lower is better; pass −reward for a reward), keep the
+last 2W values and let
 
     μ_k  = mean of the last W values,   μ̃_k = mean of the W values before,   σ_k = std of the last W
     c_k  = |μ̃_k| / max(|μ_k|, δ)                 convergence rate: > 1 while the loss still falls
@@ -15,8 +15,9 @@ values and let
     λ_k  = K · softmax_k(s_k / T)                 (Σ λ = K; λ = 1 for all until 2W values exist)
     L    = (1/K) Σ_k λ_k L_k
 
-A saturated objective (flat loss: c = 1, i ≈ 0) gets less weight than one still improving (c > 1)
-or one that is volatile (large i).
+where K is the number of objectives, W the window, δ = 1e-8 a floor and T the softmax temperature.
+Intuition: a saturated objective (flat loss: c = 1, i ≈ 0) gets less weight than one still
+improving (c > 1) or one that is volatile (large i).
 
 ``rule="level"`` is the lab's second instantiation (``spec/federated_moe_flow.md`` D.7), which
 also looks at how far each loss still is from where it started. Over the last W losses:
@@ -30,14 +31,17 @@ so an objective that has stopped improving while its loss is still high (under-p
 weight, and a solved one (loss near 0) loses it: the weights act as a controller that keeps the
 objectives balanced.
 
-Where it departs from plain multi-objective GRPO/SFT: only the per-objective weights.
+Where it departs from plain multi-objective GRPO/SFT (fixed weights, λ_k = 1): only the
+per-objective weights.
 
 Choices ([unverified] in the lab's spec; the formula comes from a third-party summary of the paper):
 - The summary's ratio reads c = μ/μ̃, which for a *falling* loss is < 1 and would move weight
   toward the saturated objective, against the paper's stated aim. The lab orients it as
   c = μ̃/μ (> 1 = still improving) and uses |·| with a floor δ = 1e-8 so losses near 0 or of
   either sign stay finite.
+- σ is the population std (divide by W).
 - T = 5 (summary); W = 5 by default (not stated).
+- The ``level`` rule starts once W values exist (the ``summary`` rule needs 2W).
 - ``lab.experiments.multi_objective`` uses it as *reward* weights: each objective's "loss" is the
   negative batch-mean reward of that objective.
 

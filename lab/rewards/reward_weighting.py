@@ -1,11 +1,10 @@
 """Dynamic reward weighting: hypervolume-guided and gradient-based (two registry entries).
 
-Paper: "Learning to Optimize Multi-Objective Alignment Through Dynamic Reward Weighting",
+Paper: "Learning to Optimize Multi-Objective Alignment Through Dynamic Reward Weighting", Lu et al.,
 arXiv 2509.11452 (reference code: yining610/dynamic-reward-weighting).
 
-Linear scalarization with *fixed* weights, R_i = Σ_k w_k r_{i,k}, only ever prefers vertices of
-the convex hull of what the policy can reach; a front that bends inward keeps part of itself out of
-reach. Both methods below change the weighting during online RL instead.
+The rules: both change the weighting of K per-objective rewards r_{i,k} (response i, objective k,
+higher is better) during online RL.
 
 (a) ``hypervolume_weighting`` — keep a buffer 𝓑 of Pareto points of evaluation vectors v ∈ R^K
 (the first one, the initial model, is the reference point z). After each evaluation
@@ -15,30 +14,38 @@ reach. Both methods below change the weighting during online RL instead.
     𝓑   ← 𝓑 ∪ {v}  if ΔHV > 0
     R_i  = meta · Σ_k w_k r_{i,k}                   (user weights w stay fixed)
 
-so a checkpoint that pushes the front out is rewarded (meta up to 2), one that does not has its
-reward halved. Note: a per-group std normalization (GRPO) cancels a common factor; meta acts
-through estimators without it (Dr. GRPO, RLOO, REINFORCE) as a step-size signal.
+where HV(·; z) is the hypervolume dominated by a point set above z. A checkpoint that pushes the
+front out is rewarded (meta up to 2), one that does not has its reward halved. Note: a per-group std
+normalization (GRPO) cancels a common factor; meta acts through estimators without it (Dr. GRPO,
+RLOO, REINFORCE) as a step-size signal.
 
-(b) ``gradient_weighting`` — for each objective k take the policy gradient g_k ∈ R^P of the loss
-with advantages from r_k alone; the influence of k is the row sum of the Gram matrix,
+(b) ``gradient_weighting`` — for each objective k take the policy gradient g_k ∈ R^P (P parameters)
+of the loss with advantages from r_k alone; the influence of k is the row sum of the Gram matrix,
 
     s_k = Σ_j ⟨g_k, g_j⟩                (self included; averaged over ``accumulation`` steps)
     log w ← log w + η · s / λ_reg ,   w ← softmax(log w)
     R_i = Σ_k w_k r_{i,k}
 
-mirror ascent on the simplex: an objective whose gradient agrees with the others gains weight, one
-that fights them loses it.
+with η the step size and λ_reg a scale: mirror ascent on the simplex. Intuition: an objective whose
+gradient agrees with the others gains weight, one that fights them loses it.
 
-Defaults as the reference code: λ_reg = 1e-5, accumulation 1; η is the caller's learning rate (the
-code uses the actor's lr). Scores are computed in float64 (they are tiny next to λ_reg's scale).
+Where it departs from fixed-weight linear scalarization: R_i = Σ_k w_k r_{i,k} with one w only ever
+prefers vertices of the convex hull of what the policy can reach, so a front that bends inward keeps
+part of itself out of reach; (a) scales the reward by the hypervolume gain of the latest checkpoint,
+(b) moves the weights themselves.
+
+Choices:
+- The code stores maximized objectives (negating minimized ones) — so do we: every v and r here is
+  "higher is better".
+- ΔHV is never negative here (HV is monotone in the point set); the clip at 0 only guards rounding.
+- The first evaluation fed to :meth:`HypervolumeWeighting.update` is the reference point; meta = 1
+  until the second.
+- User weights are normalized to sum 1 (1/K each by default).
+- Defaults as the reference code: λ_reg = 1e-5, accumulation 1; η is the caller's learning rate (the
+  code uses the actor's lr). Scores are computed in float64 (they are tiny next to λ_reg's scale).
 
 Examples: ΔHV = 0.1 → meta = 0.5 + 1.5·tanh(0.1) = 0.64950; ΔHV = 0 → 0.5.
 w = (0.5, 0.5), η·s/λ_reg = (0.2, −0.2) → w = softmax(log 0.5 + (0.2, −0.2)) = (0.59869, 0.40131).
-
-Choices: the code stores maximized objectives (negating minimized ones) — so do we: every v and r
-here is "higher is better". ΔHV is never negative here (HV is monotone in the point set); the
-clip at 0 only guards rounding. The first evaluation fed to :meth:`HypervolumeWeighting.update`
-is the reference point.
 """
 from __future__ import annotations
 

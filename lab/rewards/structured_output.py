@@ -1,10 +1,10 @@
-"""RL-Struct's multi-dimensional reward for structured (JSON-like) output.
+"""RL-Struct: a multi-dimensional, validity-gated reward for structured (JSON-like) output.
 
 Paper: "RL-Struct: A Lightweight Reinforcement Learning Framework for Reliable Structured Output in
-LLMs", arXiv 2512.00319. (Its abstract spells GRPO "Gradient Regularized Policy Optimization"; the
-method trained is Group Relative Policy Optimization.)
+LLMs", Hu et al., arXiv 2512.00319. (Its abstract spells GRPO "Gradient Regularized Policy
+Optimization"; the method trained is Group Relative Policy Optimization.)
 
-Structured-output quality is split into verifiable components, each in [0, 1]:
+The rule: structured-output quality is split into verifiable components, each in [0, 1]:
 
     r_struct   share of the required keys present
     r_format   style compliance (no stray text around the object)
@@ -12,17 +12,20 @@ Structured-output quality is split into verifiable components, each in [0, 1]:
     r_correct  content F1 of the values against the reference
     r_length   1 if the length constraint holds, else 0
 
-    R = Σ_k w_k r_k,   gated: r_struct = r_correct = 0 when r_valid = 0
+    R = Σ_k w_k r_k,   gated: r_struct = r_correct = 0 when r_valid < 1
 
-and GRPO trains on R. Syntax (valid, struct) is learned first and semantics (correct) later, an
-emergent curriculum.
+where w_k are the component weights and k runs over the five components; GRPO trains on R.
+Intuition: syntax (valid, struct) is learned first and semantics (correct) later, an emergent
+curriculum; the gate keeps an unparseable output from collecting credit for keys or content.
 
 Where it departs from GRPO: only the reward.
 
-Choices (the paper's weights and gating are not public): w = (0.2, 0.1, 0.3, 0.3, 0.1) for
-(struct, format, valid, correct, length), favouring validity and content; gating on by default.
-The verifiers that produce the component scores for the lab's toy live in
-:mod:`toy_envs.structured`.
+Choices (the paper's weights and gating are not public):
+- w = (0.2, 0.1, 0.3, 0.3, 0.1) for (struct, format, valid, correct, length), favouring validity and
+  content.
+- Gating on by default (``gate=False`` turns it off); only r_valid = 1 counts as valid.
+- The verifiers that produce the component scores for the lab's toy live in
+  :mod:`toy_envs.structured`.
 
 Example: valid JSON, one of two required keys, F1 = 0.5, format and length ok →
 R = 0.2·0.5 + 0.1·1 + 0.3·1 + 0.3·0.5 + 0.1·1 = 0.75.

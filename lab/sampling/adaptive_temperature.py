@@ -1,23 +1,28 @@
-"""HAPO's adaptive temperature sampling: hotter at the uncertain "fork" tokens, cooler elsewhere.
+"""HAPO adaptive temperature sampling: hotter at the uncertain "fork" tokens, cooler elsewhere.
 
 Paper: "From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature",
-arXiv 2509.16591 (reference code: starriver030515/HAPO, a verl fork).
+Liu et al., arXiv 2509.16591 (reference code: starriver030515/HAPO, a verl fork).
 
-With h̃_t ∈ [−1, 1] the normalized token entropy of :mod:`lab.rl.hapo` (pivot quantile p = 0.8 of
-log H, scales fitted on the *previous* batch), the next token is sampled at its own temperature
+The rule: each next token is sampled at its own temperature
 
     T_t = T · (1 + τ · h̃_t),      y_t ~ softmax(z_t / T_t)
 
-with the base temperature T and the modulation strength τ = 0.05: about the 20% most uncertain
-positions (h̃ > 0) explore more, the confident ones less. The sampler is one of HAPO's three uses of
-h̃; the token-level advantage and the adaptive clipping live with the loss in :mod:`lab.rl.hapo`.
+where z_t are the policy's logits at position t, T the base temperature, τ the modulation strength
+(0.05) and h̃_t ∈ [−1, 1] the normalized token entropy of :mod:`lab.rl.hapo` (pivot quantile p = 0.8
+of log H, scales fitted on the *previous* batch). Intuition: about the 20% most uncertain positions
+(h̃ > 0) explore more, the confident ones less. The sampler is one of HAPO's three uses of h̃; the
+token-level advantage and the adaptive clipping live with the loss in :mod:`lab.rl.hapo`.
 
 Where it departs from plain temperature sampling: the temperature is per token, a function of the
 current logits' entropy normalized by statistics of the previous batch. τ = 0 is plain sampling.
 
-Choices: before its first ``update`` (no previous batch) it samples at T. In
-``policy_optimization(token_sampler="adaptive_temperature")`` it is refitted after each batch and
-``ℓ^old`` stays π_T's (as verl recomputes it at the base temperature).
+Choices:
+- Before its first ``update`` (no previous batch) it samples at T.
+- h̃ as the paper defines it (∈ [−1, 1]); ``replicate_code_sign_bug=True`` reproduces the released
+  code's mapping of negative h to positive h̃ (as ``policy_loss/hapo``), under which no token is
+  cooled.
+- In ``policy_optimization(token_sampler="adaptive_temperature")`` it is refitted after each batch
+  and ``ℓ^old`` stays π_T's (as verl recomputes it at the base temperature).
 """
 from __future__ import annotations
 

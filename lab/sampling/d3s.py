@@ -1,30 +1,31 @@
 """D³S: train on the rollouts with the most advantage variance and, in them, the most useful tokens.
 
 Paper: "Learning More with Less: A Dynamic Dual-Level Down-Sampling Framework for Efficient
-Policy Optimization", arXiv 2509.22115 (code only in the paper's supplementary material).
+Policy Optimization", Wang et al., arXiv 2509.22115 (code only in the paper's supplementary
+material).
 
-GRPO's learning signal is diluted by rollouts whose advantage is ~0 and by tokens where the policy
-is already certain. D³S down-samples at two levels, after GRPO advantages are computed on the
-full batch:
+The rule: after GRPO advantages are computed on the full batch, D³S down-samples at two levels:
 
     sample level:  S = argmax_{S ⊂ batch, |S| = N_t} Var(A_S)            (across groups)
     token level:   keep the top K_t fraction of the valid tokens of S by score |A_{i,t}|·H_{i,t}
     schedule:      N_t, K_t linear from (N_init, K_init) to (N_final, K_final) over total_steps
 
-The paper shows that Var(A) of the selected rollouts bounds the policy-gradient norm from above, so
-a high-variance subset gives larger, more informative gradients; starting aggressive (few samples,
-few tokens) and relaxing to the full batch guards against over-fitting the high-signal data.
+where A_i is rollout i's advantage, A_{i,t} its token-level advantage, H_{i,t} the policy's entropy
+at token t, Var the population variance, N_t the number of rollouts and K_t the token share kept at
+step t. Intuition: GRPO's learning signal is diluted by rollouts whose advantage is ~0 and by tokens
+where the policy is already certain; the paper shows that Var(A) of the selected rollouts bounds the
+policy-gradient norm from above, so a high-variance subset gives larger, more informative
+gradients; starting aggressive (few samples, few tokens) and relaxing to the full batch guards
+against over-fitting the high-signal data.
 
 For a fixed size N the variance-maximizing subset of a list of numbers is "the k largest and the
 N − k smallest" for some k (moving any inner point outward cannot lower the spread), so the search
 is a scan over k = 0…N with prefix sums: O(B log B).
 
-Example: A = [0.9, 0.9, −0.9, −0.9, 0.2, −0.2], N = 4 -> {0, 1, 2, 3} (Var = 0.81, the maximum).
-
 Where it departs from GRPO: the loss sees only the selected rows and tokens (a new mask); the
 advantages themselves are unchanged.
 
-Choices where the public material is ambiguous (all [unverified] in the spec):
+Choices (the public material is ambiguous; all [unverified] in the spec):
 - The selection rule above is derived here, not copied from the paper's procedure.
 - Token-level A is reduced to one number per row (its masked mean) for the sample level.
 - Lab schedule defaults: N from 50% to 100% of the batch, K from 20% to 100% of the tokens.
@@ -33,6 +34,8 @@ Choices where the public material is ambiguous (all [unverified] in the spec):
 - Selection is deterministic: ``generator`` is accepted for the sampler contract and unused.
 - A loop applies it by replacing the loss mask: ``policy_optimization(token_selector="d3s")``
   (the schedule then spans the run's ``steps``); ``token_view`` uses it on one batch.
+
+Example: A = [0.9, 0.9, −0.9, −0.9, 0.2, −0.2], N = 4 -> {0, 1, 2, 3} (Var = 0.81, the maximum).
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Balanced online difficulty filtering: train only on prompts the current policy solves sometimes.
 
-Paper: "Online Difficulty Filtering for Reasoning Oriented Reinforcement Learning" (Bae, Hong, Lee,
-Kim, Nam, Kwak), arXiv 2504.03380.
+Paper: "Online Difficulty Filtering for Reasoning Oriented Reinforcement Learning", Bae et al.,
+arXiv 2504.03380.
 
-With G rollouts of prompt q and rewards R_1..R_G ∈ [0, 1] (0/1 for a verifier), the sampled
-accuracy (pass rate) is
+The rule: with G rollouts of prompt q and rewards R_1..R_G ∈ [0, 1] (0/1 for a verifier), the
+sampled accuracy (pass rate) is
 
     p̂_q = (1/G) Σ_i R_i
 
@@ -12,15 +12,13 @@ and the prompt's group is kept for the update iff
 
     T_low ≤ p̂_q ≤ T_high              (balanced: the window is symmetric around 1/2)
 
-The rollouts are generated first and the groups outside the window are dropped; the loop keeps
-sampling fresh prompts until the batch holds its fixed number of groups ("refill"), so every
-update sees the same number of informative groups at the price of extra rollouts.
-
-Intuition: an all-correct or all-wrong group has zero GRPO advantage (no gradient); the paper
-shows the lower bound of KL(π_init ‖ π*) it can reach grows with the variance p(1 − p) of the
-sampled accuracy, which is largest at p = 1/2 — so the batch should hold intermediate prompts.
-
-Example: G = 4, pass rates p̂ = [0, 0.25, 0.5, 1], window [0.25, 0.75] -> keep prompts 1 and 2.
+where T_low ≤ T_high are the window's ends. The rollouts are generated first and the groups outside
+the window are dropped; the loop keeps sampling fresh prompts until the batch holds its fixed
+number of groups ("refill"), so every update sees the same number of informative groups at the
+price of extra rollouts. Intuition: an all-correct or all-wrong group has zero GRPO advantage (no
+gradient); the paper shows the lower bound of KL(π_init ‖ π*) it can reach grows with the variance
+p(1 − p) of the sampled accuracy, which is largest at p = 1/2 — so the batch should hold
+intermediate prompts.
 
 Where it departs from GRPO: the estimator and the loss are GRPO's; only the batch changes. DAPO's
 dynamic sampling ("keep std > 0") is the special case 0 < T_low ≤ 1/G, 1 − 1/G ≤ T_high < 1 for
@@ -30,9 +28,16 @@ Choices (the public material leaves them open; [unverified] in the spec):
 - Window defaults T_low = 0.25, T_high = 0.75 (balanced); both ends are inclusive.
 - Non-binary rewards (partial credit) are allowed if they lie in [0, 1]: p̂ is then the mean reward.
 - The refill loop lives in the experiment (``lab.experiments.curricula``); this class gives the
-  keep decision (``select``) and a running keep rate (``update``) from which
-  ``n_candidates(n)`` sizes the next oversampled rollout, capped at ``max_oversample · n``.
-- ``generator`` is accepted by ``select`` for the sampler contract; the rule is deterministic.
+  keep decision (``select``) and a running keep rate (``update``, momentum 0.9, starting at 1) from
+  which ``n_candidates(n) = ⌈n / keep rate⌉`` sizes the next oversampled rollout, capped at
+  ``max_oversample · n``.
+- ``generator`` is accepted by ``select`` for the sampler contract; the rule is deterministic and
+  draws nothing.
+- Devices: the bookkeeping (keep rate, counts) is plain Python numbers, on the host whatever the
+  experiment's device; ``select`` computes on the device of ``rewards`` and returns the kept group
+  indices there (on the GPU in a GPU run of ``curriculum``).
+
+Example: G = 4, pass rates p̂ = [0, 0.25, 0.5, 1], window [0.25, 0.75] -> keep prompts 1 and 2.
 """
 from __future__ import annotations
 
@@ -57,7 +62,8 @@ def pass_rates(rewards: torch.Tensor, *, group_size: int | None = None,
         raise ValueError(f"rewards must have shape (B,), got {tuple(rewards.shape)}")
     if rewards.numel() and (rewards.min() < 0 or rewards.max() > 1):
         raise ValueError("rewards must lie in [0, 1] (a pass/fail verdict or a partial credit)")
-    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
+    index, n_groups = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids,
+                                  device=rewards.device)
     total = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, index, rewards)
     count = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(
         0, index, torch.ones_like(rewards))
@@ -110,7 +116,8 @@ class DifficultyFilter:
         """
         rates = pass_rates(rewards, group_size=group_size, group_ids=group_ids)   # (n_groups,)
         keep = self.keep(rates)
-        index, _ = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids)
+        index, _ = group_index(rewards.shape[0], group_size=group_size, group_ids=group_ids,
+                               device=rewards.device)
         lo = torch.full_like(rates, math.inf).scatter_reduce(0, index, rewards.float(), "amin")
         hi = torch.full_like(rates, -math.inf).scatter_reduce(0, index, rewards.float(), "amax")
         n = max(rates.numel(), 1)

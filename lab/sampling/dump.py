@@ -1,23 +1,22 @@
 """DUMP: a bandit over data distributions whose payoff is the mean absolute advantage.
 
 Paper: "DUMP: Automated Distribution-Level Curriculum Learning for RL-based LLM Post-training",
-arXiv 2504.09710 (reference code: ZhentingWang/DUMP, ``CurriculumController``).
+Wang et al., arXiv 2504.09710 (reference code: ZhentingWang/DUMP, ``CurriculumController``).
 
-Each data distribution (source) j is an arm. After every batch, each sample i from source j adds
-its sequence-level advantage magnitude to the source's sliding window of the last W samples:
+The rule: each data distribution (source) j is an arm. After every batch, each sample i from source
+j adds its sequence-level advantage magnitude to the source's sliding window of the last W samples:
 
     a_i   = (1/L_i) Σ_t m_{i,t} A_{i,t}          (mean advantage over the valid tokens; A_i for (B,))
     L̂_j   = mean_{i ∈ window_j} |a_i|            (learnability; 0 for an unseen source)
     n_j   = number of samples of source j seen so far (all of them, not only the window)
-    s_j   = L̂_j + c · sqrt( 2 ln(Σ_k n_k + 1) / (n_j + 1) )        (UCB score, c = exploration)
+    s_j   = L̂_j + c · sqrt( 2 ln(Σ_k n_k + 1) / (n_j + 1) )        (UCB score)
     P(j)  = softmax_j(s_j / τ)                     (sampling weights of the next batch)
 
-A source whose groups are all right or all wrong gives |A| = 0 (nothing left to learn, or nothing
-learnable yet); DUMP moves the batch toward the sources where the advantages are large, while the
-UCB bonus keeps revisiting rarely seen sources (their bonus grows as ln N grows).
-
-Example: L̂ = [0.5, 0.2], n = [100, 10], c = 1, τ = 0.1: s = [0.80538, 1.12535],
-P = [0.03918, 0.96082] — the rarely seen source wins on its bonus.
+where A_{i,t} are the (GRPO) advantages of sample i, m_{i,t} its response mask, L_i = Σ_t m_{i,t},
+W the window, c ≥ 0 the exploration weight and τ > 0 the softmax temperature. Intuition: a source
+whose groups are all right or all wrong gives |A| = 0 (nothing left to learn, or nothing learnable
+yet); DUMP moves the batch toward the sources where the advantages are large, while the UCB bonus
+keeps revisiting rarely seen sources (their bonus grows as ln N grows).
 
 Where it departs from GRPO: only the choice of each sample's source changes; estimator and loss
 are GRPO's (the paper's setting).
@@ -28,6 +27,13 @@ Choices:
   weights; it is not part of the algorithm and is left out.
 - ``select(n, generator=...)`` draws the source of each of n samples i.i.d. from P; the prompt
   within a source is the caller's choice (uniform in ``lab.experiments.curricula``).
+- Bookkeeping on the CPU: the counts n_j, the windows (Python floats) and the weights live on the
+  CPU whatever the experiment's device, so ``select`` needs a CPU generator (the experiment
+  ``curriculum`` gives the sampler its own, seeded ``seed + 2``, even on a GPU) and returns CPU ids;
+  ``update`` takes CPU tensors (the experiment moves advantages, sources and mask there).
+
+Example: L̂ = [0.5, 0.2], n = [100, 10], c = 1, τ = 0.1: s = [0.80538, 1.12535],
+P = [0.03918, 0.96082] — the rarely seen source wins on its bonus.
 """
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """VADE: a Beta posterior of every prompt's success rate, Thompson sampling, two-scale decay.
 
 Paper: "VADE: Variance-Aware Dynamic Sampling via Online Sample-Level Difficulty Estimation for
-Multimodal RL" (Hu et al.), arXiv 2511.18902 (project page VADE-RL.github.io; code not read).
+Multimodal RL", Hu et al., arXiv 2511.18902 (project page VADE-RL.github.io; code not read).
 
-GRPO learns nothing from a group whose G rewards are all equal. Filtering (``difficulty_filter``,
-DAPO) throws such groups away *after* paying for their rollouts; VADE predicts, *before* the
-rollout, which prompts will give mixed groups, from what earlier rollouts said about each prompt:
+The rule: VADE predicts, *before* the rollout, which prompts will give mixed groups, from what
+earlier rollouts said about each prompt:
 
     posterior      p_i ~ Beta(α_i, β_i),  prior Beta(α_0, β_0) = Beta(1, 1)
     observe        s_i successes, f_i failures among prompt i's G rollouts:
@@ -17,17 +16,18 @@ rollout, which prompts will give mixed groups, from what earlier rollouts said a
                    (α_i, β_i) ← (α_0, β_0) + κ_s · ((α_i, β_i) − (α_0, β_0))   prompts unseen for
                                                                    more than ``stale_after`` steps (fast)
 
-The decay forgets evidence gathered under an older policy: the posterior follows the success rate
-as it moves, and a prompt not visited for a while drifts back to the wide prior so Thompson
-sampling revisits it. The posterior's mean α/(α + β) tracks the prompt's current success rate.
+where i indexes the prompts of the pool, p_i is prompt i's success rate under the current policy,
+G the group size, n the prompts per batch and κ, κ_s ∈ [0, 1] the slow and fast decay factors.
+Intuition: GRPO learns nothing from a group whose G rewards are all equal; the decay forgets
+evidence gathered under an older policy, so the posterior follows the success rate as it moves, and
+a prompt not visited for a while drifts back to the wide prior so Thompson sampling revisits it.
+The posterior's mean α/(α + β) tracks the prompt's current success rate.
 
-Example: Beta(9, 1) vs Beta(5, 5): E[p̃(1 − p̃)] = αβ/((α+β)(α+β+1)) = 9/110 = 0.082 vs
-25/110 = 0.227 — the prompt the policy solves half the time is chosen far more often.
+Where it departs from GRPO: only the choice of prompts; estimator and loss unchanged. Unlike
+filtering (``difficulty_filter``, DAPO), which throws uninformative groups away *after* paying for
+their rollouts, no extra rollouts are spent.
 
-Where it departs from GRPO: only the choice of prompts; estimator and loss unchanged. No extra
-rollouts are spent (unlike filtering).
-
-Choices (the paper's information-gain criterion and decay form are not public in detail; all
+Choices: the paper's information-gain criterion and decay form are not public in detail (all
 [unverified] in the spec, behaviour-tested only):
 - Selection score p̃(1 − p̃) (the reward variance the group will have), top-n without replacement.
 - Decay form above, with lab defaults κ = 0.95, κ_s = 0.8, ``stale_after`` = 5 steps.
@@ -35,6 +35,13 @@ Choices (the paper's information-gain criterion and decay form are not public in
   f = Σ (1 − R).
 - Beta draws use the inverse CDF (``scipy.special.betaincinv``) of uniforms from the explicit
   ``torch.Generator``, so a seed fixes the selection.
+- Bookkeeping on the CPU: α, β and the last-seen steps live on the CPU whatever the experiment's
+  device (the inverse CDF runs in NumPy), so ``select`` needs a CPU generator (the experiment
+  ``curriculum`` gives the sampler its own, seeded ``seed + 2``, even on a GPU) and returns CPU ids;
+  ``update`` takes CPU tensors.
+
+Example: Beta(9, 1) vs Beta(5, 5): E[p̃(1 − p̃)] = αβ/((α+β)(α+β+1)) = 9/110 = 0.082 vs
+25/110 = 0.227 — the prompt the policy solves half the time is chosen far more often.
 """
 from __future__ import annotations
 

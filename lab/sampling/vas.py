@@ -1,11 +1,11 @@
 """VAS: steer a frozen policy at decoding time with a small learned value model.
 
-Paper: "Value Augmented Sampling for Language Model Alignment and Personalization",
+Paper: "Value Augmented Sampling for Language Model Alignment and Personalization", Han et al.,
 arXiv 2405.06639 (reference code: idanshen/Value-Augmented-Sampling, ``VASLogitsProcessor``).
 
-The base policy π_0 is never updated. A small value model V learns, on π_0's own samples, how much
-reward a partial response ending in token a will collect; decoding adds the centred values of the
-k most likely next tokens to the base logits:
+The algorithm: the base policy π_0 is never updated. A small value model V learns, on π_0's own
+samples, how much reward a partial response ending in token a will collect; decoding adds the
+centred values of the k most likely next tokens to the base logits:
 
     value training   data y ~ π_0(· | x); q_t = V(x ⊕ y_{≤t}) (the value after token t);
                      λ-returns  R̂_t = r_t + γ((1 − λ) q_{t+1} + λ R̂_{t+1})   (TD(λ), q after the end = 0)
@@ -14,12 +14,13 @@ k most likely next tokens to the base logits:
                      Q̄ = (1/k) Σ_{a∈K} V(s ⊕ a)
                      z'_a = z_a + β · (V(s ⊕ a) − Q̄)   for a ∈ K,   z'_a = z_a otherwise
 
-β trades reward for closeness to π_0 (β = 0 is π_0 itself); centring makes the shift of a token
-relative to its top-k neighbours. Because only logits move, the same frozen π_0 can be served with
-several value models (rewards composed, or personalized) without retraining it.
-
-Example: z = [2, 1, 0], k = 2, V(s⊕a) for the top two = [0.2, 0.6] -> centred [−0.2, 0.2],
-β = 1 -> z' = [1.8, 1.2, 0].
+where x is the prompt, y a response, r_t the per-token reward (the outcome reward on the last valid
+token), γ the discount, λ the TD(λ) mixing, s the current prefix, z the base logits over the
+vocabulary (of size V in ``(B, V)``; V(·) is the value model), k the number of candidates and
+β ≥ 0 the guidance strength. Intuition: β trades reward for closeness
+to π_0 (β = 0 is π_0 itself); centring makes the shift of a token relative to its top-k neighbours.
+Because only logits move, the same frozen π_0 can be served with several value models (rewards
+composed, or personalized) without retraining it.
 
 Where it departs from PPO/GRPO: no policy gradient at all — the value model is fitted by
 regression on π_0's data (π_0's value, not the optimal one: one step of policy improvement, the
@@ -37,6 +38,14 @@ Choices:
   ``update`` takes one Adam step on L_V.
 - :class:`ValueGuidedPolicy` wraps π_0 and the sampler into a policy with ``next_logits`` /
   ``generate``, so ``lab.rl.rollout`` samples from it unchanged.
+- Devices: unlike the prompt samplers (DUMP, VADE), VAS keeps no bookkeeping of its own and no
+  generator: the value model lives where the caller builds it (``device=`` of
+  :class:`TokenValueModel` / :class:`TabularValue`; ``value_augmented_sampling`` puts it on
+  ``cfg.device``, the GPU when there is one), and ``generate`` draws from the generator the caller
+  passes, on the logits' device.
+
+Example: z = [2, 1, 0], k = 2, V(s⊕a) for the top two = [0.2, 0.6] -> centred [−0.2, 0.2],
+β = 1 -> z' = [1.8, 1.2, 0].
 """
 from __future__ import annotations
 

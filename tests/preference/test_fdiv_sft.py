@@ -84,3 +84,21 @@ def test_bad_input():
     with pytest.raises(ValueError, match="ref_sample_weights"):
         fdiv_sft(lp, mask, ref_logprobs=lp, divergence="pearson", ref_sample_logprobs=lp,
                  ref_sample_ref_logprobs=lp, ref_sample_mask=mask, ref_sample_weights=torch.tensor([-1.0, 1.0]))
+
+
+def test_beta_only_scales_the_reported_reward_log_ratio_is_clamped_and_weights_are_normalized():
+    lp, mask = torch.full((2, 1), -1.0), torch.ones(2, 1)
+    ref = torch.tensor([-2.0, -50.0])                     # log u = 1 and 49 (clamped to 20)
+    a, ma = fdiv_sft(lp, mask, ref_logprobs=ref, divergence="kl", beta=0.1)
+    b, mb = fdiv_sft(lp, mask, ref_logprobs=ref, divergence="kl", beta=1.0)
+    assert a.item() == b.item() == pytest.approx(-(1 + 20) / 2)
+    assert mb["implicit_reward"] == pytest.approx(10 * ma["implicit_reward"])
+    samples = dict(ref_sample_logprobs=torch.tensor([[-1.0], [-2.0]]), ref_sample_ref_logprobs=torch.full((2, 1), -1.5),
+                   ref_sample_mask=torch.ones(2, 1))
+    ref = torch.full((2,), -1.0)                          # u = 1 on the data: f'(1) = 0
+    w1, _ = fdiv_sft(lp, mask, ref_logprobs=ref, divergence="pearson", ref_sample_weights=torch.tensor([1.0, 3.0]),
+                     **samples)
+    w2, _ = fdiv_sft(lp, mask, ref_logprobs=ref, divergence="pearson", ref_sample_weights=torch.tensor([0.25, 0.75]),
+                     **samples)
+    # E_ref[u² − 1] with log u = ±0.5 and weights (1/4, 3/4)
+    assert w1.item() == pytest.approx(w2.item()) == pytest.approx(0.25 * math.expm1(1.0) + 0.75 * math.expm1(-1.0))

@@ -73,3 +73,12 @@ def test_edge_cases_and_bad_input():
     with pytest.raises(ValueError, match="retain_mask"):
         inverted_hinge(torch.zeros(1, 1, 3), torch.tensor([[0]]), retain_logprobs=torch.zeros(1, 1))
     assert math.isfinite(inverted_hinge(torch.full((1, 1, 3), 1e4), torch.tensor([[0]]))[0].item())
+
+
+def test_softmax_is_applied_even_to_values_inside_the_unit_interval():
+    # the released helper would read (0.6, 0.3, 0.1) as probabilities (IHL 1.3); the lab reads logits
+    z = torch.tensor([[[0.6, 0.3, 0.1]]])
+    p = torch.softmax(z[0, 0], -1)
+    loss, _ = inverted_hinge(z, torch.tensor([[0]]))
+    assert loss.item() == pytest.approx(1 + p[0].item() - p[1].item(), abs=1e-6)
+    assert loss.item() != pytest.approx(1.3, abs=1e-3)

@@ -243,3 +243,40 @@ def test_registered_under_catalog_names():
     assert {"sft", "dpo", "ipo", "simpo", "alphapo", "step_dpo", "fdiv_sft", "inverted_hinge",
             "ranking_accuracy"} <= names
     assert get("preference_loss", "dpo") is dpo
+
+
+# ---------------------------------------------------------------- the choices the docstrings state
+def test_dpo_length_normalize_uses_per_token_means():
+    # chosen: 2 tokens, S = −4, S^ref = −6 → S̄ − S̄^ref = 1; rejected: 1 token, log-ratio −1 → z = 2
+    lw, ll = _tok(-2.0, -2.0), _tok(-2.0)
+    args = dict(chosen_mask=torch.ones(1, 2), rejected_mask=ONE, ref_chosen_logprobs=torch.tensor([-6.0]),
+                ref_rejected_logprobs=torch.tensor([-1.0]), beta=1.0)
+    assert dpo(lw, ll, length_normalize=True, **args)[0].item() == pytest.approx(math.log1p(math.exp(-2.0)))
+    # the sums give z = 2 − (−1) = 3
+    assert dpo(lw, ll, **args)[0].item() == pytest.approx(math.log1p(math.exp(-3.0)))
+
+
+def test_padding_may_hold_minus_inf_and_is_ignored():
+    lw, ll = _tok(-1.0, float("-inf"), grad=True), _tok(-3.0, float("nan"), grad=True)
+    mask = torch.tensor([[1, 0]])
+    loss, _ = dpo(lw, ll, chosen_mask=mask, rejected_mask=mask, ref_chosen_logprobs=torch.tensor([-2.0]),
+                  ref_rejected_logprobs=torch.tensor([-2.0]), beta=1.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-2.0)))
+    assert torch.isfinite(lw.grad).all() and lw.grad[0, 1] == 0.0
+    nll, _ = sft(lw.detach(), mask)
+    assert nll.item() == pytest.approx(1.0)
+
+
+def test_ipo_reports_tau_scaled_implicit_rewards_and_the_margin():
+    lw, ll = torch.full((1, 4), -0.5), torch.full((1, 2), -2.0)
+    _, m = ipo(lw, ll, chosen_mask=torch.ones(1, 4), rejected_mask=torch.ones(1, 2), beta=0.1,
+               ref_chosen_logprobs=torch.full((1, 4), -1.0), ref_rejected_logprobs=torch.full((1, 2), -1.0))
+    assert m["chosen_reward"] == pytest.approx(0.2) and m["rejected_reward"] == pytest.approx(-0.2)
+    assert m["ipo/margin_h"] == pytest.approx(4.0)
+
+
+def test_simpo_empty_response_scores_zero():
+    # an empty chosen response has S̄ = 0 (length clamped to 1), not NaN
+    _, m = simpo(_tok(-5.0), _tok(-1.0), chosen_mask=torch.zeros(1, 1), rejected_mask=ONE, beta=2.0, gamma=0.0)
+    assert m["chosen_reward"] == 0.0 and m["rejected_reward"] == pytest.approx(-2.0)

@@ -99,3 +99,15 @@ def test_bad_input_names_the_argument():
         ranking_accuracy(ones, ones, chosen_mask=ones, rejected_mask=ones, pref_prob=torch.ones(1))
     with pytest.raises(ValueError, match="tie_tol"):
         ranking_accuracy(ones, ones, chosen_mask=ones, rejected_mask=ones, tie_tol=-1.0)
+
+
+def test_idealized_margin_uses_sums_whatever_length_normalize_says():
+    # reference: chosen two tokens of −1 (S = −2, S̄ = −1), rejected one token −1.5: the sums misrank,
+    # the means rank right; α = 0.5 adds nothing, so only the sums decide R*
+    ref_w, ref_l = torch.tensor([[-1.0, -1.0]]), torch.tensor([[-1.5, 0.0]])
+    mw, ml = torch.ones(1, 2), torch.tensor([[1, 0]])
+    for flag in (False, True):
+        _, m = ranking_accuracy(ref_w, ref_l, chosen_mask=mw, rejected_mask=ml, ref_chosen_logprobs=ref_w,
+                                ref_rejected_logprobs=ref_l, pref_prob=torch.tensor([0.5]), length_normalize=flag)
+        assert m["idealized_correct"].tolist() == [False]
+        assert m["ref_ranking_accuracy"] == (1.0 if flag else 0.0)

@@ -279,3 +279,36 @@ def test_structured_output_errors():
         structured_output(torch.full((1, 5), 2.0))
     with pytest.raises(TypeError, match="rewards"):
         structured_output([[1.0] * 5])
+
+
+# ---- the choices the docstrings state ----------------------------------------------------------
+def test_multi_label_defaults_to_equal_weights_and_unbiased_group_std():
+    scores = torch.tensor([[0.9, 0.2], [0.5, 0.6], [0.1, 0.0], [0.3, 0.4]])
+    r, _ = multi_label(scores)
+    assert torch.allclose(r, scores.mean(1))
+    # groups of two: (x − mean)/(unbiased std + eps) = ±1/√2 per head
+    n, _ = multi_label(torch.tensor([[0.0, 0.0], [1.0, 2.0]]), aggregation="normalize_then_sum", group_size=2)
+    assert n.tolist() == pytest.approx([-1 / math.sqrt(2), 1 / math.sqrt(2)], abs=1e-5)
+
+
+def test_constrained_without_kl_advantages_and_with_a_batch_of_one():
+    c = ConstrainedLagrangian((0.5, 0.5), init_std=0.0)
+    a_rm = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0]])
+    mixed, _ = c(a_rm)                                                     # Â_KL = 0: no pull to the reference
+    assert torch.allclose(mixed, 0.5 * a_rm[:, 0] + 0.5 * a_rm[:, 1], atol=1e-6)
+    one, _ = c(torch.tensor([[3.0, -2.0]]), kl_advantages=torch.tensor([5.0]))
+    assert one.tolist() == [0.0]                                           # a batch of one is centred to 0
+
+
+def test_hypervolume_weighting_normalizes_weights_and_starts_at_meta_one():
+    hw = HypervolumeWeighting((1.0, 3.0))
+    assert hw.weights.tolist() == pytest.approx([0.25, 0.75])
+    assert hw.update([0.0, 0.0])["hv/meta"] == 1.0                         # the reference point: no comparison
+    r, _ = hw(torch.tensor([[4.0, 0.0]]))
+    assert r.item() == pytest.approx(1.0)
+
+
+def test_pro_weights_enter_the_reward_without_gradient():
+    pro = PreferenceOrchestrator(2, 2, generator=torch.Generator().manual_seed(0))
+    r, _ = pro(torch.tensor([[1.0, 0.0]]), features=torch.eye(2)[:1])
+    assert not r.requires_grad

@@ -193,3 +193,14 @@ def test_head_to_head_runs_each_method_on_the_same_seed():
         split_method("grpo + nonexistent")
     with pytest.raises(ValueError, match="advantage \\+ loss"):
         split_method("grpo")
+
+
+def test_adaptive_temperature_code_sign_bug_never_cools(generator):
+    # the released code maps negative h to positive h̃: the confident row is then heated, not cooled
+    logits = torch.tensor([[8.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    entropy = torch.rand(8, 6, generator=generator) * math.log(4)
+    paper, code = AdaptiveTemperature(tau=0.05), AdaptiveTemperature(tau=0.05, replicate_code_sign_bug=True)
+    for sampler in (paper, code):
+        sampler.update(entropy, torch.ones(8, 6))
+    assert paper.temperatures(logits)[0] < 1.0
+    assert (code.temperatures(logits) >= 1.0).all()

@@ -134,3 +134,15 @@ def test_token_view_figure_has_one_panel_per_method_view_and_unique_rows():
     assert len(fig.data) == len(TOKEN_PANELS)
     rows = fig.data[0].y
     assert len(rows) == 8 and len(set(rows)) == 8
+
+
+def test_token_advantages_enter_the_sample_level_as_their_masked_mean_and_selection_ignores_the_generator():
+    # masked means 1, −1, 0.05, −0.05 -> the max-variance pair is rows 0, 1 (the first tokens alone, or
+    # the padding, would pick rows 2, 3)
+    adv = torch.tensor([[0.0, 2.0, 0.0], [0.0, -2.0, 0.0], [5.0, -4.9, 99.0], [-5.0, 4.9, -99.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0]])
+    sampler = D3S(n_init=0.5, k_init=1.0)
+    a, _ = sampler.select(adv, torch.ones(4, 3), mask, generator=torch.Generator().manual_seed(0))
+    b, _ = sampler.select(adv, torch.ones(4, 3), mask, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert a.any(-1).tolist() == [True, True, False, False]

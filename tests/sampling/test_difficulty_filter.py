@@ -107,3 +107,23 @@ def test_nothing_or_everything_passes():
 def test_bad_input_names_the_argument(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+def test_select_computes_on_the_rewards_device_and_keeps_host_bookkeeping():
+    rewards = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    f = DifficultyFilter(0.25, 0.75)
+    with torch.device("meta"):                      # nothing may follow the default device
+        keep, _ = f.select(rewards, group_size=2)
+        f.update(3, len(keep))
+    assert keep.device == rewards.device and keep.tolist() == [1]
+    assert isinstance(f.keep_rate, float) and f.n_candidates(2) == 3     # keep rate 0.9 + 0.1/3
+
+
+def test_curriculum_with_the_filter_passes_the_device_guard():
+    # as tests/test_devices.py (whose smoke config uses VADE): nothing may land on the default device
+    from lab.experiments import run
+
+    with torch.device("meta"):
+        h = run("curriculum", device="cpu", sampler="difficulty_filter", steps=2, pool_size=4, n_prompts=4,
+                group_size=4)
+    assert len(h["reward"]) == 2

@@ -116,3 +116,14 @@ def test_sampling_shifts_to_the_source_with_the_largest_advantage_and_still_expl
 def test_bad_input_names_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_bookkeeping_stays_on_the_cpu_whatever_the_default_device():
+    g = torch.Generator().manual_seed(0)
+    with torch.device("meta"):
+        sampler = DUMP(2)
+        ids, m = sampler.select(3, generator=g)
+        sampler.update(torch.tensor([0.5, -0.5, 1.0], device="cpu"), ids)
+        sampler.load_state_dict(sampler.state_dict())
+    assert ids.device.type == "cpu" and sampler.counts.device.type == "cpu"
+    assert int(sampler.counts.sum()) == 3 and sampler.probs().device.type == "cpu"

@@ -123,3 +123,31 @@ def test_never_seen_prompts_are_explored_first():
 def test_bad_input_names_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_bookkeeping_stays_on_the_cpu_whatever_the_default_device():
+    # the experiment may run on a GPU: α, β and the last-seen steps stay on the CPU, drawn from a CPU generator
+    g = torch.Generator().manual_seed(0)
+    with torch.device("meta"):
+        sampler = VADE(4)
+        ids, _ = sampler.select(2, generator=g)
+        sampler.update(ids, torch.ones(2, dtype=torch.float64, device="cpu"),
+                       torch.zeros(2, dtype=torch.float64, device="cpu"))
+        sampler.load_state_dict(sampler.state_dict())
+    assert ids.device.type == "cpu"
+    assert {t.device.type for t in (sampler.alpha, sampler.beta, sampler.last_seen)} == {"cpu"}
+    assert sampler.alpha[ids].tolist() == [2.0, 2.0]
+
+
+def test_partial_credit_counts_as_fractional_successes():
+    from types import SimpleNamespace
+
+    from lab.experiments.curricula import _group_sums
+
+    # two groups of G = 2: rewards (1, 0.5) and (0.25, 0): s = Σ R, f = Σ (1 − R)
+    ro = SimpleNamespace(rewards=torch.tensor([1.0, 0.5, 0.25, 0.0]), group_size=2)
+    succ, fail = _group_sums(ro)
+    assert succ.tolist() == [1.5, 0.25] and fail.tolist() == [0.5, 1.75]
+    v = VADE(2, decay=1.0)
+    v.update(torch.tensor([0, 1]), succ.double(), fail.double())
+    assert v.alpha.tolist() == [2.5, 1.25] and v.beta.tolist() == [1.5, 2.75]

@@ -116,3 +116,10 @@ def test_guided_policy_with_beta_zero_samples_like_the_base():
 def test_bad_input_names_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_value_models_live_where_the_caller_puts_them():
+    with torch.device("meta"):
+        table = TabularValue(3, 1, 2, device="cpu")
+        values = table(torch.tensor([[1, 2, 0]], device="cpu"))
+    assert table.table.device.type == "cpu" and values.device.type == "cpu" and values.shape == (1, 3)
