@@ -359,14 +359,14 @@ def _claims() -> list:
               control={"methods": ("grpo + steer(weight_min=0.01, weight_max=1.99)", STEER_FLAT)},
               control_text="weights in [0.01, 1.99]: the entropy gap opens"),
         Claim(notebook="07_group_relative_zoo", panel="head_to_head", name="gtpo", reproduced=False,
-              text="GTPO does not keep the entropy higher here: on the 4-context bandit it ends below 0.4× "
-                   "GRPO's. One-token answers are all 'conflict' tokens (the same arm is rewarded in one "
+              text="GTPO does not keep the entropy higher here: on the 4-context bandit it ends near half of "
+                   "GRPO's entropy (below 0.6×; 0.35-0.53× over seeds 0-2). One-token answers are all 'conflict' tokens (the same arm is rewarded in one "
                    "sample and not in another), and GTPO doubles their positive updates and skips their "
                    "negative ones, so the policy sharpens. Without the doubling (conflict_weight = 1) the "
                    "entropy is back near GRPO's.",
               experiment=head_to_head, base=base,
               config={"task": BANDIT4, "methods": ("grpo + grpo(beta=0.0)", "grpo + gtpo(initial_entropy=2.7)")},
-              holds=lambda runs: _end(_pick(runs, "grpo + gtpo"), "entropy") < 0.4 * _end(_pick(runs, "grpo + grpo"), "entropy"),
+              holds=lambda runs: _end(_pick(runs, "grpo + gtpo"), "entropy") < 0.6 * _end(_pick(runs, "grpo + grpo"), "entropy"),
               control={"methods": ("grpo + grpo(beta=0.0)", "grpo + gtpo(initial_entropy=2.7, conflict_weight=1.0)")},
               control_text="conflict_weight = 1: no doubling of conflict tokens"),
         Claim(notebook="07_group_relative_zoo", panel="token_view",
