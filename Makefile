@@ -2,6 +2,7 @@
 #   TORCH_SPEC  the torch requirement installed when the venv has none (default: a CPU build here)
 #   NO_BROWSER=1  start JupyterLab without opening a browser;  PORT=8888  its port
 #   PYTEST_ARGS   extra arguments for pytest (e.g. -k notebooks)
+#   `make registry-index` regenerates lab/_registry_index.py after an algorithm is added or renamed.
 #   The browser test (tests/test_browser.py) drives Debian's chromium with playwright; `make test`
 #   installs chromium with apt-get when it is missing and this runs as root (as in CI). Set
 #   TRAINLAB_SKIP_BROWSER=1 to skip that test on a machine without chromium.
@@ -14,7 +15,7 @@ JOBS       ?= auto
 PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: lab test bench venv torch install-notebooks install-dev install-browser clean
+.PHONY: lab test bench registry-index venv torch install-notebooks install-dev install-browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,12 @@ test: install-dev install-browser
 
 bench: install-dev
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# lab/_registry_index.py: what the @register decorators register, so that `python -m lab list`
+# imports no algorithm. Rerun after adding or renaming an algorithm (tests/test_registry_index.py
+# fails until then).
+registry-index: torch
+	PYTHONPATH=$(CURDIR) $(PY) -m lab index
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -4,20 +4,20 @@
     python -m lab info KIND NAME                   one entry: paper, arXiv id, module, docstring
     python -m lab run EXPERIMENT --set key=value ... [--json out.json] [--html out.html]
     python -m lab config EXPERIMENT                the config fields, their types and defaults
+    python -m lab index [--check]                  regenerate lab/_registry_index.py (or check it)
 
-Values given with ``--set`` are parsed from the config dataclass's field types (never ``eval``);
+``list``, ``info`` and ``config`` read the registry index (:mod:`lab.registry`) and import no
+algorithm module, nor torch. Values given with ``--set`` are parsed from the config dataclass's field types (never ``eval``);
 an unknown key is an error that lists the valid ones. Runs longer than a second show a progress bar.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import sys
 import textwrap
 
 from lab import progress, registry
-from lab.experiments import config_of, field_docs, field_types, parse_value, run
+from lab.experiments import config_of, experiment_config_rows, field_types, parse_value, run
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -43,22 +43,32 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"  module:  {entry.module}")
     if entry.summary:
         print(f"  summary: {entry.summary}")
-    doc = inspect.getdoc(sys.modules.get(entry.module)) or ""
+    doc = registry.module_docstring(entry.module)
     if doc:
         print("\n" + textwrap.indent(doc, "  "))
     return 0
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    config = config_of(args.experiment)
-    types = field_types(config)
-    docs = field_docs(config)
-    default = config()
-    for f in dataclasses.fields(config):
-        t = types[f.name]
-        tname = getattr(t, "__name__", None) or str(t).replace("typing.", "")
-        value = f"= {getattr(default, f.name)!r}"
-        print(f"{f.name:<24} {tname:<22} {value:<24} {docs[f.name]}".rstrip())
+    for name, tname, default, doc in experiment_config_rows(args.experiment):
+        value = f"= {default}"
+        print(f"{name:<24} {tname:<22} {value:<24} {doc}".rstrip())
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from lab.registry_index import build_index, render_index, write_index
+
+    if args.check:
+        text = render_index(build_index())
+        current = registry.INDEX_PATH.read_text(encoding="utf-8") if registry.INDEX_PATH.exists() else ""
+        if text != current:
+            print(f"{registry.INDEX_PATH} is stale: run `python -m lab index`", file=sys.stderr)
+            return 1
+        print(f"{registry.INDEX_PATH} is current")
+        return 0
+    path = write_index()
+    print(f"wrote {path}")
     return 0
 
 
@@ -120,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="show an experiment's config fields")
     p.add_argument("experiment")
     p.set_defaults(fn=_cmd_config)
+    p = sub.add_parser("index", help="regenerate the registry index from the decorators")
+    p.add_argument("--check", action="store_true", help="only check that the index is current")
+    p.set_defaults(fn=_cmd_index)
     p = sub.add_parser("run", help="run an experiment")
     p.add_argument("experiment")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a config field")

@@ -10,10 +10,20 @@ Each algorithm registers itself with the paper it comes from::
     available("optimizer")          # ['adabelief', 'adam', ..., 'lion', ...]
     info("optimizer", "lion").paper
 
-Registration happens when a module is imported; :func:`available`, :func:`make` and :func:`info`
-first import every module of the ``lab`` package once (:func:`discover`), so nothing has to be
-imported by hand. Lookups are flat dictionaries: an unknown kind or name raises ``KeyError`` with
-the list of valid ones.
+Registration happens when a module is imported. So that listing the catalog does not import every
+algorithm (and torch), the package carries an index of what the decorators register,
+``lab/_registry_index.py``: the kind, name, paper, arXiv id, summary and module of every entry, and
+for experiments the rows ``python -m lab config`` prints. :func:`available`, :func:`entries` and
+:func:`info` answer from the index together with whatever is registered already, importing nothing;
+an :class:`Entry`'s ``obj``, :func:`get` and :func:`make` import the one module that registers the
+name, on first use. Nothing has to be imported by hand.
+
+The index is generated, never edited: :func:`lab.registry_index.build_index` imports every module
+(:func:`discover`) and reads the registrations back; ``python -m lab index`` (``make
+registry-index``) rewrites the file, and ``tests/test_registry_index.py`` fails when the file
+differs from what the decorators register. A name the index lacks (a module added since the index was written) is still found:
+:func:`get` and :func:`info` import every module before they give up. Lookups are flat
+dictionaries: an unknown kind or name raises ``KeyError`` with the list of valid ones.
 
 Specs. Wherever a name is accepted, a *spec* with literal keyword arguments is accepted too:
 ``"sgd(momentum=0.9, nesterov=True)"``. :func:`parse_spec` reads it with ``ast.literal_eval`` on
@@ -24,10 +34,14 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.machinery
+import importlib.util
+import inspect
+import pathlib
 import pkgutil
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 KINDS: tuple[str, ...] = (
@@ -38,17 +52,30 @@ KINDS: tuple[str, ...] = (
 """The registry kinds: those of DESIGN.md, plus ``env`` for the catalog's bandit environment."""
 
 
+_NOT_LOADED = object()          # Entry.loaded of an entry read from the index
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One registered algorithm."""
+    """One registered algorithm.
+
+    ``obj`` is the registered class or function. An entry read from the index holds no object
+    yet: reading ``paper``, ``arxiv``, ``summary`` or ``module`` imports nothing, and ``obj``
+    imports the module on first access (:func:`get`).
+    """
 
     kind: str
     name: str
-    obj: Any
-    paper: str
-    arxiv: str | None
-    summary: str | None
-    module: str
+    loaded: Any = field(repr=False, compare=False)   # the object, or _NOT_LOADED for an index entry
+    paper: str = ""
+    arxiv: str | None = None
+    summary: str | None = None
+    module: str = ""
+
+    @property
+    def obj(self) -> Any:
+        """The registered class or function; imports its module the first time."""
+        return get(self.kind, self.name) if self.loaded is _NOT_LOADED else self.loaded
 
     def __repr__(self) -> str:
         arxiv = f", arXiv {self.arxiv}" if self.arxiv else ""
@@ -130,29 +157,89 @@ def discover() -> None:
         _DISCOVERY_DONE = True
 
 
+INDEX_PATH = pathlib.Path(__file__).with_name("_registry_index.py")
+"""The generated index (see the module docstring)."""
+
+_INDEX: dict[str, dict[str, dict[str, Any]]] | None = None
+
+
+def _index() -> dict[str, dict[str, dict[str, Any]]]:
+    """``{kind: {name: record}}`` from ``lab/_registry_index.py`` (empty when the file is absent)."""
+    global _INDEX
+    if _INDEX is None:
+        try:
+            from lab._registry_index import INDEX
+        except ImportError:          # no index: every lookup falls back to discover()
+            INDEX = {}
+        _INDEX = INDEX
+    return _INDEX
+
+
+def index_record(kind: str, name: str) -> dict[str, Any] | None:
+    """The index's record of ``kind/name`` (module, paper, arxiv, summary; ``config`` rows for an
+    experiment), or None when the index does not hold it."""
+    _check_kind(kind)
+    return _index().get(kind, {}).get(name)
+
+
+def _lookup(kind: str, name: str) -> Entry | None:
+    """The registered entry, else the index's (not loaded), else None. Imports nothing."""
+    entry = _REGISTRY[kind].get(name)
+    if entry is not None:
+        return entry
+    rec = _index().get(kind, {}).get(name)
+    if rec is None:
+        return None
+    return Entry(kind, name, _NOT_LOADED, rec["paper"], rec["arxiv"], rec["summary"], rec["module"])
+
+
+def _unknown(kind: str, name: str) -> KeyError:
+    valid = ", ".join(available(kind)) or "(none registered)"
+    return KeyError(f"unknown {kind} {name!r}; valid names: {valid}")
+
+
 def available(kind: str | None = None) -> list[str]:
-    """Sorted names registered under ``kind``; with no kind, the list of kinds."""
+    """Sorted names registered under ``kind`` (the index's and those registered at run time);
+    with no kind, the list of kinds. Imports no algorithm module."""
     if kind is None:
         return list(KINDS)
     _check_kind(kind)
-    discover()
-    return sorted(_REGISTRY[kind])
+    return sorted(set(_REGISTRY[kind]) | set(_index().get(kind, {})))
 
 
 def info(kind: str, name: str) -> Entry:
-    """The :class:`Entry` of ``kind/name`` (object, paper, arXiv id, summary, module)."""
+    """The :class:`Entry` of ``kind/name`` (paper, arXiv id, summary, module; ``obj`` on access).
+
+    Imports nothing when the index holds the name; a name it lacks makes every module import once
+    (:func:`discover`) before ``KeyError`` is raised.
+    """
     _check_kind(kind)
-    discover()
-    try:
-        return _REGISTRY[kind][name]
-    except KeyError:
-        valid = ", ".join(sorted(_REGISTRY[kind])) or "(none registered)"
-        raise KeyError(f"unknown {kind} {name!r}; valid names: {valid}") from None
+    entry = _lookup(kind, name)
+    if entry is None:
+        discover()
+        entry = _REGISTRY[kind].get(name)
+    if entry is None:
+        raise _unknown(kind, name)
+    return entry
 
 
 def get(kind: str, name: str) -> Any:
-    """The registered class or function itself."""
-    return info(kind, name).obj
+    """The registered class or function itself: imports the module that registers it, on first use
+    (every module, :func:`discover`, when the index does not name one or the one it names does
+    not register ``name``)."""
+    _check_kind(kind)
+    entry = _REGISTRY[kind].get(name)
+    if entry is None:
+        rec = _index().get(kind, {}).get(name)
+        if rec is not None:
+            importlib.import_module(rec["module"])
+            entry = _REGISTRY[kind].get(name)
+    if entry is None:                # not in the index, or the index is stale: import everything
+        discover()
+        entry = _REGISTRY[kind].get(name)
+    if entry is None:
+        raise _unknown(kind, name)
+    return entry.loaded
 
 
 def make(kind: str, spec: str, *args: Any, **kwargs: Any) -> Any:
@@ -196,9 +283,36 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def entries(kind: str | None = None) -> list[Entry]:
-    """All entries (of one kind, or of every kind), sorted by kind then name."""
-    discover()
+    """All entries (of one kind, or of every kind), sorted by kind then name. Imports no algorithm
+    module: entries the index holds and no import has registered yet load ``obj`` on access."""
     kinds = [kind] if kind is not None else list(KINDS)
     for k in kinds:
         _check_kind(k)
-    return [_REGISTRY[k][n] for k in kinds for n in sorted(_REGISTRY[k])]
+    return [_lookup(k, n) for k in kinds for n in available(k)]
+
+
+def module_docstring(module: str) -> str:
+    """The cleaned docstring of ``module`` (``inspect.getdoc``), read from its source without
+    importing it when it is not imported yet; ``""`` when there is none or no source is found."""
+    if module in sys.modules:
+        return inspect.getdoc(sys.modules[module]) or ""
+    return _docstring_from_source(module)
+
+
+def _docstring_from_source(module: str) -> str:
+    """``module``'s cleaned docstring parsed from its source file, without importing it (nor its
+    parent packages)."""
+    parts = module.split(".")
+    spec = importlib.util.find_spec(parts[0])    # a top-level name: found without importing it
+    for i in range(1, len(parts)):
+        if spec is None or not spec.submodule_search_locations:
+            return ""
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]),
+                                                        list(spec.submodule_search_locations))
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return ""
+    try:
+        tree = ast.parse(pathlib.Path(spec.origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return ""
+    return ast.get_docstring(tree, clean=True) or ""

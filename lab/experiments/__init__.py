@@ -4,6 +4,6 @@ Notebooks, the command line, tests and benchmarks all call these. Each experimen
 package registers itself under kind ``experiment``; ``run(name, **changes)`` runs one.
 """
 from lab.experiments._base import (  # noqa: F401
-    check_config, config_of, drawn_on_cpu, experiment, field_docs, field_types, on_cpu, parse_value, replace,
+    check_config, config_of, config_rows, drawn_on_cpu, experiment_config_rows, experiment, field_docs, field_types, on_cpu, parse_value, replace,
     resolve_device, run, sweep,
 )

@@ -122,6 +122,32 @@ def field_docs(config: type) -> dict[str, str]:
     return docs
 
 
+def config_rows(config: type) -> list[tuple[str, str, str, str]]:
+    """``(field, type, default, comment)`` of each field of a config dataclass, as strings: the
+    rows ``python -m lab config`` prints (the registry index stores them, so that the command
+    imports no experiment)."""
+    types_ = field_types(config)
+    docs = field_docs(config)
+    default = config()
+    rows = []
+    for f in dataclasses.fields(config):
+        t = types_[f.name]
+        tname = getattr(t, "__name__", None) or str(t).replace("typing.", "")
+        rows.append((f.name, tname, repr(getattr(default, f.name)), docs[f.name]))
+    return rows
+
+
+def experiment_config_rows(name: str) -> list[tuple[str, str, str, str]]:
+    """:func:`config_rows` of experiment ``name``: from the registry index when the experiment is
+    not imported yet (no import), else from its config class."""
+    from lab import registry
+
+    record = registry.index_record("experiment", name)
+    if record is not None and name not in registry._REGISTRY["experiment"]:
+        return [tuple(row) for row in record["config"]]
+    return config_rows(config_of(name))
+
+
 def replace(cfg: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` with an error listing the valid fields for an unknown key."""
     names = [f.name for f in dataclasses.fields(cfg)]
