@@ -464,6 +464,7 @@ INDEX = {
             ['eval_prompts', 'int', '16', 'prompts of each greedy evaluation'],
             ['hv_reference', 'float', '-0.1', 'every coordinate of the hypervolume reference point'],
             ['seed', 'int', '0', 'seed of prompts, sampling and initialization'],
+            ['device', 'str', "'auto'", '"auto" = CUDA when available, else CPU'],
         ]},
         'opposing_signals': {'arxiv': '2311.04163', 'module': 'lab.experiments.phenomena', 'paper': 'Outliers with Opposing Signals Have an Outsized Effect on Neural Network Optimization', 'summary': 'Per-group losses of opposing outliers and the sharpness against 2/lr', 'config': [
             ['optimizer', 'Literal', "'gd'", 'full-batch gradient descent or Adam'],
