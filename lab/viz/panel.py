@@ -580,7 +580,7 @@ class Panel(widgets.VBox):
         if job.stream_failures >= 3:            # a plot that needs the finished run: no frames
             return
         partial = self._partial(job)
-        if partial is None or not all(len(h) for _, h in _histories(partial)):
+        if partial is None or not _histories(partial) or not all(len(h) for _, h in _histories(partial)):
             return
         start = time.perf_counter()
         try:
@@ -598,20 +598,25 @@ class Panel(widgets.VBox):
         self._post(figs=figs, ghost=job.ghost, frame=True)
 
     def _partial(self, job: _Job) -> History | Runs | None:
-        """The run so far, shaped like the finished result (a History, or Runs by label)."""
+        """The run so far, shaped like the finished result (a History, or Runs by label).
+
+        Runs hold the runs that have rows so far: a comparison whose runs write their History
+        at their end (one sync at the end on a GPU) streams run by run, the first frame
+        showing the first finished run.
+        """
         if not job.seen:
             return None
         shape = self._shape
         if isinstance(shape, tuple):
             if len(job.seen) > len(shape):
                 return None
-            return Runs(zip(shape, job.seen))
+            return Runs((label, h) for label, h in zip(shape, job.seen) if len(h))
         if shape == "history" or self._named:
             h = job.seen[-1]
             if self._named:
                 h.meta.setdefault("config", dataclasses.asdict(job.cfg))
             return h
-        return Runs({str(h.meta.get("algorithm", i)): h for i, h in enumerate(job.seen)})
+        return Runs({str(h.meta.get("algorithm", i)): h for i, h in enumerate(job.seen) if len(h)})
 
     # ---- handing results to the main thread ------------------------------------------------
     def _post(self, **ui: Any) -> None:
