@@ -6,7 +6,7 @@ from typing import Mapping
 
 import plotly.graph_objects as go
 from lab.history import History
-from lab.viz.figures import Grid, color, make_subplots, themed
+from lab.viz.figures import Grid, color, make_subplots, _themed
 
 
 def distributed_figure(runs: History | Mapping[str, History]) -> go.Figure:
@@ -69,6 +69,6 @@ def real_vs_simulated_figure(runs: Mapping[str, History]) -> go.Figure:
     fig.update_yaxes(type="log", exponentformat="e", title_text="absolute difference", row=1, col=2)
     fig.update_xaxes(title_text="communication round", row=1, col=1)
     fig.update_xaxes(title_text="communication round", row=1, col=2)
-    themed(fig).update_layout(height=380, margin=dict(l=50, r=20, t=50, b=40),
+    _themed(fig).update_layout(height=380, margin=dict(l=50, r=20, t=50, b=40),
                       legend=dict(orientation="h", y=-0.25))
     return fig

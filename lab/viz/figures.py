@@ -46,7 +46,7 @@ pio.templates[TEMPLATE_NAME] = TEMPLATE
 pio.templates.default = TEMPLATE_NAME
 
 
-def themed(fig: go.Figure) -> go.Figure:
+def _themed(fig: go.Figure) -> go.Figure:
     """Give ``fig`` the lab's template, cheaply; returns ``fig``.
 
     ``update_layout(template=TEMPLATE)`` re-validates the whole template (about 30 ms, several
@@ -82,12 +82,12 @@ def make_subplots(rows: int = 1, cols: int = 1, *, shared_xaxes: bool = False, s
         return _make_subplots(rows=rows, cols=cols, shared_xaxes=shared_xaxes, shared_yaxes=shared_yaxes,
                               horizontal_spacing=horizontal_spacing, vertical_spacing=vertical_spacing,
                               subplot_titles=subplot_titles,
-                              figure=kwargs.pop("figure", None) or themed(go.Figure()),
+                              figure=kwargs.pop("figure", None) or _themed(go.Figure()),
                               **kwargs)
     layout, grid, grid_str = _grid_layout(rows, cols, shared_xaxes=shared_xaxes, shared_yaxes=shared_yaxes,
                                           horizontal_spacing=horizontal_spacing,
                                           vertical_spacing=vertical_spacing, subplot_titles=subplot_titles)
-    return _with_grid(themed(go.Figure(layout=layout)), grid, grid_str)
+    return _with_grid(_themed(go.Figure(layout=layout)), grid, grid_str)
 
 
 def _with_grid(fig: go.Figure, grid: list, grid_str: str) -> go.Figure:
@@ -190,13 +190,13 @@ class Grid:
         if isinstance(layout.get("title"), str):
             layout["title"] = dict(text=layout["title"])
         fig = go.Figure(data=self.traces, layout={**self.layout, **layout})
-        return _with_grid(themed(fig), self._grid, self._grid_str)
+        return _with_grid(_themed(fig), self._grid, self._grid_str)
 
 
 def pending(title: str, what: str = "this figure", height: int = 300) -> go.Figure:
     """A placeholder while a run streams: ``what`` is drawn from a result the run writes at its end
     (an artifact such as the last batch), so a live panel shows this until then."""
-    fig = themed(go.Figure())
+    fig = _themed(go.Figure())
     fig.add_annotation(text=f"{what} appears when the run ends", x=0.5, y=0.5, xref="paper", yref="paper",
                        showarrow=False, font=dict(size=13, color="#8a94a6"))
     fig.update_layout(title=title, height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
@@ -285,7 +285,7 @@ def curves(runs: History | Mapping[str, History], metrics: str | Sequence[str], 
     layout[f"xaxis{_axis_suffix(len(metrics), 1, 1)}"]["title"] = dict(text=label(x))
     layout.update(height=height or 220 * len(metrics) + 90, margin=dict(l=60, r=20, t=60 if title else 30, b=40))
     layout["title"] = {} if title is None else dict(text=title)
-    return _with_grid(themed(go.Figure(data=traces, layout=layout)), grid, grid_str)
+    return _with_grid(_themed(go.Figure(data=traces, layout=layout)), grid, grid_str)
 
 
 def trajectory_figure(runs: History | Mapping[str, History], surface: str | None = None, *,
@@ -342,7 +342,7 @@ def trajectory_figure(runs: History | Mapping[str, History], surface: str | None
     fig.add_trace(go.Scatter(x=mins[:, 0], y=mins[:, 1], mode="markers", name="minimum",
                              marker=dict(symbol="star", size=14, color="gold",
                                          line=dict(color="black", width=1))))
-    themed(fig).update_layout(title=title or f"{s.name}", height=480,
+    _themed(fig).update_layout(title=title or f"{s.name}", height=480,
                       xaxis=dict(range=list(x_range), title="x"),
                       yaxis=dict(range=list(y_range), title="y"),
                       margin=dict(l=50, r=20, t=50, b=40))
@@ -358,7 +358,7 @@ def heatmap(matrix, *, x: Sequence | None = None, y: Sequence | None = None,
         raise ValueError(f"matrix must be 2-D, got shape {z.shape}")
     fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale=colorscale, zmid=zmid,
                                colorbar=dict(title=z_title) if z_title else None))
-    themed(fig).update_layout(title=title,
+    _themed(fig).update_layout(title=title,
                       xaxis_title=x_title, yaxis_title=y_title, margin=dict(l=50, r=20, t=50, b=40))
     return fig
 
@@ -382,7 +382,7 @@ def bar(values: Mapping[str, float], *, title: str | None = None, y_title: str =
     labels = list(values)
     fig = go.Figure(go.Bar(x=labels, y=[values[k] for k in labels], showlegend=False,
                            marker_color=[color(i) for i in range(len(labels))]))
-    themed(fig).update_layout(title=title, yaxis_title=y_title, xaxis_title=x_title,
+    _themed(fig).update_layout(title=title, yaxis_title=y_title, xaxis_title=x_title,
                       margin=dict(l=50, r=20, t=50, b=40))
     if log_y:
         fig.update_yaxes(type="log")
@@ -394,7 +394,7 @@ def grouped_bars(series: Mapping[str, Sequence[float]], x: Sequence[str], *, tit
     """Grouped bars: categories on x, one colored bar series per name (e.g. per estimator)."""
     fig = go.Figure([go.Bar(x=list(x), y=list(values), name=name, marker_color=color(k))
                      for k, (name, values) in enumerate(series.items())])
-    themed(fig).update_layout(barmode="group", title=title, yaxis_title=y_title,
+    _themed(fig).update_layout(barmode="group", title=title, yaxis_title=y_title,
                       xaxis_title=x_title,
                       margin=dict(l=50, r=20, t=50, b=40), height=height)
     return fig

@@ -17,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 from lab.history import History, Runs
 from lab.viz.figures import (_as_runs, _axis_suffix, _grid_layout, _with_grid, color,
-                             dash_legend_traces, grouped_bars, heatmap, label, pending, themed)
+                             dash_legend_traces, grouped_bars, heatmap, label, pending, _themed)
 
 PANELS = (("reward", "accuracy"), ("entropy",), ("clip_frac",), ("kl",))
 AGG_NAMES = {
@@ -63,7 +63,7 @@ def training_figure(runs: History | Mapping[str, History], panels: Sequence[Sequ
         traces += dash_legend_traces({"solid": "solid: " + ", ".join(label(p[0]) for p in pairs),
                                       "dash": "dashed: " + ", ".join(label(p[1]) for p in pairs)})
     layout.update(height=height, margin=dict(l=60, r=20, t=50, b=40))
-    return _with_grid(themed(go.Figure(data=traces, layout=layout)), grid, grid_str)
+    return _with_grid(_themed(go.Figure(data=traces, layout=layout)), grid, grid_str)
 
 
 def advantage_heatmap(history: History, title: str | None = None) -> go.Figure:

@@ -16,7 +16,7 @@ from typing import Mapping
 import numpy as np
 import plotly.graph_objects as go
 from lab.history import History
-from lab.viz.figures import _as_runs, bar, color, curves, heatmap, make_subplots, themed
+from lab.viz.figures import _as_runs, bar, color, curves, heatmap, make_subplots, _themed
 
 SIGN_MODES = ("psr", "nsr", "w_reinforce", "grpo_n")
 
@@ -89,7 +89,7 @@ def copo_figure(runs: Mapping[str, History]) -> list[go.Figure]:
             steps, values = runs[label].series(key)
             fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=f"{label}: {key}",
                                      line=dict(color=color(i))))
-    themed(fig).update_layout(title="responses without a learning signal",
+    _themed(fig).update_layout(title="responses without a learning signal",
                       xaxis_title="step", yaxis_title="share", height=300, margin=dict(l=50, r=20, t=50, b=40))
     return [curves(runs, ["reward", "entropy"]), fig]
 

@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 import plotly.graph_objects as go
 from lab.history import History
-from lab.viz.figures import _axis_suffix, _grid_layout, _with_grid, themed
+from lab.viz.figures import _axis_suffix, _grid_layout, _with_grid, _themed
 from lab.viz.rl import training_figure
 
 HEAD_TO_HEAD_PANELS = (("reward", "accuracy"), ("entropy",), ("clip_frac_low", "clip_frac_high"),
@@ -91,7 +91,7 @@ def token_view_figure(history: History) -> go.Figure:
         layout[f"xaxis{suffix}"]["title"] = dict(text="token position")
     layout.update(height=280 * 3 + 60, title=dict(text="what each method does to each token of one sampled batch"),
                   margin=dict(l=170, r=20, t=80, b=30))
-    return _with_grid(themed(go.Figure(data=traces, layout=layout)), grid, grid_str)
+    return _with_grid(_themed(go.Figure(data=traces, layout=layout)), grid, grid_str)
 
 
 __all__ = ["HEAD_TO_HEAD_PANELS", "TOKEN_PANELS", "advantage_zoo_figure", "head_to_head_figure",

@@ -1,0 +1,59 @@
+"""Experiments that write their History at the end stream through ``flush``: a live panel that
+flushes before every frame sees the steps so far, and the finished History is the same as an
+unwatched run's (each step written once, in order, with the same values and metadata)."""
+import pytest
+
+from lab import progress
+from lab.experiments import run
+
+CASES = [
+    ("digits_mlp", dict(steps=12)),
+    ("digits_mlp", dict(steps=25, lr=1e20, optimizer="sgd(momentum=0.9)")),  # blows up: rows stop at the NaN
+    ("es_regression", dict(steps=6, population=8)),
+    ("memory_efficient", dict(steps=6, hidden=(16, 16))),
+    ("optimizer_on_surface", dict(steps=25)),
+    ("optimizer_on_surface", dict(steps=40, lr=50.0, optimizer="sgd")),  # diverges: the path is cut
+]
+
+
+def _watched(name, overrides):
+    """Run with a hook that flushes at every step and records how many rows the History had."""
+    seen = []
+
+    def hook(frames):
+        f = frames[-1]
+        if f.flush is not None:
+            f.flush()
+            seen.append((f.k, len(f.history)))
+
+    with progress.hook(hook):
+        h = run(name, device="cpu", **overrides)
+    return h, seen
+
+
+def _timeless(h):
+    """The History without its wall-clock times (they differ between any two runs)."""
+    d = h.to_dict()
+    d["meta"] = {k: v for k, v in d["meta"].items() if k != "wall_time"}
+    d["rows"] = [{k: v for k, v in row.items() if k != "wall_time"} for row in d["rows"]]
+    return d
+
+
+@pytest.mark.parametrize("name,overrides", CASES)
+def test_flushed_runs_stream_and_end_as_unwatched_runs(name, overrides):
+    plain = run(name, device="cpu", **overrides)
+    watched, seen = _watched(name, overrides)
+    assert seen, f"{name} passes flush= to its progress loop"
+    assert _timeless(watched) == _timeless(plain), "flushing while running changes the History"
+    ks = [k for k, _ in seen]
+    rows = [n for _, n in seen]
+    assert rows == sorted(rows), "rows only grow"
+    if plain.meta.get("diverged") is None:
+        # at step k the k steps run so far are in the History (surfaces: the checked ones)
+        assert any(0 < n < len(plain) for n in rows), f"rows while running: {seen}"
+        assert all(n <= k for k, n in seen if k < ks[-1])
+
+
+def test_flush_must_be_callable():
+    with pytest.raises(TypeError, match="flush"):
+        list(progress.steps(3, flush=42))
