@@ -57,3 +57,26 @@ def test_flushed_runs_stream_and_end_as_unwatched_runs(name, overrides):
 def test_flush_must_be_callable():
     with pytest.raises(TypeError, match="flush"):
         list(progress.steps(3, flush=42))
+
+
+def test_flow_pretraining_streams_its_curves_with_the_samples_pending():
+    """The fit hands its History to the progress loop; the figures of a partial run show the
+    curves so far and a placeholder for the samples drawn at the end."""
+    from lab.registry import get
+
+    plot = get("experiment", "flow_pretrain").plot
+    drawn = []
+
+    def hook(frames):
+        f = frames[-1]
+        if f.history is not None and 0 < len(f.history) and not drawn:
+            figs = plot(f.history)
+            drawn.append((len(f.history), [len(fig.data) for fig in figs],
+                          figs[0].layout.annotations[0].text if figs[0].layout.annotations else ""))
+
+    with progress.hook(hook):
+        h = run("flow_pretrain", device="cpu", steps=6, eval_every=3, hidden=16)
+    assert drawn, "flow_pretrain passes its History to the progress loop"
+    rows, traces, note = drawn[0]
+    assert rows < len(h) and traces[1] >= 1 and "appears when the run ends" in note
+    assert len(plot(h)[0].data) >= 2, "the finished run draws the samples"
