@@ -80,3 +80,40 @@ def test_flow_pretraining_streams_its_curves_with_the_samples_pending():
     rows, traces, note = drawn[0]
     assert rows < len(h) and traces[1] >= 1 and "appears when the run ends" in note
     assert len(plot(h)[0].data) >= 2, "the finished run draws the samples"
+
+
+def test_figures_of_partial_runs_show_what_is_there_and_a_placeholder_for_the_rest():
+    """A live panel draws comparisons run by run and runs before their end-of-run artifacts:
+    the sign and COPO figures take the runs finished so far, VAS the value-model fit so far."""
+    import numpy as np
+
+    from lab.history import History, Runs
+    from lab.viz.curricula import vas_figure
+    from lab.viz.segments import copo_figure, sign_figure
+
+    h = History(meta={"algorithm": "psr"})
+    for k in range(3):
+        h.append(k, reward=0.1 * k, entropy=1.0 - 0.1 * k, adv_zero_frac=0.5)
+    figs = sign_figure(Runs({"psr": h}))
+    assert len(figs[0].data) == 2 and "appears when the run ends" in figs[1].layout.annotations[0].text
+    h.artifacts["effective_correct"] = 2.5
+    assert list(sign_figure(Runs({"psr": h}))[1].data[0].y) == [2.5]
+    grpo_only = copo_figure(Runs({"grpo": h}))
+    assert [t.name for t in grpo_only[1].data] == ["grpo: adv_zero_frac"]
+
+    seen = []
+
+    def hook(frames):
+        f = frames[-1]
+        if f.history is not None and len(f.history) and not seen:
+            seen.append(vas_figure(f.history))
+
+    with progress.hook(hook):
+        done = run("value_augmented_sampling", device="cpu", steps=3, n_prompts=4, group_size=2,
+                   eval_prompts=4, betas=(0.0, 2.0))
+    partial = seen[0]
+    assert [t.name for t in partial.data] == ["value loss"] and np.isfinite(partial.data[0].y).all()
+    assert "appears when the run ends" in partial.layout.annotations[1].text
+    assert {t.name for t in vas_figure(done).data} == {"value loss", "reward", "exact accuracy"}
+    with pytest.raises(ValueError, match="VAS evaluation"):
+        vas_figure(History())
