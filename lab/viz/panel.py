@@ -50,7 +50,8 @@ from lab.registry import get
 Plot = Callable[..., "go.Figure | Sequence[go.Figure]"]
 
 OK_COLOR, WARN_COLOR, ERROR_COLOR, BUSY_COLOR = "#2e7d32", "#b26a00", "#b00020", "#555555"
-FIRST_FRAME_S = 0.1          # a streaming run that took > 0.3 s last time draws its first frame after this
+SLOW_RUN_S = 0.15            # a run slower than this misses the 150 ms target: it streams early
+FIRST_FRAME_S = 0.1          # a streaming run that took > SLOW_RUN_S last time draws its first frame after this
 FIRST_FRAME_UNKNOWN_S = 0.25  # ... otherwise (a first run, or one that was fast) after this long
 FRAME_INTERVAL_S = 0.25      # ... and then at most every this long,
 FRAME_COST_FACTOR = 4        # ... or this many times a frame's own cost (streaming costs <= 20 %)
@@ -544,7 +545,7 @@ class Panel(widgets.VBox):
             if job.watch and (inner.k % stride == 0 or inner.k == inner.n):
                 time.sleep(max(0.0, WATCH_FRAME_S - (now - job.last_frame)))
                 self._frame(job, inner.k, frames)
-            elif not job.watch and elapsed >= (FIRST_FRAME_S if (self._expected or 0.0) > 0.3
+            elif not job.watch and elapsed >= (FIRST_FRAME_S if (self._expected or 0.0) > SLOW_RUN_S
                                                else FIRST_FRAME_UNKNOWN_S) and \
                     now - job.last_frame >= max(FRAME_INTERVAL_S, FRAME_COST_FACTOR * job.frame_cost):
                 self._frame(job, inner.k, frames)
