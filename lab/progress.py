@@ -15,6 +15,12 @@ watch it:
   may block (pause) and may raise :class:`Cancelled` to stop the run between two steps; the
   exception derives from ``BaseException`` so an experiment's ``except Exception`` does not
   swallow it. After the last iteration the hook is called once more with ``k == n``.
+
+An experiment that keeps its per-step values on the device and writes the History once at the
+end (one sync instead of one per step) passes ``flush=``: a callable that writes the steps run so
+far into the History. A live panel calls it (between two steps) just before it draws a frame, so
+the run streams while it is watched and costs nothing more otherwise; ``flush`` must write each
+step once and leave the History exactly as the end-of-run write would.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ class Frame:
     k: int
     n: int | None
     history: Any = None             # the run's partial History, when the experiment passed it
+    flush: Callable[[], None] | None = None   # writes the steps run so far into ``history``
 
 
 @contextlib.contextmanager
@@ -69,9 +76,10 @@ def hook(fn: Callable[[Sequence[Frame]], None]) -> Iterator[None]:
         hooks.remove(fn)
 
 
-def _hooked(iterable: Iterable[T], total: int | None, desc: str | None, history: Any) -> Iterator[T]:
+def _hooked(iterable: Iterable[T], total: int | None, desc: str | None, history: Any,
+            flush: Callable[[], None] | None) -> Iterator[T]:
     hooks, stack = _LOCAL.hooks, _LOCAL.stack
-    frame = Frame(desc, 0, total, history)
+    frame = Frame(desc, 0, total, history, flush)
     stack.append(frame)
     try:
         for k, item in enumerate(iterable):
@@ -87,9 +95,12 @@ def _hooked(iterable: Iterable[T], total: int | None, desc: str | None, history:
 
 
 def track(iterable: Iterable[T], total: int | None = None, desc: str | None = None,
-          history: Any = None) -> Iterable[T]:
+          history: Any = None, flush: Callable[[], None] | None = None) -> Iterable[T]:
     """Wrap ``iterable`` in a delayed tqdm bar when progress is enabled, and report each
-    iteration (with ``history``, the run's partial History, if given) to this thread's hooks."""
+    iteration (with ``history``, the run's partial History, if given, and ``flush``, which
+    writes the steps run so far into it) to this thread's hooks."""
+    if flush is not None and not callable(flush):
+        raise TypeError(f"flush must be callable, got {type(flush).__name__}")
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
     if _STATE["on"]:
@@ -97,14 +108,16 @@ def track(iterable: Iterable[T], total: int | None = None, desc: str | None = No
 
         iterable = tqdm(iterable, total=total, desc=desc, delay=_STATE["delay"], leave=False)
     if getattr(_LOCAL, "hooks", None):
-        return _hooked(iterable, total, desc, history)
+        return _hooked(iterable, total, desc, history, flush)
     return iterable
 
 
-def steps(n: int, desc: str | None = None, history: Any = None) -> Iterable[int]:
+def steps(n: int, desc: str | None = None, history: Any = None,
+          flush: Callable[[], None] | None = None) -> Iterable[int]:
     """``range(n)``, with a delayed progress bar when enabled; ``history`` (the run's partial
-    History) lets a live panel redraw the run while it goes."""
-    return track(range(n), total=n, desc=desc, history=history)
+    History) lets a live panel redraw the run while it goes, and ``flush`` (see the module
+    docstring) writes the steps run so far into it for a run that writes its History at the end."""
+    return track(range(n), total=n, desc=desc, history=history, flush=flush)
 
 
 __all__ = ["Cancelled", "Frame", "enabled", "hook", "steps", "track"]

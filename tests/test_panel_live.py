@@ -127,6 +127,41 @@ def test_long_runs_stream_frames_while_they_go(monkeypatch):
     assert p._transport.layout.display == "flex", "a streaming run gets play/pause/step"
 
 
+def test_a_comparison_whose_runs_write_at_their_end_streams_run_by_run(monkeypatch):
+    """Runs of several configs, each History filled after its loop (as a GPU-friendly experiment
+    does): the first frame shows the first finished run while the second one is going."""
+    from lab.history import Runs
+
+    monkeypatch.setattr(panel_mod, "FIRST_FRAME_S", 0.0)
+    monkeypatch.setattr(panel_mod, "FIRST_FRAME_UNKNOWN_S", 0.0)
+    monkeypatch.setattr(panel_mod, "FRAME_INTERVAL_S", 0.0)
+    monkeypatch.setattr(panel_mod, "FRAME_COST_FACTOR", 0.0)
+    shown = []
+
+    def compare(cfg):
+        runs = Runs()
+        for name in ("a", "b", "c"):
+            h = History(meta={"algorithm": name})
+            for _ in progress.steps(cfg.steps, desc=name, history=h):
+                pass
+            for k in range(cfg.steps):                   # written at the end of the run
+                h.append(k, y=cfg.x * k)
+            runs[name] = h
+        return runs
+
+    def plot(runs):
+        shown.append(tuple(runs))
+        return curves(runs, "y")
+
+    p = panel(compare, {"x": (0.0, 10.0, 1.0)}, plot, config=Cfg(x=1.0, steps=4))
+    for _ in range(2):                                   # the first run, then one that knows the labels
+        frames = shown[:-1]
+        assert ("a",) in frames and ("a", "b") in frames, f"frames while the runs go: {frames}"
+        assert shown[-1] == ("a", "b", "c") and p.timings["first_frame"] is not None
+        shown.clear()
+        p.update()
+
+
 def test_pause_step_and_play_on_a_streaming_run(monkeypatch):
     monkeypatch.setattr(panel_mod, "WATCH_FRAME_S", 0.0)
     toy, loop = Toy(), Loop()

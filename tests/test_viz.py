@@ -122,3 +122,30 @@ def test_grouped_bars_one_series_per_name_in_palette_order():
     assert [t.name for t in fig.data] == ["grpo", "rloo"]
     assert list(fig.data[1].y) == [2.0, -2.0] and list(fig.data[0].x) == ["y0", "y1"]
     assert fig.data[1].marker.color == color(1) and fig.layout.barmode == "group"
+
+
+def test_grid_builds_the_figure_make_subplots_and_row_col_updates_build():
+    """lab.viz.figures.Grid writes the layout and traces as dicts and validates once; the figure
+    is the one plotly's incremental calls give (and the template is the lab's)."""
+    import plotly.graph_objects as go
+
+    from lab.viz.figures import TEMPLATE, Grid, make_subplots
+
+    titles = ("left", "right", "below")
+    grid = Grid(rows=2, cols=2, shared_xaxes=True, horizontal_spacing=0.1, subplot_titles=titles)
+    grid.add(dict(type="scatter", x=[0, 1], y=[1, 2], name="a", line=dict(color="red")), 1, 2)
+    grid.add(dict(type="heatmap", z=[[1, 2], [3, 4]], showscale=False), 2, 1)
+    grid.xaxis(2, 1, title="step")
+    grid.yaxis(1, 2, title="loss", type="log")
+    fast = grid.figure(height=300, title="t")
+
+    slow = make_subplots(rows=2, cols=2, shared_xaxes=True, horizontal_spacing=0.1, subplot_titles=titles)
+    slow.add_trace(go.Scatter(x=[0, 1], y=[1, 2], name="a", line=dict(color="red")), row=1, col=2)
+    slow.add_trace(go.Heatmap(z=[[1, 2], [3, 4]], showscale=False), row=2, col=1)
+    slow.update_xaxes(title_text="step", row=2, col=1)
+    slow.update_yaxes(title_text="loss", type="log", row=1, col=2)
+    slow.update_layout(height=300, title="t")
+    assert fast.to_plotly_json() == slow.to_plotly_json()
+    assert fast.layout.template.layout.font.family == TEMPLATE.layout.font.family
+    fast.add_trace(go.Scatter(x=[0], y=[0]), row=2, col=2)          # the grid reference works
+    assert fast.data[-1].xaxis == "x4" and fast.data[-1].yaxis == "y4"

@@ -123,7 +123,17 @@ def es_regression(cfg: ESRegressionConfig) -> History:
     fitness = _mse_fitness(model, opt, x, y) if _gradient_free(opt) else None
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     elapsed, losses, times = 0.0, [], []
-    for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer, history=history):
+    written = 0
+
+    def flush() -> None:                    # the steps run so far into the History (one sync)
+        nonlocal written
+        if written < len(losses):
+            for step, (loss, seconds) in enumerate(zip(torch.stack(losses[written:]).cpu().tolist(),
+                                                       times[written:]), start=written):
+                history.append(step, loss=loss, wall_time=seconds)
+            written = len(losses)
+
+    for step in progress.steps(cfg.steps + 1, desc=cfg.optimizer, history=history, flush=flush):
         with torch.no_grad():
             losses.append(((model(x) - y) ** 2).mean())
         times.append(elapsed)
@@ -137,8 +147,7 @@ def es_regression(cfg: ESRegressionConfig) -> History:
             ((model(x) - y) ** 2).mean().backward()
             opt.step()
         elapsed += time.perf_counter() - start
-    for step, (loss, seconds) in enumerate(zip(torch.stack(losses).cpu().tolist(), times)):
-        history.append(step, loss=loss, wall_time=seconds)
+    flush()
     return history
 
 

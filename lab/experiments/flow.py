@@ -60,15 +60,16 @@ from toy_envs.flow2d import (energy_distance, make_reward, mode_centers, mode_fr
 def train_velocity(model: VelocityField, target: str, *, steps: int, batch: int, lr: float,
                    generator: torch.Generator, method: str = "cfm", epsilon: float = 1.0,
                    label_dropout: float = 0.5, curriculum: DifficultyCurriculum | None = None,
-                   cosine: bool = True, on_step: Callable[[int, dict], None] | None = None) -> VelocityField:
+                   cosine: bool = True, on_step: Callable[[int, dict], None] | None = None,
+                   history: History | None = None) -> VelocityField:
     """Fit ``model`` to ``target`` by CFM (or W-CFM) with Adam, the learning rate decayed to 0 on a
     cosine over ``steps`` (``cosine=False``: constant); conditional models see the class with
     probability ``1 − label_dropout``, else the null class. Data, times and noise are drawn on the
-    generator's device."""
+    generator's device. ``history`` (the History ``on_step`` fills) lets a live panel stream the fit."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
     dev = generator.device
-    for step in progress.steps(steps, desc=f"pretrain {method}"):
+    for step in progress.steps(steps, desc=f"pretrain {method}", history=history):
         x0, labels = sample_target(target, batch, generator)
         noise = torch.randn(x0.shape, generator=generator, device=dev)
         t = (curriculum.sample_t(batch, generator) if curriculum
@@ -198,7 +199,7 @@ def flow_pretrain(cfg: FlowPretrainConfig) -> History:
 
     train_velocity(model, cfg.target, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, generator=gen,
                    method="wcfm" if cfg.method == "wcfm" else "cfm", epsilon=cfg.epsilon,
-                   curriculum=curriculum, on_step=on_step)
+                   curriculum=curriculum, on_step=on_step, history=history)
     noise = torch.randn(256, 2, generator=torch.Generator(device=dev).manual_seed(8), device=dev)
     samples = ode_samples(model, 512, 20, torch.Generator(device=dev).manual_seed(9))
     history.artifacts.update(

@@ -106,7 +106,17 @@ def memory_efficient(cfg: MemoryConfig) -> History:
     history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     order, cursor, peak, by_key = torch.randperm(len(y_train), generator=generator, device=dev), 0, -1, {}
     losses, energies, used_bytes = [], [], []
-    for step in progress.steps(cfg.steps, desc=cfg.optimizer, history=history):
+    written = 0
+
+    def flush() -> None:                    # the steps run so far into the History (one sync)
+        nonlocal written
+        if written < len(losses):
+            for step, (loss, energy, used) in enumerate(zip(torch.stack(losses[written:]).cpu().tolist(),
+                                                            energies[written:], used_bytes[written:]), start=written):
+                history.append(step, loss=loss, energy=float(energy), state_bytes=used)
+            written = len(losses)
+
+    for step in progress.steps(cfg.steps, desc=cfg.optimizer, history=history, flush=flush):
         if cursor + cfg.batch_size > len(order):
             order, cursor = torch.randperm(len(y_train), generator=generator, device=dev), 0
         idx = order[cursor:cursor + cfg.batch_size]
@@ -121,9 +131,7 @@ def memory_efficient(cfg: MemoryConfig) -> History:
         losses.append(loss.detach())
         energies.append(captured_energy(opt))
         used_bytes.append(used)
-    for step, (loss, energy, used) in enumerate(zip(torch.stack(losses).cpu().tolist(),
-                                                    energies, used_bytes)):
-        history.append(step, loss=loss, energy=float(energy), state_bytes=used)
+    flush()
     with torch.no_grad():
         test_accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
     history.append(cfg.steps, test_accuracy=test_accuracy)

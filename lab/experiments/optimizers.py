@@ -120,7 +120,26 @@ def digits_mlp(cfg: DigitsConfig) -> History:
     order = torch.randperm(len(y_train), generator=generator, device=dev)
     cursor, wall, evals = 0, 0.0, [0]
     rows = []                                                # per step, on the device
-    for step in progress.steps(cfg.steps, desc=cfg.optimizer, history=history):
+    written, stopped = 0, False
+
+    def flush() -> None:                    # the steps run so far into the History (one sync)
+        nonlocal written, stopped
+        if stopped or written >= len(rows):
+            return
+        values = torch.stack([r[0] for r in rows[written:]]).cpu().tolist()    # (steps, 3)
+        for step, ((loss, accuracy, test_accuracy), n_evals, seconds) in enumerate(
+                zip(values, (r[1] for r in rows[written:]), (r[2] for r in rows[written:])), start=written):
+            history.append(step, loss=loss, accuracy=accuracy, test_accuracy=test_accuracy,
+                           evals=n_evals, wall_time=seconds)
+            if not math.isfinite(loss):
+                history.meta["diverged"] = step
+                history.meta["warning"] = (f"{cfg.optimizer}: the loss became non-finite at step {step} "
+                                           f"(lr = {cfg.lr:g}); lower lr")
+                stopped = True
+                return
+        written = len(rows)
+
+    for step in progress.steps(cfg.steps, desc=cfg.optimizer, history=history, flush=flush):
         if cursor + cfg.batch_size > len(order):
             order, cursor = torch.randperm(len(y_train), generator=generator, device=dev), 0
         idx = order[cursor:cursor + cfg.batch_size]
@@ -153,16 +172,7 @@ def digits_mlp(cfg: DigitsConfig) -> History:
         rows.append((torch.stack([loss.detach().float(), accuracy, test_accuracy]), evals[0], wall))
         if step % 10 == 9 and not bool(torch.isfinite(loss)):  # a rare check: a sync on a GPU
             break
-    values = torch.stack([r[0] for r in rows]).cpu().tolist()    # (steps, 3)
-    for step, ((loss, accuracy, test_accuracy), n_evals, seconds) in enumerate(
-            zip(values, (r[1] for r in rows), (r[2] for r in rows))):
-        history.append(step, loss=loss, accuracy=accuracy, test_accuracy=test_accuracy,
-                       evals=n_evals, wall_time=seconds)
-        if not math.isfinite(loss):
-            history.meta["diverged"] = step
-            history.meta["warning"] = (f"{cfg.optimizer}: the loss became non-finite at step {step} "
-                                       f"(lr = {cfg.lr:g}); lower lr")
-            break
+    flush()
     return history
 
 

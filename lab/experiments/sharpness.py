@@ -182,7 +182,8 @@ def sharp_flat(cfg: SharpFlatConfig) -> History:
         return sharp_flat_grad(point) + noise                    # the same noise in both passes
 
     points = [starts]
-    for _ in progress.steps(cfg.steps, desc=cfg.optimizer):
+    history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})   # filled at the end
+    for _ in progress.steps(cfg.steps, desc=cfg.optimizer, history=history):
         torch.randn(starts.shape, generator=g, dtype=starts.dtype, device=dev, out=noise)
         noise.mul_(cfg.noise)
         step_fn(grad_fn)
@@ -198,7 +199,6 @@ def sharp_flat(cfg: SharpFlatConfig) -> History:
              "saddle_frac": (low < -0.05).double().mean(0)}
     stats = {k: v.tolist() for k, v in stats.items()}
     column = {s: c for c, s in enumerate(checked)}
-    history = History(meta={"algorithm": cfg.optimizer, "seed": cfg.seed})
     for step, loss in enumerate(losses.cpu().tolist()):
         row = {"loss": loss}
         if step in column:

@@ -72,7 +72,22 @@ def optimizer_on_surface(cfg: SurfaceConfig) -> History:
 
     points, losses, grads = [], [], []          # per step: xy_t, f(xy_t), g_t (all on dev)
     diverged = None
-    for step in progress.steps(cfg.steps, desc=cfg.optimizer, history=history):
+    written = checked = 0                       # rows in the History; rows known to stay (in the box)
+
+    def flush() -> None:                        # the checked steps so far into the History (one sync)
+        nonlocal written
+        if written >= checked:
+            return
+        pts = torch.stack(points[written:checked])                      # (k, 2)
+        with torch.no_grad():
+            dist_k = surface.distance_to_min(pts).cpu().tolist()
+        loss_k = torch.stack(losses[written:checked]).cpu().tolist()
+        gn_k = torch.stack(grads[written:checked]).norm(dim=1).cpu().tolist()
+        for i, xy_t in enumerate(pts.cpu().tolist()):
+            history.append(written + i, loss=loss_k[i], xy=xy_t, distance=dist_k[i], grad_norm=gn_k[i])
+        written = checked
+
+    for step in progress.steps(cfg.steps, desc=cfg.optimizer, history=history, flush=flush):
         points.append(xy.detach().clone())
         losses.append(closure().detach())
         grads.append(xy.grad.detach().clone())
@@ -82,6 +97,7 @@ def optimizer_on_surface(cfg: SurfaceConfig) -> History:
             if bool(bad):
                 diverged = _first_bad_step(points, xy.detach(), step)
                 break
+            checked = step + 1                              # rows 0..step stay whatever comes next
     if diverged is None:
         points.append(xy.detach().clone())
         with torch.no_grad():
@@ -96,7 +112,7 @@ def optimizer_on_surface(cfg: SurfaceConfig) -> History:
     eff = moved / g[:len(moved)].abs().clamp_min(1e-12)     # (T - 1, 2)
     xys_l, loss_l, dist_l = xys.cpu().tolist(), torch.stack(losses).cpu().tolist(), dist.cpu().tolist()
     gn_l = g.norm(dim=1).cpu().tolist()
-    for t in range(len(xys_l)):
+    for t in range(written, len(xys_l)):                    # the rows flush() has not written
         row = {"loss": loss_l[t], "xy": xys_l[t], "distance": dist_l[t]}
         if t < len(gn_l):
             row["grad_norm"] = gn_l[t]

@@ -69,20 +69,22 @@ def curriculum_figure(runs: History | Mapping[str, History], height: int = 760) 
 def vas_figure(history: History) -> go.Figure:
     """Value loss over regression steps (left); reward and exact accuracy against β (right)."""
     art = history.artifacts
-    if "betas" not in art:
+    running = "betas" not in art and "value_loss" in history      # a live panel streams the fit
+    if "betas" not in art and not running:
         raise ValueError("history has no VAS evaluation (run value_augmented_sampling)")
+    right = ("frozen π₀ decoded with VAS (appears when the run ends)" if running else
+             f"frozen π₀ decoded with VAS (weights changed by {art['base_weight_change']:.1g})")
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
-                        subplot_titles=("value-model loss on π₀'s samples",
-                                        f"frozen π₀ decoded with VAS (weights changed by "
-                                        f"{art['base_weight_change']:.1g})"))
+                        subplot_titles=("value-model loss on π₀'s samples", right))
     if "value_loss" in history:
         steps, loss = history.series("value_loss")
         fig.add_trace(go.Scatter(x=steps, y=loss, mode="lines", name="value loss",
                                  line=dict(color=color(0))), row=1, col=1)
-    fig.add_trace(go.Scatter(x=art["betas"], y=art["reward"], mode="lines+markers", name="reward",
-                             line=dict(color=color(1))), row=1, col=2)
-    fig.add_trace(go.Scatter(x=art["betas"], y=art["accuracy"], mode="lines+markers", name="exact accuracy",
-                             line=dict(color=color(2), dash="dash")), row=1, col=2)
+    if not running:
+        fig.add_trace(go.Scatter(x=art["betas"], y=art["reward"], mode="lines+markers", name="reward",
+                                 line=dict(color=color(1))), row=1, col=2)
+        fig.add_trace(go.Scatter(x=art["betas"], y=art["accuracy"], mode="lines+markers", name="exact accuracy",
+                                 line=dict(color=color(2), dash="dash")), row=1, col=2)
     fig.update_xaxes(title_text="step", row=1, col=1)
     fig.update_xaxes(title_text="β (0 = the frozen policy)", row=1, col=2)
     fig.update_yaxes(title_text="value loss", row=1, col=1)

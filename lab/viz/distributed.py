@@ -6,44 +6,42 @@ from typing import Mapping
 
 import plotly.graph_objects as go
 from lab.history import History
-from lab.viz.figures import TEMPLATE, color, make_subplots
+from lab.viz.figures import Grid, color, make_subplots, _themed
 
 
 def distributed_figure(runs: History | Mapping[str, History]) -> go.Figure:
     """Three panels: loss vs communication round (log y), loss vs wall-clock, mean ||Delta_k||."""
     if isinstance(runs, History):
         runs = {str(runs.meta.get("algorithm", "run")): runs}
-    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.09,
-                        subplot_titles=("loss vs communication rounds", "loss vs wall-clock (s)",
-                                        "mean pseudo-gradient norm"))
+    grid = Grid(rows=1, cols=3, horizontal_spacing=0.09,
+                subplot_titles=("loss vs communication rounds", "loss vs wall-clock (s)",
+                                "mean pseudo-gradient norm"))
     optimum = None
     for i, (label, h) in enumerate(runs.items()):
         style = dict(color=color(i))
-        fig.add_trace(go.Scatter(x=h.steps, y=h["loss"], name=label, legendgroup=label, line=style), 1, 1)
-        fig.add_trace(go.Scatter(x=h["wall_clock"], y=h["loss"], name=label, legendgroup=label,
-                                 showlegend=False, line=style), 1, 2)
+        grid.add(dict(type="scatter", x=h.steps, y=h["loss"], name=label, legendgroup=label, line=style), 1, 1)
+        grid.add(dict(type="scatter", x=h["wall_clock"], y=h["loss"], name=label, legendgroup=label,
+                      showlegend=False, line=style), 1, 2)
         steps, norms = h.series("pseudo_grad_norm")
-        fig.add_trace(go.Scatter(x=steps, y=norms, name=label, legendgroup=label, showlegend=False,
-                                 line=style), 1, 3)
+        grid.add(dict(type="scatter", x=steps, y=norms, name=label, legendgroup=label, showlegend=False,
+                      line=style), 1, 3)
         if "flagged" in h:
             flag_steps, flagged = h.series("flagged")
             hit = flagged > 0
-            fig.add_trace(go.Scatter(x=flag_steps[hit], y=norms[hit], mode="markers", name=f"{label}: flagged",
-                                     legendgroup=label, marker=dict(color=color(i), symbol="x", size=9)), 1, 3)
+            grid.add(dict(type="scatter", x=flag_steps[hit], y=norms[hit], mode="markers", name=f"{label}: flagged",
+                          legendgroup=label, marker=dict(color=color(i), symbol="x", size=9)), 1, 3)
         optimum = h.artifacts.get("optimum_loss", optimum)
-    if optimum is not None:
-        for col in (1, 2):
-            fig.add_hline(y=optimum, line=dict(dash="dot", color="gray"), row=1, col=col)
-    fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_xaxes(title_text="round", row=1, col=1)
-    fig.update_xaxes(title_text="seconds", row=1, col=2)
-    fig.update_xaxes(title_text="round", row=1, col=3)
-    fig.update_yaxes(title_text="loss", row=1, col=1)
-    fig.update_yaxes(title_text="loss", row=1, col=2)
-    fig.update_yaxes(title_text="‖Δ_k‖", row=1, col=3)
-    fig.update_layout(height=360, margin=dict(l=60, r=20, t=50, b=40))
-    return fig
+    shapes = []
+    if optimum is not None:                         # the lines fig.add_hline(row=1, col=c) draws
+        shapes = [dict(type="line", x0=0, x1=1, xref=f"x{s} domain", y0=optimum, y1=optimum, yref=f"y{s}",
+                       line=dict(dash="dot", color="gray")) for s in ("", "2")]
+    grid.yaxis(1, 1, type="log", title="loss")
+    grid.yaxis(1, 2, type="log", title="loss")
+    grid.xaxis(1, 1, title="round")
+    grid.xaxis(1, 2, title="seconds")
+    grid.xaxis(1, 3, title="round")
+    grid.yaxis(1, 3, title="‖Δ_k‖")
+    return grid.figure(height=360, margin=dict(l=60, r=20, t=50, b=40), **({"shapes": shapes} if shapes else {}))
 
 
 def real_vs_simulated_figure(runs: Mapping[str, History]) -> go.Figure:
@@ -71,6 +69,6 @@ def real_vs_simulated_figure(runs: Mapping[str, History]) -> go.Figure:
     fig.update_yaxes(type="log", exponentformat="e", title_text="absolute difference", row=1, col=2)
     fig.update_xaxes(title_text="communication round", row=1, col=1)
     fig.update_xaxes(title_text="communication round", row=1, col=2)
-    fig.update_layout(height=380, template=TEMPLATE, margin=dict(l=50, r=20, t=50, b=40),
+    _themed(fig).update_layout(height=380, margin=dict(l=50, r=20, t=50, b=40),
                       legend=dict(orientation="h", y=-0.25))
     return fig

@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 import plotly.graph_objects as go
 from lab.history import History, Runs
-from lab.viz.figures import color, curves, make_subplots, pending
+from lab.viz.figures import Grid, color, curves, pending
 
 
 def _runs(runs: History | Mapping[str, History]) -> Runs:
@@ -37,31 +37,30 @@ def weights_figure(runs: History | Mapping[str, History]) -> go.Figure:
     runs = _runs(runs)
     if not all("probabilities" in h.artifacts for h in runs.values()):     # written at the end of a run
         return pending("client's share of the aggregate vs participation rate", "each client's share")
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=(
+    grid = Grid(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=(
         "client's share of the aggregate vs participation rate", "learned weight vs true 1/p"))
     p = None
     for i, (label, h) in enumerate(runs.items()):
         p = np.asarray(h.artifacts["probabilities"])
         share = np.asarray(h.artifacts["effective_weight"])
         share = share / share.sum() if share.sum() > 0 else share
-        fig.add_trace(go.Scatter(x=p, y=share, mode="markers", name=label, legendgroup=label,
-                                 marker=dict(color=color(i), size=8)), row=1, col=1)
+        grid.add(dict(type="scatter", x=p, y=share, mode="markers", name=label, legendgroup=label,
+                      marker=dict(color=color(i), size=8)), row=1, col=1)
         if "inverse_p_estimate" in h.artifacts:
-            fig.add_trace(go.Scatter(x=1 / p, y=h.artifacts["inverse_p_estimate"], mode="markers", name=label,
-                                     legendgroup=label, showlegend=False,
-                                     marker=dict(color=color(i), size=8, symbol="diamond")), row=1, col=2)
+            grid.add(dict(type="scatter", x=1 / p, y=h.artifacts["inverse_p_estimate"], mode="markers", name=label,
+                          legendgroup=label, showlegend=False,
+                          marker=dict(color=color(i), size=8, symbol="diamond")), row=1, col=2)
     if p is not None:
         n = len(p)
-        fig.add_trace(go.Scatter(x=[p.min(), p.max()], y=[1 / n, 1 / n], mode="lines", name="unbiased share 1/N",
-                                 line=dict(color="black", dash="dash")), row=1, col=1)
-        fig.add_trace(go.Scatter(x=[1 / p.max(), 1 / p.min()], y=[1 / p.max(), 1 / p.min()], mode="lines",
-                                 name="y = 1/p", line=dict(color="gray", dash="dot")), row=1, col=2)
-    fig.update_xaxes(title_text="true p_i", row=1, col=1)
-    fig.update_yaxes(title_text="share of aggregate", row=1, col=1)
-    fig.update_xaxes(title_text="true 1/p_i", type="log", row=1, col=2)
-    fig.update_yaxes(title_text="estimated 1/p_i", type="log", row=1, col=2)
-    fig.update_layout(height=380, margin=dict(l=60, r=20, t=60, b=40))
-    return fig
+        grid.add(dict(type="scatter", x=[p.min(), p.max()], y=[1 / n, 1 / n], mode="lines",
+                      name="unbiased share 1/N", line=dict(color="black", dash="dash")), row=1, col=1)
+        grid.add(dict(type="scatter", x=[1 / p.max(), 1 / p.min()], y=[1 / p.max(), 1 / p.min()], mode="lines",
+                      name="y = 1/p", line=dict(color="gray", dash="dot")), row=1, col=2)
+    grid.xaxis(1, 1, title="true p_i")
+    grid.yaxis(1, 1, title="share of aggregate")
+    grid.xaxis(1, 2, title="true 1/p_i", type="log")
+    grid.yaxis(1, 2, title="estimated 1/p_i", type="log")
+    return grid.figure(height=380, margin=dict(l=60, r=20, t=60, b=40))
 
 
 def drift_figure(runs: History | Mapping[str, History]) -> go.Figure:

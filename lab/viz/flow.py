@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from lab.history import History
-from lab.viz.figures import color
+from lab.viz.figures import color, pending
 
 
 def samples_figure(sets: dict[str, list], *, center: list | None = None, title: str | None = None,
@@ -62,9 +62,12 @@ def finetune_figures(history: History) -> list[go.Figure]:
 def pretrain_figures(history: History) -> list[go.Figure]:
     """Learned samples vs data, loss and energy distance."""
     art = history.artifacts
-    return [samples_figure({"data": art["data"], "model": art["samples"]},
-                           title=f"{history.meta.get('algorithm', '')}: straightness {art['straightness']:.3f}"),
-            metric_figure(history, ["loss", "energy", "stage"], title="pretraining")]
+    if "samples" not in art:                         # written at the end of the run (a live panel streams)
+        first = pending("learned samples vs data", "the learned samples", height=420)
+    else:
+        first = samples_figure({"data": art["data"], "model": art["samples"]},
+                               title=f"{history.meta.get('algorithm', '')}: straightness {art['straightness']:.3f}")
+    return [first, metric_figure(history, ["loss", "energy", "stage"], title="pretraining")]
 
 
 def guidance_figures(history: History) -> list[go.Figure]:

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 from lab.history import History
-from lab.viz.figures import TEMPLATE, _as_runs, color, curves, make_subplots
+from lab.viz.figures import _as_runs, color, curves, make_subplots, _themed
 
 
 def relative_load(history: History) -> np.ndarray:
@@ -71,8 +71,8 @@ def layer_load_heatmaps(runs: History | Mapping[str, History], *, zmax: float = 
                                      colorbar=dict(title="A/mean")), row=r, col=j + 1)
             fig.update_xaxes(title_text="step", row=r, col=j + 1)
         fig.update_yaxes(title_text="expert", row=r, col=1)
-    fig.update_layout(title=title or "per-layer expert load over training (1 = balanced)", template=TEMPLATE,
-                      height=220 * len(labels) + 80, margin=dict(l=50, r=20, t=70, b=40))
+    _themed(fig).update_layout(title=title or "per-layer expert load over training (1 = balanced)",
+                              height=220 * len(labels) + 80, margin=dict(l=50, r=20, t=70, b=40))
     return fig
 
 
@@ -104,8 +104,8 @@ def loss_gap(runs: Mapping[str, History], reference: str = "none", *, window: in
         fig.add_trace(go.Scatter(x=h.series("loss")[0][w - 1: len(gap)], y=smooth, mode="lines", name=label,
                                  line=dict(color=color(i))))
     fig.add_hline(y=0.0, line=dict(color="gray", dash="dot"))
-    fig.update_layout(title=title or f"loss minus the {reference!r} run's (moving average of {window} steps)",
-                      template=TEMPLATE, height=300, xaxis_title="step", yaxis_title="Δ loss",
+    _themed(fig).update_layout(title=title or f"loss minus the {reference!r} run's (moving average of {window} steps)",
+                      height=300, xaxis_title="step", yaxis_title="Δ loss",
                       margin=dict(l=50, r=20, t=60, b=40))
     return fig
 

@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 import plotly.graph_objects as go
 from lab.history import History, Runs
-from lab.viz.figures import TEMPLATE, color, curves, make_subplots, pending, trajectory_figure
+from lab.viz.figures import color, curves, make_subplots, pending, trajectory_figure, _themed
 
 
 def _as_runs(runs: History | Mapping[str, History]) -> Runs:
@@ -82,8 +82,8 @@ def time_to_target_table(runs: History | Mapping[str, History], metric: str = "t
                              header=dict(values=header, align="left", fill_color="#eeeeee"),
                              cells=dict(values=cells, align="left")))
     sign = ">=" if higher_is_better else "<="
-    fig.update_layout(title=f"time to target ({metric} {sign} {target:g}), ranked by {basis}",
-                      template=TEMPLATE, height=90 + 28 * (len(rows) + 1),
+    _themed(fig).update_layout(title=f"time to target ({metric} {sign} {target:g}), ranked by {basis}",
+                      height=90 + 28 * (len(rows) + 1),
                       margin=dict(l=20, r=20, t=50, b=10))
     return fig
 

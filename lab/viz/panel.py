@@ -20,8 +20,8 @@ in the caller's thread; ``background=True`` forces the worker, with ``wait()`` t
 
 **Watching a run.** The status line says "running… (step k/N)" and a progress bar appears
 after half a second. Experiments that hand their partial History to the progress loop
-(``progress.steps(n, history=h)``) stream: the figure is redrawn every few steps (first frame
-after ~0.1 s), inside ``batch_update()``, and the panel gets pause / play / step buttons
+(``progress.steps(n, history=h)``, with ``flush=`` when the History is written at the end of
+the run) stream: the figure is redrawn every few steps (first frame after ~0.1 s), inside ``batch_update()``, and the panel gets pause / play / step buttons
 (play on a finished run replays it step by step). The previous run stays as a grey ghost trace
 for a before/after comparison, a "defaults" button restores the opening config, and a run whose
 History reports ``meta["diverged"]`` or ``meta["warning"]`` is flagged in the warning colour.
@@ -50,7 +50,8 @@ from lab.registry import get
 Plot = Callable[..., "go.Figure | Sequence[go.Figure]"]
 
 OK_COLOR, WARN_COLOR, ERROR_COLOR, BUSY_COLOR = "#2e7d32", "#b26a00", "#b00020", "#555555"
-FIRST_FRAME_S = 0.1          # a streaming run that took > 0.3 s last time draws its first frame after this
+SLOW_RUN_S = 0.15            # a run slower than this misses the 150 ms target: it streams early
+FIRST_FRAME_S = 0.1          # a streaming run that took > SLOW_RUN_S last time draws its first frame after this
 FIRST_FRAME_UNKNOWN_S = 0.25  # ... otherwise (a first run, or one that was fast) after this long
 FRAME_INTERVAL_S = 0.25      # ... and then at most every this long,
 FRAME_COST_FACTOR = 4        # ... or this many times a frame's own cost (streaming costs <= 20 %)
@@ -546,11 +547,11 @@ class Panel(widgets.VBox):
             stride = max(1, math.ceil(inner.n / WATCH_FRAMES))
             if job.watch and (inner.k % stride == 0 or inner.k == inner.n):
                 time.sleep(max(0.0, WATCH_FRAME_S - (now - job.last_frame)))
-                self._frame(job, inner.k)
-            elif not job.watch and elapsed >= (FIRST_FRAME_S if (self._expected or 0.0) > 0.3
+                self._frame(job, inner.k, frames)
+            elif not job.watch and elapsed >= (FIRST_FRAME_S if (self._expected or 0.0) > SLOW_RUN_S
                                                else FIRST_FRAME_UNKNOWN_S) and \
                     now - job.last_frame >= max(FRAME_INTERVAL_S, FRAME_COST_FACTOR * job.frame_cost):
-                self._frame(job, inner.k)
+                self._frame(job, inner.k, frames)
             while True:                               # step(): run `stride` steps, then pause
                 with self._lock:
                     if self._step_left is not None:
@@ -571,7 +572,7 @@ class Panel(widgets.VBox):
     def _pause_here(self, job: _Job, frames: Sequence[progress.Frame]) -> None:
         """Block the run (between two steps) until play/step, or until it is cancelled."""
         if job.frame_k != frames[-1].k:
-            self._frame(job, frames[-1].k)
+            self._frame(job, frames[-1].k, frames)
         self._post(status=_span(BUSY_COLOR, "paused (" + _describe(frames, job, self._shape) + ")"),
                    paused=True)
         while not self._resume.wait(0.05):
@@ -579,11 +580,14 @@ class Panel(widgets.VBox):
                 raise progress.Cancelled()
         self._post(paused=False)
 
-    def _frame(self, job: _Job, k: int) -> None:
+    def _frame(self, job: _Job, k: int, frames: Sequence[progress.Frame] = ()) -> None:
         if job.stream_failures >= 3:            # a plot that needs the finished run: no frames
             return
+        for f in frames:                        # runs that write their History at the end: the steps so far
+            if f.flush is not None and f.history is not None:
+                f.flush()
         partial = self._partial(job)
-        if partial is None or not all(len(h) for _, h in _histories(partial)):
+        if partial is None or not _histories(partial) or not all(len(h) for _, h in _histories(partial)):
             return
         start = time.perf_counter()
         try:
@@ -601,20 +605,25 @@ class Panel(widgets.VBox):
         self._post(figs=figs, ghost=job.ghost, frame=True)
 
     def _partial(self, job: _Job) -> History | Runs | None:
-        """The run so far, shaped like the finished result (a History, or Runs by label)."""
+        """The run so far, shaped like the finished result (a History, or Runs by label).
+
+        Runs hold the runs that have rows so far: a comparison whose runs write their History
+        at their end (one sync at the end on a GPU) streams run by run, the first frame
+        showing the first finished run.
+        """
         if not job.seen:
             return None
         shape = self._shape
         if isinstance(shape, tuple):
             if len(job.seen) > len(shape):
                 return None
-            return Runs(zip(shape, job.seen))
+            return Runs((label, h) for label, h in zip(shape, job.seen) if len(h))
         if shape == "history" or self._named:
             h = job.seen[-1]
             if self._named:
                 h.meta.setdefault("config", dataclasses.asdict(job.cfg))
             return h
-        return Runs({str(h.meta.get("algorithm", i)): h for i, h in enumerate(job.seen)})
+        return Runs({str(h.meta.get("algorithm", i)): h for i, h in enumerate(job.seen) if len(h)})
 
     # ---- handing results to the main thread ------------------------------------------------
     def _post(self, **ui: Any) -> None:

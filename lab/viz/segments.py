@@ -16,7 +16,7 @@ from typing import Mapping
 import numpy as np
 import plotly.graph_objects as go
 from lab.history import History
-from lab.viz.figures import TEMPLATE, _as_runs, bar, color, curves, heatmap, make_subplots
+from lab.viz.figures import _as_runs, _themed, bar, color, curves, heatmap, make_subplots, pending
 
 SIGN_MODES = ("psr", "nsr", "w_reinforce", "grpo_n")
 
@@ -74,9 +74,11 @@ def sign_figure(runs: Mapping[str, History]) -> list[go.Figure]:
     batch (exp of the entropy of their frequencies: ``artifacts["effective_correct"]``, written by
     ``sign_runs``), which falls to 1 as a mode collapses onto one answer."""
     runs = _as_runs(runs)
-    return [curves(runs, ["reward", "entropy"]),
-            bar({label: h.artifacts["effective_correct"] for label, h in runs.items()},
-                title="effective number of correct answers in the last batch", y_title="exp(H)")]
+    title = "effective number of correct answers in the last batch"
+    done = {label: h.artifacts["effective_correct"] for label, h in runs.items() if "effective_correct" in h.artifacts}
+    if not done:                                     # written when the runs end (a live panel streams)
+        return [curves(runs, ["reward", "entropy"]), pending(title, "the effective number of correct answers")]
+    return [curves(runs, ["reward", "entropy"]), bar(done, title=title, y_title="exp(H)")]
 
 
 def copo_figure(runs: Mapping[str, History]) -> list[go.Figure]:
@@ -85,11 +87,11 @@ def copo_figure(runs: Mapping[str, History]) -> list[go.Figure]:
     runs = _as_runs(runs)
     fig = go.Figure()
     for i, (label, key) in enumerate((("grpo", "adv_zero_frac"), ("copo", "copo/no_signal_frac"))):
-        if key in runs[label]:
+        if label in runs and key in runs[label]:     # a streaming panel: COPO runs second
             steps, values = runs[label].series(key)
             fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=f"{label}: {key}",
                                      line=dict(color=color(i))))
-    fig.update_layout(template=TEMPLATE, title="responses without a learning signal",
+    _themed(fig).update_layout(title="responses without a learning signal",
                       xaxis_title="step", yaxis_title="share", height=300, margin=dict(l=50, r=20, t=50, b=40))
     return [curves(runs, ["reward", "entropy"]), fig]
 

@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 import plotly.graph_objects as go
 from lab.history import History
-from lab.viz.figures import make_subplots
+from lab.viz.figures import _axis_suffix, _grid_layout, _with_grid, _themed
 from lab.viz.rl import training_figure
 
 HEAD_TO_HEAD_PANELS = (("reward", "accuracy"), ("entropy",), ("clip_frac_low", "clip_frac_high"),
@@ -36,21 +36,21 @@ def advantage_zoo_figure(history: History) -> go.Figure:
     table: Mapping[str, list[float]] = art["advantages"]
     names = list(table)
     z = np.array([table[n] for n in names], dtype=float)
-    fig = go.Figure(go.Heatmap(z=z, x=art["labels"], y=names, colorscale="RdBu", zmid=0.0,
-                               text=np.round(z, 2), texttemplate="%{text}", colorbar=dict(title="A")))
-    fig.update_xaxes(title_text="response (reward, length)")
-    fig.update_yaxes(title_text="estimator")
     G = art["group_size"]
-    for k in range(1, len(art["groups"])):
-        fig.add_vline(x=k * G - 0.5, line=dict(color="black", width=2))
+    # group separators: the shapes fig.add_vline draws (a line over the y domain), written directly
+    separators = [dict(type="line", x0=k * G - 0.5, x1=k * G - 0.5, xref="x", y0=0, y1=1, yref="y domain",
+                       line=dict(color="black", width=2)) for k in range(1, len(art["groups"]))]
     skipped = art.get("skipped") or {}
     note = f"<br><sup>not computable here: {', '.join(skipped)}</sup>" if skipped else ""
-    fig.update_layout(title=f"advantage of each response under every estimator{note}",
-                      height=140 + 28 * len(names),
-                      margin=dict(l=130, r=20, t=70, b=110))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(tickangle=-40)
-    return fig
+    layout = dict(title=dict(text=f"advantage of each response under every estimator{note}"),
+                  height=140 + 28 * len(names), margin=dict(l=130, r=20, t=70, b=110),
+                  xaxis=dict(title=dict(text="response (reward, length)"), tickangle=-40),
+                  yaxis=dict(title=dict(text="estimator"), autorange="reversed"))
+    if separators:
+        layout["shapes"] = separators
+    return go.Figure(go.Heatmap(z=z, x=art["labels"], y=names, colorscale="RdBu", zmid=0.0,
+                                text=np.round(z, 2), texttemplate="%{text}", colorbar=dict(title="A")),
+                     layout=layout)
 
 
 def head_to_head_figure(runs: Mapping[str, History]) -> go.Figure:
@@ -68,23 +68,30 @@ def token_view_figure(history: History) -> go.Figure:
     G = len(tokens) // max(len(art["prompts"]), 1)
     labels = [f"{i}: {art['prompts'][i // G]}→ R={r:.2f} A={a:+.2f}"                # unique rows
               for i, (r, a) in enumerate(zip(art["rewards"], art["advantages"]))]
-    fig = make_subplots(rows=3, cols=2, subplot_titles=[p[1] for p in TOKEN_PANELS],
-                        horizontal_spacing=0.04, vertical_spacing=0.1)
+    # one layout dict and trace dicts, validated once: the figure make_subplots + add_trace(row=,
+    # col=) + update_*axes(row=, col=) gives, at a fraction of the cost
+    layout, grid, grid_str = _grid_layout(3, 2, shared_xaxes=False, shared_yaxes=False,
+                                          subplot_titles=[p[1] for p in TOKEN_PANELS],
+                                          horizontal_spacing=0.04, vertical_spacing=0.1)
+    traces = []
     for k, (key, _, scale, mid) in enumerate(TOKEN_PANELS):
+        suffix = _axis_suffix(k // 2 + 1, k % 2 + 1, 2)
         z = np.array([[np.nan if v is None else v for v in row] for row in art[key]], dtype=float)
         text = [[tok if v is not None else "" for tok, v in zip(trow, row)] for trow, row in zip(tokens, art[key])]
-        fig.add_trace(go.Heatmap(z=z, y=labels, colorscale=scale, zmid=mid, text=text,
-                                 texttemplate="%{text}", showscale=False,
-                                 hovertemplate="%{y}<br>pos %{x}: %{text}<br>value %{z:.3f}<extra></extra>"),
-                      row=k // 2 + 1, col=k % 2 + 1)
-        fig.update_yaxes(autorange="reversed", row=k // 2 + 1, col=k % 2 + 1,
-                         showticklabels=k % 2 == 0, tickfont=dict(size=9),
-                         title_text="response" if k % 2 == 0 else None)
-        fig.update_xaxes(title_text="token position", row=k // 2 + 1, col=k % 2 + 1)
-    fig.update_layout(height=280 * 3 + 60,
-                      title="what each method does to each token of one sampled batch",
-                      margin=dict(l=170, r=20, t=80, b=30))
-    return fig
+        trace = dict(type="heatmap", z=z, y=labels, colorscale=scale, text=text,
+                     texttemplate="%{text}", showscale=False,
+                     hovertemplate="%{y}<br>pos %{x}: %{text}<br>value %{z:.3f}<extra></extra>",
+                     xaxis=f"x{suffix}", yaxis=f"y{suffix}")
+        if mid is not None:
+            trace["zmid"] = mid
+        traces.append(trace)
+        layout[f"yaxis{suffix}"].update(autorange="reversed", showticklabels=k % 2 == 0, tickfont=dict(size=9))
+        if k % 2 == 0:
+            layout[f"yaxis{suffix}"]["title"] = dict(text="response")
+        layout[f"xaxis{suffix}"]["title"] = dict(text="token position")
+    layout.update(height=280 * 3 + 60, title=dict(text="what each method does to each token of one sampled batch"),
+                  margin=dict(l=170, r=20, t=80, b=30))
+    return _with_grid(_themed(go.Figure(data=traces, layout=layout)), grid, grid_str)
 
 
 __all__ = ["HEAD_TO_HEAD_PANELS", "TOKEN_PANELS", "advantage_zoo_figure", "head_to_head_figure",
