@@ -404,7 +404,7 @@ def moe_hf(cfg: HFMoEConfig) -> History:
     history = History(meta={"algorithm": f"{cfg.arch}/{cfg.balancer}", "seed": cfg.seed,
                             "layers": handle.layers})
     try:
-        for step in progress.steps(cfg.steps, desc=cfg.balancer):
+        for step in progress.steps(cfg.steps, desc=cfg.balancer, history=history):
             tokens = batches[step]
             out = model(input_ids=tokens, labels=tokens)
             aux = handle.aux_loss()
