@@ -280,3 +280,14 @@ def test_simpo_empty_response_scores_zero():
     # an empty chosen response has S̄ = 0 (length clamped to 1), not NaN
     _, m = simpo(_tok(-5.0), _tok(-1.0), chosen_mask=torch.zeros(1, 1), rejected_mask=ONE, beta=2.0, gamma=0.0)
     assert m["chosen_reward"] == 0.0 and m["rejected_reward"] == pytest.approx(-2.0)
+
+
+@pytest.mark.parametrize("missing", ["ref_chosen_logprobs", "ref_rejected_logprobs"])
+def test_dpo_needs_both_reference_log_probs(missing):
+    # DPO compares the policy with a reference: leaving one out must not silently drop its term
+    lp = torch.tensor([[-1.0, -2.0]])
+    mask = torch.ones(1, 2)
+    refs = {"ref_chosen_logprobs": torch.tensor([-3.0]), "ref_rejected_logprobs": torch.tensor([-3.0])}
+    refs.pop(missing)
+    with pytest.raises(ValueError, match=missing):
+        dpo(lp, lp - 1.0, chosen_mask=mask, rejected_mask=mask, **refs)
