@@ -227,24 +227,31 @@ def _project_fused(param: Tensor, grad: Tensor, update: Tensor, *, delta: Tensor
     """``Pi`` inside a compiled graph: ``(update without its radial part, matched)``.
 
     Both views are evaluated and the first match chosen with ``torch.where`` (the eager code
-    branches); ``matched`` is a 0-d bool tensor.
+    branches); ``matched`` is a 0-d bool tensor. Every reduction both views need (<theta_i, g_i>,
+    ||theta_i||^2, ||g_i||^2 and <theta_i, u_i> per row; the layer view sums the rows) comes from
+    one pass over the tensor, and the projection is ``u - theta * c`` with one coefficient per row,
+    ``c_i = <theta_i, u_i> / (||theta_i|| + eps)^2`` (channel view) or ``<theta, u> /
+    (||theta|| + eps)^2`` (layer view), 0 without a match: the same vector as ``theta^ <theta^, u>``
+    with theta^ = theta / (||theta|| + eps), so the update is a second pass that reads the tensors
+    once more and writes the parameter (the eager path makes four).
     """
     if param.dim() <= 1:
         return update, torch.zeros((), dtype=torch.bool, device=param.device)
     rows = param.shape[0]
     p_rows, g_rows = param.reshape(rows, -1), grad.reshape(rows, -1)           # (rows, n)
-    dot = (p_rows * g_rows).sum(1)
+    u = update.reshape(rows, -1)
+    dot, pu = (p_rows * g_rows).sum(1), (p_rows * u).sum(1)                    # (rows,)
     p_sq, g_sq = (p_rows * p_rows).sum(1), (g_rows * g_rows).sum(1)
-    cos_c = dot.abs() / (p_sq.sqrt() * g_sq.sqrt()).clamp_min(eps)             # channel view
-    cos_l = dot.sum().abs() / (p_sq.sum().sqrt() * g_sq.sum().sqrt()).clamp_min(eps)  # layer view
+    p_norm = p_sq.sqrt()
+    cos_c = dot.abs() / (p_norm * g_sq.sqrt()).clamp_min(eps)                  # channel view
+    p_norm_l = p_sq.sum().sqrt()
+    cos_l = dot.sum().abs() / (p_norm_l * g_sq.sum().sqrt()).clamp_min(eps)    # layer view
     channel = cos_c.max() < delta / math.sqrt(p_rows.shape[1])
     layer = cos_l < delta / math.sqrt(param.numel())
-    u = update.reshape(rows, -1)
-    p_hat_c = p_rows / (p_sq.sqrt().unsqueeze(1) + eps)                        # theta_i / ||theta_i||
-    u_c = u - p_hat_c * (p_hat_c * u).sum(1, keepdim=True)
-    p_hat_l = p_rows / (p_sq.sum().sqrt() + eps)
-    u_l = u - p_hat_l * (p_hat_l * u).sum()
-    projected = torch.where(channel, u_c, torch.where(layer, u_l, u)).reshape(update.shape)
+    coef_c = pu / (p_norm + eps).square()                                      # (rows,)
+    coef_l = pu.sum() / (p_norm_l + eps).square()                              # 0-d
+    coef = torch.where(channel, coef_c, torch.where(layer, coef_l, torch.zeros_like(coef_l)))
+    projected = (u - p_rows * coef.unsqueeze(1)).reshape(update.shape)
     return projected, channel | layer
 
 
@@ -252,18 +259,21 @@ def adamp_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
                 exp_avg_sqs: list[Tensor], steps: list[Tensor], *, lr: Tensor, beta1: Tensor,
                 beta2: Tensor, eps: Tensor, weight_decay: Tensor, delta: Tensor, wd_ratio: Tensor,
                 nesterov: bool, maximize: bool) -> None:
-    """:func:`adamp` for ``torch.compile`` (hyperparameters as 0-d tensors)."""
+    """:func:`adamp` for ``torch.compile`` (hyperparameters as 0-d tensors).
+
+    The moments are updated tensor by tensor, right before that tensor's projection, so the
+    projection's second pass finds the tensor still in the cache.
+    """
     torch._foreach_add_(steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)                       # m, v as Adam
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_add_(exp_avg_sqs, torch._foreach_mul(torch._foreach_mul(grads, grads), 1 - beta2))
     t = [step.to(torch.float64) for step in steps]
     bc1, bc2 = [1 - beta1 ** ti for ti in t], [1 - beta2 ** ti for ti in t]
     eps_t = _fused.per_tensor([eps * b2.sqrt() for b2 in bc2])
     step_sizes = _fused.per_tensor([lr * b2.sqrt() / b1 for b1, b2 in zip(bc1, bc2)])
     for p, g, m, v, e, step_size in zip(params, grads, exp_avgs, exp_avg_sqs, eps_t, step_sizes):
+        m.lerp_(g, 1 - beta1)                                              # m, v as Adam
+        v.mul_(beta2).add_(g * g * (1 - beta2))
         numer = torch.lerp(m, g, 1 - beta1) if nesterov else m
         u = numer / (v.sqrt() + e)                                         # sqrt(bc2) times Adam's u
         u, matched = _project_fused(p, g, u, delta=delta, eps=eps)
@@ -276,13 +286,12 @@ def sgdp_fused(params: list[Tensor], grads: list[Tensor], momentum_buffers: list
                steps: list[Tensor], *, lr: Tensor, momentum: Tensor, dampening: Tensor,
                weight_decay: Tensor, delta: Tensor, wd_ratio: Tensor, eps: Tensor, nesterov: bool,
                project_momentum: bool, maximize: bool) -> None:
-    """:func:`sgdp` for ``torch.compile`` (hyperparameters as 0-d tensors)."""
+    """:func:`sgdp` for ``torch.compile`` (hyperparameters as 0-d tensors); tensor by tensor."""
     torch._foreach_add_(steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)
-    torch._foreach_mul_(momentum_buffers, momentum)                      # b <- mu b + (1-tau) g
-    torch._foreach_add_(momentum_buffers, torch._foreach_mul(grads, 1 - dampening))
     for p, g, b in zip(params, grads, momentum_buffers):
+        b.mul_(momentum).add_(g * (1 - dampening))                      # b <- mu b + (1-tau) g
         d = g + momentum * b if nesterov else b
         d, matched = _project_fused(p, g, d, delta=delta, eps=eps)
         if project_momentum and not nesterov:
