@@ -113,13 +113,17 @@ def test_without_the_check_a_nan_freezes_sign_methods_for_ever(name):
         checked.step()
 
 
-def test_a_finite_gradient_whose_norm_overflows_is_not_reported():
-    # 1e30^2 overflows float32: the fused norm is inf, the exact per-tensor check says finite
+@pytest.mark.parametrize("grad", [[3e38, 3e38, 3e38, 3e38], [3e38, 3e38, -3e38, -3e38]],
+                         ids=["same-sign", "mixed-sign"])
+def test_a_finite_gradient_whose_sum_overflows_is_not_reported(grad):
+    # 4 x 3e38 overflows float32 (max 3.4e38): the quick per-tensor sum is inf (or inf - inf =
+    # NaN, by summation order), the exact per-tensor check says finite, so the step goes on
     p = torch.zeros(4, requires_grad=True)
     opt = make("optimizer", "lion", [p], lr=0.1)
-    p.grad = torch.full((4,), 1e30)
+    p.grad = torch.tensor(grad)
+    assert not torch.isfinite(p.grad.sum())
     opt.step()
-    assert torch.equal(p.detach(), torch.full((4,), -0.1))
+    assert torch.equal(p.detach(), -0.1 * torch.tensor(grad).sign())
 
 
 # ---- hyperparameters ------------------------------------------------------------------------
