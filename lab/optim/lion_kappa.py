@@ -122,7 +122,9 @@ def lion_kappa_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[T
     if kappa == "l1":
         c = torch._foreach_sign(c)
     elif kappa == "l2":                                          # c/||c||, 0 at c = 0
-        norms = torch._foreach_norm(c)
+        # per-tensor norms as inductor reductions (``_foreach_norm`` stays an external call
+        # that needs c written out and read back): c is recomputed from m and g in the update
+        norms = [torch.linalg.vector_norm(ci) for ci in c]
         c = [torch.where(n > 0, ci / n, torch.zeros_like(ci)) for ci, n in zip(c, norms)]
     elif kappa == "nuclear":
         c = [polar(ci) for ci in c]
