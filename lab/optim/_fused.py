@@ -61,17 +61,18 @@ def _private_copy(fn: Callable) -> Callable:
                               fn.__defaults__, fn.__closure__)
 
 
-def compiled(owner: Any, fn: Callable, key: Any) -> Callable:
+def compiled(owner: Any, fn: Callable, key: Any, options: dict | None = None) -> Callable:
     """``torch.compile(fn, fullgraph=True)`` compiled once per ``(owner, fn, key)``.
 
     ``owner`` is the optimizer (the cache lives as long as it does); ``key`` names the bucket
-    (param group index, device, dtype). The first call of each entry is timed into
-    :func:`compile_seconds`.
+    (param group index, device, dtype). ``options``: inductor settings for this function only
+    (e.g. :data:`CAT_BUFFERS`). The first call of each entry is timed into :func:`compile_seconds`.
     """
     entries = _CACHE.setdefault(owner, {})
     entry = entries.get((fn, key))
     if entry is None:
-        entry = {"fn": torch.compile(_private_copy(fn), fullgraph=True, dynamic=False),
+        entry = {"fn": torch.compile(_private_copy(fn), fullgraph=True, dynamic=False,
+                                     options=options),
                  "seconds": None}
         entries[(fn, key)] = entry
     if entry["seconds"] is not None:
@@ -112,8 +113,15 @@ def step_tensors(states: Sequence[dict], device: torch.device) -> list[Tensor]:
     return steps
 
 
+CAT_BUFFERS = {"max_pointwise_cat_inputs": 0}
+"""Inductor options that make every ``torch.cat`` in the graph a buffer of its own (by default a
+cat of up to 8 inputs is inlined into the loops that read it): used to compute small per-row
+coefficients once instead of once per vector of the update loop (AdamP/SGDP)."""
+
+
 def run(optimizer: Any, group_index: int, fn: Callable, lists: Sequence[list[Tensor] | None],
-        states: Sequence[dict], hyper: dict[str, float], **flags: Any) -> None:
+        states: Sequence[dict], hyper: dict[str, float], *, options: dict | None = None,
+        **flags: Any) -> None:
     """Call the compiled ``fn(*lists, steps, **hyper, **flags)`` once per device/dtype bucket.
 
     ``lists`` are parallel per-parameter lists (``lists[0]`` the parameters; an entry may be None
@@ -128,7 +136,7 @@ def run(optimizer: Any, group_index: int, fn: Callable, lists: Sequence[list[Ten
         sub = [None if lst is None else [lst[i] for i in idx] for lst in lists]
         steps = step_tensors([states[i] for i in idx], device)
         key = (group_index, device, dtype, tuple(sorted(flags.items())))
-        compiled(optimizer, fn, key)(*sub, steps, **scalars(device, **hyper), **flags)
+        compiled(optimizer, fn, key, options)(*sub, steps, **scalars(device, **hyper), **flags)
 
 
 def per_tensor(values: list[Tensor]) -> list[Tensor]:
@@ -157,5 +165,5 @@ def bias_corrections(beta: Tensor, steps: list[Tensor]) -> list[Tensor]:
     return [1 - beta ** t.to(torch.float64) for t in steps]
 
 
-__all__ = ["use_fused", "compiled", "compile_seconds", "scalars", "step_tensors", "run",
+__all__ = ["CAT_BUFFERS", "use_fused", "compiled", "compile_seconds", "scalars", "step_tensors", "run",
            "bias_corrections", "lerp", "per_tensor"]

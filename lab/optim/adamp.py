@@ -222,21 +222,20 @@ def sgdp(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tenso
     _apply(params, d, None, to_project, step_size=lr, decay=decay, eps=eps, foreach=foreach)
 
 
-def _project_fused(param: Tensor, grad: Tensor, update: Tensor, *, delta: Tensor, eps: Tensor,
-                   ) -> tuple[Tensor, Tensor]:
-    """``Pi`` inside a compiled graph: ``(update without its radial part, matched)``.
+def _projection_fused(param: Tensor, grad: Tensor, update: Tensor, *, delta: Tensor, eps: Tensor,
+                      ) -> tuple[Tensor | None, Tensor]:
+    """``Pi`` inside a compiled graph, as ``(coef, matched)``: the projected update is
+    ``u_i - theta_i coef_i`` per row of ``theta.reshape(size(0), -1)`` (``coef`` None for 1-D).
 
     Both views are evaluated and the first match chosen with ``torch.where`` (the eager code
     branches); ``matched`` is a 0-d bool tensor. Every reduction both views need (<theta_i, g_i>,
     ||theta_i||^2, ||g_i||^2 and <theta_i, u_i> per row; the layer view sums the rows) comes from
-    one pass over the tensor, and the projection is ``u - theta * c`` with one coefficient per row,
-    ``c_i = <theta_i, u_i> / (||theta_i|| + eps)^2`` (channel view) or ``<theta, u> /
-    (||theta|| + eps)^2`` (layer view), 0 without a match: the same vector as ``theta^ <theta^, u>``
-    with theta^ = theta / (||theta|| + eps), so the update is a second pass that reads the tensors
-    once more and writes the parameter (the eager path makes four).
+    one pass over the tensor, and ``coef_i = <theta_i, u_i> / (||theta_i|| + eps)^2`` (channel
+    view) or ``<theta, u> / (||theta|| + eps)^2`` (layer view), 0 without a match: the same vector
+    as ``theta^ <theta^, u>`` with theta^ = theta / (||theta|| + eps).
     """
     if param.dim() <= 1:
-        return update, torch.zeros((), dtype=torch.bool, device=param.device)
+        return None, torch.zeros((), dtype=torch.bool, device=param.device)
     rows = param.shape[0]
     p_rows, g_rows = param.reshape(rows, -1), grad.reshape(rows, -1)           # (rows, n)
     u = update.reshape(rows, -1)
@@ -251,8 +250,30 @@ def _project_fused(param: Tensor, grad: Tensor, update: Tensor, *, delta: Tensor
     coef_c = pu / (p_norm + eps).square()                                      # (rows,)
     coef_l = pu.sum() / (p_norm_l + eps).square()                              # 0-d
     coef = torch.where(channel, coef_c, torch.where(layer, coef_l, torch.zeros_like(coef_l)))
-    projected = (u - p_rows * coef.unsqueeze(1)).reshape(update.shape)
-    return projected, channel | layer
+    return coef, channel | layer
+
+
+def _realized(coefs: list[Tensor | None]) -> list[Tensor | None]:
+    """The per-row coefficients written to one buffer before the update pass reads them.
+
+    Left inline, inductor recomputes a row's coefficient (square roots, float64 divisions) once
+    per vector of 16 elements in the update loop, which then costs more than the memory it moves;
+    concatenated (a cat that the compile options keep out of the pointwise loops) they are
+    computed once.
+    """
+    present = [c for c in coefs if c is not None]
+    if not present:
+        return coefs
+    parts = iter(torch.cat(present).split([c.shape[0] for c in present]))
+    return [None if c is None else next(parts) for c in coefs]
+
+
+def _apply_projection(param: Tensor, update: Tensor, coef: Tensor | None) -> Tensor:
+    """``u - theta coef`` row by row (``coef`` from :func:`_projection_fused`)."""
+    if coef is None:
+        return update
+    rows = param.shape[0]
+    return (update.reshape(rows, -1) - param.reshape(rows, -1) * coef.unsqueeze(1)).reshape(update.shape)
 
 
 def adamp_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
@@ -261,8 +282,8 @@ def adamp_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
                 nesterov: bool, maximize: bool) -> None:
     """:func:`adamp` for ``torch.compile`` (hyperparameters as 0-d tensors).
 
-    The moments are updated tensor by tensor, right before that tensor's projection, so the
-    projection's second pass finds the tensor still in the cache.
+    Two passes per tensor: the moments and all projection reductions, then the write of the
+    parameter (the update recomputed from the new moments).
     """
     torch._foreach_add_(steps, 1)
     if maximize:
@@ -271,14 +292,21 @@ def adamp_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
     bc1, bc2 = [1 - beta1 ** ti for ti in t], [1 - beta2 ** ti for ti in t]
     eps_t = _fused.per_tensor([eps * b2.sqrt() for b2 in bc2])
     step_sizes = _fused.per_tensor([lr * b2.sqrt() / b1 for b1, b2 in zip(bc1, bc2)])
-    for p, g, m, v, e, step_size in zip(params, grads, exp_avgs, exp_avg_sqs, eps_t, step_sizes):
+    updates, coefs, matched = [], [], []
+    for p, g, m, v, e in zip(params, grads, exp_avgs, exp_avg_sqs, eps_t):
         m.lerp_(g, 1 - beta1)                                              # m, v as Adam
         v.mul_(beta2).add_(g * g * (1 - beta2))
         numer = torch.lerp(m, g, 1 - beta1) if nesterov else m
         u = numer / (v.sqrt() + e)                                         # sqrt(bc2) times Adam's u
-        u, matched = _project_fused(p, g, u, delta=delta, eps=eps)
-        ratio = torch.where(matched, wd_ratio, torch.ones_like(wd_ratio))
-        p.mul_(1 - lr * weight_decay * ratio)                              # theta (1 - eta lambda r)
+        coef, match = _projection_fused(p, g, u, delta=delta, eps=eps)
+        updates.append(u)
+        coefs.append(coef)
+        matched.append(match)
+    decays = _fused.per_tensor([1 - lr * weight_decay * torch.where(match, wd_ratio, 1.0)
+                                for match in matched])                     # theta (1 - eta lambda r)
+    for p, u, coef, decay, step_size in zip(params, updates, _realized(coefs), decays, step_sizes):
+        u = _apply_projection(p, u, coef)
+        p.mul_(decay)
         p.sub_(step_size * u)
 
 
@@ -286,18 +314,25 @@ def sgdp_fused(params: list[Tensor], grads: list[Tensor], momentum_buffers: list
                steps: list[Tensor], *, lr: Tensor, momentum: Tensor, dampening: Tensor,
                weight_decay: Tensor, delta: Tensor, wd_ratio: Tensor, eps: Tensor, nesterov: bool,
                project_momentum: bool, maximize: bool) -> None:
-    """:func:`sgdp` for ``torch.compile`` (hyperparameters as 0-d tensors); tensor by tensor."""
+    """:func:`sgdp` for ``torch.compile`` (hyperparameters as 0-d tensors); two passes per tensor."""
     torch._foreach_add_(steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)
+    updates, coefs, matched = [], [], []
     for p, g, b in zip(params, grads, momentum_buffers):
         b.mul_(momentum).add_(g * (1 - dampening))                      # b <- mu b + (1-tau) g
         d = g + momentum * b if nesterov else b
-        d, matched = _project_fused(p, g, d, delta=delta, eps=eps)
+        coef, match = _projection_fused(p, g, d, delta=delta, eps=eps)
+        updates.append(d)
+        coefs.append(coef)
+        matched.append(match)
+    decays = _fused.per_tensor([1 - lr * weight_decay * torch.where(match, wd_ratio, 1.0)
+                                / (1 - momentum) for match in matched])  # theta (1 - eta lambda r/(1-mu))
+    for p, b, d, coef, decay in zip(params, momentum_buffers, updates, _realized(coefs), decays):
+        d = _apply_projection(p, d, coef)
         if project_momentum and not nesterov:
             b.copy_(d)                                                   # package: b <- Pi(b)
-        ratio = torch.where(matched, wd_ratio, torch.ones_like(wd_ratio))
-        p.mul_(1 - lr * weight_decay * ratio / (1 - momentum))           # theta (1 - eta lambda r/(1-mu))
+        p.mul_(decay)
         p.sub_(lr * d)
 
 
@@ -361,7 +396,8 @@ class AdamP(torch.optim.Optimizer):
                            dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                                 weight_decay=group["weight_decay"], delta=group["delta"],
                                 wd_ratio=group["wd_ratio"]),
-                           nesterov=group["nesterov"], maximize=group["maximize"])
+                           nesterov=group["nesterov"], maximize=group["maximize"],
+                           options=_fused.CAT_BUFFERS)
                 continue
             adamp(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                   steps, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
@@ -431,7 +467,7 @@ class SGDP(torch.optim.Optimizer):
                                 dampening=group["dampening"], weight_decay=group["weight_decay"],
                                 delta=group["delta"], wd_ratio=group["wd_ratio"], eps=group["eps"]),
                            nesterov=group["nesterov"], project_momentum=project_momentum,
-                           maximize=group["maximize"])
+                           maximize=group["maximize"], options=_fused.CAT_BUFFERS)
                 continue
             sgdp(params, grads, buffers, lr=group["lr"],
                  momentum=group["momentum"], dampening=group["dampening"],
