@@ -282,8 +282,9 @@ def adamp_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
                 nesterov: bool, maximize: bool) -> None:
     """:func:`adamp` for ``torch.compile`` (hyperparameters as 0-d tensors).
 
-    Two passes per tensor: the moments and all projection reductions, then the write of the
-    parameter (the update recomputed from the new moments).
+    The moments are updated tensor by tensor, right before that tensor's projection. Unlike
+    :func:`sgdp_fused`, the projection coefficients stay inline: writing them to a buffer first
+    (:func:`_realized`) made this update slower (2.35x -> 3.65x AdamW fused, measured).
     """
     torch._foreach_add_(steps, 1)
     if maximize:
@@ -292,21 +293,15 @@ def adamp_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
     bc1, bc2 = [1 - beta1 ** ti for ti in t], [1 - beta2 ** ti for ti in t]
     eps_t = _fused.per_tensor([eps * b2.sqrt() for b2 in bc2])
     step_sizes = _fused.per_tensor([lr * b2.sqrt() / b1 for b1, b2 in zip(bc1, bc2)])
-    updates, coefs, matched = [], [], []
-    for p, g, m, v, e in zip(params, grads, exp_avgs, exp_avg_sqs, eps_t):
+    for p, g, m, v, e, step_size in zip(params, grads, exp_avgs, exp_avg_sqs, eps_t, step_sizes):
         m.lerp_(g, 1 - beta1)                                              # m, v as Adam
         v.mul_(beta2).add_(g * g * (1 - beta2))
         numer = torch.lerp(m, g, 1 - beta1) if nesterov else m
         u = numer / (v.sqrt() + e)                                         # sqrt(bc2) times Adam's u
-        coef, match = _projection_fused(p, g, u, delta=delta, eps=eps)
-        updates.append(u)
-        coefs.append(coef)
-        matched.append(match)
-    decays = _fused.per_tensor([1 - lr * weight_decay * torch.where(match, wd_ratio, 1.0)
-                                for match in matched])                     # theta (1 - eta lambda r)
-    for p, u, coef, decay, step_size in zip(params, updates, _realized(coefs), decays, step_sizes):
+        coef, matched = _projection_fused(p, g, u, delta=delta, eps=eps)
         u = _apply_projection(p, u, coef)
-        p.mul_(decay)
+        ratio = torch.where(matched, wd_ratio, torch.ones_like(wd_ratio))
+        p.mul_(1 - lr * weight_decay * ratio)                              # theta (1 - eta lambda r)
         p.sub_(step_size * u)
 
 
@@ -396,8 +391,7 @@ class AdamP(torch.optim.Optimizer):
                            dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                                 weight_decay=group["weight_decay"], delta=group["delta"],
                                 wd_ratio=group["wd_ratio"]),
-                           nesterov=group["nesterov"], maximize=group["maximize"],
-                           options=_fused.CAT_BUFFERS)
+                           nesterov=group["nesterov"], maximize=group["maximize"])
                 continue
             adamp(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                   steps, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
