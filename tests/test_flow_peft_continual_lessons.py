@@ -1,11 +1,11 @@
 """Notebooks 13, 14 and 15: every panel shows its claims, each lesson opens with what to see, what to
 move first and a question, and the README's lesson map carries the claims verbatim."""
-import json
 import pathlib
 
 import pytest
 
 from lab.claims import claims_for
+from tests._shared import check_lesson_opening, check_panels_show_claims
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PANELS = {"13_flow_rl": ("finetune", "guidance", "pretrain"),
@@ -16,26 +16,12 @@ PANELS = {"13_flow_rl": ("finetune", "guidance", "pretrain"),
 
 @pytest.mark.parametrize("notebook", sorted(PANELS))
 def test_every_panel_shows_its_claims_checked_on_three_seeds(notebook):
-    assert {c.panel for c in claims_for(notebook)} == set(PANELS[notebook])
-    for claim in claims_for(notebook):
-        assert claim.seed_field is None or claim.seeds >= 3, claim.id
-        assert claim.control_text, claim.id
-    cells = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
-    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    for panel in PANELS[notebook]:
-        assert f'claims_for("{notebook}", "{panel}")' in code, (notebook, panel)
+    check_panels_show_claims(notebook, PANELS[notebook])
 
 
 @pytest.mark.parametrize("notebook", sorted(PANELS))
 def test_lesson_opens_with_what_to_see_what_to_move_and_a_question(notebook):
-    cells = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
-    texts = ["".join(c["source"]) for c in cells]
-    opening = next(i for i, t in enumerate(texts) if "**What you will see.**" in t)
-    first_code = next(i for i, c in enumerate(cells) if c["cell_type"] == "code")
-    assert 0 < opening < first_code and cells[opening]["cell_type"] == "markdown"
-    for heading in ("**Move first.**", "**What to expect.**", "**Check yourself.**"):
-        assert heading in texts[opening], (notebook, heading)
-    assert texts[opening].rstrip().endswith("?"), "the check-yourself question ends the opening"
+    check_lesson_opening(notebook, ("**Move first.**", "**What to expect.**", "**Check yourself.**"))
 
 
 @pytest.mark.parametrize("notebook", sorted(PANELS))

@@ -1,6 +1,5 @@
 """The optimizer lessons (notebooks 00-05): divergence reports, the trajectory view, the batched
 sharp/flat toy against separate SAM/WSAM optimizers, and the claims each lesson shows."""
-import json
 import pathlib
 
 import numpy as np
@@ -8,6 +7,7 @@ import pytest
 import torch
 
 from lab.claims import claims_for
+from tests._shared import check_lesson_opening, check_panels_show_claims
 from lab.experiments import run
 from lab.experiments.optimizers import SurfaceCompareConfig, compare_on_surface
 from lab.optim.sam import SAM
@@ -169,29 +169,13 @@ PANELS = {
 
 @pytest.mark.parametrize("notebook", sorted(PANELS))
 def test_every_panel_has_a_claim_and_the_notebook_renders_it(notebook):
-    claims = claims_for(notebook)
-    assert {c.panel for c in claims} == PANELS[notebook]
-    for claim in claims:
-        stochastic = claim.seed_field is not None
-        assert not stochastic or claim.seeds >= 3, claim.id
-        assert claim.control_text, claim.id
-    cells = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
-    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    for panel in PANELS[notebook]:
-        assert f'claims_for("{notebook}", "{panel}")' in code, (notebook, panel)
+    check_panels_show_claims(notebook, PANELS[notebook])
 
 
 @pytest.mark.parametrize("notebook", sorted(PANELS))
 def test_every_lesson_opens_with_what_to_see_what_to_move_and_a_question(notebook):
     # after the first cell (how to start) and before the first panel
-    cells = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
-    texts = ["".join(c["source"]) for c in cells]
-    opening = next(i for i, t in enumerate(texts) if "**What you will see.**" in t)
-    first_code = next(i for i, c in enumerate(cells) if c["cell_type"] == "code")
-    assert 0 < opening < first_code and cells[opening]["cell_type"] == "markdown"
-    for heading in ("**Move first.**", "**Check yourself.**"):
-        assert heading in texts[opening], (notebook, heading)
-    assert texts[opening].rstrip().endswith("?"), "the check-yourself question ends the opening"
+    check_lesson_opening(notebook, ("**Move first.**", "**Check yourself.**"))
 
 
 @pytest.mark.parametrize("notebook", sorted(PANELS))

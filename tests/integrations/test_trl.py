@@ -15,6 +15,7 @@ datasets = pytest.importorskip("datasets")
 from lab.integrations.trl import LabGRPOTrainer  # noqa: E402
 from lab.rl.core import make_fn  # noqa: E402
 from lab.rl.hf import config_for  # noqa: E402
+from tests._shared import arithmetic_tokenizer  # noqa: E402
 
 PROMPTS = [f"{a}+{b}=" for a in range(5) for b in range(5)]
 ANSWERS = [str(a + b) for a in range(5) for b in range(5)]
@@ -22,15 +23,7 @@ ANSWERS = [str(a + b) for a in range(5) for b in range(5)]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, decoders, models, trainers
-
-    texts = [f"{a}+{b}={a + b}" for a in range(10) for b in range(10)]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.decoder = decoders.Fuse()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=64, special_tokens=["<pad>", "<eos>", "<unk>"],
-                                                       show_progress=False))
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                                     unk_token="<unk>")
+    tokenizer = arithmetic_tokenizer()
     config = config_for("llama", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, hidden_size=32,
                         num_hidden_layers=1, num_attention_heads=2)

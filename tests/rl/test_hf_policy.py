@@ -13,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 import lab.experiments as E  # noqa: E402
 from lab.experiments.policy import compatible  # noqa: E402
 from lab.registry import available  # noqa: E402
+from tests._shared import arithmetic_tokenizer  # noqa: E402
 from lab.rl.hf import (  # noqa: E402
     CausalLMPolicy, TokenizedTask, adapters_disabled, config_for, left_pad_mask, policy_for_task, position_ids,
 )
@@ -278,15 +279,7 @@ def test_the_hf_loop_creates_no_tensor_off_its_device():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A Llama model and a BPE tokenizer trained here on arithmetic text, saved with save_pretrained."""
-    from tokenizers import Tokenizer, decoders, models, trainers
-
-    texts = [f"{a}+{b}={a + b}" for a in range(10) for b in range(10)]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.decoder = decoders.Fuse()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=64, special_tokens=["<pad>", "<eos>", "<unk>"],
-                                                       show_progress=False))
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                                     unk_token="<unk>")
+    tokenizer = arithmetic_tokenizer()
     path = tmp_path_factory.mktemp("tiny_llama")
     tokenizer.save_pretrained(path)
     config = config_for("llama", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
