@@ -26,7 +26,8 @@ greedy vector (``eval/<name>``), the weights or multipliers (``weights``, ``lamb
 and on the proxy task the hidden ``true_reward`` next to the proxy ``reward``.
 
 ``pareto_sweep`` runs one method for several initial weight vectors and collects the final greedy
-points (the method's Pareto front) and its hypervolume; ``compare_fronts`` does it per method.
+points (the method's Pareto front) and its hypervolume, streaming them point by point to a live
+panel; ``compare_fronts`` does it per method.
 On the default task (correctness (k/L)² against brevity) fixed weights end at the two ends of the
 front, RECAP's balancing weights reach points between them (``tests/multi_objective``). The
 paper's gradient rule, on this two-objective toy, moves weight to the objective that is already
@@ -316,12 +317,34 @@ def multi_objective(cfg: MultiObjectiveConfig) -> History:
 
 
 def pareto_sweep(cfg: MultiObjectiveConfig, weight_grid: tuple[tuple[float, ...], ...]) -> dict[str, Any]:
-    """Run ``cfg`` once per initial weight vector; the final greedy points, their front and HV."""
-    finals = [run_final(replace(cfg, weights=w)) for w in weight_grid]
-    front = pareto_front(finals)
-    ref = [cfg.hv_reference] * len(finals[0])
-    return {"points": finals, "front": front.tolist(), "hypervolume": hypervolume(front, ref),
-            "weights": [list(w) for w in weight_grid]}
+    """Run ``cfg`` once per initial weight vector; the final greedy points, their front and HV:
+    ``{"points", "front", "hypervolume", "weights"}``.
+
+    The sweep keeps a History with one row per finished run (``point``: its final greedy vector,
+    ``weights``: its initial weights, ``hypervolume``: of the front of the points so far) and hands
+    it to its progress loop, so a live panel draws the points finished so far while the rest run;
+    the result is :func:`sweep_result` of that History once every run is done.
+    """
+    if not weight_grid:
+        raise ValueError("weight_grid must hold at least one weight vector")
+    ref = [cfg.hv_reference] * len(weight_grid[0])
+    history = History(meta={"algorithm": cfg.method, "hv_reference": cfg.hv_reference})
+    points: list[list[float]] = []
+    for i, w in enumerate(progress.track(weight_grid, desc=f"{cfg.method} weight sweep", history=history)):
+        points.append(run_final(replace(cfg, weights=w)))
+        history.append(i, point=points[-1], weights=list(w),
+                       hypervolume=hypervolume(pareto_front(points), ref))
+    return sweep_result(history)
+
+
+def sweep_result(history: History) -> dict[str, Any]:
+    """A :func:`pareto_sweep` History (complete, or the runs finished so far) as its result dict:
+    the final points, their Pareto front, its hypervolume and the initial weight vectors."""
+    if not len(history):
+        raise ValueError("the sweep has no finished run yet")
+    points = history["point"].tolist()
+    return {"points": points, "front": pareto_front(points).tolist(),
+            "hypervolume": float(history["hypervolume"][-1]), "weights": history["weights"].tolist()}
 
 
 def run_final(cfg: MultiObjectiveConfig) -> list[float]:
@@ -334,8 +357,8 @@ def compare_methods(cfg: MultiObjectiveConfig, methods: tuple[str, ...]) -> Runs
     return Runs({m: multi_objective(replace(cfg, method=m)) for m in methods})
 
 
-__all__ = ["MultiObjectiveConfig", "multi_objective", "pareto_sweep", "compare_methods", "compare_fronts", "METHODS",
-           "make_task", "greedy_objectives", "fixed_vs_recap_fronts", "fixed_vs_constrained", "PROXY", "STRUCTURED"]
+__all__ = ["MultiObjectiveConfig", "multi_objective", "pareto_sweep", "sweep_result", "compare_methods",
+           "compare_fronts", "METHODS", "make_task", "greedy_objectives", "fixed_vs_recap_fronts", "fixed_vs_constrained", "PROXY", "STRUCTURED"]
 
 
 WEIGHT_GRID: tuple[tuple[float, float], ...] = ((0.2, 0.8), (0.4, 0.6), (0.6, 0.4), (0.8, 0.2))

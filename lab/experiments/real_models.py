@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from lab import progress
 from lab.checks import check_choice, check_int
 from lab.claims import Claim
 from lab.experiments._base import experiment, resolve_device, run
@@ -190,8 +191,10 @@ def logits_memory(cfg: LogitsMemoryConfig) -> History:
     policy = CausalLMPolicy(model, ref_model=model, chunk_size=cfg.chunk_size)
     generator = torch.Generator(device=dev).manual_seed(cfg.seed)
     history = History(meta={"vocab_size": cfg.vocab_size, "chunk_size": cfg.chunk_size})
-    T = 8
-    while T <= cfg.max_len:
+    sizes = [8 * 2 ** i for i in range(cfg.max_len.bit_length()) if 8 * 2 ** i <= cfg.max_len]
+    # one row per measured size, written as soon as it is measured: a live panel draws the
+    # sizes measured so far (progress hands it the History)
+    for T in progress.track(sizes, desc="response lengths", history=history):
         prompts = torch.randint(2, cfg.vocab_size, (cfg.batch, 4), generator=generator, device=dev)
         responses = torch.randint(2, cfg.vocab_size, (cfg.batch, T), generator=generator, device=dev)
         ids = torch.cat([prompts, responses], 1)
@@ -204,7 +207,6 @@ def logits_memory(cfg: LogitsMemoryConfig) -> History:
         chunked_mib = _saved_mib(lambda: policy.score(prompts, responses), model.parameters())
         history.append(T, full_logits_mib=full_mib, chunked_mib=chunked_mib, ratio=full_mib / chunked_mib,
                        logits_mib=cfg.batch * T * cfg.vocab_size * 4 / 2 ** 20)
-        T *= 2
     return history
 
 

@@ -59,15 +59,30 @@ class _Prefixed:
 
 
 def complete(policy: Any, task: Any, prompts: torch.Tensor, prefix: torch.Tensor, *,
-             temperature: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample the rest of each response after ``prefix`` (B, c); ``(rewards (B,), new tokens (B,))``."""
+             temperature: float, generator: torch.Generator, repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample the rest of each response after ``prefix`` (B, c), ``repeat`` times per row (row i
+    -> rows i·repeat .. i·repeat + repeat − 1); ``(rewards (B·repeat,), new tokens (B·repeat,))``.
+
+    A policy with a KV cache (``cached_next_logits``: the tiny transformer) encodes each prompt and
+    prefix once and then one new token per step; others recompute the whole prefix every step.
+    """
+    check_int("repeat", repeat, minimum=1)
+    if repeat > 1:
+        prompts_rep, prefix_rep = prompts.repeat_interleave(repeat, 0), prefix.repeat_interleave(repeat, 0)
+    else:
+        prompts_rep, prefix_rep = prompts, prefix
     budget = task.max_new_tokens - prefix.shape[1]
     if budget <= 0:
-        return task.reward(prompts, prefix).float(), torch.zeros(prefix.shape[0], device=prefix.device)
+        return task.reward(prompts_rep, prefix_rep).float(), torch.zeros(prefix_rep.shape[0], device=prefix.device)
     with torch.no_grad():
-        gen: Generation = generate(_Prefixed(policy, prefix), prompts, budget, temperature, generator,
-                                   eos_id=task.eos_id, pad_id=task.pad_id)
-        rewards = task.reward(prompts, torch.cat([prefix, gen.tokens], dim=1)).float()
+        if hasattr(policy, "cached_next_logits"):
+            gen: Generation = generate(policy, prompts_rep, budget, temperature, generator, eos_id=task.eos_id,
+                                       pad_id=task.pad_id,
+                                       next_logits=policy.cached_next_logits(prompts, prefix, repeat))
+        else:
+            gen = generate(_Prefixed(policy, prefix_rep), prompts_rep, budget, temperature, generator,
+                           eos_id=task.eos_id, pad_id=task.pad_id)
+        rewards = task.reward(prompts_rep, torch.cat([prefix_rep, gen.tokens], dim=1)).float()
     return rewards, gen.mask.sum(-1).float()
 
 
@@ -88,9 +103,8 @@ def mc_value_pool(policy: Any, task: Any, prompts: torch.Tensor, tokens: torch.T
         rows = (lengths > c + 1).nonzero().flatten()          # the state after token c is not final
         if rows.numel() == 0:
             continue
-        rep = rows.repeat_interleave(n)
-        rewards, new = complete(policy, task, prompts[rep], tokens[rep, :c + 1],
-                                temperature=temperature, generator=generator)
+        rewards, new = complete(policy, task, prompts[rows], tokens[rows, :c + 1],
+                                temperature=temperature, generator=generator, repeat=n)
         pool[rows, c + 1] = rewards.view(-1, n)
         cost[rows, c + 1] = new.view(-1, n).mean(-1)
     return pool, cost

@@ -9,10 +9,14 @@ Attention is causal multi-head self-attention (``F.scaled_dot_product_attention`
 PPO/GAE. The model exposes ``forward_hidden`` and ``get_output_embeddings`` so
 :func:`lab.rl.logprobs` can compute log-probs chunk by chunk from hidden states without ever
 holding the (B, L, V) logits; ``generate`` and ``score`` follow :mod:`lab.models.policy`.
+``decode`` runs the model incrementally with a KV cache (per block, the keys and values of the
+positions seen so far) and ``cached_next_logits`` builds on it the ``next_logits`` that
+:func:`lab.models.policy.generate` accepts, for many completions of the same prefixes (the Monte
+Carlo values of ``lab.experiments.segments``); ``generate`` itself recomputes every position.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -42,6 +46,26 @@ class _Block(nn.Module):
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         h = h + self.proj(a.transpose(1, 2).reshape(B, L, d))
         return h + self.mlp(self.ln2(h))
+
+    def cached(self, h: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``forward`` for ``h`` (B, L, d), the positions right after the ``past`` keys and values
+        (each (B, H, L_past, d/H), or None): causal attention over past and new positions.
+        Returns the new hidden states and the keys/values of all L_past + L positions."""
+        B, L, d = h.shape
+        q, k, v = self.qkv(self.ln1(h)).view(B, L, 3, self.n_heads, d // self.n_heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))                        # (B, H, L, d/H)
+        if past is None:
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            if L == 1:                                                          # the newest token sees all
+                a = F.scaled_dot_product_attention(q, k, v)
+            else:                                                               # query i sees keys <= L_past + i
+                sees = torch.ones(L, k.shape[2], dtype=torch.bool, device=h.device).tril(k.shape[2] - L)
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=sees)
+        h = h + self.proj(a.transpose(1, 2).reshape(B, L, d))
+        return h + self.mlp(self.ln2(h)), (k, v)
 
 
 class TinyTransformer(nn.Module):
@@ -118,6 +142,56 @@ class TinyTransformer(nn.Module):
         """(B, V) logits of the token after ``prompts`` + ``prefix``."""
         h = self.forward_hidden(torch.cat([prompts, prefix], dim=1))
         return self.lm_head(h[:, -1])
+
+    def decode(self, input_ids: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+               ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Incremental decoding with a KV cache: ``input_ids`` (B, L) are the tokens right after the
+        ``cache``'s positions (None: from position 0). Returns their final hidden states (B, L, d),
+        as :meth:`forward_hidden` of the whole sequence would give them, and the cache of every
+        position so far (per block, keys and values (B, H, L_total, d/H))."""
+        B, L = input_ids.shape
+        start = 0 if cache is None else cache[0][0].shape[2]
+        if start + L > self.max_len:
+            raise ValueError(f"the cache holds {start} positions and input_ids {L} more, more than "
+                             f"max_len={self.max_len}")
+        h = self.tok_emb(input_ids) + self.pos_emb(torch.arange(start, start + L, device=input_ids.device))
+        new = []
+        for i, block in enumerate(self.blocks):
+            h, kv = block.cached(h, None if cache is None else cache[i])
+            new.append(kv)
+        return self.ln_f(h), new
+
+    @torch.no_grad()
+    def cached_next_logits(self, prompts: torch.Tensor, prefix: torch.Tensor | None = None, repeat: int = 1
+                           ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A KV-cached ``next_logits(suffix)`` for :func:`lab.models.policy.generate`.
+
+        ``prompts`` (B, P) + ``prefix`` (B, c) are encoded once, then each of the B rows stands for
+        ``repeat`` rows (row i -> rows i·repeat .. i·repeat + repeat − 1, as ``repeat_interleave``),
+        so ``repeat`` completions of one prefix share its encoding. ``generate`` passes the suffix
+        sampled so far, one token longer each call; only its newest token is encoded. The logits
+        equal ``next_logits(prompts, prefix + suffix)`` up to float rounding (tested).
+        """
+        check_int("repeat", repeat, minimum=1)
+        ids = prompts if prefix is None else torch.cat([prompts, prefix], dim=1)
+        hidden, cache = self.decode(ids)
+        first = self.lm_head(hidden[:, -1])                                     # (B, V)
+        if repeat > 1:
+            first = first.repeat_interleave(repeat, dim=0)
+            cache = [(k.repeat_interleave(repeat, dim=0), v.repeat_interleave(repeat, dim=0)) for k, v in cache]
+        state = {"cache": cache, "length": 0}
+
+        def next_logits(suffix: torch.Tensor) -> torch.Tensor:                  # (B·repeat, t) -> (B·repeat, V)
+            t = suffix.shape[1]
+            if t == 0:
+                return first
+            if t != state["length"] + 1:
+                raise ValueError(f"the suffix must grow by one token per call: had {state['length']}, got {t}")
+            hidden, state["cache"] = self.decode(suffix[:, -1:], state["cache"])
+            state["length"] = t
+            return self.lm_head(hidden[:, -1])
+
+        return next_logits
 
     def generate(self, prompts: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  generator: torch.Generator | None = None, eos_id: int | None = None,

@@ -5,8 +5,8 @@
   proxy task, the proxy reward against the hidden true reward.
 - :func:`pareto_figure`: the greedy objective points of runs in objective space (first two
   objectives), each run's Pareto front, and the task's deterministic front when known.
-- :func:`sweep_figure`: the final points of a weight sweep per method (``pareto_sweep`` results)
-  with each method's hypervolume in the legend.
+- :func:`sweep_figure`: the final points of a weight sweep per method (``pareto_sweep`` results,
+  or the sweeps' Histories of the points finished so far) with each method's hypervolume in the legend.
 """
 from __future__ import annotations
 
@@ -96,10 +96,19 @@ def pareto_figure(runs: History | Mapping[str, History], height: int = 460) -> g
     return fig
 
 
-def sweep_figure(results: Mapping[str, Mapping[str, Any]], task_front: Any = None, height: int = 460) -> go.Figure:
-    """Final points of a weight sweep per method (``pareto_sweep`` results), HV in the legend."""
+def sweep_figure(results: Mapping[str, Mapping[str, Any] | History], task_front: Any = None,
+                 height: int = 460) -> go.Figure:
+    """Final points of a weight sweep per method (``pareto_sweep`` results), HV in the legend.
+
+    A value may also be a sweep's History (the runs finished so far, as a live panel streams it):
+    it is drawn as :func:`lab.experiments.multi_objective.sweep_result` of it.
+    """
     fig = go.Figure()
     for i, (label, res) in enumerate(results.items()):
+        if isinstance(res, History):
+            from lab.experiments.multi_objective import sweep_result
+
+            res = sweep_result(res)
         pts, weights = res["points"], res.get("weights", [])
         text = [f"w = {tuple(round(x, 2) for x in w)}" for w in weights] if weights else None
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", text=text,

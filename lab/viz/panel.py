@@ -22,7 +22,9 @@ in the caller's thread; ``background=True`` forces the worker, with ``wait()`` t
 after half a second. Experiments that hand their partial History to the progress loop
 (``progress.steps(n, history=h)``, with ``flush=`` when the History is written at the end of
 the run) stream: the figure is redrawn every few steps (first frame after ~0.1 s), inside ``batch_update()``, and the panel gets pause / play / step buttons
-(play on a finished run replays it step by step). The previous run stays as a grey ghost trace
+(play on a finished run replays it step by step). When loops nest, the outermost one that hands
+over a History is the run's: a sweep whose loop over its points passes a History of the points
+finished so far streams point by point, whatever the runs inside it report. The previous run stays as a grey ghost trace
 for a before/after comparison, a "defaults" button restores the opening config, and a run whose
 History reports ``meta["diverged"]`` or ``meta["warning"]`` is flagged in the warning colour.
 Updates send only what changed (trace and layout properties are diffed against what the
@@ -537,9 +539,11 @@ class Panel(widgets.VBox):
         """The progress hook on the worker: cancel, pause, report progress, stream frames."""
         if job.cancel.is_set():
             raise progress.Cancelled()
-        for f in frames:
-            if f.history is not None and all(f.history is not h for h in job.seen):
-                job.seen.append(f.history)
+        for f in frames:            # the outermost loop that hands over a History is the run's: a
+            if f.history is not None:       # sweep's History of finished points, not its runs' own
+                if all(f.history is not h for h in job.seen):
+                    job.seen.append(f.history)
+                break
         now = time.perf_counter()
         elapsed = now - job.t0
         inner = frames[-1]

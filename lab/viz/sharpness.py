@@ -37,9 +37,9 @@ def sharp_flat_figure(result: History | Mapping[str, History], *, grid: int = 10
         paths = np.asarray(h.artifacts.get("paths", []), dtype=float)  # (K, T, 2)
         if paths.size == 0:
             continue
-        # every start's path in one trace, separated by gaps (None): one trace per optimizer
-        joined = np.concatenate([paths, np.zeros((len(paths), 1, 2))], axis=1).astype(object)
-        joined[:, -1] = None
+        # every start's path in one trace, separated by gaps (NaN): one trace per optimizer, as
+        # float arrays (they travel to the browser as binary buffers, not as JSON lists)
+        joined = np.concatenate([paths, np.full((len(paths), 1, 2), np.nan)], axis=1)
         joined = joined.reshape(-1, 2)[:-1]                       # (K (T + 1) - 1, 2)
         fig.add_trace(go.Scatter(x=joined[:, 0], y=joined[:, 1], mode="lines", legendgroup=label,
                                  showlegend=False, line=dict(color=color(i), width=1),
