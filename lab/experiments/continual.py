@@ -52,12 +52,38 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def _sgd_step(model, opt, x, y) -> float:
-    opt.zero_grad()
+def plain_sgd_lr(opt: torch.optim.Optimizer) -> float | None:
+    """The learning rate of ``opt`` when it is torch's SGD with one parameter group, a float lr and
+    no momentum, weight decay, Nesterov or maximize (the update is then θ <- θ - lr ∇L), else None."""
+    if type(opt) is not torch.optim.SGD or len(opt.param_groups) != 1:
+        return None
+    group = opt.param_groups[0]
+    plain = (group["momentum"] == 0 and group["weight_decay"] == 0 and not group["nesterov"]
+             and not group["maximize"] and isinstance(group["lr"], float))
+    return group["lr"] if plain else None
+
+
+def _sgd_step(model, opt, x, y) -> torch.Tensor:
+    """One minibatch step on the cross-entropy; returns the loss (detached, no sync).
+
+    For plain SGD (:func:`plain_sgd_lr`) the step is the update itself, ``p.add_(g, alpha=-lr)``
+    per parameter as ``torch.optim.SGD`` computes it (the same numbers, tested), with the gradients
+    from ``torch.autograd.grad``: none of the optimizer's per-call bookkeeping, which costs more
+    than the tiny models' step; any other optimizer takes its ``step()``.
+    """
+    lr = plain_sgd_lr(opt)
     loss = F.cross_entropy(model(x), y)
-    loss.backward()
-    opt.step()
-    return loss.item()
+    if lr is None:
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+    params = opt.param_groups[0]["params"]
+    grads = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p.add_(g, alpha=-lr)
+    return loss.detach()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,14 +244,14 @@ class UsefulConfig:
 
 
 def _train_epochs(x, y, order_source, epochs: int, cfg: UsefulConfig, g: torch.Generator,
-                  init_state: dict) -> torch.nn.Module:
+                  init_state: dict, desc: str | None = None) -> torch.nn.Module:
     with torch.device("cpu"):
         model = MLP(x.shape[1], cfg.hidden, 2)
     model.load_state_dict(init_state)
     model = model.to(x.device)
     opt = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr)
     two_pass = bool(getattr(opt, "requires_closure", False))
-    for _ in range(epochs):
+    for _ in progress.steps(epochs, desc=desc):
         order = order_source[drawn_on_cpu(torch.randperm, len(order_source), generator=g, device=x.device)]
         for batch in order.split(cfg.batch_size):
             if two_pass:                                  # SAM: step(closure) runs both passes
@@ -268,20 +294,23 @@ def useful_simplicity(cfg: UsefulConfig) -> History:
     with torch.no_grad():
         indices, hard = useful_upsample(early(x), y, factor=cfg.factor)
     history = History(meta={"algorithm": f"useful ({cfg.optimizer})", "seed": cfg.seed})
-    results = {}
-    for label, source in (("plain", everyone), ("useful", indices)):
+    results: dict[str, dict[str, float]] = {}
+    # purity: how much of the hard cluster is complex-only, against the base rate
+    history.artifacts.update(
+        methods=[], results=results, hard_fraction=float(hard.float().mean()),
+        hard_purity=float((~simple[hard]).float().mean()) if hard.any() else float("nan"),
+        complex_only_rate=float((~simple).float().mean()))
+    # one row (and one entry of results) per finished run: a live panel draws plain training's bars
+    # while USEFUL's run is going (the loop hands it the History)
+    methods = (("plain", everyone), ("useful", indices))
+    for i, (label, source) in enumerate(progress.track(methods, desc="useful", history=history)):
         model = _train_epochs(x, y, source, cfg.epochs, cfg, torch.Generator(device="cpu").manual_seed(cfg.seed + 1),
-                              init_state)
+                              init_state, desc=label)
         results[label] = {"accuracy": _accuracy(model, x_te, y_te),
                           "hard_accuracy": _accuracy(model, x_te[~simple_te], y_te[~simple_te]),
                           "easy_accuracy": _accuracy(model, x_te[simple_te], y_te[simple_te])}
-    for i, label in enumerate(results):
+        history.artifacts["methods"].append(label)
         history.append(i, **results[label])
-    # purity: how much of the hard cluster is complex-only, against the base rate
-    history.artifacts.update(
-        methods=list(results), results=results, hard_fraction=float(hard.float().mean()),
-        hard_purity=float((~simple[hard]).float().mean()) if hard.any() else float("nan"),
-        complex_only_rate=float((~simple).float().mean()))
     return history
 
 

@@ -358,7 +358,8 @@ def compare_methods(cfg: MultiObjectiveConfig, methods: tuple[str, ...]) -> Runs
 
 
 __all__ = ["MultiObjectiveConfig", "multi_objective", "pareto_sweep", "sweep_result", "compare_methods",
-           "compare_fronts", "METHODS", "make_task", "greedy_objectives", "fixed_vs_recap_fronts", "fixed_vs_constrained", "PROXY", "STRUCTURED"]
+           "compare_fronts", "METHODS", "make_task", "greedy_objectives", "fixed_vs_recap_fronts",
+           "fixed_vs_constrained", "PROXY", "STRUCTURED"]
 
 
 WEIGHT_GRID: tuple[tuple[float, float], ...] = ((0.2, 0.8), (0.4, 0.6), (0.6, 0.4), (0.8, 0.2))

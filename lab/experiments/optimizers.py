@@ -334,25 +334,41 @@ def algoperf(cfg: AlgoPerfConfig) -> History:
     ``steps_to_target``, ``evals_to_target`` and ``seconds_to_target`` (NaN when not reached) and
     ``final_test_accuracy``; ``artifacts['table']`` holds the rows with labels and ranks,
     ``artifacts['runs']`` every run's History (as dicts).
+
+    The runs are those of :func:`compare_on_digits`, one after the other; after each, the History
+    is rewritten with the ranking of the runs finished so far, and the loop over the optimizers
+    hands it to the progress hooks, so a live panel draws the table and the curves run by run.
     """
     check_positive("target", cfg.target)
-    runs = compare_on_digits(DigitsCompareConfig(optimizers=cfg.optimizers, steps=cfg.steps,
-                                                 batch_size=cfg.batch_size, seed=cfg.seed,
-                                                 target=cfg.target, device=cfg.device))
-    rows = target_rows(runs, "test_accuracy", cfg.target)
+    if not cfg.optimizers:
+        raise ValueError("optimizers must name at least one optimizer spec")
     history = History(meta={"algorithm": "algoperf", "target": cfg.target, "seed": cfg.seed,
-                            "ranked_by": rows[0]["ranked_by"] if rows else "steps"})
+                            "ranked_by": "steps"})
+    history.artifacts.update(table=[], runs={})
+    runs = Runs()
+    for spec in progress.track(cfg.optimizers, desc="algoperf", history=history):
+        runs[spec] = run("digits_mlp", optimizer=spec, steps=cfg.steps, batch_size=cfg.batch_size,
+                         seed=cfg.seed, device=cfg.device)
+        runs[spec].meta["target"] = cfg.target
+        history.artifacts["runs"][spec] = runs[spec].to_dict()
+        _rank_into(history, runs, cfg.target)
+    return history
+
+
+def _rank_into(history: History, runs: Runs, target: float) -> None:
+    """Rewrite ``history``'s rows, ``ranked_by`` and table with the time-to-target ranking of ``runs``."""
 
     def nan_if_none(value):
         return math.nan if value is None else value
 
+    rows = target_rows(runs, "test_accuracy", target)
+    history.rows.clear()
     for rank, row in enumerate(rows):
         history.append(rank, steps_to_target=nan_if_none(row["steps"]),
                        evals_to_target=nan_if_none(row["evals"]),
                        seconds_to_target=nan_if_none(row["seconds"]), final_test_accuracy=row["final"])
+    history.meta["ranked_by"] = rows[0]["ranked_by"] if rows else "steps"
     history.artifacts["table"] = rows
-    history.artifacts["runs"] = {label: h.to_dict() for label, h in runs.items()}
-    return history
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,12 +21,15 @@ in the caller's thread; ``background=True`` forces the worker, with ``wait()`` t
 **Watching a run.** The status line says "running… (step k/N)" and a progress bar appears
 after half a second. Experiments that hand their partial History to the progress loop
 (``progress.steps(n, history=h)``, with ``flush=`` when the History is written at the end of
-the run) stream: the figure is redrawn every few steps (first frame after ~0.1 s), inside ``batch_update()``, and the panel gets pause / play / step buttons
-(play on a finished run replays it step by step). When loops nest, the outermost one that hands
-over a History is the run's: a sweep whose loop over its points passes a History of the points
-finished so far streams point by point, whatever the runs inside it report. The previous run stays as a grey ghost trace
-for a before/after comparison, a "defaults" button restores the opening config, and a run whose
-History reports ``meta["diverged"]`` or ``meta["warning"]`` is flagged in the warning colour.
+the run) stream: the figure is redrawn every few steps, inside ``batch_update()`` (the first
+frame after ~0.1 s when the run took longer than the 150 ms target last time, else once it
+passes 0.15 s, so a run that turns out slow still shows a frame within 300 ms), and the panel
+gets pause / play / step buttons (play on a finished run replays it step by step). When loops
+nest, the outermost one that hands over a History is the run's: a sweep whose loop over its
+points passes a History of the points finished so far streams point by point, whatever the
+runs inside it report. The previous run stays as a grey ghost trace for a before/after
+comparison, a "defaults" button restores the opening config, and a run whose History reports
+``meta["diverged"]`` or ``meta["warning"]`` is flagged in the warning colour.
 Updates send only what changed (trace and layout properties are diffed against what the
 browser already has).
 """
@@ -54,7 +57,7 @@ Plot = Callable[..., "go.Figure | Sequence[go.Figure]"]
 OK_COLOR, WARN_COLOR, ERROR_COLOR, BUSY_COLOR = "#2e7d32", "#b26a00", "#b00020", "#555555"
 SLOW_RUN_S = 0.15            # a run slower than this misses the 150 ms target: it streams early
 FIRST_FRAME_S = 0.1          # a streaming run that took > SLOW_RUN_S last time draws its first frame after this
-FIRST_FRAME_UNKNOWN_S = 0.25  # ... otherwise (a first run, or one that was fast) after this long
+FIRST_FRAME_UNKNOWN_S = 0.15  # ... otherwise (a first run, or one that was fast) once it passes the target
 FRAME_INTERVAL_S = 0.25      # ... and then at most every this long,
 FRAME_COST_FACTOR = 4        # ... or this many times a frame's own cost (streaming costs <= 20 %)
 PROGRESS_AFTER_S = 0.5       # the progress bar appears for runs longer than this
