@@ -101,14 +101,14 @@ def sweep_figure(results: Mapping[str, Mapping[str, Any] | History], task_front:
     """Final points of a weight sweep per method (``pareto_sweep`` results), HV in the legend.
 
     A value may also be a sweep's History (the runs finished so far, as a live panel streams it):
-    it is drawn as :func:`lab.experiments.multi_objective.sweep_result` of it.
+    one row per finished run with its final ``point``, initial ``weights`` and the ``hypervolume``
+    of the points so far (:func:`lab.experiments.multi_objective.pareto_sweep`).
     """
     fig = go.Figure()
     for i, (label, res) in enumerate(results.items()):
         if isinstance(res, History):
-            from lab.experiments.multi_objective import sweep_result
-
-            res = sweep_result(res)
+            res = {"points": res["point"].tolist(), "weights": res["weights"].tolist(),
+                   "hypervolume": float(res["hypervolume"][-1])}
         pts, weights = res["points"], res.get("weights", [])
         text = [f"w = {tuple(round(x, 2) for x in w)}" for w in weights] if weights else None
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", text=text,
