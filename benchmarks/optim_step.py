@@ -19,8 +19,9 @@ one torch thread. Anchors, all in the same process:
 Every optimizer takes 6 warm-up steps (so AdaBelief is past its 5 SGD steps, and the fused
 paths are compiled), then all runners are timed in interleaved rounds (a fresh random order per
 round, ``--steps`` steps per timing); the table gives the median per-step time. The finiteness
-check (``check_finite``, one ``torch._foreach_norm`` over the gradients per step) is on in every
-lab row; its cost is measured separately against ``check_finite=False`` on the eager path.
+check (``check_finite``: one sum per gradient and one host sync per step) is on in every lab row;
+its cost is measured against ``check_finite=False`` on the eager path, and a last section puts it
+in a whole training step (forward, backward and step of an MLP with the same 40 tensors).
 Compile time (the first fused step, paid once per process) is reported in its own column.
 
 Targets (issue 19): fused <= 1.3x AdamW fused, eager <= 1.0x AdamW foreach. Timings on a shared
@@ -40,6 +41,7 @@ import time
 import torch
 
 from lab.optim import _fused
+from lab.optim._common import check_finite
 from lab.registry import make
 
 SPECS = {  # spec -> tensors read + written per parameter by one update (the traffic floor)
@@ -72,6 +74,76 @@ def fresh_params(params: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+def mlp(seed: int = 0) -> torch.nn.Module:
+    """The benchmark's 40 tensors as a model: 30 Linear(512, 512) layers, the first 10 with a bias."""
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    for i in range(30):
+        layers += [torch.nn.Linear(512, 512, bias=i < 10), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1])
+
+
+def training_step_section(specs: list[str], rounds: int, batch: int) -> list[str]:
+    """What the finiteness check costs a whole training step (forward, backward, eager step).
+
+    Same parameter shapes as the step table, as an MLP; a step is ``zero_grad``, an MSE loss on a
+    fixed random batch, ``backward`` and the optimizer's eager ``step``, with the check on and
+    off, interleaved. The gradients here are freshly written by ``backward`` (in the step table
+    they are the same tensors every step).
+    """
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(batch, 512, generator=gen), torch.randn(batch, 512, generator=gen)
+    runners = {}
+    for spec in specs:
+        for check in (True, False):
+            model = mlp()
+            opt = make("optimizer", spec, model.parameters(), lr=1e-6, check_finite=check)
+
+            def step(model=model, opt=opt) -> None:
+                opt.zero_grad(set_to_none=False)
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                opt.step()
+
+            runners[(spec, check)] = step
+            if check:
+                group = opt.param_groups[0]
+                params = [p for p in group["params"]]
+
+                def check_only(opt=opt, group=group, params=params) -> None:
+                    check_finite(opt, group, params, [p.grad for p in params])
+
+                runners[(spec, "check")] = check_only
+    for step in runners.values():
+        for _ in range(3):
+            step()
+    times: dict = {key: [] for key in runners}
+    order = list(runners)
+    rng = random.Random(1)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for key in order:
+            start = time.perf_counter()
+            for _ in range(3):
+                runners[key]()
+            times[key].append((time.perf_counter() - start) / 3)
+    med = {key: statistics.median(ts) for key, ts in times.items()}
+    out = ["", f"## The finiteness check in a whole training step (batch {batch})", "",
+           "| optimizer | training step ms | same, check_finite=False | difference | "
+           "check alone ms | check / training step |",
+           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for spec in specs:
+        on, off, alone = med[(spec, True)], med[(spec, False)], med[(spec, "check")]
+        out.append(f"| {spec} | {1e3 * on:.1f} | {1e3 * off:.1f} | {100 * (on / off - 1):+.1f}% | "
+                   f"{1e3 * alone:.2f} | {100 * alone / on:.1f}% |")
+    out += ["", "A training step here is forward + backward + the eager optimizer step of an MLP "
+            f"with the table's 40 tensors (30 Linear(512, 512) layers, batch {batch}, one thread); "
+            "*difference* is that step with ``check_finite=True`` against ``check_finite=False`` "
+            "(two noisy medians); *check alone* times the check by itself on the model's fresh "
+            "gradients in the same rounds, and the last column divides it by the training step. "
+            "Medians of interleaved rounds of 3 steps."]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
@@ -79,6 +151,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--only", nargs="*", help="optimizer specs to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="3 rounds of 2 steps, 3 optimizers")
+    parser.add_argument("--batch", type=int, default=64,
+                        help="batch size of the training-step section (check cost in a whole step)")
     args = parser.parse_args()
     rounds, steps = (3, 2) if args.quick else (args.rounds, args.steps)
     specs = args.only or (["signsgd", "lion", "adabelief"] if args.quick else list(SPECS))
@@ -180,6 +254,7 @@ def main() -> None:
         "move the update's bytes at the measured copy bandwidth. *compile s*: the first fused step, "
         "paid once per process (the inductor cache on disk makes later processes faster).",
     ]
+    lines += training_step_section(specs, rounds, args.batch)
     table = "\n".join(lines) + "\n"
     print(table)
     if not args.quick and not args.only:

@@ -96,8 +96,13 @@ def check_finite(optimizer: torch.optim.Optimizer, group: dict, params: Sequence
     group, index and shape. A finite gradient whose sum overflows (entries near the dtype's
     max) is recognised by an exact per-tensor check, so it does not raise.
 
-    Cost: one read of every gradient (measured in ``benchmarks/optim_step.py``). Opt out per
-    param group with ``check_finite=False`` (a constructor argument of every lab optimizer).
+    Cost: one read of every gradient (measured in ``benchmarks/optim_step.py``): about 1 ms per
+    8M float32 parameters on one CPU thread, 2% of a forward-backward-step of an MLP holding
+    them, but 5-40% of the optimizer step alone (an elementwise step moves 3-9 tensors' bytes, the
+    check one more). It is a separate pass by design: raising before anything changes needs the
+    answer before the update writes, and inductor's CPU code cannot put a whole-tensor reduction
+    in the same loop as the update. Opt out per param group with ``check_finite=False`` (a
+    constructor argument of every lab optimizer).
     """
     if not group.get("check_finite", True) or not grads:
         return
