@@ -158,6 +158,7 @@ def segment_advantages(cfg: SegmentConfig) -> History:
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     name, kwargs = parse_spec(cfg.task)
     task = make_task(name, **kwargs)
+    _check_branch(cfg.branch, task)
     policy = build_model(cfg.model, task, value_head=False, generator=gen, device=dev).eval()
     ro = rollout(policy, task, cfg.n_prompts, cfg.group_size, temperature=cfg.temperature, generator=gen)
     B = ro.tokens.shape[0]
@@ -211,11 +212,21 @@ def _share(cfg: "SegmentConfig", n_states: int) -> int:
     return max(1, cfg.rollouts // max(n_states, 1)) if cfg.split_budget else cfg.rollouts
 
 
+def _check_branch(branch: tuple[int, ...], task: Any) -> None:
+    """An SPO tree has one segment per factor, each >= 1 token: 1 <= len(branch) <= T, factors >= 1."""
+    if len(branch) == 0 or len(branch) > task.max_new_tokens:
+        raise ValueError(f"branch must have between 1 and the task's response length "
+                         f"({task.max_new_tokens}) factors (one per segment), got {tuple(branch)}")
+    for b in branch:
+        check_int("branch", b, minimum=1)
+
+
 def sample_tree(policy: Any, task: Any, prompt: torch.Tensor, branch: tuple[int, ...], *,
                 temperature: float, generator: torch.Generator) -> dict[str, Any]:
     """Sample an SPO tree for one prompt (1, P): depth D = len(branch), segments of
     M = ceil(T / D) tokens; returns leaves' tokens, mask, node ids, segment ids, rewards and the
     number of generated tokens."""
+    _check_branch(branch, task)
     depth = len(branch)
     seg_len = math.ceil(task.max_new_tokens / depth)
     dev = prompt.device

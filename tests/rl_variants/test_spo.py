@@ -190,3 +190,16 @@ def test_probability_mask_is_strict():
     assert old.exp()[0, 0].item() == 0.5                                   # exactly at ρ
     keep = uncertain_tokens(old, torch.ones(1, 3), prob_threshold=0.5)
     assert keep.tolist() == [[False, True, False]]                          # p < ρ, not p ≤ ρ
+
+
+def test_segment_experiment_rejects_a_tree_deeper_than_the_response():
+    """One segment per branching factor, each at least one token: depth <= response length T."""
+    from lab.experiments.segments import SegmentConfig, segment_advantages
+
+    base = dict(task="reverse(difficulty=2)", n_prompts=1, rollouts=2, intervals=(1,), repeats=2)
+    with pytest.raises(ValueError, match="branch.*response length"):
+        segment_advantages(SegmentConfig(**base, branch=(2,) * 9))
+    with pytest.raises(ValueError, match="branch"):
+        segment_advantages(SegmentConfig(**base, branch=()))
+    with pytest.raises(ValueError, match="branch"):
+        segment_advantages(SegmentConfig(**base, branch=(2, 0)))
